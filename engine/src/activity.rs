@@ -1,0 +1,177 @@
+//! Activities: the idempotent units of work a workflow's steps call, and what they are given.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::event::{Payload, RunId, StepRef};
+
+/// An activity's failure, classified.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Error {
+    /// What went wrong, with the system and target named and what to check.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl Error {
+    /// A failure another attempt may fix (timeouts, refused connections, 5xx, throttling).
+    pub fn retryable(message: impl Into<String>) -> Self {
+        Error {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no retry will fix (bad input, permission denied, a deadline exceeded).
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Error {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// What an attempt knows about itself, and its channel back to the engine.
+#[derive(Clone)]
+pub struct Context {
+    /// The run.
+    pub run: RunId,
+    /// The step.
+    pub step: StepRef,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// When the step was first scheduled (engine's clock).
+    pub scheduled_at: DateTime<Utc>,
+    pub(crate) heartbeat: Arc<Heartbeat>,
+    pub(crate) cancelled: watch::Receiver<bool>,
+}
+
+/// Last heartbeat of an attempt.
+pub(crate) struct Heartbeat {
+    pub(crate) last: Mutex<(tokio::time::Instant, Option<String>)>,
+    pub(crate) progress: watch::Sender<Option<String>>,
+}
+
+impl Heartbeat {
+    pub(crate) fn new() -> Self {
+        Heartbeat {
+            last: Mutex::new((tokio::time::Instant::now(), None)),
+            progress: watch::channel(None).0,
+        }
+    }
+}
+
+impl Context {
+    /// A context for calling an activity outside of the engine (tools, conformance tests).
+    pub fn detached(run: RunId, step: StepRef, attempt: u32) -> Self {
+        Context {
+            run,
+            step,
+            attempt,
+            scheduled_at: Utc::now(),
+            heartbeat: Arc::new(Heartbeat::new()),
+            cancelled: watch::channel(false).1,
+        }
+    }
+
+    /// Stable across retries and restarts of the same step: `run/step-N` or `run/compensation-N`.
+    pub fn idempotency_key(&self) -> String {
+        match self.step {
+            StepRef::Workflow(p) => format!("{}/step-{p}", self.run),
+            StepRef::Compensation(i) => format!("{}/compensation-{i}", self.run),
+        }
+    }
+
+    /// Reports liveness, with optional progress (e.g. "load balancer 40% done"). An activity with a
+    /// heartbeat timeout must call this more often than the timeout.
+    pub fn heartbeat(&self, progress: Option<String>) {
+        let mut last = self.heartbeat.last.lock().expect("heartbeat lock");
+        *last = (tokio::time::Instant::now(), progress.clone());
+        if progress.is_some() {
+            self.heartbeat.progress.send_replace(progress);
+        }
+    }
+
+    /// The latest progress reported through [`Context::heartbeat`].
+    pub fn last_progress(&self) -> Option<String> {
+        self.heartbeat.last.lock().expect("heartbeat lock").1.clone()
+    }
+
+    /// Whether the run was cancelled; long activities should stop when it is.
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancelled.borrow()
+    }
+
+    /// Sleeps, but returns early (with `false`) if the run is cancelled meanwhile.
+    pub async fn sleep(&self, d: Duration) -> bool {
+        let mut rx = self.cancelled.clone();
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            _ = rx.wait_for(|c| *c) => false,
+        }
+    }
+}
+
+/// An idempotent unit of work. Before acting it checks whether its effect already happened
+/// (a retry after a crash calls it again with the same idempotency key).
+pub trait Activity: Send + Sync + 'static {
+    /// The name steps call it by, e.g. `k8s.scale`.
+    const NAME: &'static str;
+    /// Input.
+    type Input: Serialize + DeserializeOwned + Send + 'static;
+    /// Output.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// Does the work.
+    fn run(&self, ctx: Context, input: Self::Input) -> impl Future<Output = Result<Self::Output, Error>> + Send;
+}
+
+/// An activity with its types erased, as the engine stores it.
+pub trait DynActivity: Send + Sync + 'static {
+    /// Runs it on a JSON payload.
+    fn call(self: Arc<Self>, ctx: Context, input: Payload) -> BoxFuture<'static, Result<Payload, Error>>;
+}
+
+pub(crate) struct Typed<A>(pub(crate) A);
+
+impl<A: Activity> DynActivity for Typed<A> {
+    fn call(self: Arc<Self>, ctx: Context, input: Payload) -> BoxFuture<'static, Result<Payload, Error>> {
+        Box::pin(async move {
+            let input: A::Input = input
+                .decode()
+                .map_err(|e| Error::fatal(format!("{}: input does not decode: {e}", A::NAME)))?;
+            let out = self.0.run(ctx, input).await?;
+            Payload::encode(&out).map_err(|e| Error::fatal(format!("{}: output does not encode: {e}", A::NAME)))
+        })
+    }
+}
+
+/// An activity made of a closure, for tests, tools and small glue steps.
+pub struct FnActivity<F> {
+    f: F,
+}
+
+impl<F> FnActivity<F> {
+    /// Wraps `f`.
+    pub fn new(f: F) -> Self {
+        FnActivity { f }
+    }
+}
+
+impl<F, Fut> DynActivity for FnActivity<F>
+where
+    F: Fn(Context, Payload) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Payload, Error>> + Send + 'static,
+{
+    fn call(self: Arc<Self>, ctx: Context, input: Payload) -> BoxFuture<'static, Result<Payload, Error>> {
+        Box::pin((self.f)(ctx, input))
+    }
+}

@@ -1,0 +1,39 @@
+//! Waymark's durable execution engine: workflows whose every step is journaled to an event log,
+//! so that a run killed at any instant resumes where it stopped and never repeats a finished step.
+//!
+//! - [`event`]: what a history is made of; [`codec`]: how a record is stored.
+//! - [`log`]: the event log trait, its group-commit writer, sled and memory backends.
+//! - [`core`]: the deterministic core (history in, decisions out; no IO).
+//! - [`runtime`]: the tokio driver and the [`Engine`] API.
+//! - [`workflow`], [`activity`]: what users write. [`retry`], [`clock`]: policies and time.
+//! - [`testing`]: a history builder and canned histories for tests.
+
+pub mod activity;
+pub mod clock;
+pub mod codec;
+pub mod core;
+pub mod event;
+pub mod log;
+pub mod retry;
+pub mod runtime;
+pub mod testing;
+pub mod workflow;
+
+pub use activity::Activity;
+pub use event::{Event, Payload, Record, RunId, StepRef};
+pub use retry::RetryPolicy;
+pub use runtime::{Engine, RunOutcome, StepOptions, WorkflowContext};
+pub use workflow::Workflow;
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens the durable (sled) event log under `dir`.
+pub fn open_sled_log(dir: &Path) -> Result<Arc<log::Log<log::sled::SledBackend>>, log::Error> {
+    Ok(Arc::new(log::Log::new(log::sled::SledBackend::open(dir)?)))
+}
+
+/// A fresh in-memory event log.
+pub fn memory_log() -> Arc<log::Log<log::memory::MemoryBackend>> {
+    Arc::new(log::Log::new(log::memory::MemoryBackend::new()))
+}

@@ -1,0 +1,1159 @@
+//! The driver: runs workflow code on tokio, asks the core what each call means against the
+//! history, executes activities, and appends what happened before going on.
+//!
+//! Invariants kept here: a step's `StepScheduled`/`AttemptStarted` are durable before its activity
+//! is called, and its result is durable before the workflow sees it; a step with a recorded result
+//! is never called again.
+
+use std::collections::HashMap;
+use std::future::IntoFuture;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{broadcast, watch};
+
+use crate::activity::{self, Activity, DynActivity, FnActivity};
+use crate::clock::{self, SharedClock, SystemClock};
+use crate::core::{self, ResumeAction, RunState, RunStatus, SignalDecision, StepDecision, TimerDecision, ValueDecision};
+use crate::event::{CompensationSpec, Event, Payload, RecordedKind, Record, RunId, StepRef, SuspendReason};
+use crate::log::{self, SharedLog};
+use crate::retry::RetryPolicy;
+use crate::workflow::{self, DynWorkflow, Workflow};
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The log failed.
+    #[error(transparent)]
+    Log(#[from] log::Error),
+    /// A history the core rejects.
+    #[error(transparent)]
+    Core(#[from] core::Error),
+    /// No workflow of that name is registered.
+    #[error("no workflow named {name:?} in this binary (known: {known})")]
+    UnknownWorkflow {
+        /// Asked for.
+        name: String,
+        /// Registered names.
+        known: String,
+    },
+    /// The run was started by a version of the workflow this binary does not have.
+    #[error(
+        "run {run} was started by {workflow} version {recorded}, but this binary has version(s) {available}: \
+         replaying it with other code could repeat or skip steps. Finish it with a binary that has version \
+         {recorded}, or cancel it"
+    )]
+    VersionMismatch {
+        /// The run.
+        run: RunId,
+        /// Workflow name.
+        workflow: String,
+        /// Version in the history.
+        recorded: u32,
+        /// Versions registered.
+        available: String,
+    },
+    /// The input does not serialise.
+    #[error("workflow input: {0}")]
+    Input(String),
+    /// The run is not being driven by this engine and has not finished.
+    #[error("run {0} is not running in this engine (resume it first)")]
+    NotActive(RunId),
+    /// The run has ended; signals no longer apply.
+    #[error("run {run} has already ended ({status})")]
+    Finished {
+        /// The run.
+        run: RunId,
+        /// How it ended.
+        status: String,
+    },
+}
+
+/// How a run's driver stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    /// The workflow returned this.
+    Completed(Payload),
+    /// It failed; compensations ran.
+    Failed(String),
+    /// It was cancelled; compensations ran.
+    Cancelled(String),
+    /// It needs an operator (non-determinism).
+    Suspended(SuspendReason),
+    /// The driver stopped without finishing (shutdown, or the log failed); resumes on next start.
+    Stopped(String),
+}
+
+impl RunOutcome {
+    fn from_status(status: &RunStatus) -> Option<Self> {
+        match status {
+            RunStatus::Completed(p) => Some(RunOutcome::Completed(p.clone())),
+            RunStatus::Failed(e) => Some(RunOutcome::Failed(e.clone())),
+            RunStatus::Cancelled(e) => Some(RunOutcome::Cancelled(e.clone())),
+            RunStatus::Suspended(r) => Some(RunOutcome::Suspended(r.clone())),
+            RunStatus::Running | RunStatus::Compensating { .. } => None,
+        }
+    }
+}
+
+/// Per-step execution options.
+#[derive(Clone, Debug)]
+pub struct StepOptions {
+    /// What the operator sees; defaults to the activity name.
+    pub label: Option<String>,
+    /// Retries.
+    pub retry: RetryPolicy,
+    /// Limit on one attempt.
+    pub start_to_close: Option<Duration>,
+    /// Limit between two heartbeats of an attempt.
+    pub heartbeat_timeout: Option<Duration>,
+    /// Compensation registered when the step is scheduled.
+    pub compensation: Option<CompensationSpec>,
+}
+
+impl Default for StepOptions {
+    /// Default retry policy, 30-minute attempt limit, no heartbeat limit, no compensation.
+    fn default() -> Self {
+        StepOptions {
+            label: None,
+            retry: RetryPolicy::default(),
+            start_to_close: Some(Duration::from_secs(30 * 60)),
+            heartbeat_timeout: None,
+            compensation: None,
+        }
+    }
+}
+
+/// Retry policy for compensations: they must bring the estate back, so they try harder.
+pub fn compensation_options() -> StepOptions {
+    StepOptions {
+        retry: RetryPolicy::default().max_attempts(10),
+        ..StepOptions::default()
+    }
+}
+
+enum Fatal {
+    Nondeterminism(SuspendReason),
+    Engine(String),
+}
+
+/// What one run's driver and its workflow code share.
+pub(crate) struct RunShared {
+    run: RunId,
+    engine: Arc<Inner>,
+    state: Mutex<RunState>,
+    next_position: AtomicU32,
+    fatal: Mutex<Option<Fatal>>,
+    changed: watch::Sender<u64>,
+    cancel: watch::Sender<bool>,
+    records: broadcast::Sender<Record>,
+}
+
+impl RunShared {
+    fn set_fatal(&self, f: Fatal) {
+        let mut slot = self.fatal.lock().expect("fatal lock");
+        if slot.is_none() {
+            *slot = Some(f);
+        }
+    }
+
+    fn check_fatal(&self) -> Result<(), workflow::Error> {
+        match &*self.fatal.lock().expect("fatal lock") {
+            None => Ok(()),
+            Some(Fatal::Nondeterminism(r)) => Err(workflow::Error::Nondeterminism(r.clone())),
+            Some(Fatal::Engine(e)) => Err(workflow::Error::Engine(e.clone())),
+        }
+    }
+
+    fn cancel_reason(&self) -> Option<String> {
+        self.state.lock().expect("state lock").cancel_requested.clone()
+    }
+
+    /// Appends durably, folds into the state, wakes waiters, publishes to followers.
+    async fn append(&self, events: Vec<Event>) -> Result<Vec<Record>, workflow::Error> {
+        let records = match self.engine.log.append(self.run, events).await {
+            Ok(r) => r,
+            Err(e) => {
+                let msg = e.to_string();
+                self.set_fatal(Fatal::Engine(msg.clone()));
+                return Err(workflow::Error::Engine(msg));
+            }
+        };
+        let cancel = {
+            let mut st = self.state.lock().expect("state lock");
+            for r in &records {
+                if let Err(e) = st.apply(r) {
+                    let msg = e.to_string();
+                    drop(st);
+                    self.set_fatal(Fatal::Engine(msg.clone()));
+                    return Err(workflow::Error::Engine(msg));
+                }
+            }
+            st.cancel_requested.is_some()
+        };
+        if cancel {
+            self.cancel.send_replace(true);
+        }
+        self.changed.send_modify(|v| *v += 1);
+        for r in &records {
+            let _ = self.records.send(r.clone());
+        }
+        Ok(records)
+    }
+
+    fn take_position(&self) -> u32 {
+        self.next_position.fetch_add(1, Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        let mut rx = self.cancel.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    fn nondeterminism(&self, reason: SuspendReason) -> workflow::Error {
+        self.set_fatal(Fatal::Nondeterminism(reason.clone()));
+        workflow::Error::Nondeterminism(reason)
+    }
+
+    /// Waits until `deadline`; `Err` if cancelled first (when `cancellable`).
+    async fn wait_until(&self, deadline: DateTime<Utc>, cancellable: bool) -> Result<(), workflow::Error> {
+        let sleep = clock::sleep_until(self.engine.clock.as_ref(), deadline);
+        if cancellable {
+            tokio::select! {
+                () = sleep => Ok(()),
+                () = self.cancelled() => Err(workflow::Error::Cancelled(self.cancel_reason().unwrap_or_default())),
+            }
+        } else {
+            sleep.await;
+            Ok(())
+        }
+    }
+
+    /// Holds while an operator has paused the run.
+    async fn wait_unpaused(&self, cancellable: bool) -> Result<(), workflow::Error> {
+        loop {
+            let mut rx = self.changed.subscribe();
+            {
+                let st = self.state.lock().expect("state lock");
+                if cancellable {
+                    if let Some(why) = &st.cancel_requested {
+                        return Err(workflow::Error::Cancelled(why.clone()));
+                    }
+                }
+                if !st.paused {
+                    return Ok(());
+                }
+            }
+            let _ = rx.changed().await;
+        }
+    }
+}
+
+/// What the workflow code gets: every effect on the world goes through it.
+#[derive(Clone)]
+pub struct WorkflowContext {
+    shared: Arc<RunShared>,
+}
+
+/// A step being set up; `.await` it to run.
+#[must_use = "a step does nothing until awaited"]
+pub struct StepCall<O> {
+    ctx: WorkflowContext,
+    activity: String,
+    input: Result<Payload, String>,
+    options: StepOptions,
+    _output: PhantomData<fn() -> O>,
+}
+
+impl<O> StepCall<O> {
+    /// What the operator sees for this step.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.options.label = Some(label.into());
+        self
+    }
+
+    /// Retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = policy;
+        self
+    }
+
+    /// Limit on one attempt.
+    pub fn start_to_close(mut self, d: Duration) -> Self {
+        self.options.start_to_close = Some(d);
+        self
+    }
+
+    /// Limit between heartbeats.
+    pub fn heartbeat_timeout(mut self, d: Duration) -> Self {
+        self.options.heartbeat_timeout = Some(d);
+        self
+    }
+
+    /// Registers `activity(input)` to run if the run later fails or is cancelled. Registered when
+    /// the step is scheduled, so it also covers a step that failed half-way: compensations must be
+    /// safe when the step's effect did not happen.
+    pub fn compensate_with<I: Serialize>(mut self, activity: &str, input: &I, label: impl Into<String>) -> Self {
+        match Payload::encode(input) {
+            Ok(input) => {
+                self.options.compensation = Some(CompensationSpec {
+                    activity: activity.to_owned(),
+                    input,
+                    label: label.into(),
+                });
+            }
+            Err(e) => self.input = Err(format!("compensation input for {activity}: {e}")),
+        }
+        self
+    }
+
+    /// All options at once.
+    pub fn options(mut self, options: StepOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+impl<O: DeserializeOwned + Send + 'static> IntoFuture for StepCall<O> {
+    type Output = Result<O, workflow::Error>;
+    type IntoFuture = BoxFuture<'static, Result<O, workflow::Error>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        // The position is taken here, synchronously, so that `join`ed steps get positions in the
+        // order they were written, whatever order they are polled in.
+        let position = self.ctx.shared.take_position();
+        let shared = self.ctx.shared.clone();
+        Box::pin(async move {
+            shared.check_fatal()?;
+            let input = self.input.map_err(workflow::Error::Payload)?;
+            let label = self.options.label.clone().unwrap_or_else(|| self.activity.clone());
+            let out = execute(
+                &shared,
+                StepRef::Workflow(position),
+                &StepSpec {
+                    activity: &self.activity,
+                    label: &label,
+                    input: &input,
+                    compensation: self.options.compensation.as_ref(),
+                },
+                &self.options,
+                true,
+            )
+            .await?;
+            out.decode()
+                .map_err(|e| workflow::Error::Payload(format!("output of step {label:?}: {e}")))
+        })
+    }
+}
+
+impl WorkflowContext {
+    /// The run.
+    pub fn run_id(&self) -> RunId {
+        self.shared.run
+    }
+
+    /// A step calling activity `activity` with `input`. Configure it, then `.await` it.
+    pub fn step<I: Serialize, O>(&self, activity: &str, input: &I) -> StepCall<O> {
+        StepCall {
+            ctx: self.clone(),
+            activity: activity.to_owned(),
+            input: Payload::encode(input).map_err(|e| format!("input of {activity}: {e}")),
+            options: StepOptions::default(),
+            _output: PhantomData,
+        }
+    }
+
+    /// A step calling the typed activity `A`.
+    pub fn activity<A: Activity>(&self, input: &A::Input) -> StepCall<A::Output> {
+        self.step(A::NAME, input)
+    }
+
+    /// The time, recorded on first execution and replayed after.
+    pub async fn now(&self) -> Result<DateTime<Utc>, workflow::Error> {
+        let v = self
+            .recorded(RecordedKind::Now, || self.shared.engine.clock.now().to_rfc3339())
+            .await?;
+        DateTime::parse_from_rfc3339(&v)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| workflow::Error::Payload(format!("recorded time {v:?}: {e}")))
+    }
+
+    /// A random UUID, recorded on first execution and replayed after.
+    pub async fn uuid(&self) -> Result<uuid::Uuid, workflow::Error> {
+        let v = self
+            .recorded(RecordedKind::Uuid, || uuid::Uuid::new_v4().to_string())
+            .await?;
+        uuid::Uuid::parse_str(&v).map_err(|e| workflow::Error::Payload(format!("recorded uuid {v:?}: {e}")))
+    }
+
+    async fn recorded(&self, kind: RecordedKind, fresh: impl FnOnce() -> String) -> Result<String, workflow::Error> {
+        let s = &self.shared;
+        let position = s.take_position();
+        s.check_fatal()?;
+        let decision = s.state.lock().expect("state lock").decide_value(position, kind, fresh);
+        match decision {
+            ValueDecision::Replay(v) => Ok(v),
+            ValueDecision::Record(v) => {
+                s.append(vec![Event::ValueRecorded {
+                    position,
+                    kind,
+                    value: v.clone(),
+                }])
+                .await?;
+                Ok(v)
+            }
+            ValueDecision::Nondeterminism(r) => Err(s.nondeterminism(r)),
+        }
+    }
+
+    /// A durable sleep: the deadline is recorded, so a restart waits only for what is left.
+    pub async fn sleep(&self, duration: Duration) -> Result<(), workflow::Error> {
+        let s = &self.shared;
+        let position = s.take_position();
+        s.check_fatal()?;
+        let decision = s
+            .state
+            .lock()
+            .expect("state lock")
+            .decide_timer(position, duration, s.engine.clock.now());
+        let deadline = match decision {
+            TimerDecision::Fired => return Ok(()),
+            TimerDecision::WaitUntil(t) => t,
+            TimerDecision::Start(t) => {
+                s.append(vec![Event::TimerStarted { position, fire_at: t }]).await?;
+                t
+            }
+            TimerDecision::Nondeterminism(r) => return Err(s.nondeterminism(r)),
+        };
+        s.wait_until(deadline, true).await?;
+        s.append(vec![Event::TimerFired { position }]).await?;
+        Ok(())
+    }
+
+    /// Waits for signal `name` (e.g. `approve`) and returns its payload. Each call consumes one
+    /// signal of that name, in the order they arrived.
+    pub async fn wait_for_signal<T: DeserializeOwned>(&self, name: &str) -> Result<T, workflow::Error> {
+        let s = &self.shared;
+        let position = s.take_position();
+        loop {
+            let mut rx = s.changed.subscribe();
+            s.check_fatal()?;
+            let decision = s.state.lock().expect("state lock").decide_signal(position, name);
+            let payload = match decision {
+                SignalDecision::Replay(p) => p,
+                SignalDecision::Consume(p) => {
+                    s.append(vec![Event::SignalConsumed {
+                        position,
+                        name: name.to_owned(),
+                    }])
+                    .await?;
+                    p
+                }
+                SignalDecision::Wait => {
+                    if let Some(why) = s.cancel_reason() {
+                        return Err(workflow::Error::Cancelled(why));
+                    }
+                    let _ = rx.changed().await;
+                    continue;
+                }
+                SignalDecision::Nondeterminism(r) => return Err(s.nondeterminism(r)),
+            };
+            return payload
+                .decode()
+                .map_err(|e| workflow::Error::Payload(format!("signal {name:?}: {e}")));
+        }
+    }
+
+    /// Registers a compensation on its own (not tied to a step).
+    pub async fn register_compensation<I: Serialize>(
+        &self,
+        activity: &str,
+        input: &I,
+        label: impl Into<String>,
+    ) -> Result<(), workflow::Error> {
+        let s = &self.shared;
+        let position = s.take_position();
+        s.check_fatal()?;
+        let spec = CompensationSpec {
+            activity: activity.to_owned(),
+            input: Payload::encode(input).map_err(|e| workflow::Error::Payload(e.to_string()))?,
+            label: label.into(),
+        };
+        let decision = s.state.lock().expect("state lock").decide_registration(position, &spec);
+        match decision {
+            Ok(true) => {
+                s.append(vec![Event::CompensationRegistered {
+                    position,
+                    compensation: spec,
+                }])
+                .await?;
+                Ok(())
+            }
+            Ok(false) => Ok(()),
+            Err(r) => Err(s.nondeterminism(r)),
+        }
+    }
+
+    /// Whether an operator has asked to cancel the run.
+    pub fn is_cancel_requested(&self) -> bool {
+        self.shared.cancel_reason().is_some()
+    }
+}
+
+struct StepSpec<'a> {
+    activity: &'a str,
+    label: &'a str,
+    input: &'a Payload,
+    compensation: Option<&'a CompensationSpec>,
+}
+
+enum AttemptEnd {
+    Failed(activity::Error),
+    Cancelled,
+}
+
+/// Runs one step to its end: replays it, or starts (or resumes) its attempts with retries.
+async fn execute(
+    s: &Arc<RunShared>,
+    step: StepRef,
+    spec: &StepSpec<'_>,
+    options: &StepOptions,
+    cancellable: bool,
+) -> Result<Payload, workflow::Error> {
+    let decision = {
+        let st = s.state.lock().expect("state lock");
+        match step {
+            StepRef::Workflow(p) => st.decide_step(p, spec.activity, spec.input),
+            StepRef::Compensation(i) => st.decide_compensation(i),
+        }
+    };
+    let step_failed = |error: String| workflow::Error::StepFailed {
+        label: spec.label.to_owned(),
+        activity: spec.activity.to_owned(),
+        error,
+    };
+    let (mut schedule, mut attempt, mut failures, mut not_before, mut interrupted) = match decision {
+        StepDecision::Replay(r) => return r.map_err(step_failed),
+        StepDecision::Nondeterminism(r) => return Err(s.nondeterminism(r)),
+        StepDecision::Run {
+            schedule,
+            attempt,
+            failures,
+            not_before,
+            interrupted,
+        } => (schedule, attempt, failures, not_before, interrupted),
+    };
+    loop {
+        if cancellable {
+            if let Some(why) = s.cancel_reason() {
+                if !schedule {
+                    s.append(vec![Event::StepFailed {
+                        step,
+                        error: why.clone(),
+                    }])
+                    .await?;
+                }
+                return Err(workflow::Error::Cancelled(why));
+            }
+        }
+        let mut events = Vec::with_capacity(3);
+        if schedule {
+            events.push(Event::StepScheduled {
+                step,
+                activity: spec.activity.to_owned(),
+                label: spec.label.to_owned(),
+                input: spec.input.clone(),
+                compensation: spec.compensation.cloned(),
+            });
+            schedule = false;
+        }
+        if let Some(t) = not_before.take() {
+            if !events.is_empty() {
+                s.append(std::mem::take(&mut events)).await?;
+            }
+            s.wait_until(t, cancellable).await?;
+        }
+        s.wait_unpaused(cancellable).await?;
+        if let Some(prev) = interrupted.take() {
+            events.push(Event::AttemptInterrupted { step, attempt: prev });
+        }
+        events.push(Event::AttemptStarted { step, attempt });
+        s.append(events).await?;
+        let scheduled_at = s
+            .state
+            .lock()
+            .expect("state lock")
+            .step(step)
+            .map_or_else(Utc::now, |st| st.scheduled_at);
+        match run_attempt(s, step, spec, options, attempt, scheduled_at, cancellable).await {
+            Ok(output) => {
+                s.append(vec![Event::StepCompleted {
+                    step,
+                    output: output.clone(),
+                }])
+                .await?;
+                return Ok(output);
+            }
+            Err(AttemptEnd::Cancelled) => {
+                let why = s.cancel_reason().unwrap_or_else(|| "cancelled".into());
+                s.append(vec![
+                    Event::AttemptFailed {
+                        step,
+                        attempt,
+                        error: format!("attempt abandoned: {why}"),
+                        retryable: false,
+                        next_retry_at: None,
+                    },
+                    Event::StepFailed {
+                        step,
+                        error: why.clone(),
+                    },
+                ])
+                .await?;
+                return Err(workflow::Error::Cancelled(why));
+            }
+            Err(AttemptEnd::Failed(e)) => {
+                failures += 1;
+                let now = s.engine.clock.now();
+                let delay = options.retry.delay_after(failures);
+                let next = s.state.lock().expect("state lock").decide_retry(
+                    step,
+                    &options.retry,
+                    failures,
+                    e.retryable,
+                    now,
+                    delay,
+                );
+                let mut evs = vec![Event::AttemptFailed {
+                    step,
+                    attempt,
+                    error: e.message.clone(),
+                    retryable: e.retryable,
+                    next_retry_at: next,
+                }];
+                if next.is_none() {
+                    evs.push(Event::StepFailed {
+                        step,
+                        error: e.message.clone(),
+                    });
+                }
+                s.append(evs).await?;
+                match next {
+                    None => return Err(step_failed(e.message)),
+                    Some(t) => {
+                        not_before = Some(t);
+                        attempt += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn run_attempt(
+    s: &Arc<RunShared>,
+    step: StepRef,
+    spec: &StepSpec<'_>,
+    options: &StepOptions,
+    attempt: u32,
+    scheduled_at: DateTime<Utc>,
+    cancellable: bool,
+) -> Result<Payload, AttemptEnd> {
+    let Some(act) = s.engine.activities.get(spec.activity).cloned() else {
+        return Err(AttemptEnd::Failed(activity::Error::fatal(format!(
+            "no activity named {:?} is registered in this binary",
+            spec.activity
+        ))));
+    };
+    let heartbeat = Arc::new(activity::Heartbeat::new());
+    let ctx = activity::Context {
+        run: s.run,
+        step,
+        attempt,
+        scheduled_at,
+        heartbeat: heartbeat.clone(),
+        cancelled: s.cancel.subscribe(),
+    };
+    let call = act.call(ctx, spec.input.clone());
+    let timed = async {
+        match options.start_to_close {
+            Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
+                Err(activity::Error::retryable(format!(
+                    "{}: attempt {attempt} timed out after {d:?} (start-to-close limit)",
+                    spec.activity
+                )))
+            }),
+            None => call.await,
+        }
+    };
+    let watchdog = async {
+        let Some(limit) = options.heartbeat_timeout else {
+            return futures::future::pending::<activity::Error>().await;
+        };
+        loop {
+            let last = heartbeat.last.lock().expect("heartbeat lock").0;
+            let deadline = last + limit;
+            if tokio::time::Instant::now() >= deadline {
+                return activity::Error::retryable(format!(
+                    "{}: attempt {attempt} sent no heartbeat for {limit:?} (heartbeat limit)",
+                    spec.activity
+                ));
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let cancelled = async {
+        if cancellable {
+            s.cancelled().await;
+        } else {
+            futures::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = timed => r.map_err(AttemptEnd::Failed),
+        e = watchdog => Err(AttemptEnd::Failed(e)),
+        () = cancelled => Err(AttemptEnd::Cancelled),
+    }
+}
+
+/// Drives one run until it ends or cannot go on.
+async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
+    let action = s.state.lock().expect("state lock").resume_action();
+    match action {
+        ResumeAction::Finished => {
+            let st = s.state.lock().expect("state lock");
+            return RunOutcome::from_status(&st.status).unwrap_or(RunOutcome::Stopped("not finished".into()));
+        }
+        ResumeAction::ReplayWorkflow => {
+            let input = s.state.lock().expect("state lock").input.clone();
+            let ctx = WorkflowContext { shared: s.clone() };
+            let result = wf.call(ctx, input).await;
+            let issued = s.next_position.load(Ordering::SeqCst);
+            if s.check_fatal().is_ok() {
+                let check = s.state.lock().expect("state lock").check_finished(issued);
+                if let Err(r) = check {
+                    s.set_fatal(Fatal::Nondeterminism(r));
+                }
+            }
+            let fatal = s.fatal.lock().expect("fatal lock").take();
+            match fatal {
+                Some(Fatal::Engine(e)) => return RunOutcome::Stopped(e),
+                Some(Fatal::Nondeterminism(reason)) => {
+                    let already = matches!(&s.state.lock().expect("state lock").status,
+                        RunStatus::Suspended(r) if *r == reason);
+                    if !already && s.append(vec![Event::RunSuspended { reason: reason.clone() }]).await.is_err() {
+                        return RunOutcome::Stopped("could not record the suspension".into());
+                    }
+                    return RunOutcome::Suspended(reason);
+                }
+                None => {}
+            }
+            let event = match result {
+                Ok(output) => Event::RunCompleted { output },
+                Err(e) => match s.cancel_reason() {
+                    Some(why) => Event::CompensationStarted {
+                        reason: why,
+                        cancelled: true,
+                    },
+                    None => Event::CompensationStarted {
+                        reason: e.to_string(),
+                        cancelled: false,
+                    },
+                },
+            };
+            let done = event.is_terminal();
+            if let Err(e) = s.append(vec![event]).await {
+                return RunOutcome::Stopped(e.to_string());
+            }
+            if done {
+                let st = s.state.lock().expect("state lock");
+                return RunOutcome::from_status(&st.status).unwrap_or(RunOutcome::Stopped("not finished".into()));
+            }
+        }
+        ResumeAction::Compensate => {}
+    }
+    compensate(&s).await
+}
+
+async fn compensate(s: &Arc<RunShared>) -> RunOutcome {
+    let (plan, reason, cancelled) = {
+        let st = s.state.lock().expect("state lock");
+        let (reason, cancelled) = match &st.status {
+            RunStatus::Compensating { reason, cancelled } => (reason.clone(), *cancelled),
+            other => (format!("unexpected status {}", other.name()), false),
+        };
+        (st.compensation_plan(), reason, cancelled)
+    };
+    let options = compensation_options();
+    let mut failed = Vec::new();
+    for (i, c) in plan.iter().enumerate() {
+        let spec = StepSpec {
+            activity: &c.activity,
+            label: &c.label,
+            input: &c.input,
+            compensation: None,
+        };
+        match execute(s, StepRef::Compensation(i as u32), &spec, &options, false).await {
+            Ok(_) => {}
+            Err(workflow::Error::StepFailed { label, error, .. }) => failed.push(format!("{label}: {error}")),
+            Err(e) => return RunOutcome::Stopped(e.to_string()),
+        }
+    }
+    let mut summary = reason;
+    if !failed.is_empty() {
+        summary = format!(
+            "{summary}; COMPENSATION INCOMPLETE, operator action needed: {}",
+            failed.join("; ")
+        );
+    }
+    let event = if cancelled {
+        Event::RunCancelled { reason: summary }
+    } else {
+        Event::RunFailed { error: summary }
+    };
+    if let Err(e) = s.append(vec![event]).await {
+        return RunOutcome::Stopped(e.to_string());
+    }
+    let st = s.state.lock().expect("state lock");
+    RunOutcome::from_status(&st.status).unwrap_or(RunOutcome::Stopped("not finished".into()))
+}
+
+struct ActiveRun {
+    shared: Arc<RunShared>,
+    outcome: watch::Receiver<Option<RunOutcome>>,
+}
+
+pub(crate) struct Inner {
+    log: SharedLog,
+    clock: SharedClock,
+    workflows: HashMap<(String, u32), Arc<dyn DynWorkflow>>,
+    activities: HashMap<String, Arc<dyn DynActivity>>,
+    active: Mutex<HashMap<RunId, ActiveRun>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Builds an [`Engine`].
+pub struct EngineBuilder {
+    log: SharedLog,
+    clock: SharedClock,
+    workflows: HashMap<(String, u32), Arc<dyn DynWorkflow>>,
+    activities: HashMap<String, Arc<dyn DynActivity>>,
+}
+
+impl EngineBuilder {
+    /// Uses `clock` instead of the system clock.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Registers a workflow (several versions of one name may be registered).
+    pub fn workflow<W: Workflow>(mut self, w: W) -> Self {
+        self.workflows
+            .insert((W::NAME.to_owned(), W::VERSION), Arc::new(workflow::Typed(w)));
+        self
+    }
+
+    /// Registers a type-erased workflow.
+    pub fn workflow_dyn(mut self, w: Arc<dyn DynWorkflow>) -> Self {
+        self.workflows.insert((w.name().to_owned(), w.version()), w);
+        self
+    }
+
+    /// Registers an activity.
+    pub fn activity<A: Activity>(mut self, a: A) -> Self {
+        self.activities.insert(A::NAME.to_owned(), Arc::new(activity::Typed(a)));
+        self
+    }
+
+    /// Registers a closure as activity `name`.
+    pub fn activity_fn<F, Fut>(mut self, name: &str, f: F) -> Self
+    where
+        F: Fn(activity::Context, Payload) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Payload, activity::Error>> + Send + 'static,
+    {
+        self.activities.insert(name.to_owned(), Arc::new(FnActivity::new(f)));
+        self
+    }
+
+    /// The engine.
+    pub fn build(self) -> Engine {
+        Engine {
+            inner: Arc::new(Inner {
+                log: self.log,
+                clock: self.clock,
+                workflows: self.workflows,
+                activities: self.activities,
+                active: Mutex::new(HashMap::new()),
+                shutdown: watch::channel(false).0,
+            }),
+        }
+    }
+}
+
+/// What [`Engine::resume_all`] did.
+#[derive(Debug, Default)]
+pub struct ResumeReport {
+    /// Runs now being driven.
+    pub resumed: Vec<RunId>,
+    /// Runs that could not be resumed, and why (they stay as they are in the log).
+    pub refused: Vec<(RunId, Error)>,
+}
+
+/// The engine: starts, resumes, signals and follows runs. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// An engine over `log`, with the system clock.
+    pub fn builder(log: SharedLog) -> EngineBuilder {
+        EngineBuilder {
+            log,
+            clock: Arc::new(SystemClock),
+            workflows: HashMap::new(),
+            activities: HashMap::new(),
+        }
+    }
+
+    /// The log.
+    pub fn log(&self) -> &SharedLog {
+        &self.inner.log
+    }
+
+    fn latest(&self, name: &str) -> Result<Arc<dyn DynWorkflow>, Error> {
+        self.inner
+            .workflows
+            .iter()
+            .filter(|((n, _), _)| n == name)
+            .max_by_key(|((_, v), _)| *v)
+            .map(|(_, w)| w.clone())
+            .ok_or_else(|| Error::UnknownWorkflow {
+                name: name.to_owned(),
+                known: self.known_workflows(),
+            })
+    }
+
+    fn known_workflows(&self) -> String {
+        let mut names: Vec<String> = self
+            .inner
+            .workflows
+            .keys()
+            .map(|(n, v)| format!("{n} v{v}"))
+            .collect();
+        names.sort();
+        names.join(", ")
+    }
+
+    /// Starts a run of the newest registered version of workflow `W`.
+    pub async fn start<W: Workflow>(&self, input: &W::Input, started_by: &str) -> Result<RunId, Error> {
+        let payload = Payload::encode(input).map_err(|e| Error::Input(e.to_string()))?;
+        self.start_named(W::NAME, payload, started_by).await
+    }
+
+    /// Starts a run of the newest registered version of the named workflow.
+    pub async fn start_named(&self, workflow: &str, input: Payload, started_by: &str) -> Result<RunId, Error> {
+        let wf = self.latest(workflow)?;
+        let run = RunId::new();
+        let records = self
+            .inner
+            .log
+            .append(
+                run,
+                vec![Event::RunStarted {
+                    workflow: wf.name().to_owned(),
+                    version: wf.version(),
+                    input,
+                    started_by: started_by.to_owned(),
+                }],
+            )
+            .await?;
+        let state = RunState::from_records(&records)?;
+        self.spawn(state, wf);
+        Ok(run)
+    }
+
+    /// Resumes every run the log has as unfinished.
+    pub fn resume_all(&self) -> Result<ResumeReport, Error> {
+        let mut report = ResumeReport::default();
+        for run in self.inner.log.open_runs()? {
+            match self.resume(run) {
+                Ok(()) => report.resumed.push(run),
+                Err(e) => report.refused.push((run, e)),
+            }
+        }
+        Ok(report)
+    }
+
+    /// Resumes one unfinished run (a no-op if this engine already drives it).
+    pub fn resume(&self, run: RunId) -> Result<(), Error> {
+        if self.inner.active.lock().expect("active lock").contains_key(&run) {
+            return Ok(());
+        }
+        let records = self.inner.log.read(run)?;
+        let state = RunState::from_records(&records)?;
+        if state.status.is_terminal() {
+            return Err(Error::Finished {
+                run,
+                status: state.status.name().to_owned(),
+            });
+        }
+        let wf = self
+            .inner
+            .workflows
+            .get(&(state.workflow.clone(), state.version))
+            .cloned()
+            .ok_or_else(|| Error::VersionMismatch {
+                run,
+                workflow: state.workflow.clone(),
+                recorded: state.version,
+                available: {
+                    let mut v: Vec<String> = self
+                        .inner
+                        .workflows
+                        .keys()
+                        .filter(|(n, _)| *n == state.workflow)
+                        .map(|(_, v)| v.to_string())
+                        .collect();
+                    v.sort();
+                    if v.is_empty() {
+                        "none".into()
+                    } else {
+                        v.join(", ")
+                    }
+                },
+            })?;
+        self.spawn(state, wf);
+        Ok(())
+    }
+
+    fn spawn(&self, state: RunState, wf: Arc<dyn DynWorkflow>) {
+        let run = state.run;
+        let cancelled = state.cancel_requested.is_some();
+        let shared = Arc::new(RunShared {
+            run,
+            engine: self.inner.clone(),
+            state: Mutex::new(state),
+            next_position: AtomicU32::new(0),
+            fatal: Mutex::new(None),
+            changed: watch::channel(0).0,
+            cancel: watch::channel(cancelled).0,
+            records: broadcast::channel(1024).0,
+        });
+        let (outcome_tx, outcome_rx) = watch::channel(None);
+        self.inner.active.lock().expect("active lock").insert(
+            run,
+            ActiveRun {
+                shared: shared.clone(),
+                outcome: outcome_rx,
+            },
+        );
+        let inner = self.inner.clone();
+        let mut shutdown = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let outcome = tokio::select! {
+                o = drive(shared, wf) => o,
+                _ = shutdown.wait_for(|s| *s) => RunOutcome::Stopped("engine shut down".into()),
+            };
+            inner.active.lock().expect("active lock").remove(&run);
+            outcome_tx.send_replace(Some(outcome));
+        });
+    }
+
+    /// Sends a signal (`approve`, `pause`, `resume`, `cancel`, or one the workflow waits for).
+    /// It is journaled first; a run this engine drives sees it at once.
+    pub async fn signal(&self, run: RunId, name: &str, payload: Payload, sent_by: &str) -> Result<(), Error> {
+        let event = Event::SignalReceived {
+            name: name.to_owned(),
+            payload,
+            sent_by: sent_by.to_owned(),
+        };
+        let shared = self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .get(&run)
+            .map(|a| a.shared.clone());
+        if let Some(shared) = shared {
+            shared
+                .append(vec![event])
+                .await
+                .map_err(|e| Error::Log(log::Error::Storage(e.to_string())))?;
+            return Ok(());
+        }
+        let records = self.inner.log.read(run)?;
+        let state = RunState::from_records(&records)?;
+        if state.status.is_terminal() {
+            return Err(Error::Finished {
+                run,
+                status: state.status.name().to_owned(),
+            });
+        }
+        self.inner.log.append(run, vec![event]).await?;
+        Ok(())
+    }
+
+    /// Waits for a run's driver to stop and says how; for a run already ended, reads the log.
+    pub async fn wait(&self, run: RunId) -> Result<RunOutcome, Error> {
+        let rx = self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .get(&run)
+            .map(|a| a.outcome.clone());
+        if let Some(mut rx) = rx {
+            if let Ok(v) = rx.wait_for(Option::is_some).await {
+                return Ok(v.clone().expect("checked is_some"));
+            }
+        }
+        let state = self.state(run)?;
+        RunOutcome::from_status(&state.status).ok_or(Error::NotActive(run))
+    }
+
+    /// A run's state, folded from the log.
+    pub fn state(&self, run: RunId) -> Result<RunState, Error> {
+        let records = self.inner.log.read(run)?;
+        Ok(RunState::from_records(&records)?)
+    }
+
+    /// Follows the records a run this engine drives appends from now on.
+    pub fn subscribe(&self, run: RunId) -> Option<broadcast::Receiver<Record>> {
+        self.inner
+            .active
+            .lock()
+            .expect("active lock")
+            .get(&run)
+            .map(|a| a.shared.records.subscribe())
+    }
+
+    /// Runs this engine is driving now.
+    pub fn active_runs(&self) -> Vec<RunId> {
+        self.inner.active.lock().expect("active lock").keys().copied().collect()
+    }
+
+    /// Stops every driver where it stands (attempts in flight are abandoned, and recorded as
+    /// interrupted on the next start) and waits for them.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let receivers: Vec<_> = self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .values()
+            .map(|a| a.outcome.clone())
+            .collect();
+        for mut rx in receivers {
+            let _ = rx.wait_for(Option::is_some).await;
+        }
+    }
+}
