@@ -103,7 +103,12 @@ impl Context {
 
     /// The latest progress reported through [`Context::heartbeat`].
     pub fn last_progress(&self) -> Option<String> {
-        self.heartbeat.last.lock().expect("heartbeat lock").1.clone()
+        self.heartbeat
+            .last
+            .lock()
+            .expect("heartbeat lock")
+            .1
+            .clone()
     }
 
     /// Whether the run was cancelled; long activities should stop when it is.
@@ -131,25 +136,38 @@ pub trait Activity: Send + Sync + 'static {
     /// Output.
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// Does the work.
-    fn run(&self, ctx: Context, input: Self::Input) -> impl Future<Output = Result<Self::Output, Error>> + Send;
+    fn run(
+        &self,
+        ctx: Context,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
 }
 
 /// An activity with its types erased, as the engine stores it.
 pub trait DynActivity: Send + Sync + 'static {
     /// Runs it on a JSON payload.
-    fn call(self: Arc<Self>, ctx: Context, input: Payload) -> BoxFuture<'static, Result<Payload, Error>>;
+    fn call(
+        self: Arc<Self>,
+        ctx: Context,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, Error>>;
 }
 
 pub(crate) struct Typed<A>(pub(crate) A);
 
 impl<A: Activity> DynActivity for Typed<A> {
-    fn call(self: Arc<Self>, ctx: Context, input: Payload) -> BoxFuture<'static, Result<Payload, Error>> {
+    fn call(
+        self: Arc<Self>,
+        ctx: Context,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, Error>> {
         Box::pin(async move {
             let input: A::Input = input
                 .decode()
                 .map_err(|e| Error::fatal(format!("{}: input does not decode: {e}", A::NAME)))?;
             let out = self.0.run(ctx, input).await?;
-            Payload::encode(&out).map_err(|e| Error::fatal(format!("{}: output does not encode: {e}", A::NAME)))
+            Payload::encode(&out)
+                .map_err(|e| Error::fatal(format!("{}: output does not encode: {e}", A::NAME)))
         })
     }
 }
@@ -171,7 +189,11 @@ where
     F: Fn(Context, Payload) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Payload, Error>> + Send + 'static,
 {
-    fn call(self: Arc<Self>, ctx: Context, input: Payload) -> BoxFuture<'static, Result<Payload, Error>> {
+    fn call(
+        self: Arc<Self>,
+        ctx: Context,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, Error>> {
         Box::pin((self.f)(ctx, input))
     }
 }

@@ -168,7 +168,10 @@ mod tests {
         let (mut bytes, _) = encode(0, Utc::now(), &[0; 32], &sample()).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
-        assert!(matches!(decode(RunId::new(), 0, &bytes), Err(Error::Checksum { .. })));
+        assert!(matches!(
+            decode(RunId::new(), 0, &bytes),
+            Err(Error::Checksum { .. })
+        ));
     }
 
     #[test]
@@ -182,7 +185,10 @@ mod tests {
     fn unknown_version_is_named() {
         let (mut bytes, _) = encode(0, Utc::now(), &[0; 32], &sample()).unwrap();
         bytes[0] = 99;
-        assert_eq!(decode(RunId::new(), 0, &bytes), Err(Error::UnknownVersion(99)));
+        assert_eq!(
+            decode(RunId::new(), 0, &bytes),
+            Err(Error::UnknownVersion(99))
+        );
     }
 
     #[test]

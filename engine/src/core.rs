@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::event::{CompensationSpec, Event, Payload, RecordedKind, Record, RunId, StepRef, SuspendReason};
+use crate::event::{
+    CompensationSpec, Event, Payload, Record, RecordedKind, RunId, StepRef, SuspendReason,
+};
 use crate::retry::RetryPolicy;
 
 /// A history that the core cannot make sense of.
@@ -65,7 +67,10 @@ impl RunStatus {
 
     /// Whether the run has ended.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, RunStatus::Completed(_) | RunStatus::Failed(_) | RunStatus::Cancelled(_))
+        matches!(
+            self,
+            RunStatus::Completed(_) | RunStatus::Failed(_) | RunStatus::Cancelled(_)
+        )
     }
 }
 
@@ -360,7 +365,9 @@ impl RunState {
                 );
             }
             Event::AttemptStarted { step, attempt } => {
-                let s = self.step_mut(*step).ok_or_else(|| invalid(format!("attempt of unscheduled {step}")))?;
+                let s = self
+                    .step_mut(*step)
+                    .ok_or_else(|| invalid(format!("attempt of unscheduled {step}")))?;
                 s.attempts_started = s.attempts_started.max(*attempt);
                 s.open_attempt = Some(*attempt);
             }
@@ -370,7 +377,9 @@ impl RunState {
                 next_retry_at,
                 ..
             } => {
-                let s = self.step_mut(*step).ok_or_else(|| invalid(format!("failure of unscheduled {step}")))?;
+                let s = self
+                    .step_mut(*step)
+                    .ok_or_else(|| invalid(format!("failure of unscheduled {step}")))?;
                 s.failures += 1;
                 if s.open_attempt == Some(*attempt) {
                     s.open_attempt = None;
@@ -378,18 +387,24 @@ impl RunState {
                 s.next_retry_at = *next_retry_at;
             }
             Event::AttemptInterrupted { step, attempt } => {
-                let s = self.step_mut(*step).ok_or_else(|| invalid(format!("interruption of unscheduled {step}")))?;
+                let s = self
+                    .step_mut(*step)
+                    .ok_or_else(|| invalid(format!("interruption of unscheduled {step}")))?;
                 if s.open_attempt == Some(*attempt) {
                     s.open_attempt = None;
                 }
             }
             Event::StepCompleted { step, output } => {
-                let s = self.step_mut(*step).ok_or_else(|| invalid(format!("completion of unscheduled {step}")))?;
+                let s = self
+                    .step_mut(*step)
+                    .ok_or_else(|| invalid(format!("completion of unscheduled {step}")))?;
                 s.open_attempt = None;
                 s.outcome = Some(Ok(output.clone()));
             }
             Event::StepFailed { step, error } => {
-                let s = self.step_mut(*step).ok_or_else(|| invalid(format!("failure of unscheduled {step}")))?;
+                let s = self
+                    .step_mut(*step)
+                    .ok_or_else(|| invalid(format!("failure of unscheduled {step}")))?;
                 s.open_attempt = None;
                 s.outcome = Some(Err(error.clone()));
             }
@@ -404,9 +419,17 @@ impl RunState {
             }
             Event::TimerFired { position } => match self.entries.get_mut(position) {
                 Some(Entry::Timer { fired, .. }) => *fired = true,
-                _ => return Err(invalid(format!("timer at position {position} fired but never started"))),
+                _ => {
+                    return Err(invalid(format!(
+                        "timer at position {position} fired but never started"
+                    )))
+                }
             },
-            Event::ValueRecorded { position, kind, value } => {
+            Event::ValueRecorded {
+                position,
+                kind,
+                value,
+            } => {
                 self.entries.insert(
                     *position,
                     Entry::Value {
@@ -415,11 +438,19 @@ impl RunState {
                     },
                 );
             }
-            Event::CompensationRegistered { position, compensation } => {
-                self.entries.insert(*position, Entry::Compensation(compensation.clone()));
+            Event::CompensationRegistered {
+                position,
+                compensation,
+            } => {
+                self.entries
+                    .insert(*position, Entry::Compensation(compensation.clone()));
                 self.compensations.push((*position, compensation.clone()));
             }
-            Event::SignalReceived { name, payload, sent_by } => match name.as_str() {
+            Event::SignalReceived {
+                name,
+                payload,
+                sent_by,
+            } => match name.as_str() {
                 signals::PAUSE => self.paused = true,
                 signals::RESUME => self.paused = false,
                 signals::CANCEL => {
@@ -432,7 +463,11 @@ impl RunState {
                         });
                     }
                 }
-                _ => self.signals.entry(name.clone()).or_default().push(payload.clone()),
+                _ => self
+                    .signals
+                    .entry(name.clone())
+                    .or_default()
+                    .push(payload.clone()),
             },
             Event::SignalConsumed { position, name } => {
                 let index = self.consumed.entry(name.clone()).or_default();
@@ -568,22 +603,38 @@ impl RunState {
     }
 
     /// Decides a durable timer at `position`, of `duration` from `now`.
-    pub fn decide_timer(&self, position: u32, duration: Duration, now: DateTime<Utc>) -> TimerDecision {
+    pub fn decide_timer(
+        &self,
+        position: u32,
+        duration: Duration,
+        now: DateTime<Utc>,
+    ) -> TimerDecision {
         match self.entries.get(&position) {
-            None => TimerDecision::Start(now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)),
+            None => TimerDecision::Start(
+                now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
+            ),
             Some(Entry::Timer { fired: true, .. }) => TimerDecision::Fired,
             Some(Entry::Timer { fire_at, .. }) => TimerDecision::WaitUntil(*fire_at),
-            Some(other) => {
-                TimerDecision::Nondeterminism(nondeterminism(position, other, format!("sleep {duration:?}")))
-            }
+            Some(other) => TimerDecision::Nondeterminism(nondeterminism(
+                position,
+                other,
+                format!("sleep {duration:?}"),
+            )),
         }
     }
 
     /// Decides a recorded value at `position`; `fresh` is what to record if the history has none.
-    pub fn decide_value(&self, position: u32, kind: RecordedKind, fresh: impl FnOnce() -> String) -> ValueDecision {
+    pub fn decide_value(
+        &self,
+        position: u32,
+        kind: RecordedKind,
+        fresh: impl FnOnce() -> String,
+    ) -> ValueDecision {
         match self.entries.get(&position) {
             None => ValueDecision::Record(fresh()),
-            Some(Entry::Value { kind: k, value }) if *k == kind => ValueDecision::Replay(value.clone()),
+            Some(Entry::Value { kind: k, value }) if *k == kind => {
+                ValueDecision::Replay(value.clone())
+            }
             Some(other) => ValueDecision::Nondeterminism(nondeterminism(
                 position,
                 other,
@@ -593,7 +644,11 @@ impl RunState {
     }
 
     /// Decides a compensation registration at `position`.
-    pub fn decide_registration(&self, position: u32, spec: &CompensationSpec) -> Result<bool, SuspendReason> {
+    pub fn decide_registration(
+        &self,
+        position: u32,
+        spec: &CompensationSpec,
+    ) -> Result<bool, SuspendReason> {
         match self.entries.get(&position) {
             None => Ok(true),
             Some(Entry::Compensation(c)) if c == spec => Ok(false),
@@ -618,9 +673,11 @@ impl RunState {
                     }),
                 }
             }
-            Some(other) => {
-                SignalDecision::Nondeterminism(nondeterminism(position, other, format!("wait for signal {name:?}")))
-            }
+            Some(other) => SignalDecision::Nondeterminism(nondeterminism(
+                position,
+                other,
+                format!("wait for signal {name:?}"),
+            )),
             None => {
                 let consumed = self.consumed.get(name).copied().unwrap_or(0);
                 match self.signals.get(name).and_then(|v| v.get(consumed)) {

@@ -111,7 +111,9 @@ impl RetryPolicy {
             max_elapsed_time: None,
             ..backoff::ExponentialBackoff::default()
         };
-        b.next_backoff().unwrap_or(self.max_interval).min(self.max_interval)
+        b.next_backoff()
+            .unwrap_or(self.max_interval)
+            .min(self.max_interval)
     }
 }
 

@@ -20,8 +20,13 @@ use tokio::sync::{broadcast, watch};
 
 use crate::activity::{self, Activity, DynActivity, FnActivity};
 use crate::clock::{self, SharedClock, SystemClock};
-use crate::core::{self, ResumeAction, RunState, RunStatus, SignalDecision, StepDecision, TimerDecision, ValueDecision};
-use crate::event::{CompensationSpec, Event, Payload, RecordedKind, Record, RunId, StepRef, SuspendReason};
+use crate::core::{
+    self, ResumeAction, RunState, RunStatus, SignalDecision, StepDecision, TimerDecision,
+    ValueDecision,
+};
+use crate::event::{
+    CompensationSpec, Event, Payload, Record, RecordedKind, RunId, StepRef, SuspendReason,
+};
 use crate::log::{self, SharedLog};
 use crate::retry::RetryPolicy;
 use crate::workflow::{self, DynWorkflow, Workflow};
@@ -172,7 +177,11 @@ impl RunShared {
     }
 
     fn cancel_reason(&self) -> Option<String> {
-        self.state.lock().expect("state lock").cancel_requested.clone()
+        self.state
+            .lock()
+            .expect("state lock")
+            .cancel_requested
+            .clone()
     }
 
     /// Appends durably, folds into the state, wakes waiters, publishes to followers.
@@ -222,7 +231,11 @@ impl RunShared {
     }
 
     /// Waits until `deadline`; `Err` if cancelled first (when `cancellable`).
-    async fn wait_until(&self, deadline: DateTime<Utc>, cancellable: bool) -> Result<(), workflow::Error> {
+    async fn wait_until(
+        &self,
+        deadline: DateTime<Utc>,
+        cancellable: bool,
+    ) -> Result<(), workflow::Error> {
         let sleep = clock::sleep_until(self.engine.clock.as_ref(), deadline);
         if cancellable {
             tokio::select! {
@@ -299,7 +312,12 @@ impl<O> StepCall<O> {
     /// Registers `activity(input)` to run if the run later fails or is cancelled. Registered when
     /// the step is scheduled, so it also covers a step that failed half-way: compensations must be
     /// safe when the step's effect did not happen.
-    pub fn compensate_with<I: Serialize>(mut self, activity: &str, input: &I, label: impl Into<String>) -> Self {
+    pub fn compensate_with<I: Serialize>(
+        mut self,
+        activity: &str,
+        input: &I,
+        label: impl Into<String>,
+    ) -> Self {
         match Payload::encode(input) {
             Ok(input) => {
                 self.options.compensation = Some(CompensationSpec {
@@ -332,7 +350,11 @@ impl<O: DeserializeOwned + Send + 'static> IntoFuture for StepCall<O> {
         Box::pin(async move {
             shared.check_fatal()?;
             let input = self.input.map_err(workflow::Error::Payload)?;
-            let label = self.options.label.clone().unwrap_or_else(|| self.activity.clone());
+            let label = self
+                .options
+                .label
+                .clone()
+                .unwrap_or_else(|| self.activity.clone());
             let out = execute(
                 &shared,
                 StepRef::Workflow(position),
@@ -377,7 +399,9 @@ impl WorkflowContext {
     /// The time, recorded on first execution and replayed after.
     pub async fn now(&self) -> Result<DateTime<Utc>, workflow::Error> {
         let v = self
-            .recorded(RecordedKind::Now, || self.shared.engine.clock.now().to_rfc3339())
+            .recorded(RecordedKind::Now, || {
+                self.shared.engine.clock.now().to_rfc3339()
+            })
             .await?;
         DateTime::parse_from_rfc3339(&v)
             .map(|d| d.with_timezone(&Utc))
@@ -389,14 +413,23 @@ impl WorkflowContext {
         let v = self
             .recorded(RecordedKind::Uuid, || uuid::Uuid::new_v4().to_string())
             .await?;
-        uuid::Uuid::parse_str(&v).map_err(|e| workflow::Error::Payload(format!("recorded uuid {v:?}: {e}")))
+        uuid::Uuid::parse_str(&v)
+            .map_err(|e| workflow::Error::Payload(format!("recorded uuid {v:?}: {e}")))
     }
 
-    async fn recorded(&self, kind: RecordedKind, fresh: impl FnOnce() -> String) -> Result<String, workflow::Error> {
+    async fn recorded(
+        &self,
+        kind: RecordedKind,
+        fresh: impl FnOnce() -> String,
+    ) -> Result<String, workflow::Error> {
         let s = &self.shared;
         let position = s.take_position();
         s.check_fatal()?;
-        let decision = s.state.lock().expect("state lock").decide_value(position, kind, fresh);
+        let decision = s
+            .state
+            .lock()
+            .expect("state lock")
+            .decide_value(position, kind, fresh);
         match decision {
             ValueDecision::Replay(v) => Ok(v),
             ValueDecision::Record(v) => {
@@ -417,16 +450,20 @@ impl WorkflowContext {
         let s = &self.shared;
         let position = s.take_position();
         s.check_fatal()?;
-        let decision = s
-            .state
-            .lock()
-            .expect("state lock")
-            .decide_timer(position, duration, s.engine.clock.now());
+        let decision = s.state.lock().expect("state lock").decide_timer(
+            position,
+            duration,
+            s.engine.clock.now(),
+        );
         let deadline = match decision {
             TimerDecision::Fired => return Ok(()),
             TimerDecision::WaitUntil(t) => t,
             TimerDecision::Start(t) => {
-                s.append(vec![Event::TimerStarted { position, fire_at: t }]).await?;
+                s.append(vec![Event::TimerStarted {
+                    position,
+                    fire_at: t,
+                }])
+                .await?;
                 t
             }
             TimerDecision::Nondeterminism(r) => return Err(s.nondeterminism(r)),
@@ -438,13 +475,20 @@ impl WorkflowContext {
 
     /// Waits for signal `name` (e.g. `approve`) and returns its payload. Each call consumes one
     /// signal of that name, in the order they arrived.
-    pub async fn wait_for_signal<T: DeserializeOwned>(&self, name: &str) -> Result<T, workflow::Error> {
+    pub async fn wait_for_signal<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<T, workflow::Error> {
         let s = &self.shared;
         let position = s.take_position();
         loop {
             let mut rx = s.changed.subscribe();
             s.check_fatal()?;
-            let decision = s.state.lock().expect("state lock").decide_signal(position, name);
+            let decision = s
+                .state
+                .lock()
+                .expect("state lock")
+                .decide_signal(position, name);
             let payload = match decision {
                 SignalDecision::Replay(p) => p,
                 SignalDecision::Consume(p) => {
@@ -485,7 +529,11 @@ impl WorkflowContext {
             input: Payload::encode(input).map_err(|e| workflow::Error::Payload(e.to_string()))?,
             label: label.into(),
         };
-        let decision = s.state.lock().expect("state lock").decide_registration(position, &spec);
+        let decision = s
+            .state
+            .lock()
+            .expect("state lock")
+            .decide_registration(position, &spec);
         match decision {
             Ok(true) => {
                 s.append(vec![Event::CompensationRegistered {
@@ -538,7 +586,8 @@ async fn execute(
         activity: spec.activity.to_owned(),
         error,
     };
-    let (mut schedule, mut attempt, mut failures, mut not_before, mut interrupted) = match decision {
+    let (mut schedule, mut attempt, mut failures, mut not_before, mut interrupted) = match decision
+    {
         StepDecision::Replay(r) => return r.map_err(step_failed),
         StepDecision::Nondeterminism(r) => return Err(s.nondeterminism(r)),
         StepDecision::Run {
@@ -581,7 +630,10 @@ async fn execute(
         }
         s.wait_unpaused(cancellable).await?;
         if let Some(prev) = interrupted.take() {
-            events.push(Event::AttemptInterrupted { step, attempt: prev });
+            events.push(Event::AttemptInterrupted {
+                step,
+                attempt: prev,
+            });
         }
         events.push(Event::AttemptStarted { step, attempt });
         s.append(events).await?;
@@ -728,7 +780,8 @@ async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
     match action {
         ResumeAction::Finished => {
             let st = s.state.lock().expect("state lock");
-            return RunOutcome::from_status(&st.status).unwrap_or(RunOutcome::Stopped("not finished".into()));
+            return RunOutcome::from_status(&st.status)
+                .unwrap_or(RunOutcome::Stopped("not finished".into()));
         }
         ResumeAction::ReplayWorkflow => {
             let input = s.state.lock().expect("state lock").input.clone();
@@ -747,7 +800,13 @@ async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
                 Some(Fatal::Nondeterminism(reason)) => {
                     let already = matches!(&s.state.lock().expect("state lock").status,
                         RunStatus::Suspended(r) if *r == reason);
-                    if !already && s.append(vec![Event::RunSuspended { reason: reason.clone() }]).await.is_err() {
+                    if !already
+                        && s.append(vec![Event::RunSuspended {
+                            reason: reason.clone(),
+                        }])
+                        .await
+                        .is_err()
+                    {
                         return RunOutcome::Stopped("could not record the suspension".into());
                     }
                     return RunOutcome::Suspended(reason);
@@ -773,7 +832,8 @@ async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
             }
             if done {
                 let st = s.state.lock().expect("state lock");
-                return RunOutcome::from_status(&st.status).unwrap_or(RunOutcome::Stopped("not finished".into()));
+                return RunOutcome::from_status(&st.status)
+                    .unwrap_or(RunOutcome::Stopped("not finished".into()));
             }
         }
         ResumeAction::Compensate => {}
@@ -801,7 +861,9 @@ async fn compensate(s: &Arc<RunShared>) -> RunOutcome {
         };
         match execute(s, StepRef::Compensation(i as u32), &spec, &options, false).await {
             Ok(_) => {}
-            Err(workflow::Error::StepFailed { label, error, .. }) => failed.push(format!("{label}: {error}")),
+            Err(workflow::Error::StepFailed { label, error, .. }) => {
+                failed.push(format!("{label}: {error}"))
+            }
             Err(e) => return RunOutcome::Stopped(e.to_string()),
         }
     }
@@ -855,8 +917,10 @@ impl EngineBuilder {
 
     /// Registers a workflow (several versions of one name may be registered).
     pub fn workflow<W: Workflow>(mut self, w: W) -> Self {
-        self.workflows
-            .insert((W::NAME.to_owned(), W::VERSION), Arc::new(workflow::Typed(w)));
+        self.workflows.insert(
+            (W::NAME.to_owned(), W::VERSION),
+            Arc::new(workflow::Typed(w)),
+        );
         self
     }
 
@@ -868,7 +932,8 @@ impl EngineBuilder {
 
     /// Registers an activity.
     pub fn activity<A: Activity>(mut self, a: A) -> Self {
-        self.activities.insert(A::NAME.to_owned(), Arc::new(activity::Typed(a)));
+        self.activities
+            .insert(A::NAME.to_owned(), Arc::new(activity::Typed(a)));
         self
     }
 
@@ -878,7 +943,8 @@ impl EngineBuilder {
         F: Fn(activity::Context, Payload) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Payload, activity::Error>> + Send + 'static,
     {
-        self.activities.insert(name.to_owned(), Arc::new(FnActivity::new(f)));
+        self.activities
+            .insert(name.to_owned(), Arc::new(FnActivity::new(f)));
         self
     }
 
@@ -953,13 +1019,22 @@ impl Engine {
     }
 
     /// Starts a run of the newest registered version of workflow `W`.
-    pub async fn start<W: Workflow>(&self, input: &W::Input, started_by: &str) -> Result<RunId, Error> {
+    pub async fn start<W: Workflow>(
+        &self,
+        input: &W::Input,
+        started_by: &str,
+    ) -> Result<RunId, Error> {
         let payload = Payload::encode(input).map_err(|e| Error::Input(e.to_string()))?;
         self.start_named(W::NAME, payload, started_by).await
     }
 
     /// Starts a run of the newest registered version of the named workflow.
-    pub async fn start_named(&self, workflow: &str, input: Payload, started_by: &str) -> Result<RunId, Error> {
+    pub async fn start_named(
+        &self,
+        workflow: &str,
+        input: Payload,
+        started_by: &str,
+    ) -> Result<RunId, Error> {
         let wf = self.latest(workflow)?;
         let run = RunId::new();
         let records = self
@@ -994,7 +1069,13 @@ impl Engine {
 
     /// Resumes one unfinished run (a no-op if this engine already drives it).
     pub fn resume(&self, run: RunId) -> Result<(), Error> {
-        if self.inner.active.lock().expect("active lock").contains_key(&run) {
+        if self
+            .inner
+            .active
+            .lock()
+            .expect("active lock")
+            .contains_key(&run)
+        {
             return Ok(());
         }
         let records = self.inner.log.read(run)?;
@@ -1069,7 +1150,13 @@ impl Engine {
 
     /// Sends a signal (`approve`, `pause`, `resume`, `cancel`, or one the workflow waits for).
     /// It is journaled first; a run this engine drives sees it at once.
-    pub async fn signal(&self, run: RunId, name: &str, payload: Payload, sent_by: &str) -> Result<(), Error> {
+    pub async fn signal(
+        &self,
+        run: RunId,
+        name: &str,
+        payload: Payload,
+        sent_by: &str,
+    ) -> Result<(), Error> {
         let event = Event::SignalReceived {
             name: name.to_owned(),
             payload,
@@ -1137,7 +1224,13 @@ impl Engine {
 
     /// Runs this engine is driving now.
     pub fn active_runs(&self) -> Vec<RunId> {
-        self.inner.active.lock().expect("active lock").keys().copied().collect()
+        self.inner
+            .active
+            .lock()
+            .expect("active lock")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// Stops every driver where it stands (attempts in flight are abandoned, and recorded as

@@ -17,9 +17,14 @@ impl HistoryBuilder {
     /// A history that starts with `RunStarted` of `workflow` v`version` with input `input` (JSON).
     pub fn new(workflow: &str, version: u32, input: &str) -> Self {
         let mut b = HistoryBuilder {
-            run: RunId(uuid::Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001)),
+            run: RunId(uuid::Uuid::from_u128(
+                0x0190_0000_0000_7000_8000_0000_0000_0001,
+            )),
             records: Vec::new(),
-            t0: Utc.with_ymd_and_hms(2026, 11, 1, 3, 0, 0).single().expect("valid time"),
+            t0: Utc
+                .with_ymd_and_hms(2026, 11, 1, 3, 0, 0)
+                .single()
+                .expect("valid time"),
         };
         b.push(Event::RunStarted {
             workflow: workflow.into(),
@@ -116,7 +121,9 @@ pub mod canned {
     /// · 4 `StepScheduled`(1, "b") · 5 `AttemptStarted`(1, 1).
     pub fn second_step_in_flight() -> HistoryBuilder {
         let mut h = HistoryBuilder::new("two-steps", 1, "null");
-        h.scheduled(0, "a", "1").completed(0, "10").scheduled(1, "b", "2");
+        h.scheduled(0, "a", "1")
+            .completed(0, "10")
+            .scheduled(1, "b", "2");
         h
     }
 

@@ -59,7 +59,11 @@ pub trait Workflow: Send + Sync + 'static {
     /// Output.
     type Output: Serialize + DeserializeOwned + Send + 'static;
     /// The workflow body. Everything it does to the world goes through `ctx`.
-    fn run(&self, ctx: WorkflowContext, input: Self::Input) -> impl Future<Output = Result<Self::Output, Error>> + Send;
+    fn run(
+        &self,
+        ctx: WorkflowContext,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, Error>> + Send;
 }
 
 /// A workflow with its types erased.
@@ -69,7 +73,11 @@ pub trait DynWorkflow: Send + Sync + 'static {
     /// Version.
     fn version(&self) -> u32;
     /// Runs it on a JSON input.
-    fn call(self: Arc<Self>, ctx: WorkflowContext, input: Payload) -> BoxFuture<'static, Result<Payload, Error>>;
+    fn call(
+        self: Arc<Self>,
+        ctx: WorkflowContext,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, Error>>;
 }
 
 pub(crate) struct Typed<W>(pub(crate) W);
@@ -81,7 +89,11 @@ impl<W: Workflow> DynWorkflow for Typed<W> {
     fn version(&self) -> u32 {
         W::VERSION
     }
-    fn call(self: Arc<Self>, ctx: WorkflowContext, input: Payload) -> BoxFuture<'static, Result<Payload, Error>> {
+    fn call(
+        self: Arc<Self>,
+        ctx: WorkflowContext,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, Error>> {
         Box::pin(async move {
             let input: W::Input = input
                 .decode()

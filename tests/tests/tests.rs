@@ -1,1 +1,8 @@
+//! The one integration-test binary: every suite is a module here, sharing `util`.
 
+mod core_replay;
+mod crash;
+mod engine_behaviour;
+mod log_conformance;
+mod regression;
+mod util;

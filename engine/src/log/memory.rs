@@ -44,11 +44,25 @@ impl Backend for MemoryBackend {
     }
 
     fn open_runs(&self) -> Result<Vec<RunId>, Error> {
-        Ok(self.state.read().expect("memory log lock").open.iter().copied().collect())
+        Ok(self
+            .state
+            .read()
+            .expect("memory log lock")
+            .open
+            .iter()
+            .copied()
+            .collect())
     }
 
     fn all_runs(&self) -> Result<Vec<RunId>, Error> {
-        Ok(self.state.read().expect("memory log lock").all.iter().copied().collect())
+        Ok(self
+            .state
+            .read()
+            .expect("memory log lock")
+            .all
+            .iter()
+            .copied()
+            .collect())
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), Error> {

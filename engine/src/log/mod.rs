@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
@@ -69,7 +69,11 @@ impl Error {
 pub trait EventLog: Send + Sync + 'static {
     /// Appends events to the end of a run's history, in order. Resolves with the stored records
     /// once they are durable; never resolves `Ok` before that.
-    fn append(&self, run: RunId, events: Vec<Event>) -> BoxFuture<'static, Result<Vec<Record>, Error>>;
+    fn append(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Vec<Record>, Error>>;
 
     /// A run's whole history, with every checksum and the hash chain checked.
     fn read(&self, run: RunId) -> Result<Vec<Record>, Error>;
@@ -156,7 +160,11 @@ impl<B: Backend> Drop for Log<B> {
 }
 
 impl<B: Backend> EventLog for Log<B> {
-    fn append(&self, run: RunId, events: Vec<Event>) -> BoxFuture<'static, Result<Vec<Record>, Error>> {
+    fn append(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Vec<Record>, Error>> {
         let (ack, rx) = oneshot::channel();
         let sent = self.tx.send(AppendRequest { run, events, ack });
         Box::pin(async move {
@@ -253,13 +261,24 @@ fn writer_loop<B: Backend>(backend: &B, rx: &mpsc::Receiver<AppendRequest>) {
                 Err(_) => break,
             }
         }
-        let now = Utc::now();
+        // Stored with millisecond precision; the records handed back carry the same value.
+        let now = Utc::now().trunc_subsecs(3);
         let mut batch = WriteBatch::default();
-        let mut replies: Vec<(oneshot::Sender<Result<Vec<Record>, Error>>, Result<Vec<Record>, Error>)> =
-            Vec::with_capacity(requests.len());
+        let mut replies: Vec<(
+            oneshot::Sender<Result<Vec<Record>, Error>>,
+            Result<Vec<Record>, Error>,
+        )> = Vec::with_capacity(requests.len());
         let mut closed_tails = Vec::new();
         for req in requests {
-            let result = stage(backend, &mut tails, &mut batch, &mut closed_tails, now, req.run, &req.events);
+            let result = stage(
+                backend,
+                &mut tails,
+                &mut batch,
+                &mut closed_tails,
+                now,
+                req.run,
+                &req.events,
+            );
             replies.push((req.ack, result));
         }
         let outcome = if batch.records.is_empty() {
@@ -306,8 +325,8 @@ fn stage<B: Backend>(
     let mut records = Vec::with_capacity(events.len());
     let mut encoded = Vec::with_capacity(events.len());
     for event in events {
-        let (bytes, hash) =
-            codec::encode(tail.next_seq, now, &tail.hash, event).map_err(|e| Error::Encode(e.to_string()))?;
+        let (bytes, hash) = codec::encode(tail.next_seq, now, &tail.hash, event)
+            .map_err(|e| Error::Encode(e.to_string()))?;
         records.push(Record {
             run,
             seq: tail.next_seq,

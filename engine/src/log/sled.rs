@@ -4,6 +4,7 @@
 //! open runs; `R` + run id for every run. A batch is one `apply_batch` (atomic) and one `flush`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{Backend, Error, WriteBatch};
 use crate::event::RunId;
@@ -17,6 +18,7 @@ const RUN: u8 = b'R';
 pub struct SledBackend {
     db: ::sled::Db,
     tree: ::sled::Tree,
+    _lock: Arc<std::fs::File>,
 }
 
 fn storage(e: &::sled::Error) -> Error {
@@ -38,6 +40,108 @@ fn run_key(prefix: u8, run: RunId) -> [u8; 17] {
     k
 }
 
+fn open_db(path: &Path, dir: &Path) -> Result<::sled::Db, Error> {
+    ::sled::Config::new()
+        .path(path)
+        .cache_capacity(64 * 1024 * 1024)
+        .flush_every_ms(None)
+        .open()
+        .map_err(|e| match e {
+            ::sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => in_use(dir),
+            other => Error::Storage(format!(
+                "cannot open the event log in {}: {other}",
+                dir.display()
+            )),
+        })
+}
+
+fn in_use(dir: &Path) -> Error {
+    Error::Storage(format!(
+        "the event log in {} is in use by another process (a daemon or a foreground run); \
+         talk to that process, or stop it first",
+        dir.display()
+    ))
+}
+
+/// Takes `DIR/waymark.lock` for as long as the backend lives, so that no second process opens the
+/// log (and so that the clean-up below never touches files a live process is writing).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("waymark.lock"))
+        .map_err(|e| {
+            Error::Storage(format!(
+                "cannot open the lock file in {}: {e}",
+                dir.display()
+            ))
+        })?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(in_use(dir)),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!(
+            "cannot lock {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Deletes `snap.*.generating` files: snapshots whose writer died before renaming them into place.
+///
+/// sled 0.34.7 writes a snapshot to `snap.N.generating` and renames it when complete, but its
+/// reader skips only files ending in `.in___motion`, so after a SIGKILL during a snapshot it picks
+/// the unfinished file (it sorts last), fails its checksum, and refuses to open ("Read corrupted
+/// data at file offset None"). Found by the crash test; the previous snapshot and the log replay
+/// cover everything the unfinished file would have held.
+fn remove_unfinished_snapshots(path: &Path) -> Result<(), Error> {
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| Error::Storage(format!("cannot list {}: {e}", path.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            std::fs::remove_file(entry.path()).map_err(|e| {
+                Error::Storage(format!("cannot remove {}: {e}", entry.path().display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a new sled database in a scratch directory and renames it into place.
+///
+/// sled 0.34 writes its `conf` file in two `write` calls without a rename, so a process killed
+/// between them leaves a database that never opens again ("Read corrupted data"). Creating it
+/// aside and renaming the finished directory makes creation all-or-nothing; leftovers of a
+/// creation that was killed are removed here.
+fn create_atomically(dir: &Path, path: &Path) -> Result<(), Error> {
+    let io =
+        |what: &str, e: std::io::Error| Error::Storage(format!("{what} in {}: {e}", dir.display()));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("events.sled.creating-")
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let scratch = dir.join(format!("events.sled.creating-{}", std::process::id()));
+    {
+        let db = open_db(&scratch, dir)?;
+        db.open_tree("events").map_err(|e| storage(&e))?;
+        db.flush().map_err(|e| storage(&e))?;
+    }
+    std::fs::rename(&scratch, path).map_err(|e| io("cannot create the event log", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("cannot sync the data directory", e))?;
+    Ok(())
+}
+
 fn run_prefix(run: RunId) -> [u8; 17] {
     run_key(EVENT, run)
 }
@@ -48,28 +152,29 @@ impl SledBackend {
     pub fn open(dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
-        let db = ::sled::Config::new()
-            .path(dir.join("events.sled"))
-            .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| match e {
-                ::sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => Error::Storage(format!(
-                    "the event log in {} is in use by another process (a daemon or a foreground run); \
-                     talk to that process, or stop it first",
-                    dir.display()
-                )),
-                other => Error::Storage(format!("cannot open the event log in {}: {other}", dir.display())),
-            })?;
+        let lock = lock_dir(dir)?;
+        let path = dir.join("events.sled");
+        if path.exists() {
+            remove_unfinished_snapshots(&path)?;
+        } else {
+            create_atomically(dir, &path)?;
+        }
+        let db = open_db(&path, dir)?;
         let tree = db.open_tree("events").map_err(|e| storage(&e))?;
-        Ok(SledBackend { db, tree })
+        Ok(SledBackend {
+            db,
+            tree,
+            _lock: Arc::new(lock),
+        })
     }
 
     fn list(&self, prefix: u8) -> Result<Vec<RunId>, Error> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix([prefix]) {
             let (k, _) = item.map_err(|e| storage(&e))?;
-            let bytes: [u8; 16] = k[1..17].try_into().map_err(|_| Error::Storage("bad index key".into()))?;
+            let bytes: [u8; 16] = k[1..17]
+                .try_into()
+                .map_err(|_| Error::Storage("bad index key".into()))?;
             out.push(RunId(uuid::Uuid::from_bytes(bytes)));
         }
         Ok(out)
@@ -81,7 +186,11 @@ impl Backend for SledBackend {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(run_prefix(run)) {
             let (k, v) = item.map_err(|e| storage(&e))?;
-            let seq = u64::from_be_bytes(k[17..25].try_into().map_err(|_| Error::Storage("bad event key".into()))?);
+            let seq = u64::from_be_bytes(
+                k[17..25]
+                    .try_into()
+                    .map_err(|_| Error::Storage("bad event key".into()))?,
+            );
             out.push((seq, v.to_vec()));
         }
         Ok(out)
@@ -92,8 +201,11 @@ impl Backend for SledBackend {
             None => Ok(None),
             Some(item) => {
                 let (k, v) = item.map_err(|e| storage(&e))?;
-                let seq =
-                    u64::from_be_bytes(k[17..25].try_into().map_err(|_| Error::Storage("bad event key".into()))?);
+                let seq = u64::from_be_bytes(
+                    k[17..25]
+                        .try_into()
+                        .map_err(|_| Error::Storage("bad event key".into()))?,
+                );
                 Ok(Some((seq, v.to_vec())))
             }
         }

@@ -1,0 +1,870 @@
+//! The driver end to end on the memory log: retries, timeouts, heartbeats, signals, timers,
+//! compensation, restarts, non-determinism and versioning.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::sync::Notify;
+use waymark_engine::activity;
+use waymark_engine::event::{Event, Payload, StepRef, SuspendReason};
+use waymark_engine::log::memory::MemoryBackend;
+use waymark_engine::log::{EventLog, Log};
+use waymark_engine::runtime::{self, EngineBuilder};
+use waymark_engine::workflow::{self, DynWorkflow};
+use waymark_engine::{Engine, RetryPolicy, RunId, RunOutcome, WorkflowContext};
+
+use crate::util::wait_until;
+
+type Body = Arc<
+    dyn Fn(WorkflowContext, Payload) -> BoxFuture<'static, Result<Payload, workflow::Error>>
+        + Send
+        + Sync,
+>;
+
+/// A workflow made of a closure, so each test can write its own.
+struct FnWorkflow {
+    name: &'static str,
+    version: u32,
+    body: Body,
+}
+
+impl DynWorkflow for FnWorkflow {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn call(
+        self: Arc<Self>,
+        ctx: WorkflowContext,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, workflow::Error>> {
+        (self.body)(ctx, input)
+    }
+}
+
+fn wf<F, Fut>(name: &'static str, version: u32, f: F) -> Arc<dyn DynWorkflow>
+where
+    F: Fn(WorkflowContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Payload, workflow::Error>> + Send + 'static,
+{
+    Arc::new(FnWorkflow {
+        name,
+        version,
+        body: Arc::new(move |ctx, _| Box::pin(f(ctx))),
+    })
+}
+
+fn fast_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .initial_interval(Duration::from_millis(5))
+        .max_interval(Duration::from_millis(20))
+}
+
+/// Counts calls per activity name.
+#[derive(Clone, Default)]
+struct Calls(Arc<Mutex<HashMap<String, Vec<(String, u32)>>>>);
+
+impl Calls {
+    fn record(&self, name: &str, ctx: &activity::Context) {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(name.into())
+            .or_default()
+            .push((ctx.idempotency_key(), ctx.attempt));
+    }
+    fn count(&self, name: &str) -> usize {
+        self.0.lock().unwrap().get(name).map_or(0, Vec::len)
+    }
+    fn get(&self, name: &str) -> Vec<(String, u32)> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// An activity that records its call and echoes its input.
+fn echo(b: EngineBuilder, name: &'static str, calls: &Calls) -> EngineBuilder {
+    let calls = calls.clone();
+    b.activity_fn(name, move |ctx, input| {
+        calls.record(name, &ctx);
+        async move { Ok(input) }
+    })
+}
+
+/// An activity that records its call and blocks until `gate` is notified.
+fn gated(b: EngineBuilder, name: &'static str, calls: &Calls, gate: &Arc<Notify>) -> EngineBuilder {
+    let calls = calls.clone();
+    let gate = gate.clone();
+    b.activity_fn(name, move |ctx, input| {
+        calls.record(name, &ctx);
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            Ok(input)
+        }
+    })
+}
+
+fn kinds(log: &dyn EventLog, run: RunId) -> Vec<&'static str> {
+    log.read(run)
+        .unwrap()
+        .iter()
+        .map(|r| r.event.kind())
+        .collect()
+}
+
+fn history(log: &dyn EventLog, run: RunId) -> Vec<Event> {
+    log.read(run)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect()
+}
+
+fn three_steps() -> Arc<dyn DynWorkflow> {
+    wf("three", 1, |ctx| async move {
+        let a: u32 = ctx.step("a", &1).await?;
+        let b: u32 = ctx.step("b", &(a + 1)).await?;
+        let c: u32 = ctx.step("c", &(b + 1)).await?;
+        Ok(Payload::encode(&c).unwrap())
+    })
+}
+
+#[tokio::test]
+async fn steps_run_once_in_order_and_the_run_completes() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let mut b = Engine::builder(log.clone()).workflow_dyn(three_steps());
+    for n in ["a", "b", "c"] {
+        b = echo(b, n, &calls);
+    }
+    let engine = b.build();
+    let run = engine
+        .start_named("three", Payload::null(), "alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(Payload("3".into()))
+    );
+    for n in ["a", "b", "c"] {
+        assert_eq!(calls.count(n), 1, "{n} called once");
+    }
+    assert_eq!(
+        kinds(log.as_ref(), run),
+        [
+            "RunStarted",
+            "StepScheduled",
+            "AttemptStarted",
+            "StepCompleted",
+            "StepScheduled",
+            "AttemptStarted",
+            "StepCompleted",
+            "StepScheduled",
+            "AttemptStarted",
+            "StepCompleted",
+            "RunCompleted"
+        ]
+    );
+    let Event::RunStarted { started_by, .. } = &history(log.as_ref(), run)[0] else {
+        panic!()
+    };
+    assert_eq!(started_by, "alice");
+}
+
+#[tokio::test]
+async fn retryable_failures_are_retried_with_journaled_deadlines() {
+    let log = waymark_engine::memory_log();
+    let tries = Arc::new(AtomicU32::new(0));
+    let t = tries.clone();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("flaky", 1, |ctx| async move {
+            let v: String = ctx.step("flaky", &()).retry(fast_retry()).await?;
+            Ok(Payload::encode(&v).unwrap())
+        }))
+        .activity_fn("flaky", move |ctx, _| {
+            let n = t.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(activity::Error::retryable(format!(
+                        "503 from upstream (attempt {})",
+                        ctx.attempt
+                    )))
+                } else {
+                    Ok(Payload::encode(&format!("ok on attempt {}", ctx.attempt)).unwrap())
+                }
+            }
+        })
+        .build();
+    let run = engine
+        .start_named("flaky", Payload::null(), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(Payload("\"ok on attempt 3\"".into()))
+    );
+    let failures: Vec<_> = history(log.as_ref(), run)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AttemptFailed {
+                attempt,
+                next_retry_at,
+                retryable,
+                ..
+            } => Some((attempt, retryable, next_retry_at.is_some())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failures, vec![(1, true, true), (2, true, true)]);
+}
+
+#[tokio::test]
+async fn non_retryable_failure_stops_at_once_and_compensates_in_reverse() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let mut b = Engine::builder(log.clone()).workflow_dyn(wf("saga", 1, |ctx| async move {
+        ctx.step::<_, u32>("do", &1)
+            .compensate_with("undo", &1, "undo 1")
+            .await?;
+        ctx.register_compensation("undo", &2, "undo 2").await?;
+        ctx.step::<_, u32>("do", &3)
+            .compensate_with("undo", &3, "undo 3")
+            .await?;
+        ctx.step::<_, ()>("boom", &()).retry(fast_retry()).await?;
+        Ok(Payload::null())
+    }));
+    b = echo(b, "do", &calls);
+    let o = order.clone();
+    b = b.activity_fn("undo", move |_, input| {
+        o.lock().unwrap().push(input.0.clone());
+        async move { Ok(Payload::null()) }
+    });
+    let c = calls.clone();
+    b = b.activity_fn("boom", move |ctx, _| {
+        c.record("boom", &ctx);
+        async move {
+            Err(activity::Error::fatal(
+                "permission denied on node n1: check the SSH user",
+            ))
+        }
+    });
+    let engine = b.build();
+    let run = engine
+        .start_named("saga", Payload::null(), "t")
+        .await
+        .unwrap();
+    let RunOutcome::Failed(why) = engine.wait(run).await.unwrap() else {
+        panic!("should fail")
+    };
+    assert!(why.contains("permission denied"), "{why}");
+    assert_eq!(calls.count("boom"), 1, "no retry of a non-retryable error");
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["3", "2", "1"],
+        "compensations newest first"
+    );
+    let h = kinds(log.as_ref(), run);
+    assert_eq!(h.last(), Some(&"RunFailed"));
+    assert!(h.contains(&"CompensationStarted"));
+}
+
+#[tokio::test]
+async fn start_to_close_timeout_fails_the_attempt_as_retryable() {
+    let log = waymark_engine::memory_log();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("slow", 1, |ctx| async move {
+            ctx.step::<_, ()>("hang", &())
+                .start_to_close(Duration::from_millis(30))
+                .retry(fast_retry().max_attempts(2))
+                .await?;
+            Ok(Payload::null())
+        }))
+        .activity_fn("hang", |_, _| async {
+            futures::future::pending::<()>().await;
+            Ok(Payload::null())
+        })
+        .build();
+    let run = engine
+        .start_named("slow", Payload::null(), "t")
+        .await
+        .unwrap();
+    let RunOutcome::Failed(why) = engine.wait(run).await.unwrap() else {
+        panic!()
+    };
+    assert!(why.contains("timed out"), "{why}");
+    let errors: Vec<bool> = history(log.as_ref(), run)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::AttemptFailed { retryable, .. } => Some(retryable),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(errors, vec![true, true], "two attempts, both timed out");
+}
+
+#[tokio::test]
+async fn missing_heartbeats_fail_the_attempt_and_steady_heartbeats_keep_it_alive() {
+    let log = waymark_engine::memory_log();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("beats", 1, |ctx| async move {
+            ctx.step::<_, ()>("beating", &())
+                .heartbeat_timeout(Duration::from_millis(200))
+                .await?;
+            ctx.step::<_, ()>("silent", &())
+                .heartbeat_timeout(Duration::from_millis(30))
+                .retry(RetryPolicy::no_retry())
+                .await?;
+            Ok(Payload::null())
+        }))
+        .activity_fn("beating", |ctx, _| async move {
+            for i in 0..10 {
+                ctx.heartbeat(Some(format!("{}%", i * 10)));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(Payload::null())
+        })
+        .activity_fn("silent", |_, _| async {
+            futures::future::pending::<()>().await;
+            Ok(Payload::null())
+        })
+        .build();
+    let run = engine
+        .start_named("beats", Payload::null(), "t")
+        .await
+        .unwrap();
+    let RunOutcome::Failed(why) = engine.wait(run).await.unwrap() else {
+        panic!()
+    };
+    assert!(why.contains("silent") && why.contains("heartbeat"), "{why}");
+    let completed = history(log.as_ref(), run)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                Event::StepCompleted {
+                    step: StepRef::Workflow(0),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(completed, 1, "the step that heartbeats completes");
+}
+
+#[tokio::test]
+async fn approval_signal_releases_the_gate_and_is_journaled() {
+    let log = waymark_engine::memory_log();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("gate", 1, |ctx| async move {
+            let note: String = ctx.wait_for_signal("approve").await?;
+            Ok(Payload::encode(&note).unwrap())
+        }))
+        .build();
+    let run = engine
+        .start_named("gate", Payload::null(), "t")
+        .await
+        .unwrap();
+    engine
+        .signal(run, "approve", Payload::encode("go ahead").unwrap(), "bob")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(Payload("\"go ahead\"".into()))
+    );
+    assert!(kinds(log.as_ref(), run).contains(&"SignalConsumed"));
+}
+
+#[tokio::test]
+async fn cancel_abandons_the_step_in_flight_and_compensates() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let mut b = Engine::builder(log.clone()).workflow_dyn(wf("cancel-me", 1, |ctx| async move {
+        ctx.step::<_, u32>("traffic", &1)
+            .compensate_with("traffic.back", &1, "traffic back to B")
+            .await?;
+        ctx.step::<_, u32>("long", &2).await?;
+        Ok(Payload::null())
+    }));
+    b = echo(b, "traffic", &calls);
+    b = echo(b, "traffic.back", &calls);
+    b = gated(b, "long", &calls, &gate);
+    let engine = b.build();
+    let run = engine
+        .start_named("cancel-me", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "long step started", || {
+        calls.count("long") == 1
+    })
+    .await;
+    engine
+        .signal(
+            run,
+            "cancel",
+            Payload::encode("window closed").unwrap(),
+            "carol",
+        )
+        .await
+        .unwrap();
+    let RunOutcome::Cancelled(why) = engine.wait(run).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        why.contains("carol") && why.contains("window closed"),
+        "{why}"
+    );
+    assert_eq!(calls.count("traffic.back"), 1);
+    assert_eq!(kinds(log.as_ref(), run).last(), Some(&"RunCancelled"));
+}
+
+#[tokio::test]
+async fn pause_holds_the_next_step_until_resume() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let mut b = Engine::builder(log.clone()).workflow_dyn(wf("pausable", 1, |ctx| async move {
+        ctx.step::<_, u32>("first", &1).await?;
+        ctx.step::<_, u32>("second", &2).await?;
+        Ok(Payload::null())
+    }));
+    b = gated(b, "first", &calls, &gate);
+    b = echo(b, "second", &calls);
+    let engine = b.build();
+    let run = engine
+        .start_named("pausable", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "first step started", || {
+        calls.count("first") == 1
+    })
+    .await;
+    engine
+        .signal(run, "pause", Payload::null(), "ops")
+        .await
+        .unwrap();
+    gate.notify_one();
+    wait_until(Duration::from_secs(10), "first step completed", || {
+        kinds(log.as_ref(), run).contains(&"StepCompleted")
+    })
+    .await;
+    // Give the driver every chance to (wrongly) start the second step.
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        calls.count("second"),
+        0,
+        "paused: the next step must not start"
+    );
+    engine
+        .signal(run, "resume", Payload::null(), "ops")
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(_)
+    ));
+    assert_eq!(calls.count("second"), 1);
+}
+
+#[tokio::test]
+async fn parallel_steps_run_concurrently() {
+    let log = waymark_engine::memory_log();
+    let barrier = Arc::new(tokio::sync::Barrier::new(3));
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("fan", 1, |ctx| async move {
+            let steps = (0..3).map(|i| ctx.step::<_, u32>("meet", &i).into_future());
+            let outs = futures::future::try_join_all(steps).await?;
+            Ok(Payload::encode(&outs).unwrap())
+        }))
+        .activity_fn("meet", move |_, input| {
+            let b = barrier.clone();
+            async move {
+                b.wait().await;
+                Ok(input)
+            }
+        })
+        .build();
+    let run = engine
+        .start_named("fan", Payload::null(), "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(Payload("[0,1,2]".into()))
+    );
+}
+
+use std::future::IntoFuture;
+
+/// A second engine over the same memory backend: what a restarted process finds.
+fn restart(backend: &MemoryBackend) -> Arc<Log<MemoryBackend>> {
+    Arc::new(Log::new(backend.clone()))
+}
+
+#[tokio::test]
+async fn restart_retries_the_in_flight_step_with_the_same_key_and_keeps_recorded_values() {
+    let backend = MemoryBackend::new();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let body = || {
+        wf("resumable", 1, |ctx| async move {
+            let t = ctx.now().await?;
+            let id = ctx.uuid().await?;
+            ctx.step::<_, u32>("done-before", &1).await?;
+            ctx.step::<_, u32>("in-flight", &2).await?;
+            Ok(Payload::encode(&format!("{id}@{}", t.to_rfc3339())).unwrap())
+        })
+    };
+    let engine1 = {
+        let b = Engine::builder(restart(&backend)).workflow_dyn(body());
+        let b = echo(b, "done-before", &calls);
+        gated(b, "in-flight", &calls, &gate).build()
+    };
+    let run = engine1
+        .start_named("resumable", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "in-flight step started", || {
+        calls.count("in-flight") == 1
+    })
+    .await;
+    let recorded_before: Vec<Event> = history(engine1.log().as_ref(), run);
+    engine1.shutdown().await;
+    drop(engine1);
+
+    let log2 = restart(&backend);
+    let engine2 = {
+        let b = Engine::builder(log2.clone()).workflow_dyn(body());
+        let b = echo(b, "done-before", &calls);
+        echo(b, "in-flight", &calls).build()
+    };
+    let report = engine2.resume_all().unwrap();
+    assert_eq!(report.resumed, vec![run]);
+    let RunOutcome::Completed(out) = engine2.wait(run).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        calls.count("done-before"),
+        1,
+        "a journaled step is never re-run"
+    );
+    let in_flight = calls.get("in-flight");
+    assert_eq!(in_flight.len(), 2);
+    assert_eq!(in_flight[0].0, in_flight[1].0, "same idempotency key");
+    assert_eq!(
+        (in_flight[0].1, in_flight[1].1),
+        (1, 2),
+        "attempt numbers go on"
+    );
+    let h = history(log2.as_ref(), run);
+    assert!(h.contains(&Event::AttemptInterrupted {
+        step: StepRef::Workflow(3),
+        attempt: 1
+    }));
+    let recorded = |evs: &[Event]| -> Vec<String> {
+        evs.iter()
+            .filter_map(|e| match e {
+                Event::ValueRecorded { value, .. } => Some(value.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(
+        recorded(&h),
+        recorded(&recorded_before),
+        "now() and uuid() replayed, not redrawn"
+    );
+    assert!(out.0.contains(&recorded(&h)[1]));
+}
+
+#[tokio::test]
+async fn durable_timer_keeps_its_deadline_across_restart() {
+    let backend = MemoryBackend::new();
+    let body = || {
+        wf("sleeper", 1, |ctx| async move {
+            ctx.sleep(Duration::from_millis(300)).await?;
+            Ok(Payload::null())
+        })
+    };
+    let engine1 = Engine::builder(restart(&backend))
+        .workflow_dyn(body())
+        .build();
+    let run = engine1
+        .start_named("sleeper", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "timer started", || {
+        kinds(engine1.log().as_ref(), run).contains(&"TimerStarted")
+    })
+    .await;
+    engine1.shutdown().await;
+    let log2 = restart(&backend);
+    let engine2 = Engine::builder(log2.clone()).workflow_dyn(body()).build();
+    engine2.resume_all().unwrap();
+    assert!(matches!(
+        engine2.wait(run).await.unwrap(),
+        RunOutcome::Completed(_)
+    ));
+    let h = history(log2.as_ref(), run);
+    let started: Vec<_> = h
+        .iter()
+        .filter(|e| matches!(e, Event::TimerStarted { .. }))
+        .collect();
+    assert_eq!(started.len(), 1, "the timer was not started again");
+    let fired_at = log2
+        .read(run)
+        .unwrap()
+        .into_iter()
+        .find(|r| matches!(r.event, Event::TimerFired { .. }))
+        .unwrap()
+        .at;
+    let Event::TimerStarted { fire_at, .. } = started[0] else {
+        panic!()
+    };
+    assert!(
+        fired_at >= *fire_at - chrono::Duration::milliseconds(1),
+        "fired at {fired_at}, deadline {fire_at}"
+    );
+}
+
+#[tokio::test]
+async fn changed_code_is_suspended_with_both_steps_side_by_side() {
+    let backend = MemoryBackend::new();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let engine1 = {
+        let b = Engine::builder(restart(&backend)).workflow_dyn(wf("drift", 1, |ctx| async move {
+            ctx.step::<_, u32>("scale", &3).await?;
+            ctx.step::<_, u32>("wait", &0).await?;
+            Ok(Payload::null())
+        }));
+        let b = echo(b, "scale", &calls);
+        gated(b, "wait", &calls, &gate).build()
+    };
+    let run = engine1
+        .start_named("drift", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "second step started", || {
+        calls.count("wait") == 1
+    })
+    .await;
+    engine1.shutdown().await;
+
+    let log2 = restart(&backend);
+    let engine2 = {
+        let b = Engine::builder(log2.clone()).workflow_dyn(wf("drift", 1, |ctx| async move {
+            ctx.step::<_, u32>("scale", &5).await?;
+            Ok(Payload::null())
+        }));
+        echo(b, "scale", &calls).build()
+    };
+    engine2.resume_all().unwrap();
+    let RunOutcome::Suspended(SuspendReason::Nondeterminism {
+        position,
+        recorded,
+        new,
+    }) = engine2.wait(run).await.unwrap()
+    else {
+        panic!("expected a suspension")
+    };
+    assert_eq!(
+        (position, recorded.as_str(), new.as_str()),
+        (0, "step scale(3)", "step scale(5)")
+    );
+    assert_eq!(
+        calls.count("scale"),
+        1,
+        "nothing ran for the diverging code"
+    );
+    assert_eq!(kinds(log2.as_ref(), run).last(), Some(&"RunSuspended"));
+    assert!(
+        log2.open_runs().unwrap().contains(&run),
+        "a suspended run stays open for an operator"
+    );
+}
+
+#[tokio::test]
+async fn run_of_an_unavailable_version_is_refused_and_left_untouched() {
+    let backend = MemoryBackend::new();
+    let gate = Arc::new(Notify::new());
+    let calls = Calls::default();
+    let engine1 = {
+        let b =
+            Engine::builder(restart(&backend)).workflow_dyn(wf("versioned", 1, |ctx| async move {
+                ctx.step::<_, u32>("x", &1).await?;
+                Ok(Payload::null())
+            }));
+        gated(b, "x", &calls, &gate).build()
+    };
+    let run = engine1
+        .start_named("versioned", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "step started", || {
+        calls.count("x") == 1
+    })
+    .await;
+    engine1.shutdown().await;
+    let log2 = restart(&backend);
+    let before = log2.read(run).unwrap().len();
+    let engine2 = Engine::builder(log2.clone())
+        .workflow_dyn(wf("versioned", 2, |_| async { Ok(Payload::null()) }))
+        .build();
+    let report = engine2.resume_all().unwrap();
+    assert!(report.resumed.is_empty());
+    let (r, err) = &report.refused[0];
+    assert_eq!(*r, run);
+    assert!(matches!(
+        err,
+        runtime::Error::VersionMismatch { recorded: 1, .. }
+    ));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("version 1") && msg.contains("version(s) 2"),
+        "{msg}"
+    );
+    assert_eq!(log2.read(run).unwrap().len(), before, "nothing appended");
+}
+
+#[tokio::test]
+async fn crash_during_compensation_resumes_the_remaining_compensations() {
+    let backend = MemoryBackend::new();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let body = || {
+        wf("undo-crash", 1, |ctx| async move {
+            ctx.step::<_, u32>("do", &0)
+                .compensate_with("undo0", &0, "undo 0")
+                .await?;
+            ctx.step::<_, u32>("do", &1)
+                .compensate_with("undo1", &1, "undo 1")
+                .await?;
+            ctx.step::<_, ()>("fail", &())
+                .retry(RetryPolicy::no_retry())
+                .await?;
+            Ok(Payload::null())
+        })
+    };
+    let fail = |b: EngineBuilder| {
+        b.activity_fn("fail", |_, _| async {
+            Err(activity::Error::fatal("exit status 3"))
+        })
+    };
+    let engine1 = {
+        let b = fail(Engine::builder(restart(&backend)).workflow_dyn(body()));
+        let b = echo(b, "do", &calls);
+        let b = echo(b, "undo1", &calls);
+        gated(b, "undo0", &calls, &gate).build()
+    };
+    let run = engine1
+        .start_named("undo-crash", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "second compensation started",
+        || calls.count("undo0") == 1,
+    )
+    .await;
+    engine1.shutdown().await;
+    let log2 = restart(&backend);
+    let engine2 = {
+        let b = fail(Engine::builder(log2.clone()).workflow_dyn(body()));
+        let b = echo(b, "do", &calls);
+        let b = echo(b, "undo1", &calls);
+        echo(b, "undo0", &calls).build()
+    };
+    engine2.resume_all().unwrap();
+    let RunOutcome::Failed(why) = engine2.wait(run).await.unwrap() else {
+        panic!()
+    };
+    assert!(why.contains("exit status 3"), "{why}");
+    assert_eq!(calls.count("do"), 2, "forward steps not re-run");
+    assert_eq!(calls.count("undo1"), 1, "finished compensation not re-run");
+    assert_eq!(calls.count("undo0"), 2, "interrupted compensation retried");
+    let keys = calls.get("undo0");
+    assert_eq!(keys[0].0, keys[1].0);
+}
+
+#[tokio::test]
+async fn failed_compensation_is_reported_for_an_operator() {
+    let log = waymark_engine::memory_log();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("stuck", 1, |ctx| async move {
+            ctx.register_compensation("undo", &(), "traffic back to zone B")
+                .await?;
+            Err(workflow::Error::failed("cluster unhealthy"))
+        }))
+        .activity_fn("undo", |_, _| async {
+            Err(activity::Error::fatal("listener not found"))
+        })
+        .build();
+    let run = engine
+        .start_named("stuck", Payload::null(), "t")
+        .await
+        .unwrap();
+    let RunOutcome::Failed(why) = engine.wait(run).await.unwrap() else {
+        panic!()
+    };
+    assert!(
+        why.contains("cluster unhealthy")
+            && why.contains("COMPENSATION INCOMPLETE")
+            && why.contains("traffic back to zone B"),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_workflow_names_the_known_ones() {
+    let engine = Engine::builder(waymark_engine::memory_log())
+        .workflow_dyn(three_steps())
+        .build();
+    let err = engine
+        .start_named("nope", Payload::null(), "t")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no workflow named \"nope\" in this binary (known: three v1)"
+    );
+}
+
+#[tokio::test]
+async fn signal_to_a_finished_run_is_refused() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let mut b = Engine::builder(log.clone()).workflow_dyn(three_steps());
+    for n in ["a", "b", "c"] {
+        b = echo(b, n, &calls);
+    }
+    let engine = b.build();
+    let run = engine
+        .start_named("three", Payload::null(), "t")
+        .await
+        .unwrap();
+    engine.wait(run).await.unwrap();
+    let err = engine
+        .signal(run, "cancel", Payload::null(), "t")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("already ended (completed)"),
+        "{err}"
+    );
+}
