@@ -146,6 +146,8 @@ pub fn compensation_options() -> StepOptions {
 enum Fatal {
     Nondeterminism(SuspendReason),
     Engine(String),
+    /// Replay-only mode: the code asked for something the history does not hold.
+    ReplayEnd(String),
 }
 
 /// What one run's driver and its workflow code share.
@@ -157,7 +159,36 @@ pub(crate) struct RunShared {
     fatal: Mutex<Option<Fatal>>,
     changed: watch::Sender<u64>,
     cancel: watch::Sender<bool>,
-    records: broadcast::Sender<Record>,
+    /// Followers of this run; created on the first `subscribe` (a broadcast buffer per run would
+    /// cost memory for every resumed run).
+    records: Mutex<Option<broadcast::Sender<Record>>>,
+    replay_only: bool,
+}
+
+fn describe_events(events: &[Event]) -> String {
+    match events
+        .iter()
+        .find(|e| !matches!(e, Event::AttemptInterrupted { .. }))
+    {
+        Some(Event::StepScheduled {
+            activity, input, ..
+        }) => format!("step {activity}({input})"),
+        Some(Event::AttemptStarted { step, attempt }) => format!("attempt {attempt} of {step}"),
+        Some(Event::TimerStarted { fire_at, .. }) => {
+            format!("sleep until {}", fire_at.to_rfc3339())
+        }
+        Some(Event::TimerFired { position }) => format!("fire the timer at position {position}"),
+        Some(Event::ValueRecorded { kind, .. }) => format!("{kind:?}()").to_lowercase(),
+        Some(Event::SignalConsumed { name, .. }) => format!("consume signal {name:?}"),
+        Some(Event::CompensationRegistered { compensation, .. }) => {
+            format!(
+                "register compensation {}({})",
+                compensation.activity, compensation.input
+            )
+        }
+        Some(other) => other.kind().to_owned(),
+        None => "nothing".to_owned(),
+    }
 }
 
 impl RunShared {
@@ -172,7 +203,7 @@ impl RunShared {
         match &*self.fatal.lock().expect("fatal lock") {
             None => Ok(()),
             Some(Fatal::Nondeterminism(r)) => Err(workflow::Error::Nondeterminism(r.clone())),
-            Some(Fatal::Engine(e)) => Err(workflow::Error::Engine(e.clone())),
+            Some(Fatal::Engine(e) | Fatal::ReplayEnd(e)) => Err(workflow::Error::Engine(e.clone())),
         }
     }
 
@@ -186,6 +217,14 @@ impl RunShared {
 
     /// Appends durably, folds into the state, wakes waiters, publishes to followers.
     async fn append(&self, events: Vec<Event>) -> Result<Vec<Record>, workflow::Error> {
+        if self.replay_only {
+            let what = events.first().map_or("nothing", Event::kind);
+            let msg = format!(
+                "replay reached the end of the recorded history (the code would now record {what})"
+            );
+            self.set_fatal(Fatal::ReplayEnd(describe_events(&events)));
+            return Err(workflow::Error::Engine(msg));
+        }
         let records = match self.engine.log.append(self.run, events).await {
             Ok(r) => r,
             Err(e) => {
@@ -210,8 +249,10 @@ impl RunShared {
             self.cancel.send_replace(true);
         }
         self.changed.send_modify(|v| *v += 1);
-        for r in &records {
-            let _ = self.records.send(r.clone());
+        if let Some(tx) = &*self.records.lock().expect("records lock") {
+            for r in &records {
+                let _ = tx.send(r.clone());
+            }
         }
         Ok(records)
     }
@@ -250,6 +291,9 @@ impl RunShared {
 
     /// Holds while an operator has paused the run.
     async fn wait_unpaused(&self, cancellable: bool) -> Result<(), workflow::Error> {
+        if self.replay_only {
+            return Ok(());
+        }
         loop {
             let mut rx = self.changed.subscribe();
             {
@@ -500,6 +544,12 @@ impl WorkflowContext {
                     p
                 }
                 SignalDecision::Wait => {
+                    if s.replay_only {
+                        s.set_fatal(Fatal::ReplayEnd(format!("wait for signal {name:?}")));
+                        return Err(workflow::Error::Engine(
+                            "replay reached the end of the recorded history".into(),
+                        ));
+                    }
                     if let Some(why) = s.cancel_reason() {
                         return Err(workflow::Error::Cancelled(why));
                     }
@@ -796,7 +846,7 @@ async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
             }
             let fatal = s.fatal.lock().expect("fatal lock").take();
             match fatal {
-                Some(Fatal::Engine(e)) => return RunOutcome::Stopped(e),
+                Some(Fatal::Engine(e) | Fatal::ReplayEnd(e)) => return RunOutcome::Stopped(e),
                 Some(Fatal::Nondeterminism(reason)) => {
                     let already = matches!(&s.state.lock().expect("state lock").status,
                         RunStatus::Suspended(r) if *r == reason);
@@ -963,6 +1013,44 @@ impl EngineBuilder {
     }
 }
 
+/// What [`Engine::replay`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayReport {
+    /// The run.
+    pub run: RunId,
+    /// Workflow name.
+    pub workflow: String,
+    /// Version replayed.
+    pub version: u32,
+    /// Events in the history.
+    pub events: usize,
+    /// Commands the code issued during replay.
+    pub positions: u32,
+    /// The verdict.
+    pub verdict: ReplayVerdict,
+}
+
+/// Whether the code reproduces the history.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplayVerdict {
+    /// Every command matched and the outcome is the recorded one.
+    Deterministic,
+    /// The run is still going: every recorded command matched; `next` is what comes next.
+    InProgress {
+        /// The first thing past the history.
+        next: String,
+    },
+    /// The code issues something else than the history holds.
+    Diverged(SuspendReason),
+    /// Commands matched but the workflow's result differs.
+    OutcomeDiffers {
+        /// What the history says.
+        recorded: String,
+        /// What the code returned.
+        replayed: String,
+    },
+}
+
 /// What [`Engine::resume_all`] did.
 #[derive(Debug, Default)]
 pub struct ResumeReport {
@@ -1086,31 +1174,7 @@ impl Engine {
                 status: state.status.name().to_owned(),
             });
         }
-        let wf = self
-            .inner
-            .workflows
-            .get(&(state.workflow.clone(), state.version))
-            .cloned()
-            .ok_or_else(|| Error::VersionMismatch {
-                run,
-                workflow: state.workflow.clone(),
-                recorded: state.version,
-                available: {
-                    let mut v: Vec<String> = self
-                        .inner
-                        .workflows
-                        .keys()
-                        .filter(|(n, _)| *n == state.workflow)
-                        .map(|(_, v)| v.to_string())
-                        .collect();
-                    v.sort();
-                    if v.is_empty() {
-                        "none".into()
-                    } else {
-                        v.join(", ")
-                    }
-                },
-            })?;
+        let wf = self.workflow_for(&state)?;
         self.spawn(state, wf);
         Ok(())
     }
@@ -1126,7 +1190,8 @@ impl Engine {
             fatal: Mutex::new(None),
             changed: watch::channel(0).0,
             cancel: watch::channel(cancelled).0,
-            records: broadcast::channel(1024).0,
+            records: Mutex::new(None),
+            replay_only: false,
         });
         let (outcome_tx, outcome_rx) = watch::channel(None);
         self.inner.active.lock().expect("active lock").insert(
@@ -1219,7 +1284,14 @@ impl Engine {
             .lock()
             .expect("active lock")
             .get(&run)
-            .map(|a| a.shared.records.subscribe())
+            .map(|a| {
+                a.shared
+                    .records
+                    .lock()
+                    .expect("records lock")
+                    .get_or_insert_with(|| broadcast::channel(1024).0)
+                    .subscribe()
+            })
     }
 
     /// Runs this engine is driving now.
@@ -1231,6 +1303,117 @@ impl Engine {
             .keys()
             .copied()
             .collect()
+    }
+
+    /// Re-executes a run's workflow code against its recorded history, touching nothing (no
+    /// activity is called, nothing is appended), and says whether the code reproduces the history.
+    /// Used to audit past runs and to check a new build against old runs before deploying it.
+    pub async fn replay(&self, run: RunId) -> Result<ReplayReport, Error> {
+        let records = self.inner.log.read(run)?;
+        let state = RunState::from_records(&records)?;
+        let wf = self.workflow_for(&state)?;
+        let shared = Arc::new(RunShared {
+            run,
+            engine: self.inner.clone(),
+            cancel: watch::channel(state.cancel_requested.is_some()).0,
+            state: Mutex::new(state.clone()),
+            next_position: AtomicU32::new(0),
+            fatal: Mutex::new(None),
+            changed: watch::channel(0).0,
+            records: Mutex::new(None),
+            replay_only: true,
+        });
+        let result = wf
+            .call(
+                WorkflowContext {
+                    shared: shared.clone(),
+                },
+                state.input.clone(),
+            )
+            .await;
+        let issued = shared.next_position.load(Ordering::SeqCst);
+        let fatal = shared.fatal.lock().expect("fatal lock").take();
+        let finished_code = !matches!(state.status, RunStatus::Running | RunStatus::Suspended(_));
+        let verdict = match fatal {
+            Some(Fatal::Nondeterminism(r)) => ReplayVerdict::Diverged(r),
+            Some(Fatal::Engine(e)) => return Err(Error::Log(log::Error::Storage(e))),
+            Some(Fatal::ReplayEnd(next)) if finished_code => {
+                ReplayVerdict::Diverged(SuspendReason::Nondeterminism {
+                    position: issued.saturating_sub(1),
+                    recorded: "(the history ends here: the run finished without it)".into(),
+                    new: next,
+                })
+            }
+            Some(Fatal::ReplayEnd(next)) => ReplayVerdict::InProgress { next },
+            None => match state.check_finished(issued) {
+                Err(r) => ReplayVerdict::Diverged(r),
+                Ok(()) => {
+                    let replayed = match &result {
+                        Ok(p) => format!("completed with {p}"),
+                        Err(e) => format!("failed: {e}"),
+                    };
+                    let recorded = match &state.status {
+                        RunStatus::Completed(p) => Some(format!("completed with {p}")),
+                        RunStatus::Compensating {
+                            reason,
+                            cancelled: false,
+                        } => Some(format!("failed: {reason}")),
+                        RunStatus::Failed(e) => records
+                            .iter()
+                            .find_map(|r| match &r.event {
+                                Event::CompensationStarted { reason, .. } => {
+                                    Some(format!("failed: {reason}"))
+                                }
+                                _ => None,
+                            })
+                            .or_else(|| Some(format!("failed: {e}"))),
+                        _ => None,
+                    };
+                    match recorded {
+                        Some(rec) if rec != replayed => ReplayVerdict::OutcomeDiffers {
+                            recorded: rec,
+                            replayed,
+                        },
+                        _ => ReplayVerdict::Deterministic,
+                    }
+                }
+            },
+        };
+        Ok(ReplayReport {
+            run,
+            workflow: state.workflow,
+            version: state.version,
+            events: records.len(),
+            positions: issued,
+            verdict,
+        })
+    }
+
+    fn workflow_for(&self, state: &RunState) -> Result<Arc<dyn DynWorkflow>, Error> {
+        self.inner
+            .workflows
+            .get(&(state.workflow.clone(), state.version))
+            .cloned()
+            .ok_or_else(|| Error::VersionMismatch {
+                run: state.run,
+                workflow: state.workflow.clone(),
+                recorded: state.version,
+                available: {
+                    let mut v: Vec<String> = self
+                        .inner
+                        .workflows
+                        .keys()
+                        .filter(|(n, _)| *n == state.workflow)
+                        .map(|(_, v)| v.to_string())
+                        .collect();
+                    v.sort();
+                    if v.is_empty() {
+                        "none".into()
+                    } else {
+                        v.join(", ")
+                    }
+                },
+            })
     }
 
     /// Stops every driver where it stands (attempts in flight are abandoned, and recorded as

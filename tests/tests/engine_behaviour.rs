@@ -868,3 +868,70 @@ async fn signal_to_a_finished_run_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn replay_of_a_finished_run_calls_nothing_and_reports_divergence_side_by_side() {
+    let backend = MemoryBackend::new();
+    let calls = Calls::default();
+    let mut b = Engine::builder(restart(&backend)).workflow_dyn(three_steps());
+    for n in ["a", "b", "c"] {
+        b = echo(b, n, &calls);
+    }
+    let engine = b.build();
+    let run = engine
+        .start_named("three", Payload::null(), "t")
+        .await
+        .unwrap();
+    engine.wait(run).await.unwrap();
+    let before = engine.log().read(run).unwrap().len();
+    let report = engine.replay(run).await.unwrap();
+    assert_eq!(report.verdict, runtime::ReplayVerdict::Deterministic);
+    assert_eq!((report.events, report.positions), (before, 3));
+    assert_eq!(
+        calls.count("a") + calls.count("b") + calls.count("c"),
+        3,
+        "replay called no activity"
+    );
+    assert_eq!(
+        engine.log().read(run).unwrap().len(),
+        before,
+        "replay appended nothing"
+    );
+
+    // A build whose second step changed.
+    let changed = Engine::builder(restart(&backend))
+        .workflow_dyn(wf("three", 1, |ctx| async move {
+            let a: u32 = ctx.step("a", &1).await?;
+            let _: u32 = ctx.step("b", &(a + 10)).await?;
+            Ok(Payload::null())
+        }))
+        .build();
+    let runtime::ReplayVerdict::Diverged(SuspendReason::Nondeterminism {
+        position,
+        recorded,
+        new,
+    }) = changed.replay(run).await.unwrap().verdict
+    else {
+        panic!("expected divergence")
+    };
+    assert_eq!(
+        (position, recorded.as_str(), new.as_str()),
+        (1, "step b(2)", "step b(11)")
+    );
+
+    // A build with one more step than the run had.
+    let longer = Engine::builder(restart(&backend))
+        .workflow_dyn(wf("three", 1, |ctx| async move {
+            for (n, i) in [("a", 1), ("b", 2), ("c", 3), ("d", 4)] {
+                let _: u32 = ctx.step(n, &i).await?;
+            }
+            Ok(Payload::null())
+        }))
+        .build();
+    let runtime::ReplayVerdict::Diverged(SuspendReason::Nondeterminism { new, .. }) =
+        longer.replay(run).await.unwrap().verdict
+    else {
+        panic!("expected divergence")
+    };
+    assert_eq!(new, "step d(4)");
+}

@@ -1,7 +1,7 @@
 //! The durable backend: one sled tree, flushed (fsync) before a batch is acknowledged.
 //!
 //! Keys: `E` + run id (16 bytes) + sequence number (u64 big-endian) for records; `O` + run id for
-//! open runs; `R` + run id for every run. A batch is one `apply_batch` (atomic) and one `flush`.
+//! open runs; `R` + run id for every run. A batch is a sequence of inserts and one `flush`.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,18 +41,42 @@ fn run_key(prefix: u8, run: RunId) -> [u8; 17] {
 }
 
 fn open_db(path: &Path, dir: &Path) -> Result<::sled::Db, Error> {
-    ::sled::Config::new()
-        .path(path)
-        .cache_capacity(64 * 1024 * 1024)
-        .flush_every_ms(None)
-        .open()
-        .map_err(|e| match e {
-            ::sled::Error::Io(ref io) if io.kind() == std::io::ErrorKind::WouldBlock => in_use(dir),
-            other => Error::Storage(format!(
-                "cannot open the event log in {}: {other}",
-                dir.display()
-            )),
-        })
+    // We hold `waymark.lock`, so a busy sled lock can only be a handle of this process that is
+    // still being torn down by sled's background threads: wait for it briefly.
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match ::sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+        {
+            Ok(db) => return Ok(db),
+            Err(e) if is_lock_busy(&e) && waited < SLED_LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                waited += std::time::Duration::from_millis(10);
+            }
+            Err(e) if is_lock_busy(&e) => return Err(in_use(dir)),
+            Err(other) => {
+                return Err(Error::Storage(format!(
+                    "cannot open the event log in {}: {other}",
+                    dir.display()
+                )))
+            }
+        }
+    }
+}
+
+const SLED_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn is_lock_busy(e: &::sled::Error) -> bool {
+    match e {
+        ::sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock")
+        }
+        _ => false,
+    }
 }
 
 fn in_use(dir: &Path) -> Error {
@@ -220,18 +244,30 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, batch: WriteBatch) -> Result<(), Error> {
-        let mut b = ::sled::Batch::default();
+        // Plain inserts in this order, then one flush. sled recovers a prefix of its log after a
+        // crash (it refuses a later segment whose predecessor was lost), so a crash mid-batch
+        // leaves a prefix of the batch: index markers before the run's first record, the
+        // open-marker removal after its terminal record. `Log::open_runs` tolerates both
+        // leftovers. sled's `apply_batch` would make it atomic but costs ~50 us more per call,
+        // a third of a flush (BENCHMARKS.md).
         for run in &batch.opened {
-            b.insert(&run_key(RUN, *run), &[]);
-            b.insert(&run_key(OPEN, *run), &[]);
+            self.tree
+                .insert(run_key(RUN, *run), &[])
+                .map_err(|e| storage(&e))?;
+            self.tree
+                .insert(run_key(OPEN, *run), &[])
+                .map_err(|e| storage(&e))?;
         }
         for (run, seq, bytes) in batch.records {
-            b.insert(&event_key(run, seq), bytes);
+            self.tree
+                .insert(event_key(run, seq), bytes)
+                .map_err(|e| storage(&e))?;
         }
         for run in &batch.closed {
-            b.remove(&run_key(OPEN, *run));
+            self.tree
+                .remove(run_key(OPEN, *run))
+                .map_err(|e| storage(&e))?;
         }
-        self.tree.apply_batch(b).map_err(|e| storage(&e))?;
         self.db.flush().map_err(|e| storage(&e))?;
         Ok(())
     }
