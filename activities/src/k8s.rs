@@ -1,0 +1,445 @@
+//! Kubernetes activities over `kube`: read and scale a Deployment through its `scale`
+//! subresource, `kubectl rollout restart` with kubectl's own annotation, and `kubectl rollout
+//! status` with kubectl's exact rules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use waymark_engine::activity::{self, Activity, Context};
+use waymark_engine::runtime::EngineBuilder;
+
+/// Annotation `kubectl rollout restart` sets (not kube-rs's `kube.kubernetes.io/restartedAt`).
+pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// Errors of the Kubernetes activities.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable client configuration.
+    #[error("Kubernetes: cannot build a client ({context}): {detail}; check the kubeconfig file and context name, or run in-cluster")]
+    Config {
+        /// Which kubeconfig/context was asked for.
+        context: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The API answered with an error status.
+    #[error("Kubernetes: {verb} deployment {target}: API answered {code} {reason}: {message}{hint}")]
+    Api {
+        /// What was being done.
+        verb: &'static str,
+        /// `namespace/name`.
+        target: String,
+        /// HTTP status.
+        code: u16,
+        /// Kubernetes reason.
+        reason: String,
+        /// Message.
+        message: String,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// The API could not be reached.
+    #[error("Kubernetes: {verb} deployment {target}: cannot reach the API server ({detail}); check the cluster URL in the kubeconfig and the network")]
+    Transport {
+        /// What was being done.
+        verb: &'static str,
+        /// `namespace/name`.
+        target: String,
+        /// What failed.
+        detail: String,
+    },
+    /// `kubectl rollout restart` refuses paused Deployments.
+    #[error("Kubernetes: deployment {0} is paused; kubectl rollout restart refuses paused deployments: resume it (kubectl rollout resume) first")]
+    Paused(String),
+    /// The rollout hit its progress deadline.
+    #[error("Kubernetes: deployment {target} exceeded its progress deadline: {message}; check the new pods (kubectl describe deployment, kubectl get events)")]
+    ProgressDeadline {
+        /// `namespace/name`.
+        target: String,
+        /// The Progressing condition's message.
+        message: String,
+    },
+    /// The rollout did not finish in time.
+    #[error("Kubernetes: deployment {target} rollout not finished after {waited:?}: {last}")]
+    RolloutTimeout {
+        /// `namespace/name`.
+        target: String,
+        /// How long it waited.
+        waited: Duration,
+        /// The last status line.
+        last: String,
+    },
+    /// The run was cancelled while waiting.
+    #[error("Kubernetes: wait for deployment {0} cancelled")]
+    Cancelled(String),
+}
+
+impl From<Error> for activity::Error {
+    fn from(e: Error) -> Self {
+        let retryable = match &e {
+            Error::Api { code, .. } => *code >= 500 || *code == 429 || *code == 409,
+            Error::Transport { .. } | Error::RolloutTimeout { .. } => true,
+            Error::Config { .. } | Error::Paused(_) | Error::ProgressDeadline { .. } | Error::Cancelled(_) => false,
+        };
+        activity::Error {
+            message: e.to_string(),
+            retryable,
+        }
+    }
+}
+
+/// How to reach the cluster: kubeconfig inference with an optional context, or an explicit file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    /// A kubeconfig file; default: `$KUBECONFIG`, `~/.kube/config`, then in-cluster.
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// A context of that kubeconfig; default: its current context.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Per-request timeout, seconds (default 30).
+    #[serde(default)]
+    pub request_timeout_secs: Option<u64>,
+}
+
+impl Connection {
+    fn describe(&self) -> String {
+        format!(
+            "kubeconfig {}, context {}",
+            self.kubeconfig
+                .as_ref()
+                .map_or_else(|| "(inferred)".to_owned(), |p| p.display().to_string()),
+            self.context.as_deref().unwrap_or("(current)")
+        )
+    }
+
+    /// A client for this connection.
+    pub async fn client(&self) -> Result<kube::Client, Error> {
+        let err = |detail: String| Error::Config {
+            context: self.describe(),
+            detail,
+        };
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = match &self.kubeconfig {
+            Some(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?;
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| err(e.to_string()))?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options)
+                .await
+                .map_err(|e| err(e.to_string()))?,
+            None => kube::Config::infer().await.map_err(|e| err(e.to_string()))?,
+        };
+        let timeout = Duration::from_secs(self.request_timeout_secs.unwrap_or(30));
+        config.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+        kube::Client::try_from(config).map_err(|e| err(e.to_string()))
+    }
+}
+
+/// A Deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRef {
+    /// How to reach its cluster.
+    pub connection: Connection,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl DeploymentRef {
+    fn target(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    async fn api(&self) -> Result<Api<Deployment>, Error> {
+        Ok(Api::namespaced(self.connection.client().await?, &self.namespace))
+    }
+
+    fn map(&self, verb: &'static str, e: kube::Error) -> Error {
+        match e {
+            kube::Error::Api(s) => Error::Api {
+                verb,
+                target: self.target(),
+                code: s.code,
+                reason: s.reason.clone(),
+                message: s.message.clone(),
+                hint: match s.code {
+                    404 => "; check the namespace and name in the inventory",
+                    401 | 403 => "; check the credentials and RBAC of the kubeconfig user",
+                    _ => "",
+                },
+            },
+            other => Error::Transport {
+                verb,
+                target: self.target(),
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// `spec.replicas` of a Deployment (read through the scale subresource).
+pub struct ReadReplicas;
+
+impl Activity for ReadReplicas {
+    const NAME: &'static str = "k8s.read_replicas";
+    type Input = DeploymentRef;
+    type Output = i32;
+
+    async fn run(&self, _ctx: Context, d: DeploymentRef) -> Result<i32, activity::Error> {
+        let api = d.api().await?;
+        let scale = api.get_scale(&d.name).await.map_err(|e| d.map("read scale of", e))?;
+        Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
+    }
+}
+
+/// Input of [`Scale`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleInput {
+    /// Which Deployment.
+    pub deployment: DeploymentRef,
+    /// Wanted `spec.replicas`.
+    pub replicas: i32,
+}
+
+/// Output of [`Scale`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleOutput {
+    /// `spec.replicas` found before (after a crash and retry this is already the wanted value:
+    /// record the count with [`ReadReplicas`] in an earlier step to restore it later).
+    pub previous: i32,
+    /// Whether this call changed it.
+    pub changed: bool,
+}
+
+/// Sets `spec.replicas` through the `scale` subresource; a no-op when it already has that value.
+pub struct Scale;
+
+impl Activity for Scale {
+    const NAME: &'static str = "k8s.scale";
+    type Input = ScaleInput;
+    type Output = ScaleOutput;
+
+    async fn run(&self, _ctx: Context, input: ScaleInput) -> Result<ScaleOutput, activity::Error> {
+        let d = &input.deployment;
+        let api = d.api().await?;
+        let current = api
+            .get_scale(&d.name)
+            .await
+            .map_err(|e| d.map("read scale of", e))?
+            .spec
+            .and_then(|s| s.replicas)
+            .unwrap_or(0);
+        if current == input.replicas {
+            return Ok(ScaleOutput {
+                previous: current,
+                changed: false,
+            });
+        }
+        api.patch_scale(
+            &d.name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "replicas": input.replicas } })),
+        )
+        .await
+        .map_err(|e| d.map("scale", e))?;
+        Ok(ScaleOutput {
+            previous: current,
+            changed: true,
+        })
+    }
+}
+
+/// Input of [`RolloutRestart`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartInput {
+    /// Which Deployment.
+    pub deployment: DeploymentRef,
+    /// The annotation value (RFC 3339), from the workflow's recorded clock so that a retried
+    /// restart patches the same value and triggers no second rollout.
+    pub restarted_at: String,
+}
+
+/// Output of [`RolloutRestart`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartOutput {
+    /// Whether this call patched the template (false: it already had this restart).
+    pub patched: bool,
+    /// `metadata.generation` after.
+    pub generation: i64,
+}
+
+/// `kubectl rollout restart`: sets `spec.template.metadata.annotations
+/// ["kubectl.kubernetes.io/restartedAt"]` with a strategic-merge patch; refuses a paused Deployment.
+pub struct RolloutRestart;
+
+impl Activity for RolloutRestart {
+    const NAME: &'static str = "k8s.rollout_restart";
+    type Input = RestartInput;
+    type Output = RestartOutput;
+
+    async fn run(&self, _ctx: Context, input: RestartInput) -> Result<RestartOutput, activity::Error> {
+        let d = &input.deployment;
+        let api = d.api().await?;
+        let current = api.get(&d.name).await.map_err(|e| d.map("read", e))?;
+        let spec = current.spec.clone();
+        if spec.paused == Some(true) {
+            return Err(Error::Paused(d.target()).into());
+        }
+        let existing = spec
+            .template
+            .metadata
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get(RESTARTED_AT).cloned());
+        if existing.as_deref() == Some(input.restarted_at.as_str()) {
+            return Ok(RestartOutput {
+                patched: false,
+                generation: current.metadata.generation.unwrap_or(0),
+            });
+        }
+        let patch = json!({ "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: input.restarted_at } } } } });
+        let after = api
+            .patch(&d.name, &PatchParams::default(), &Patch::Strategic(patch))
+            .await
+            .map_err(|e| d.map("restart", e))?;
+        Ok(RestartOutput {
+            patched: true,
+            generation: after.metadata.generation.unwrap_or(0),
+        })
+    }
+}
+
+/// What `kubectl rollout status` concludes from one look at a Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RolloutStatus {
+    /// Finished, with kubectl's message.
+    Done(String),
+    /// Not yet, with kubectl's message.
+    Waiting(String),
+    /// `ProgressDeadlineExceeded`.
+    Failed(String),
+}
+
+/// kubectl's rules (`rollout_status.go`): first wait until the controller has observed the
+/// current generation; then a `ProgressDeadlineExceeded` Progressing condition fails; then wait
+/// while updated < spec replicas, while old replicas are terminating (replicas > updated), and
+/// while available < updated. Pure.
+pub fn rollout_status(d: &Deployment) -> RolloutStatus {
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let generation = d.metadata.generation.unwrap_or(0);
+    let status = d.status.clone().unwrap_or_default();
+    if generation > status.observed_generation.unwrap_or(0) {
+        return RolloutStatus::Waiting("Waiting for deployment spec update to be observed...".into());
+    }
+    if let Some(c) = status
+        .conditions
+        .as_ref()
+        .and_then(|cs| cs.iter().find(|c| c.type_.as_deref() == Some("Progressing")))
+    {
+        if c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
+            return RolloutStatus::Failed(format!("deployment {name:?} exceeded its progress deadline"));
+        }
+    }
+    let want = d.spec.replicas.unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if updated < want {
+        return RolloutStatus::Waiting(format!(
+            "Waiting for deployment {name:?} rollout to finish: {updated} out of {want} new replicas have been updated..."
+        ));
+    }
+    if replicas > updated {
+        return RolloutStatus::Waiting(format!(
+            "Waiting for deployment {name:?} rollout to finish: {} old replicas are pending termination...",
+            replicas - updated
+        ));
+    }
+    if available < updated {
+        return RolloutStatus::Waiting(format!(
+            "Waiting for deployment {name:?} rollout to finish: {available} of {updated} updated replicas are available..."
+        ));
+    }
+    RolloutStatus::Done(format!("deployment {name:?} successfully rolled out"))
+}
+
+/// Input of [`WaitRollout`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRolloutInput {
+    /// Which Deployment.
+    pub deployment: DeploymentRef,
+    /// Give up after this long (retryable), seconds.
+    pub timeout_secs: u64,
+    /// Poll interval, ms.
+    pub poll_ms: u64,
+}
+
+/// `kubectl rollout status`, heartbeating kubectl's status line while it waits.
+pub struct WaitRollout;
+
+impl Activity for WaitRollout {
+    const NAME: &'static str = "k8s.wait_rollout";
+    type Input = WaitRolloutInput;
+    type Output = String;
+
+    async fn run(&self, ctx: Context, input: WaitRolloutInput) -> Result<String, activity::Error> {
+        let d = &input.deployment;
+        let api = d.api().await?;
+        let limit = Duration::from_secs(input.timeout_secs);
+        let start = tokio::time::Instant::now();
+        loop {
+            let dep = api.get(&d.name).await.map_err(|e| d.map("read", e))?;
+            match rollout_status(&dep) {
+                RolloutStatus::Done(msg) => return Ok(msg),
+                RolloutStatus::Failed(_) => {
+                    let message = dep
+                        .status
+                        .and_then(|s| s.conditions)
+                        .and_then(|cs| cs.into_iter().find(|c| c.type_.as_deref() == Some("Progressing")))
+                        .and_then(|c| c.message)
+                        .unwrap_or_default();
+                    return Err(Error::ProgressDeadline {
+                        target: d.target(),
+                        message,
+                    }
+                    .into());
+                }
+                RolloutStatus::Waiting(msg) => {
+                    if start.elapsed() >= limit {
+                        return Err(Error::RolloutTimeout {
+                            target: d.target(),
+                            waited: start.elapsed(),
+                            last: msg,
+                        }
+                        .into());
+                    }
+                    ctx.heartbeat(Some(msg));
+                    if !ctx.sleep(Duration::from_millis(input.poll_ms.max(10))).await {
+                        return Err(Error::Cancelled(d.target()).into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Registers the Kubernetes activities.
+pub fn register(b: EngineBuilder) -> EngineBuilder {
+    b.activity(ReadReplicas)
+        .activity(Scale)
+        .activity(RolloutRestart)
+        .activity(WaitRollout)
+}

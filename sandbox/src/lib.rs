@@ -1,0 +1,19 @@
+//! The sandbox estate: simulated systems on loopback that speak the real protocols, so that the
+//! real activity code runs unchanged against them (the demo and the end-to-end tests).
+//!
+//! - [`k8s`]: a Kubernetes API subset over HTTP for `apps/v1` Deployments.
+//! - [`yb`]: yb-master HTTP endpoints, and the cluster model that restarts act on.
+//! - [`ssh`]: SSH hosts (a russh server) that run `systemctl` and `yb-admin` against the model.
+//! - [`elb`]: an ELBv2 subset speaking the AWS query protocol.
+//!
+//! All of them share one [`Shared`]: the estate's state (persisted to `DIR/state.json` after every
+//! change, so a sandbox process can be restarted), the effect log (`DIR/effects.jsonl`, one JSON
+//! line per mutating call), and the injected faults.
+
+pub mod elb;
+pub mod estate;
+pub mod k8s;
+pub mod ssh;
+pub mod yb;
+
+pub use estate::{read_effects, Effect, Endpoints, Fault, FaultKind, Faults, NodeSpec, Sandbox, Shared, Spec};

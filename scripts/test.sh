@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the whole test suite, installing the test peers first when they are missing:
+#   - OpenSSH sshd (Debian openssh-server), run by the SSH conformance suite as a private process;
+#   - moto_server (PyPI moto[server]), run by the ELBv2 conformance suite.
+# Usage: scripts/test.sh [extra cargo test arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "test.sh: installing $1 needs root; run: sudo $2" >&2
+    exit 2
+  fi
+}
+
+if [ ! -x /usr/sbin/sshd ]; then
+  need_root openssh-server "apt-get install -y openssh-server"
+  echo "test.sh: installing openssh-server (test peer for the SSH suite)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null
+fi
+if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server' >/dev/null 2>&1; then
+  echo "test.sh: installing moto[server] (test peer for the ELBv2 suite)" >&2
+  python3 -m pip install --quiet 'moto[server]'
+fi
+
+exec cargo test --workspace "$@"
