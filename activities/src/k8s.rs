@@ -28,7 +28,9 @@ pub enum Error {
         detail: String,
     },
     /// The API answered with an error status.
-    #[error("Kubernetes: {verb} deployment {target}: API answered {code} {reason}: {message}{hint}")]
+    #[error(
+        "Kubernetes: {verb} deployment {target}: API answered {code} {reason}: {message}{hint}"
+    )]
     Api {
         /// What was being done.
         verb: &'static str,
@@ -84,7 +86,10 @@ impl From<Error> for activity::Error {
         let retryable = match &e {
             Error::Api { code, .. } => *code >= 500 || *code == 429 || *code == 409,
             Error::Transport { .. } | Error::RolloutTimeout { .. } => true,
-            Error::Config { .. } | Error::Paused(_) | Error::ProgressDeadline { .. } | Error::Cancelled(_) => false,
+            Error::Config { .. }
+            | Error::Paused(_)
+            | Error::ProgressDeadline { .. }
+            | Error::Cancelled(_) => false,
         };
         activity::Error {
             message: e.to_string(),
@@ -138,12 +143,16 @@ impl Connection {
             None if self.context.is_some() => kube::Config::from_kubeconfig(&options)
                 .await
                 .map_err(|e| err(e.to_string()))?,
-            None => kube::Config::infer().await.map_err(|e| err(e.to_string()))?,
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| err(e.to_string()))?,
         };
         let timeout = Duration::from_secs(self.request_timeout_secs.unwrap_or(30));
         config.connect_timeout = Some(timeout.min(Duration::from_secs(10)));
         config.read_timeout = Some(timeout);
         config.write_timeout = Some(timeout);
+        // Retries belong to the engine (journaled, with the step's policy), not hidden in the client.
+        config.default_retry = false;
         kube::Client::try_from(config).map_err(|e| err(e.to_string()))
     }
 }
@@ -164,8 +173,29 @@ impl DeploymentRef {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Runs one API call with the connection's request timeout (kube's own read timeout does not
+    /// cover every stall, e.g. a server that accepts and never answers).
+    async fn call<T>(
+        &self,
+        verb: &'static str,
+        fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, Error> {
+        let limit = Duration::from_secs(self.connection.request_timeout_secs.unwrap_or(30));
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.map_err(|e| self.map(verb, e)),
+            Err(_) => Err(Error::Transport {
+                verb,
+                target: self.target(),
+                detail: format!("no answer within {limit:?}"),
+            }),
+        }
+    }
+
     async fn api(&self) -> Result<Api<Deployment>, Error> {
-        Ok(Api::namespaced(self.connection.client().await?, &self.namespace))
+        Ok(Api::namespaced(
+            self.connection.client().await?,
+            &self.namespace,
+        ))
     }
 
     fn map(&self, verb: &'static str, e: kube::Error) -> Error {
@@ -201,7 +231,7 @@ impl Activity for ReadReplicas {
 
     async fn run(&self, _ctx: Context, d: DeploymentRef) -> Result<i32, activity::Error> {
         let api = d.api().await?;
-        let scale = api.get_scale(&d.name).await.map_err(|e| d.map("read scale of", e))?;
+        let scale = d.call("read scale of", api.get_scale(&d.name)).await?;
         Ok(scale.spec.and_then(|s| s.replicas).unwrap_or(0))
     }
 }
@@ -236,10 +266,9 @@ impl Activity for Scale {
     async fn run(&self, _ctx: Context, input: ScaleInput) -> Result<ScaleOutput, activity::Error> {
         let d = &input.deployment;
         let api = d.api().await?;
-        let current = api
-            .get_scale(&d.name)
-            .await
-            .map_err(|e| d.map("read scale of", e))?
+        let current = d
+            .call("read scale of", api.get_scale(&d.name))
+            .await?
             .spec
             .and_then(|s| s.replicas)
             .unwrap_or(0);
@@ -249,13 +278,15 @@ impl Activity for Scale {
                 changed: false,
             });
         }
-        api.patch_scale(
-            &d.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "replicas": input.replicas } })),
+        d.call(
+            "scale",
+            api.patch_scale(
+                &d.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "replicas": input.replicas } })),
+            ),
         )
-        .await
-        .map_err(|e| d.map("scale", e))?;
+        .await?;
         Ok(ScaleOutput {
             previous: current,
             changed: true,
@@ -291,10 +322,14 @@ impl Activity for RolloutRestart {
     type Input = RestartInput;
     type Output = RestartOutput;
 
-    async fn run(&self, _ctx: Context, input: RestartInput) -> Result<RestartOutput, activity::Error> {
+    async fn run(
+        &self,
+        _ctx: Context,
+        input: RestartInput,
+    ) -> Result<RestartOutput, activity::Error> {
         let d = &input.deployment;
         let api = d.api().await?;
-        let current = api.get(&d.name).await.map_err(|e| d.map("read", e))?;
+        let current = d.call("read", api.get(&d.name)).await?;
         let spec = current.spec.clone();
         if spec.paused == Some(true) {
             return Err(Error::Paused(d.target()).into());
@@ -311,10 +346,12 @@ impl Activity for RolloutRestart {
             });
         }
         let patch = json!({ "spec": { "template": { "metadata": { "annotations": { RESTARTED_AT: input.restarted_at } } } } });
-        let after = api
-            .patch(&d.name, &PatchParams::default(), &Patch::Strategic(patch))
-            .await
-            .map_err(|e| d.map("restart", e))?;
+        let after = d
+            .call(
+                "restart",
+                api.patch(&d.name, &PatchParams::default(), &Patch::Strategic(patch)),
+            )
+            .await?;
         Ok(RestartOutput {
             patched: true,
             generation: after.metadata.generation.unwrap_or(0),
@@ -342,15 +379,18 @@ pub fn rollout_status(d: &Deployment) -> RolloutStatus {
     let generation = d.metadata.generation.unwrap_or(0);
     let status = d.status.clone().unwrap_or_default();
     if generation > status.observed_generation.unwrap_or(0) {
-        return RolloutStatus::Waiting("Waiting for deployment spec update to be observed...".into());
+        return RolloutStatus::Waiting(
+            "Waiting for deployment spec update to be observed...".into(),
+        );
     }
-    if let Some(c) = status
-        .conditions
-        .as_ref()
-        .and_then(|cs| cs.iter().find(|c| c.type_.as_deref() == Some("Progressing")))
-    {
+    if let Some(c) = status.conditions.as_ref().and_then(|cs| {
+        cs.iter()
+            .find(|c| c.type_.as_deref() == Some("Progressing"))
+    }) {
         if c.reason.as_deref() == Some("ProgressDeadlineExceeded") {
-            return RolloutStatus::Failed(format!("deployment {name:?} exceeded its progress deadline"));
+            return RolloutStatus::Failed(format!(
+                "deployment {name:?} exceeded its progress deadline"
+            ));
         }
     }
     let want = d.spec.replicas.unwrap_or(1);
@@ -401,14 +441,17 @@ impl Activity for WaitRollout {
         let limit = Duration::from_secs(input.timeout_secs);
         let start = tokio::time::Instant::now();
         loop {
-            let dep = api.get(&d.name).await.map_err(|e| d.map("read", e))?;
+            let dep = d.call("read", api.get(&d.name)).await?;
             match rollout_status(&dep) {
                 RolloutStatus::Done(msg) => return Ok(msg),
                 RolloutStatus::Failed(_) => {
                     let message = dep
                         .status
                         .and_then(|s| s.conditions)
-                        .and_then(|cs| cs.into_iter().find(|c| c.type_.as_deref() == Some("Progressing")))
+                        .and_then(|cs| {
+                            cs.into_iter()
+                                .find(|c| c.type_.as_deref() == Some("Progressing"))
+                        })
                         .and_then(|c| c.message)
                         .unwrap_or_default();
                     return Err(Error::ProgressDeadline {
@@ -427,7 +470,10 @@ impl Activity for WaitRollout {
                         .into());
                     }
                     ctx.heartbeat(Some(msg));
-                    if !ctx.sleep(Duration::from_millis(input.poll_ms.max(10))).await {
+                    if !ctx
+                        .sleep(Duration::from_millis(input.poll_ms.max(10)))
+                        .await
+                    {
                         return Err(Error::Cancelled(d.target()).into());
                     }
                 }

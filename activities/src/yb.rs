@@ -14,7 +14,6 @@ use serde_json::Value;
 use waymark_engine::activity::{self, Activity, Context};
 use waymark_engine::runtime::EngineBuilder;
 
-
 /// Errors of the YugabyteDB activities.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -92,11 +91,14 @@ impl Masters {
 
     async fn get(&self, addr: &str, path: &str) -> Result<(u16, Value), Error> {
         let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let uri: hyper::Uri = format!("http://{addr}{path}").parse().map_err(|e| Error::BadAnswer {
-            addr: addr.into(),
-            path: path.into(),
-            detail: format!("bad address: {e}"),
-        })?;
+        let uri: hyper::Uri =
+            format!("http://{addr}{path}")
+                .parse()
+                .map_err(|e| Error::BadAnswer {
+                    addr: addr.into(),
+                    path: path.into(),
+                    detail: format!("bad address: {e}"),
+                })?;
         let call = async {
             let resp = client.get(uri).await.map_err(|e| Error::Unreachable {
                 addr: addr.into(),
@@ -160,7 +162,10 @@ impl Masters {
         for (_, by_host) in v.as_object().into_iter().flatten() {
             for (host_port, t) in by_host.as_object().into_iter().flatten() {
                 out.push(TServer {
-                    host: host_port.rsplit_once(':').map_or(host_port.as_str(), |(h, _)| h).to_owned(),
+                    host: host_port
+                        .rsplit_once(':')
+                        .map_or(host_port.as_str(), |(h, _)| h)
+                        .to_owned(),
                     web: host_port.clone(),
                     alive: t["status"].as_str() == Some("ALIVE"),
                     uptime_seconds: t["uptime_seconds"].as_u64().unwrap_or(0),
@@ -188,7 +193,10 @@ impl Masters {
                                 .as_str()
                                 .unwrap_or_default()
                                 .to_owned(),
-                            uuid: m["instance_id"]["permanent_uuid"].as_str().unwrap_or_default().to_owned(),
+                            uuid: m["instance_id"]["permanent_uuid"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
                             role: m["role"].as_str().unwrap_or_default().to_owned(),
                         })
                         .collect());
@@ -229,13 +237,19 @@ impl Masters {
         let most_recent_uptime = h["most_recent_uptime"].as_u64().unwrap_or(0);
         let mut problems = Vec::new();
         for t in tservers.iter().filter(|t| !t.alive) {
-            problems.push(format!("tserver {} is DEAD (no heartbeat for {:.0} s)", t.host, t.time_since_hb_sec));
+            problems.push(format!(
+                "tserver {} is DEAD (no heartbeat for {:.0} s)",
+                t.host, t.time_since_hb_sec
+            ));
         }
         if !dead_nodes.is_empty() && tservers.iter().all(|t| t.alive) {
             problems.push(format!("dead nodes reported: {}", dead_nodes.join(", ")));
         }
         if !under_replicated.is_empty() {
-            problems.push(format!("{} under-replicated tablets", under_replicated.len()));
+            problems.push(format!(
+                "{} under-replicated tablets",
+                under_replicated.len()
+            ));
         }
         if !leaderless.is_empty() {
             problems.push(format!("{} leaderless tablets", leaderless.len()));
@@ -387,9 +401,9 @@ impl Activity for WaitHealthy {
                 Ok(r) if r.passed => Ok(Poll::Ready(r)),
                 Ok(r) => Ok(Poll::Pending(r.problems.join("; "))),
                 // A master restarting answers nothing for a while: keep waiting.
-                Err(e @ (Error::Unreachable { .. } | Error::NoLeader(_) | Error::BadAnswer { .. })) => {
-                    Ok(Poll::Pending(e.to_string()))
-                }
+                Err(
+                    e @ (Error::Unreachable { .. } | Error::NoLeader(_) | Error::BadAnswer { .. }),
+                ) => Ok(Poll::Pending(e.to_string())),
                 Err(e) => Err(e),
             }
         })
@@ -439,19 +453,28 @@ impl Activity for WaitServerBack {
                         None => Err(Error::Unknown(format!(
                             "no tserver {} in the cluster (known: {})",
                             i.host,
-                            ts.iter().map(|t| t.host.as_str()).collect::<Vec<_>>().join(", ")
+                            ts.iter()
+                                .map(|t| t.host.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ))),
-                        Some(t) if t.alive => Ok(Poll::Ready(format!("tserver {} ALIVE, up {} s", t.host, t.uptime_seconds))),
+                        Some(t) if t.alive => Ok(Poll::Ready(format!(
+                            "tserver {} ALIVE, up {} s",
+                            t.host, t.uptime_seconds
+                        ))),
                         Some(t) => Ok(Poll::Pending(format!("tserver {} DEAD", t.host))),
                     },
                     Err(e) => Ok(Poll::Pending(e.to_string())),
                 },
                 ServerKind::Master => match i.masters.masters().await {
                     Ok(ms) => match ms.iter().find(|m| m.host == i.host) {
-                        None => Err(Error::Unknown(format!("no master {} in the cluster", i.host))),
-                        Some(m) if m.role == "LEADER" || m.role == "FOLLOWER" => {
-                            Ok(Poll::Ready(format!("master {} serving as {}", m.host, m.role)))
-                        }
+                        None => Err(Error::Unknown(format!(
+                            "no master {} in the cluster",
+                            i.host
+                        ))),
+                        Some(m) if m.role == "LEADER" || m.role == "FOLLOWER" => Ok(Poll::Ready(
+                            format!("master {} serving as {}", m.host, m.role),
+                        )),
                         Some(m) => Ok(Poll::Pending(format!("master {} is {}", m.host, m.role))),
                     },
                     Err(e) => Ok(Poll::Pending(e.to_string())),
@@ -463,12 +486,39 @@ impl Activity for WaitServerBack {
     }
 }
 
+/// Parses `Percent complete = 42.5 : 3 remaining out of 12`.
+pub fn parse_load_move_completion(out: &str) -> Option<(f64, u64, u64)> {
+    let line = out.lines().find(|l| l.contains("Percent complete"))?;
+    let (_, rest) = line.split_once('=')?;
+    let (pct, rest) = rest.split_once(':')?;
+    let mut words = rest.split_whitespace();
+    let remaining = words.next()?.parse().ok()?;
+    let total = words.last()?.parse().ok()?;
+    Some((pct.trim().parse().ok()?, remaining, total))
+}
+
+/// Parses `Idle = 1` / `Idle = 0`.
+pub fn parse_is_idle(out: &str) -> Option<bool> {
+    let line = out.lines().find(|l| l.trim_start().starts_with("Idle"))?;
+    match line.split_once('=')?.1.trim() {
+        "1" => Some(true),
+        "0" => Some(false),
+        _ => None,
+    }
+}
+
 pub(crate) enum Poll<T> {
     Ready(T),
     Pending(String),
 }
 
-pub(crate) async fn poll<T, F, Fut>(ctx: &Context, what: &str, timeout_secs: u64, poll_ms: u64, mut f: F) -> Result<T, Error>
+pub(crate) async fn poll<T, F, Fut>(
+    ctx: &Context,
+    what: &str,
+    timeout_secs: u64,
+    poll_ms: u64,
+    mut f: F,
+) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Poll<T>, Error>>,

@@ -119,9 +119,18 @@ impl Context {
     /// Sleeps, but returns early (with `false`) if the run is cancelled meanwhile.
     pub async fn sleep(&self, d: Duration) -> bool {
         let mut rx = self.cancelled.clone();
+        let sleep = tokio::time::sleep(d);
+        tokio::pin!(sleep);
         tokio::select! {
-            () = tokio::time::sleep(d) => true,
-            _ = rx.wait_for(|c| *c) => false,
+            () = &mut sleep => true,
+            closed = async { rx.wait_for(|c| *c).await.is_err() } => {
+                if !closed {
+                    return false;
+                }
+                // No one can cancel any more (a detached context): just sleep.
+                sleep.await;
+                true
+            }
         }
     }
 }

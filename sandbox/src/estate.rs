@@ -65,7 +65,11 @@ impl Default for Spec {
                 node("yb-b-3", "B", false),
             ],
             namespace: "prod".into(),
-            deployments: vec![("mirrormaker2".into(), 2), ("fp".into(), 3), ("fp-async".into(), 2)],
+            deployments: vec![
+                ("mirrormaker2".into(), 2),
+                ("fp".into(), 3),
+                ("fp-async".into(), 2),
+            ],
             restart_down_ms: 1200,
             under_replicated_ms: 1500,
             load_balance_ms: 2500,
@@ -165,7 +169,10 @@ impl Shared {
         let state_path = dir.join("state.json");
         let state = match std::fs::read(&state_path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::other(format!("{} is not a sandbox state: {e}", state_path.display()))
+                std::io::Error::other(format!(
+                    "{} is not a sandbox state: {e}",
+                    state_path.display()
+                ))
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Estate {
                 spec: spec.clone(),
@@ -179,7 +186,10 @@ impl Shared {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
             Err(_) => Faults::default(),
         };
-        let effects = OpenOptions::new().create(true).append(true).open(dir.join("effects.jsonl"))?;
+        let effects = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("effects.jsonl"))?;
         let shared = Shared {
             dir: dir.to_owned(),
             state: Mutex::new(state),
@@ -217,7 +227,13 @@ impl Shared {
     }
 
     /// Appends one line to `effects.jsonl`.
-    pub fn record_effect(&self, system: &str, target: &str, action: &str, details: serde_json::Value) {
+    pub fn record_effect(
+        &self,
+        system: &str,
+        target: &str,
+        action: &str,
+        details: serde_json::Value,
+    ) {
         let effect = Effect {
             time: Utc::now(),
             system: system.into(),
@@ -250,10 +266,9 @@ impl Shared {
     /// The fault that applies to this request of `system`, if any (counting it down).
     pub fn fault_for(&self, system: &str, request: &str) -> Option<FaultKind> {
         let mut faults = self.faults.lock().expect("faults lock");
-        let rule = faults
-            .rules
-            .iter_mut()
-            .find(|r| r.system == system && request.contains(&r.matching) && r.remaining != Some(0))?;
+        let rule = faults.rules.iter_mut().find(|r| {
+            r.system == system && request.contains(&r.matching) && r.remaining != Some(0)
+        })?;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;
         }
@@ -310,7 +325,12 @@ impl Sandbox {
         let (nodes, masters): (Vec<String>, Vec<String>) = shared.read(|s| {
             (
                 s.spec.nodes.iter().map(|n| n.name.clone()).collect(),
-                s.spec.nodes.iter().filter(|n| n.master).map(|n| n.name.clone()).collect(),
+                s.spec
+                    .nodes
+                    .iter()
+                    .filter(|n| n.master)
+                    .map(|n| n.name.clone())
+                    .collect(),
             )
         });
         let mut tasks = Vec::new();
@@ -328,7 +348,12 @@ impl Sandbox {
         tasks.push(tokio::spawn(elb::serve(elb_l, shared.clone())));
         tasks.push(tokio::spawn(serve_admin(admin_l, shared.clone())));
         for m in masters {
-            let l = bind(previous.as_ref().and_then(|p| p.yb_masters.get(&m).copied())).await?;
+            let l = bind(
+                previous
+                    .as_ref()
+                    .and_then(|p| p.yb_masters.get(&m).copied()),
+            )
+            .await?;
             endpoints.yb_masters.insert(m.clone(), l.local_addr()?);
             tasks.push(tokio::spawn(yb::serve_master(l, shared.clone(), m)));
         }
@@ -339,6 +364,7 @@ impl Sandbox {
             tasks.push(tokio::spawn(ssh::serve(l, shared.clone(), n, keys.clone())));
         }
         keys.write_known_hosts(dir, endpoints.ssh.values())?;
+        write_kubeconfig(dir, endpoints.k8s)?;
         std::fs::write(
             dir.join("endpoints.json"),
             serde_json::to_vec_pretty(&endpoints).map_err(std::io::Error::other)?,
@@ -368,6 +394,16 @@ impl Sandbox {
     }
 }
 
+/// Writes `DIR/kubeconfig`: context `sandbox` pointing at the simulated API server.
+fn write_kubeconfig(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: http://{addr}\n\
+         users:\n- name: sandbox\n  user: {{}}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    \
+         user: sandbox\n    namespace: prod\ncurrent-context: sandbox\n"
+    );
+    std::fs::write(dir.join("kubeconfig"), text)
+}
+
 /// `GET /faults`, `PUT /faults` (JSON [`Faults`]), `GET /effects` (JSON lines), `GET /state`.
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     use axum::extract::State;
@@ -376,7 +412,10 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     let app = axum::Router::new()
         .route(
             "/faults",
-            get(|State(s): State<Arc<Shared>>| async move { Json(s.faults.lock().expect("faults lock").clone()) }).put(
+            get(|State(s): State<Arc<Shared>>| async move {
+                Json(s.faults.lock().expect("faults lock").clone())
+            })
+            .put(
                 |State(s): State<Arc<Shared>>, Json(f): Json<Faults>| async move {
                     s.set_faults(f);
                     "ok"

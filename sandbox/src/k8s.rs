@@ -143,7 +143,11 @@ impl Deployment {
         };
         let t = now_ms - r.started_ms;
         let lag = step_ms / 4;
-        let observed_generation = if t < lag { self.generation - 1 } else { self.generation };
+        let observed_generation = if t < lag {
+            self.generation - 1
+        } else {
+            self.generation
+        };
         if r.stuck {
             let deadline = t >= self.progress_deadline_ms;
             return Observed {
@@ -168,7 +172,14 @@ impl Deployment {
                     replicas: n,
                     updated: n,
                     available: n,
-                    progressing: ("True", if done { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }),
+                    progressing: (
+                        "True",
+                        if done {
+                            "NewReplicaSetAvailable"
+                        } else {
+                            "ReplicaSetUpdated"
+                        },
+                    ),
                 }
             }
             RolloutKind::Template => {
@@ -182,7 +193,14 @@ impl Deployment {
                     replicas,
                     updated,
                     available,
-                    progressing: ("True", if finished { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }),
+                    progressing: (
+                        "True",
+                        if finished {
+                            "NewReplicaSetAvailable"
+                        } else {
+                            "ReplicaSetUpdated"
+                        },
+                    ),
                 }
             }
         }
@@ -195,7 +213,10 @@ impl Deployment {
                 .unwrap_or_default()
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         };
-        let changed = self.rollout.as_ref().map_or(now_ms - 3_600_000, |r| r.started_ms);
+        let changed = self
+            .rollout
+            .as_ref()
+            .map_or(now_ms - 3_600_000, |r| r.started_ms);
         let labels = json!({ "app": self.name });
         json!({
             "apiVersion": "apps/v1",
@@ -297,7 +318,11 @@ async fn apply_fault(shared: &Shared, request: &str) -> Option<Response> {
             "InternalError",
             "injected fault".into(),
         )),
-        FaultKind::Throttle => Some(status_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "throttled".into())),
+        FaultKind::Throttle => Some(status_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            "throttled".into(),
+        )),
         FaultKind::Delay(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             None
@@ -329,11 +354,21 @@ async fn deployment(
         });
     }
     if method != Method::PATCH {
-        return status_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", format!("{method} is not supported here"));
+        return status_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            format!("{method} is not supported here"),
+        );
     }
     let patch: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", format!("patch is not JSON: {e}")),
+        Err(e) => {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("patch is not JSON: {e}"),
+            )
+        }
     };
     let stuck = shared.fault_for("k8s", &format!("stuck {key}")).is_some();
     let result = shared.mutate(|st| {
@@ -343,11 +378,18 @@ async fn deployment(
         let d = st.k8s.deployments.get_mut(&key)?;
         let mut doc = d.to_json(now, step);
         merge_patch(&mut doc, &patch);
-        let replicas = doc["spec"]["replicas"].as_u64().map_or(d.replicas, |r| r as u32);
+        let replicas = doc["spec"]["replicas"]
+            .as_u64()
+            .map_or(d.replicas, |r| r as u32);
         let paused = doc["spec"]["paused"].as_bool().unwrap_or(false);
-        let annotations: BTreeMap<String, String> = doc["spec"]["template"]["metadata"]["annotations"]
+        let annotations: BTreeMap<String, String> = doc["spec"]["template"]["metadata"]
+            ["annotations"]
             .as_object()
-            .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
             .unwrap_or_default();
         let template_changed = annotations != d.template_annotations;
         let mut effect = None;
@@ -364,7 +406,10 @@ async fn deployment(
                 stuck,
             });
             d.rollouts += 1;
-            effect = Some(("rollout", json!({ "annotations": annotations, "generation": d.generation })));
+            effect = Some((
+                "rollout",
+                json!({ "annotations": annotations, "generation": d.generation }),
+            ));
         } else if replicas != d.replicas {
             let from = d.observe(now, step).replicas;
             d.rollout = Some(Rollout {
@@ -420,7 +465,11 @@ async fn scale(
         .ok()
         .and_then(|v| v["spec"]["replicas"].as_u64());
     let Some(wanted) = wanted else {
-        return status_error(StatusCode::BAD_REQUEST, "BadRequest", "expected spec.replicas".into());
+        return status_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "expected spec.replicas".into(),
+        );
     };
     let wanted = wanted as u32;
     let result = shared.mutate(|st| {
@@ -481,7 +530,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale",
             get(scale).patch(scale).put(scale),
         )
-        .route("/version", get(|| async { Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-waymark-sandbox"})) }))
+        .route(
+            "/version",
+            get(|| async {
+                Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.0-waymark-sandbox"}))
+            }),
+        )
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("sandbox Kubernetes API stopped: {e}");

@@ -110,7 +110,11 @@ impl State {
         let mut servers = Vec::new();
         let mut pid = 1000;
         for n in &spec.nodes {
-            let kinds: &[Kind] = if n.master { &[Kind::Master, Kind::TServer] } else { &[Kind::TServer] };
+            let kinds: &[Kind] = if n.master {
+                &[Kind::Master, Kind::TServer]
+            } else {
+                &[Kind::TServer]
+            };
             for &kind in kinds {
                 pid += 1;
                 servers.push(Server {
@@ -149,7 +153,9 @@ impl State {
     }
 
     fn server(&self, node: &str, kind: Kind) -> Option<&Server> {
-        self.servers.iter().find(|s| s.node == node && s.kind == kind)
+        self.servers
+            .iter()
+            .find(|s| s.node == node && s.kind == kind)
     }
 
     /// Whether a server answers heartbeats at `now_ms`.
@@ -161,7 +167,11 @@ impl State {
     pub fn restart(&mut self, node: &str, kind: Kind, now_ms: i64) -> bool {
         let pid = self.next_pid;
         let down = self.restart_down_ms;
-        let Some(s) = self.servers.iter_mut().find(|s| s.node == node && s.kind == kind) else {
+        let Some(s) = self
+            .servers
+            .iter_mut()
+            .find(|s| s.node == node && s.kind == kind)
+        else {
             return false;
         };
         s.restarts += 1;
@@ -181,7 +191,9 @@ impl State {
                 let next = self
                     .servers
                     .iter()
-                    .filter(|m| m.kind == Kind::Master && m.node != node && Self::is_alive(m, now_ms))
+                    .filter(|m| {
+                        m.kind == Kind::Master && m.node != node && Self::is_alive(m, now_ms)
+                    })
                     .map(|m| m.node.clone())
                     .next();
                 if let Some(n) = next {
@@ -195,7 +207,11 @@ impl State {
 
     /// Stops a unit.
     pub fn stop(&mut self, node: &str, kind: Kind) -> bool {
-        match self.servers.iter_mut().find(|s| s.node == node && s.kind == kind) {
+        match self
+            .servers
+            .iter_mut()
+            .find(|s| s.node == node && s.kind == kind)
+        {
             Some(s) => {
                 s.stopped = true;
                 true
@@ -208,7 +224,8 @@ impl State {
         if now_ms >= self.under_replicated_until_ms {
             return Vec::new();
         }
-        let left = (self.under_replicated_until_ms - now_ms) as f64 / self.under_replicated_ms.max(1) as f64;
+        let left = (self.under_replicated_until_ms - now_ms) as f64
+            / self.under_replicated_ms.max(1) as f64;
         let n = ((left.min(1.0) * f64::from(TABLETS)).ceil() as u32).clamp(1, TABLETS);
         (0..n).map(|i| format!("{:032x}", 0xab00 + i)).collect()
     }
@@ -219,9 +236,14 @@ impl State {
         if now_ms >= self.balance_until_ms || self.balance_until_ms <= self.balance_from_ms {
             return (100.0, 0, total);
         }
-        let done = (now_ms - self.balance_from_ms) as f64 / (self.balance_until_ms - self.balance_from_ms) as f64;
+        let done = (now_ms - self.balance_from_ms) as f64
+            / (self.balance_until_ms - self.balance_from_ms) as f64;
         let remaining = ((1.0 - done) * f64::from(total)).ceil() as u32;
-        (100.0 * f64::from(total - remaining) / f64::from(total), remaining, total)
+        (
+            100.0 * f64::from(total - remaining) / f64::from(total),
+            remaining,
+            total,
+        )
     }
 
     fn tablet_servers_json(&self, now_ms: i64) -> serde_json::Value {
@@ -234,7 +256,11 @@ impl State {
             .max(1) as u32;
         for s in self.servers.iter().filter(|s| s.kind == Kind::TServer) {
             let alive = Self::is_alive(s, now_ms);
-            let hb = if alive { 0.4 } else { ((now_ms - s.started_at_ms).max(0) as f64 / 1000.0) + 3.0 };
+            let hb = if alive {
+                0.4
+            } else {
+                ((now_ms - s.started_at_ms).max(0) as f64 / 1000.0) + 3.0
+            };
             by_host.insert(
                 format!("{}:9000", s.node),
                 json!({
@@ -254,7 +280,11 @@ impl State {
     }
 
     fn health_json(&self, now_ms: i64) -> serde_json::Value {
-        let tservers: Vec<&Server> = self.servers.iter().filter(|s| s.kind == Kind::TServer).collect();
+        let tservers: Vec<&Server> = self
+            .servers
+            .iter()
+            .filter(|s| s.kind == Kind::TServer)
+            .collect();
         let dead: Vec<&str> = tservers
             .iter()
             .filter(|s| !Self::is_alive(s, now_ms))
@@ -339,7 +369,9 @@ fn unit_kind(unit: &str) -> Option<Kind> {
 /// is-active UNIT` (optionally behind `sudo`) for `yb-master` / `yb-tserver`, and `yb-admin ...
 /// get_is_load_balancer_idle | get_load_move_completion`. Mutations are recorded as effects.
 pub fn exec(shared: &Shared, node: &str, command: &str) -> ExecOutput {
-    if let Some(FaultKind::Exit(code, stderr)) = shared.fault_for("ssh", &format!("{node} {command}")) {
+    if let Some(FaultKind::Exit(code, stderr)) =
+        shared.fault_for("ssh", &format!("{node} {command}"))
+    {
         return ExecOutput::fail(code, stderr);
     }
     let words: Vec<&str> = command.split_whitespace().collect();
@@ -380,7 +412,10 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
         return ExecOutput::fail(1, "systemctl: expected a verb and a unit\n");
     };
     let Some(kind) = unit_kind(unit) else {
-        return ExecOutput::fail(5, format!("Failed to {verb} {unit}: Unit {unit} not found.\n"));
+        return ExecOutput::fail(
+            5,
+            format!("Failed to {verb} {unit}: Unit {unit} not found.\n"),
+        );
     };
     let unit_name = format!("{}.service", kind.unit());
     let now = now_ms();
@@ -392,9 +427,17 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
                 _ => st.yb.restart(node, kind, now),
             });
             if !done {
-                return ExecOutput::fail(5, format!("Failed to {verb} {unit_name}: Unit {unit_name} not found.\n"));
+                return ExecOutput::fail(
+                    5,
+                    format!("Failed to {verb} {unit_name}: Unit {unit_name} not found.\n"),
+                );
             }
-            shared.record_effect("ssh", &format!("{node}/{}", kind.unit()), verb, json!({ "command": format!("systemctl {verb} {unit}") }));
+            shared.record_effect(
+                "ssh",
+                &format!("{node}/{}", kind.unit()),
+                verb,
+                json!({ "command": format!("systemctl {verb} {unit}") }),
+            );
             ExecOutput::ok("")
         }
         "is-active" => shared.read(|st| match st.yb.server(node, kind) {
@@ -412,14 +455,44 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
         }),
         "show" => shared.read(|st| {
             let Some(s) = st.yb.server(node, kind) else {
-                return ExecOutput::ok("InvocationID=\nActiveState=inactive\nLoadState=not-found\n");
+                return ExecOutput::ok(
+                    "InvocationID=\nActiveState=inactive\nLoadState=not-found\n",
+                );
             };
             let all: BTreeMap<&str, String> = [
                 ("Id", unit_name.clone()),
-                ("InvocationID", if s.stopped { String::new() } else { s.invocation_id.clone() }),
-                ("MainPID", if s.stopped { "0".into() } else { s.main_pid.to_string() }),
-                ("ActiveState", if s.stopped { "inactive".into() } else { "active".into() }),
-                ("SubState", if s.stopped { "dead".into() } else { "running".into() }),
+                (
+                    "InvocationID",
+                    if s.stopped {
+                        String::new()
+                    } else {
+                        s.invocation_id.clone()
+                    },
+                ),
+                (
+                    "MainPID",
+                    if s.stopped {
+                        "0".into()
+                    } else {
+                        s.main_pid.to_string()
+                    },
+                ),
+                (
+                    "ActiveState",
+                    if s.stopped {
+                        "inactive".into()
+                    } else {
+                        "active".into()
+                    },
+                ),
+                (
+                    "SubState",
+                    if s.stopped {
+                        "dead".into()
+                    } else {
+                        "running".into()
+                    },
+                ),
                 ("LoadState", "loaded".into()),
                 (
                     "ActiveEnterTimestampMonotonic",
@@ -434,7 +507,11 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
             ]
             .into_iter()
             .collect();
-            let keys: Vec<String> = if props.is_empty() { all.keys().map(|k| (*k).to_owned()).collect() } else { props.clone() };
+            let keys: Vec<String> = if props.is_empty() {
+                all.keys().map(|k| (*k).to_owned()).collect()
+            } else {
+                props.clone()
+            };
             let mut out = String::new();
             for k in keys {
                 if let Some(v) = all.get(k.as_str()) {
@@ -449,7 +526,10 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
 
 fn yb_admin(shared: &Shared, args: &[&str]) -> ExecOutput {
     let now = now_ms();
-    let Some(cmd) = args.iter().find(|a| !a.starts_with('-') && !a.contains(':') && !a.contains(',')) else {
+    let Some(cmd) = args
+        .iter()
+        .find(|a| !a.starts_with('-') && !a.contains(':') && !a.contains(','))
+    else {
         return ExecOutput::fail(1, "yb-admin: no command given\n");
     };
     match *cmd {
@@ -459,7 +539,9 @@ fn yb_admin(shared: &Shared, args: &[&str]) -> ExecOutput {
         }),
         "get_load_move_completion" => shared.read(|st| {
             let (pct, remaining, total) = st.yb.load_moves(now);
-            ExecOutput::ok(format!("Percent complete = {pct:.2} : {remaining} remaining out of {total}\n"))
+            ExecOutput::ok(format!(
+                "Percent complete = {pct:.2} : {remaining} remaining out of {total}\n"
+            ))
         }),
         other => ExecOutput::fail(1, format!("Invalid operation {other}\n")),
     }
@@ -472,9 +554,16 @@ struct MasterCtx {
 }
 
 async fn api(AxState(m): AxState<MasterCtx>, AxPath(endpoint): AxPath<String>) -> Response {
-    match m.shared.fault_for("yb", &format!("{} GET /api/v1/{endpoint}", m.node)) {
+    match m
+        .shared
+        .fault_for("yb", &format!("{} GET /api/v1/{endpoint}", m.node))
+    {
         Some(FaultKind::Status(code)) => {
-            return (StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), "injected fault").into_response();
+            return (
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                "injected fault",
+            )
+                .into_response();
         }
         Some(FaultKind::Delay(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
         _ => {}
@@ -489,7 +578,11 @@ async fn api(AxState(m): AxState<MasterCtx>, AxPath(endpoint): AxPath<String>) -
         let leader = yb.leader == m.node;
         match endpoint.as_str() {
             "is-leader" if leader => Json(json!({"STATUS": "OK"})).into_response(),
-            "is-leader" => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"STATUS": "NOT LEADER"}))).into_response(),
+            "is-leader" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"STATUS": "NOT LEADER"})),
+            )
+                .into_response(),
             "masters" => Json(yb.masters_json(now)).into_response(),
             "tablet-servers" => Json(yb.tablet_servers_json(now)).into_response(),
             "health-check" => Json(yb.health_json(now)).into_response(),

@@ -3,6 +3,8 @@
 mod core_replay;
 mod crash;
 mod engine_behaviour;
+mod k8s;
 mod log_conformance;
 mod regression;
+mod yb;
 mod util;

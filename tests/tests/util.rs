@@ -28,3 +28,30 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A sandbox estate in a temp dir, with delays divided by `faster`.
+pub async fn sandbox(faster: u64) -> (tempfile::TempDir, waymark_sandbox::Sandbox) {
+    let dir = temp_dir();
+    let sb = waymark_sandbox::Sandbox::start(
+        dir.path(),
+        &waymark_sandbox::Spec::default().faster(faster),
+    )
+    .await
+    .expect("sandbox starts");
+    (dir, sb)
+}
+
+/// An activity context outside the engine.
+pub fn activity_ctx() -> waymark_engine::activity::Context {
+    waymark_engine::activity::Context::detached(
+        waymark_engine::RunId::new(),
+        waymark_engine::StepRef::Workflow(0),
+        1,
+    )
+}
+
+/// A loopback port with nothing listening (bound, then released).
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}

@@ -1,0 +1,195 @@
+//! YugabyteDB activities against the sandbox's yb-masters: leader, tservers, health gate,
+//! a restarted server coming back, a leader change, faults.
+
+use waymark_activities::yb::{
+    self, FindLeader, HealthCheck, HealthInput, ListTServers, Masters, ServerBackInput, ServerKind,
+    WaitHealthy, WaitServerBack,
+};
+use waymark_engine::Activity;
+use waymark_sandbox::{Fault, FaultKind, Faults};
+
+use crate::util::{activity_ctx, closed_port, sandbox};
+
+fn masters(sb: &waymark_sandbox::Sandbox) -> Masters {
+    Masters {
+        http: sb
+            .endpoints()
+            .yb_masters
+            .values()
+            .map(ToString::to_string)
+            .collect(),
+        request_timeout_ms: Some(1000),
+    }
+}
+
+fn master_node(sb: &waymark_sandbox::Sandbox, addr: &str) -> String {
+    sb.endpoints()
+        .yb_masters
+        .iter()
+        .find(|(_, a)| a.to_string() == addr)
+        .map(|(n, _)| n.clone())
+        .unwrap()
+}
+
+fn health(m: &Masters) -> HealthInput {
+    HealthInput {
+        masters: m.clone(),
+        min_uptime_seconds: 0,
+        timeout_secs: 30,
+        poll_ms: 20,
+    }
+}
+
+#[tokio::test]
+async fn healthy_cluster_passes_the_gate() {
+    let (_dir, sb) = sandbox(10).await;
+    let m = masters(&sb);
+    let ts = ListTServers.run(activity_ctx(), m.clone()).await.unwrap();
+    assert_eq!(ts.len(), 6);
+    assert!(ts.iter().all(|t| t.alive && t.uptime_seconds >= 3600));
+    let report = HealthCheck
+        .run(
+            activity_ctx(),
+            HealthInput {
+                min_uptime_seconds: 60,
+                ..health(&m)
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.passed, "{:?}", report.problems);
+}
+
+#[tokio::test]
+async fn restarted_tserver_is_dead_then_back_and_the_gate_waits_for_replication() {
+    let (_dir, sb) = sandbox(4).await;
+    let m = masters(&sb);
+    let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-2", "sudo systemctl restart yb-tserver");
+    assert_eq!(out.exit, 0, "{out:?}");
+    let report = HealthCheck.run(activity_ctx(), health(&m)).await.unwrap();
+    assert!(!report.passed);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("yb-a-2") && p.contains("DEAD")),
+        "{:?}",
+        report.problems
+    );
+    let back = WaitServerBack
+        .run(
+            activity_ctx(),
+            ServerBackInput {
+                masters: m.clone(),
+                host: "yb-a-2".into(),
+                kind: ServerKind::TServer,
+                timeout_secs: 30,
+                poll_ms: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(back.contains("ALIVE"), "{back}");
+    let ctx = activity_ctx();
+    let healthy = WaitHealthy.run(ctx.clone(), health(&m)).await.unwrap();
+    assert!(healthy.passed);
+    assert!(
+        healthy.most_recent_uptime < 3600,
+        "the restarted server's uptime counts"
+    );
+}
+
+#[tokio::test]
+async fn restarting_the_leader_master_moves_leadership() {
+    let (_dir, sb) = sandbox(4).await;
+    let m = masters(&sb);
+    let leader = FindLeader.run(activity_ctx(), m.clone()).await.unwrap();
+    let node = master_node(&sb, &leader);
+    let out = waymark_sandbox::yb::exec(sb.shared(), &node, "systemctl restart yb-master");
+    assert_eq!(out.exit, 0);
+    let new_leader = FindLeader.run(activity_ctx(), m.clone()).await.unwrap();
+    assert_ne!(
+        new_leader, leader,
+        "another master leads while {node} restarts"
+    );
+    let back = WaitServerBack
+        .run(
+            activity_ctx(),
+            ServerBackInput {
+                masters: m,
+                host: node.clone(),
+                kind: ServerKind::Master,
+                timeout_secs: 30,
+                poll_ms: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(back.contains("FOLLOWER"), "{back}");
+}
+
+#[tokio::test]
+async fn master_faults_are_retryable_and_named() {
+    let (_dir, sb) = sandbox(10).await;
+    let m = masters(&sb);
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "yb".into(),
+            matching: "health-check".into(),
+            kind: FaultKind::Status(500),
+            remaining: None,
+        }],
+    });
+    let e = HealthCheck
+        .run(activity_ctx(), health(&m))
+        .await
+        .unwrap_err();
+    assert!(
+        e.retryable && e.message.contains("yb-master") && e.message.contains("HTTP 500"),
+        "{e}"
+    );
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "yb".into(),
+            matching: "tablet-servers".into(),
+            kind: FaultKind::Delay(3000),
+            remaining: None,
+        }],
+    });
+    let e = ListTServers.run(activity_ctx(), m).await.unwrap_err();
+    assert!(e.retryable && e.message.contains("no answer within"), "{e}");
+    let refused = Masters {
+        http: vec![format!("127.0.0.1:{}", closed_port())],
+        request_timeout_ms: Some(500),
+    };
+    let e = FindLeader.run(activity_ctx(), refused).await.unwrap_err();
+    assert!(
+        e.retryable && e.message.contains("check that the master runs"),
+        "{e}"
+    );
+    let unknown = WaitServerBack
+        .run(
+            activity_ctx(),
+            ServerBackInput {
+                masters: masters(&sb),
+                host: "yb-z-9".into(),
+                kind: ServerKind::TServer,
+                timeout_secs: 5,
+                poll_ms: 20,
+            },
+        )
+        .await;
+    // The tablet-servers fault is still on: the wait keeps polling until its timeout.
+    assert!(unknown.unwrap_err().retryable);
+}
+
+#[test]
+fn yb_admin_output_parses() {
+    assert_eq!(
+        yb::parse_load_move_completion("Percent complete = 66.67 : 4 remaining out of 12\n"),
+        Some((66.67, 4, 12))
+    );
+    assert_eq!(yb::parse_is_idle("Idle = 1\n"), Some(true));
+    assert_eq!(yb::parse_is_idle("Idle = 0\n"), Some(false));
+    assert_eq!(yb::parse_is_idle("Error: timed out\n"), None);
+}
