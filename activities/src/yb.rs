@@ -14,6 +14,8 @@ use serde_json::Value;
 use waymark_engine::activity::{self, Activity, Context};
 use waymark_engine::runtime::EngineBuilder;
 
+use crate::ssh;
+
 /// Errors of the YugabyteDB activities.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -486,6 +488,69 @@ impl Activity for WaitServerBack {
     }
 }
 
+/// Input of [`WaitLoadBalancer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoadBalancerInput {
+    /// A node to run `yb-admin` on.
+    pub ssh: ssh::SshTarget,
+    /// Path of `yb-admin` there.
+    pub yb_admin: String,
+    /// `host:7100` of every master, for `-master_addresses`.
+    pub master_rpc: Vec<String>,
+    /// Give up after, seconds.
+    pub timeout_secs: u64,
+    /// Poll interval, ms.
+    pub poll_ms: u64,
+}
+
+/// Waits until the load balancer is idle (`yb-admin get_is_load_balancer_idle`), heartbeating
+/// the percentage of load moves done (`get_load_move_completion`).
+pub struct WaitLoadBalancer;
+
+impl Activity for WaitLoadBalancer {
+    const NAME: &'static str = "yb.wait_load_balancer";
+    type Input = LoadBalancerInput;
+    type Output = String;
+    async fn run(&self, ctx: Context, i: LoadBalancerInput) -> Result<String, activity::Error> {
+        let host = format!("{}:{}", i.ssh.host, i.ssh.port);
+        let addrs = i.master_rpc.join(",");
+        let admin = |cmd: &str| format!("{} -master_addresses {addrs} {cmd}", i.yb_admin);
+        let run = |cmd: String| {
+            let target = i.ssh.clone();
+            let host = host.clone();
+            async move {
+                let out = ssh::run(&target, &cmd).await.map_err(|e| Error::YbAdmin {
+                    host: host.clone(),
+                    detail: e.to_string(),
+                })?;
+                if out.exit_status != 0 {
+                    return Err(Error::YbAdmin {
+                        host,
+                        detail: format!("`{cmd}` exited {}: {}", out.exit_status, out.stderr.trim()),
+                    });
+                }
+                Ok(out.stdout)
+            }
+        };
+        poll(&ctx, "load balancer idle", i.timeout_secs, i.poll_ms, || async {
+            let progress = run(admin("get_load_move_completion")).await?;
+            let pct = parse_load_move_completion(&progress);
+            let idle_out = run(admin("get_is_load_balancer_idle")).await?;
+            let idle = parse_is_idle(&idle_out).ok_or_else(|| Error::YbAdmin {
+                host: host.clone(),
+                detail: format!("unexpected output of get_is_load_balancer_idle: {idle_out:?}"),
+            })?;
+            let line = match pct {
+                Some((p, r, t)) => format!("load balancer {p:.1}% done ({r} of {t} moves remaining)"),
+                None => "load balancer progress unknown".to_owned(),
+            };
+            Ok(if idle { Poll::Ready(format!("load balancer idle; {line}")) } else { Poll::Pending(line) })
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
+
 /// Parses `Percent complete = 42.5 : 3 remaining out of 12`.
 pub fn parse_load_move_completion(out: &str) -> Option<(f64, u64, u64)> {
     let line = out.lines().find(|l| l.contains("Percent complete"))?;
@@ -553,6 +618,7 @@ pub fn register(b: EngineBuilder) -> EngineBuilder {
         .activity(HealthCheck)
         .activity(WaitHealthy)
         .activity(WaitServerBack)
+        .activity(WaitLoadBalancer)
 }
 
 /// Tserver hosts by zone, for plans.

@@ -1,1 +1,199 @@
-fn main() {}
+//! `waymark`: the operator command line. Runs workflows in the foreground, resumes interrupted
+//! runs, plans, shows and audits history, signals runs, and runs the demo and the sandbox.
+//!
+//! Data goes to stdout; progress and logs go to stderr. Exit codes: 0 success; 1 the run (or
+//! the check) ended badly (failed, cancelled, suspended, a verify fault, a replay divergence);
+//! 2 bad usage or input (an invalid inventory, an unknown run); 3 the data directory is unusable
+//! (in use by another process, damaged).
+
+mod commands;
+mod display;
+mod env;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Durable maintenance runbooks: every step journaled, never lost, never done twice.
+#[derive(Parser, Debug)]
+#[command(name = "waymark", version, about, long_about = None, after_help = env::AFTER_HELP)]
+pub struct Cli {
+    /// Where runs are journaled [default: $WAYMARK_DATA_DIR, else ~/.local/share/waymark].
+    #[arg(long, global = true, env = "WAYMARK_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output formats of listings.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// For people.
+    Text,
+    /// For programs.
+    Json,
+}
+
+/// Output formats of `history`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HistoryOutput {
+    /// One line per event.
+    Text,
+    /// The records as JSON.
+    Json,
+    /// A Mermaid sequence diagram of the systems the run touched.
+    Mermaid,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Start a run and follow it in the foreground until it ends (Ctrl-C leaves it interrupted:
+    /// `waymark resume` continues it).
+    Run {
+        /// Workflow name (`yb-maintenance`).
+        workflow: String,
+        /// Inventory file describing the estate.
+        #[arg(long, value_name = "FILE")]
+        inventory: PathBuf,
+    },
+    /// Continue runs left unfinished (all of them, or one), following them to the end.
+    Resume {
+        /// Run id (default: every unfinished run).
+        run: Option<String>,
+    },
+    /// Read the live estate and print every action a run would take; changes nothing.
+    Plan {
+        /// Workflow name (`yb-maintenance`).
+        workflow: String,
+        /// Inventory file.
+        #[arg(long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Run the seed runbook against a simulated estate on loopback (no external service needed).
+    Demo {
+        /// Make the sandbox fail this runbook step (1-9) persistently: shows retries, then
+        /// compensation bringing traffic and replication back to zone B.
+        #[arg(long, value_name = "STEP")]
+        fail_at: Option<u8>,
+    },
+    /// List runs.
+    Ls {
+        /// Only runs in this state (running, compensating, suspended, completed, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Summary of one run: state, steps, attempts, durations, current step.
+    Show {
+        /// Run id (a unique prefix is enough).
+        run: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// The full event history of a run.
+    History {
+        /// Run id (a unique prefix is enough).
+        run: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = HistoryOutput::Text)]
+        output: HistoryOutput,
+    },
+    /// Re-execute a run's workflow code against its history without touching the estate, and
+    /// report whether it is deterministic (divergences shown side by side).
+    Replay {
+        /// Run id (a unique prefix is enough).
+        run: String,
+    },
+    /// Check checksums and hash chains of one run or of the whole log; exits 1 on any fault.
+    Verify {
+        /// Run id (default: every run).
+        run: Option<String>,
+    },
+    /// Send a signal to a run: approve, pause, resume, or cancel (which compensates).
+    Signal {
+        /// Run id (a unique prefix is enough).
+        run: String,
+        /// The signal.
+        #[arg(value_parser = ["approve", "pause", "resume", "cancel"])]
+        signal: String,
+        /// Why (recorded in the history).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The simulated estate.
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SandboxCommand {
+    /// Start the sandbox estate in this process and keep it up until interrupted; writes
+    /// DIR/inventory.toml once it is listening.
+    Up {
+        /// Folder for its state, keys, effects.jsonl and inventory.toml.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Divide every simulated delay by this factor (tests use fast estates).
+        #[arg(long, default_value_t = 1)]
+        faster: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_demo = matches!(cli.command, Command::Demo { .. });
+    if is_demo {
+        // The sandbox's ELBv2 accepts any credentials; the SDK needs some. Set before any thread starts.
+        for (k, v) in [
+            ("AWS_ACCESS_KEY_ID", "waymark-demo"),
+            ("AWS_SECRET_ACCESS_KEY", "waymark-demo-not-a-secret"),
+            ("AWS_REGION", "us-east-1"),
+        ] {
+            if std::env::var_os(k).is_none() {
+                std::env::set_var(k, v);
+            }
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WAYMARK_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("waymark: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    let data_dir = match (&cli.data_dir, is_demo) {
+        // A demo without --data-dir gets a fresh folder of its own, not the operator's log.
+        (None, true) => std::env::temp_dir().join(format!("waymark-demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"))),
+        _ => env::data_dir(cli.data_dir.clone()),
+    };
+    let result = runtime.block_on(commands::dispatch(cli.command, data_dir));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let (code, msg) = env::classify(&e);
+            if msg.contains("Broken pipe") {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("waymark: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -55,17 +55,29 @@ pub struct Context {
     pub(crate) cancelled: watch::Receiver<bool>,
 }
 
+/// Progress an activity reported, as followers of a run see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The step.
+    pub step: StepRef,
+    /// The step's label.
+    pub label: String,
+    /// What the activity said last (e.g. "load balancer 40% done").
+    pub message: String,
+}
+
 /// Last heartbeat of an attempt.
 pub(crate) struct Heartbeat {
     pub(crate) last: Mutex<(tokio::time::Instant, Option<String>)>,
-    pub(crate) progress: watch::Sender<Option<String>>,
+    /// Where progress goes: the run's follower channel, with the step and its label.
+    pub(crate) sink: Option<(StepRef, String, watch::Sender<Option<Progress>>)>,
 }
 
 impl Heartbeat {
     pub(crate) fn new() -> Self {
         Heartbeat {
             last: Mutex::new((tokio::time::Instant::now(), None)),
-            progress: watch::channel(None).0,
+            sink: None,
         }
     }
 }
@@ -94,10 +106,13 @@ impl Context {
     /// Reports liveness, with optional progress (e.g. "load balancer 40% done"). An activity with a
     /// heartbeat timeout must call this more often than the timeout.
     pub fn heartbeat(&self, progress: Option<String>) {
-        let mut last = self.heartbeat.last.lock().expect("heartbeat lock");
-        *last = (tokio::time::Instant::now(), progress.clone());
-        if progress.is_some() {
-            self.heartbeat.progress.send_replace(progress);
+        *self.heartbeat.last.lock().expect("heartbeat lock") = (tokio::time::Instant::now(), progress.clone());
+        if let (Some(message), Some((step, label, tx))) = (progress, &self.heartbeat.sink) {
+            tx.send_replace(Some(Progress {
+                step: *step,
+                label: label.clone(),
+                message,
+            }));
         }
     }
 

@@ -163,6 +163,7 @@ pub(crate) struct RunShared {
     /// cost memory for every resumed run).
     records: Mutex<Option<broadcast::Sender<Record>>>,
     replay_only: bool,
+    progress: watch::Sender<Option<activity::Progress>>,
 }
 
 fn describe_events(events: &[Event]) -> String {
@@ -773,7 +774,10 @@ async fn run_attempt(
             spec.activity
         ))));
     };
-    let heartbeat = Arc::new(activity::Heartbeat::new());
+    let heartbeat = Arc::new(activity::Heartbeat {
+        sink: Some((step, spec.label.to_owned(), s.progress.clone())),
+        ..activity::Heartbeat::new()
+    });
     let ctx = activity::Context {
         run: s.run,
         step,
@@ -1192,6 +1196,7 @@ impl Engine {
             cancel: watch::channel(cancelled).0,
             records: Mutex::new(None),
             replay_only: false,
+            progress: watch::channel(None).0,
         });
         let (outcome_tx, outcome_rx) = watch::channel(None);
         self.inner.active.lock().expect("active lock").insert(
@@ -1294,6 +1299,16 @@ impl Engine {
             })
     }
 
+    /// Follows the progress that the activities of a run this engine drives report.
+    pub fn progress(&self, run: RunId) -> Option<watch::Receiver<Option<activity::Progress>>> {
+        self.inner
+            .active
+            .lock()
+            .expect("active lock")
+            .get(&run)
+            .map(|a| a.shared.progress.subscribe())
+    }
+
     /// Runs this engine is driving now.
     pub fn active_runs(&self) -> Vec<RunId> {
         self.inner
@@ -1322,6 +1337,7 @@ impl Engine {
             changed: watch::channel(0).0,
             records: Mutex::new(None),
             replay_only: true,
+            progress: watch::channel(None).0,
         });
         let result = wf
             .call(

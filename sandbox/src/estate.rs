@@ -365,6 +365,8 @@ impl Sandbox {
         }
         keys.write_known_hosts(dir, endpoints.ssh.values())?;
         write_kubeconfig(dir, endpoints.k8s)?;
+        let inv = shared.read(|st| crate::inventory::inventory(st, &endpoints));
+        crate::inventory::write(dir, &inv)?;
         std::fs::write(
             dir.join("endpoints.json"),
             serde_json::to_vec_pretty(&endpoints).map_err(std::io::Error::other)?,

@@ -12,8 +12,11 @@
 
 pub mod elb;
 pub mod estate;
+pub mod inventory;
 pub mod k8s;
 pub mod ssh;
 pub mod yb;
 
-pub use estate::{read_effects, Effect, Endpoints, Fault, FaultKind, Faults, NodeSpec, Sandbox, Shared, Spec};
+pub use estate::{
+    read_effects, Effect, Endpoints, Fault, FaultKind, Faults, NodeSpec, Sandbox, Shared, Spec,
+};

@@ -2,9 +2,11 @@
 
 mod core_replay;
 mod crash;
+mod elb;
 mod engine_behaviour;
 mod k8s;
 mod log_conformance;
 mod regression;
+mod ssh;
 mod yb;
 mod util;

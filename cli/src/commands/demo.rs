@@ -1,0 +1,112 @@
+//! `waymark demo`: the seed runbook against the sandbox estate, started in this process.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use waymark_engine::Payload;
+use waymark_sandbox::{read_effects, Fault, FaultKind, Faults, Sandbox, Spec};
+use waymark_workflows::Inventory;
+
+use super::{engine, open_log, outcome_code, outcome_line};
+use crate::display::follow;
+use crate::env::{operator, usage};
+
+/// The fault that makes runbook step `step` fail, and how long it lasts.
+fn fault_for_step(step: u8) -> Option<Fault> {
+    let f = |system: &str, matching: &str, kind: FaultKind, remaining: Option<u32>| Fault {
+        system: system.into(),
+        matching: matching.into(),
+        kind,
+        remaining,
+    };
+    let job_failed = |unit: &str| {
+        FaultKind::Exit(
+            1,
+            format!(
+                "Job for {unit}.service failed because the control process exited with error code.\n\
+                 See \"systemctl status {unit}.service\" and \"journalctl -xeu {unit}.service\" for details.\n"
+            ),
+        )
+    };
+    Some(match step {
+        1 => f("elb", "ModifyListener", FaultKind::Throttle, None),
+        2 => f("k8s", "PATCH prod/mirrormaker2/scale", FaultKind::Status(500), None),
+        3 => f("ssh", "systemctl restart yb-master", job_failed("yb-master"), None),
+        4 => f("ssh", "systemctl restart yb-tserver", job_failed("yb-tserver"), None),
+        5 => f("ssh", "yb-admin", FaultKind::Exit(1, "Error: Timed out waiting for the master leader\n".into()), None),
+        6 => f("elb", "RegisterTargets", FaultKind::Status(500), None),
+        7 => f("k8s", "stuck prod/fp", FaultKind::Status(500), None),
+        // Steps 8 and 9 fail for all their attempts; the compensation, which makes the same kind
+        // of call, then gets through.
+        8 => f("k8s", "PATCH prod/mirrormaker2/scale", FaultKind::Status(500), Some(5)),
+        9 => f("elb", "ModifyListener", FaultKind::Throttle, Some(6)),
+        _ => return None,
+    })
+}
+
+/// `waymark demo [--fail-at STEP]`.
+pub async fn demo(data_dir: &Path, fail_at: Option<u8>) -> anyhow::Result<ExitCode> {
+    let fault = match fail_at {
+        None => None,
+        Some(s) => Some(fault_for_step(s).ok_or_else(|| usage(format!("--fail-at takes a runbook step from 1 to 9, not {s}")))?),
+    };
+    let sandbox_dir = data_dir.join("sandbox");
+    let sb = Sandbox::start(&sandbox_dir, &Spec::default())
+        .await
+        .with_context(|| format!("starting the sandbox estate in {}", sandbox_dir.display()))?;
+    if let Some(f) = &fault {
+        eprintln!("demo: the sandbox will fail runbook step {} ({} fault on {:?})", fail_at.unwrap_or(0), f.system, f.matching);
+        sb.shared().set_faults(Faults { rules: vec![f.clone()] });
+    } else {
+        sb.shared().set_faults(Faults::default());
+    }
+    let inventory_path = sandbox_dir.join("inventory.toml");
+    let inv = Inventory::load(&inventory_path)?;
+    eprintln!(
+        "demo: sandbox estate up ({} nodes, {} yb-masters, Kubernetes, ELBv2 on loopback); inventory {}",
+        inv.yugabyte.nodes.len(),
+        sb.endpoints().yb_masters.len(),
+        inventory_path.display()
+    );
+    let log = open_log(data_dir)?;
+    let engine = engine(log);
+    let run = engine
+        .start_named("yb-maintenance", Payload::encode(&inv)?, &format!("{} via demo", operator()))
+        .await?;
+    println!("{run}");
+    let outcome = follow(&engine, run).await?;
+    println!("{}", outcome_line(run, &outcome));
+
+    let effects = read_effects(&sandbox_dir);
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for e in &effects {
+        *counts.entry((e.system.clone(), e.action.clone())).or_default() += 1;
+    }
+    let (weights, replicas) = sb.shared().read(|st| {
+        let listener = st.elb.listener_arn(waymark_sandbox::elb::LOAD_BALANCER).map(str::to_owned);
+        let w = listener.and_then(|l| st.elb.weights(&l)).unwrap_or_default();
+        let r: Vec<(String, u32)> = st.k8s.deployments.values().map(|d| (d.name.clone(), d.replicas)).collect();
+        (w, r)
+    });
+    eprintln!("\nestate after the run:");
+    for (arn, w) in &weights {
+        let zone = if *arn == inv.traffic.zone_a_target_group_arn { "zone A" } else if *arn == inv.traffic.zone_b_target_group_arn { "zone B" } else { "other" };
+        eprintln!("  traffic weight {zone}: {w}");
+    }
+    for (name, r) in replicas {
+        eprintln!("  deployment {name}: {r} replicas");
+    }
+    eprintln!("  effects on the estate (sandbox/effects.jsonl):");
+    for ((system, action), n) in counts {
+        eprintln!("    {system:<4} {action:<18} {n}");
+    }
+    let dd = data_dir.display();
+    eprintln!(
+        "\nhistory: {dd} (run {run})\n  waymark --data-dir {dd} show {run}\n  waymark --data-dir {dd} history {run}\n  \
+         waymark --data-dir {dd} history {run} --output mermaid\n  waymark --data-dir {dd} replay {run}\n  waymark --data-dir {dd} verify"
+    );
+    sb.stop();
+    Ok(outcome_code(&outcome))
+}

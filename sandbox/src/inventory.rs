@@ -1,0 +1,103 @@
+//! The inventory of a running sandbox (`DIR/inventory.toml`), so that `waymark run` and the demo
+//! drive the sandbox exactly as they would drive a real estate.
+
+use std::path::{Path, PathBuf};
+
+use waymark_workflows::inventory::{
+    Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Register, Ssh, Traffic, Yugabyte,
+};
+
+use crate::elb;
+use crate::estate::{Endpoints, Estate};
+
+/// The inventory for an estate listening on `endpoints`, with paths relative to the sandbox folder.
+pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
+    let tg = |zone: &str| {
+        estate
+            .elb
+            .target_group_arn(&elb::target_group_name(zone))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let nodes = estate
+        .spec
+        .nodes
+        .iter()
+        .map(|n| Node {
+            name: n.name.clone(),
+            zone: n.zone.clone(),
+            ssh: endpoints.ssh.get(&n.name).map(ToString::to_string).unwrap_or_default(),
+            address: n.name.clone(),
+            master_http: if n.master {
+                endpoints.yb_masters.get(&n.name).map(ToString::to_string)
+            } else {
+                None
+            },
+            master_rpc: n.master.then(|| format!("{}:7100", n.name)),
+            tserver: true,
+        })
+        .collect();
+    Inventory {
+        cluster: Cluster { name: "sandbox-yb".into() },
+        kubernetes: Kubernetes {
+            kubeconfig: Some(PathBuf::from("kubeconfig")),
+            context: Some("sandbox".into()),
+            namespace: estate.spec.namespace.clone(),
+            request_timeout_secs: Some(10),
+        },
+        mirrormaker: Deployments { deployments: vec!["mirrormaker2".into()] },
+        services: Deployments { deployments: vec!["fp".into(), "fp-async".into()] },
+        ssh: Ssh {
+            user: "yugabyte".into(),
+            key_file: Some(PathBuf::from("id_ed25519")),
+            agent: false,
+            known_hosts: PathBuf::from("known_hosts"),
+            use_sudo: true,
+            connect_timeout_ms: Some(5000),
+            command_timeout_ms: Some(30_000),
+        },
+        yugabyte: Yugabyte {
+            yb_admin: "/home/yugabyte/bin/yb-admin".into(),
+            nodes,
+        },
+        aws: Aws {
+            region: elb::REGION.into(),
+            endpoint_url: Some(format!("http://{}", endpoints.elb)),
+        },
+        traffic: Traffic {
+            listener_arn: estate.elb.listener_arn(elb::LOAD_BALANCER).map(str::to_owned),
+            rule_arn: None,
+            zone_a_target_group_arn: tg("A"),
+            zone_b_target_group_arn: tg("B"),
+        },
+        register: Register {
+            target_group_arn: tg("B"),
+            target_id: estate.spec.new_target.clone(),
+            port: Some(elb::PORT),
+            availability_zone: None,
+        },
+        gates: Gates {
+            require_approval: false,
+            min_uptime_seconds: 1,
+            node_timeout_secs: 120,
+            health_timeout_secs: 120,
+            load_balancer_timeout_secs: 300,
+            rollout_timeout_secs: 120,
+            target_healthy_timeout_secs: 120,
+            poll_ms: 150,
+        },
+    }
+}
+
+/// Writes `DIR/inventory.toml`.
+pub fn write(dir: &Path, inv: &Inventory) -> std::io::Result<()> {
+    let body = toml::to_string_pretty(inv).map_err(std::io::Error::other)?;
+    let text = format!(
+        "# Inventory of the sandbox estate in this folder, written by `waymark sandbox up`.\n\
+         # Paths are relative to this file. AWS credentials come from the environment\n\
+         # (the sandbox accepts any; `waymark demo` sets test ones).\n\n{body}"
+    );
+    let tmp = dir.join("inventory.toml.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, dir.join("inventory.toml"))
+}

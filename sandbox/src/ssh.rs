@@ -1,0 +1,230 @@
+//! SSH hosts: a russh server per node that runs commands through [`crate::yb::exec`] (the
+//! `systemctl` / `yb-admin` the cluster model understands), so the real SSH activities run
+//! unchanged against the sandbox.
+//!
+//! - Keys: [`HostKeys::load_or_create`] keeps one ed25519 host key (`DIR/ssh_host_ed25519_key`,
+//!   shared by every node) and one client key (`DIR/id_ed25519`, `DIR/id_ed25519.pub`), both in
+//!   OpenSSH format, so `ssh -i DIR/id_ed25519 -o UserKnownHostsFile=DIR/known_hosts -p PORT
+//!   any@127.0.0.1 systemctl show yb-master` works too. [`HostKeys::write_known_hosts`] writes
+//!   `DIR/known_hosts` with a `[127.0.0.1]:PORT ssh-ed25519 ...` line per node.
+//! - Authentication: public key only, exactly the client key (any user name).
+//! - Faults (`system: "ssh"`): checked once per connection with the node name as the request, and
+//!   once per command with `NODE COMMAND`. `Drop` closes the connection without answering,
+//!   `Delay(ms)` answers that much later; an `Exit` fault matched at connection time applies to
+//!   that connection's first command (at command time `yb::exec` applies it). Note that
+//!   `yb::exec` looks the fault up again for the command, so a counted `Delay` rule matching a
+//!   command is counted twice per command.
+
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::LineEnding;
+use russh::keys::{PrivateKey, PublicKey};
+use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+
+use crate::estate::{FaultKind, Shared};
+use crate::yb::{self, ExecOutput};
+
+/// The sandbox's SSH host key and the client key it authorises.
+#[derive(Clone)]
+pub struct HostKeys {
+    host: Arc<PrivateKey>,
+    client: PublicKey,
+}
+
+fn invalid(path: &Path, what: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{}: {what}", path.display()))
+}
+
+/// Loads the OpenSSH private key at `path`, or creates a new ed25519 key there (mode 0600).
+fn load_or_generate(path: &Path, comment: &str) -> std::io::Result<PrivateKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => return PrivateKey::from_openssh(text.trim()).map_err(|e| invalid(path, format!("not an OpenSSH private key: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(invalid(path, e)),
+    }
+    let mut seed = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.set_comment(comment);
+    let tmp = path.with_extension("tmp");
+    key.write_openssh_file(&tmp, LineEnding::LF).map_err(|e| invalid(&tmp, e))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(key)
+}
+
+/// `ALGORITHM BASE64` without a comment.
+fn openssh_public(key: &PublicKey) -> std::io::Result<String> {
+    let mut key = key.clone();
+    key.set_comment("");
+    key.to_openssh().map_err(std::io::Error::other)
+}
+
+impl HostKeys {
+    /// Loads `DIR/ssh_host_ed25519_key` and `DIR/id_ed25519`, creating them if missing, and
+    /// (re)writes `DIR/id_ed25519.pub`.
+    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let host = load_or_generate(&dir.join("ssh_host_ed25519_key"), "waymark-sandbox host")?;
+        let client = load_or_generate(&dir.join("id_ed25519"), "waymark-sandbox client")?;
+        let client = client.public_key().clone();
+        std::fs::write(
+            dir.join("id_ed25519.pub"),
+            format!("{} waymark-sandbox client\n", openssh_public(&client)?),
+        )?;
+        Ok(HostKeys {
+            host: Arc::new(host),
+            client,
+        })
+    }
+
+    /// The host's public key (`ssh-ed25519 AAAA...`).
+    pub fn host_public_key(&self) -> std::io::Result<String> {
+        openssh_public(self.host.public_key())
+    }
+
+    /// Writes `DIR/known_hosts` with a `[127.0.0.1]:PORT key` line per address.
+    pub fn write_known_hosts<'a>(&self, dir: &Path, addrs: impl Iterator<Item = &'a SocketAddr>) -> std::io::Result<()> {
+        let key = self.host_public_key()?;
+        let mut text = String::new();
+        for a in addrs {
+            let _ = writeln!(text, "[{}]:{} {key}", a.ip(), a.port());
+        }
+        let tmp = dir.join("known_hosts.tmp");
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, dir.join("known_hosts"))
+    }
+}
+
+/// Serves SSH for `node`: commands run through [`crate::yb::exec`].
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, keys: HostKeys) {
+    let config = Arc::new(server::Config {
+        keys: vec![(*keys.host).clone()],
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(20),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        inactivity_timeout: Some(Duration::from_secs(600)),
+        nodelay: true,
+        ..server::Config::default()
+    });
+    loop {
+        let socket = match listener.accept().await {
+            Ok((socket, _)) => socket,
+            Err(e) => {
+                tracing::warn!("sandbox SSH {node}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut connection = Connection {
+            shared: shared.clone(),
+            node: node.clone(),
+            client: keys.client.clone(),
+            pending_exit: None,
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            match connection.shared.fault_for("ssh", &connection.node) {
+                Some(FaultKind::Drop) => return,
+                Some(FaultKind::Delay(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                Some(FaultKind::Exit(code, stderr)) => connection.pending_exit = Some((code, stderr)),
+                _ => {}
+            }
+            let _ = socket.set_nodelay(true);
+            let node = connection.node.clone();
+            match server::run_stream(config, socket, connection).await {
+                Ok(session) => {
+                    if let Err(e) = session.await {
+                        tracing::debug!("sandbox SSH {node}: connection ended: {e}");
+                    }
+                }
+                Err(e) => tracing::debug!("sandbox SSH {node}: handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+/// One client connection.
+struct Connection {
+    shared: Arc<Shared>,
+    node: String,
+    client: PublicKey,
+    /// An `Exit` fault matched when the connection was made, for its first command.
+    pending_exit: Option<(u32, String)>,
+}
+
+impl Connection {
+    fn verdict(&self, key: &PublicKey) -> Auth {
+        if key.key_data() == self.client.key_data() {
+            Auth::Accept
+        } else {
+            Auth::reject()
+        }
+    }
+}
+
+impl server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, russh::Error> {
+        Ok(self.verdict(offer.public_key))
+    }
+
+    async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, russh::Error> {
+        Ok(self.verdict(key.public_key))
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: Channel<Msg>,
+        reply: server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), russh::Error> {
+        let command = String::from_utf8_lossy(data).into_owned();
+        let out = if let Some((exit, stderr)) = self.pending_exit.take() {
+            ExecOutput {
+                exit,
+                stdout: String::new(),
+                stderr,
+            }
+        } else {
+            match self.shared.fault_for("ssh", &format!("{} {command}", self.node)) {
+                // Returning an error ends the session: the connection closes without an answer.
+                Some(FaultKind::Drop) => return Err(russh::Error::Disconnect),
+                Some(FaultKind::Exit(exit, stderr)) => ExecOutput {
+                    exit,
+                    stdout: String::new(),
+                    stderr,
+                },
+                Some(FaultKind::Delay(ms)) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    yb::exec(&self.shared, &self.node, &command)
+                }
+                _ => yb::exec(&self.shared, &self.node, &command),
+            }
+        };
+        session.channel_success(channel)?;
+        if !out.stdout.is_empty() {
+            session.data(channel, out.stdout)?;
+        }
+        if !out.stderr.is_empty() {
+            session.extended_data(channel, 1, out.stderr)?;
+        }
+        session.exit_status_request(channel, out.exit)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,425 @@
+//! The inventory: a TOML file describing the estate `yb-maintenance` acts on (see
+//! `examples/inventory.toml` for a commented example). Loading validates it and refuses a file
+//! with an unknown key, a missing field or a bad address, naming the file, the key and the problem.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use waymark_activities::elb::{ElbConnection, TrafficSource};
+use waymark_activities::k8s::{Connection, DeploymentRef};
+use waymark_activities::ssh::{SshAuth, SshTarget};
+use waymark_activities::yb::Masters;
+
+/// A problem with an inventory file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}: {key}: {problem}")]
+pub struct Error {
+    /// The file.
+    pub file: String,
+    /// The key (dotted path) at fault, or `(file)`.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+/// The estate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inventory {
+    /// The cluster as a whole.
+    pub cluster: Cluster,
+    /// Kubernetes access.
+    pub kubernetes: Kubernetes,
+    /// MirrorMaker2 Deployments (runbook steps 2 and 8).
+    pub mirrormaker: Deployments,
+    /// The business services restarted in step 7 (`fp`, `fp-async`).
+    pub services: Deployments,
+    /// SSH access to the nodes.
+    pub ssh: Ssh,
+    /// The YugabyteDB cluster.
+    pub yugabyte: Yugabyte,
+    /// AWS access.
+    pub aws: Aws,
+    /// The listener (or rule) whose forward weights move traffic between zones (steps 1 and 9).
+    pub traffic: Traffic,
+    /// The target to register in step 6.
+    pub register: Register,
+    /// Gates, timeouts and thresholds.
+    #[serde(default)]
+    pub gates: Gates,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    /// Name, used for the per-cluster lock and in listings.
+    pub name: String,
+}
+
+/// `[kubernetes]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kubernetes {
+    /// Kubeconfig file (relative to the inventory); default: inferred (`$KUBECONFIG`, `~/.kube/config`, in-cluster).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; default: the current one.
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Namespace of the Deployments.
+    pub namespace: String,
+    /// Per-request timeout, seconds.
+    #[serde(default)]
+    pub request_timeout_secs: Option<u64>,
+}
+
+/// A list of Deployments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deployments {
+    /// Names, in the `[kubernetes]` namespace.
+    pub deployments: Vec<String>,
+}
+
+/// `[ssh]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// Login user.
+    pub user: String,
+    /// Private key file (relative to the inventory); omit to use the ssh-agent.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Use the ssh-agent (`SSH_AUTH_SOCK`).
+    #[serde(default)]
+    pub agent: bool,
+    /// `known_hosts` file (relative to the inventory). Host keys are checked strictly.
+    pub known_hosts: PathBuf,
+    /// Run `systemctl` through `sudo`.
+    #[serde(default)]
+    pub use_sudo: bool,
+    /// Connect limit, ms.
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
+    /// Command limit, ms.
+    #[serde(default)]
+    pub command_timeout_ms: Option<u64>,
+}
+
+/// `[yugabyte]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Yugabyte {
+    /// Path of `yb-admin` on the nodes.
+    pub yb_admin: String,
+    /// Nodes (`[[yugabyte.nodes]]`).
+    pub nodes: Vec<Node>,
+}
+
+/// `[[yugabyte.nodes]]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// A name for messages.
+    pub name: String,
+    /// `A` or `B`.
+    pub zone: String,
+    /// SSH address, `host` or `host:port`.
+    pub ssh: String,
+    /// Host as the cluster knows it (tserver/master registration).
+    pub address: String,
+    /// yb-master web address (`host:7000`) when the node runs a master.
+    #[serde(default)]
+    pub master_http: Option<String>,
+    /// yb-master RPC address (`host:7100`) when the node runs a master.
+    #[serde(default)]
+    pub master_rpc: Option<String>,
+    /// Whether the node runs a tserver (default true).
+    #[serde(default = "yes")]
+    pub tserver: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[aws]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aws {
+    /// Region.
+    pub region: String,
+    /// Endpoint URL instead of the region's (sandbox, VPC endpoint).
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+/// `[traffic]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    /// Listener whose default forward action is weighted (or give `rule_arn`).
+    #[serde(default)]
+    pub listener_arn: Option<String>,
+    /// Rule whose forward action is weighted.
+    #[serde(default)]
+    pub rule_arn: Option<String>,
+    /// Zone A's target group.
+    pub zone_a_target_group_arn: String,
+    /// Zone B's target group.
+    pub zone_b_target_group_arn: String,
+}
+
+/// `[register]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    /// Target group (`aws-useast1-prod-b-yb-ext-prod`).
+    pub target_group_arn: String,
+    /// The new node: instance id or IP.
+    pub target_id: String,
+    /// Port.
+    #[serde(default)]
+    pub port: Option<i32>,
+    /// Availability zone (for IP targets outside the VPC).
+    #[serde(default)]
+    pub availability_zone: Option<String>,
+}
+
+/// `[gates]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gates {
+    /// Wait for an operator's `approve` signal before the first change.
+    pub require_approval: bool,
+    /// Every tserver up at least this long for the health gate.
+    pub min_uptime_seconds: u64,
+    /// Wait for one restarted server to be back, seconds.
+    pub node_timeout_secs: u64,
+    /// Wait for the health gate after each node, seconds.
+    pub health_timeout_secs: u64,
+    /// Wait for the load balancer, seconds.
+    pub load_balancer_timeout_secs: u64,
+    /// Wait for a Deployment rollout, seconds.
+    pub rollout_timeout_secs: u64,
+    /// Wait for the new target to be healthy, seconds.
+    pub target_healthy_timeout_secs: u64,
+    /// Poll interval of every wait, ms.
+    pub poll_ms: u64,
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates {
+            require_approval: false,
+            min_uptime_seconds: 30,
+            node_timeout_secs: 600,
+            health_timeout_secs: 900,
+            load_balancer_timeout_secs: 3600,
+            rollout_timeout_secs: 900,
+            target_healthy_timeout_secs: 600,
+            poll_ms: 2000,
+        }
+    }
+}
+
+fn err(file: &Path, key: impl Into<String>, problem: impl Into<String>) -> Error {
+    Error {
+        file: file.display().to_string(),
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+fn check_host_port(file: &Path, key: &str, v: &str, need_port: bool) -> Result<(), Error> {
+    let (host, port) = match v.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (v, None),
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(err(file, key, format!("{v:?} is not a host or host:port")));
+    }
+    match port {
+        Some(p) if p.parse::<u16>().is_err() => Err(err(file, key, format!("{v:?}: port {p:?} is not a number from 1 to 65535"))),
+        None if need_port => Err(err(file, key, format!("{v:?} needs a port (host:port)"))),
+        _ => Ok(()),
+    }
+}
+
+impl Inventory {
+    /// Reads and validates `path`; relative paths inside are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| err(path, "(file)", format!("cannot read it: {e}")))?;
+        let mut inv = Self::parse(path, &text)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(k) = inv.kubernetes.kubeconfig.as_mut() {
+            resolve(k);
+        }
+        if let Some(k) = inv.ssh.key_file.as_mut() {
+            resolve(k);
+        }
+        resolve(&mut inv.ssh.known_hosts);
+        for (key, p) in [("ssh.known_hosts", Some(&inv.ssh.known_hosts)), ("ssh.key_file", inv.ssh.key_file.as_ref()), ("kubernetes.kubeconfig", inv.kubernetes.kubeconfig.as_ref())] {
+            if let Some(p) = p {
+                if !p.exists() {
+                    return Err(err(path, key, format!("{} does not exist", p.display())));
+                }
+            }
+        }
+        Ok(inv)
+    }
+
+    /// Parses and validates TOML text (`file` names it in errors).
+    pub fn parse(file: &Path, text: &str) -> Result<Self, Error> {
+        let inv: Inventory = toml::from_str(text).map_err(|e| {
+            let key = e.span().map_or_else(|| "(file)".to_owned(), |s| {
+                let line = text[..s.start].matches('\n').count() + 1;
+                format!("line {line}")
+            });
+            err(file, key, e.message().to_owned())
+        })?;
+        inv.validate(file)?;
+        Ok(inv)
+    }
+
+    fn validate(&self, file: &Path) -> Result<(), Error> {
+        if self.cluster.name.trim().is_empty() {
+            return Err(err(file, "cluster.name", "must not be empty"));
+        }
+        for (key, list) in [("mirrormaker.deployments", &self.mirrormaker.deployments), ("services.deployments", &self.services.deployments)] {
+            if list.is_empty() {
+                return Err(err(file, key, "list at least one Deployment"));
+            }
+            if let Some(bad) = list.iter().find(|n| n.is_empty() || n.contains('/') || n.contains(char::is_whitespace)) {
+                return Err(err(file, key, format!("{bad:?} is not a Deployment name")));
+            }
+        }
+        match (&self.ssh.key_file, self.ssh.agent) {
+            (Some(_), true) => return Err(err(file, "ssh.agent", "give either key_file or agent = true, not both")),
+            (None, false) => return Err(err(file, "ssh.key_file", "missing: give key_file, or agent = true to use the ssh-agent")),
+            _ => {}
+        }
+        if self.yugabyte.nodes.is_empty() {
+            return Err(err(file, "yugabyte.nodes", "list the cluster's nodes ([[yugabyte.nodes]])"));
+        }
+        let mut names = BTreeSet::new();
+        for (i, n) in self.yugabyte.nodes.iter().enumerate() {
+            let k = |f: &str| format!("yugabyte.nodes[{i}].{f}");
+            if !names.insert(n.name.clone()) {
+                return Err(err(file, k("name"), format!("{:?} appears twice", n.name)));
+            }
+            if n.zone != "A" && n.zone != "B" {
+                return Err(err(file, k("zone"), format!("{:?} is not a zone: use \"A\" or \"B\"", n.zone)));
+            }
+            check_host_port(file, &k("ssh"), &n.ssh, false)?;
+            check_host_port(file, &k("address"), &n.address, false)?;
+            match (&n.master_http, &n.master_rpc) {
+                (Some(h), Some(r)) => {
+                    check_host_port(file, &k("master_http"), h, true)?;
+                    check_host_port(file, &k("master_rpc"), r, true)?;
+                }
+                (None, None) => {}
+                _ => return Err(err(file, k("master_http"), "a master node needs both master_http and master_rpc")),
+            }
+        }
+        if !self.yugabyte.nodes.iter().any(|n| n.master_http.is_some()) {
+            return Err(err(file, "yugabyte.nodes", "no node runs a yb-master (give master_http and master_rpc on the master nodes)"));
+        }
+        match (&self.traffic.listener_arn, &self.traffic.rule_arn) {
+            (Some(_), Some(_)) => return Err(err(file, "traffic.rule_arn", "give either listener_arn or rule_arn, not both")),
+            (None, None) => return Err(err(file, "traffic.listener_arn", "missing: give listener_arn or rule_arn")),
+            _ => {}
+        }
+        for (key, arn) in [
+            ("traffic.zone_a_target_group_arn", &self.traffic.zone_a_target_group_arn),
+            ("traffic.zone_b_target_group_arn", &self.traffic.zone_b_target_group_arn),
+            ("register.target_group_arn", &self.register.target_group_arn),
+        ] {
+            if !arn.starts_with("arn:") {
+                return Err(err(file, key, format!("{arn:?} is not an ARN (arn:aws:elasticloadbalancing:...)")));
+            }
+        }
+        if let Some(url) = &self.aws.endpoint_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(err(file, "aws.endpoint_url", format!("{url:?} is not an http(s) URL")));
+            }
+        }
+        if self.gates.poll_ms == 0 {
+            return Err(err(file, "gates.poll_ms", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The Kubernetes connection.
+    pub fn kube(&self) -> Connection {
+        Connection {
+            kubeconfig: self.kubernetes.kubeconfig.clone(),
+            context: self.kubernetes.context.clone(),
+            request_timeout_secs: self.kubernetes.request_timeout_secs,
+        }
+    }
+
+    /// A Deployment of the namespace.
+    pub fn deployment(&self, name: &str) -> DeploymentRef {
+        DeploymentRef {
+            connection: self.kube(),
+            namespace: self.kubernetes.namespace.clone(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// SSH target of a node.
+    pub fn ssh_target(&self, node: &Node) -> SshTarget {
+        let (host, port) = match node.ssh.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(22)),
+            None => (node.ssh.clone(), 22),
+        };
+        let auth = match &self.ssh.key_file {
+            Some(path) => SshAuth::KeyFile { path: path.clone() },
+            None => SshAuth::Agent { socket: None },
+        };
+        let mut t = SshTarget::new(host, self.ssh.user.clone(), auth, self.ssh.known_hosts.clone());
+        t.port = port;
+        if let Some(ms) = self.ssh.connect_timeout_ms {
+            t.connect_timeout_ms = ms;
+        }
+        if let Some(ms) = self.ssh.command_timeout_ms {
+            t.command_timeout_ms = ms;
+        }
+        t
+    }
+
+    /// The yb-masters.
+    pub fn masters(&self) -> Masters {
+        Masters {
+            http: self.yugabyte.nodes.iter().filter_map(|n| n.master_http.clone()).collect(),
+            request_timeout_ms: None,
+        }
+    }
+
+    /// `host:7100` of every master.
+    pub fn master_rpc(&self) -> Vec<String> {
+        self.yugabyte.nodes.iter().filter_map(|n| n.master_rpc.clone()).collect()
+    }
+
+    /// The ELBv2 connection.
+    pub fn elb(&self) -> ElbConnection {
+        ElbConnection::new(self.aws.region.clone(), self.aws.endpoint_url.clone())
+    }
+
+    /// The listener or rule carrying the zone weights.
+    pub fn traffic_source(&self) -> TrafficSource {
+        match (&self.traffic.listener_arn, &self.traffic.rule_arn) {
+            (Some(l), _) => TrafficSource::Listener(l.clone()),
+            (None, Some(r)) => TrafficSource::Rule(r.clone()),
+            (None, None) => unreachable!("validated: one of listener_arn, rule_arn"),
+        }
+    }
+}
