@@ -24,4 +24,6 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server'
   python3 -m pip install --quiet 'moto[server]'
 fi
 
+# The end-to-end tests drive the `waymark` binary itself.
+cargo build --workspace --bins
 exec cargo test --workspace "$@"

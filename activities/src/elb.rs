@@ -260,7 +260,7 @@ pub enum Error {
         read: BTreeMap<String, i32>,
     },
     /// The run was cancelled while the activity waited.
-    #[error("ELBv2 {target}: cancelled while waiting ({what})")]
+    #[error("ELBv2 {target}: the run was cancelled while waiting ({what}); nothing to check")]
     Cancelled {
         /// The resource acted on.
         target: String,
@@ -278,8 +278,7 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Throttled { .. }
             | Error::Service { .. }
-            | Error::ReadBackDiffers { .. }
-            | Error::Cancelled { .. } => true,
+            | Error::ReadBackDiffers { .. } => true,
             Error::BadResponse { status, .. } => *status >= 500 || *status == 429,
             Error::Connection { .. }
             | Error::Request { .. }
@@ -288,7 +287,8 @@ impl Error {
             | Error::Rejected { .. }
             | Error::NotHealthy { .. }
             | Error::NoForwardAction { .. }
-            | Error::InvalidWeights { .. } => false,
+            | Error::InvalidWeights { .. }
+            | Error::Cancelled { .. } => false,
         }
     }
 }

@@ -197,7 +197,7 @@ pub enum Error {
         detail: String,
     },
     /// The unit does not exist on the host.
-    #[error("SSH to {addr}: systemd unit `{unit}` is not loaded on the host (LoadState={load_state}); check the unit name")]
+    #[error("SSH to {addr}: systemd unit `{unit}` not found on the host (LoadState={load_state}); check the unit name")]
     UnitNotFound {
         /// `host:port`.
         addr: String,
@@ -827,6 +827,8 @@ fn describe_key_error(e: &russh::keys::Error) -> String {
     match e {
         russh::keys::Error::KeyIsEncrypted => "the key is protected by a passphrase".into(),
         russh::keys::Error::IO(io) => io.to_string(),
+        russh::keys::Error::UnsupportedKeyType { key_type_string, .. } => format!("unsupported key type {key_type_string}"),
+        // Other messages could quote parts of the file: say only what it is not.
         _ => "not a private key russh can read".into(),
     }
 }

@@ -79,6 +79,9 @@ enum Command {
         /// compensation bringing traffic and replication back to zone B.
         #[arg(long, value_name = "STEP")]
         fail_at: Option<u8>,
+        /// Divide every simulated delay (restarts, replication, rollouts) by this factor.
+        #[arg(long, default_value_t = 1)]
+        faster: u64,
     },
     /// List runs.
     Ls {

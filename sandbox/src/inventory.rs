@@ -85,6 +85,9 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             rollout_timeout_secs: 120,
             target_healthy_timeout_secs: 120,
             poll_ms: 150,
+            retry_initial_ms: 500,
+            retry_max_ms: 4000,
+            retry_attempts: 4,
         },
     }
 }

@@ -450,7 +450,12 @@ async fn scale(
     AxPath((ns, name)): AxPath<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}/scale")).await {
+    // Faults match `METHOD ns/name/scale`, and for writes also ` replicas=N`.
+    let wanted_text = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["spec"]["replicas"].as_u64())
+        .map_or(String::new(), |n| format!(" replicas={n}"));
+    if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}/scale{wanted_text}")).await {
         return r;
     }
     let key = format!("{ns}/{name}");

@@ -97,6 +97,7 @@ const MOTO_INSTALL: &str = "install it with `python3 -m pip install 'moto[server
      (scripts/test.sh does this before running the tests)";
 
 /// A `moto_server` on a free loopback port, killed when dropped.
+#[derive(Debug)]
 struct Moto {
     child: Child,
     endpoint: String,
@@ -105,11 +106,16 @@ struct Moto {
 
 impl Moto {
     fn start() -> Moto {
+        Self::start_program("moto_server")
+    }
+
+    /// Starts `program` as `moto_server`; panics, saying how to install moto, when it is missing.
+    fn start_program(program: &str) -> Moto {
         let dir = crate::util::temp_dir();
         let log_path = dir.path().join("moto.log");
         let log = std::fs::File::create(&log_path).expect("moto log file");
         let port = closed_port();
-        let spawned = Command::new("moto_server")
+        let spawned = Command::new(program)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("moto log file"))
@@ -123,7 +129,7 @@ impl Moto {
                 } else {
                     ""
                 };
-                panic!("moto_server is not installed{ci}: {MOTO_INSTALL}");
+                panic!("{program} is not installed{ci}: {MOTO_INSTALL}");
             }
             Err(e) => panic!("cannot start moto_server: {e}; {MOTO_INSTALL}"),
         };
@@ -225,7 +231,6 @@ fn fatal(e: Error) -> activity::Error {
 
 fn retryable(e: Error) -> activity::Error {
     let e = activity::Error::from(e);
-    eprintln!("RETRYABLE: {e}");
     assert!(
         e.retryable,
         "expected a retryable error, got a fatal one: {e}"
@@ -233,16 +238,28 @@ fn retryable(e: Error) -> activity::Error {
     e
 }
 
-/// The conformance suite: what must hold against AWS-compatible `ELBv2` APIs. `effects` is the
-/// sandbox's effect log (moto has none).
+/// The conformance suite: what must hold against AWS-compatible `ELBv2` APIs. `effects_of` is
+/// the sandbox's effect log (moto has none).
 async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of: Option<&Shared>) {
     let c = client(conn).await;
-    let ctx = activity_ctx();
+    conform_targets(&c, conn, arns, target, effects_of).await;
+    conform_weights(&c, conn, arns, effects_of).await;
+    conform_not_found(&c, conn, arns, target).await;
+}
 
+/// Register and deregister: each effect once, then no-ops.
+async fn conform_targets(
+    c: &ElbClient,
+    conn: &ElbConnection,
+    arns: &Arns,
+    target: &str,
+    effects_of: Option<&Shared>,
+) {
+    let ctx = activity_ctx();
     // Register: once, then a no-op.
     let input = register_input(conn, &arns.tg_a, target);
     let first = RegisterTarget
-        .run_with(&c, &ctx, &input)
+        .run_with(c, &ctx, &input)
         .await
         .expect("register");
     assert_eq!(first.state, "healthy");
@@ -256,7 +273,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
         "{progress}"
     );
     let second = RegisterTarget
-        .run_with(&c, &ctx, &input)
+        .run_with(c, &ctx, &input)
         .await
         .expect("register again");
     assert!(
@@ -278,7 +295,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
         ..input.compensation()
     };
     let out = DeregisterTarget
-        .run_with(&c, &ctx, &keep)
+        .run_with(c, &ctx, &keep)
         .await
         .expect("keep healthy");
     assert!(out.was_registered && out.kept, "{out:?}");
@@ -286,12 +303,12 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
     // Deregister (the compensation): once, then a no-op.
     let undo = input.compensation();
     let out = DeregisterTarget
-        .run_with(&c, &ctx, &undo)
+        .run_with(c, &ctx, &undo)
         .await
         .expect("deregister");
     assert!(out.was_registered);
     let out = DeregisterTarget
-        .run_with(&c, &ctx, &undo)
+        .run_with(c, &ctx, &undo)
         .await
         .expect("deregister again");
     assert!(!out.was_registered, "second deregistration must be a no-op");
@@ -308,12 +325,21 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
         ..undo.clone()
     };
     let out = DeregisterTarget
-        .run_with(&c, &ctx, &never)
+        .run_with(c, &ctx, &never)
         .await
         .expect("deregister unknown");
     assert!(!out.was_registered);
+}
 
-    // Weights: switch to zone A, no-op when equal, restore what was read.
+/// Weights of the listener and of the rule: switch to zone A, no-op when equal, restore what
+/// was read.
+async fn conform_weights(
+    c: &ElbClient,
+    conn: &ElbConnection,
+    arns: &Arns,
+    effects_of: Option<&Shared>,
+) {
+    let ctx = activity_ctx();
     for (source, action) in [
         (
             TrafficSource::Listener(arns.listener.clone()),
@@ -327,7 +353,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
             source: source.clone(),
         };
         let before = ReadTrafficWeights
-            .run_with(&c, &ctx, &read)
+            .run_with(c, &ctx, &read)
             .await
             .expect("read weights");
         assert_eq!(before.by_target_group, arns.weights(0, 100), "{source:?}");
@@ -339,7 +365,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
             weights: arns.weights(100, 0),
         };
         let out = SetTrafficWeights
-            .run_with(&c, &ctx, &switch)
+            .run_with(c, &ctx, &switch)
             .await
             .expect("set weights");
         assert!(out.changed);
@@ -350,14 +376,14 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
             "read back after the change"
         );
         let now = ReadTrafficWeights
-            .run_with(&c, &ctx, &read)
+            .run_with(c, &ctx, &read)
             .await
             .expect("read weights");
         assert_eq!(now.by_target_group, arns.weights(100, 0));
         assert_eq!(modified(), modified_before.map(|n| n + 1));
 
         let again = SetTrafficWeights
-            .run_with(&c, &ctx, &switch)
+            .run_with(c, &ctx, &switch)
             .await
             .expect("set again");
         assert!(!again.changed, "equal weights must not call the API");
@@ -375,22 +401,25 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
             ..switch.clone()
         };
         let out = SetTrafficWeights
-            .run_with(&c, &ctx, &restore)
+            .run_with(c, &ctx, &restore)
             .await
             .expect("restore");
         assert!(out.changed);
         assert_eq!(out.after, before);
         let now = ReadTrafficWeights
-            .run_with(&c, &ctx, &read)
+            .run_with(c, &ctx, &read)
             .await
             .expect("read weights");
         assert_eq!(now, before);
     }
+}
 
-    // Not found: fatal, naming ELBv2 and the resource.
+/// Unknown resources: fatal, naming `ELBv2` and the resource; nothing changes.
+async fn conform_not_found(c: &ElbClient, conn: &ElbConnection, arns: &Arns, target: &str) {
+    let ctx = activity_ctx();
     let gone_tg = format!("{}0", arns.tg_a);
     let e = RegisterTarget
-        .run_with(&c, &ctx, &register_input(conn, &gone_tg, target))
+        .run_with(c, &ctx, &register_input(conn, &gone_tg, target))
         .await
         .expect_err("unknown target group");
     let e = fatal(e);
@@ -401,7 +430,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
     let gone_listener = TrafficSource::Listener(format!("{}0", arns.listener));
     let e = ReadTrafficWeights
         .run_with(
-            &c,
+            c,
             &ctx,
             &ReadTrafficWeightsInput {
                 conn: conn.clone(),
@@ -421,7 +450,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
         weights: BTreeMap::from([(gone_tg.clone(), 100), (arns.tg_b.clone(), 0)]),
     };
     let e = SetTrafficWeights
-        .run_with(&c, &ctx, &set_gone)
+        .run_with(c, &ctx, &set_gone)
         .await
         .expect_err("unknown target group");
     let e = fatal(e);
@@ -431,7 +460,7 @@ async fn conformance(conn: &ElbConnection, arns: &Arns, target: &str, effects_of
     );
     let weights = ReadTrafficWeights
         .run_with(
-            &c,
+            c,
             &ctx,
             &ReadTrafficWeightsInput {
                 conn: conn.clone(),
@@ -898,4 +927,89 @@ async fn no_secret_in_any_output_error_or_sandbox_file() {
         "the texts were collected"
     );
     env.sb.stop();
+}
+
+/// Without `moto_server` the suite fails (in CI or not), saying how to install it: never a skip.
+#[test]
+fn a_missing_moto_server_fails_saying_how_to_install_it() {
+    let panic = std::panic::catch_unwind(|| Moto::start_program("moto_server-not-installed-here"))
+        .expect_err("a missing moto_server must fail the test");
+    let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(
+        message.contains("moto_server-not-installed-here is not installed"),
+        "{message}"
+    );
+    assert!(message.contains("pip install 'moto[server]'"), "{message}");
+}
+
+/// Sends one raw HTTP/1.1 request to the sandbox's `ELBv2` and returns the answer's text.
+async fn raw_post(sb: &Sandbox, headers: &str, body: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(sb.endpoints().elb)
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: elb\r\nContent-Type: application/x-www-form-urlencoded\r\n{headers}\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.expect("read");
+    answer
+}
+
+/// Errors come as AWS shapes them: `<ErrorResponse>` in the `ELBv2` namespace with the status.
+#[tokio::test]
+async fn sandbox_errors_have_the_aws_shape() {
+    let (_dir, sb) = sandbox(1).await;
+    let auth = "Authorization: AWS4-HMAC-SHA256 Credential=AKIAWAYMARKTEST0001/20260101/us-east-1/elasticloadbalancing/aws4_request, SignedHeaders=host, Signature=00\r\n";
+    let answer = raw_post(&sb, "", "Action=DescribeTargetGroups&Version=2015-12-01").await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("<Code>MissingAuthenticationToken</Code>"),
+        "{answer}"
+    );
+    let answer = raw_post(
+        &sb,
+        auth,
+        "Action=DescribeTargetGroups&Version=2015-12-01&Names.member.1=nope",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains(
+            "<ErrorResponse xmlns=\"http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/\">\
+             <Error><Type>Sender</Type><Code>TargetGroupNotFound</Code>\
+             <Message>One or more target groups not found</Message></Error><RequestId>"
+        ),
+        "{answer}"
+    );
+    let answer = raw_post(&sb, auth, "Action=DescribeTargetGroups&Version=2015-12-01").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("<DescribeTargetGroupsResponse xmlns=\"http://elasticloadbalancing.amazonaws.com/doc/2015-12-01/\"><DescribeTargetGroupsResult><TargetGroups><member>"), "{answer}");
+    assert!(
+        answer.contains("<TargetGroupName>aws-useast1-prod-b-yb-ext-prod</TargetGroupName>"),
+        "{answer}"
+    );
+    let answer = raw_post(&sb, auth, "Action=DeleteEverything&Version=2015-12-01").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("<Code>InvalidAction</Code>"),
+        "{answer}"
+    );
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "elb".into(),
+            matching: "DescribeTargetGroups".into(),
+            kind: FaultKind::Status(503),
+            remaining: Some(1),
+        }],
+    });
+    let answer = raw_post(&sb, auth, "Action=DescribeTargetGroups&Version=2015-12-01").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("<Type>Receiver</Type><Code>ServiceUnavailable</Code>"),
+        "{answer}"
+    );
+    sb.stop();
 }

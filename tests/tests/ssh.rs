@@ -21,12 +21,13 @@ const SSHD: &str = "/usr/sbin/sshd";
 const UNIT: &str = "yb-tserver";
 /// The `InvocationID` the emulated `systemctl` starts with.
 const FIRST_INVOCATION: &str = "0f6f2b1c9d8e4a7bb3c5d7e9f1a3b5c7";
-/// Another host's ed25519 key (from russh's known_hosts tests), for "changed key" entries.
+/// Another host's ed25519 key (from russh's `known_hosts` tests), for "changed key" entries.
 const OTHER_HOST_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
 
 /// `systemctl` on the OpenSSH host: emulates `show`, `restart` and `is-active` for the units with
-/// a state file in `@DIR@/units`, and logs every call to `@DIR@/systemctl.log`. A restarted unit
-/// gets a new InvocationID and answers `activating` to the first `is-active`.
+/// a state file in `@DIR@/units` as systemd does, logs every call to `@DIR@/systemctl.log` and
+/// every restart done to `@DIR@/restarts.log`. A restarted unit gets a new `InvocationID` and
+/// answers `activating` to the first `is-active`.
 const SYSTEMCTL: &str = r#"#!/bin/bash
 echo "$*" >> '@DIR@/systemctl.log'
 props=
@@ -71,7 +72,8 @@ case "$verb" in
     PID=$((PID + 1))
     SINCE=$(awk '{ printf "%d", $1 * 1000000 }' /proc/uptime)
     ACTIVATING=1
-    save ;;
+    save
+    echo "$unit" >> '@DIR@/restarts.log' ;;
   is-active)
     if [ "$ACTIVATING" -gt 0 ]; then ACTIVATING=$((ACTIVATING - 1)); save; echo activating; exit 3; fi
     echo active ;;
@@ -274,7 +276,7 @@ impl Peer {
         }
     }
 
-    /// `ALGORITHM BASE64` of the host's key, as its known_hosts line has it.
+    /// `ALGORITHM BASE64` of the host's key, as its `known_hosts` line has it.
     fn host_key(&self) -> String {
         let text = std::fs::read_to_string(&self.target.known_hosts).unwrap();
         let line = text.lines().find(|l| l.starts_with(&format!("[127.0.0.1]:{} ", self.target.port))).unwrap();
@@ -284,10 +286,10 @@ impl Peer {
     /// How many times `unit` was restarted on the host.
     fn restarts(&self, unit: &str) -> usize {
         match &self.host {
-            Host::OpenSsh(s) => std::fs::read_to_string(s.dir.path().join("systemctl.log"))
+            Host::OpenSsh(s) => std::fs::read_to_string(s.dir.path().join("restarts.log"))
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.split_whitespace().collect::<Vec<_>>() == ["restart", unit])
+                .filter(|l| *l == unit)
                 .count(),
             Host::Sandbox { dir, .. } => read_effects(dir.path())
                 .iter()
@@ -310,7 +312,7 @@ impl Peer {
     /// A command that takes far longer than a 300 ms command timeout.
     fn slow_command(&self) -> String {
         match &self.host {
-            Host::OpenSsh(_) => "sleep 10".into(),
+            Host::OpenSsh(_) => "sleep 5".into(),
             Host::Sandbox { .. } => {
                 self.set_sandbox_fault("systemctl is-active", FaultKind::Delay(10_000), None);
                 format!("systemctl is-active {UNIT}")
@@ -409,8 +411,9 @@ async fn runs_a_command(peer: Peer) {
         .unwrap();
     assert_eq!((out.exit_status, out.stdout.as_str(), out.stderr.as_str()), (0, "active\n", ""));
     // The plain function returns a non-zero status instead of failing.
-    let out = ssh::run(t, "systemctl is-active no-such-unit").await.unwrap();
-    assert_eq!((out.exit_status, out.stdout.as_str()), (4, "inactive\n"));
+    let out = ssh::run(t, "no-such-command").await.unwrap();
+    assert_eq!((out.exit_status, out.stdout.as_str()), (127, ""));
+    assert!(out.stderr.contains("no-such-command: command not found"), "{out:?}");
     // One session runs several commands.
     let session = ssh::SshSession::connect(t).await.unwrap();
     for _ in 0..3 {
@@ -425,7 +428,8 @@ async fn non_zero_exit_fails_with_status_and_stderr(peer: Peer) {
         .run(activity_ctx(), run_input(t, "systemctl restart no-such-unit"))
         .await
         .unwrap_err();
-    assert_error(&e, false, &["SSH", &addr(t), "exited with status 5", "Unit no-such-unit.service not found"]);
+    // systemd says `Unit no-such-unit.service not found.`, the sandbox leaves out `.service`.
+    assert_error(&e, false, &["SSH", &addr(t), "`systemctl restart no-such-unit` exited with status 5", "Unit no-such-unit", "not found"]);
     let e = RunCommand
         .run(activity_ctx(), run_input(t, "no-such-command --flag"))
         .await
@@ -458,7 +462,8 @@ async fn show_parses_the_unit_state(peer: Peer) {
     assert_eq!(again, state);
 
     let e = SystemdShow.run(activity_ctx(), show_input(t, "no-such-unit")).await.unwrap_err();
-    assert_error(&e, false, &[&addr(t), "`no-such-unit` is not loaded", "LoadState=not-found"]);
+    // systemd answers LoadState=not-found (exit 0); the sandbox fails the command (exit 5).
+    assert_error(&e, false, &[&addr(t), "no-such-unit", "not found"]);
     let e = SystemdShow.run(activity_ctx(), show_input(t, "x;reboot")).await.unwrap_err();
     assert_error(&e, false, &["not a systemd unit name"]);
 }
@@ -925,4 +930,51 @@ async fn sandbox_exit_faults_fail_the_command() {
         .unwrap();
     assert!(out.restarted);
     assert_eq!(peer.restarts(UNIT), 1);
+}
+
+/// OpenSSH's own client uses the sandbox's key files and talks to its russh host.
+#[tokio::test]
+async fn openssh_client_talks_to_the_sandbox_host() {
+    let peer = Peer::sandbox().await;
+    let t = &peer.target;
+    let SshAuth::KeyFile { path: key } = &t.auth else { unreachable!() };
+    // tokio's process API: the sandbox host runs on this test's runtime.
+    let out = tokio::process::Command::new("ssh")
+        .arg("-i")
+        .arg(key)
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", t.known_hosts.display()))
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-p"])
+        .arg(t.port.to_string())
+        .arg("yugabyte@127.0.0.1")
+        .arg(format!("systemctl is-active {UNIT}; systemctl show -p InvocationID {UNIT}"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("ssh (package openssh-client) runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "ssh failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("active\n"), "{stdout}");
+}
+
+/// A restarted sandbox keeps its keys: the same known_hosts and client key still work.
+#[tokio::test]
+async fn sandbox_keeps_its_keys_across_restarts() {
+    let mut peer = Peer::sandbox().await;
+    let key_before = peer.host_key();
+    let client_before = std::fs::read_to_string(peer.dir().join("id_ed25519")).unwrap();
+    peer.stop().await;
+    let Host::Sandbox { dir, sandbox } = &mut peer.host else { unreachable!() };
+    *sandbox = Some(
+        Sandbox::start(dir.path(), &waymark_sandbox::Spec::default().faster(10))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(peer.host_key(), key_before);
+    assert_eq!(std::fs::read_to_string(peer.dir().join("id_ed25519")).unwrap(), client_before);
+    let out = RunCommand
+        .run(activity_ctx(), run_input(&peer.target, "systemctl is-active yb-tserver"))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_status, 0);
 }

@@ -6,6 +6,7 @@ mod elb;
 mod engine_behaviour;
 mod k8s;
 mod log_conformance;
+mod maintenance;
 mod regression;
 mod ssh;
 mod yb;

@@ -208,6 +208,12 @@ pub struct Gates {
     pub target_healthy_timeout_secs: u64,
     /// Poll interval of every wait, ms.
     pub poll_ms: u64,
+    /// Retries of every step: first delay, ms (doubling, with jitter).
+    pub retry_initial_ms: u64,
+    /// Retries: longest delay, ms.
+    pub retry_max_ms: u64,
+    /// Retries: most failed attempts of a step before it fails the run.
+    pub retry_attempts: u32,
 }
 
 impl Default for Gates {
@@ -221,6 +227,9 @@ impl Default for Gates {
             rollout_timeout_secs: 900,
             target_healthy_timeout_secs: 600,
             poll_ms: 2000,
+            retry_initial_ms: 1000,
+            retry_max_ms: 60_000,
+            retry_attempts: 5,
         }
     }
 }
@@ -354,7 +363,18 @@ impl Inventory {
         if self.gates.poll_ms == 0 {
             return Err(err(file, "gates.poll_ms", "must be at least 1"));
         }
+        if self.gates.retry_attempts == 0 {
+            return Err(err(file, "gates.retry_attempts", "must be at least 1"));
+        }
         Ok(())
+    }
+
+    /// The retry policy of every step.
+    pub fn retry_policy(&self) -> waymark_engine::RetryPolicy {
+        waymark_engine::RetryPolicy::default()
+            .initial_interval(std::time::Duration::from_millis(self.gates.retry_initial_ms))
+            .max_interval(std::time::Duration::from_millis(self.gates.retry_max_ms.max(self.gates.retry_initial_ms)))
+            .max_attempts(self.gates.retry_attempts)
     }
 
     /// The Kubernetes connection.

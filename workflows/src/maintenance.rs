@@ -96,6 +96,11 @@ struct Maintenance {
 const MARGIN: Duration = Duration::from_secs(60);
 
 impl Maintenance {
+    /// A step calling activity `A`, with the inventory's retry policy.
+    fn step<A: Activity>(&self, input: &A::Input) -> waymark_engine::runtime::StepCall<A::Output> {
+        self.ctx.activity::<A>(input).retry(self.inv.retry_policy())
+    }
+
     fn gates(&self) -> &crate::inventory::Gates {
         &self.inv.gates
     }
@@ -117,8 +122,7 @@ impl Maintenance {
 
     async fn health_gate_before_any_change(&self) -> Result<(), workflow::Error> {
         let report: HealthReport = self
-            .ctx
-            .activity::<HealthCheck>(&HealthInput {
+            .step::<HealthCheck>(&HealthInput {
                 timeout_secs: 0,
                 ..self.health_input()
             })
@@ -149,8 +153,7 @@ impl Maintenance {
 
     async fn step1_switch_traffic_to_zone_a(&self) -> Result<Weights, workflow::Error> {
         let before: Weights = self
-            .ctx
-            .activity::<ReadTrafficWeights>(&ReadTrafficWeightsInput {
+            .step::<ReadTrafficWeights>(&ReadTrafficWeightsInput {
                 conn: self.inv.elb(),
                 source: self.inv.traffic_source(),
             })
@@ -162,8 +165,7 @@ impl Maintenance {
             weights: before.by_target_group.clone(),
         };
         let _: SetTrafficWeightsOutput = self
-            .ctx
-            .activity::<SetTrafficWeights>(&SetTrafficWeightsInput {
+            .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
                 conn: self.inv.elb(),
                 source: self.inv.traffic_source(),
                 weights: self.weights(100, 0),
@@ -178,14 +180,10 @@ impl Maintenance {
         let mut recorded = BTreeMap::new();
         for name in &self.inv.mirrormaker.deployments {
             let d = self.inv.deployment(name);
-            let replicas: i32 = self
-                .ctx
-                .activity::<ReadReplicas>(&d)
+            let replicas: i32 = self.step::<ReadReplicas>(&d)
                 .label(format!("2. record {name} replicas"))
                 .await?;
-            let _: waymark_activities::k8s::ScaleOutput = self
-                .ctx
-                .activity::<Scale>(&ScaleInput {
+            let _: waymark_activities::k8s::ScaleOutput = self.step::<Scale>(&ScaleInput {
                     deployment: d.clone(),
                     replicas: 0,
                 })
@@ -206,8 +204,7 @@ impl Maintenance {
 
     async fn step3_restart_masters_one_at_a_time_leader_last(&self) -> Result<Vec<String>, workflow::Error> {
         let leader: String = self
-            .ctx
-            .activity::<FindLeader>(&self.inv.masters())
+            .step::<FindLeader>(&self.inv.masters())
             .label("3. find the leader master")
             .await?;
         let mut order: Vec<&Node> = self.inv.yugabyte.nodes.iter().filter(|n| n.master_http.is_some()).collect();
@@ -235,8 +232,7 @@ impl Maintenance {
         let target = self.inv.ssh_target(node);
         let name = &node.name;
         let before: UnitState = self
-            .ctx
-            .activity::<SystemdShow>(&ShowInput {
+            .step::<SystemdShow>(&ShowInput {
                 target: target.clone(),
                 unit: unit.to_owned(),
                 use_sudo: self.inv.ssh.use_sudo,
@@ -245,8 +241,7 @@ impl Maintenance {
             .await?;
         let (limit, beat) = self.wait_limits(self.gates().node_timeout_secs);
         let _: waymark_activities::ssh::RestartOutput = self
-            .ctx
-            .activity::<SystemdRestart>(&UnitRestartInput {
+            .step::<SystemdRestart>(&UnitRestartInput {
                 target,
                 unit: unit.to_owned(),
                 use_sudo: self.inv.ssh.use_sudo,
@@ -259,8 +254,7 @@ impl Maintenance {
             .heartbeat_timeout(beat)
             .await?;
         let _: String = self
-            .ctx
-            .activity::<WaitServerBack>(&ServerBackInput {
+            .step::<WaitServerBack>(&ServerBackInput {
                 masters: self.inv.masters(),
                 host: node.address.clone(),
                 kind,
@@ -273,8 +267,7 @@ impl Maintenance {
             .await?;
         let (limit, beat) = self.wait_limits(self.gates().health_timeout_secs);
         let _: HealthReport = self
-            .ctx
-            .activity::<WaitHealthy>(&self.health_input())
+            .step::<WaitHealthy>(&self.health_input())
             .label(format!("{n}. health gate after {unit} on {name}"))
             .start_to_close(limit)
             .heartbeat_timeout(beat)
@@ -292,8 +285,7 @@ impl Maintenance {
             .expect("validated: a master node exists");
         let (limit, beat) = self.wait_limits(self.gates().load_balancer_timeout_secs);
         let _: String = self
-            .ctx
-            .activity::<WaitLoadBalancer>(&LoadBalancerInput {
+            .step::<WaitLoadBalancer>(&LoadBalancerInput {
                 ssh: self.inv.ssh_target(node),
                 yb_admin: self.inv.yugabyte.yb_admin.clone(),
                 master_rpc: self.inv.master_rpc(),
@@ -311,8 +303,7 @@ impl Maintenance {
         let r = &self.inv.register;
         let (limit, beat) = self.wait_limits(self.gates().target_healthy_timeout_secs);
         let out: RegisterTargetOutput = self
-            .ctx
-            .activity::<RegisterTarget>(&RegisterTargetInput {
+            .step::<RegisterTarget>(&RegisterTargetInput {
                 conn: self.inv.elb(),
                 target_group_arn: r.target_group_arn.clone(),
                 target_id: r.target_id.clone(),
@@ -345,9 +336,7 @@ impl Maintenance {
         // value and starts no second rollout.
         let restarted_at = self.ctx.now().await?.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         for name in &self.inv.services.deployments {
-            let _: waymark_activities::k8s::RestartOutput = self
-                .ctx
-                .activity::<RolloutRestart>(&RolloutRestartInput {
+            let _: waymark_activities::k8s::RestartOutput = self.step::<RolloutRestart>(&RolloutRestartInput {
                     deployment: self.inv.deployment(name),
                     restarted_at: restarted_at.clone(),
                 })
@@ -356,8 +345,7 @@ impl Maintenance {
         }
         let (limit, beat) = self.wait_limits(self.gates().rollout_timeout_secs);
         let waits = self.inv.services.deployments.iter().map(|name| {
-            self.ctx
-                .activity::<WaitRollout>(&WaitRolloutInput {
+            self.step::<WaitRollout>(&WaitRolloutInput {
                     deployment: self.inv.deployment(name),
                     timeout_secs: self.gates().rollout_timeout_secs,
                     poll_ms: self.gates().poll_ms,
@@ -373,9 +361,7 @@ impl Maintenance {
 
     async fn step8_start_mirrormaker_at_recorded_replicas(&self, recorded: &BTreeMap<String, i32>) -> Result<(), workflow::Error> {
         for (name, replicas) in recorded {
-            let _: waymark_activities::k8s::ScaleOutput = self
-                .ctx
-                .activity::<Scale>(&ScaleInput {
+            let _: waymark_activities::k8s::ScaleOutput = self.step::<Scale>(&ScaleInput {
                     deployment: self.inv.deployment(name),
                     replicas: *replicas,
                 })
@@ -387,14 +373,16 @@ impl Maintenance {
 
     async fn step9_switch_traffic_back_to_zone_b(&self, before: &Weights) -> Result<(), workflow::Error> {
         let _: SetTrafficWeightsOutput = self
-            .ctx
-            .activity::<SetTrafficWeights>(&SetTrafficWeightsInput {
+            .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
                 conn: self.inv.elb(),
                 source: self.inv.traffic_source(),
                 weights: before.by_target_group.clone(),
             })
             .label("9. switch traffic back to zone B")
-            .retry(RetryPolicy::default().max_attempts(10))
+            .retry(RetryPolicy {
+                max_attempts: Some(self.inv.gates.retry_attempts + 1),
+                ..self.inv.retry_policy()
+            })
             .await?;
         Ok(())
     }

@@ -27,7 +27,7 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             inventory,
             output,
         } => runs::plan(&workflow, &inventory, output).await,
-        Command::Demo { fail_at } => demo::demo(&data_dir, fail_at).await,
+        Command::Demo { fail_at, faster } => demo::demo(&data_dir, fail_at, faster).await,
         Command::Ls {
             state,
             workflow,
