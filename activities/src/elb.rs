@@ -6,9 +6,9 @@
 //! | activity | checks first | acts | output |
 //! |---|---|---|---|
 //! | [`RegisterTarget`] (`elb.register_target`) | `DescribeTargetHealth` of the target | `RegisterTargets`, then polls `DescribeTargetHealth` until `healthy` | [`RegisterTargetOutput`] |
-//! | [`DeregisterTarget`] (`elb.deregister_target`) | `DescribeTargetHealth` of the target | `DeregisterTargets` | [`DeregisterTargetOutput`] |
+//! | [`DeregisterTarget`] (`elb.deregister_target`) | `DescribeTargetHealth` of the target | `DeregisterTargets` (not when unregistered, or healthy with `keep_if_healthy`) | [`DeregisterTargetOutput`] |
 //! | [`ReadTrafficWeights`] (`elb.read_traffic_weights`) | — | `DescribeListeners` / `DescribeRules` | [`Weights`] |
-//! | [`SetTrafficWeights`] (`elb.set_traffic_weights`) | the current weights | `ModifyListener` / `ModifyRule`, then reads back | [`SetTrafficWeightsOutput`] |
+//! | [`SetTrafficWeights`] (`elb.set_traffic_weights`) | the current weights | `DescribeTargetGroups` (they exist), `ModifyListener` / `ModifyRule`, then reads back | [`SetTrafficWeightsOutput`] |
 //!
 //! [`DeregisterTarget`] is the compensation of [`RegisterTarget`] ([`RegisterTargetInput::compensation`]);
 //! a workflow reads the weights with [`ReadTrafficWeights`] before changing them and registers

@@ -67,12 +67,22 @@ pub enum Error {
         ms: u64,
     },
     /// The server closed the connection or broke the protocol before a command ran.
-    #[error("SSH to {addr}: connection failed while {stage}: {reason}; check sshd's log on the host")]
+    #[error(
+        "SSH to {addr}: connection failed while {stage}: {reason}; check sshd's log on the host"
+    )]
     Handshake {
         /// `host:port`.
         addr: String,
         /// What was going on.
         stage: &'static str,
+        /// What russh said.
+        reason: String,
+    },
+    /// The server and this client share no algorithm, or the server does not speak SSH 2.
+    #[error("SSH to {addr}: cannot agree with the server: {reason}; check that the port is an SSH 2 server and that it offers an ed25519, ECDSA or RSA host key")]
+    Incompatible {
+        /// `host:port`.
+        addr: String,
         /// What russh said.
         reason: String,
     },
@@ -243,7 +253,8 @@ impl Error {
             | Error::ConnectionLost { .. }
             | Error::UnitNotActive { .. } => true,
             Error::CommandFailed { retryable, .. } => *retryable,
-            Error::HostKeyChanged { .. }
+            Error::Incompatible { .. }
+            | Error::HostKeyChanged { .. }
             | Error::UnknownHost { .. }
             | Error::KnownHosts { .. }
             | Error::KeyFile { .. }
@@ -324,7 +335,12 @@ pub struct SshTarget {
 
 impl SshTarget {
     /// A target with the default port, strict host-key checking and timeouts.
-    pub fn new(host: impl Into<String>, user: impl Into<String>, auth: SshAuth, known_hosts: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        host: impl Into<String>,
+        user: impl Into<String>,
+        auth: SshAuth,
+        known_hosts: impl Into<PathBuf>,
+    ) -> Self {
         SshTarget {
             host: host.into(),
             port: default_port(),
@@ -382,13 +398,21 @@ fn tail(text: &str, max_chars: usize) -> String {
     if count <= max_chars {
         return text.to_owned();
     }
-    let start = text.char_indices().nth(count - max_chars).map_or(0, |(i, _)| i);
+    let start = text
+        .char_indices()
+        .nth(count - max_chars)
+        .map_or(0, |(i, _)| i);
     format!("...{}", &text[start..])
 }
 
 impl CommandOutput {
     /// `Ok(self)` on exit status 0, else [`Error::CommandFailed`] quoting stderr.
-    pub fn check(self, target: &SshTarget, command: &str, retryable: bool) -> Result<CommandOutput, Error> {
+    pub fn check(
+        self,
+        target: &SshTarget,
+        command: &str,
+        retryable: bool,
+    ) -> Result<CommandOutput, Error> {
         if self.exit_status == 0 && self.exit_signal.is_none() {
             return Ok(self);
         }
@@ -401,7 +425,11 @@ impl CommandOutput {
             addr: target.addr(),
             command: command.to_owned(),
             exit_status: self.exit_status,
-            signal: self.exit_signal.as_ref().map(|s| format!(", killed by signal {s}")).unwrap_or_default(),
+            signal: self
+                .exit_signal
+                .as_ref()
+                .map(|s| format!(", killed by signal {s}"))
+                .unwrap_or_default(),
             stderr,
             retryable,
         })
@@ -438,7 +466,12 @@ fn known_keys(target: &SshTarget) -> Result<KnownKeys, Error> {
         Err(e) => return Err(unreadable(e.to_string())),
     };
     let entries = russh::keys::known_hosts::known_host_keys_path(&target.host, target.port, path)
-        .map_err(|e| unreadable(format!("an entry for `{}` does not parse: {e}", target.known_hosts_pattern())))?;
+        .map_err(|e| {
+        unreadable(format!(
+            "an entry for `{}` does not parse: {e}",
+            target.known_hosts_pattern()
+        ))
+    })?;
     // russh counts lines skipping those that start with `#`; map its numbers to the file's lines.
     let physical: Vec<usize> = text
         .split_inclusive('\n')
@@ -473,13 +506,24 @@ impl KnownKeys {
 
     /// Checks the key the server presented.
     fn verify(&self, target: &SshTarget, key: &PublicKey) -> Result<(), Error> {
-        if self.entries.iter().any(|(_, k)| k.key_data() == key.key_data()) {
+        if self
+            .entries
+            .iter()
+            .any(|(_, k)| k.key_data() == key.key_data())
+        {
             return Ok(());
         }
-        let presented = format!("{} key {}", key.algorithm().as_str(), key.fingerprint(HashAlg::Sha256));
+        let presented = format!(
+            "{} key {}",
+            key.algorithm().as_str(),
+            key.fingerprint(HashAlg::Sha256)
+        );
         let pattern = target.known_hosts_pattern();
         let known_hosts = target.known_hosts.display().to_string();
-        let add = format!("ssh-keyscan -p {} {} >> {known_hosts}", target.port, target.host);
+        let add = format!(
+            "ssh-keyscan -p {} {} >> {known_hosts}",
+            target.port, target.host
+        );
         let changed: Vec<String> = self
             .entries
             .iter()
@@ -550,7 +594,10 @@ struct HostKeyCheck {
 impl client::Handler for HostKeyCheck {
     type Error = HandshakeFailure;
 
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, HandshakeFailure> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, HandshakeFailure> {
         match key {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
                 self.known.verify(&self.target, key).map_err(HandshakeFailure::HostKey)?;
@@ -587,7 +634,10 @@ impl SshSession {
         }
     }
 
-    async fn connect_stages(target: &SshTarget, stage: &std::sync::Mutex<&'static str>) -> Result<SshSession, Error> {
+    async fn connect_stages(
+        target: &SshTarget,
+        stage: &std::sync::Mutex<&'static str>,
+    ) -> Result<SshSession, Error> {
         let set_stage = |s: &'static str| *stage.lock().expect("stage lock") = s;
         let addr = target.addr();
         let known = Arc::new(known_keys(target)?);
@@ -624,6 +674,14 @@ impl SshSession {
             .await
             .map_err(|e| match e {
                 HandshakeFailure::HostKey(e) => e,
+                HandshakeFailure::Ssh(
+                    e @ (russh::Error::NoCommonAlgo { .. }
+                    | russh::Error::UnknownAlgo
+                    | russh::Error::Version),
+                ) => Error::Incompatible {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                },
                 HandshakeFailure::Ssh(e) => Error::Handshake {
                     addr: addr.clone(),
                     stage: "exchanging keys",
@@ -688,7 +746,10 @@ impl SshSession {
 
     /// Says goodbye to the server.
     pub async fn close(self) {
-        let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
     }
 }
 
@@ -716,7 +777,11 @@ async fn collect(channel: &mut russh::Channel<client::Msg>) -> Result<CommandOut
                     russh::Sig::Custom(name) => name,
                     other => format!("{other:?}"),
                 };
-                exit_signal = Some(if error_message.is_empty() { name } else { format!("{name} ({error_message})") });
+                exit_signal = Some(if error_message.is_empty() {
+                    name
+                } else {
+                    format!("{name} ({error_message})")
+                });
             }
             ChannelMsg::Failure => return Err(Collected::Refused),
             ChannelMsg::Close => break,
@@ -727,10 +792,10 @@ async fn collect(channel: &mut russh::Channel<client::Msg>) -> Result<CommandOut
         (Some(s), _) => s,
         (None, Some(_)) => 255,
         (None, None) => {
-            return Err(Collected::Lost(if channel_closed_cleanly(&stdout, &stderr) {
-                "the channel closed without an exit status".into()
+            return Err(Collected::Lost(if stdout.is_empty() && stderr.is_empty() {
+                "the channel closed with no output and no exit status".into()
             } else {
-                "the channel closed mid-output without an exit status".into()
+                "the channel closed after some output but no exit status".into()
             }))
         }
     };
@@ -742,27 +807,33 @@ async fn collect(channel: &mut russh::Channel<client::Msg>) -> Result<CommandOut
     })
 }
 
-fn channel_closed_cleanly(stdout: &[u8], stderr: &[u8]) -> bool {
-    stdout.is_empty() && stderr.is_empty()
-}
-
 /// russh's error in words (russh's own messages hold no key material).
 fn describe_russh(e: &russh::Error) -> String {
     match e {
         russh::Error::Disconnect | russh::Error::HUP => "the server closed the connection".into(),
-        russh::Error::IO(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => "the server closed the connection".into(),
+        russh::Error::IO(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection".into()
+        }
         other => other.to_string(),
     }
 }
 
-async fn authenticate(handle: &mut client::Handle<HostKeyCheck>, target: &SshTarget) -> Result<(), Error> {
+async fn authenticate(
+    handle: &mut client::Handle<HostKeyCheck>,
+    target: &SshTarget,
+) -> Result<(), Error> {
     let addr = target.addr();
     let lost = |e: &russh::Error| Error::Handshake {
         addr: addr.clone(),
         stage: "authenticating",
         reason: describe_russh(e),
     };
-    let rsa_hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
+    let rsa_hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .ok()
+        .flatten()
+        .flatten();
     match &target.auth {
         SshAuth::KeyFile { path } => {
             let key = russh::keys::load_secret_key(path, None).map_err(|e| Error::KeyFile {
@@ -770,9 +841,16 @@ async fn authenticate(handle: &mut client::Handle<HostKeyCheck>, target: &SshTar
                 path: path.display().to_string(),
                 reason: describe_key_error(&e),
             })?;
-            let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+            let hash = if key.algorithm().is_rsa() {
+                rsa_hash
+            } else {
+                None
+            };
             let result = handle
-                .authenticate_publickey(&target.user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                .authenticate_publickey(
+                    &target.user,
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
                 .await
                 .map_err(|e| lost(&e))?;
             match result {
@@ -803,9 +881,16 @@ async fn authenticate(handle: &mut client::Handle<HostKeyCheck>, target: &SshTar
                 let AgentIdentity::PublicKey { key, .. } = identity else {
                     continue;
                 };
-                let hash = if key.algorithm().is_rsa() { rsa_hash } else { None };
+                let hash = if key.algorithm().is_rsa() {
+                    rsa_hash
+                } else {
+                    None
+                };
                 tried.push(key.fingerprint(HashAlg::Sha256).to_string());
-                match handle.authenticate_publickey_with(&target.user, key, hash, &mut agent).await {
+                match handle
+                    .authenticate_publickey_with(&target.user, key, hash, &mut agent)
+                    .await
+                {
                     Ok(AuthResult::Success) => return Ok(()),
                     Ok(AuthResult::Failure { .. }) => {}
                     Err(e) => tracing::debug!("SSH to {addr}: the agent could not sign: {e}"),
@@ -827,7 +912,9 @@ fn describe_key_error(e: &russh::keys::Error) -> String {
     match e {
         russh::keys::Error::KeyIsEncrypted => "the key is protected by a passphrase".into(),
         russh::keys::Error::IO(io) => io.to_string(),
-        russh::keys::Error::UnsupportedKeyType { key_type_string, .. } => format!("unsupported key type {key_type_string}"),
+        russh::keys::Error::UnsupportedKeyType {
+            key_type_string, ..
+        } => format!("unsupported key type {key_type_string}"),
         // Other messages could quote parts of the file: say only what it is not.
         _ => "not a private key russh can read".into(),
     }
@@ -894,7 +981,12 @@ fn show_properties(text: &str) -> BTreeMap<&str, &str> {
 /// ActiveEnterTimestampMonotonic` (other properties are ignored).
 pub fn parse_unit_state(text: &str) -> Result<UnitState, String> {
     let props = show_properties(text);
-    let get = |k: &str| props.get(k).copied().ok_or_else(|| format!("no {k}= line (is systemd older than 232?)"));
+    let get = |k: &str| {
+        props
+            .get(k)
+            .copied()
+            .ok_or_else(|| format!("no {k}= line (is systemd older than 232?)"))
+    };
     let number = |k: &str| -> Result<u64, String> {
         let v = get(k)?;
         v.parse().map_err(|_| format!("{k}={v} is not a number"))
@@ -902,7 +994,8 @@ pub fn parse_unit_state(text: &str) -> Result<UnitState, String> {
     Ok(UnitState {
         invocation_id: get("InvocationID")?.to_owned(),
         active_state: get("ActiveState")?.to_owned(),
-        main_pid: u32::try_from(number("MainPID")?).map_err(|_| "MainPID out of range".to_owned())?,
+        main_pid: u32::try_from(number("MainPID")?)
+            .map_err(|_| "MainPID out of range".to_owned())?,
         active_enter_monotonic_us: number("ActiveEnterTimestampMonotonic")?,
     })
 }
@@ -932,15 +1025,24 @@ fn systemctl(use_sudo: bool, args: &str) -> String {
 }
 
 /// `systemctl show` of `unit` over an open session, parsed.
-pub async fn show_unit(session: &SshSession, unit: &str, use_sudo: bool) -> Result<UnitState, Error> {
+pub async fn show_unit(
+    session: &SshSession,
+    unit: &str,
+    use_sudo: bool,
+) -> Result<UnitState, Error> {
     check_unit_name(unit)?;
     let target = session.target();
     let command = systemctl(
         use_sudo,
         &format!("show -p InvocationID,ActiveState,MainPID,ActiveEnterTimestampMonotonic,LoadState {unit}"),
     );
-    let out = session.exec(&command).await?.check(target, &command, false)?;
-    if let Some(s @ ("not-found" | "bad-setting" | "error" | "masked")) = show_properties(&out.stdout).get("LoadState").copied() {
+    let out = session
+        .exec(&command)
+        .await?
+        .check(target, &command, false)?;
+    if let Some(s @ ("not-found" | "bad-setting" | "error" | "masked")) =
+        show_properties(&out.stdout).get("LoadState").copied()
+    {
         return Err(Error::UnitNotFound {
             addr: target.addr(),
             unit: unit.to_owned(),
@@ -1031,7 +1133,11 @@ impl Activity for SystemdRestart {
     type Input = RestartInput;
     type Output = RestartOutput;
 
-    async fn run(&self, ctx: Context, input: RestartInput) -> Result<RestartOutput, activity::Error> {
+    async fn run(
+        &self,
+        ctx: Context,
+        input: RestartInput,
+    ) -> Result<RestartOutput, activity::Error> {
         check_unit_name(&input.unit)?;
         let session = SshSession::connect(&input.target).await?;
         let result = restart_unit(&ctx, &session, &input).await;
@@ -1041,21 +1147,35 @@ impl Activity for SystemdRestart {
 }
 
 /// The restart protocol over an open session (see [`SystemdRestart`]).
-pub async fn restart_unit(ctx: &Context, session: &SshSession, input: &RestartInput) -> Result<RestartOutput, Error> {
+pub async fn restart_unit(
+    ctx: &Context,
+    session: &SshSession,
+    input: &RestartInput,
+) -> Result<RestartOutput, Error> {
     let target = session.target();
     let unit = &input.unit;
     let before = show_unit(session, unit, input.use_sudo).await?;
     let already = !before.invocation_id.is_empty()
         && before.invocation_id != input.expected_invocation_id
-        && matches!(before.active_state.as_str(), "active" | "activating" | "reloading");
+        && matches!(
+            before.active_state.as_str(),
+            "active" | "activating" | "reloading"
+        );
     if already {
         ctx.heartbeat(Some(format!(
             "{unit} on {}: already restarted (InvocationID {} is not the recorded {}), {}",
             target.host, before.invocation_id, input.expected_invocation_id, before.active_state
         )));
     } else {
+        ctx.heartbeat(Some(format!(
+            "{unit} on {}: restarting (InvocationID {}, {})",
+            target.host, before.invocation_id, before.active_state
+        )));
         let command = systemctl(input.use_sudo, &format!("restart {unit}"));
-        session.exec(&command).await?.check(target, &command, false)?;
+        session
+            .exec(&command)
+            .await?
+            .check(target, &command, false)?;
         ctx.heartbeat(Some(format!("{unit} on {}: restart issued", target.host)));
     }
     wait_active(ctx, session, unit, input).await?;
@@ -1067,7 +1187,12 @@ pub async fn restart_unit(ctx: &Context, session: &SshSession, input: &RestartIn
     })
 }
 
-async fn wait_active(ctx: &Context, session: &SshSession, unit: &str, input: &RestartInput) -> Result<(), Error> {
+async fn wait_active(
+    ctx: &Context,
+    session: &SshSession,
+    unit: &str,
+    input: &RestartInput,
+) -> Result<(), Error> {
     let target = session.target();
     let command = systemctl(input.use_sudo, &format!("is-active {unit}"));
     let start = tokio::time::Instant::now();
@@ -1076,7 +1201,15 @@ async fn wait_active(ctx: &Context, session: &SshSession, unit: &str, input: &Re
         // `is-active` exits 3 for anything but active: the status is the answer, not an error.
         let out = session.exec(&command).await?;
         let state = out.stdout.trim().to_owned();
-        let mut progress = format!("{unit} on {}: {}", target.host, if state.is_empty() { "(no answer)" } else { &state });
+        let mut progress = format!(
+            "{unit} on {}: {}",
+            target.host,
+            if state.is_empty() {
+                "(no answer)"
+            } else {
+                &state
+            }
+        );
         if out.exit_status == 0 && state == "active" {
             ctx.heartbeat(Some(progress));
             return Ok(());
@@ -1086,12 +1219,19 @@ async fn wait_active(ctx: &Context, session: &SshSession, unit: &str, input: &Re
                 addr: target.addr(),
                 unit: unit.to_owned(),
                 ms: input.active_timeout_ms,
-                last: if state.is_empty() { tail(&out.stderr, 200) } else { state },
+                last: if state.is_empty() {
+                    tail(&out.stderr, 200)
+                } else {
+                    state
+                },
             });
         }
         let _ = write!(progress, ", waiting {} ms", start.elapsed().as_millis());
         ctx.heartbeat(Some(progress));
-        if !ctx.sleep(Duration::from_millis(input.poll_interval_ms.max(10))).await {
+        if !ctx
+            .sleep(Duration::from_millis(input.poll_interval_ms.max(10)))
+            .await
+        {
             return Err(Error::Cancelled {
                 addr: target.addr(),
                 what: format!("waiting for {unit} to be active"),
@@ -1102,7 +1242,9 @@ async fn wait_active(ctx: &Context, session: &SshSession, unit: &str, input: &Re
 
 /// Registers `ssh.run`, `ssh.systemd_show` and `ssh.systemd_restart`.
 pub fn register(b: EngineBuilder) -> EngineBuilder {
-    b.activity(RunCommand).activity(SystemdShow).activity(SystemdRestart)
+    b.activity(RunCommand)
+        .activity(SystemdShow)
+        .activity(SystemdRestart)
 }
 
 #[cfg(test)]

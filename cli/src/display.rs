@@ -21,7 +21,12 @@ impl Labels {
 
 /// One line for an event.
 pub fn event_line(r: &Record, labels: &mut Labels) -> String {
-    let what = match &r.event {
+    line(r.seq, r.at, &r.event, labels)
+}
+
+/// One line for an event given by its parts.
+pub fn line(seq: u64, at: chrono::DateTime<chrono::Utc>, event: &Event, labels: &mut Labels) -> String {
+    let what = match event {
         Event::RunStarted {
             workflow,
             version,
@@ -75,7 +80,7 @@ pub fn event_line(r: &Record, labels: &mut Labels) -> String {
         Event::RunFailed { error } => format!("run failed: {error}"),
         Event::RunCancelled { reason } => format!("run cancelled: {reason}"),
     };
-    format!("{} #{:<4} {what}", r.at.format("%H:%M:%S%.3f"), r.seq)
+    format!("{} #{:<4} {what}", at.format("%H:%M:%S%.3f"), seq)
 }
 
 /// Prints a run's history so far, then its new events and progress live, until it stops or the
@@ -219,7 +224,11 @@ fn system_of(activity: &str) -> &'static str {
 }
 
 /// A Mermaid sequence diagram of the systems a run touched, like the original runbook's picture.
-pub fn mermaid(records: &[Record]) -> String {
+pub fn mermaid_rows(rows: &[crate::api::EventRow]) -> String {
+    mermaid(rows.iter().map(|r| &r.event))
+}
+
+fn mermaid<'a>(events: impl Iterator<Item = &'a Event> + Clone) -> String {
     let mut out = String::from("sequenceDiagram\n    autonumber\n    participant W as Waymark\n");
     let participants = [
         ("ELB", "AWS ELBv2"),
@@ -229,9 +238,9 @@ pub fn mermaid(records: &[Record]) -> String {
         ("Other", "other"),
     ];
     let mut systems: BTreeMap<StepRef, (&'static str, String)> = BTreeMap::new();
-    let used: std::collections::BTreeSet<&str> = records
-        .iter()
-        .filter_map(|r| match &r.event {
+    let used: std::collections::BTreeSet<&str> = events
+        .clone()
+        .filter_map(|e| match e {
             Event::StepScheduled { activity, .. } => Some(system_of(activity)),
             _ => None,
         })
@@ -242,8 +251,8 @@ pub fn mermaid(records: &[Record]) -> String {
         }
     }
     let clean = |s: &str| s.replace([';', '#', '\n'], " ");
-    for r in records {
-        match &r.event {
+    for e in events {
+        match e {
             Event::RunStarted { workflow, started_by, .. } => {
                 let _ = writeln!(out, "    Note over W: {} started by {}", clean(workflow), clean(started_by));
             }

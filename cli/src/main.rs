@@ -6,7 +6,11 @@
 //! 2 bad usage or input (an invalid inventory, an unknown run); 3 the data directory is unusable
 //! (in use by another process, damaged).
 
+mod api;
+mod client;
 mod commands;
+mod daemon;
+mod daemon_schedules;
 mod display;
 mod env;
 
@@ -48,8 +52,40 @@ pub enum HistoryOutput {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Start a run and follow it in the foreground until it ends (Ctrl-C leaves it interrupted:
-    /// `waymark resume` continues it).
+    /// Run the daemon: owns the data directory, resumes unfinished runs, runs schedules, serves
+    /// the CLI on DATA_DIR/waymark.sock (owner-only) and optionally on TCP with a token.
+    Daemon {
+        /// Also serve the API (and /metrics) on this TCP address, e.g. 127.0.0.1:7233.
+        #[arg(long, value_name = "ADDR", requires = "token_file")]
+        listen_tcp: Option<std::net::SocketAddr>,
+        /// File holding the bearer token TCP clients must send (16+ characters).
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
+    /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
+    /// run goes on).
+    Start {
+        /// Workflow name (`yb-maintenance`).
+        workflow: String,
+        /// Inventory file describing the estate.
+        #[arg(long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Print the run id and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Show a run's history so far, then follow it live (through the daemon).
+    Attach {
+        /// Run id (a unique prefix is enough).
+        run: String,
+    },
+    /// Scheduled maintenance (kept by the daemon).
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
+    /// Start a run and follow it in the foreground, without a daemon, until it ends (Ctrl-C leaves
+    /// it interrupted: `waymark resume` continues it).
     Run {
         /// Workflow name (`yb-maintenance`).
         workflow: String,
@@ -138,6 +174,62 @@ enum Command {
         #[command(subcommand)]
         command: SandboxCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, ...).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCommand {
+    /// Add a schedule: runs WORKFLOW on INVENTORY at each CRON time (5 fields, UTC), starting
+    /// only within WINDOW of that time and never while its cluster has a run going.
+    Add {
+        /// Schedule name.
+        name: String,
+        /// Workflow name.
+        #[arg(long)]
+        workflow: String,
+        /// Inventory file.
+        #[arg(long, value_name = "FILE")]
+        inventory: PathBuf,
+        /// Cron expression, e.g. "0 3 * * 2" (Tuesdays 03:00 UTC).
+        #[arg(long)]
+        cron: String,
+        /// How long after its time a run may still start, e.g. 30m, 2h [default: 1h].
+        #[arg(long)]
+        window: Option<String>,
+        /// When its cluster is busy at that time: skip the run, or queue it (within its window).
+        #[arg(long, value_parser = ["skip", "queue"], default_value = "skip")]
+        overlap: String,
+        /// Times missed while the daemon was down: none, or only the latest (if its window is open).
+        #[arg(long = "catch-up", value_parser = ["none", "latest"], default_value = "none")]
+        catch_up: String,
+    },
+    /// List schedules.
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Remove a schedule.
+    Rm {
+        /// Schedule name.
+        name: String,
+    },
+    /// Stop a schedule from starting runs.
+    Pause {
+        /// Schedule name.
+        name: String,
+    },
+    /// Let a paused schedule start runs again (missed times are not made up).
+    Unpause {
+        /// Schedule name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -156,6 +248,14 @@ enum SandboxCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon { .. } | Command::Sandbox { .. }) {
+        // `waymark history RUN | head` ends quietly when the reader goes away, like any Unix tool.
+        #[allow(unsafe_code)]
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let is_demo = matches!(cli.command, Command::Demo { .. });
     if is_demo {
         // The sandbox's ELBv2 accepts any credentials; the SDK needs some. Set before any thread starts.

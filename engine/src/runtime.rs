@@ -1432,20 +1432,34 @@ impl Engine {
             })
     }
 
-    /// Stops every driver where it stands (attempts in flight are abandoned, and recorded as
-    /// interrupted on the next start) and waits for them.
+    /// Stops every driver where it stands, then journals each attempt that was in flight as
+    /// interrupted (`AttemptInterrupted`), so the history says why it has no result; the next
+    /// start resumes those steps with their next attempt, under the same idempotency key.
     pub async fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
-        let receivers: Vec<_> = self
+        let receivers: Vec<(RunId, watch::Receiver<Option<RunOutcome>>)> = self
             .inner
             .active
             .lock()
             .expect("active lock")
-            .values()
-            .map(|a| a.outcome.clone())
+            .iter()
+            .map(|(r, a)| (*r, a.outcome.clone()))
             .collect();
-        for mut rx in receivers {
+        for (_, rx) in &receivers {
+            let mut rx = rx.clone();
             let _ = rx.wait_for(Option::is_some).await;
+        }
+        for (run, _) in receivers {
+            let Ok(state) = self.state(run) else { continue };
+            let open: Vec<Event> = state
+                .steps()
+                .filter_map(|(step, s)| {
+                    s.open_attempt.map(|attempt| Event::AttemptInterrupted { step: *step, attempt })
+                })
+                .collect();
+            if !open.is_empty() {
+                let _ = self.inner.log.append(run, open).await;
+            }
         }
     }
 }

@@ -61,17 +61,30 @@ pub const NAMESPACE: &str = "http://elasticloadbalancing.amazonaws.com/doc/2015-
 pub const ACCOUNT: &str = "123456789012";
 /// Region of every ARN.
 pub const REGION: &str = "us-east-1";
-/// Name of the seed load balancer.
-pub const LOAD_BALANCER: &str = "yb-ext";
+/// Name of the seed application load balancer whose listener weights switch the business's
+/// traffic between zones (runbook steps 1 and 9). Weighted forwarding across target groups, and
+/// listener rules, exist only on application load balancers.
+pub const LOAD_BALANCER: &str = "offerup";
+/// Name of the seed network load balancer in front of the zone-B YugabyteDB nodes (step 6).
+pub const YB_LOAD_BALANCER: &str = "yb-ext";
+/// Port of the traffic listener and its target groups (HTTP).
+pub const TRAFFIC_PORT: i32 = 80;
 /// VPC of the seed estate.
 pub const VPC: &str = "vpc-0c2f7e1a9b3d45e68";
-/// Port of the seed listener and target groups (YSQL).
+/// Port of the YugabyteDB listener and target groups (YSQL).
 pub const PORT: i32 = 5433;
 /// Priority of the seed rule.
 pub const RULE_PRIORITY: &str = "10";
 
-/// Name of the seed target group of `zone` (`A` gives `aws-useast1-prod-a-yb-ext-prod`).
+/// Name of the seed traffic target group of `zone` (`A` gives `offerup-zone-a`), behind
+/// [`LOAD_BALANCER`].
 pub fn target_group_name(zone: &str) -> String {
+    format!("offerup-zone-{}", zone.to_lowercase())
+}
+
+/// Name of the seed YugabyteDB target group of `zone` (`B` gives
+/// `aws-useast1-prod-b-yb-ext-prod`), behind [`YB_LOAD_BALANCER`].
+pub fn yb_target_group_name(zone: &str) -> String {
     format!("aws-useast1-prod-{}-yb-ext-prod", zone.to_lowercase())
 }
 
@@ -245,10 +258,12 @@ fn lb_kind_prefix(kind: &str) -> &'static str {
 }
 
 impl State {
-    /// The resources of the seed estate: load balancer `yb-ext` with one target group per zone of
-    /// the spec (`aws-useast1-prod-<zone>-yb-ext-prod`, IP targets, TCP 5433), a TCP 5433 listener
-    /// forwarding everything to the last zone (weights A=0, B=100 for the default spec), and one
-    /// rule (priority 10, `path-pattern /waymark/*`) forwarding with the same weights.
+    /// The resources of the seed estate: the business's application load balancer `offerup`
+    /// with one HTTP target group per zone (`offerup-zone-<zone>`), an HTTP 80 listener forwarding
+    /// with weights (A=0, B=100 for the default spec) and one rule (priority 10,
+    /// `path-pattern /waymark/*`) with the same weights; and the YugabyteDB network load balancer
+    /// `yb-ext` with one TCP 5433 IP target group per zone (`aws-useast1-prod-<zone>-yb-ext-prod`)
+    /// and a TCP listener forwarding to the last zone's.
     pub fn from_spec(spec: &Spec) -> Self {
         let mut zones: Vec<String> = Vec::new();
         for n in &spec.nodes {
@@ -259,84 +274,105 @@ impl State {
         if zones.is_empty() {
             zones = vec!["A".into(), "B".into()];
         }
-        let lb_id = hex_id(LOAD_BALANCER);
-        let lb_arn = arn(&format!("loadbalancer/net/{LOAD_BALANCER}/{lb_id}"));
-        let load_balancer = LoadBalancer {
-            arn: lb_arn.clone(),
-            name: LOAD_BALANCER.into(),
-            kind: "network".into(),
-            scheme: "internal".into(),
-            vpc_id: VPC.into(),
-            zones: zones
-                .iter()
-                .map(|z| {
-                    let z = z.to_lowercase();
-                    (
-                        format!("{REGION}{z}"),
-                        format!("subnet-{}", hex_id(&format!("subnet {z}"))),
-                    )
-                })
-                .collect(),
-            dns_name: format!("{LOAD_BALANCER}-{}.elb.{REGION}.amazonaws.com", &lb_id[..8]),
-            created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        let load_balancer = |name: &str, kind: &str, scheme: &str| {
+            let id = hex_id(name);
+            let short = if kind == "application" { "app" } else { "net" };
+            LoadBalancer {
+                arn: arn(&format!("loadbalancer/{short}/{name}/{id}")),
+                name: name.into(),
+                kind: kind.into(),
+                scheme: scheme.into(),
+                vpc_id: VPC.into(),
+                zones: zones
+                    .iter()
+                    .map(|z| {
+                        let z = z.to_lowercase();
+                        (format!("{REGION}{z}"), format!("subnet-{}", hex_id(&format!("subnet {z}"))))
+                    })
+                    .collect(),
+                dns_name: format!("{name}-{}.elb.{REGION}.amazonaws.com", &id[..8]),
+                created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            }
         };
-        let target_groups: Vec<TargetGroup> = zones
-            .iter()
-            .map(|z| {
-                let name = target_group_name(z);
-                TargetGroup {
-                    arn: arn(&format!("targetgroup/{name}/{}", hex_id(&name))),
-                    name,
-                    protocol: "TCP".into(),
-                    port: PORT,
-                    vpc_id: VPC.into(),
-                    target_type: "ip".into(),
-                    health_check_protocol: "TCP".into(),
-                    targets: Vec::new(),
-                }
-            })
-            .collect();
-        let last = target_groups.len() - 1;
-        let forward = Action {
+        let target_group = |name: String, protocol: &str, port: i32| TargetGroup {
+            arn: arn(&format!("targetgroup/{name}/{}", hex_id(&name))),
+            name,
+            protocol: protocol.into(),
+            port,
+            vpc_id: VPC.into(),
+            target_type: "ip".into(),
+            health_check_protocol: protocol.into(),
+            targets: Vec::new(),
+        };
+        let forward = |groups: &[&TargetGroup], weight_of: &dyn Fn(usize) -> i32| Action {
             order: None,
-            target_groups: target_groups
+            target_groups: groups
                 .iter()
                 .enumerate()
                 .map(|(i, tg)| WeightedTargetGroup {
                     target_group_arn: tg.arn.clone(),
-                    weight: if i == last { 100 } else { 0 },
+                    weight: weight_of(i),
                 })
                 .collect(),
             stickiness: false,
         };
-        let listener_arn = arn(&format!(
-            "listener/net/{LOAD_BALANCER}/{lb_id}/{}",
-            hex_id("listener 5433")
-        ));
+        // The business's application load balancer: weighted forward between the zones, all
+        // traffic in the last zone (B), and a rule with the same weights.
+        let app = load_balancer(LOAD_BALANCER, "application", "internet-facing");
+        let traffic: Vec<TargetGroup> = zones
+            .iter()
+            .map(|z| target_group(target_group_name(z), "HTTP", TRAFFIC_PORT))
+            .collect();
+        let last = traffic.len() - 1;
+        let weighted = forward(&traffic.iter().collect::<Vec<_>>(), &|i| if i == last { 100 } else { 0 });
+        let app_id = hex_id(LOAD_BALANCER);
+        let app_listener = arn(&format!("listener/app/{LOAD_BALANCER}/{app_id}/{}", hex_id("listener 80")));
         let rule = Rule {
             arn: arn(&format!(
-                "listener-rule/net/{LOAD_BALANCER}/{lb_id}/{}/{}",
-                hex_id("listener 5433"),
+                "listener-rule/app/{LOAD_BALANCER}/{app_id}/{}/{}",
+                hex_id("listener 80"),
                 hex_id("rule 10")
             )),
-            listener_arn: listener_arn.clone(),
+            listener_arn: app_listener.clone(),
             priority: RULE_PRIORITY.into(),
             conditions: vec![Condition {
                 field: "path-pattern".into(),
                 values: vec!["/waymark/*".into()],
             }],
-            actions: vec![forward.clone()],
+            actions: vec![weighted.clone()],
         };
+        // The YugabyteDB network load balancer: TCP 5433 to the zone-B nodes' target group.
+        let net = load_balancer(YB_LOAD_BALANCER, "network", "internal");
+        let yb: Vec<TargetGroup> = zones
+            .iter()
+            .map(|z| target_group(yb_target_group_name(z), "TCP", PORT))
+            .collect();
+        let yb_last = yb.len() - 1;
+        let yb_forward = forward(&[&yb[yb_last]], &|_| 1);
+        let net_listener = arn(&format!(
+            "listener/net/{YB_LOAD_BALANCER}/{}/{}",
+            hex_id(YB_LOAD_BALANCER),
+            hex_id("listener 5433")
+        ));
         State {
-            load_balancers: vec![load_balancer],
-            target_groups,
-            listeners: vec![Listener {
-                arn: listener_arn,
-                load_balancer_arn: lb_arn,
-                port: PORT,
-                protocol: "TCP".into(),
-                default_actions: vec![forward],
-            }],
+            listeners: vec![
+                Listener {
+                    arn: app_listener,
+                    load_balancer_arn: app.arn.clone(),
+                    port: TRAFFIC_PORT,
+                    protocol: "HTTP".into(),
+                    default_actions: vec![weighted],
+                },
+                Listener {
+                    arn: net_listener,
+                    load_balancer_arn: net.arn.clone(),
+                    port: PORT,
+                    protocol: "TCP".into(),
+                    default_actions: vec![yb_forward],
+                },
+            ],
+            load_balancers: vec![app, net],
+            target_groups: traffic.into_iter().chain(yb).collect(),
             rules: vec![rule],
             initial_ms: 300,
             failing_targets: BTreeSet::new(),

@@ -71,7 +71,11 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             zone_b_target_group_arn: tg("B"),
         },
         register: Register {
-            target_group_arn: tg("B"),
+            target_group_arn: estate
+                .elb
+                .target_group_arn(&elb::yb_target_group_name("B"))
+                .unwrap_or_default()
+                .to_owned(),
             target_id: estate.spec.new_target.clone(),
             port: Some(elb::PORT),
             availability_zone: None,

@@ -46,7 +46,10 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> std::io::Error {
 /// Loads the OpenSSH private key at `path`, or creates a new ed25519 key there (mode 0600).
 fn load_or_generate(path: &Path, comment: &str) -> std::io::Result<PrivateKey> {
     match std::fs::read_to_string(path) {
-        Ok(text) => return PrivateKey::from_openssh(text.trim()).map_err(|e| invalid(path, format!("not an OpenSSH private key: {e}"))),
+        Ok(text) => {
+            return PrivateKey::from_openssh(text.trim())
+                .map_err(|e| invalid(path, format!("not an OpenSSH private key: {e}")))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(invalid(path, e)),
     }
@@ -55,7 +58,8 @@ fn load_or_generate(path: &Path, comment: &str) -> std::io::Result<PrivateKey> {
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     key.set_comment(comment);
     let tmp = path.with_extension("tmp");
-    key.write_openssh_file(&tmp, LineEnding::LF).map_err(|e| invalid(&tmp, e))?;
+    key.write_openssh_file(&tmp, LineEnding::LF)
+        .map_err(|e| invalid(&tmp, e))?;
     std::fs::rename(&tmp, path)?;
     Ok(key)
 }
@@ -91,7 +95,11 @@ impl HostKeys {
     }
 
     /// Writes `DIR/known_hosts` with a `[127.0.0.1]:PORT key` line per address.
-    pub fn write_known_hosts<'a>(&self, dir: &Path, addrs: impl Iterator<Item = &'a SocketAddr>) -> std::io::Result<()> {
+    pub fn write_known_hosts<'a>(
+        &self,
+        dir: &Path,
+        addrs: impl Iterator<Item = &'a SocketAddr>,
+    ) -> std::io::Result<()> {
         let key = self.host_public_key()?;
         let mut text = String::new();
         for a in addrs {
@@ -134,7 +142,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
             match connection.shared.fault_for("ssh", &connection.node) {
                 Some(FaultKind::Drop) => return,
                 Some(FaultKind::Delay(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
-                Some(FaultKind::Exit(code, stderr)) => connection.pending_exit = Some((code, stderr)),
+                Some(FaultKind::Exit(code, stderr)) => {
+                    connection.pending_exit = Some((code, stderr));
+                }
                 _ => {}
             }
             let _ = socket.set_nodelay(true);
@@ -173,11 +183,19 @@ impl Connection {
 impl server::Handler for Connection {
     type Error = russh::Error;
 
-    async fn auth_publickey_offered(&mut self, _user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, russh::Error> {
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, russh::Error> {
         Ok(self.verdict(offer.public_key))
     }
 
-    async fn auth_publickey(&mut self, _user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, russh::Error> {
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, russh::Error> {
         Ok(self.verdict(key.public_key))
     }
 
@@ -191,7 +209,12 @@ impl server::Handler for Connection {
         Ok(())
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), russh::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let command = String::from_utf8_lossy(data).into_owned();
         let out = if let Some((exit, stderr)) = self.pending_exit.take() {
             ExecOutput {
@@ -200,7 +223,10 @@ impl server::Handler for Connection {
                 stderr,
             }
         } else {
-            match self.shared.fault_for("ssh", &format!("{} {command}", self.node)) {
+            match self
+                .shared
+                .fault_for("ssh", &format!("{} {command}", self.node))
+            {
                 // Returning an error ends the session: the connection closes without an answer.
                 Some(FaultKind::Drop) => return Err(russh::Error::Disconnect),
                 Some(FaultKind::Exit(exit, stderr)) => ExecOutput {

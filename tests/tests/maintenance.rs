@@ -56,7 +56,7 @@ fn check_completed_estate(dir: &Path) {
     let modifies = effects.iter().filter(|e| e.system == "elb" && e.action.starts_with("modify")).count();
     assert_eq!(modifies, 2, "traffic moved to A and back to B, once each");
     assert_eq!(traffic_and_replication(&st), ((0, 100), 2), "traffic 100% in zone B, MirrorMaker2 at its 2 replicas");
-    let b = st.elb.target_group_arn(&waymark_sandbox::elb::target_group_name("B")).unwrap().to_owned();
+    let b = st.elb.target_group_arn(&waymark_sandbox::elb::yb_target_group_name("B")).unwrap().to_owned();
     assert!(st.elb.registered(&b).contains(&st.spec.new_target), "the new node is in the zone-B target group");
 }
 
@@ -235,7 +235,7 @@ fn failure_at_each_step_after_traffic_moved_is_compensated_with_the_cause_in_his
         assert!(matches!(history.last(), Some(Event::RunFailed { .. })), "step {step}");
         let effects = read_effects(&data.join("sandbox"));
         if step == 6 {
-            let b = st.elb.target_group_arn(&waymark_sandbox::elb::target_group_name("B")).unwrap().to_owned();
+            let b = st.elb.target_group_arn(&waymark_sandbox::elb::yb_target_group_name("B")).unwrap().to_owned();
             assert!(!st.elb.registered(&b).contains(&st.spec.new_target), "step 6: no half-registered target left");
         }
         if step <= 2 {

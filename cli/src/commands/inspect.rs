@@ -1,89 +1,75 @@
-//! `ls`, `show`, `history`, `replay`, `verify`, `signal`: looking at runs and talking to them.
+//! `ls`, `show`, `history`, `replay`, `verify`, `signal`, `attach`: looking at runs and talking
+//! to them, through the daemon when one serves the data directory, else on the directory itself.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use waymark_engine::core::RunState;
-use waymark_engine::log::EventLog;
-use waymark_engine::runtime::ReplayVerdict;
+use hyper::Method;
 use waymark_engine::Payload;
 
-use super::{engine, find_run, open_log};
-use crate::display::{event_line, mermaid, summary, Labels};
+use super::{engine, replay_json, Target};
+use crate::api::{self, EventRow, FollowLine, RunList, VerifyReport};
+use crate::display::{self, mermaid_rows, Labels};
 use crate::env::{operator, usage};
 use crate::{HistoryOutput, Output};
 
 /// `waymark ls`.
-pub fn ls(data_dir: &Path, state: Option<&str>, workflow: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
-    const STATES: [&str; 6] = ["running", "compensating", "suspended", "completed", "failed", "cancelled"];
+pub async fn ls(data_dir: &Path, state: Option<&str>, workflow: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
     if let Some(s) = state {
-        if !STATES.contains(&s) {
-            return Err(usage(format!("unknown state {s:?}; use one of {}", STATES.join(", "))));
+        if !api::STATES.contains(&s) {
+            return Err(usage(format!("unknown state {s:?}; use one of {}", api::STATES.join(", "))));
         }
     }
-    let log = open_log(data_dir)?;
-    let mut rows = Vec::new();
-    let mut damaged = 0;
-    for run in log.runs()? {
-        let st = match log.read(run).map_err(anyhow::Error::from).and_then(|r| Ok(RunState::from_records(&r)?)) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("waymark: run {run}: {e:#} (`waymark verify {run}`)");
-                damaged += 1;
-                continue;
+    let list: RunList = match Target::open(data_dir).await? {
+        Target::Direct(log) => api::list(log.as_ref(), state, workflow)?,
+        Target::Daemon(c) => {
+            let mut q = Vec::new();
+            if let Some(s) = state {
+                q.push(format!("state={s}"));
             }
-        };
-        if state.is_some_and(|s| s != st.status.name()) || workflow.is_some_and(|w| w != st.workflow) {
-            continue;
+            if let Some(w) = workflow {
+                q.push(format!("workflow={w}"));
+            }
+            c.json(Method::GET, &format!("/v1/runs?{}", q.join("&")), None).await?
         }
-        rows.push(st);
+    };
+    for d in &list.damaged {
+        eprintln!("waymark: damaged history: {d} (`waymark verify`)");
     }
     match output {
-        Output::Json => {
-            let v: Vec<_> = rows
-                .iter()
-                .map(|s| {
-                    serde_json::json!({
-                        "run": s.run.to_string(), "workflow": s.workflow, "version": s.version,
-                        "state": s.status.name(), "started_by": s.started_by,
-                        "started_at": s.started_at.to_rfc3339(), "updated_at": s.updated_at.to_rfc3339(),
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list.runs)?),
         Output::Text => {
-            println!("{:<36}  {:<16} {:<13} {:<20} STARTED BY", "RUN", "WORKFLOW", "STATE", "STARTED");
-            for s in &rows {
+            println!("{:<36}  {:<18} {:<13} {:<20} STARTED BY", "RUN", "WORKFLOW", "STATE", "STARTED");
+            for r in &list.runs {
                 println!(
-                    "{:<36}  {:<16} {:<13} {:<20} {}",
-                    s.run,
-                    format!("{} v{}", s.workflow, s.version),
-                    s.status.name(),
-                    s.started_at.format("%Y-%m-%d %H:%M:%S"),
-                    s.started_by
+                    "{:<36}  {:<18} {:<13} {:<20} {}",
+                    r.run,
+                    format!("{} v{}", r.workflow, r.version),
+                    r.state,
+                    r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " "),
+                    r.started_by
                 );
             }
         }
     }
-    Ok(if damaged > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if list.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `waymark show RUN`.
-pub fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitCode> {
-    let log = open_log(data_dir)?;
-    let id = find_run(log.as_ref(), run)?;
-    let records = log.read(id)?;
-    let st = RunState::from_records(&records)?;
-    let v = summary(&st, &records);
+pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitCode> {
+    let v: serde_json::Value = match Target::open(data_dir).await? {
+        Target::Direct(log) => api::show(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
+        Target::Daemon(c) => c.json(Method::GET, &format!("/v1/runs/{run}"), None).await?,
+    };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Output::Text => {
-            println!("run       {}", v["run"].as_str().unwrap_or_default());
-            println!("workflow  {} v{}", st.workflow, st.version);
-            println!("state     {}{}", st.status.name(), if st.paused { " (paused)" } else { "" });
-            println!("started   {} by {}", st.started_at.format("%Y-%m-%d %H:%M:%S%.3f"), st.started_by);
-            println!("updated   {} ({} events)", st.updated_at.format("%Y-%m-%d %H:%M:%S%.3f"), st.events);
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            println!("run       {}", s("run"));
+            println!("workflow  {} v{}", s("workflow"), v["version"]);
+            println!("state     {}{}", s("state"), if v["paused"].as_bool() == Some(true) { " (paused)" } else { "" });
+            println!("started   {} by {}", s("started_at"), s("started_by"));
+            println!("updated   {} ({} events, {:.1} s)", s("updated_at"), v["events"], v["duration_s"].as_f64().unwrap_or(0.0));
             if let Some(c) = v["current_step"].as_str() {
                 println!("current   {c}");
             }
@@ -91,14 +77,14 @@ pub fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitCo
                 println!("outcome   {o}");
             }
             println!("steps:");
-            for s in v["steps"].as_array().into_iter().flatten() {
+            for st in v["steps"].as_array().into_iter().flatten() {
                 println!(
                     "  {:<10} {:<60} attempts {:<2} {}{}",
-                    s["status"].as_str().unwrap_or_default(),
-                    s["label"].as_str().unwrap_or_default(),
-                    s["attempts"],
-                    s["duration_s"].as_f64().map_or(String::new(), |d| format!("{d:.2} s")),
-                    s["error"].as_str().map_or(String::new(), |e| format!("  error: {e}")),
+                    st["status"].as_str().unwrap_or_default(),
+                    st["label"].as_str().unwrap_or_default(),
+                    st["attempts"],
+                    st["duration_s"].as_f64().map_or(String::new(), |d| format!("{d:.2} s")),
+                    st["error"].as_str().map_or(String::new(), |e| format!("  error: {e}")),
                 );
             }
         }
@@ -107,103 +93,133 @@ pub fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitCo
 }
 
 /// `waymark history RUN`.
-pub fn history(data_dir: &Path, run: &str, output: HistoryOutput) -> anyhow::Result<ExitCode> {
-    let log = open_log(data_dir)?;
-    let id = find_run(log.as_ref(), run)?;
-    let records = log.read(id)?;
+pub async fn history(data_dir: &Path, run: &str, output: HistoryOutput) -> anyhow::Result<ExitCode> {
+    let rows: Vec<EventRow> = match Target::open(data_dir).await? {
+        Target::Direct(log) => api::history(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
+        Target::Daemon(c) => c.json(Method::GET, &format!("/v1/runs/{run}/history"), None).await?,
+    };
     match output {
         HistoryOutput::Text => {
             let mut labels = Labels::default();
-            for r in &records {
-                println!("{}", event_line(r, &mut labels));
+            for r in &rows {
+                println!("{}", display::line(r.seq, r.at, &r.event, &mut labels));
             }
         }
-        HistoryOutput::Json => {
-            let v: Vec<_> = records
-                .iter()
-                .map(|r| {
-                    serde_json::json!({
-                        "seq": r.seq, "at": r.at.to_rfc3339(), "kind": r.event.kind(),
-                        "event": r.event, "hash": hex(&r.hash),
-                    })
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&v)?);
-        }
-        HistoryOutput::Mermaid => print!("{}", mermaid(&records)),
+        HistoryOutput::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+        HistoryOutput::Mermaid => print!("{}", mermaid_rows(&rows)),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// `waymark replay RUN`.
 pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
-    let log = open_log(data_dir)?;
-    let id = find_run(log.as_ref(), run)?;
-    let report = engine(log).replay(id).await?;
+    let v: serde_json::Value = match Target::open(data_dir).await? {
+        Target::Direct(log) => {
+            let id = api::find_run(log.as_ref(), run)?;
+            replay_json(&engine(log).replay(id).await?)
+        }
+        Target::Daemon(c) => c.json(Method::GET, &format!("/v1/runs/{run}/replay"), None).await?,
+    };
     println!(
         "run {} ({} v{}): {} events, {} commands replayed",
-        report.run, report.workflow, report.version, report.events, report.positions
+        v["run"].as_str().unwrap_or_default(),
+        v["workflow"].as_str().unwrap_or_default(),
+        v["version"],
+        v["events"],
+        v["positions"]
     );
-    match report.verdict {
-        ReplayVerdict::Deterministic => {
-            println!("deterministic: the code reproduces every recorded step and the outcome");
-            Ok(ExitCode::SUCCESS)
-        }
-        ReplayVerdict::InProgress { next } => {
-            println!("deterministic so far (the run is unfinished); next it would: {next}");
-            Ok(ExitCode::SUCCESS)
-        }
-        ReplayVerdict::Diverged(waymark_engine::event::SuspendReason::Nondeterminism { position, recorded, new }) => {
-            println!("NOT deterministic at command {position}:");
-            println!("  recorded: {recorded}");
-            println!("  code now: {new}");
-            Ok(ExitCode::from(1))
-        }
-        ReplayVerdict::OutcomeDiffers { recorded, replayed } => {
-            println!("NOT deterministic: the outcome differs");
-            println!("  recorded: {recorded}");
-            println!("  code now: {replayed}");
-            Ok(ExitCode::from(1))
-        }
+    println!("{}", v["verdict"].as_str().unwrap_or_default());
+    if let (Some(rec), Some(new)) = (v["recorded"].as_str(), v["new"].as_str()) {
+        println!("  recorded: {rec}");
+        println!("  code now: {new}");
     }
+    Ok(if v["deterministic"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `waymark verify [RUN]`.
-pub fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCode> {
-    let log = open_log(data_dir)?;
-    let runs = match run {
-        Some(r) => vec![find_run(log.as_ref(), r)?],
-        None => log.runs()?,
-    };
-    let mut faults = 0;
-    let mut events = 0;
-    for r in &runs {
-        match log.read(*r) {
-            Ok(recs) => events += recs.len(),
-            Err(e) => {
-                faults += 1;
-                println!("FAULT {e}");
-            }
+pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCode> {
+    let report: VerifyReport = match Target::open(data_dir).await? {
+        Target::Direct(log) => {
+            let id = match run {
+                Some(r) => Some(api::find_run(log.as_ref(), r)?),
+                None => None,
+            };
+            api::verify(log.as_ref(), id)?
         }
+        Target::Daemon(c) => {
+            let q = run.map_or(String::new(), |r| format!("?run={r}"));
+            c.json(Method::GET, &format!("/v1/verify{q}"), None).await?
+        }
+    };
+    for f in &report.faults {
+        println!("FAULT {f}");
     }
     println!(
-        "{} runs, {events} events verified (checksums and hash chains); {faults} with faults",
-        runs.len()
+        "{} runs, {} events verified (checksums and hash chains); {} with faults",
+        report.runs,
+        report.events,
+        report.faults.len()
     );
-    Ok(if faults == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.faults.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `waymark signal RUN SIGNAL`.
 pub async fn signal(data_dir: &Path, run: &str, name: &str, reason: Option<String>) -> anyhow::Result<ExitCode> {
-    let log = open_log(data_dir)?;
-    let id = find_run(log.as_ref(), run)?;
-    let engine = engine(log);
-    let payload = Payload::encode(&reason.unwrap_or_default())?;
-    engine.signal(id, name, payload, &operator()).await?;
-    println!("signal {name} recorded for run {id}; it takes effect when the run is resumed (`waymark resume {id}`)");
+    match Target::open(data_dir).await? {
+        Target::Direct(log) => {
+            let id = api::find_run(log.as_ref(), run)?;
+            let payload = Payload::encode(&reason.unwrap_or_default())?;
+            engine(log).signal(id, name, payload, &operator()).await?;
+            println!("signal {name} recorded for run {id}; no daemon runs here, so it takes effect when the run is resumed (`waymark resume {id}`)");
+        }
+        Target::Daemon(c) => {
+            let v: serde_json::Value = c
+                .json(
+                    Method::POST,
+                    &format!("/v1/runs/{run}/signal"),
+                    Some(serde_json::json!({ "signal": name, "reason": reason })),
+                )
+                .await?;
+            println!("signal {name} delivered to run {}", v["run"].as_str().unwrap_or(run));
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Follows a run through the daemon, printing events and progress; Ctrl-C only detaches.
+pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Result<ExitCode> {
+    let mut labels = Labels::default();
+    let mut code = None;
+    let mut last_progress = std::time::Instant::now() - std::time::Duration::from_secs(10);
+    let follow = c.follow(run, |line| {
+        match line {
+            FollowLine::Event(r) => eprintln!("{}", display::line(r.seq, r.at, &r.event, &mut labels)),
+            FollowLine::Progress { label, message } => {
+                if last_progress.elapsed() >= std::time::Duration::from_millis(900) {
+                    eprintln!("             ... {label}: {message}");
+                    last_progress = std::time::Instant::now();
+                }
+            }
+            FollowLine::End { outcome, code: c } => {
+                println!("{outcome}");
+                code = Some(c);
+                return false;
+            }
+        }
+        true
+    });
+    tokio::select! {
+        r = follow => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("detached; the run goes on in the daemon (`waymark attach {run}` to follow it again)");
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    match code {
+        Some(c) => Ok(ExitCode::from(c)),
+        None => {
+            eprintln!("the daemon closed the stream before the run ended; `waymark attach {run}` to follow it again");
+            Ok(ExitCode::from(1))
+        }
+    }
 }

@@ -4,17 +4,20 @@ mod demo;
 mod inspect;
 mod runs;
 mod sandbox;
+mod schedules;
 
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use waymark_engine::event::SuspendReason;
 use waymark_engine::log::sled::SledBackend;
-use waymark_engine::log::{EventLog, Log};
+use waymark_engine::log::Log;
+use waymark_engine::runtime::{ReplayReport, ReplayVerdict};
 use waymark_engine::{Engine, RunId, RunOutcome};
 
-use crate::env::usage;
+use crate::client::Client;
 use crate::{Command, SandboxCommand};
 
 /// Runs a command.
@@ -32,11 +35,37 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             state,
             workflow,
             output,
-        } => inspect::ls(&data_dir, state.as_deref(), workflow.as_deref(), output),
-        Command::Show { run, output } => inspect::show(&data_dir, &run, output),
-        Command::History { run, output } => inspect::history(&data_dir, &run, output),
+        } => inspect::ls(&data_dir, state.as_deref(), workflow.as_deref(), output).await,
+        Command::Show { run, output } => inspect::show(&data_dir, &run, output).await,
+        Command::History { run, output } => inspect::history(&data_dir, &run, output).await,
         Command::Replay { run } => inspect::replay(&data_dir, &run).await,
-        Command::Verify { run } => inspect::verify(&data_dir, run.as_deref()),
+        Command::Verify { run } => inspect::verify(&data_dir, run.as_deref()).await,
+        Command::Start {
+            workflow,
+            inventory,
+            detach,
+        } => runs::start(&data_dir, &workflow, &inventory, detach).await,
+        Command::Attach { run } => runs::attach(&data_dir, &run).await,
+        Command::Daemon { listen_tcp, token_file } => {
+            crate::daemon::run(crate::daemon::Options {
+                data_dir,
+                tcp: listen_tcp,
+                token_file,
+                tick: std::time::Duration::from_secs(5),
+            })
+            .await
+        }
+        Command::Schedule { command } => schedules::command(&data_dir, command).await,
+        Command::Completions { shell } => {
+            let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "waymark", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            let cmd = <crate::Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Signal { run, signal, reason } => inspect::signal(&data_dir, &run, &signal, reason).await,
         Command::Sandbox {
             command: SandboxCommand::Up { dir, faster },
@@ -55,32 +84,56 @@ pub fn engine(log: Arc<Log<SledBackend>>) -> Engine {
     waymark_workflows::register(Engine::builder(log)).build()
 }
 
-/// Finds a run by id or unique prefix.
-pub fn find_run(log: &dyn EventLog, text: &str) -> anyhow::Result<RunId> {
-    if let Ok(id) = text.parse::<RunId>() {
-        return Ok(id);
-    }
-    let matches: Vec<RunId> = log
-        .runs()?
-        .into_iter()
-        .filter(|r| r.to_string().starts_with(text))
-        .collect();
-    match matches.as_slice() {
-        [one] => Ok(*one),
-        [] => Err(usage(format!("no run matches {text:?}; `waymark ls` lists the runs"))),
-        many => Err(usage(format!(
-            "{text:?} matches {} runs; give more of the id (`waymark ls`)",
-            many.len()
-        ))),
+pub use crate::api::find_run;
+
+/// Where a command's data comes from: the daemon serving the data directory, or the directory.
+pub enum Target {
+    /// No daemon: the CLI opens the log itself (and holds its lock meanwhile).
+    Direct(Arc<Log<SledBackend>>),
+    /// A daemon answers on the directory's socket.
+    Daemon(Client),
+}
+
+impl Target {
+    /// The daemon if one answers, else the directory.
+    pub async fn open(data_dir: &Path) -> anyhow::Result<Target> {
+        match Client::connect(data_dir).await? {
+            Some(c) => Ok(Target::Daemon(c)),
+            None => Ok(Target::Direct(open_log(data_dir)?)),
+        }
     }
 }
 
 /// Exit code for how a run ended.
 pub fn outcome_code(outcome: &RunOutcome) -> ExitCode {
+    ExitCode::from(outcome_code_u8(outcome))
+}
+
+/// Exit code for how a run ended, as a number.
+pub fn outcome_code_u8(outcome: &RunOutcome) -> u8 {
     match outcome {
-        RunOutcome::Completed(_) => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
+        RunOutcome::Completed(_) => 0,
+        _ => 1,
     }
+}
+
+/// A replay report as the CLI prints it (and the daemon sends it).
+pub fn replay_json(r: &ReplayReport) -> serde_json::Value {
+    let (deterministic, verdict, recorded, new) = match &r.verdict {
+        ReplayVerdict::Deterministic => (true, "deterministic: the code reproduces every recorded step and the outcome".to_owned(), None, None),
+        ReplayVerdict::InProgress { next } => (true, format!("deterministic so far (the run is unfinished); next it would: {next}"), None, None),
+        ReplayVerdict::Diverged(SuspendReason::Nondeterminism { position, recorded, new }) => {
+            (false, format!("NOT deterministic at command {position}:"), Some(recorded.clone()), Some(new.clone()))
+        }
+        ReplayVerdict::OutcomeDiffers { recorded, replayed } => {
+            (false, "NOT deterministic: the outcome differs".to_owned(), Some(recorded.clone()), Some(replayed.clone()))
+        }
+    };
+    serde_json::json!({
+        "run": r.run.to_string(), "workflow": r.workflow, "version": r.version, "events": r.events,
+        "positions": r.positions, "deterministic": deterministic, "verdict": verdict,
+        "recorded": recorded, "new": new,
+    })
 }
 
 /// One line for how a run ended.

@@ -27,6 +27,7 @@ fn check_workflow(workflow: &str) -> anyhow::Result<()> {
 pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::Result<ExitCode> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
+    refuse_if_daemon(data_dir, "start the run there with `waymark start` (it survives your disconnecting)").await?;
     let log = open_log(data_dir)?;
     let engine = engine(log);
     let input = Payload::encode(&inv)?;
@@ -40,6 +41,7 @@ pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::R
 
 /// `waymark resume [RUN]`.
 pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCode> {
+    refuse_if_daemon(data_dir, "the daemon resumes unfinished runs itself; `waymark attach RUN` follows one").await?;
     let log = open_log(data_dir)?;
     let engine = engine(log.clone());
     let runs = match run {
@@ -86,4 +88,53 @@ pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::R
         Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `waymark start WORKFLOW --inventory FILE [--detach]`: through the daemon.
+pub async fn start(data_dir: &Path, workflow: &str, inventory: &Path, detach: bool) -> anyhow::Result<ExitCode> {
+    check_workflow(workflow)?;
+    let inv = Inventory::load(inventory)?;
+    let Some(client) = crate::client::Client::connect(data_dir).await? else {
+        return Err(usage(format!(
+            "no daemon serves {}: start one (`waymark daemon --data-dir {}`), or run in the foreground with `waymark run`",
+            data_dir.display(),
+            data_dir.display()
+        )));
+    };
+    let v: serde_json::Value = client
+        .json(
+            hyper::Method::POST,
+            "/v1/runs",
+            Some(serde_json::json!({ "workflow": workflow, "inventory": inv })),
+        )
+        .await?;
+    let run = v["run"].as_str().unwrap_or_default().to_owned();
+    println!("{run}");
+    if detach {
+        eprintln!("run {run} started in the daemon; `waymark attach {run}` follows it");
+        return Ok(ExitCode::SUCCESS);
+    }
+    super::inspect::attach_daemon(&client, &run).await
+}
+
+/// `waymark attach RUN`.
+pub async fn attach(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
+    match crate::client::Client::connect(data_dir).await? {
+        Some(c) => super::inspect::attach_daemon(&c, run).await,
+        None => {
+            eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
+            super::inspect::history(data_dir, run, crate::HistoryOutput::Text).await
+        }
+    }
+}
+
+/// Refuses foreground work while a daemon owns the directory.
+pub async fn refuse_if_daemon(data_dir: &Path, what: &str) -> anyhow::Result<()> {
+    if crate::client::Client::connect(data_dir).await?.is_some() {
+        return Err(usage(format!(
+            "a daemon serves {}: {what}",
+            data_dir.display()
+        )));
+    }
+    Ok(())
 }
