@@ -526,26 +526,42 @@ impl Activity for WaitLoadBalancer {
                 if out.exit_status != 0 {
                     return Err(Error::YbAdmin {
                         host,
-                        detail: format!("`{cmd}` exited {}: {}", out.exit_status, out.stderr.trim()),
+                        detail: format!(
+                            "`{cmd}` exited {}: {}",
+                            out.exit_status,
+                            out.stderr.trim()
+                        ),
                     });
                 }
                 Ok(out.stdout)
             }
         };
-        poll(&ctx, "load balancer idle", i.timeout_secs, i.poll_ms, || async {
-            let progress = run(admin("get_load_move_completion")).await?;
-            let pct = parse_load_move_completion(&progress);
-            let idle_out = run(admin("get_is_load_balancer_idle")).await?;
-            let idle = parse_is_idle(&idle_out).ok_or_else(|| Error::YbAdmin {
-                host: host.clone(),
-                detail: format!("unexpected output of get_is_load_balancer_idle: {idle_out:?}"),
-            })?;
-            let line = match pct {
-                Some((p, r, t)) => format!("load balancer {p:.1}% done ({r} of {t} moves remaining)"),
-                None => "load balancer progress unknown".to_owned(),
-            };
-            Ok(if idle { Poll::Ready(format!("load balancer idle; {line}")) } else { Poll::Pending(line) })
-        })
+        poll(
+            &ctx,
+            "load balancer idle",
+            i.timeout_secs,
+            i.poll_ms,
+            || async {
+                let progress = run(admin("get_load_move_completion")).await?;
+                let pct = parse_load_move_completion(&progress);
+                let idle_out = run(admin("get_is_load_balancer_idle")).await?;
+                let idle = parse_is_idle(&idle_out).ok_or_else(|| Error::YbAdmin {
+                    host: host.clone(),
+                    detail: format!("unexpected output of get_is_load_balancer_idle: {idle_out:?}"),
+                })?;
+                let line = match pct {
+                    Some((p, r, t)) => {
+                        format!("load balancer {p:.1}% done ({r} of {t} moves remaining)")
+                    }
+                    None => "load balancer progress unknown".to_owned(),
+                };
+                Ok(if idle {
+                    Poll::Ready(format!("load balancer idle; {line}"))
+                } else {
+                    Poll::Pending(line)
+                })
+            },
+        )
         .await
         .map_err(Into::into)
     }

@@ -38,20 +38,37 @@ pub struct RunList {
 }
 
 /// The states `ls --state` accepts.
-pub const STATES: [&str; 6] = ["running", "compensating", "suspended", "completed", "failed", "cancelled"];
+pub const STATES: [&str; 6] = [
+    "running",
+    "compensating",
+    "suspended",
+    "completed",
+    "failed",
+    "cancelled",
+];
 
 /// Lists runs, filtered.
-pub fn list(log: &dyn EventLog, state: Option<&str>, workflow: Option<&str>) -> anyhow::Result<RunList> {
+pub fn list(
+    log: &dyn EventLog,
+    state: Option<&str>,
+    workflow: Option<&str>,
+) -> anyhow::Result<RunList> {
     let mut out = RunList::default();
     for run in log.runs()? {
-        let st = match log.read(run).map_err(anyhow::Error::from).and_then(|r| Ok(RunState::from_records(&r)?)) {
+        let st = match log
+            .read(run)
+            .map_err(anyhow::Error::from)
+            .and_then(|r| Ok(RunState::from_records(&r)?))
+        {
             Ok(s) => s,
             Err(e) => {
                 out.damaged.push(format!("{run}: {e:#}"));
                 continue;
             }
         };
-        if state.is_some_and(|s| s != st.status.name()) || workflow.is_some_and(|w| w != st.workflow) {
+        if state.is_some_and(|s| s != st.status.name())
+            || workflow.is_some_and(|w| w != st.workflow)
+        {
             continue;
         }
         out.runs.push(RunRow {
@@ -148,7 +165,9 @@ pub fn find_run(log: &dyn EventLog, text: &str) -> anyhow::Result<RunId> {
         .collect();
     match matches.as_slice() {
         [one] => Ok(*one),
-        [] => Err(crate::env::usage(format!("no run matches {text:?}; `waymark ls` lists the runs"))),
+        [] => Err(crate::env::usage(format!(
+            "no run matches {text:?}; `waymark ls` lists the runs"
+        ))),
         many => Err(crate::env::usage(format!(
             "{text:?} matches {} runs; give more of the id (`waymark ls`)",
             many.len()

@@ -37,11 +37,17 @@ impl Client {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .with_context(|| format!("connecting to the daemon at {}", self.socket.display()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -59,7 +65,12 @@ impl Client {
     }
 
     /// A JSON request; an error answer becomes an error with the daemon's message and exit code.
-    pub async fn json<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<T> {
+    pub async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
         let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
@@ -76,8 +87,14 @@ impl Client {
     }
 
     /// Follows a run's stream, calling `f` for each line, until the run ends or `f` says stop.
-    pub async fn follow(&self, run: &str, mut f: impl FnMut(FollowLine) -> bool) -> anyhow::Result<()> {
-        let resp = self.send(Method::GET, &format!("/v1/runs/{run}/follow"), None).await?;
+    pub async fn follow(
+        &self,
+        run: &str,
+        mut f: impl FnMut(FollowLine) -> bool,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .send(Method::GET, &format!("/v1/runs/{run}/follow"), None)
+            .await?;
         if !resp.status().is_success() {
             let bytes = resp.into_body().collect().await?.to_bytes();
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();

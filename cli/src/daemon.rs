@@ -27,7 +27,7 @@ use tokio::net::{TcpListener, UnixListener};
 use waymark_engine::core::RunState;
 use waymark_engine::event::{Event, Record};
 use waymark_engine::log::{self, EventLog};
-use waymark_engine::{Engine, Payload, RunId, RunOutcome};
+use waymark_engine::{Engine, Payload, RunId};
 use waymark_workflows::Inventory;
 
 use crate::api::{self, FollowLine};
@@ -112,15 +112,22 @@ pub struct MeteredLog {
 }
 
 impl EventLog for MeteredLog {
-    fn append(&self, run: RunId, events: Vec<Event>) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
+    fn append(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
         let m = self.metrics.clone();
         for e in &events {
             match e {
                 Event::StepScheduled { .. } => m.steps.fetch_add(1, Ordering::Relaxed),
                 Event::AttemptFailed {
-                    next_retry_at: Some(_), ..
+                    next_retry_at: Some(_),
+                    ..
                 } => m.retries.fetch_add(1, Ordering::Relaxed),
-                Event::CompensationStarted { .. } => m.compensations.fetch_add(1, Ordering::Relaxed),
+                Event::CompensationStarted { .. } => {
+                    m.compensations.fetch_add(1, Ordering::Relaxed)
+                }
                 _ => 0,
             };
         }
@@ -158,6 +165,7 @@ pub struct Daemon {
     own_uid: u32,
     token: Option<String>,
     schedules_path: PathBuf,
+    schedules: Mutex<waymark_cli::schedule::ScheduleBook>,
     /// Cluster of each run this daemon knows to be unfinished (the per-cluster lock).
     clusters: Mutex<BTreeMap<RunId, String>>,
 }
@@ -169,7 +177,11 @@ struct ApiError(StatusCode, u8, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.2, "code": self.1 }))).into_response()
+        (
+            self.0,
+            Json(serde_json::json!({ "error": self.2, "code": self.1 })),
+        )
+            .into_response()
     }
 }
 
@@ -190,7 +202,10 @@ fn check_peer(d: &Daemon, peer: &Peer) -> Result<(), ApiError> {
         Some(uid) if uid != d.own_uid && uid != 0 => Err(ApiError(
             StatusCode::FORBIDDEN,
             2,
-            format!("uid {uid} may not use this daemon (it runs as uid {})", d.own_uid),
+            format!(
+                "uid {uid} may not use this daemon (it runs as uid {})",
+                d.own_uid
+            ),
         )),
         _ => Ok(()),
     }
@@ -202,9 +217,18 @@ struct ListQuery {
     workflow: Option<String>,
 }
 
-async fn list(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+async fn list(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
-    Ok(Json(api::list(d.log.as_ref(), q.state.as_deref(), q.workflow.as_deref())?).into_response())
+    Ok(Json(api::list(
+        d.log.as_ref(),
+        q.state.as_deref(),
+        q.workflow.as_deref(),
+    )?)
+    .into_response())
 }
 
 #[derive(Deserialize)]
@@ -213,14 +237,23 @@ struct StartBody {
     inventory: Inventory,
 }
 
-async fn start(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, Json(b): Json<StartBody>) -> Result<Response, ApiError> {
+async fn start(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    Json(b): Json<StartBody>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let run = start_run(&d, &b.workflow, &b.inventory, &p.operator).await?;
     Ok(Json(serde_json::json!({ "run": run.to_string() })).into_response())
 }
 
 /// Starts a run unless its cluster already has one going.
-async fn start_run(d: &Daemon, workflow: &str, inv: &Inventory, by: &str) -> Result<RunId, ApiError> {
+async fn start_run(
+    d: &Daemon,
+    workflow: &str,
+    inv: &Inventory,
+    by: &str,
+) -> Result<RunId, ApiError> {
     refresh_clusters(d);
     let busy = d
         .clusters
@@ -239,13 +272,17 @@ async fn start_run(d: &Daemon, workflow: &str, inv: &Inventory, by: &str) -> Res
             ),
         ));
     }
-    let input = Payload::encode(inv).map_err(|e| ApiError(StatusCode::BAD_REQUEST, 2, e.to_string()))?;
+    let input =
+        Payload::encode(inv).map_err(|e| ApiError(StatusCode::BAD_REQUEST, 2, e.to_string()))?;
     let run = d
         .engine
         .start_named(workflow, input, by)
         .await
         .map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
-    d.clusters.lock().expect("clusters lock").insert(run, inv.cluster.name.clone());
+    d.clusters
+        .lock()
+        .expect("clusters lock")
+        .insert(run, inv.cluster.name.clone());
     Ok(run)
 }
 
@@ -272,13 +309,21 @@ fn run_id(d: &Daemon, text: &str) -> Result<RunId, ApiError> {
     api::find_run(d.log.as_ref(), text).map_err(ApiError::from)
 }
 
-async fn show(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPath(run): AxPath<String>) -> Result<Response, ApiError> {
+async fn show(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    AxPath(run): AxPath<String>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     Ok(Json(api::show(d.log.as_ref(), id)?).into_response())
 }
 
-async fn history(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPath(run): AxPath<String>) -> Result<Response, ApiError> {
+async fn history(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    AxPath(run): AxPath<String>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     Ok(Json(api::history(d.log.as_ref(), id)?).into_response())
@@ -299,9 +344,14 @@ async fn signal(
     check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     if !["approve", "pause", "resume", "cancel"].contains(&b.signal.as_str()) {
-        return Err(ApiError(StatusCode::BAD_REQUEST, 2, format!("unknown signal {:?}", b.signal)));
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            2,
+            format!("unknown signal {:?}", b.signal),
+        ));
     }
-    let payload = Payload::encode(&b.reason.unwrap_or_default()).map_err(|e| ApiError(StatusCode::BAD_REQUEST, 2, e.to_string()))?;
+    let payload = Payload::encode(&b.reason.unwrap_or_default())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, 2, e.to_string()))?;
     d.engine
         .signal(id, &b.signal, payload, &p.operator)
         .await
@@ -309,10 +359,18 @@ async fn signal(
     Ok(Json(serde_json::json!({ "run": id.to_string(), "signal": b.signal })).into_response())
 }
 
-async fn replay(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPath(run): AxPath<String>) -> Result<Response, ApiError> {
+async fn replay(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    AxPath(run): AxPath<String>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
-    let report = d.engine.replay(id).await.map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
+    let report = d
+        .engine
+        .replay(id)
+        .await
+        .map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
     Ok(Json(crate::commands::replay_json(&report)).into_response())
 }
 
@@ -321,7 +379,11 @@ struct VerifyQuery {
     run: Option<String>,
 }
 
-async fn verify(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, Query(q): Query<VerifyQuery>) -> Result<Response, ApiError> {
+async fn verify(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    Query(q): Query<VerifyQuery>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let run = match q.run {
         Some(r) => Some(run_id(&d, &r)?),
@@ -332,7 +394,11 @@ async fn verify(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, Quer
 
 /// The history so far, then live events and progress, then how the run ended: one JSON line each.
 /// A client that goes away only stops its own stream; the run goes on.
-async fn follow(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPath(run): AxPath<String>) -> Result<Response, ApiError> {
+async fn follow(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    AxPath(run): AxPath<String>,
+) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
@@ -349,7 +415,9 @@ async fn follow(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPa
         let mut records = engine.subscribe(id);
         let mut progress = engine.progress(id);
         let mut last: Option<u64> = None;
-        let Ok(history) = engine.log().read(id) else { return };
+        let Ok(history) = engine.log().read(id) else {
+            return;
+        };
         for r in &history {
             if !send(FollowLine::Event(api::EventRow::from(r))).await {
                 return;
@@ -391,7 +459,11 @@ async fn follow(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPa
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|s| (Ok::<_, Infallible>(Bytes::from(s)), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|s| (Ok::<_, Infallible>(Bytes::from(s)), rx))
+    });
     Ok(Response::builder()
         .header("content-type", "application/x-ndjson")
         .body(Body::from_stream(stream))
@@ -399,23 +471,42 @@ async fn follow(State(d): State<Shared>, ConnectInfo(p): ConnectInfo<Peer>, AxPa
 }
 
 async fn metrics(State(d): State<Shared>) -> Response {
-    let mut by_state: BTreeMap<String, u64> = api::STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+    let mut by_state: BTreeMap<String, u64> =
+        api::STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
     if let Ok(list) = api::list(d.log.as_ref(), None, None) {
         for r in list.runs {
             *by_state.entry(r.state).or_default() += 1;
         }
     }
     let m = &d.metrics;
-    let mut out = String::from("# HELP waymark_runs Runs in the log by state.\n# TYPE waymark_runs gauge\n");
+    let mut out =
+        String::from("# HELP waymark_runs Runs in the log by state.\n# TYPE waymark_runs gauge\n");
     for (s, n) in by_state {
         out.push_str(&format!("waymark_runs{{state=\"{s}\"}} {n}\n"));
     }
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"));
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
+        ));
     };
-    counter(&mut out, "waymark_steps_total", "Steps scheduled since the daemon started.", m.steps.load(Ordering::Relaxed));
-    counter(&mut out, "waymark_retries_total", "Attempts that failed and were retried.", m.retries.load(Ordering::Relaxed));
-    counter(&mut out, "waymark_compensations_total", "Runs that started compensating.", m.compensations.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "waymark_steps_total",
+        "Steps scheduled since the daemon started.",
+        m.steps.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "waymark_retries_total",
+        "Attempts that failed and were retried.",
+        m.retries.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "waymark_compensations_total",
+        "Runs that started compensating.",
+        m.compensations.load(Ordering::Relaxed),
+    );
     out.push_str("# HELP waymark_append_seconds Latency of durable appends to the event log.\n# TYPE waymark_append_seconds histogram\n");
     for (i, b) in BUCKETS_US.iter().enumerate() {
         out.push_str(&format!(
@@ -425,13 +516,23 @@ async fn metrics(State(d): State<Shared>) -> Response {
         ));
     }
     let n = m.appends.load(Ordering::Relaxed);
-    out.push_str(&format!("waymark_append_seconds_bucket{{le=\"+Inf\"}} {n}\n"));
-    out.push_str(&format!("waymark_append_seconds_sum {}\n", m.append_micros.load(Ordering::Relaxed) as f64 / 1e6));
+    out.push_str(&format!(
+        "waymark_append_seconds_bucket{{le=\"+Inf\"}} {n}\n"
+    ));
+    out.push_str(&format!(
+        "waymark_append_seconds_sum {}\n",
+        m.append_micros.load(Ordering::Relaxed) as f64 / 1e6
+    ));
     out.push_str(&format!("waymark_append_seconds_count {n}\n"));
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
-async fn require_token(State(d): State<Shared>, headers: HeaderMap, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn require_token(
+    State(d): State<Shared>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -443,7 +544,12 @@ async fn require_token(State(d): State<Shared>, headers: HeaderMap, req: axum::e
     if ok {
         next.run(req).await
     } else {
-        ApiError(StatusCode::UNAUTHORIZED, 2, "missing or wrong bearer token".into()).into_response()
+        ApiError(
+            StatusCode::UNAUTHORIZED,
+            2,
+            "missing or wrong bearer token".into(),
+        )
+        .into_response()
     }
 }
 
@@ -491,7 +597,9 @@ fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let durable = crate::commands::open_log(&opts.data_dir).map_err(|e| {
-        anyhow::anyhow!("{e:#}; if a daemon is already running on this directory, use it (`waymark ls`)")
+        anyhow::anyhow!(
+            "{e:#}; if a daemon is already running on this directory, use it (`waymark ls`)"
+        )
     })?;
     let metrics = Arc::new(Metrics::default());
     let log: Arc<dyn EventLog> = Arc::new(MeteredLog {
@@ -501,21 +609,34 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let engine = waymark_workflows::register(Engine::builder(log.clone())).build();
     let report = engine.resume_all()?;
     tracing::info!(resumed = report.resumed.len(), "resumed unfinished runs");
-    eprintln!("waymark daemon: resumed {} unfinished run(s)", report.resumed.len());
+    eprintln!(
+        "waymark daemon: resumed {} unfinished run(s)",
+        report.resumed.len()
+    );
     for (run, e) in &report.refused {
         eprintln!("waymark daemon: run {run} not resumed: {e}");
     }
     let token = match &opts.token_file {
         Some(f) => {
-            let t = std::fs::read_to_string(f).with_context(|| format!("reading the token file {}", f.display()))?;
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("reading the token file {}", f.display()))?;
             let t = t.trim().to_owned();
-            anyhow::ensure!(t.len() >= 16, "the token in {} is too short (16 characters at least)", f.display());
+            anyhow::ensure!(
+                t.len() >= 16,
+                "the token in {} is too short (16 characters at least)",
+                f.display()
+            );
             Some(t)
         }
         None => None,
     };
-    anyhow::ensure!(opts.tcp.is_none() || token.is_some(), "--listen-tcp needs --token-file: TCP clients must present a bearer token");
+    anyhow::ensure!(
+        opts.tcp.is_none() || token.is_some(),
+        "--listen-tcp needs --token-file: TCP clients must present a bearer token"
+    );
     let schedules_path = opts.data_dir.join("schedules.json");
+    let book = waymark_cli::schedule::ScheduleBook::load(&schedules_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     #[allow(unsafe_code)]
     // SAFETY: getuid(2) has no preconditions.
     let own_uid = unsafe { libc::getuid() };
@@ -526,6 +647,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         own_uid,
         token,
         schedules_path,
+        schedules: Mutex::new(book),
         clusters: Mutex::new(BTreeMap::new()),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -536,16 +658,27 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let unix = bind_owner_only(&sock)?;
     let app = router(d.clone()).with_state(d.clone());
     let unix_task = tokio::spawn(
-        axum::serve(unix, app.clone().into_make_service_with_connect_info::<Peer>())
-            .with_graceful_shutdown(stopped(stop_rx.clone()))
-            .into_future(),
+        axum::serve(
+            unix,
+            app.clone().into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
     );
     let tcp_task = match opts.tcp {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-            eprintln!("waymark daemon: TCP API on {} (bearer token required)", l.local_addr()?);
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            eprintln!(
+                "waymark daemon: TCP API on {} (bearer token required)",
+                l.local_addr()?
+            );
             let app = router(d.clone())
-                .layer(axum::middleware::from_fn_with_state(d.clone(), require_token))
+                .layer(axum::middleware::from_fn_with_state(
+                    d.clone(),
+                    require_token,
+                ))
                 .with_state(d.clone());
             Some(tokio::spawn(
                 axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
@@ -555,7 +688,11 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let sched = tokio::spawn(crate::daemon_schedules::scheduler(d.clone(), opts.tick, stop_rx.clone()));
+    let sched = tokio::spawn(crate::daemon_schedules::scheduler(
+        d.clone(),
+        opts.tick,
+        stop_rx.clone(),
+    ));
     eprintln!("waymark daemon: serving {} (owner-only)", sock.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -575,26 +712,30 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
 }
 
 impl Daemon {
-    /// The engine.
-    pub fn engine(&self) -> &Engine {
-        &self.engine
+    pub(crate) fn schedules(&self) -> &Mutex<waymark_cli::schedule::ScheduleBook> {
+        &self.schedules
     }
     pub(crate) fn schedules_path(&self) -> &Path {
         &self.schedules_path
     }
     pub(crate) fn busy_clusters(&self) -> BTreeSet<String> {
         refresh_clusters(self);
-        self.clusters.lock().expect("clusters lock").values().cloned().collect()
+        self.clusters
+            .lock()
+            .expect("clusters lock")
+            .values()
+            .cloned()
+            .collect()
     }
-    pub(crate) async fn start_scheduled(&self, workflow: &str, inv: &Inventory, by: &str) -> Result<RunId, String> {
+    pub(crate) async fn start_scheduled(
+        &self,
+        workflow: &str,
+        inv: &Inventory,
+        by: &str,
+    ) -> Result<RunId, String> {
         start_run(self, workflow, inv, by).await.map_err(|e| e.2)
     }
     pub(crate) fn check(&self, p: &Peer) -> Result<(), Response> {
         check_peer(self, p).map_err(IntoResponse::into_response)
     }
-}
-
-/// How a run ended, for the stream's last line.
-pub fn outcome_of(o: &RunOutcome) -> u8 {
-    outcome_code_u8(o)
 }

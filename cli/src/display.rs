@@ -25,7 +25,12 @@ pub fn event_line(r: &Record, labels: &mut Labels) -> String {
 }
 
 /// One line for an event given by its parts.
-pub fn line(seq: u64, at: chrono::DateTime<chrono::Utc>, event: &Event, labels: &mut Labels) -> String {
+pub fn line(
+    seq: u64,
+    at: chrono::DateTime<chrono::Utc>,
+    event: &Event,
+    labels: &mut Labels,
+) -> String {
     let what = match event {
         Event::RunStarted {
             workflow,
@@ -37,7 +42,9 @@ pub fn line(seq: u64, at: chrono::DateTime<chrono::Utc>, event: &Event, labels: 
             labels.0.insert(*step, label.clone());
             format!("{label}: scheduled")
         }
-        Event::AttemptStarted { step, attempt } => format!("{}: attempt {attempt} started", labels.get(*step)),
+        Event::AttemptStarted { step, attempt } => {
+            format!("{}: attempt {attempt} started", labels.get(*step))
+        }
         Event::AttemptFailed {
             step,
             attempt,
@@ -50,19 +57,29 @@ pub fn line(seq: u64, at: chrono::DateTime<chrono::Utc>, event: &Event, labels: 
                 None if *retryable => "no attempts left".to_owned(),
                 None => "not retryable".to_owned(),
             };
-            format!("{}: attempt {attempt} failed ({then}): {error}", labels.get(*step))
+            format!(
+                "{}: attempt {attempt} failed ({then}): {error}",
+                labels.get(*step)
+            )
         }
         Event::AttemptInterrupted { step, attempt } => {
-            format!("{}: attempt {attempt} was interrupted (the engine stopped)", labels.get(*step))
+            format!(
+                "{}: attempt {attempt} was interrupted (the engine stopped)",
+                labels.get(*step)
+            )
         }
         Event::StepCompleted { step, output } => {
             let out = output.0.chars().take(120).collect::<String>();
             format!("{}: completed -> {out}", labels.get(*step))
         }
         Event::StepFailed { step, error } => format!("{}: FAILED: {error}", labels.get(*step)),
-        Event::TimerStarted { fire_at, .. } => format!("sleeping until {}", fire_at.format("%H:%M:%S")),
+        Event::TimerStarted { fire_at, .. } => {
+            format!("sleeping until {}", fire_at.format("%H:%M:%S"))
+        }
         Event::TimerFired { .. } => "timer fired".to_owned(),
-        Event::ValueRecorded { kind, value, .. } => format!("recorded {}: {value}", format!("{kind:?}").to_lowercase()),
+        Event::ValueRecorded { kind, value, .. } => {
+            format!("recorded {}: {value}", format!("{kind:?}").to_lowercase())
+        }
         Event::CompensationRegistered { compensation, .. } => {
             format!("compensation registered: {}", compensation.label)
         }
@@ -253,15 +270,34 @@ fn mermaid<'a>(events: impl Iterator<Item = &'a Event> + Clone) -> String {
     let clean = |s: &str| s.replace([';', '#', '\n'], " ");
     for e in events {
         match e {
-            Event::RunStarted { workflow, started_by, .. } => {
-                let _ = writeln!(out, "    Note over W: {} started by {}", clean(workflow), clean(started_by));
+            Event::RunStarted {
+                workflow,
+                started_by,
+                ..
+            } => {
+                let _ = writeln!(
+                    out,
+                    "    Note over W: {} started by {}",
+                    clean(workflow),
+                    clean(started_by)
+                );
             }
-            Event::StepScheduled { step, activity, label, .. } => {
+            Event::StepScheduled {
+                step,
+                activity,
+                label,
+                ..
+            } => {
                 let sys = system_of(activity);
                 systems.insert(*step, (sys, label.clone()));
                 let _ = writeln!(out, "    W->>{sys}: {}", clean(label));
             }
-            Event::AttemptFailed { step, attempt, error, .. } => {
+            Event::AttemptFailed {
+                step,
+                attempt,
+                error,
+                ..
+            } => {
                 if let Some((sys, _)) = systems.get(step) {
                     let e: String = clean(error).chars().take(80).collect();
                     let _ = writeln!(out, "    {sys}--xW: attempt {attempt} failed: {e}");
@@ -278,7 +314,9 @@ fn mermaid<'a>(events: impl Iterator<Item = &'a Event> + Clone) -> String {
             }
             Event::RunCompleted { .. } => out.push_str("    Note over W: completed\n"),
             Event::RunFailed { .. } => out.push_str("    Note over W: failed (compensated)\n"),
-            Event::RunCancelled { .. } => out.push_str("    Note over W: cancelled (compensated)\n"),
+            Event::RunCancelled { .. } => {
+                out.push_str("    Note over W: cancelled (compensated)\n")
+            }
             _ => {}
         }
     }

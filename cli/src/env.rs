@@ -75,7 +75,9 @@ pub fn classify(e: &anyhow::Error) -> (u8, String) {
         return (x.code, x.message.clone());
     }
     let msg = format!("{e:#}");
-    if e.downcast_ref::<waymark_workflows::inventory::Error>().is_some() {
+    if e.downcast_ref::<waymark_workflows::inventory::Error>()
+        .is_some()
+    {
         return (2, msg);
     }
     if let Some(le) = e.downcast_ref::<waymark_engine::log::Error>() {
@@ -90,7 +92,9 @@ pub fn classify(e: &anyhow::Error) -> (u8, String) {
             | waymark_engine::runtime::Error::UnknownWorkflow { .. }
             | waymark_engine::runtime::Error::Input(_)
             | waymark_engine::runtime::Error::Finished { .. } => (2, msg),
-            waymark_engine::runtime::Error::Log(_) | waymark_engine::runtime::Error::Core(_) => (3, msg),
+            waymark_engine::runtime::Error::Log(_) | waymark_engine::runtime::Error::Core(_) => {
+                (3, msg)
+            }
             _ => (1, msg),
         };
     }

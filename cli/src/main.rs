@@ -248,7 +248,10 @@ enum SandboxCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Daemon { .. } | Command::Sandbox { .. }) {
+    if !matches!(
+        cli.command,
+        Command::Daemon { .. } | Command::Sandbox { .. }
+    ) {
         // `waymark history RUN | head` ends quietly when the reader goes away, like any Unix tool.
         #[allow(unsafe_code)]
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -272,10 +275,14 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WAYMARK_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WAYMARK_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("waymark: cannot start the async runtime: {e}");
@@ -284,7 +291,10 @@ fn main() -> ExitCode {
     };
     let data_dir = match (&cli.data_dir, is_demo) {
         // A demo without --data-dir gets a fresh folder of its own, not the operator's log.
-        (None, true) => std::env::temp_dir().join(format!("waymark-demo-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"))),
+        (None, true) => std::env::temp_dir().join(format!(
+            "waymark-demo-{}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        )),
         _ => env::data_dir(cli.data_dir.clone()),
     };
     let result = runtime.block_on(commands::dispatch(cli.command, data_dir));

@@ -106,7 +106,8 @@ impl Context {
     /// Reports liveness, with optional progress (e.g. "load balancer 40% done"). An activity with a
     /// heartbeat timeout must call this more often than the timeout.
     pub fn heartbeat(&self, progress: Option<String>) {
-        *self.heartbeat.last.lock().expect("heartbeat lock") = (tokio::time::Instant::now(), progress.clone());
+        *self.heartbeat.last.lock().expect("heartbeat lock") =
+            (tokio::time::Instant::now(), progress.clone());
         if let (Some(message), Some((step, label, tx))) = (progress, &self.heartbeat.sink) {
             tx.send_replace(Some(Progress {
                 step: *step,

@@ -1454,7 +1454,10 @@ impl Engine {
             let open: Vec<Event> = state
                 .steps()
                 .filter_map(|(step, s)| {
-                    s.open_attempt.map(|attempt| Event::AttemptInterrupted { step: *step, attempt })
+                    s.open_attempt.map(|attempt| Event::AttemptInterrupted {
+                        step: *step,
+                        attempt,
+                    })
                 })
                 .collect();
             if !open.is_empty() {

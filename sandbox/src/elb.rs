@@ -287,7 +287,10 @@ impl State {
                     .iter()
                     .map(|z| {
                         let z = z.to_lowercase();
-                        (format!("{REGION}{z}"), format!("subnet-{}", hex_id(&format!("subnet {z}"))))
+                        (
+                            format!("{REGION}{z}"),
+                            format!("subnet-{}", hex_id(&format!("subnet {z}"))),
+                        )
                     })
                     .collect(),
                 dns_name: format!("{name}-{}.elb.{REGION}.amazonaws.com", &id[..8]),
@@ -324,9 +327,18 @@ impl State {
             .map(|z| target_group(target_group_name(z), "HTTP", TRAFFIC_PORT))
             .collect();
         let last = traffic.len() - 1;
-        let weighted = forward(&traffic.iter().collect::<Vec<_>>(), &|i| if i == last { 100 } else { 0 });
+        let weighted = forward(&traffic.iter().collect::<Vec<_>>(), &|i| {
+            if i == last {
+                100
+            } else {
+                0
+            }
+        });
         let app_id = hex_id(LOAD_BALANCER);
-        let app_listener = arn(&format!("listener/app/{LOAD_BALANCER}/{app_id}/{}", hex_id("listener 80")));
+        let app_listener = arn(&format!(
+            "listener/app/{LOAD_BALANCER}/{app_id}/{}",
+            hex_id("listener 80")
+        ));
         let rule = Rule {
             arn: arn(&format!(
                 "listener-rule/app/{LOAD_BALANCER}/{app_id}/{}/{}",

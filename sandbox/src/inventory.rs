@@ -26,7 +26,11 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
         .map(|n| Node {
             name: n.name.clone(),
             zone: n.zone.clone(),
-            ssh: endpoints.ssh.get(&n.name).map(ToString::to_string).unwrap_or_default(),
+            ssh: endpoints
+                .ssh
+                .get(&n.name)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
             address: n.name.clone(),
             master_http: if n.master {
                 endpoints.yb_masters.get(&n.name).map(ToString::to_string)
@@ -38,15 +42,21 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
         })
         .collect();
     Inventory {
-        cluster: Cluster { name: "sandbox-yb".into() },
+        cluster: Cluster {
+            name: "sandbox-yb".into(),
+        },
         kubernetes: Kubernetes {
             kubeconfig: Some(PathBuf::from("kubeconfig")),
             context: Some("sandbox".into()),
             namespace: estate.spec.namespace.clone(),
             request_timeout_secs: Some(10),
         },
-        mirrormaker: Deployments { deployments: vec!["mirrormaker2".into()] },
-        services: Deployments { deployments: vec!["fp".into(), "fp-async".into()] },
+        mirrormaker: Deployments {
+            deployments: vec!["mirrormaker2".into()],
+        },
+        services: Deployments {
+            deployments: vec!["fp".into(), "fp-async".into()],
+        },
         ssh: Ssh {
             user: "yugabyte".into(),
             key_file: Some(PathBuf::from("id_ed25519")),
@@ -65,7 +75,10 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             endpoint_url: Some(format!("http://{}", endpoints.elb)),
         },
         traffic: Traffic {
-            listener_arn: estate.elb.listener_arn(elb::LOAD_BALANCER).map(str::to_owned),
+            listener_arn: estate
+                .elb
+                .listener_arn(elb::LOAD_BALANCER)
+                .map(str::to_owned),
             rule_arn: None,
             zone_a_target_group_arn: tg("A"),
             zone_b_target_group_arn: tg("B"),

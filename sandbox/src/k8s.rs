@@ -455,7 +455,8 @@ async fn scale(
         .ok()
         .and_then(|v| v["spec"]["replicas"].as_u64())
         .map_or(String::new(), |n| format!(" replicas={n}"));
-    if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}/scale{wanted_text}")).await {
+    if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}/scale{wanted_text}")).await
+    {
         return r;
     }
     let key = format!("{ns}/{name}");

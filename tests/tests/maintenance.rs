@@ -31,9 +31,18 @@ fn estate(dir: &Path) -> Estate {
 
 /// Traffic weights (zone A, zone B) and MirrorMaker2 replicas, read from the sandbox's state.
 fn traffic_and_replication(st: &Estate) -> ((i32, i32), u32) {
-    let listener = st.elb.listener_arn(waymark_sandbox::elb::LOAD_BALANCER).unwrap().to_owned();
+    let listener = st
+        .elb
+        .listener_arn(waymark_sandbox::elb::LOAD_BALANCER)
+        .unwrap()
+        .to_owned();
     let weights = st.elb.weights(&listener).unwrap();
-    let tg = |z: &str| st.elb.target_group_arn(&waymark_sandbox::elb::target_group_name(z)).unwrap().to_owned();
+    let tg = |z: &str| {
+        st.elb
+            .target_group_arn(&waymark_sandbox::elb::target_group_name(z))
+            .unwrap()
+            .to_owned()
+    };
     let a = weights.get(&tg("A")).copied().unwrap_or(0);
     let b = weights.get(&tg("B")).copied().unwrap_or(0);
     ((a, b), st.k8s.deployments["prod/mirrormaker2"].replicas)
@@ -45,19 +54,63 @@ fn check_completed_estate(dir: &Path) {
     let st = estate(dir);
     for n in &st.spec.nodes {
         let want_master = usize::from(n.master);
-        assert_eq!(count(&effects, "ssh", &format!("{}/yb-master", n.name), "restart"), want_master, "yb-master on {}", n.name);
-        assert_eq!(count(&effects, "ssh", &format!("{}/yb-tserver", n.name), "restart"), 1, "yb-tserver on {}", n.name);
+        assert_eq!(
+            count(&effects, "ssh", &format!("{}/yb-master", n.name), "restart"),
+            want_master,
+            "yb-master on {}",
+            n.name
+        );
+        assert_eq!(
+            count(
+                &effects,
+                "ssh",
+                &format!("{}/yb-tserver", n.name),
+                "restart"
+            ),
+            1,
+            "yb-tserver on {}",
+            n.name
+        );
     }
-    assert_eq!(count(&effects, "k8s", "prod/fp", "rollout"), 1, "one rollout of fp");
-    assert_eq!(count(&effects, "k8s", "prod/fp-async", "rollout"), 1, "one rollout of fp-async");
-    assert_eq!(count(&effects, "k8s", "prod/mirrormaker2", "scale"), 2, "MirrorMaker2 scaled down and back once");
-    let registers = effects.iter().filter(|e| e.system == "elb" && e.action == "register").count();
+    assert_eq!(
+        count(&effects, "k8s", "prod/fp", "rollout"),
+        1,
+        "one rollout of fp"
+    );
+    assert_eq!(
+        count(&effects, "k8s", "prod/fp-async", "rollout"),
+        1,
+        "one rollout of fp-async"
+    );
+    assert_eq!(
+        count(&effects, "k8s", "prod/mirrormaker2", "scale"),
+        2,
+        "MirrorMaker2 scaled down and back once"
+    );
+    let registers = effects
+        .iter()
+        .filter(|e| e.system == "elb" && e.action == "register")
+        .count();
     assert_eq!(registers, 1, "the new node registered once");
-    let modifies = effects.iter().filter(|e| e.system == "elb" && e.action.starts_with("modify")).count();
+    let modifies = effects
+        .iter()
+        .filter(|e| e.system == "elb" && e.action.starts_with("modify"))
+        .count();
     assert_eq!(modifies, 2, "traffic moved to A and back to B, once each");
-    assert_eq!(traffic_and_replication(&st), ((0, 100), 2), "traffic 100% in zone B, MirrorMaker2 at its 2 replicas");
-    let b = st.elb.target_group_arn(&waymark_sandbox::elb::yb_target_group_name("B")).unwrap().to_owned();
-    assert!(st.elb.registered(&b).contains(&st.spec.new_target), "the new node is in the zone-B target group");
+    assert_eq!(
+        traffic_and_replication(&st),
+        ((0, 100), 2),
+        "traffic 100% in zone B, MirrorMaker2 at its 2 replicas"
+    );
+    let b = st
+        .elb
+        .target_group_arn(&waymark_sandbox::elb::yb_target_group_name("B"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        st.elb.registered(&b).contains(&st.spec.new_target),
+        "the new node is in the zone-B target group"
+    );
 }
 
 #[test]
@@ -70,15 +123,30 @@ fn full_run_restarts_every_node_exactly_once_and_restores_traffic_and_replicatio
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("completed"), "{stdout}");
     check_completed_estate(&sb.dir);
-    let verify = waymark(&dir.path().join("data")).arg("verify").output().unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
-    let run = stdout.lines().next().unwrap().trim().to_owned();
-    let replay = waymark(&dir.path().join("data")).args(["replay", &run]).output().unwrap();
+    let verify = waymark(&dir.path().join("data"))
+        .arg("verify")
+        .output()
+        .unwrap();
     assert!(
-        replay.status.success() && String::from_utf8_lossy(&replay.stdout).contains("deterministic"),
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let run = stdout.lines().next().unwrap().trim().to_owned();
+    let replay = waymark(&dir.path().join("data"))
+        .args(["replay", &run])
+        .output()
+        .unwrap();
+    assert!(
+        replay.status.success()
+            && String::from_utf8_lossy(&replay.stdout).contains("deterministic"),
         "{}",
         String::from_utf8_lossy(&replay.stdout)
     );
@@ -88,11 +156,15 @@ fn full_run_restarts_every_node_exactly_once_and_restores_traffic_and_replicatio
 fn engine_process(data: &Path, inventory: &Path, first: bool) -> Child {
     let mut c = waymark(data);
     if first {
-        c.args(["run", "yb-maintenance", "--inventory"]).arg(inventory);
+        c.args(["run", "yb-maintenance", "--inventory"])
+            .arg(inventory);
     } else {
         c.arg("resume");
     }
-    c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    c.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn event_seq(line: &str) -> Option<u64> {
@@ -120,7 +192,9 @@ fn sigkill_after_every_step_completion_then_resume_ends_the_same_with_no_duplica
         let mut killed = false;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            let Some(seq) = event_seq(&line) else { continue };
+            let Some(seq) = event_seq(&line) else {
+                continue;
+            };
             if newest_seen.is_some_and(|n| seq <= n) {
                 continue; // replayed history, printed again on resume
             }
@@ -147,8 +221,14 @@ fn sigkill_after_every_step_completion_then_resume_ends_the_same_with_no_duplica
     let log = waymark_engine::open_sled_log(&data).unwrap();
     let run = log.runs().unwrap()[0];
     let history = log.read(run).unwrap();
-    assert!(matches!(history.last().unwrap().event, Event::RunCompleted { .. }));
-    let interrupted = history.iter().filter(|r| matches!(r.event, Event::AttemptInterrupted { .. })).count();
+    assert!(matches!(
+        history.last().unwrap().event,
+        Event::RunCompleted { .. }
+    ));
+    let interrupted = history
+        .iter()
+        .filter(|r| matches!(r.event, Event::AttemptInterrupted { .. }))
+        .count();
     eprintln!("attempts recorded as interrupted: {interrupted}");
 }
 
@@ -188,7 +268,10 @@ fn sigkill_at_random_instants_inside_steps_then_resume_ends_the_same() {
         if run_is_finished(&data) {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "no end after {kills} kills (seed {seed})");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "no end after {kills} kills (seed {seed})"
+        );
     }
     assert!(run_is_finished(&data), "run did not finish (seed {seed})");
     assert!(kills >= 5, "only {kills} random kills (seed {seed})");
@@ -214,7 +297,12 @@ fn failure_at_each_step_after_traffic_moved_is_compensated_with_the_cause_in_his
     for (step, data, child) in children {
         let out = child.wait_with_output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(out.status.code(), Some(1), "step {step}: the run must fail\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "step {step}: the run must fail\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let st = estate(&data.join("sandbox"));
         assert_eq!(
             traffic_and_replication(&st),
@@ -223,7 +311,12 @@ fn failure_at_each_step_after_traffic_moved_is_compensated_with_the_cause_in_his
         );
         let log = waymark_engine::open_sled_log(&data).unwrap();
         let run = log.runs().unwrap()[0];
-        let history: Vec<Event> = log.read(run).unwrap().into_iter().map(|r| r.event).collect();
+        let history: Vec<Event> = log
+            .read(run)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
         let reason = history
             .iter()
             .find_map(|e| match e {
@@ -231,15 +324,32 @@ fn failure_at_each_step_after_traffic_moved_is_compensated_with_the_cause_in_his
                 _ => None,
             })
             .unwrap_or_else(|| panic!("step {step}: no compensation in the history"));
-        assert!(reason.contains(&format!("\"{step}. ")), "step {step}: the cause names the step: {reason}");
-        assert!(matches!(history.last(), Some(Event::RunFailed { .. })), "step {step}");
+        assert!(
+            reason.contains(&format!("\"{step}. ")),
+            "step {step}: the cause names the step: {reason}"
+        );
+        assert!(
+            matches!(history.last(), Some(Event::RunFailed { .. })),
+            "step {step}"
+        );
         let effects = read_effects(&data.join("sandbox"));
         if step == 6 {
-            let b = st.elb.target_group_arn(&waymark_sandbox::elb::yb_target_group_name("B")).unwrap().to_owned();
-            assert!(!st.elb.registered(&b).contains(&st.spec.new_target), "step 6: no half-registered target left");
+            let b = st
+                .elb
+                .target_group_arn(&waymark_sandbox::elb::yb_target_group_name("B"))
+                .unwrap()
+                .to_owned();
+            assert!(
+                !st.elb.registered(&b).contains(&st.spec.new_target),
+                "step 6: no half-registered target left"
+            );
         }
         if step <= 2 {
-            assert_eq!(effects.iter().filter(|e| e.system == "ssh").count(), 0, "step {step}: no node touched");
+            assert_eq!(
+                effects.iter().filter(|e| e.system == "ssh").count(),
+                0,
+                "step {step}: no node touched"
+            );
         }
     }
 }
@@ -251,18 +361,33 @@ fn engine() -> Engine {
 
 #[tokio::test]
 async fn unhealthy_cluster_stops_the_run_before_any_effect() {
-    for (case, command) in [("dead tserver", "systemctl stop yb-tserver"), ("under-replicated tablets", "systemctl restart yb-tserver")] {
+    for (case, command) in [
+        ("dead tserver", "systemctl stop yb-tserver"),
+        ("under-replicated tablets", "systemctl restart yb-tserver"),
+    ] {
         let (dir, sb) = sandbox(1).await;
         let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-3", command);
         assert_eq!(out.exit, 0);
         let before = read_effects(dir.path()).len();
         let inv = Inventory::load(&dir.path().join("inventory.toml")).unwrap();
         let e = engine();
-        let run = e.start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test").await.unwrap();
-        let RunOutcome::Failed(why) = e.wait(run).await.unwrap() else { panic!("{case}: the run must fail") };
-        assert!(why.contains("cluster unhealthy, nothing was changed"), "{case}: {why}");
+        let run = e
+            .start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test")
+            .await
+            .unwrap();
+        let RunOutcome::Failed(why) = e.wait(run).await.unwrap() else {
+            panic!("{case}: the run must fail")
+        };
+        assert!(
+            why.contains("cluster unhealthy, nothing was changed"),
+            "{case}: {why}"
+        );
         assert!(why.contains("yb-a-3"), "{case}: names the node: {why}");
-        assert_eq!(read_effects(dir.path()).len(), before, "{case}: no effect on the estate");
+        assert_eq!(
+            read_effects(dir.path()).len(),
+            before,
+            "{case}: no effect on the estate"
+        );
     }
 }
 
@@ -272,24 +397,49 @@ async fn approval_gate_holds_the_first_change_until_approved() {
     let mut inv = Inventory::load(&dir.path().join("inventory.toml")).unwrap();
     inv.gates.require_approval = true;
     let e = engine();
-    let run = e.start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test").await.unwrap();
+    let run = e
+        .start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test")
+        .await
+        .unwrap();
     let log = e.log().clone();
-    let kinds = move || -> Vec<Event> { log.read(run).unwrap().into_iter().map(|r| r.event).collect() };
+    let kinds = move || -> Vec<Event> {
+        log.read(run)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event)
+            .collect()
+    };
     let k = kinds.clone();
     wait_until(Duration::from_secs(30), "health gate passed", move || {
         k().iter().any(|e| matches!(e, Event::StepCompleted { .. }))
     })
     .await;
-    e.signal(run, "approve", Payload::encode("go").unwrap(), "alice").await.unwrap();
+    e.signal(run, "approve", Payload::encode("go").unwrap(), "alice")
+        .await
+        .unwrap();
     let k = kinds.clone();
     wait_until(Duration::from_secs(30), "step 1 scheduled", move || {
-        k().iter().any(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1.")))
+        k().iter()
+            .any(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1.")))
     })
     .await;
-    e.signal(run, "cancel", Payload::encode("test over").unwrap(), "alice").await.unwrap();
-    assert!(matches!(e.wait(run).await.unwrap(), RunOutcome::Cancelled(_)));
+    e.signal(
+        run,
+        "cancel",
+        Payload::encode("test over").unwrap(),
+        "alice",
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        e.wait(run).await.unwrap(),
+        RunOutcome::Cancelled(_)
+    ));
     let history = kinds();
-    let consumed = history.iter().position(|e| matches!(e, Event::SignalConsumed { name, .. } if name == "approve")).unwrap();
+    let consumed = history
+        .iter()
+        .position(|e| matches!(e, Event::SignalConsumed { name, .. } if name == "approve"))
+        .unwrap();
     let first_change = history
         .iter()
         .position(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1.")))
@@ -307,33 +457,82 @@ async fn invalid_inventories_are_refused_naming_file_key_and_problem() {
     let good = inventory_text(dir.path());
     let file = dir.path().join("inventory.toml");
     let cases: Vec<(String, &str, &str)> = vec![
-        (good.replace("[cluster]", "[cluster]\ncolour = \"blue\""), "line", "unknown field `colour`"),
-        (good.replace("namespace = \"prod\"\n", ""), "line", "missing field `namespace`"),
-        (good.replacen("zone = \"A\"", "zone = \"C\"", 1), "yugabyte.nodes[0].zone", "\"C\" is not a zone"),
-        (good.replacen("master_http = \"127.0.0.1:", "master_http = \"127.0.0.1:x", 1), "master_http", "is not a number"),
-        (good.replace("endpoint_url = \"http://", "endpoint_url = \"ftp://"), "aws.endpoint_url", "not an http(s) URL"),
+        (
+            good.replace("[cluster]", "[cluster]\ncolour = \"blue\""),
+            "line",
+            "unknown field `colour`",
+        ),
+        (
+            good.replace("namespace = \"prod\"\n", ""),
+            "line",
+            "missing field `namespace`",
+        ),
+        (
+            good.replacen("zone = \"A\"", "zone = \"C\"", 1),
+            "yugabyte.nodes[0].zone",
+            "\"C\" is not a zone",
+        ),
+        (
+            good.replacen(
+                "master_http = \"127.0.0.1:",
+                "master_http = \"127.0.0.1:x",
+                1,
+            ),
+            "master_http",
+            "is not a number",
+        ),
+        (
+            good.replace("endpoint_url = \"http://", "endpoint_url = \"ftp://"),
+            "aws.endpoint_url",
+            "not an http(s) URL",
+        ),
     ];
     for (text, key, problem) in cases {
         let err: InventoryError = Inventory::parse(&file, &text).unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with(&file.display().to_string()), "{msg}");
-        assert!(msg.contains(key) && msg.contains(problem), "expected {key} / {problem}: {msg}");
+        assert!(
+            msg.contains(key) && msg.contains(problem),
+            "expected {key} / {problem}: {msg}"
+        );
     }
     let missing = dir.path().join("nope.toml");
     let err = Inventory::load(&missing).unwrap_err().to_string();
-    assert!(err.contains("nope.toml") && err.contains("cannot read"), "{err}");
-    std::fs::write(dir.path().join("bad-known-hosts.toml"), good.replace("known_hosts = \"known_hosts\"", "known_hosts = \"missing_hosts\"")).unwrap();
-    let err = Inventory::load(&dir.path().join("bad-known-hosts.toml")).unwrap_err().to_string();
-    assert!(err.contains("ssh.known_hosts") && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains("nope.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("bad-known-hosts.toml"),
+        good.replace(
+            "known_hosts = \"known_hosts\"",
+            "known_hosts = \"missing_hosts\"",
+        ),
+    )
+    .unwrap();
+    let err = Inventory::load(&dir.path().join("bad-known-hosts.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("ssh.known_hosts") && err.contains("does not exist"),
+        "{err}"
+    );
     // The CLI refuses to start a run on an invalid inventory, with exit code 2.
     let out = waymark(&dir.path().join("data"))
         .args(["run", "yb-maintenance", "--inventory"])
         .arg(dir.path().join("bad-known-hosts.toml"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(!dir.path().join("data").join("events.sled").exists() || {
-        let log = waymark_engine::open_sled_log(&dir.path().join("data")).unwrap();
-        log.runs().unwrap().is_empty()
-    });
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !dir.path().join("data").join("events.sled").exists() || {
+            let log = waymark_engine::open_sled_log(&dir.path().join("data")).unwrap();
+            log.runs().unwrap().is_empty()
+        }
+    );
 }

@@ -2,6 +2,7 @@
 
 mod core_replay;
 mod crash;
+mod daemon;
 mod elb;
 mod engine_behaviour;
 mod k8s;
@@ -9,5 +10,5 @@ mod log_conformance;
 mod maintenance;
 mod regression;
 mod ssh;
-mod yb;
 mod util;
+mod yb;

@@ -59,7 +59,10 @@ pub fn closed_port() -> u16 {
 /// The `waymark` binary of this build (`scripts/test.sh` builds it before the tests run).
 pub fn waymark_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(std::path::Path::parent).expect("target dir");
+    let dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir");
     let bin = dir.join("waymark");
     assert!(
         bin.exists(),
@@ -102,15 +105,23 @@ impl SandboxProcess {
         let inv = dir.join("inventory.toml");
         let start = std::time::Instant::now();
         while !inv.exists() {
-            assert!(start.elapsed() < Duration::from_secs(30), "sandbox did not write {}", inv.display());
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "sandbox did not write {}",
+                inv.display()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        SandboxProcess { child, dir: dir.to_owned() }
+        SandboxProcess {
+            child,
+            dir: dir.to_owned(),
+        }
     }
 
     /// The sandbox's persisted state.
     pub fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.dir.join("state.json")).expect("state.json")).expect("state JSON")
+        serde_json::from_slice(&std::fs::read(self.dir.join("state.json")).expect("state.json"))
+            .expect("state JSON")
     }
 }
 

@@ -251,7 +251,11 @@ fn check_host_port(file: &Path, key: &str, v: &str, need_port: bool) -> Result<(
         return Err(err(file, key, format!("{v:?} is not a host or host:port")));
     }
     match port {
-        Some(p) if p.parse::<u16>().is_err() => Err(err(file, key, format!("{v:?}: port {p:?} is not a number from 1 to 65535"))),
+        Some(p) if p.parse::<u16>().is_err() => Err(err(
+            file,
+            key,
+            format!("{v:?}: port {p:?} is not a number from 1 to 65535"),
+        )),
         None if need_port => Err(err(file, key, format!("{v:?} needs a port (host:port)"))),
         _ => Ok(()),
     }
@@ -260,7 +264,8 @@ fn check_host_port(file: &Path, key: &str, v: &str, need_port: bool) -> Result<(
 impl Inventory {
     /// Reads and validates `path`; relative paths inside are resolved against its folder.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| err(path, "(file)", format!("cannot read it: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| err(path, "(file)", format!("cannot read it: {e}")))?;
         let mut inv = Self::parse(path, &text)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let resolve = |p: &mut PathBuf| {
@@ -275,7 +280,11 @@ impl Inventory {
             resolve(k);
         }
         resolve(&mut inv.ssh.known_hosts);
-        for (key, p) in [("ssh.known_hosts", Some(&inv.ssh.known_hosts)), ("ssh.key_file", inv.ssh.key_file.as_ref()), ("kubernetes.kubeconfig", inv.kubernetes.kubeconfig.as_ref())] {
+        for (key, p) in [
+            ("ssh.known_hosts", Some(&inv.ssh.known_hosts)),
+            ("ssh.key_file", inv.ssh.key_file.as_ref()),
+            ("kubernetes.kubeconfig", inv.kubernetes.kubeconfig.as_ref()),
+        ] {
             if let Some(p) = p {
                 if !p.exists() {
                     return Err(err(path, key, format!("{} does not exist", p.display())));
@@ -288,10 +297,13 @@ impl Inventory {
     /// Parses and validates TOML text (`file` names it in errors).
     pub fn parse(file: &Path, text: &str) -> Result<Self, Error> {
         let inv: Inventory = toml::from_str(text).map_err(|e| {
-            let key = e.span().map_or_else(|| "(file)".to_owned(), |s| {
-                let line = text[..s.start].matches('\n').count() + 1;
-                format!("line {line}")
-            });
+            let key = e.span().map_or_else(
+                || "(file)".to_owned(),
+                |s| {
+                    let line = text[..s.start].matches('\n').count() + 1;
+                    format!("line {line}")
+                },
+            );
             err(file, key, e.message().to_owned())
         })?;
         inv.validate(file)?;
@@ -302,21 +314,43 @@ impl Inventory {
         if self.cluster.name.trim().is_empty() {
             return Err(err(file, "cluster.name", "must not be empty"));
         }
-        for (key, list) in [("mirrormaker.deployments", &self.mirrormaker.deployments), ("services.deployments", &self.services.deployments)] {
+        for (key, list) in [
+            ("mirrormaker.deployments", &self.mirrormaker.deployments),
+            ("services.deployments", &self.services.deployments),
+        ] {
             if list.is_empty() {
                 return Err(err(file, key, "list at least one Deployment"));
             }
-            if let Some(bad) = list.iter().find(|n| n.is_empty() || n.contains('/') || n.contains(char::is_whitespace)) {
+            if let Some(bad) = list
+                .iter()
+                .find(|n| n.is_empty() || n.contains('/') || n.contains(char::is_whitespace))
+            {
                 return Err(err(file, key, format!("{bad:?} is not a Deployment name")));
             }
         }
         match (&self.ssh.key_file, self.ssh.agent) {
-            (Some(_), true) => return Err(err(file, "ssh.agent", "give either key_file or agent = true, not both")),
-            (None, false) => return Err(err(file, "ssh.key_file", "missing: give key_file, or agent = true to use the ssh-agent")),
+            (Some(_), true) => {
+                return Err(err(
+                    file,
+                    "ssh.agent",
+                    "give either key_file or agent = true, not both",
+                ))
+            }
+            (None, false) => {
+                return Err(err(
+                    file,
+                    "ssh.key_file",
+                    "missing: give key_file, or agent = true to use the ssh-agent",
+                ))
+            }
             _ => {}
         }
         if self.yugabyte.nodes.is_empty() {
-            return Err(err(file, "yugabyte.nodes", "list the cluster's nodes ([[yugabyte.nodes]])"));
+            return Err(err(
+                file,
+                "yugabyte.nodes",
+                "list the cluster's nodes ([[yugabyte.nodes]])",
+            ));
         }
         let mut names = BTreeSet::new();
         for (i, n) in self.yugabyte.nodes.iter().enumerate() {
@@ -325,7 +359,11 @@ impl Inventory {
                 return Err(err(file, k("name"), format!("{:?} appears twice", n.name)));
             }
             if n.zone != "A" && n.zone != "B" {
-                return Err(err(file, k("zone"), format!("{:?} is not a zone: use \"A\" or \"B\"", n.zone)));
+                return Err(err(
+                    file,
+                    k("zone"),
+                    format!("{:?} is not a zone: use \"A\" or \"B\"", n.zone),
+                ));
             }
             check_host_port(file, &k("ssh"), &n.ssh, false)?;
             check_host_port(file, &k("address"), &n.address, false)?;
@@ -335,29 +373,65 @@ impl Inventory {
                     check_host_port(file, &k("master_rpc"), r, true)?;
                 }
                 (None, None) => {}
-                _ => return Err(err(file, k("master_http"), "a master node needs both master_http and master_rpc")),
+                _ => {
+                    return Err(err(
+                        file,
+                        k("master_http"),
+                        "a master node needs both master_http and master_rpc",
+                    ))
+                }
             }
         }
         if !self.yugabyte.nodes.iter().any(|n| n.master_http.is_some()) {
-            return Err(err(file, "yugabyte.nodes", "no node runs a yb-master (give master_http and master_rpc on the master nodes)"));
+            return Err(err(
+                file,
+                "yugabyte.nodes",
+                "no node runs a yb-master (give master_http and master_rpc on the master nodes)",
+            ));
         }
         match (&self.traffic.listener_arn, &self.traffic.rule_arn) {
-            (Some(_), Some(_)) => return Err(err(file, "traffic.rule_arn", "give either listener_arn or rule_arn, not both")),
-            (None, None) => return Err(err(file, "traffic.listener_arn", "missing: give listener_arn or rule_arn")),
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    file,
+                    "traffic.rule_arn",
+                    "give either listener_arn or rule_arn, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    file,
+                    "traffic.listener_arn",
+                    "missing: give listener_arn or rule_arn",
+                ))
+            }
             _ => {}
         }
         for (key, arn) in [
-            ("traffic.zone_a_target_group_arn", &self.traffic.zone_a_target_group_arn),
-            ("traffic.zone_b_target_group_arn", &self.traffic.zone_b_target_group_arn),
+            (
+                "traffic.zone_a_target_group_arn",
+                &self.traffic.zone_a_target_group_arn,
+            ),
+            (
+                "traffic.zone_b_target_group_arn",
+                &self.traffic.zone_b_target_group_arn,
+            ),
             ("register.target_group_arn", &self.register.target_group_arn),
         ] {
             if !arn.starts_with("arn:") {
-                return Err(err(file, key, format!("{arn:?} is not an ARN (arn:aws:elasticloadbalancing:...)")));
+                return Err(err(
+                    file,
+                    key,
+                    format!("{arn:?} is not an ARN (arn:aws:elasticloadbalancing:...)"),
+                ));
             }
         }
         if let Some(url) = &self.aws.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(err(file, "aws.endpoint_url", format!("{url:?} is not an http(s) URL")));
+                return Err(err(
+                    file,
+                    "aws.endpoint_url",
+                    format!("{url:?} is not an http(s) URL"),
+                ));
             }
         }
         if self.gates.poll_ms == 0 {
@@ -372,8 +446,12 @@ impl Inventory {
     /// The retry policy of every step.
     pub fn retry_policy(&self) -> waymark_engine::RetryPolicy {
         waymark_engine::RetryPolicy::default()
-            .initial_interval(std::time::Duration::from_millis(self.gates.retry_initial_ms))
-            .max_interval(std::time::Duration::from_millis(self.gates.retry_max_ms.max(self.gates.retry_initial_ms)))
+            .initial_interval(std::time::Duration::from_millis(
+                self.gates.retry_initial_ms,
+            ))
+            .max_interval(std::time::Duration::from_millis(
+                self.gates.retry_max_ms.max(self.gates.retry_initial_ms),
+            ))
             .max_attempts(self.gates.retry_attempts)
     }
 
@@ -405,7 +483,12 @@ impl Inventory {
             Some(path) => SshAuth::KeyFile { path: path.clone() },
             None => SshAuth::Agent { socket: None },
         };
-        let mut t = SshTarget::new(host, self.ssh.user.clone(), auth, self.ssh.known_hosts.clone());
+        let mut t = SshTarget::new(
+            host,
+            self.ssh.user.clone(),
+            auth,
+            self.ssh.known_hosts.clone(),
+        );
         t.port = port;
         if let Some(ms) = self.ssh.connect_timeout_ms {
             t.connect_timeout_ms = ms;
@@ -419,14 +502,23 @@ impl Inventory {
     /// The yb-masters.
     pub fn masters(&self) -> Masters {
         Masters {
-            http: self.yugabyte.nodes.iter().filter_map(|n| n.master_http.clone()).collect(),
+            http: self
+                .yugabyte
+                .nodes
+                .iter()
+                .filter_map(|n| n.master_http.clone())
+                .collect(),
             request_timeout_ms: None,
         }
     }
 
     /// `host:7100` of every master.
     pub fn master_rpc(&self) -> Vec<String> {
-        self.yugabyte.nodes.iter().filter_map(|n| n.master_rpc.clone()).collect()
+        self.yugabyte
+            .nodes
+            .iter()
+            .filter_map(|n| n.master_rpc.clone())
+            .collect()
     }
 
     /// The ELBv2 connection.

@@ -7,17 +7,20 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{
-    DeregisterTarget, DeregisterTargetInput, ReadTrafficWeights, ReadTrafficWeightsInput, RegisterTarget,
-    RegisterTargetInput, RegisterTargetOutput, SetTrafficWeights, SetTrafficWeightsInput, SetTrafficWeightsOutput,
-    Weights,
+    DeregisterTarget, DeregisterTargetInput, ReadTrafficWeights, ReadTrafficWeightsInput,
+    RegisterTarget, RegisterTargetInput, RegisterTargetOutput, SetTrafficWeights,
+    SetTrafficWeightsInput, SetTrafficWeightsOutput, Weights,
 };
 use waymark_activities::k8s::{
-    ReadReplicas, RestartInput as RolloutRestartInput, RolloutRestart, Scale, ScaleInput, WaitRollout, WaitRolloutInput,
+    ReadReplicas, RestartInput as RolloutRestartInput, RolloutRestart, Scale, ScaleInput,
+    WaitRollout, WaitRolloutInput,
 };
-use waymark_activities::ssh::{RestartInput as UnitRestartInput, ShowInput, SystemdRestart, SystemdShow, UnitState};
+use waymark_activities::ssh::{
+    RestartInput as UnitRestartInput, ShowInput, SystemdRestart, SystemdShow, UnitState,
+};
 use waymark_activities::yb::{
-    FindLeader, HealthCheck, HealthInput, HealthReport, LoadBalancerInput, ServerBackInput, ServerKind, WaitHealthy,
-    WaitLoadBalancer, WaitServerBack,
+    FindLeader, HealthCheck, HealthInput, HealthReport, LoadBalancerInput, ServerBackInput,
+    ServerKind, WaitHealthy, WaitLoadBalancer, WaitServerBack,
 };
 use waymark_engine::workflow::{self, Workflow};
 use waymark_engine::{Activity, RetryPolicy, WorkflowContext};
@@ -48,8 +51,15 @@ impl Workflow for YbMaintenance {
     type Input = Inventory;
     type Output = Summary;
 
-    async fn run(&self, ctx: WorkflowContext, inventory: Inventory) -> Result<Summary, workflow::Error> {
-        let m = Maintenance { ctx, inv: inventory };
+    async fn run(
+        &self,
+        ctx: WorkflowContext,
+        inventory: Inventory,
+    ) -> Result<Summary, workflow::Error> {
+        let m = Maintenance {
+            ctx,
+            inv: inventory,
+        };
         m.health_gate_before_any_change().await?;
         m.approval_if_required().await?;
         let traffic_before = m.step1_switch_traffic_to_zone_a().await?;
@@ -59,8 +69,10 @@ impl Workflow for YbMaintenance {
         m.step5_wait_for_load_balancing().await?;
         let registered = m.step6_register_new_node_in_target_group().await?;
         m.step7_restart_fp_and_fp_async().await?;
-        m.step8_start_mirrormaker_at_recorded_replicas(&mirrormaker_replicas).await?;
-        m.step9_switch_traffic_back_to_zone_b(&traffic_before).await?;
+        m.step8_start_mirrormaker_at_recorded_replicas(&mirrormaker_replicas)
+            .await?;
+        m.step9_switch_traffic_back_to_zone_b(&traffic_before)
+            .await?;
         Ok(Summary {
             traffic_before: traffic_before.by_target_group,
             mirrormaker_replicas,
@@ -117,7 +129,10 @@ impl Maintenance {
     /// A long wait: its attempt limit covers its own timeout, and it must heartbeat.
     fn wait_limits(&self, timeout_secs: u64) -> (Duration, Duration) {
         let poll = Duration::from_millis(self.gates().poll_ms);
-        (Duration::from_secs(timeout_secs) + MARGIN, poll * 10 + Duration::from_secs(30))
+        (
+            Duration::from_secs(timeout_secs) + MARGIN,
+            poll * 10 + Duration::from_secs(30),
+        )
     }
 
     async fn health_gate_before_any_change(&self) -> Result<(), workflow::Error> {
@@ -171,7 +186,11 @@ impl Maintenance {
                 weights: self.weights(100, 0),
             })
             .label("1. switch traffic to zone A")
-            .compensate_with(SetTrafficWeights::NAME, &restore, "traffic back to zone B (the weights before the run)")
+            .compensate_with(
+                SetTrafficWeights::NAME,
+                &restore,
+                "traffic back to zone B (the weights before the run)",
+            )
             .await?;
         Ok(before)
     }
@@ -180,10 +199,12 @@ impl Maintenance {
         let mut recorded = BTreeMap::new();
         for name in &self.inv.mirrormaker.deployments {
             let d = self.inv.deployment(name);
-            let replicas: i32 = self.step::<ReadReplicas>(&d)
+            let replicas: i32 = self
+                .step::<ReadReplicas>(&d)
                 .label(format!("2. record {name} replicas"))
                 .await?;
-            let _: waymark_activities::k8s::ScaleOutput = self.step::<Scale>(&ScaleInput {
+            let _: waymark_activities::k8s::ScaleOutput = self
+                .step::<Scale>(&ScaleInput {
                     deployment: d.clone(),
                     replicas: 0,
                 })
@@ -202,16 +223,25 @@ impl Maintenance {
         Ok(recorded)
     }
 
-    async fn step3_restart_masters_one_at_a_time_leader_last(&self) -> Result<Vec<String>, workflow::Error> {
+    async fn step3_restart_masters_one_at_a_time_leader_last(
+        &self,
+    ) -> Result<Vec<String>, workflow::Error> {
         let leader: String = self
             .step::<FindLeader>(&self.inv.masters())
             .label("3. find the leader master")
             .await?;
-        let mut order: Vec<&Node> = self.inv.yugabyte.nodes.iter().filter(|n| n.master_http.is_some()).collect();
+        let mut order: Vec<&Node> = self
+            .inv
+            .yugabyte
+            .nodes
+            .iter()
+            .filter(|n| n.master_http.is_some())
+            .collect();
         order.sort_by_key(|n| n.master_http.as_deref() == Some(leader.as_str()));
         let mut done = Vec::new();
         for node in order {
-            self.restart_on_node(node, "3", "yb-master", ServerKind::Master).await?;
+            self.restart_on_node(node, "3", "yb-master", ServerKind::Master)
+                .await?;
             done.push(node.name.clone());
         }
         Ok(done)
@@ -220,7 +250,8 @@ impl Maintenance {
     async fn step4_restart_tservers_one_at_a_time(&self) -> Result<Vec<String>, workflow::Error> {
         let mut done = Vec::new();
         for node in self.inv.yugabyte.nodes.iter().filter(|n| n.tserver) {
-            self.restart_on_node(node, "4", "yb-tserver", ServerKind::TServer).await?;
+            self.restart_on_node(node, "4", "yb-tserver", ServerKind::TServer)
+                .await?;
             done.push(node.name.clone());
         }
         Ok(done)
@@ -228,7 +259,13 @@ impl Maintenance {
 
     /// Record the unit's InvocationID, restart it (skipped if the ID changed meanwhile: it was
     /// already restarted before a crash), wait until the server is back, then the health gate.
-    async fn restart_on_node(&self, node: &Node, n: &str, unit: &str, kind: ServerKind) -> Result<(), workflow::Error> {
+    async fn restart_on_node(
+        &self,
+        node: &Node,
+        n: &str,
+        unit: &str,
+        kind: ServerKind,
+    ) -> Result<(), workflow::Error> {
         let target = self.inv.ssh_target(node);
         let name = &node.name;
         let before: UnitState = self
@@ -334,9 +371,14 @@ impl Maintenance {
     async fn step7_restart_fp_and_fp_async(&self) -> Result<(), workflow::Error> {
         // The annotation value comes from the recorded clock: a retried restart patches the same
         // value and starts no second rollout.
-        let restarted_at = self.ctx.now().await?.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let restarted_at = self
+            .ctx
+            .now()
+            .await?
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         for name in &self.inv.services.deployments {
-            let _: waymark_activities::k8s::RestartOutput = self.step::<RolloutRestart>(&RolloutRestartInput {
+            let _: waymark_activities::k8s::RestartOutput = self
+                .step::<RolloutRestart>(&RolloutRestartInput {
                     deployment: self.inv.deployment(name),
                     restarted_at: restarted_at.clone(),
                 })
@@ -346,22 +388,26 @@ impl Maintenance {
         let (limit, beat) = self.wait_limits(self.gates().rollout_timeout_secs);
         let waits = self.inv.services.deployments.iter().map(|name| {
             self.step::<WaitRollout>(&WaitRolloutInput {
-                    deployment: self.inv.deployment(name),
-                    timeout_secs: self.gates().rollout_timeout_secs,
-                    poll_ms: self.gates().poll_ms,
-                })
-                .label(format!("7. wait for the {name} rollout"))
-                .start_to_close(limit)
-                .heartbeat_timeout(beat)
-                .into_future()
+                deployment: self.inv.deployment(name),
+                timeout_secs: self.gates().rollout_timeout_secs,
+                poll_ms: self.gates().poll_ms,
+            })
+            .label(format!("7. wait for the {name} rollout"))
+            .start_to_close(limit)
+            .heartbeat_timeout(beat)
+            .into_future()
         });
         futures::future::try_join_all(waits).await?;
         Ok(())
     }
 
-    async fn step8_start_mirrormaker_at_recorded_replicas(&self, recorded: &BTreeMap<String, i32>) -> Result<(), workflow::Error> {
+    async fn step8_start_mirrormaker_at_recorded_replicas(
+        &self,
+        recorded: &BTreeMap<String, i32>,
+    ) -> Result<(), workflow::Error> {
         for (name, replicas) in recorded {
-            let _: waymark_activities::k8s::ScaleOutput = self.step::<Scale>(&ScaleInput {
+            let _: waymark_activities::k8s::ScaleOutput = self
+                .step::<Scale>(&ScaleInput {
                     deployment: self.inv.deployment(name),
                     replicas: *replicas,
                 })
@@ -371,7 +417,10 @@ impl Maintenance {
         Ok(())
     }
 
-    async fn step9_switch_traffic_back_to_zone_b(&self, before: &Weights) -> Result<(), workflow::Error> {
+    async fn step9_switch_traffic_back_to_zone_b(
+        &self,
+        before: &Weights,
+    ) -> Result<(), workflow::Error> {
         let _: SetTrafficWeightsOutput = self
             .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
                 conn: self.inv.elb(),

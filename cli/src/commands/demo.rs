@@ -23,17 +23,32 @@ fn fault_for_step(step: u8) -> Option<Fault> {
     };
     Some(match step {
         1 => f("elb", "ModifyListener", FaultKind::Throttle, None),
-        2 => f("k8s", "PATCH prod/mirrormaker2/scale", FaultKind::Status(500), None),
+        2 => f(
+            "k8s",
+            "PATCH prod/mirrormaker2/scale",
+            FaultKind::Status(500),
+            None,
+        ),
         // The connection drops on the restart command (the restart never runs): retried, then
         // compensated. A `Job ... failed` exit is not retried (the activity treats it as final).
         3 => f("ssh", "systemctl restart yb-master", FaultKind::Drop, None),
         4 => f("ssh", "systemctl restart yb-tserver", FaultKind::Drop, None),
-        5 => f("ssh", "yb-admin", FaultKind::Exit(1, "Error: Timed out waiting for the master leader\n".into()), None),
+        5 => f(
+            "ssh",
+            "yb-admin",
+            FaultKind::Exit(1, "Error: Timed out waiting for the master leader\n".into()),
+            None,
+        ),
         6 => f("elb", "RegisterTargets", FaultKind::Status(500), None),
         7 => f("k8s", "stuck prod/fp", FaultKind::Status(500), None),
         // Steps 8 and 9 fail for all their attempts; the compensation, which makes the same kind
         // of call, then gets through.
-        8 => f("k8s", "PATCH prod/mirrormaker2/scale replicas=2", FaultKind::Status(500), Some(4)),
+        8 => f(
+            "k8s",
+            "PATCH prod/mirrormaker2/scale replicas=2",
+            FaultKind::Status(500),
+            Some(4),
+        ),
         9 => f("elb", "ModifyListener", FaultKind::Throttle, Some(5)),
         _ => return None,
     })
@@ -43,15 +58,26 @@ fn fault_for_step(step: u8) -> Option<Fault> {
 pub async fn demo(data_dir: &Path, fail_at: Option<u8>, faster: u64) -> anyhow::Result<ExitCode> {
     let fault = match fail_at {
         None => None,
-        Some(s) => Some(fault_for_step(s).ok_or_else(|| usage(format!("--fail-at takes a runbook step from 1 to 9, not {s}")))?),
+        Some(s) => Some(fault_for_step(s).ok_or_else(|| {
+            usage(format!(
+                "--fail-at takes a runbook step from 1 to 9, not {s}"
+            ))
+        })?),
     };
     let sandbox_dir = data_dir.join("sandbox");
     let sb = Sandbox::start(&sandbox_dir, &Spec::default().faster(faster))
         .await
         .with_context(|| format!("starting the sandbox estate in {}", sandbox_dir.display()))?;
     if let Some(f) = &fault {
-        eprintln!("demo: the sandbox will fail runbook step {} ({} fault on {:?})", fail_at.unwrap_or(0), f.system, f.matching);
-        sb.shared().set_faults(Faults { rules: vec![f.clone()] });
+        eprintln!(
+            "demo: the sandbox will fail runbook step {} ({} fault on {:?})",
+            fail_at.unwrap_or(0),
+            f.system,
+            f.matching
+        );
+        sb.shared().set_faults(Faults {
+            rules: vec![f.clone()],
+        });
     } else {
         sb.shared().set_faults(Faults::default());
     }
@@ -66,7 +92,11 @@ pub async fn demo(data_dir: &Path, fail_at: Option<u8>, faster: u64) -> anyhow::
     let log = open_log(data_dir)?;
     let engine = engine(log);
     let run = engine
-        .start_named("yb-maintenance", Payload::encode(&inv)?, &format!("{} via demo", operator()))
+        .start_named(
+            "yb-maintenance",
+            Payload::encode(&inv)?,
+            &format!("{} via demo", operator()),
+        )
         .await?;
     println!("{run}");
     let outcome = follow(&engine, run).await?;
@@ -75,17 +105,35 @@ pub async fn demo(data_dir: &Path, fail_at: Option<u8>, faster: u64) -> anyhow::
     let effects = read_effects(&sandbox_dir);
     let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
     for e in &effects {
-        *counts.entry((e.system.clone(), e.action.clone())).or_default() += 1;
+        *counts
+            .entry((e.system.clone(), e.action.clone()))
+            .or_default() += 1;
     }
     let (weights, replicas) = sb.shared().read(|st| {
-        let listener = st.elb.listener_arn(waymark_sandbox::elb::LOAD_BALANCER).map(str::to_owned);
-        let w = listener.and_then(|l| st.elb.weights(&l)).unwrap_or_default();
-        let r: Vec<(String, u32)> = st.k8s.deployments.values().map(|d| (d.name.clone(), d.replicas)).collect();
+        let listener = st
+            .elb
+            .listener_arn(waymark_sandbox::elb::LOAD_BALANCER)
+            .map(str::to_owned);
+        let w = listener
+            .and_then(|l| st.elb.weights(&l))
+            .unwrap_or_default();
+        let r: Vec<(String, u32)> = st
+            .k8s
+            .deployments
+            .values()
+            .map(|d| (d.name.clone(), d.replicas))
+            .collect();
         (w, r)
     });
     eprintln!("\nestate after the run:");
     for (arn, w) in &weights {
-        let zone = if *arn == inv.traffic.zone_a_target_group_arn { "zone A" } else if *arn == inv.traffic.zone_b_target_group_arn { "zone B" } else { "other" };
+        let zone = if *arn == inv.traffic.zone_a_target_group_arn {
+            "zone A"
+        } else if *arn == inv.traffic.zone_b_target_group_arn {
+            "zone B"
+        } else {
+            "other"
+        };
         eprintln!("  traffic weight {zone}: {w}");
     }
     for (name, r) in replicas {

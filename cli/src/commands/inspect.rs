@@ -14,10 +14,18 @@ use crate::env::{operator, usage};
 use crate::{HistoryOutput, Output};
 
 /// `waymark ls`.
-pub async fn ls(data_dir: &Path, state: Option<&str>, workflow: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
+pub async fn ls(
+    data_dir: &Path,
+    state: Option<&str>,
+    workflow: Option<&str>,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
     if let Some(s) = state {
         if !api::STATES.contains(&s) {
-            return Err(usage(format!("unknown state {s:?}; use one of {}", api::STATES.join(", "))));
+            return Err(usage(format!(
+                "unknown state {s:?}; use one of {}",
+                api::STATES.join(", ")
+            )));
         }
     }
     let list: RunList = match Target::open(data_dir).await? {
@@ -30,7 +38,8 @@ pub async fn ls(data_dir: &Path, state: Option<&str>, workflow: Option<&str>, ou
             if let Some(w) = workflow {
                 q.push(format!("workflow={w}"));
             }
-            c.json(Method::GET, &format!("/v1/runs?{}", q.join("&")), None).await?
+            c.json(Method::GET, &format!("/v1/runs?{}", q.join("&")), None)
+                .await?
         }
     };
     for d in &list.damaged {
@@ -39,27 +48,40 @@ pub async fn ls(data_dir: &Path, state: Option<&str>, workflow: Option<&str>, ou
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.runs)?),
         Output::Text => {
-            println!("{:<36}  {:<18} {:<13} {:<20} STARTED BY", "RUN", "WORKFLOW", "STATE", "STARTED");
+            println!(
+                "{:<36}  {:<18} {:<13} {:<20} STARTED BY",
+                "RUN", "WORKFLOW", "STATE", "STARTED"
+            );
             for r in &list.runs {
                 println!(
                     "{:<36}  {:<18} {:<13} {:<20} {}",
                     r.run,
                     format!("{} v{}", r.workflow, r.version),
                     r.state,
-                    r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " "),
+                    r.started_at
+                        .get(..19)
+                        .unwrap_or(&r.started_at)
+                        .replace('T', " "),
                     r.started_by
                 );
             }
         }
     }
-    Ok(if list.damaged.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if list.damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `waymark show RUN`.
 pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitCode> {
     let v: serde_json::Value = match Target::open(data_dir).await? {
         Target::Direct(log) => api::show(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
-        Target::Daemon(c) => c.json(Method::GET, &format!("/v1/runs/{run}"), None).await?,
+        Target::Daemon(c) => {
+            c.json(Method::GET, &format!("/v1/runs/{run}"), None)
+                .await?
+        }
     };
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
@@ -67,9 +89,22 @@ pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<
             let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
             println!("run       {}", s("run"));
             println!("workflow  {} v{}", s("workflow"), v["version"]);
-            println!("state     {}{}", s("state"), if v["paused"].as_bool() == Some(true) { " (paused)" } else { "" });
+            println!(
+                "state     {}{}",
+                s("state"),
+                if v["paused"].as_bool() == Some(true) {
+                    " (paused)"
+                } else {
+                    ""
+                }
+            );
             println!("started   {} by {}", s("started_at"), s("started_by"));
-            println!("updated   {} ({} events, {:.1} s)", s("updated_at"), v["events"], v["duration_s"].as_f64().unwrap_or(0.0));
+            println!(
+                "updated   {} ({} events, {:.1} s)",
+                s("updated_at"),
+                v["events"],
+                v["duration_s"].as_f64().unwrap_or(0.0)
+            );
             if let Some(c) = v["current_step"].as_str() {
                 println!("current   {c}");
             }
@@ -83,8 +118,12 @@ pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<
                     st["status"].as_str().unwrap_or_default(),
                     st["label"].as_str().unwrap_or_default(),
                     st["attempts"],
-                    st["duration_s"].as_f64().map_or(String::new(), |d| format!("{d:.2} s")),
-                    st["error"].as_str().map_or(String::new(), |e| format!("  error: {e}")),
+                    st["duration_s"]
+                        .as_f64()
+                        .map_or(String::new(), |d| format!("{d:.2} s")),
+                    st["error"]
+                        .as_str()
+                        .map_or(String::new(), |e| format!("  error: {e}")),
                 );
             }
         }
@@ -93,10 +132,17 @@ pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<
 }
 
 /// `waymark history RUN`.
-pub async fn history(data_dir: &Path, run: &str, output: HistoryOutput) -> anyhow::Result<ExitCode> {
+pub async fn history(
+    data_dir: &Path,
+    run: &str,
+    output: HistoryOutput,
+) -> anyhow::Result<ExitCode> {
     let rows: Vec<EventRow> = match Target::open(data_dir).await? {
         Target::Direct(log) => api::history(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
-        Target::Daemon(c) => c.json(Method::GET, &format!("/v1/runs/{run}/history"), None).await?,
+        Target::Daemon(c) => {
+            c.json(Method::GET, &format!("/v1/runs/{run}/history"), None)
+                .await?
+        }
     };
     match output {
         HistoryOutput::Text => {
@@ -118,7 +164,10 @@ pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
             let id = api::find_run(log.as_ref(), run)?;
             replay_json(&engine(log).replay(id).await?)
         }
-        Target::Daemon(c) => c.json(Method::GET, &format!("/v1/runs/{run}/replay"), None).await?,
+        Target::Daemon(c) => {
+            c.json(Method::GET, &format!("/v1/runs/{run}/replay"), None)
+                .await?
+        }
     };
     println!(
         "run {} ({} v{}): {} events, {} commands replayed",
@@ -133,7 +182,11 @@ pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
         println!("  recorded: {rec}");
         println!("  code now: {new}");
     }
-    Ok(if v["deterministic"].as_bool() == Some(true) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if v["deterministic"].as_bool() == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `waymark verify [RUN]`.
@@ -160,11 +213,20 @@ pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCo
         report.events,
         report.faults.len()
     );
-    Ok(if report.faults.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if report.faults.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// `waymark signal RUN SIGNAL`.
-pub async fn signal(data_dir: &Path, run: &str, name: &str, reason: Option<String>) -> anyhow::Result<ExitCode> {
+pub async fn signal(
+    data_dir: &Path,
+    run: &str,
+    name: &str,
+    reason: Option<String>,
+) -> anyhow::Result<ExitCode> {
     match Target::open(data_dir).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
@@ -180,7 +242,10 @@ pub async fn signal(data_dir: &Path, run: &str, name: &str, reason: Option<Strin
                     Some(serde_json::json!({ "signal": name, "reason": reason })),
                 )
                 .await?;
-            println!("signal {name} delivered to run {}", v["run"].as_str().unwrap_or(run));
+            println!(
+                "signal {name} delivered to run {}",
+                v["run"].as_str().unwrap_or(run)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -193,7 +258,9 @@ pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Resu
     let mut last_progress = std::time::Instant::now() - std::time::Duration::from_secs(10);
     let follow = c.follow(run, |line| {
         match line {
-            FollowLine::Event(r) => eprintln!("{}", display::line(r.seq, r.at, &r.event, &mut labels)),
+            FollowLine::Event(r) => {
+                eprintln!("{}", display::line(r.seq, r.at, &r.event, &mut labels))
+            }
             FollowLine::Progress { label, message } => {
                 if last_progress.elapsed() >= std::time::Duration::from_millis(900) {
                     eprintln!("             ... {label}: {message}");

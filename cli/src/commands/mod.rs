@@ -23,7 +23,10 @@ use crate::{Command, SandboxCommand};
 /// Runs a command.
 pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { workflow, inventory } => runs::run(&data_dir, &workflow, &inventory).await,
+        Command::Run {
+            workflow,
+            inventory,
+        } => runs::run(&data_dir, &workflow, &inventory).await,
         Command::Resume { run } => runs::resume(&data_dir, run.as_deref()).await,
         Command::Plan {
             workflow,
@@ -46,7 +49,10 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             detach,
         } => runs::start(&data_dir, &workflow, &inventory, detach).await,
         Command::Attach { run } => runs::attach(&data_dir, &run).await,
-        Command::Daemon { listen_tcp, token_file } => {
+        Command::Daemon {
+            listen_tcp,
+            token_file,
+        } => {
             crate::daemon::run(crate::daemon::Options {
                 data_dir,
                 tcp: listen_tcp,
@@ -66,7 +72,11 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Signal { run, signal, reason } => inspect::signal(&data_dir, &run, &signal, reason).await,
+        Command::Signal {
+            run,
+            signal,
+            reason,
+        } => inspect::signal(&data_dir, &run, &signal, reason).await,
         Command::Sandbox {
             command: SandboxCommand::Up { dir, faster },
         } => sandbox::up(&dir, faster).await,
@@ -120,14 +130,34 @@ pub fn outcome_code_u8(outcome: &RunOutcome) -> u8 {
 /// A replay report as the CLI prints it (and the daemon sends it).
 pub fn replay_json(r: &ReplayReport) -> serde_json::Value {
     let (deterministic, verdict, recorded, new) = match &r.verdict {
-        ReplayVerdict::Deterministic => (true, "deterministic: the code reproduces every recorded step and the outcome".to_owned(), None, None),
-        ReplayVerdict::InProgress { next } => (true, format!("deterministic so far (the run is unfinished); next it would: {next}"), None, None),
-        ReplayVerdict::Diverged(SuspendReason::Nondeterminism { position, recorded, new }) => {
-            (false, format!("NOT deterministic at command {position}:"), Some(recorded.clone()), Some(new.clone()))
-        }
-        ReplayVerdict::OutcomeDiffers { recorded, replayed } => {
-            (false, "NOT deterministic: the outcome differs".to_owned(), Some(recorded.clone()), Some(replayed.clone()))
-        }
+        ReplayVerdict::Deterministic => (
+            true,
+            "deterministic: the code reproduces every recorded step and the outcome".to_owned(),
+            None,
+            None,
+        ),
+        ReplayVerdict::InProgress { next } => (
+            true,
+            format!("deterministic so far (the run is unfinished); next it would: {next}"),
+            None,
+            None,
+        ),
+        ReplayVerdict::Diverged(SuspendReason::Nondeterminism {
+            position,
+            recorded,
+            new,
+        }) => (
+            false,
+            format!("NOT deterministic at command {position}:"),
+            Some(recorded.clone()),
+            Some(new.clone()),
+        ),
+        ReplayVerdict::OutcomeDiffers { recorded, replayed } => (
+            false,
+            "NOT deterministic: the outcome differs".to_owned(),
+            Some(recorded.clone()),
+            Some(replayed.clone()),
+        ),
     };
     serde_json::json!({
         "run": r.run.to_string(), "workflow": r.workflow, "version": r.version, "events": r.events,
@@ -146,6 +176,8 @@ pub fn outcome_line(run: RunId, outcome: &RunOutcome) -> String {
             "run {run} SUSPENDED: the workflow code no longer matches its history: {r:?}; \
              `waymark replay {run}` shows the divergence"
         ),
-        RunOutcome::Stopped(why) => format!("run {run} stopped unfinished ({why}); `waymark resume {run}` continues it"),
+        RunOutcome::Stopped(why) => {
+            format!("run {run} stopped unfinished ({why}); `waymark resume {run}` continues it")
+        }
     }
 }

@@ -27,7 +27,11 @@ fn check_workflow(workflow: &str) -> anyhow::Result<()> {
 pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::Result<ExitCode> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
-    refuse_if_daemon(data_dir, "start the run there with `waymark start` (it survives your disconnecting)").await?;
+    refuse_if_daemon(
+        data_dir,
+        "start the run there with `waymark start` (it survives your disconnecting)",
+    )
+    .await?;
     let log = open_log(data_dir)?;
     let engine = engine(log);
     let input = Payload::encode(&inv)?;
@@ -41,7 +45,11 @@ pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::R
 
 /// `waymark resume [RUN]`.
 pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCode> {
-    refuse_if_daemon(data_dir, "the daemon resumes unfinished runs itself; `waymark attach RUN` follows one").await?;
+    refuse_if_daemon(
+        data_dir,
+        "the daemon resumes unfinished runs itself; `waymark attach RUN` follows one",
+    )
+    .await?;
     let log = open_log(data_dir)?;
     let engine = engine(log.clone());
     let runs = match run {
@@ -57,7 +65,11 @@ pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCo
             }
             if report.resumed.is_empty() {
                 eprintln!("no unfinished run to resume in {}", data_dir.display());
-                return Ok(if report.refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) });
+                return Ok(if report.refused.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
             }
             report.resumed
         }
@@ -91,7 +103,12 @@ pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::R
 }
 
 /// `waymark start WORKFLOW --inventory FILE [--detach]`: through the daemon.
-pub async fn start(data_dir: &Path, workflow: &str, inventory: &Path, detach: bool) -> anyhow::Result<ExitCode> {
+pub async fn start(
+    data_dir: &Path,
+    workflow: &str,
+    inventory: &Path,
+    detach: bool,
+) -> anyhow::Result<ExitCode> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
     let Some(client) = crate::client::Client::connect(data_dir).await? else {

@@ -1,12 +1,138 @@
-//! `waymark schedule ...`.
+//! `waymark schedule add|ls|rm|pause|unpause`: through the daemon when one serves the data
+//! directory (it keeps the schedules), else on `DATA_DIR/schedules.json` for the next daemon start.
 
 use std::path::Path;
 use std::process::ExitCode;
 
-use crate::ScheduleCommand;
+use chrono::Utc;
+use hyper::Method;
+use waymark_cli::schedule::ScheduleBook;
+
+use crate::client::Client;
+use crate::daemon_schedules::{new_schedule, rows, AddBody};
+use crate::env::usage;
+use crate::{Output, ScheduleCommand};
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    usage(e.to_string())
+}
 
 /// Runs a schedule command.
 pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Result<ExitCode> {
-    let _ = (data_dir, command);
-    Err(crate::env::usage("schedules are being wired"))
+    let client = Client::connect(data_dir).await?;
+    let path = data_dir.join("schedules.json");
+    match command {
+        ScheduleCommand::Add {
+            name,
+            workflow,
+            inventory,
+            cron,
+            window,
+            overlap,
+            catch_up,
+        } => {
+            let inventory = std::path::absolute(&inventory)?;
+            let body = AddBody {
+                name: name.clone(),
+                workflow,
+                inventory,
+                cron,
+                window,
+                overlap,
+                catch_up,
+            };
+            match client {
+                Some(c) => {
+                    let _: serde_json::Value = c
+                        .json(
+                            Method::POST,
+                            "/v1/schedules",
+                            Some(serde_json::to_value(&body)?),
+                        )
+                        .await?;
+                }
+                None => {
+                    std::fs::create_dir_all(data_dir)?;
+                    let mut book = ScheduleBook::load(&path).map_err(err)?;
+                    book.add(new_schedule(&body)?, Utc::now()).map_err(err)?;
+                    book.save(&path).map_err(err)?;
+                    eprintln!(
+                        "no daemon serves {}: saved for its next start",
+                        data_dir.display()
+                    );
+                }
+            }
+            println!("schedule {name} added");
+        }
+        ScheduleCommand::Ls { output } => {
+            let list: Vec<serde_json::Value> = match client {
+                Some(c) => c.json(Method::GET, "/v1/schedules", None).await?,
+                None => rows(&ScheduleBook::load(&path).map_err(err)?),
+            };
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Output::Text => {
+                    println!(
+                        "{:<16} {:<16} {:<14} {:<6} {:<6} {:<7} {:<7} NEXT",
+                        "NAME", "WORKFLOW", "CRON", "WINDOW", "OVERLAP", "CATCHUP", "PAUSED"
+                    );
+                    for s in list {
+                        let t = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
+                        println!(
+                            "{:<16} {:<16} {:<14} {:<6} {:<6} {:<7} {:<7} {}",
+                            t("name"),
+                            t("workflow"),
+                            t("cron"),
+                            t("window"),
+                            t("overlap"),
+                            t("catch_up"),
+                            s["paused"],
+                            t("next")
+                        );
+                    }
+                }
+            }
+        }
+        ScheduleCommand::Rm { name } => {
+            match client {
+                Some(c) => {
+                    let _: serde_json::Value = c
+                        .json(Method::DELETE, &format!("/v1/schedules/{name}"), None)
+                        .await?;
+                }
+                None => {
+                    let mut book = ScheduleBook::load(&path).map_err(err)?;
+                    book.remove(&name).map_err(err)?;
+                    book.save(&path).map_err(err)?;
+                }
+            }
+            println!("schedule {name} removed");
+        }
+        ScheduleCommand::Pause { name } => set_paused(client, &path, &name, true).await?,
+        ScheduleCommand::Unpause { name } => set_paused(client, &path, &name, false).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn set_paused(
+    client: Option<Client>,
+    path: &Path,
+    name: &str,
+    paused: bool,
+) -> anyhow::Result<()> {
+    let verb = if paused { "pause" } else { "unpause" };
+    match client {
+        Some(c) => {
+            let _: serde_json::Value = c
+                .json(Method::POST, &format!("/v1/schedules/{name}/{verb}"), None)
+                .await?;
+        }
+        None => {
+            let mut book = ScheduleBook::load(path).map_err(err)?;
+            book.set_paused(name, paused, Utc::now()).map_err(err)?;
+            book.save(path).map_err(err)?;
+        }
+    }
+    println!("schedule {name} {verb}d");
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The engine benchmark. Run with `cargo run --release -p waymark-tests --bin waymark-bench`.
+//! The engine benchmark. Run with `cargo bench -p waymark-engine`.
 //!
 //! Reports, in one run on this machine, each figure beside its baseline measured in the same run:
 //! the raw sled insert+flush rate for the same bytes; durable appends/s of one run of 1,000 no-op

@@ -1,0 +1,3 @@
+//! Library part of the waymark CLI: pieces shared with the tests.
+
+pub mod schedule;

@@ -1,0 +1,432 @@
+//! The daemon and the operator CLI: detach and re-attach, a daemon killed with SIGKILL (and one
+//! stopped with SIGTERM) resuming its run, API security, no secret in history, verify and metrics.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use waymark_engine::event::Event;
+use waymark_engine::log::EventLog;
+use waymark_sandbox::read_effects;
+
+use crate::util::{temp_dir, waymark, SandboxProcess};
+
+/// `waymark daemon` as its own process, killed when dropped.
+struct DaemonProcess {
+    child: Child,
+    data: PathBuf,
+}
+
+impl DaemonProcess {
+    fn start(data: &Path, extra: &[&str]) -> Self {
+        let child = waymark(data)
+            .arg("daemon")
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn waymark daemon");
+        let sock = data.join("waymark.sock");
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon did not open {}",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        DaemonProcess {
+            child,
+            data: data.to_owned(),
+        }
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn sigterm(mut self) -> String {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exit after SIGTERM: {status}");
+        let mut err = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        err
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = &self.data;
+    }
+}
+
+fn start_detached(data: &Path, inventory: &Path) -> String {
+    let out = waymark(data)
+        .args(["start", "yb-maintenance", "--detach", "--inventory"])
+        .arg(inventory)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Attaches and waits for the end; returns (exit code, stdout).
+fn attach_to_end(data: &Path, run: &str) -> (Option<i32>, String) {
+    let out = waymark(data).args(["attach", run]).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn events_so_far(data: &Path, run: &str) -> usize {
+    let out = waymark(data)
+        .args(["history", run, "--output", "json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array().map_or(0, Vec::len)
+}
+
+fn wait_for_events(data: &Path, run: &str, n: usize) {
+    let start = Instant::now();
+    while events_so_far(data, run) < n {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "run {run} did not reach {n} events"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn restarts(estate: &Path) -> usize {
+    read_effects(estate)
+        .iter()
+        .filter(|e| e.system == "ssh" && e.action == "restart")
+        .count()
+}
+
+#[test]
+fn client_disconnects_mid_run_and_a_new_client_reattaches_and_sees_the_end() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let _daemon = DaemonProcess::start(&data, &[]);
+    // A client that follows the run, killed mid-run: the run must go on.
+    let mut client = waymark(&data)
+        .args(["start", "yb-maintenance", "--inventory"])
+        .arg(sb.dir.join("inventory.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut run = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut run)
+        .unwrap();
+    let run = run.trim().to_owned();
+    let mut lines = BufReader::new(client.stderr.take().unwrap()).lines();
+    // Wait until the client has printed a few live events, then cut it off.
+    let mut seen = 0;
+    for line in lines.by_ref() {
+        if line.unwrap().contains(" #") {
+            seen += 1;
+        }
+        if seen >= 10 {
+            break;
+        }
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let (code, out) = attach_to_end(&data, &run);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("completed"), "{out}");
+    assert_eq!(restarts(&sb.dir), 9, "every yb process restarted once");
+    let ls = waymark(&data)
+        .args(["ls", "--state", "completed", "--output", "json"])
+        .output()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(rows[0]["run"], run.as_str());
+    assert!(
+        rows[0]["started_by"].as_str().unwrap().contains("uid"),
+        "the peer is recorded as the operator"
+    );
+}
+
+#[test]
+fn daemon_killed_with_sigkill_mid_run_resumes_it_on_restart() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let daemon = DaemonProcess::start(&data, &[]);
+    let run = start_detached(&data, &sb.dir.join("inventory.toml"));
+    wait_for_events(&data, &run, 40);
+    daemon.sigkill();
+    let _daemon = DaemonProcess::start(&data, &[]);
+    let (code, out) = attach_to_end(&data, &run);
+    assert_eq!(code, Some(0), "{out}");
+    for n in ["yb-a-1", "yb-a-2", "yb-a-3", "yb-b-1", "yb-b-2", "yb-b-3"] {
+        let c = read_effects(&sb.dir)
+            .iter()
+            .filter(|e| e.target == format!("{n}/yb-tserver") && e.action == "restart")
+            .count();
+        assert_eq!(c, 1, "yb-tserver on {n} restarted exactly once");
+    }
+    assert_eq!(restarts(&sb.dir), 9);
+}
+
+#[test]
+fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishes() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 4);
+    let data = dir.path().join("data");
+    let daemon = DaemonProcess::start(&data, &[]);
+    let run = start_detached(&data, &sb.dir.join("inventory.toml"));
+    // Stop while some attempt is in flight (waits take most of a run's time).
+    let start = Instant::now();
+    loop {
+        let out = waymark(&data)
+            .args(["show", &run, "--output", "json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let running = v["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["status"] == "running");
+        if running && v["events"].as_u64().unwrap_or(0) > 20 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no step in flight seen"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let said = daemon.sigterm();
+    assert!(said.contains("interrupted"), "{said}");
+    {
+        let log = waymark_engine::open_sled_log(&data).unwrap();
+        let id = log.runs().unwrap()[0];
+        let h = log.read(id).unwrap();
+        assert!(
+            h.iter()
+                .any(|r| matches!(r.event, Event::AttemptInterrupted { .. })),
+            "the attempt in flight is journaled as interrupted"
+        );
+        assert!(log.open_runs().unwrap().contains(&id));
+    }
+    let _daemon = DaemonProcess::start(&data, &[]);
+    let (code, out) = attach_to_end(&data, &run);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(restarts(&sb.dir), 9);
+}
+
+#[test]
+fn socket_is_owner_only_and_other_users_are_refused() {
+    let dir = temp_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let data = dir.path().join("data");
+    let _daemon = DaemonProcess::start(&data, &[]);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = std::fs::metadata(data.join("waymark.sock"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "socket mode");
+    // `nobody` tries to use it.
+    let out = waymark(&data)
+        .arg("ls")
+        .uid(65534)
+        .gid(65534)
+        .env("HOME", "/tmp")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn http(addr: &str, request: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, resp)
+}
+
+#[test]
+fn tcp_api_needs_the_token_and_serves_metrics_with_it() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cr3t-token-for-waymark-tests\n").unwrap();
+    let port = crate::util::closed_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _daemon = DaemonProcess::start(
+        &data,
+        &[
+            "--listen-tcp",
+            &addr,
+            "--token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let req =
+        |auth: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n");
+    let (code, _) = http(&addr, &req(""));
+    assert_eq!(code, 401, "no token");
+    let (code, _) = http(
+        &addr,
+        &req("Authorization: Bearer wrong-token-wrong-token\r\n"),
+    );
+    assert_eq!(code, 401, "wrong token");
+    let (code, body) = http(
+        &addr,
+        &req("Authorization: Bearer s3cr3t-token-for-waymark-tests\r\n"),
+    );
+    assert_eq!(code, 200, "{body}");
+    for metric in [
+        "waymark_runs{state=\"running\"}",
+        "waymark_steps_total",
+        "waymark_retries_total",
+        "waymark_compensations_total",
+        "waymark_append_seconds_bucket",
+    ] {
+        assert!(body.contains(metric), "{metric} in {body}");
+    }
+    let (code, body) = http(
+        &addr,
+        "GET /v1/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 401, "{body}");
+}
+
+#[test]
+fn no_secret_reaches_the_history_or_the_output() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let out = waymark(&data)
+        .args(["run", "yb-maintenance", "--inventory"])
+        .arg(sb.dir.join("inventory.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_owned();
+    let history = waymark(&data)
+        .args(["history", &run, "--output", "json"])
+        .output()
+        .unwrap();
+    let key = std::fs::read_to_string(sb.dir.join("id_ed25519")).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for (what, text) in [
+        (
+            "history",
+            String::from_utf8_lossy(&history.stdout).into_owned(),
+        ),
+        (
+            "run stdout",
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        ),
+        (
+            "run stderr",
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+    ] {
+        assert!(
+            !text.contains("waymark-test-secret-not-real"),
+            "AWS secret in {what}"
+        );
+        assert!(
+            !key_body.is_empty() && !text.contains(&key_body[..40]),
+            "SSH private key in {what}"
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("id_ed25519"),
+        "the key's path (not the key) is in the input"
+    );
+}
+
+#[test]
+fn verify_fails_on_an_edited_log_naming_run_and_position() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let out = waymark(&data)
+        .args(["run", "yb-maintenance", "--inventory"])
+        .arg(sb.dir.join("inventory.toml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let ok = waymark(&data).arg("verify").output().unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // Edit one record in place: change a byte inside its body.
+    let run = {
+        let log = waymark_engine::open_sled_log(&data).unwrap();
+        let run = log.runs().unwrap()[0];
+        let raw = waymark_engine::log::Backend::scan_run(log.backend(), run).unwrap();
+        let (seq, mut bytes) = raw[7].clone();
+        let last = bytes.len() - 2;
+        bytes[last] ^= 0x20;
+        waymark_engine::log::Backend::raw_put(log.backend(), run, seq, Some(bytes)).unwrap();
+        run
+    };
+    let bad = waymark(&data).arg("verify").output().unwrap();
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&run.to_string()) && stdout.contains("event #7"),
+        "{stdout}"
+    );
+}
