@@ -430,3 +430,44 @@ fn verify_fails_on_an_edited_log_naming_run_and_position() {
         "{stdout}"
     );
 }
+
+#[test]
+fn schedules_are_kept_by_the_daemon_and_validated() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let daemon = DaemonProcess::start(&data, &[]);
+    let inventory = sb.dir.join("inventory.toml");
+    let add = |name: &str, cron: &str, window: &str| {
+        waymark(&data)
+            .args(["schedule", "add", name, "--workflow", "yb-maintenance", "--cron", cron, "--window", window, "--overlap", "queue", "--catch-up", "latest", "--inventory"])
+            .arg(&inventory)
+            .output()
+            .unwrap()
+    };
+    let ok = add("tuesdays", "0 3 * * 2", "90m");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let bad = add("broken", "61 3 * * *", "1h");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("61 3 * * *"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let dup = add("tuesdays", "0 4 * * 2", "1h");
+    assert_eq!(dup.status.code(), Some(2), "{}", String::from_utf8_lossy(&dup.stderr));
+    let pause = waymark(&data).args(["schedule", "pause", "tuesdays"]).output().unwrap();
+    assert!(pause.status.success());
+    let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["paused"], true);
+    assert_eq!(v[0]["cluster"], "sandbox-yb");
+    assert_eq!(v[0]["window"], "1h30m");
+    // The daemon persists them: a restarted daemon still has the schedule.
+    let _ = daemon.sigterm();
+    let _daemon = DaemonProcess::start(&data, &[]);
+    let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(v[0]["name"], "tuesdays");
+    let rm = waymark(&data).args(["schedule", "rm", "tuesdays"]).output().unwrap();
+    assert!(rm.status.success());
+    let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&ls.stdout).unwrap(), serde_json::json!([]));
+}
