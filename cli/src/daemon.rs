@@ -609,12 +609,8 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     let engine = waymark_workflows::register(Engine::builder(log.clone())).build();
     let report = engine.resume_all()?;
     tracing::info!(resumed = report.resumed.len(), "resumed unfinished runs");
-    eprintln!(
-        "waymark daemon: resumed {} unfinished run(s)",
-        report.resumed.len()
-    );
     for (run, e) in &report.refused {
-        eprintln!("waymark daemon: run {run} not resumed: {e}");
+        tracing::error!(%run, "run not resumed: {e}");
     }
     let token = match &opts.token_file {
         Some(f) => {
@@ -670,8 +666,8 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
-            eprintln!(
-                "waymark daemon: TCP API on {} (bearer token required)",
+            tracing::info!(
+                "TCP API on {} (bearer token required)",
                 l.local_addr()?
             );
             let app = router(d.clone())
@@ -693,13 +689,13 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         opts.tick,
         stop_rx.clone(),
     ));
-    eprintln!("waymark daemon: serving {} (owner-only)", sock.display());
+    tracing::info!(socket = %sock.display(), "serving (owner-only)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("waymark daemon: stopping; runs in flight are recorded as interrupted and resume on the next start");
+    tracing::info!("stopping: attempts in flight are journaled as interrupted and resume on the next start");
     stop_tx.send_replace(true);
     engine.shutdown().await;
     let _ = sched.await;

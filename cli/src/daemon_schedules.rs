@@ -194,7 +194,7 @@ pub async fn scheduler(
             let decisions = book.tick(Utc::now(), &busy);
             if !decisions.is_empty() {
                 if let Err(e) = book.save(d.schedules_path()) {
-                    eprintln!("waymark daemon: cannot save schedules: {e}");
+                    tracing::error!("cannot save schedules: {e}");
                 }
             }
             decisions
@@ -221,17 +221,17 @@ pub async fn scheduler(
                     match Inventory::load(&inventory) {
                         Ok(inv) => match d.start_scheduled(&workflow, &inv, &by).await {
                             Ok(run) => {
-                                eprintln!("waymark daemon: schedule {schedule} started run {run}")
+                                tracing::info!("schedule {schedule} started run {run}")
                             }
-                            Err(e) => eprintln!(
-                                "waymark daemon: schedule {schedule} could not start: {e}"
+                            Err(e) => tracing::warn!(
+                                "schedule {schedule} could not start: {e}"
                             ),
                         },
-                        Err(e) => eprintln!("waymark daemon: schedule {schedule}: {e}"),
+                        Err(e) => tracing::warn!(%schedule, "schedule inventory: {e}"),
                     }
                 }
-                _ => eprintln!(
-                    "waymark daemon: {}",
+                _ => tracing::info!(
+                    "{}",
                     serde_json::to_string(&decision).unwrap_or_default()
                 ),
             }

@@ -471,3 +471,18 @@ fn schedules_are_kept_by_the_daemon_and_validated() {
     let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
     assert_eq!(serde_json::from_slice::<serde_json::Value>(&ls.stdout).unwrap(), serde_json::json!([]));
 }
+
+#[test]
+fn help_completions_and_man_page_come_from_the_cli_definition() {
+    let dir = temp_dir();
+    let help = waymark(dir.path()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for cmd in ["daemon", "start", "attach", "schedule", "run", "resume", "plan", "demo", "history", "replay", "verify", "signal"] {
+        assert!(text.contains(cmd), "--help lists {cmd}: {text}");
+    }
+    assert!(text.contains("Exit codes"), "{text}");
+    let bash = waymark(dir.path()).args(["completions", "bash"]).output().unwrap();
+    assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("complete -F"), "bash completion");
+    let man = waymark(dir.path()).arg("man").output().unwrap();
+    assert!(man.status.success() && String::from_utf8_lossy(&man.stdout).contains(".TH waymark"), "man page");
+}

@@ -387,7 +387,7 @@ impl Peer {
         match &self.host {
             Host::OpenSsh(s) => send_signal(&s.sshd, "STOP"),
             Host::Sandbox { .. } => {
-                self.set_sandbox_fault("yb-a-1", FaultKind::Delay(10_000), None)
+                self.set_sandbox_fault("yb-a-1", FaultKind::Delay(10_000), None);
             }
         }
     }
@@ -1091,8 +1091,13 @@ async fn key_material_never_shows(peer: Peer) {
         format!("{t:?} {out:?} {state:?} {restarted:?}"),
     ]);
 
-    for file in peer.private_key_files() {
-        let text = std::fs::read_to_string(&file).unwrap();
+    assert_no_key_text(&peer.private_key_files(), &seen);
+}
+
+/// No line of the private keys in `files` (nor their first 40 characters of key data) is in `seen`.
+fn assert_no_key_text(files: &[PathBuf], seen: &[String]) {
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
         let body: Vec<&str> = text.lines().filter(|l| !l.starts_with("-----")).collect();
         assert!(
             body.len() >= 3,
@@ -1100,7 +1105,7 @@ async fn key_material_never_shows(peer: Peer) {
             file.display()
         );
         let joined = body.concat();
-        for s in &seen {
+        for s in seen {
             for line in &body {
                 assert!(
                     !s.contains(line),

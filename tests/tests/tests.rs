@@ -9,6 +9,7 @@ mod k8s;
 mod log_conformance;
 mod maintenance;
 mod regression;
+mod schedule;
 mod ssh;
 mod util;
 mod yb;

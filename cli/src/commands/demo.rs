@@ -22,7 +22,7 @@ fn fault_for_step(step: u8) -> Option<Fault> {
         remaining,
     };
     Some(match step {
-        1 => f("elb", "ModifyListener", FaultKind::Throttle, None),
+        1 => f("elb", "offerup-zone-a=100", FaultKind::Throttle, None),
         2 => f(
             "k8s",
             "PATCH prod/mirrormaker2/scale",
@@ -49,7 +49,7 @@ fn fault_for_step(step: u8) -> Option<Fault> {
             FaultKind::Status(500),
             Some(4),
         ),
-        9 => f("elb", "ModifyListener", FaultKind::Throttle, Some(5)),
+        9 => f("elb", "offerup-zone-b=100", FaultKind::Throttle, Some(5)),
         _ => return None,
     })
 }
