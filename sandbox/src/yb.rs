@@ -368,12 +368,8 @@ fn unit_kind(unit: &str) -> Option<Kind> {
 /// Runs a command line on `node` the way its shell would: `systemctl restart|start|stop|show|
 /// is-active UNIT` (optionally behind `sudo`) for `yb-master` / `yb-tserver`, and `yb-admin ...
 /// get_is_load_balancer_idle | get_load_move_completion`. Mutations are recorded as effects.
+/// Injected faults are applied by the caller (the SSH host), once per command.
 pub fn exec(shared: &Shared, node: &str, command: &str) -> ExecOutput {
-    if let Some(FaultKind::Exit(code, stderr)) =
-        shared.fault_for("ssh", &format!("{node} {command}"))
-    {
-        return ExecOutput::fail(code, stderr);
-    }
     let words: Vec<&str> = command.split_whitespace().collect();
     let words: &[&str] = match words.first() {
         Some(&"sudo") => &words[1..],
@@ -411,13 +407,23 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
     let (Some(verb), Some(unit)) = (rest.first(), rest.get(1)) else {
         return ExecOutput::fail(1, "systemctl: expected a verb and a unit\n");
     };
-    let Some(kind) = unit_kind(unit) else {
-        return ExecOutput::fail(
-            5,
-            format!("Failed to {verb} {unit}: Unit {unit} not found.\n"),
-        );
+    let unit_name = if unit.ends_with(".service") {
+        (*unit).to_owned()
+    } else {
+        format!("{unit}.service")
     };
-    let unit_name = format!("{}.service", kind.unit());
+    let Some(kind) = unit_kind(unit) else {
+        // As systemd answers for a unit it does not know.
+        return match *verb {
+            "show" => ExecOutput::ok("InvocationID=\nActiveState=inactive\nLoadState=not-found\n"),
+            "is-active" => ExecOutput {
+                exit: 4,
+                stdout: "inactive\n".into(),
+                stderr: String::new(),
+            },
+            _ => ExecOutput::fail(5, format!("Failed to {verb} {unit_name}: Unit {unit_name} not found.\n")),
+        };
+    };
     let now = now_ms();
     match *verb {
         "restart" | "start" | "stop" => {
