@@ -196,3 +196,74 @@ pub enum FollowLine {
         code: u8,
     },
 }
+
+/// Sends a run's history so far, then its new events and the progress its activities report, then
+/// how its driver stopped, until the run stops or the receiver goes away (`Ok(None)`: the follower
+/// left; the run goes on). The daemon's follow stream and the CLI's foreground display both use it.
+pub async fn follow_lines(
+    engine: &waymark_engine::Engine,
+    run: RunId,
+    tx: tokio::sync::mpsc::Sender<FollowLine>,
+) -> anyhow::Result<Option<waymark_engine::RunOutcome>> {
+    let mut records = engine.subscribe(run);
+    let mut progress = engine.progress(run);
+    let mut last: Option<u64> = None;
+    for r in &engine.log().read(run)? {
+        if tx.send(FollowLine::Event(EventRow::from(r))).await.is_err() {
+            return Ok(None);
+        }
+        last = Some(r.seq);
+    }
+    let wait = engine.wait(run);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            outcome = &mut wait => {
+                let outcome = outcome?;
+                for r in engine.log().read(run)?.iter().filter(|r| last.is_none_or(|l| r.seq > l)) {
+                    if tx.send(FollowLine::Event(EventRow::from(r))).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+                let end = FollowLine::End {
+                    outcome: crate::commands::outcome_line(run, &outcome),
+                    code: crate::commands::outcome_code_u8(&outcome),
+                };
+                let _ = tx.send(end).await;
+                return Ok(Some(outcome));
+            }
+            rec = async {
+                match records.as_mut() {
+                    Some(rx) => rx.recv().await.ok(),
+                    None => futures::future::pending().await,
+                }
+            } => {
+                if let Some(r) = rec {
+                    if last.is_none_or(|l| r.seq > l) {
+                        last = Some(r.seq);
+                        if tx.send(FollowLine::Event(EventRow::from(&r))).await.is_err() {
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+            changed = async {
+                match progress.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => futures::future::pending().await,
+                }
+            } => {
+                if !changed {
+                    progress = None;
+                    continue;
+                }
+                let p = progress.as_ref().and_then(|rx| rx.borrow().clone());
+                if let Some(p) = p {
+                    if tx.send(FollowLine::Progress { label: p.label, message: p.message }).await.is_err() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+}

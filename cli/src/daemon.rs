@@ -31,7 +31,6 @@ use waymark_engine::{Engine, Payload, RunId};
 use waymark_workflows::Inventory;
 
 use crate::api::{self, FollowLine};
-use crate::commands::{outcome_code_u8, outcome_line};
 
 /// Options of `waymark daemon`.
 #[derive(Debug, Clone)]
@@ -401,68 +400,19 @@ async fn follow(
 ) -> Result<Response, ApiError> {
     check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
-    let (tx, rx) = tokio::sync::mpsc::channel::<String>(256);
+    let (tx, rx) = tokio::sync::mpsc::channel::<FollowLine>(256);
     let engine = d.engine.clone();
     tokio::spawn(async move {
-        let send = |line: FollowLine| {
-            let tx = tx.clone();
-            async move {
-                let mut s = serde_json::to_string(&line).unwrap_or_default();
-                s.push('\n');
-                tx.send(s).await.is_ok()
-            }
-        };
-        let mut records = engine.subscribe(id);
-        let mut progress = engine.progress(id);
-        let mut last: Option<u64> = None;
-        let Ok(history) = engine.log().read(id) else {
-            return;
-        };
-        for r in &history {
-            if !send(FollowLine::Event(api::EventRow::from(r))).await {
-                return;
-            }
-            last = Some(r.seq);
-        }
-        let wait = engine.wait(id);
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                outcome = &mut wait => {
-                    if let Ok(h) = engine.log().read(id) {
-                        for r in h.iter().filter(|r| last.is_none_or(|l| r.seq > l)) {
-                            if !send(FollowLine::Event(api::EventRow::from(r))).await { return; }
-                        }
-                    }
-                    let (line, code) = match outcome {
-                        Ok(o) => (outcome_line(id, &o), outcome_code_u8(&o)),
-                        Err(e) => (format!("run {id}: {e}"), 1),
-                    };
-                    send(FollowLine::End { outcome: line, code }).await;
-                    return;
-                }
-                rec = async { match records.as_mut() { Some(rx) => rx.recv().await.ok(), None => futures::future::pending().await } } => {
-                    if let Some(r) = rec {
-                        if last.is_none_or(|l| r.seq > l) {
-                            last = Some(r.seq);
-                            if !send(FollowLine::Event(api::EventRow::from(&r))).await { return; }
-                        }
-                    }
-                }
-                changed = async { match progress.as_mut() { Some(rx) => rx.changed().await.is_ok(), None => futures::future::pending().await } } => {
-                    if !changed { progress = None; continue; }
-                    let p = progress.as_ref().and_then(|rx| rx.borrow().clone());
-                    if let Some(p) = p {
-                        if !send(FollowLine::Progress { label: p.label, message: p.message }).await { return; }
-                    }
-                }
-            }
+        if let Err(e) = api::follow_lines(&engine, id, tx).await {
+            tracing::warn!(run = %id, "follow stream ended: {e:#}");
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|s| (Ok::<_, Infallible>(Bytes::from(s)), rx))
+        rx.recv().await.map(|line| {
+            let mut s = serde_json::to_string(&line).unwrap_or_default();
+            s.push('\n');
+            (Ok::<_, Infallible>(Bytes::from(s)), rx)
+        })
     });
     Ok(Response::builder()
         .header("content-type", "application/x-ndjson")
@@ -666,10 +616,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
-            tracing::info!(
-                "TCP API on {} (bearer token required)",
-                l.local_addr()?
-            );
+            tracing::info!("TCP API on {} (bearer token required)", l.local_addr()?);
             let app = router(d.clone())
                 .layer(axum::middleware::from_fn_with_state(
                     d.clone(),
@@ -695,7 +642,9 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("stopping: attempts in flight are journaled as interrupted and resume on the next start");
+    tracing::info!(
+        "stopping: attempts in flight are journaled as interrupted and resume on the next start"
+    );
     stop_tx.send_replace(true);
     engine.shutdown().await;
     let _ = sched.await;

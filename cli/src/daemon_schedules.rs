@@ -223,17 +223,12 @@ pub async fn scheduler(
                             Ok(run) => {
                                 tracing::info!("schedule {schedule} started run {run}")
                             }
-                            Err(e) => tracing::warn!(
-                                "schedule {schedule} could not start: {e}"
-                            ),
+                            Err(e) => tracing::warn!("schedule {schedule} could not start: {e}"),
                         },
                         Err(e) => tracing::warn!(%schedule, "schedule inventory: {e}"),
                     }
                 }
-                _ => tracing::info!(
-                    "{}",
-                    serde_json::to_string(&decision).unwrap_or_default()
-                ),
+                _ => tracing::info!("{}", serde_json::to_string(&decision).unwrap_or_default()),
             }
         }
         tokio::select! {

@@ -19,11 +19,6 @@ impl Labels {
     }
 }
 
-/// One line for an event.
-pub fn event_line(r: &Record, labels: &mut Labels) -> String {
-    line(r.seq, r.at, &r.event, labels)
-}
-
 /// One line for an event given by its parts.
 pub fn line(
     seq: u64,
@@ -100,60 +95,62 @@ pub fn line(
     format!("{} #{:<4} {what}", at.format("%H:%M:%S%.3f"), seq)
 }
 
+/// Prints one line of a follow stream (events and throttled progress to stderr). Returns the
+/// end line's outcome and exit code when the stream ends.
+pub struct Printer {
+    labels: Labels,
+    last_progress: Instant,
+}
+
+impl Default for Printer {
+    fn default() -> Self {
+        Printer {
+            labels: Labels::default(),
+            last_progress: Instant::now()
+                .checked_sub(Duration::from_secs(10))
+                .unwrap_or_else(Instant::now),
+        }
+    }
+}
+
+impl Printer {
+    /// Prints `line`; returns `(outcome line, exit code)` at the end of the stream.
+    pub fn print(&mut self, line: crate::api::FollowLine) -> Option<(String, u8)> {
+        match line {
+            crate::api::FollowLine::Event(r) => {
+                eprintln!("{}", self::line(r.seq, r.at, &r.event, &mut self.labels))
+            }
+            crate::api::FollowLine::Progress { label, message } => {
+                if self.last_progress.elapsed() >= Duration::from_millis(900) {
+                    eprintln!("             ... {label}: {message}");
+                    self.last_progress = Instant::now();
+                }
+            }
+            crate::api::FollowLine::End { outcome, code } => return Some((outcome, code)),
+        }
+        None
+    }
+}
+
 /// Prints a run's history so far, then its new events and progress live, until it stops or the
 /// operator presses Ctrl-C (the run then stays unfinished; `waymark resume` continues it).
 pub async fn follow(engine: &Engine, run: RunId) -> anyhow::Result<RunOutcome> {
-    let mut labels = Labels::default();
-    let mut records = engine.subscribe(run);
-    let mut progress = engine.progress(run);
-    let mut printed: Option<u64> = None;
-    for r in engine.log().read(run)? {
-        eprintln!("{}", event_line(&r, &mut labels));
-        printed = Some(r.seq);
-    }
-    let wait = engine.wait(run);
-    tokio::pin!(wait);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let producer = crate::api::follow_lines(engine, run, tx);
+    tokio::pin!(producer);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    let mut last_progress = Instant::now() - Duration::from_secs(10);
+    let mut printer = Printer::default();
     loop {
         tokio::select! {
-            outcome = &mut wait => {
-                // Print what was appended after the last notification.
-                for r in engine.log().read(run)? {
-                    if printed.is_none_or(|p| r.seq > p) {
-                        eprintln!("{}", event_line(&r, &mut labels));
-                    }
+            outcome = &mut producer => {
+                while let Ok(line) = rx.try_recv() {
+                    printer.print(line);
                 }
-                return Ok(outcome?);
+                return Ok(outcome?.unwrap_or(RunOutcome::Stopped("the follower stopped".into())));
             }
-            rec = async {
-                match records.as_mut() {
-                    Some(rx) => rx.recv().await.ok(),
-                    None => futures::future::pending().await,
-                }
-            } => {
-                if let Some(r) = rec {
-                    if printed.is_none_or(|p| r.seq > p) {
-                        eprintln!("{}", event_line(&r, &mut labels));
-                        printed = Some(r.seq);
-                    }
-                }
-            }
-            changed = async {
-                match progress.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => futures::future::pending().await,
-                }
-            } => {
-                if !changed {
-                    progress = None;
-                } else if last_progress.elapsed() >= Duration::from_millis(900) {
-                    if let Some(p) = progress.as_ref().and_then(|rx| rx.borrow().clone()) {
-                        eprintln!("             ... {}: {}", p.label, p.message);
-                        last_progress = Instant::now();
-                    }
-                }
+            Some(line) = rx.recv() => {
+                printer.print(line);
             }
             _ = &mut ctrl_c => {
                 eprintln!("interrupted: run {run} stays unfinished where it stands; `waymark resume {run}` continues it");

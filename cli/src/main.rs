@@ -272,11 +272,17 @@ fn main() -> ExitCode {
             }
         }
     }
+    // WAYMARK_LOG filters the logs (tracing's EnvFilter syntax); the daemon logs at info by default.
+    let default_level = if matches!(cli.command, Command::Daemon { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WAYMARK_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_level.into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1170,14 +1170,7 @@ impl Engine {
         {
             return Ok(());
         }
-        let records = self.inner.log.read(run)?;
-        let state = RunState::from_records(&records)?;
-        if state.status.is_terminal() {
-            return Err(Error::Finished {
-                run,
-                status: state.status.name().to_owned(),
-            });
-        }
+        let state = self.unfinished_state(run)?;
         let wf = self.workflow_for(&state)?;
         self.spawn(state, wf);
         Ok(())
@@ -1246,14 +1239,7 @@ impl Engine {
                 .map_err(|e| Error::Log(log::Error::Storage(e.to_string())))?;
             return Ok(());
         }
-        let records = self.inner.log.read(run)?;
-        let state = RunState::from_records(&records)?;
-        if state.status.is_terminal() {
-            return Err(Error::Finished {
-                run,
-                status: state.status.name().to_owned(),
-            });
-        }
+        self.unfinished_state(run)?;
         self.inner.log.append(run, vec![event]).await?;
         Ok(())
     }
@@ -1274,6 +1260,18 @@ impl Engine {
         }
         let state = self.state(run)?;
         RunOutcome::from_status(&state.status).ok_or(Error::NotActive(run))
+    }
+
+    /// A run's state, or `Finished` if it has ended.
+    fn unfinished_state(&self, run: RunId) -> Result<RunState, Error> {
+        let state = self.state(run)?;
+        if state.status.is_terminal() {
+            return Err(Error::Finished {
+                run,
+                status: state.status.name().to_owned(),
+            });
+        }
+        Ok(state)
     }
 
     /// A run's state, folded from the log.

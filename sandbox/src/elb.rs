@@ -891,7 +891,10 @@ impl Params {
         // Weighted forwards (ModifyListener, ModifyRule): ` TG-NAME=WEIGHT` for each group, so a
         // fault can match one switch of traffic and not the other.
         for (k, arn) in &self.0 {
-            if let Some(prefix) = k.strip_suffix(".TargetGroupArn").filter(|p| p.contains("ForwardConfig")) {
+            if let Some(prefix) = k
+                .strip_suffix(".TargetGroupArn")
+                .filter(|p| p.contains("ForwardConfig"))
+            {
                 if let Some(w) = self.get(&format!("{prefix}.Weight")) {
                     let name = arn.split('/').nth(1).unwrap_or(arn);
                     key.push_str(&format!(" {name}={w}"));

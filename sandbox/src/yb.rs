@@ -421,7 +421,10 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
                 stdout: "inactive\n".into(),
                 stderr: String::new(),
             },
-            _ => ExecOutput::fail(5, format!("Failed to {verb} {unit_name}: Unit {unit_name} not found.\n")),
+            _ => ExecOutput::fail(
+                5,
+                format!("Failed to {verb} {unit_name}: Unit {unit_name} not found.\n"),
+            ),
         };
     };
     let now = now_ms();

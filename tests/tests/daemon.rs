@@ -440,21 +440,55 @@ fn schedules_are_kept_by_the_daemon_and_validated() {
     let inventory = sb.dir.join("inventory.toml");
     let add = |name: &str, cron: &str, window: &str| {
         waymark(&data)
-            .args(["schedule", "add", name, "--workflow", "yb-maintenance", "--cron", cron, "--window", window, "--overlap", "queue", "--catch-up", "latest", "--inventory"])
+            .args([
+                "schedule",
+                "add",
+                name,
+                "--workflow",
+                "yb-maintenance",
+                "--cron",
+                cron,
+                "--window",
+                window,
+                "--overlap",
+                "queue",
+                "--catch-up",
+                "latest",
+                "--inventory",
+            ])
             .arg(&inventory)
             .output()
             .unwrap()
     };
     let ok = add("tuesdays", "0 3 * * 2", "90m");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let bad = add("broken", "61 3 * * *", "1h");
     assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("61 3 * * *"), "{}", String::from_utf8_lossy(&bad.stderr));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("61 3 * * *"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
     let dup = add("tuesdays", "0 4 * * 2", "1h");
-    assert_eq!(dup.status.code(), Some(2), "{}", String::from_utf8_lossy(&dup.stderr));
-    let pause = waymark(&data).args(["schedule", "pause", "tuesdays"]).output().unwrap();
+    assert_eq!(
+        dup.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&dup.stderr)
+    );
+    let pause = waymark(&data)
+        .args(["schedule", "pause", "tuesdays"])
+        .output()
+        .unwrap();
     assert!(pause.status.success());
-    let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
+    let ls = waymark(&data)
+        .args(["schedule", "ls", "--output", "json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["paused"], true);
@@ -463,13 +497,25 @@ fn schedules_are_kept_by_the_daemon_and_validated() {
     // The daemon persists them: a restarted daemon still has the schedule.
     let _ = daemon.sigterm();
     let _daemon = DaemonProcess::start(&data, &[]);
-    let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
+    let ls = waymark(&data)
+        .args(["schedule", "ls", "--output", "json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     assert_eq!(v[0]["name"], "tuesdays");
-    let rm = waymark(&data).args(["schedule", "rm", "tuesdays"]).output().unwrap();
+    let rm = waymark(&data)
+        .args(["schedule", "rm", "tuesdays"])
+        .output()
+        .unwrap();
     assert!(rm.status.success());
-    let ls = waymark(&data).args(["schedule", "ls", "--output", "json"]).output().unwrap();
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&ls.stdout).unwrap(), serde_json::json!([]));
+    let ls = waymark(&data)
+        .args(["schedule", "ls", "--output", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&ls.stdout).unwrap(),
+        serde_json::json!([])
+    );
 }
 
 #[test]
@@ -477,12 +523,24 @@ fn help_completions_and_man_page_come_from_the_cli_definition() {
     let dir = temp_dir();
     let help = waymark(dir.path()).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
-    for cmd in ["daemon", "start", "attach", "schedule", "run", "resume", "plan", "demo", "history", "replay", "verify", "signal"] {
+    for cmd in [
+        "daemon", "start", "attach", "schedule", "run", "resume", "plan", "demo", "history",
+        "replay", "verify", "signal",
+    ] {
         assert!(text.contains(cmd), "--help lists {cmd}: {text}");
     }
     assert!(text.contains("Exit codes"), "{text}");
-    let bash = waymark(dir.path()).args(["completions", "bash"]).output().unwrap();
-    assert!(bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("complete -F"), "bash completion");
+    let bash = waymark(dir.path())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(
+        bash.status.success() && String::from_utf8_lossy(&bash.stdout).contains("complete -F"),
+        "bash completion"
+    );
     let man = waymark(dir.path()).arg("man").output().unwrap();
-    assert!(man.status.success() && String::from_utf8_lossy(&man.stdout).contains(".TH waymark"), "man page");
+    assert!(
+        man.status.success() && String::from_utf8_lossy(&man.stdout).contains(".TH waymark"),
+        "man page"
+    );
 }

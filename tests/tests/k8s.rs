@@ -199,6 +199,20 @@ async fn api_faults_are_classified_and_named() {
         rules: vec![Fault {
             system: "k8s".into(),
             matching: "GET prod/fp/scale".into(),
+            kind: FaultKind::Throttle,
+            remaining: Some(1),
+        }],
+    });
+    let e = ReadReplicas
+        .run(activity_ctx(), d.clone())
+        .await
+        .unwrap_err();
+    assert!(e.retryable && e.message.contains("429"), "throttling: {e}");
+
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "k8s".into(),
+            matching: "GET prod/fp/scale".into(),
             kind: FaultKind::Delay(5000),
             remaining: Some(1),
         }],

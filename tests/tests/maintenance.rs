@@ -548,15 +548,37 @@ fn plan_reads_the_estate_and_changes_nothing() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.contains("health gate: PASSES now"), "{text}");
-    assert!(text.contains("switch traffic to zone A") && text.contains("A=0 B=100 -> A=100 B=0"), "{text}");
-    assert!(text.contains("scale prod/mirrormaker2 to 0") && text.contains("2 -> 0"), "{text}");
+    assert!(
+        text.contains("switch traffic to zone A") && text.contains("A=0 B=100 -> A=100 B=0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("scale prod/mirrormaker2 to 0") && text.contains("2 -> 0"),
+        "{text}"
+    );
     // Masters restart leader last: the last step-3 line is the leader.
-    let masters: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("3.")).collect();
+    let masters: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("3."))
+        .collect();
     assert_eq!(masters.len(), 3, "{text}");
-    assert!(masters[2].contains("leader") && !masters[0].contains("leader ->"), "{text}");
-    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with("4.")).count(), 6, "{text}");
+    assert!(
+        masters[2].contains("leader") && !masters[0].contains("leader ->"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("4."))
+            .count(),
+        6,
+        "{text}"
+    );
     assert_eq!(read_effects(&sb.dir).len(), before, "plan changed nothing");
     let json = waymark(&dir.path().join("data"))
         .args(["plan", "yb-maintenance", "--output", "json", "--inventory"])
@@ -574,5 +596,12 @@ fn example_inventory_in_the_repo_is_valid() {
     let text = std::fs::read_to_string(&path).unwrap();
     let inv = Inventory::parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(inv.cluster.name, "prod-yb");
-    assert_eq!(inv.yugabyte.nodes.iter().filter(|n| n.master_http.is_some()).count(), 3);
+    assert_eq!(
+        inv.yugabyte
+            .nodes
+            .iter()
+            .filter(|n| n.master_http.is_some())
+            .count(),
+        3
+    );
 }

@@ -117,12 +117,6 @@ impl SandboxProcess {
             dir: dir.to_owned(),
         }
     }
-
-    /// The sandbox's persisted state.
-    pub fn state(&self) -> serde_json::Value {
-        serde_json::from_slice(&std::fs::read(self.dir.join("state.json")).expect("state.json"))
-            .expect("state JSON")
-    }
 }
 
 impl Drop for SandboxProcess {

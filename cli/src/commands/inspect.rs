@@ -8,7 +8,7 @@ use hyper::Method;
 use waymark_engine::Payload;
 
 use super::{engine, replay_json, Target};
-use crate::api::{self, EventRow, FollowLine, RunList, VerifyReport};
+use crate::api::{self, EventRow, RunList, VerifyReport};
 use crate::display::{self, mermaid_rows, Labels};
 use crate::env::{operator, usage};
 use crate::{HistoryOutput, Output};
@@ -253,27 +253,15 @@ pub async fn signal(
 
 /// Follows a run through the daemon, printing events and progress; Ctrl-C only detaches.
 pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Result<ExitCode> {
-    let mut labels = Labels::default();
+    let mut printer = display::Printer::default();
     let mut code = None;
-    let mut last_progress = std::time::Instant::now() - std::time::Duration::from_secs(10);
-    let follow = c.follow(run, |line| {
-        match line {
-            FollowLine::Event(r) => {
-                eprintln!("{}", display::line(r.seq, r.at, &r.event, &mut labels))
-            }
-            FollowLine::Progress { label, message } => {
-                if last_progress.elapsed() >= std::time::Duration::from_millis(900) {
-                    eprintln!("             ... {label}: {message}");
-                    last_progress = std::time::Instant::now();
-                }
-            }
-            FollowLine::End { outcome, code: c } => {
-                println!("{outcome}");
-                code = Some(c);
-                return false;
-            }
+    let follow = c.follow(run, |line| match printer.print(line) {
+        Some((outcome, c)) => {
+            println!("{outcome}");
+            code = Some(c);
+            false
         }
-        true
+        None => true,
     });
     tokio::select! {
         r = follow => r?,
