@@ -1,4 +1,4 @@
-//! YugabyteDB activities over the yb-master HTTP API (and `yb-admin` over SSH where HTTP has no
+//! `YugabyteDB` activities over the yb-master HTTP API (and `yb-admin` over SSH where HTTP has no
 //! confirmed answer): find the leader master, list tservers, the cluster health gate, wait for one
 //! restarted server to be back, wait for the load balancer to finish.
 
@@ -16,7 +16,7 @@ use waymark_engine::runtime::EngineBuilder;
 
 use crate::ssh;
 
-/// Errors of the YugabyteDB activities.
+/// Errors of the `YugabyteDB` activities.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A master could not be reached.
@@ -187,8 +187,8 @@ impl Masters {
         for addr in &self.http {
             match self.get(addr, "/api/v1/masters").await {
                 Ok((200, v)) => {
-                    let list = v["masters"].as_array().cloned().unwrap_or_default();
-                    return Ok(list
+                    let masters = v["masters"].as_array().cloned().unwrap_or_default();
+                    return Ok(masters
                         .iter()
                         .map(|m| MasterInfo {
                             host: m["registration"]["private_rpc_addresses"][0]["host"]
@@ -626,7 +626,7 @@ where
     }
 }
 
-/// Registers the YugabyteDB activities.
+/// Registers the `YugabyteDB` activities.
 pub fn register(b: EngineBuilder) -> EngineBuilder {
     b.activity(FindLeader)
         .activity(ListMasters)

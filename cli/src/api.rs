@@ -113,7 +113,11 @@ impl From<&Record> for EventRow {
             at: r.at,
             kind: r.event.kind().to_owned(),
             event: r.event.clone(),
-            hash: r.hash.iter().map(|b| format!("{b:02x}")).collect(),
+            hash: r.hash.iter().fold(String::with_capacity(64), |mut s, b| {
+                use std::fmt::Write as _;
+                let _ = write!(s, "{b:02x}");
+                s
+            }),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -507,8 +508,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn router(d: Shared) -> axum::Router<Shared> {
-    let _ = d;
+fn router() -> axum::Router<Shared> {
     axum::Router::new()
         .route("/v1/runs", get(list).post(start))
         .route("/v1/runs/{run}", get(show))
@@ -539,7 +539,6 @@ fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
         libc::umask(old);
     }
     let l = bound.with_context(|| format!("binding {}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }
@@ -602,7 +601,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     };
     let sock = socket_path(&opts.data_dir);
     let unix = bind_owner_only(&sock)?;
-    let app = router(d.clone()).with_state(d.clone());
+    let app = router().with_state(d.clone());
     let unix_task = tokio::spawn(
         axum::serve(
             unix,
@@ -617,7 +616,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!("TCP API on {} (bearer token required)", l.local_addr()?);
-            let app = router(d.clone())
+            let app = router()
                 .layer(axum::middleware::from_fn_with_state(
                     d.clone(),
                     require_token,

@@ -209,26 +209,26 @@ pub async fn scheduler(
                 .collect::<Vec<_>>()
         };
         for (decision, target) in decisions {
-            match (&decision, target) {
-                (
-                    Decision::Start {
-                        schedule,
-                        fire_time,
+            if let (
+                Decision::Start {
+                    schedule,
+                    fire_time,
+                },
+                Some((workflow, inventory)),
+            ) = (&decision, target)
+            {
+                let by = format!("schedule {schedule} (fire time {})", fire_time.to_rfc3339());
+                match Inventory::load(&inventory) {
+                    Ok(inv) => match d.start_scheduled(&workflow, &inv, &by).await {
+                        Ok(run) => {
+                            tracing::info!("schedule {schedule} started run {run}");
+                        }
+                        Err(e) => tracing::warn!("schedule {schedule} could not start: {e}"),
                     },
-                    Some((workflow, inventory)),
-                ) => {
-                    let by = format!("schedule {schedule} (fire time {})", fire_time.to_rfc3339());
-                    match Inventory::load(&inventory) {
-                        Ok(inv) => match d.start_scheduled(&workflow, &inv, &by).await {
-                            Ok(run) => {
-                                tracing::info!("schedule {schedule} started run {run}")
-                            }
-                            Err(e) => tracing::warn!("schedule {schedule} could not start: {e}"),
-                        },
-                        Err(e) => tracing::warn!(%schedule, "schedule inventory: {e}"),
-                    }
+                    Err(e) => tracing::warn!(%schedule, "schedule inventory: {e}"),
                 }
-                _ => tracing::info!("{}", serde_json::to_string(&decision).unwrap_or_default()),
+            } else {
+                tracing::info!("{}", serde_json::to_string(&decision).unwrap_or_default());
             }
         }
         tokio::select! {

@@ -118,7 +118,7 @@ impl Printer {
     pub fn print(&mut self, line: crate::api::FollowLine) -> Option<(String, u8)> {
         match line {
             crate::api::FollowLine::Event(r) => {
-                eprintln!("{}", self::line(r.seq, r.at, &r.event, &mut self.labels))
+                eprintln!("{}", self::line(r.seq, r.at, &r.event, &mut self.labels));
             }
             crate::api::FollowLine::Progress { label, message } => {
                 if self.last_progress.elapsed() >= Duration::from_millis(900) {
@@ -312,7 +312,7 @@ fn mermaid<'a>(events: impl Iterator<Item = &'a Event> + Clone) -> String {
             Event::RunCompleted { .. } => out.push_str("    Note over W: completed\n"),
             Event::RunFailed { .. } => out.push_str("    Note over W: failed (compensated)\n"),
             Event::RunCancelled { .. } => {
-                out.push_str("    Note over W: cancelled (compensated)\n")
+                out.push_str("    Note over W: cancelled (compensated)\n");
             }
             _ => {}
         }

@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "waymark", version, about, long_about = None, after_help = env::AFTER_HELP)]
 pub struct Cli {
-    /// Where runs are journaled [default: $WAYMARK_DATA_DIR, else ~/.local/share/waymark].
+    /// Where runs are journaled [default: $`WAYMARK_DATA_DIR`, else ~/.local/share/waymark].
     #[arg(long, global = true, env = "WAYMARK_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -53,7 +53,7 @@ pub enum HistoryOutput {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: owns the data directory, resumes unfinished runs, runs schedules, serves
-    /// the CLI on DATA_DIR/waymark.sock (owner-only) and optionally on TCP with a token.
+    /// the CLI on `DATA_DIR/waymark.sock` (owner-only) and optionally on TCP with a token.
     Daemon {
         /// Also serve the API (and /metrics) on this TCP address, e.g. 127.0.0.1:7233.
         #[arg(long, value_name = "ADDR", requires = "token_file")]

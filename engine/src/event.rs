@@ -277,7 +277,7 @@ pub enum Event {
 }
 
 impl Event {
-    /// A short name for listings ("StepScheduled", ...).
+    /// A short name for listings ("`StepScheduled`", ...).
     pub fn kind(&self) -> &'static str {
         match self {
             Event::RunStarted { .. } => "RunStarted",

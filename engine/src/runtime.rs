@@ -916,7 +916,7 @@ async fn compensate(s: &Arc<RunShared>) -> RunOutcome {
         match execute(s, StepRef::Compensation(i as u32), &spec, &options, false).await {
             Ok(_) => {}
             Err(workflow::Error::StepFailed { label, error, .. }) => {
-                failed.push(format!("{label}: {error}"))
+                failed.push(format!("{label}: {error}"));
             }
             Err(e) => return RunOutcome::Stopped(e.to_string()),
         }
@@ -1359,9 +1359,10 @@ impl Engine {
                 })
             }
             Some(Fatal::ReplayEnd(next)) => ReplayVerdict::InProgress { next },
-            None => match state.check_finished(issued) {
-                Err(r) => ReplayVerdict::Diverged(r),
-                Ok(()) => {
+            None => {
+                if let Err(r) = state.check_finished(issued) {
+                    ReplayVerdict::Diverged(r)
+                } else {
                     let replayed = match &result {
                         Ok(p) => format!("completed with {p}"),
                         Err(e) => format!("failed: {e}"),
@@ -1391,7 +1392,7 @@ impl Engine {
                         _ => ReplayVerdict::Deterministic,
                     }
                 }
-            },
+            }
         };
         Ok(ReplayReport {
             run,

@@ -65,13 +65,13 @@ pub const REGION: &str = "us-east-1";
 /// traffic between zones (runbook steps 1 and 9). Weighted forwarding across target groups, and
 /// listener rules, exist only on application load balancers.
 pub const LOAD_BALANCER: &str = "offerup";
-/// Name of the seed network load balancer in front of the zone-B YugabyteDB nodes (step 6).
+/// Name of the seed network load balancer in front of the zone-B `YugabyteDB` nodes (step 6).
 pub const YB_LOAD_BALANCER: &str = "yb-ext";
 /// Port of the traffic listener and its target groups (HTTP).
 pub const TRAFFIC_PORT: i32 = 80;
 /// VPC of the seed estate.
 pub const VPC: &str = "vpc-0c2f7e1a9b3d45e68";
-/// Port of the YugabyteDB listener and target groups (YSQL).
+/// Port of the `YugabyteDB` listener and target groups (YSQL).
 pub const PORT: i32 = 5433;
 /// Priority of the seed rule.
 pub const RULE_PRIORITY: &str = "10";
@@ -82,7 +82,7 @@ pub fn target_group_name(zone: &str) -> String {
     format!("offerup-zone-{}", zone.to_lowercase())
 }
 
-/// Name of the seed YugabyteDB target group of `zone` (`B` gives
+/// Name of the seed `YugabyteDB` target group of `zone` (`B` gives
 /// `aws-useast1-prod-b-yb-ext-prod`), behind [`YB_LOAD_BALANCER`].
 pub fn yb_target_group_name(zone: &str) -> String {
     format!("aws-useast1-prod-{}-yb-ext-prod", zone.to_lowercase())
@@ -261,7 +261,7 @@ impl State {
     /// The resources of the seed estate: the business's application load balancer `offerup`
     /// with one HTTP target group per zone (`offerup-zone-<zone>`), an HTTP 80 listener forwarding
     /// with weights (A=0, B=100 for the default spec) and one rule (priority 10,
-    /// `path-pattern /waymark/*`) with the same weights; and the YugabyteDB network load balancer
+    /// `path-pattern /waymark/*`) with the same weights; and the `YugabyteDB` network load balancer
     /// `yb-ext` with one TCP 5433 IP target group per zone (`aws-useast1-prod-<zone>-yb-ext-prod`)
     /// and a TCP listener forwarding to the last zone's.
     pub fn from_spec(spec: &Spec) -> Self {

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::{elb, k8s, ssh, yb};
 
 /// What estate to simulate. The default is the seed runbook's: zones A and B with three nodes each,
-/// three yb-masters, MirrorMaker2, `fp` and `fp-async` in namespace `prod`, and the zone target
+/// three yb-masters, `MirrorMaker2`, `fp` and `fp-async` in namespace `prod`, and the zone target
 /// groups behind one listener with all traffic in zone B.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Spec {
@@ -98,9 +98,9 @@ pub struct Estate {
     pub spec: Spec,
     /// Kubernetes objects.
     pub k8s: k8s::State,
-    /// YugabyteDB cluster.
+    /// `YugabyteDB` cluster.
     pub yb: yb::State,
-    /// ELBv2 resources.
+    /// `ELBv2` resources.
     pub elb: elb::State,
 }
 
@@ -294,7 +294,7 @@ pub struct Endpoints {
     pub yb_masters: BTreeMap<String, SocketAddr>,
     /// SSH per node name.
     pub ssh: BTreeMap<String, SocketAddr>,
-    /// ELBv2 query API.
+    /// `ELBv2` query API.
     pub elb: SocketAddr,
     /// Sandbox control API (faults).
     pub admin: SocketAddr,

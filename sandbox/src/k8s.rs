@@ -276,7 +276,7 @@ impl Deployment {
     }
 }
 
-fn status_error(code: StatusCode, reason: &str, message: String) -> Response {
+fn status_error(code: StatusCode, reason: &str, message: &str) -> Response {
     (
         code,
         Json(json!({
@@ -316,12 +316,12 @@ async fn apply_fault(shared: &Shared, request: &str) -> Option<Response> {
         FaultKind::Status(code) => Some(status_error(
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             "InternalError",
-            "injected fault".into(),
+            "injected fault",
         )),
         FaultKind::Throttle => Some(status_error(
             StatusCode::TOO_MANY_REQUESTS,
             "TooManyRequests",
-            "throttled".into(),
+            "throttled",
         )),
         FaultKind::Delay(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -357,7 +357,7 @@ async fn deployment(
         return status_error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
-            format!("{method} is not supported here"),
+            &format!("{method} is not supported here"),
         );
     }
     let patch: Value = match serde_json::from_slice(&body) {
@@ -366,7 +366,7 @@ async fn deployment(
             return status_error(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
-                format!("patch is not JSON: {e}"),
+                &format!("patch is not JSON: {e}"),
             )
         }
     };
@@ -440,7 +440,7 @@ fn not_found(name: &str) -> Response {
     status_error(
         StatusCode::NOT_FOUND,
         "NotFound",
-        format!("deployments.apps \"{name}\" not found"),
+        &format!("deployments.apps \"{name}\" not found"),
     )
 }
 
@@ -474,7 +474,7 @@ async fn scale(
         return status_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
-            "expected spec.replicas".into(),
+            "expected spec.replicas",
         );
     };
     let wanted = wanted as u32;

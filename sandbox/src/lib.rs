@@ -4,7 +4,7 @@
 //! - [`k8s`]: a Kubernetes API subset over HTTP for `apps/v1` Deployments.
 //! - [`yb`]: yb-master HTTP endpoints, and the cluster model that restarts act on.
 //! - [`ssh`]: SSH hosts (a russh server) that run `systemctl` and `yb-admin` against the model.
-//! - [`elb`]: an ELBv2 subset speaking the AWS query protocol.
+//! - [`elb`]: an `ELBv2` subset speaking the AWS query protocol.
 //!
 //! All of them share one [`Shared`]: the estate's state (persisted to `DIR/state.json` after every
 //! change, so a sandbox process can be restarted), the effect log (`DIR/effects.jsonl`, one JSON

@@ -1,4 +1,4 @@
-//! The YugabyteDB cluster model: yb-master HTTP endpoints answering as `../shared/domain.md`
+//! The `YugabyteDB` cluster model: yb-master HTTP endpoints answering as `../shared/domain.md`
 //! describes, and the `systemctl` / `yb-admin` commands the SSH hosts run against the model.
 //!
 //! A restarted server is DEAD for `restart_down_ms`, then ALIVE with a fresh uptime; a tserver

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
+use std::future::IntoFuture;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -172,8 +173,6 @@ impl Workflow for CrashWorkflow {
         Ok(out)
     }
 }
-
-use std::future::IntoFuture;
 
 /// How many effect steps one [`CrashWorkflow`] run has.
 pub fn crash_effects_per_run(input: &CrashInput) -> u32 {

@@ -3,6 +3,7 @@
 //! in the end every run has completed, every history verifies, and every effect happened once.
 
 use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -153,7 +154,6 @@ fn sigkill_at_every_append_boundary_then_resume() {
             check_final_state(&data, &sink);
             continue;
         }
-        use std::os::unix::process::ExitStatusExt;
         assert_eq!(
             out.status.signal(),
             Some(libc::SIGKILL),

@@ -65,9 +65,12 @@ fn fast_retry() -> RetryPolicy {
         .max_interval(Duration::from_millis(20))
 }
 
+/// Idempotency key and attempt of each call.
+type CallLog = Vec<(String, u32)>;
+
 /// Counts calls per activity name.
 #[derive(Clone, Default)]
-struct Calls(Arc<Mutex<HashMap<String, Vec<(String, u32)>>>>);
+struct Calls(Arc<Mutex<HashMap<String, CallLog>>>);
 
 impl Calls {
     fn record(&self, name: &str, ctx: &activity::Context) {

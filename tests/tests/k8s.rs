@@ -267,7 +267,7 @@ async fn api_faults_are_classified_and_named() {
     assert!(!e.retryable && e.message.contains("prod-typo"), "{e}");
 }
 
-fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
+fn deployment(generation: i64, status: &serde_json::Value) -> Deployment {
     serde_json::from_value(json!({
         "metadata": { "name": "fp", "generation": generation },
         "spec": { "replicas": 3, "selector": {}, "template": {} },
@@ -280,28 +280,28 @@ fn deployment(generation: i64, status: serde_json::Value) -> Deployment {
 fn rollout_status_follows_kubectl_rules_in_order() {
     let cases = [
         (
-            deployment(5, json!({ "observedGeneration": 4, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3 })),
+            deployment(5, &json!({ "observedGeneration": 4, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3 })),
             RolloutStatus::Waiting("Waiting for deployment spec update to be observed...".into()),
         ),
         (
-            deployment(5, json!({ "observedGeneration": 5, "replicas": 4, "updatedReplicas": 1, "availableReplicas": 1,
+            deployment(5, &json!({ "observedGeneration": 5, "replicas": 4, "updatedReplicas": 1, "availableReplicas": 1,
                 "conditions": [{ "type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded" }] })),
             RolloutStatus::Failed("deployment \"fp\" exceeded its progress deadline".into()),
         ),
         (
-            deployment(5, json!({ "observedGeneration": 5, "replicas": 4, "updatedReplicas": 2, "availableReplicas": 2 })),
+            deployment(5, &json!({ "observedGeneration": 5, "replicas": 4, "updatedReplicas": 2, "availableReplicas": 2 })),
             RolloutStatus::Waiting("Waiting for deployment \"fp\" rollout to finish: 2 out of 3 new replicas have been updated...".into()),
         ),
         (
-            deployment(5, json!({ "observedGeneration": 5, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3 })),
+            deployment(5, &json!({ "observedGeneration": 5, "replicas": 4, "updatedReplicas": 3, "availableReplicas": 3 })),
             RolloutStatus::Waiting("Waiting for deployment \"fp\" rollout to finish: 1 old replicas are pending termination...".into()),
         ),
         (
-            deployment(5, json!({ "observedGeneration": 5, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2 })),
+            deployment(5, &json!({ "observedGeneration": 5, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 2 })),
             RolloutStatus::Waiting("Waiting for deployment \"fp\" rollout to finish: 2 of 3 updated replicas are available...".into()),
         ),
         (
-            deployment(5, json!({ "observedGeneration": 5, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3 })),
+            deployment(5, &json!({ "observedGeneration": 5, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3 })),
             RolloutStatus::Done("deployment \"fp\" successfully rolled out".into()),
         ),
     ];

@@ -29,7 +29,7 @@ fn estate(dir: &Path) -> Estate {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
 }
 
-/// Traffic weights (zone A, zone B) and MirrorMaker2 replicas, read from the sandbox's state.
+/// Traffic weights (zone A, zone B) and `MirrorMaker2` replicas, read from the sandbox's state.
 fn traffic_and_replication(st: &Estate) -> ((i32, i32), u32) {
     let listener = st
         .elb
@@ -233,6 +233,7 @@ fn sigkill_after_every_step_completion_then_resume_ends_the_same_with_no_duplica
 }
 
 #[test]
+#[allow(clippy::zombie_processes)] // `try_wait` reaps the children that exit by themselves
 fn sigkill_at_random_instants_inside_steps_then_resume_ends_the_same() {
     let seed = std::env::var("WAYMARK_CRASH_SEED")
         .ok()
@@ -257,13 +258,12 @@ fn sigkill_at_random_instants_inside_steps_then_resume_ends_the_same() {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        match exited {
-            Some(s) => assert!(s.success(), "engine process failed: {s}"),
-            None => {
-                child.kill().unwrap();
-                child.wait().unwrap();
-                kills += 1;
-            }
+        if let Some(s) = exited {
+            assert!(s.success(), "engine process failed: {s}");
+        } else {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            kills += 1;
         }
         if run_is_finished(&data) {
             break;

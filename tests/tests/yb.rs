@@ -1,4 +1,4 @@
-//! YugabyteDB activities against the sandbox's yb-masters: leader, tservers, health gate,
+//! `YugabyteDB` activities against the sandbox's yb-masters: leader, tservers, health gate,
 //! a restarted server coming back, a leader change, faults.
 
 use waymark_activities::yb::{

@@ -31,13 +31,13 @@ pub struct Inventory {
     pub cluster: Cluster,
     /// Kubernetes access.
     pub kubernetes: Kubernetes,
-    /// MirrorMaker2 Deployments (runbook steps 2 and 8).
+    /// `MirrorMaker2` Deployments (runbook steps 2 and 8).
     pub mirrormaker: Deployments,
     /// The business services restarted in step 7 (`fp`, `fp-async`).
     pub services: Deployments,
     /// SSH access to the nodes.
     pub ssh: Ssh,
-    /// The YugabyteDB cluster.
+    /// The `YugabyteDB` cluster.
     pub yugabyte: Yugabyte,
     /// AWS access.
     pub aws: Aws,
@@ -521,7 +521,7 @@ impl Inventory {
             .collect()
     }
 
-    /// The ELBv2 connection.
+    /// The `ELBv2` connection.
     pub fn elb(&self) -> ElbConnection {
         ElbConnection::new(self.aws.region.clone(), self.aws.endpoint_url.clone())
     }

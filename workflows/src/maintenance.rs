@@ -1,4 +1,4 @@
-//! `yb-maintenance`: the seed runbook (YugabyteDB zone A/B maintenance) as a workflow. The body of
+//! `yb-maintenance`: the seed runbook (`YugabyteDB` zone A/B maintenance) as a workflow. The body of
 //! [`YbMaintenance::run`] reads like the runbook; each numbered method is one runbook step.
 
 use std::collections::BTreeMap;
@@ -32,7 +32,7 @@ use crate::inventory::{Inventory, Node};
 pub struct Summary {
     /// Traffic weights before the run (and after it: they are restored).
     pub traffic_before: BTreeMap<String, i32>,
-    /// MirrorMaker2 replica counts recorded before step 2 and restored in step 8.
+    /// `MirrorMaker2` replica counts recorded before step 2 and restored in step 8.
     pub mirrormaker_replicas: BTreeMap<String, i32>,
     /// Nodes whose yb-master was restarted, in order.
     pub masters_restarted: Vec<String>,
@@ -257,7 +257,7 @@ impl Maintenance {
         Ok(done)
     }
 
-    /// Record the unit's InvocationID, restart it (skipped if the ID changed meanwhile: it was
+    /// Record the unit's `InvocationID`, restart it (skipped if the ID changed meanwhile: it was
     /// already restarted before a crash), wait until the server is back, then the health gate.
     async fn restart_on_node(
         &self,

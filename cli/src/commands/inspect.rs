@@ -270,11 +270,10 @@ pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Resu
             return Ok(ExitCode::SUCCESS);
         }
     }
-    match code {
-        Some(c) => Ok(ExitCode::from(c)),
-        None => {
-            eprintln!("the daemon closed the stream before the run ended; `waymark attach {run}` to follow it again");
-            Ok(ExitCode::from(1))
-        }
+    if let Some(c) = code {
+        Ok(ExitCode::from(c))
+    } else {
+        eprintln!("the daemon closed the stream before the run ended; `waymark attach {run}` to follow it again");
+        Ok(ExitCode::from(1))
     }
 }

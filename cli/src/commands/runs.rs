@@ -52,27 +52,24 @@ pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCo
     .await?;
     let log = open_log(data_dir)?;
     let engine = engine(log.clone());
-    let runs = match run {
-        Some(text) => {
-            let id = find_run(log.as_ref(), text)?;
-            engine.resume(id)?;
-            vec![id]
+    let runs = if let Some(text) = run {
+        let id = find_run(log.as_ref(), text)?;
+        engine.resume(id)?;
+        vec![id]
+    } else {
+        let report = engine.resume_all()?;
+        for (r, e) in &report.refused {
+            eprintln!("waymark: run {r} not resumed: {e}");
         }
-        None => {
-            let report = engine.resume_all()?;
-            for (r, e) in &report.refused {
-                eprintln!("waymark: run {r} not resumed: {e}");
-            }
-            if report.resumed.is_empty() {
-                eprintln!("no unfinished run to resume in {}", data_dir.display());
-                return Ok(if report.refused.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
-            }
-            report.resumed
+        if report.resumed.is_empty() {
+            eprintln!("no unfinished run to resume in {}", data_dir.display());
+            return Ok(if report.refused.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
+        report.resumed
     };
     let mut code = ExitCode::SUCCESS;
     for (i, run) in runs.iter().enumerate() {
@@ -136,12 +133,11 @@ pub async fn start(
 
 /// `waymark attach RUN`.
 pub async fn attach(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
-    match crate::client::Client::connect(data_dir).await? {
-        Some(c) => super::inspect::attach_daemon(&c, run).await,
-        None => {
-            eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
-            super::inspect::history(data_dir, run, crate::HistoryOutput::Text).await
-        }
+    if let Some(c) = crate::client::Client::connect(data_dir).await? {
+        super::inspect::attach_daemon(&c, run).await
+    } else {
+        eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
+        super::inspect::history(data_dir, run, crate::HistoryOutput::Text).await
     }
 }
 

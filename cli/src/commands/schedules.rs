@@ -41,26 +41,23 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
                 overlap,
                 catch_up,
             };
-            match client {
-                Some(c) => {
-                    let _: serde_json::Value = c
-                        .json(
-                            Method::POST,
-                            "/v1/schedules",
-                            Some(serde_json::to_value(&body)?),
-                        )
-                        .await?;
-                }
-                None => {
-                    std::fs::create_dir_all(data_dir)?;
-                    let mut book = ScheduleBook::load(&path).map_err(err)?;
-                    book.add(new_schedule(&body)?, Utc::now()).map_err(err)?;
-                    book.save(&path).map_err(err)?;
-                    eprintln!(
-                        "no daemon serves {}: saved for its next start",
-                        data_dir.display()
-                    );
-                }
+            if let Some(c) = client {
+                let _: serde_json::Value = c
+                    .json(
+                        Method::POST,
+                        "/v1/schedules",
+                        Some(serde_json::to_value(&body)?),
+                    )
+                    .await?;
+            } else {
+                std::fs::create_dir_all(data_dir)?;
+                let mut book = ScheduleBook::load(&path).map_err(err)?;
+                book.add(new_schedule(&body)?, Utc::now()).map_err(err)?;
+                book.save(&path).map_err(err)?;
+                eprintln!(
+                    "no daemon serves {}: saved for its next start",
+                    data_dir.display()
+                );
             }
             println!("schedule {name} added");
         }
@@ -94,17 +91,14 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
             }
         }
         ScheduleCommand::Rm { name } => {
-            match client {
-                Some(c) => {
-                    let _: serde_json::Value = c
-                        .json(Method::DELETE, &format!("/v1/schedules/{name}"), None)
-                        .await?;
-                }
-                None => {
-                    let mut book = ScheduleBook::load(&path).map_err(err)?;
-                    book.remove(&name).map_err(err)?;
-                    book.save(&path).map_err(err)?;
-                }
+            if let Some(c) = client {
+                let _: serde_json::Value = c
+                    .json(Method::DELETE, &format!("/v1/schedules/{name}"), None)
+                    .await?;
+            } else {
+                let mut book = ScheduleBook::load(&path).map_err(err)?;
+                book.remove(&name).map_err(err)?;
+                book.save(&path).map_err(err)?;
             }
             println!("schedule {name} removed");
         }
@@ -121,17 +115,14 @@ async fn set_paused(
     paused: bool,
 ) -> anyhow::Result<()> {
     let verb = if paused { "pause" } else { "unpause" };
-    match client {
-        Some(c) => {
-            let _: serde_json::Value = c
-                .json(Method::POST, &format!("/v1/schedules/{name}/{verb}"), None)
-                .await?;
-        }
-        None => {
-            let mut book = ScheduleBook::load(path).map_err(err)?;
-            book.set_paused(name, paused, Utc::now()).map_err(err)?;
-            book.save(path).map_err(err)?;
-        }
+    if let Some(c) = client {
+        let _: serde_json::Value = c
+            .json(Method::POST, &format!("/v1/schedules/{name}/{verb}"), None)
+            .await?;
+    } else {
+        let mut book = ScheduleBook::load(path).map_err(err)?;
+        book.set_paused(name, paused, Utc::now()).map_err(err)?;
+        book.save(path).map_err(err)?;
     }
     println!("schedule {name} {verb}d");
     Ok(())

@@ -115,6 +115,9 @@ pub trait Backend: Clone + Send + Sync + 'static {
     fn raw_put(&self, run: RunId, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), Error>;
 }
 
+/// Where a request's acknowledgement goes.
+type Ack = oneshot::Sender<Result<Vec<Record>, Error>>;
+
 struct AppendRequest {
     run: RunId,
     events: Vec<Event>,
@@ -229,7 +232,7 @@ async fn wait_alone(
             Ok(r) => return r,
             Err(oneshot::error::TryRecvError::Closed) => return Err(Error::WriterStopped),
             Err(oneshot::error::TryRecvError::Empty) if start.elapsed() < ALONE_SPIN => {
-                std::hint::spin_loop()
+                std::hint::spin_loop();
             }
             Err(oneshot::error::TryRecvError::Empty) => {
                 return rx.await.map_err(|_| Error::WriterStopped).and_then(|r| r);
@@ -332,10 +335,8 @@ fn writer_loop<B: Backend>(backend: &B, rx: &mpsc::Receiver<AppendRequest>) {
         // Stored with millisecond precision; the records handed back carry the same value.
         let now = Utc::now().trunc_subsecs(3);
         let mut batch = WriteBatch::default();
-        let mut replies: Vec<(
-            oneshot::Sender<Result<Vec<Record>, Error>>,
-            Result<Vec<Record>, Error>,
-        )> = Vec::with_capacity(requests.len());
+        let mut replies: Vec<(Ack, Result<Vec<Record>, Error>)> =
+            Vec::with_capacity(requests.len());
         let mut closed_tails = Vec::new();
         for req in requests {
             let result = stage(
