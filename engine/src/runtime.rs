@@ -1435,7 +1435,8 @@ impl Engine {
     /// interrupted (`AttemptInterrupted`), so the history says why it has no result; the next
     /// start resumes those steps with their next attempt, under the same idempotency key.
     pub async fn shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        // Take the list before signalling: a stopped driver removes itself from `active` at once,
+        // and a run missing from the list would not get its in-flight attempt journaled.
         let receivers: Vec<(RunId, watch::Receiver<Option<RunOutcome>>)> = self
             .inner
             .active
@@ -1444,6 +1445,7 @@ impl Engine {
             .iter()
             .map(|(r, a)| (*r, a.outcome.clone()))
             .collect();
+        self.inner.shutdown.send_replace(true);
         for (_, rx) in &receivers {
             let mut rx = rx.clone();
             let _ = rx.wait_for(Option::is_some).await;

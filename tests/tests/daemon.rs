@@ -200,11 +200,12 @@ fn daemon_killed_with_sigkill_mid_run_resumes_it_on_restart() {
 #[test]
 fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishes() {
     let dir = temp_dir();
-    let sb = SandboxProcess::start(&dir.path().join("estate"), 4);
+    // Real-speed estate: a restarted server stays DEAD for over a second, so a wait for it is
+    // still in flight when the daemon gets SIGTERM.
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 1);
     let data = dir.path().join("data");
     let daemon = DaemonProcess::start(&data, &[]);
     let run = start_detached(&data, &sb.dir.join("inventory.toml"));
-    // Stop while some attempt is in flight (waits take most of a run's time).
     let start = Instant::now();
     loop {
         let out = waymark(&data)
@@ -212,17 +213,18 @@ fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishe
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let running = v["steps"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|s| s["status"] == "running");
-        if running && v["events"].as_u64().unwrap_or(0) > 20 {
+        let waiting_for_a_server = v["steps"].as_array().into_iter().flatten().any(|s| {
+            s["status"] == "running"
+                && s["label"]
+                    .as_str()
+                    .is_some_and(|l| l.contains("wait until"))
+        });
+        if waiting_for_a_server {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(60),
-            "no step in flight seen"
+            "no wait for a restarted server seen in flight"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -235,7 +237,8 @@ fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishe
         assert!(
             h.iter()
                 .any(|r| matches!(r.event, Event::AttemptInterrupted { .. })),
-            "the attempt in flight is journaled as interrupted"
+            "the attempt in flight is journaled as interrupted; daemon said: {said}; history ends: {:?}",
+            h.iter().rev().take(6).map(|r| r.event.kind()).collect::<Vec<_>>()
         );
         assert!(log.open_runs().unwrap().contains(&id));
     }

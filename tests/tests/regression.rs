@@ -67,3 +67,57 @@ fn second_opener_is_told_the_log_is_in_use() {
         "{err}"
     );
 }
+
+/// `Engine::shutdown` listed the active runs after telling them to stop; a driver that stopped
+/// and removed itself first was missed, and its in-flight attempt was not journaled as
+/// interrupted. Found by the daemon's SIGTERM test (1 run in 12).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_journals_every_in_flight_attempt() {
+    use std::sync::Arc;
+    use waymark_engine::workflow;
+    use waymark_engine::{Engine, RunId, WorkflowContext};
+
+    struct Blocked;
+    impl waymark_engine::Workflow for Blocked {
+        const NAME: &'static str = "blocked";
+        const VERSION: u32 = 1;
+        type Input = u32;
+        type Output = ();
+        async fn run(&self, ctx: WorkflowContext, i: u32) -> Result<(), workflow::Error> {
+            let (): () = ctx.step("block", &i).await?;
+            Ok(())
+        }
+    }
+    let log = waymark_engine::memory_log();
+    let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let e2 = entered.clone();
+    let engine = Engine::builder(log.clone())
+        .workflow(Blocked)
+        .activity_fn("block", move |_, _| {
+            e2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async {
+                futures::future::pending::<()>().await;
+                Ok(waymark_engine::Payload::null())
+            }
+        })
+        .build();
+    let mut runs: Vec<RunId> = Vec::new();
+    for i in 0..200 {
+        runs.push(engine.start::<Blocked>(&i, "t").await.unwrap());
+    }
+    crate::util::wait_until(
+        std::time::Duration::from_secs(10),
+        "every step in flight",
+        || entered.load(std::sync::atomic::Ordering::SeqCst) == 200,
+    )
+    .await;
+    engine.shutdown().await;
+    for run in runs {
+        let h = log.read(run).unwrap();
+        assert!(
+            h.iter()
+                .any(|r| matches!(r.event, Event::AttemptInterrupted { .. })),
+            "run {run}: in-flight attempt journaled as interrupted"
+        );
+    }
+}
