@@ -22,7 +22,10 @@ fi
 if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server' >/dev/null 2>&1; then
   echo "test.sh: installing moto[server] (test peer for the ELBv2 suite)" >&2
   python3 -m pip install --quiet 'moto[server]'
+  # pyenv installs need their shims refreshed before `moto_server` is on PATH.
+  if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 fi
+command -v moto_server >/dev/null 2>&1 || { echo "test.sh: moto_server is still not on PATH after installing moto[server]" >&2; exit 2; }
 
 # The end-to-end tests drive the `waymark` binary itself.
 cargo build --workspace --bins
