@@ -197,6 +197,20 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// Every route: a unix peer must run as the daemon's user (or root). The socket's 0600 mode
+/// already keeps others out; this holds even if the file mode is changed.
+async fn owner_only(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match check_peer(&d, &p) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
 fn check_peer(d: &Daemon, peer: &Peer) -> Result<(), ApiError> {
     match peer.uid {
         Some(uid) if uid != d.own_uid && uid != 0 => Err(ApiError(
@@ -217,12 +231,7 @@ struct ListQuery {
     workflow: Option<String>,
 }
 
-async fn list(
-    State(d): State<Shared>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    Query(q): Query<ListQuery>,
-) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
+async fn list(State(d): State<Shared>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
     Ok(Json(api::list(
         d.log.as_ref(),
         q.state.as_deref(),
@@ -242,7 +251,6 @@ async fn start(
     ConnectInfo(p): ConnectInfo<Peer>,
     Json(b): Json<StartBody>,
 ) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
     let run = start_run(&d, &b.workflow, &b.inventory, &p.operator).await?;
     Ok(Json(serde_json::json!({ "run": run.to_string() })).into_response())
 }
@@ -309,22 +317,15 @@ fn run_id(d: &Daemon, text: &str) -> Result<RunId, ApiError> {
     api::find_run(d.log.as_ref(), text).map_err(ApiError::from)
 }
 
-async fn show(
-    State(d): State<Shared>,
-    ConnectInfo(p): ConnectInfo<Peer>,
-    AxPath(run): AxPath<String>,
-) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
+async fn show(State(d): State<Shared>, AxPath(run): AxPath<String>) -> Result<Response, ApiError> {
     let id = run_id(&d, &run)?;
     Ok(Json(api::show(d.log.as_ref(), id)?).into_response())
 }
 
 async fn history(
     State(d): State<Shared>,
-    ConnectInfo(p): ConnectInfo<Peer>,
     AxPath(run): AxPath<String>,
 ) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     Ok(Json(api::history(d.log.as_ref(), id)?).into_response())
 }
@@ -341,7 +342,6 @@ async fn signal(
     AxPath(run): AxPath<String>,
     Json(b): Json<SignalBody>,
 ) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     if !["approve", "pause", "resume", "cancel"].contains(&b.signal.as_str()) {
         return Err(ApiError(
@@ -361,10 +361,8 @@ async fn signal(
 
 async fn replay(
     State(d): State<Shared>,
-    ConnectInfo(p): ConnectInfo<Peer>,
     AxPath(run): AxPath<String>,
 ) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     let report = d
         .engine
@@ -381,10 +379,8 @@ struct VerifyQuery {
 
 async fn verify(
     State(d): State<Shared>,
-    ConnectInfo(p): ConnectInfo<Peer>,
     Query(q): Query<VerifyQuery>,
 ) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
     let run = match q.run {
         Some(r) => Some(run_id(&d, &r)?),
         None => None,
@@ -396,10 +392,8 @@ async fn verify(
 /// A client that goes away only stops its own stream; the run goes on.
 async fn follow(
     State(d): State<Shared>,
-    ConnectInfo(p): ConnectInfo<Peer>,
     AxPath(run): AxPath<String>,
 ) -> Result<Response, ApiError> {
-    check_peer(&d, &p)?;
     let id = run_id(&d, &run)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<FollowLine>(256);
     let engine = d.engine.clone();
@@ -508,7 +502,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn router() -> axum::Router<Shared> {
+fn router(d: Shared) -> axum::Router<Shared> {
     axum::Router::new()
         .route("/v1/runs", get(list).post(start))
         .route("/v1/runs/{run}", get(show))
@@ -519,6 +513,7 @@ fn router() -> axum::Router<Shared> {
         .route("/v1/verify", get(verify))
         .route("/metrics", get(metrics))
         .merge(crate::daemon_schedules::routes())
+        .route_layer(axum::middleware::from_fn_with_state(d, owner_only))
 }
 
 /// The daemon's socket in a data directory.
@@ -601,7 +596,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
     };
     let sock = socket_path(&opts.data_dir);
     let unix = bind_owner_only(&sock)?;
-    let app = router().with_state(d.clone());
+    let app = router(d.clone()).with_state(d.clone());
     let unix_task = tokio::spawn(
         axum::serve(
             unix,
@@ -616,7 +611,7 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("binding {addr}"))?;
             tracing::info!("TCP API on {} (bearer token required)", l.local_addr()?);
-            let app = router()
+            let app = router(d.clone())
                 .layer(axum::middleware::from_fn_with_state(
                     d.clone(),
                     require_token,
@@ -678,8 +673,5 @@ impl Daemon {
         by: &str,
     ) -> Result<RunId, String> {
         start_run(self, workflow, inv, by).await.map_err(|e| e.2)
-    }
-    pub(crate) fn check(&self, p: &Peer) -> Result<(), Response> {
-        check_peer(self, p).map_err(IntoResponse::into_response)
     }
 }
