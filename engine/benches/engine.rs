@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let mut step_rates = Vec::new();
     for round in 0..5 {
         let baseline = raw_sled_baseline(&tmp.path().join(format!("raw{round}")), 2000);
-        let log = waymark_engine::open_sled_log(&tmp.path().join(format!("one{round}")))?;
+        let log = waymark_engine::open_log(&tmp.path().join(format!("one{round}")))?;
         let e = engine(log.clone(), None, false);
         let start = Instant::now();
         let run = e.start::<NoopSteps>(&Steps { n: 1000 }, "bench").await?;
@@ -167,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 3. 1,000 concurrent runs of 10 steps.
     {
-        let log = waymark_engine::open_sled_log(&tmp.path().join("many"))?;
+        let log = waymark_engine::open_log(&tmp.path().join("many"))?;
         let e = engine(log.clone(), None, false);
         let start = Instant::now();
         let mut runs = Vec::new();
@@ -203,7 +203,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let dir = tmp.path().join("resume");
         {
-            let log = waymark_engine::open_sled_log(&dir)?;
+            let log = waymark_engine::open_log(&dir)?;
             let entered = Arc::new(AtomicUsize::new(0));
             let e = engine(log.clone(), Some(entered.clone()), true);
             let mut starts = Vec::new();
@@ -222,7 +222,7 @@ async fn main() -> anyhow::Result<()> {
             e.shutdown().await;
         }
         let start = Instant::now();
-        let log = waymark_engine::open_sled_log(&dir)?;
+        let log = waymark_engine::open_log(&dir)?;
         let opened = start.elapsed();
         let entered = Arc::new(AtomicUsize::new(0));
         let e = engine(log.clone(), Some(entered.clone()), true);
@@ -250,7 +250,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 5. Replay of a 100,000-event history.
     {
-        let log = waymark_engine::open_sled_log(&tmp.path().join("replay"))?;
+        let log = waymark_engine::open_log(&tmp.path().join("replay"))?;
         let e = engine(log.clone(), None, false);
         let steps = 33_333;
         let run = e.start::<NoopSteps>(&Steps { n: steps }, "bench").await?;

@@ -28,8 +28,11 @@ pub use workflow::Workflow;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Opens the durable (sled) event log under `dir`.
-pub fn open_sled_log(dir: &Path) -> Result<Arc<log::Log<log::sled::SledBackend>>, log::Error> {
+/// The durable event log on disk: the embedded default store of the CLI and the daemon.
+pub type DurableLog = log::Log<log::sled::SledBackend>;
+
+/// Opens the durable event log under `dir` (the embedded default store).
+pub fn open_log(dir: &Path) -> Result<Arc<DurableLog>, log::Error> {
     Ok(Arc::new(log::Log::new(log::sled::SledBackend::open(dir)?)))
 }
 

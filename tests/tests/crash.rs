@@ -51,7 +51,7 @@ fn run_to_completion(data: &Path, sink: &Path) {
 
 /// Everything that must hold after recovery.
 fn check_final_state(data: &Path, sink_dir: &Path) -> usize {
-    let log = waymark_engine::open_sled_log(data).expect("open log");
+    let log = waymark_engine::open_log(data).expect("open log");
     let runs = log.runs().unwrap();
     assert_eq!(runs.len(), RUNS, "every run was started once");
     assert!(log.open_runs().unwrap().is_empty(), "no run left open");

@@ -231,7 +231,7 @@ fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishe
     let said = daemon.sigterm();
     assert!(said.contains("interrupted"), "{said}");
     {
-        let log = waymark_engine::open_sled_log(&data).unwrap();
+        let log = waymark_engine::open_log(&data).unwrap();
         let id = log.runs().unwrap()[0];
         let h = log.read(id).unwrap();
         assert!(
@@ -416,7 +416,7 @@ fn verify_fails_on_an_edited_log_naming_run_and_position() {
     );
     // Edit one record in place: change a byte inside its body.
     let run = {
-        let log = waymark_engine::open_sled_log(&data).unwrap();
+        let log = waymark_engine::open_log(&data).unwrap();
         let run = log.runs().unwrap()[0];
         let raw = waymark_engine::log::Backend::scan_run(log.backend(), run).unwrap();
         let (seq, mut bytes) = raw[7].clone();

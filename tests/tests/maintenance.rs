@@ -173,7 +173,7 @@ fn event_seq(line: &str) -> Option<u64> {
 }
 
 fn run_is_finished(data: &Path) -> bool {
-    let log = waymark_engine::open_sled_log(data).unwrap();
+    let log = waymark_engine::open_log(data).unwrap();
     let runs = log.runs().unwrap();
     !runs.is_empty() && log.open_runs().unwrap().is_empty()
 }
@@ -218,7 +218,7 @@ fn sigkill_after_every_step_completion_then_resume_ends_the_same_with_no_duplica
     assert!(kills >= 40, "only {kills} kills at step boundaries");
     eprintln!("step-boundary kills: {kills}");
     check_completed_estate(&sb.dir);
-    let log = waymark_engine::open_sled_log(&data).unwrap();
+    let log = waymark_engine::open_log(&data).unwrap();
     let run = log.runs().unwrap()[0];
     let history = log.read(run).unwrap();
     assert!(matches!(
@@ -309,7 +309,7 @@ fn failure_at_each_step_after_traffic_moved_is_compensated_with_the_cause_in_his
             ((0, 100), 2),
             "step {step}: traffic back in zone B and MirrorMaker2 restored"
         );
-        let log = waymark_engine::open_sled_log(&data).unwrap();
+        let log = waymark_engine::open_log(&data).unwrap();
         let run = log.runs().unwrap()[0];
         let history: Vec<Event> = log
             .read(run)
@@ -531,7 +531,7 @@ async fn invalid_inventories_are_refused_naming_file_key_and_problem() {
     );
     assert!(
         !dir.path().join("data").join("events.sled").exists() || {
-            let log = waymark_engine::open_sled_log(&dir.path().join("data")).unwrap();
+            let log = waymark_engine::open_log(&dir.path().join("data")).unwrap();
             log.runs().unwrap().is_empty()
         }
     );

@@ -13,7 +13,7 @@ async fn log_opens_after_a_kill_during_a_sled_snapshot() {
     let dir = temp_dir();
     let run = RunId::new();
     {
-        let log = waymark_engine::open_sled_log(dir.path()).unwrap();
+        let log = waymark_engine::open_log(dir.path()).unwrap();
         log.append(
             run,
             vec![Event::RunStarted {
@@ -34,7 +34,7 @@ async fn log_opens_after_a_kill_during_a_sled_snapshot() {
     )
     .unwrap();
     let log =
-        waymark_engine::open_sled_log(dir.path()).expect("opens despite the unfinished snapshot");
+        waymark_engine::open_log(dir.path()).expect("opens despite the unfinished snapshot");
     assert_eq!(log.read(run).unwrap().len(), 1);
 }
 
@@ -50,7 +50,7 @@ fn log_creation_killed_halfway_leaves_nothing_that_blocks_the_next_open() {
         b"segment_size: 524288\nuse_compression: false\nversion: 0.34\n",
     )
     .unwrap();
-    drop(waymark_engine::open_sled_log(dir.path()).expect("a fresh log opens"));
+    drop(waymark_engine::open_log(dir.path()).expect("a fresh log opens"));
     assert!(!leftover.exists(), "the unfinished creation was removed");
 }
 
@@ -58,8 +58,8 @@ fn log_creation_killed_halfway_leaves_nothing_that_blocks_the_next_open() {
 #[test]
 fn second_opener_is_told_the_log_is_in_use() {
     let dir = temp_dir();
-    let _first = waymark_engine::open_sled_log(dir.path()).unwrap();
-    let Err(err) = waymark_engine::open_sled_log(dir.path()) else {
+    let _first = waymark_engine::open_log(dir.path()).unwrap();
+    let Err(err) = waymark_engine::open_log(dir.path()) else {
         panic!("second open should fail")
     };
     assert!(

@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use waymark_engine::event::SuspendReason;
-use waymark_engine::log::sled::SledBackend;
-use waymark_engine::log::Log;
+use waymark_engine::DurableLog;
 use waymark_engine::runtime::{ReplayReport, ReplayVerdict};
 use waymark_engine::{Engine, RunId, RunOutcome};
 
@@ -84,13 +83,13 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
 }
 
 /// Opens the event log of a data directory.
-pub fn open_log(data_dir: &Path) -> anyhow::Result<Arc<Log<SledBackend>>> {
-    waymark_engine::open_sled_log(data_dir)
+pub fn open_log(data_dir: &Path) -> anyhow::Result<Arc<DurableLog>> {
+    waymark_engine::open_log(data_dir)
         .with_context(|| format!("data directory {}", data_dir.display()))
 }
 
 /// An engine with every workflow and activity of this binary.
-pub fn engine(log: Arc<Log<SledBackend>>) -> Engine {
+pub fn engine(log: Arc<DurableLog>) -> Engine {
     waymark_workflows::register(Engine::builder(log)).build()
 }
 
@@ -99,7 +98,7 @@ pub use crate::api::find_run;
 /// Where a command's data comes from: the daemon serving the data directory, or the directory.
 pub enum Target {
     /// No daemon: the CLI opens the log itself (and holds its lock meanwhile).
-    Direct(Arc<Log<SledBackend>>),
+    Direct(Arc<DurableLog>),
     /// A daemon answers on the directory's socket.
     Daemon(Client),
 }

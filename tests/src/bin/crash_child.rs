@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         work_ms: args[5].parse()?,
         sleep_ms: args[6].parse()?,
     };
-    let durable = waymark_engine::open_sled_log(&data)?;
+    let durable = waymark_engine::open_log(&data)?;
     let log: waymark_engine::log::SharedLog = match args.get(7) {
         Some(n) => Arc::new(CrashingLog::new(durable, n.parse()?)),
         None => durable,
