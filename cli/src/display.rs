@@ -91,6 +91,7 @@ pub fn line(
         Event::RunCompleted { .. } => "run completed".to_owned(),
         Event::RunFailed { error } => format!("run failed: {error}"),
         Event::RunCancelled { reason } => format!("run cancelled: {reason}"),
+        Event::RunResolved { by, note } => format!("resolved by {by}: {note}"),
     };
     format!("{} #{:<4} {what}", at.format("%H:%M:%S%.3f"), seq)
 }

@@ -242,6 +242,10 @@ pub struct RunState {
     pub cancel_requested: Option<String>,
     /// Events folded so far.
     pub events: u64,
+    /// Set when an operator resolved the run (`RunResolved`): who, and their note.
+    pub resolved: Option<(String, String)>,
+    /// Whether the run went through compensation (`CompensationStarted`).
+    compensation_started: bool,
     entries: BTreeMap<u32, Entry>,
     steps: BTreeMap<StepRef, StepState>,
     signals: HashMap<String, Vec<Payload>>,
@@ -302,6 +306,8 @@ impl RunState {
             paused: false,
             cancel_requested: None,
             events: 1,
+            resolved: None,
+            compensation_started: false,
             entries: BTreeMap::new(),
             steps: BTreeMap::new(),
             signals: HashMap::new(),
@@ -481,6 +487,7 @@ impl RunState {
                 *index += 1;
             }
             Event::CompensationStarted { reason, cancelled } => {
+                self.compensation_started = true;
                 self.status = RunStatus::Compensating {
                     reason: reason.clone(),
                     cancelled: *cancelled,
@@ -494,8 +501,45 @@ impl RunState {
             Event::RunCompleted { output } => self.status = RunStatus::Completed(output.clone()),
             Event::RunFailed { error } => self.status = RunStatus::Failed(error.clone()),
             Event::RunCancelled { reason } => self.status = RunStatus::Cancelled(reason.clone()),
+            Event::RunResolved { by, note } => {
+                if !self.status.is_terminal() {
+                    return Err(invalid(format!(
+                        "RunResolved while the run is {}: only an ended run can be resolved",
+                        self.status.name()
+                    )));
+                }
+                self.resolved = Some((by.clone(), note.clone()));
+            }
         }
         Ok(())
+    }
+
+    /// Whether the run ended with its compensation incomplete: it failed or was cancelled after
+    /// compensating, and some compensation of the plan has no successful result (it failed, or
+    /// never ran). The estate is then in an unknown, possibly half-switched state.
+    pub fn compensation_incomplete(&self) -> bool {
+        if !matches!(self.status, RunStatus::Failed(_) | RunStatus::Cancelled(_))
+            || !self.compensation_started
+        {
+            return false;
+        }
+        (0..self.compensations.len()).any(|i| {
+            let i = u32::try_from(i).unwrap_or(u32::MAX);
+            !matches!(
+                self.steps
+                    .get(&StepRef::Compensation(i))
+                    .and_then(|s| s.outcome.as_ref()),
+                Some(Ok(_))
+            )
+        })
+    }
+
+    /// Whether the run holds its cluster until an operator resolves it: it ended with its
+    /// compensation incomplete ("COMPENSATION INCOMPLETE") and has no `RunResolved`. This is the
+    /// only terminal state that leaves the estate unknown (a suspended run has not ended and
+    /// counts as unfinished anyway).
+    pub fn needs_operator(&self) -> bool {
+        self.resolved.is_none() && self.compensation_incomplete()
     }
 
     fn step_mut(&mut self, step: StepRef) -> Option<&mut StepState> {

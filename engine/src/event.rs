@@ -133,6 +133,32 @@ pub enum SuspendReason {
         /// What the workflow code asked for.
         new: String,
     },
+    /// The workflow code panicked (a bug in the workflow, or a value it did not expect). The run
+    /// waits for an operator: cancel it (its compensations run without the workflow code), or
+    /// resume it with a fixed binary. Kept after `Nondeterminism` so stored records keep decoding.
+    WorkflowPanicked {
+        /// The panic message.
+        message: String,
+    },
+}
+
+impl fmt::Display for SuspendReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SuspendReason::Nondeterminism {
+                position,
+                recorded,
+                new,
+            } => write!(
+                f,
+                "non-determinism at command {position}: the history has {recorded}, the code asks for {new}"
+            ),
+            SuspendReason::WorkflowPanicked { message } => write!(
+                f,
+                "the workflow code panicked: {message}; cancel the run to compensate, or resume it with a fixed binary"
+            ),
+        }
+    }
 }
 
 /// One thing that happened in a run.
@@ -274,6 +300,15 @@ pub enum Event {
         /// Who cancelled and why.
         reason: String,
     },
+    /// An operator resolved a run that ended with its compensation incomplete (it held its
+    /// cluster until now). Only allowed after the run's terminal event; keep this variant last so
+    /// that stored records keep decoding.
+    RunResolved {
+        /// Operator who resolved it.
+        by: String,
+        /// What the operator did or checked.
+        note: String,
+    },
 }
 
 impl Event {
@@ -298,14 +333,20 @@ impl Event {
             Event::RunCompleted { .. } => "RunCompleted",
             Event::RunFailed { .. } => "RunFailed",
             Event::RunCancelled { .. } => "RunCancelled",
+            Event::RunResolved { .. } => "RunResolved",
         }
     }
 
-    /// Whether this event ends the run.
+    /// Whether this event ends the run (a run whose last event is one of these is not open).
+    /// `RunResolved` comes after the terminal event of a run that needed an operator, and closes
+    /// it again.
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Event::RunCompleted { .. } | Event::RunFailed { .. } | Event::RunCancelled { .. }
+            Event::RunCompleted { .. }
+                | Event::RunFailed { .. }
+                | Event::RunCancelled { .. }
+                | Event::RunResolved { .. }
         )
     }
 }

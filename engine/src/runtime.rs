@@ -70,6 +70,17 @@ pub enum Error {
     /// The run is not being driven by this engine and has not finished.
     #[error("run {0} is not running in this engine (resume it first)")]
     NotActive(RunId),
+    /// `resolve` on a run that does not hold its cluster for an operator.
+    #[error(
+        "run {run} does not need an operator ({detail}); only a run that ended with \
+         COMPENSATION INCOMPLETE and was not resolved yet can be resolved"
+    )]
+    NothingToResolve {
+        /// The run.
+        run: RunId,
+        /// Its state.
+        detail: String,
+    },
     /// The run has ended; signals no longer apply.
     #[error("run {run} has already ended ({status})")]
     Finished {
@@ -1241,6 +1252,31 @@ impl Engine {
         }
         self.unfinished_state(run)?;
         self.inner.log.append(run, vec![event]).await?;
+        Ok(())
+    }
+
+    /// Records that operator `by` resolved a run that ended with its compensation incomplete
+    /// (after checking or repairing the estate by hand), so that its cluster is free again.
+    /// Refuses a run that does not need an operator (see [`RunState::needs_operator`]).
+    pub async fn resolve(&self, run: RunId, by: &str, note: &str) -> Result<(), Error> {
+        let state = self.state(run)?;
+        if !state.needs_operator() {
+            let detail = match &state.resolved {
+                Some((who, _)) => format!("it was already resolved by {who}"),
+                None => format!("it is {}", state.status.name()),
+            };
+            return Err(Error::NothingToResolve { run, detail });
+        }
+        self.inner
+            .log
+            .append(
+                run,
+                vec![Event::RunResolved {
+                    by: by.to_owned(),
+                    note: note.to_owned(),
+                }],
+            )
+            .await?;
         Ok(())
     }
 

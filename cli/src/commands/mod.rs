@@ -151,6 +151,9 @@ pub fn replay_json(r: &ReplayReport) -> serde_json::Value {
             Some(recorded.clone()),
             Some(new.clone()),
         ),
+        ReplayVerdict::Diverged(reason @ SuspendReason::WorkflowPanicked { .. }) => {
+            (false, reason.to_string(), None, None)
+        }
         ReplayVerdict::OutcomeDiffers { recorded, replayed } => (
             false,
             "NOT deterministic: the outcome differs".to_owned(),
