@@ -29,11 +29,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The durable event log on disk: the embedded default store of the CLI and the daemon.
-pub type DurableLog = log::Log<log::sled::SledBackend>;
+pub type DurableLog = log::Log<log::segment::SegmentBackend>;
 
 /// Opens the durable event log under `dir` (the embedded default store).
 pub fn open_log(dir: &Path) -> Result<Arc<DurableLog>, log::Error> {
-    Ok(Arc::new(log::Log::new(log::sled::SledBackend::open(dir)?)))
+    Ok(Arc::new(log::Log::new(log::segment::SegmentBackend::open(dir)?)))
 }
 
 /// A fresh in-memory event log.

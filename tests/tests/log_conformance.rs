@@ -1,9 +1,11 @@
-//! One conformance suite for the event log, run against every backend (sled and memory).
+//! One conformance suite for the event log, run against every backend (segment files, sled and
+//! memory).
 
 use std::sync::Arc;
 
 use waymark_engine::event::{Event, Payload, StepRef};
 use waymark_engine::log::memory::MemoryBackend;
+use waymark_engine::log::segment::SegmentBackend;
 use waymark_engine::log::sled::SledBackend;
 use waymark_engine::log::{Backend, Error, EventLog, Log};
 use waymark_engine::RunId;
@@ -42,6 +44,35 @@ impl Fixture for SledFixture {
         drop(self.log.take());
         self.log = Some(Arc::new(Log::new(
             SledBackend::open(self.dir.path()).unwrap(),
+        )));
+    }
+}
+
+struct SegmentFixture {
+    dir: tempfile::TempDir,
+    log: Option<Arc<Log<SegmentBackend>>>,
+}
+
+impl SegmentFixture {
+    fn new() -> Self {
+        let dir = temp_dir();
+        let log = Arc::new(Log::new(SegmentBackend::open(dir.path()).unwrap()));
+        SegmentFixture {
+            dir,
+            log: Some(log),
+        }
+    }
+}
+
+impl Fixture for SegmentFixture {
+    type B = SegmentBackend;
+    fn log(&self) -> Arc<Log<SegmentBackend>> {
+        self.log.clone().unwrap()
+    }
+    fn reopen(&mut self) {
+        drop(self.log.take());
+        self.log = Some(Arc::new(Log::new(
+            SegmentBackend::open(self.dir.path()).unwrap(),
         )));
     }
 }
@@ -158,6 +189,26 @@ async fn open_runs_track_terminal_events<F: Fixture>(f: F) {
     assert_eq!(log.runs().unwrap(), vec![a, b]);
 }
 
+async fn open_runs_and_listing_survive_reopen<F: Fixture>(mut f: F) {
+    let (a, b, c) = (RunId::new(), RunId::new(), RunId::new());
+    for run in [a, b, c] {
+        f.log().append(run, vec![started(), step(0)]).await.unwrap();
+    }
+    f.log()
+        .append(
+            b,
+            vec![Event::RunCompleted {
+                output: Payload::null(),
+            }],
+        )
+        .await
+        .unwrap();
+    f.reopen();
+    assert_eq!(f.log().open_runs().unwrap(), vec![a, c]);
+    assert_eq!(f.log().runs().unwrap(), vec![a, b, c]);
+    assert_eq!(f.log().read(b).unwrap().len(), 3);
+}
+
 async fn unknown_run_is_named<F: Fixture>(f: F) {
     let run = RunId::new();
     let err = f.log().read(run).unwrap_err();
@@ -247,6 +298,9 @@ macro_rules! conformance {
         mod sled_backend {
             $(#[tokio::test] async fn $name() { super::$name(super::SledFixture::new()).await; })*
         }
+        mod segment_backend {
+            $(#[tokio::test] async fn $name() { super::$name(super::SegmentFixture::new()).await; })*
+        }
         mod memory_backend {
             $(#[tokio::test] async fn $name() { super::$name(super::MemoryFixture::new()).await; })*
         }
@@ -258,6 +312,7 @@ conformance!(
     history_survives_reopen_and_chain_continues,
     concurrent_runs_keep_their_own_order,
     open_runs_track_terminal_events,
+    open_runs_and_listing_survive_reopen,
     unknown_run_is_named,
     damaged_record_names_run_and_position_and_others_still_load,
     truncated_record_is_reported,

@@ -7,6 +7,7 @@ mod elb;
 mod engine_behaviour;
 mod k8s;
 mod log_conformance;
+mod log_damage;
 mod maintenance;
 mod power_loss;
 mod regression;

@@ -7,6 +7,7 @@
 //! what keeps clear of sled's `flush_async` deadlock (upstream issue 1308).
 
 pub mod memory;
+pub mod segment;
 pub mod sled;
 
 use std::collections::HashMap;
@@ -43,6 +44,16 @@ pub enum Error {
         /// Position where the chain breaks.
         seq: u64,
         /// What was expected.
+        detail: String,
+    },
+    /// Records of the run were lost in damaged bytes of the store (found when it was opened).
+    #[error("run {run}, event #{seq}: {detail}")]
+    Lost {
+        /// Run that lost records.
+        run: RunId,
+        /// First position lost.
+        seq: u64,
+        /// Where and what to do.
         detail: String,
     },
     /// The run has no events.

@@ -18,7 +18,7 @@ const RUN: u8 = b'R';
 pub struct SledBackend {
     db: ::sled::Db,
     tree: ::sled::Tree,
-    _lock: Arc<std::fs::File>,
+    _lock: Arc<Option<std::fs::File>>,
 }
 
 fn storage(e: &::sled::Error) -> Error {
@@ -79,7 +79,7 @@ fn is_lock_busy(e: &::sled::Error) -> bool {
     }
 }
 
-fn in_use(dir: &Path) -> Error {
+pub(super) fn in_use(dir: &Path) -> Error {
     Error::Storage(format!(
         "the event log in {} is in use by another process (a daemon or a foreground run); \
          talk to that process, or stop it first",
@@ -89,7 +89,7 @@ fn in_use(dir: &Path) -> Error {
 
 /// Takes `DIR/waymark.lock` for as long as the backend lives, so that no second process opens the
 /// log (and so that the clean-up below never touches files a live process is writing).
-fn lock_dir(dir: &Path) -> Result<std::fs::File, Error> {
+pub(super) fn lock_dir(dir: &Path) -> Result<std::fs::File, Error> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -177,6 +177,16 @@ impl SledBackend {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::Storage(format!("cannot create {}: {e}", dir.display())))?;
         let lock = lock_dir(dir)?;
+        Self::open_with(dir, Some(lock))
+    }
+
+    /// Opens the sled store under `dir` whose `waymark.lock` the caller already holds (the
+    /// segment backend importing an older store).
+    pub(super) fn open_held(dir: &Path) -> Result<Self, Error> {
+        Self::open_with(dir, None)
+    }
+
+    fn open_with(dir: &Path, lock: Option<std::fs::File>) -> Result<Self, Error> {
         let path = dir.join("events.sled");
         if path.exists() {
             remove_unfinished_snapshots(&path)?;
