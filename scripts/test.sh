@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, installing the test peers first when they are missing:
 #   - OpenSSH sshd (Debian openssh-server), run by the SSH conformance suite as a private process;
-#   - moto_server (PyPI moto[server]), run by the ELBv2 conformance suite.
+#   - moto_server (PyPI moto[server]), run by the ELBv2 conformance suite;
+#   - fusermount3 (Debian fuse3), with which the power-loss suite mounts powerfs (it also needs
+#     /dev/fuse and root; without them that suite fails with the reason, it is never skipped).
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,6 +26,12 @@ if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server'
   python3 -m pip install --quiet 'moto[server]'
   # pyenv installs need their shims refreshed before `moto_server` is on PATH.
   if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+fi
+if ! command -v fusermount3 >/dev/null 2>&1; then
+  need_root fuse3 "apt-get install -y fuse3"
+  echo "test.sh: installing fuse3 (fusermount3, for the power-loss filesystem)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
 fi
 command -v moto_server >/dev/null 2>&1 || { echo "test.sh: moto_server is still not on PATH after installing moto[server]" >&2; exit 2; }
 

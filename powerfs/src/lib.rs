@@ -466,23 +466,22 @@ impl Inner {
         self.backing.join(LIMBO).join(ino.to_string())
     }
 
-    /// Moves a durable inode out of its directory into limbo (or deletes it when nothing refers
-    /// to it any more).
+    /// Moves a durable inode out of its directory into limbo (a file nothing refers to any more
+    /// is deleted; a directory always goes to limbo, since entries below it may still be the
+    /// durable home of inodes that live elsewhere now).
     fn evict(&mut self, dir: u64, name: &OsStr, owner: u64) -> Result<(), Errno> {
         let from = self.path(owner).ok_or(Errno::EIO)?;
         let n = self.node(owner)?;
-        let dead = n.nlink == 0 && n.open == 0;
-        if dead && !n.is_dir() {
+        let dead_file = n.nlink == 0 && n.open == 0 && !n.is_dir();
+        if dead_file {
             std::fs::remove_file(&from).map_err(|e| io_errno(&e))?;
-        } else if dead {
-            std::fs::remove_dir_all(&from).map_err(|e| io_errno(&e))?;
         } else {
             std::fs::rename(&from, self.limbo_path(owner)).map_err(|e| io_errno(&e))?;
         }
         self.node_mut(dir)?.durable_children.remove(name);
         let n = self.node_mut(owner)?;
-        n.loc = Loc::Limbo;
-        if dead {
+        n.loc = if dead_file { Loc::Nowhere } else { Loc::Limbo };
+        if dead_file {
             n.fd = None;
             n.dirty.clear();
         }
@@ -715,9 +714,9 @@ impl Inner {
             CutMode::TearLastWrite { .. } => {
                 if let Some((ino, offset, len)) = self.writes.back().copied() {
                     let keep = rng.below(len + 1);
-                    let bytes = self.read(ino, offset, keep as u32).map_err(errno_io)?;
-                    if !bytes.is_empty() {
-                        let fd = self.fd(ino).map_err(errno_io)?;
+                    let bytes = self.read(ino, offset, keep as u32).unwrap_or_default();
+                    // A file whose durable home is gone (deleted) has nowhere to tear into.
+                    if let (false, Ok(fd)) = (bytes.is_empty(), self.fd(ino)) {
                         fd.write_all_at(&bytes, offset)?;
                     }
                     report.torn = Some((bytes.len() as u64, len));
@@ -742,7 +741,7 @@ impl Inner {
                             continue;
                         }
                         let len = (size - start).min(PAGE) as usize;
-                        let fd = self.fd(ino).map_err(errno_io)?;
+                        let Ok(fd) = self.fd(ino) else { continue };
                         fd.write_all_at(&buf[..len], start)?;
                         report.pages_persisted += 1;
                     }
