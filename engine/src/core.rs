@@ -145,13 +145,22 @@ pub struct StepState {
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Final outcome, once there is one.
     pub outcome: Option<Result<Payload, String>>,
+    /// The workflow code stopped waiting for this step before it ended (a `join` that failed on a
+    /// sibling, a `select`): its `StepFailed` error starts with [`ABANDONED`]. Re-executed code
+    /// never gets a result for it (it stays pending, as it did when the run went on without it).
+    pub abandoned: bool,
 }
+
+/// How the `StepFailed` of a step the workflow code stopped waiting for begins.
+pub const ABANDONED: &str = "abandoned: the workflow code stopped waiting for this step";
 
 /// What to do for a step the workflow (or the compensation plan) asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepDecision {
     /// The history has its outcome: return it without calling the activity.
     Replay(Result<Payload, String>),
+    /// The history records that the code stopped waiting for this step: it never resolves.
+    Abandoned,
     /// Call the activity.
     Run {
         /// Whether `StepScheduled` must be appended first (a step new to the history).
@@ -213,6 +222,9 @@ pub enum ResumeAction {
     ReplayWorkflow,
     /// Run (the rest of) the compensation plan.
     Compensate,
+    /// An operator cancelled a run that the workflow code cannot drive (it is suspended, or its
+    /// version is not in this binary): close its open steps, then compensate, without the code.
+    CancelWithoutCode,
     /// Nothing: it has ended.
     Finished,
 }
@@ -263,6 +275,15 @@ pub mod signals {
     pub const CANCEL: &str = "cancel";
     /// Approve a gate the workflow waits at.
     pub const APPROVE: &str = "approve";
+}
+
+/// `now + d`, saturating at the latest representable time instead of panicking (retry delays and
+/// timers come from configuration and may be huge).
+pub fn saturating_add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn nondeterminism(position: u32, recorded: &Entry, new: String) -> SuspendReason {
@@ -367,6 +388,7 @@ impl RunState {
                         open_attempt: None,
                         next_retry_at: None,
                         outcome: None,
+                        abandoned: false,
                     },
                 );
             }
@@ -381,6 +403,7 @@ impl RunState {
                 step,
                 attempt,
                 next_retry_at,
+                error,
                 ..
             } => {
                 let s = self
@@ -391,6 +414,11 @@ impl RunState {
                     s.open_attempt = None;
                 }
                 s.next_retry_at = *next_retry_at;
+                // No next attempt: the step gave up, even if the `StepFailed` written in the same
+                // batch was lost in a crash.
+                if next_retry_at.is_none() && s.outcome.is_none() {
+                    s.outcome = Some(Err(error.clone()));
+                }
             }
             Event::AttemptInterrupted { step, attempt } => {
                 let s = self
@@ -412,6 +440,7 @@ impl RunState {
                     .step_mut(*step)
                     .ok_or_else(|| invalid(format!("failure of unscheduled {step}")))?;
                 s.open_attempt = None;
+                s.abandoned = error.starts_with(ABANDONED);
                 s.outcome = Some(Err(error.clone()));
             }
             Event::TimerStarted { position, fire_at } => {
@@ -514,6 +543,48 @@ impl RunState {
         Ok(())
     }
 
+    /// What closes the workflow steps the code left without a result when it returned (a `join`
+    /// that failed on a sibling still in flight): `AttemptInterrupted` for an attempt in flight,
+    /// then a `StepFailed` starting with [`ABANDONED`], so that the history explains every step
+    /// and a replay of it is clean.
+    pub fn abandonment_events(&self) -> Vec<Event> {
+        self.close_open_steps(&|_| format!("{ABANDONED} (it returned without its result)"))
+    }
+
+    /// What cancels a run without its workflow code (suspended, or of a version this binary
+    /// lacks): every workflow step without a result is closed (`AttemptInterrupted` for an attempt
+    /// in flight, `StepFailed` with the cancel reason), then `CompensationStarted` (cancelled).
+    /// `None` when no cancel was requested.
+    pub fn cancel_without_code_events(&self) -> Option<Vec<Event>> {
+        let why = self.cancel_requested.clone()?;
+        let mut events = self.close_open_steps(&|_| why.clone());
+        events.push(Event::CompensationStarted {
+            reason: why,
+            cancelled: true,
+        });
+        Some(events)
+    }
+
+    fn close_open_steps(&self, error: &dyn Fn(StepRef) -> String) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (step, s) in &self.steps {
+            if !matches!(step, StepRef::Workflow(_)) || s.outcome.is_some() {
+                continue;
+            }
+            if let Some(attempt) = s.open_attempt {
+                events.push(Event::AttemptInterrupted {
+                    step: *step,
+                    attempt,
+                });
+            }
+            events.push(Event::StepFailed {
+                step: *step,
+                error: error(*step),
+            });
+        }
+        events
+    }
+
     /// Whether the run ended with its compensation incomplete: it failed or was cancelled after
     /// compensating, and some compensation of the plan has no successful result (it failed, or
     /// never ran). The estate is then in an unknown, possibly half-switched state.
@@ -569,6 +640,9 @@ impl RunState {
     /// What the engine must do with this run when it starts.
     pub fn resume_action(&self) -> ResumeAction {
         match self.status {
+            RunStatus::Suspended(_) if self.cancel_requested.is_some() => {
+                ResumeAction::CancelWithoutCode
+            }
             RunStatus::Running | RunStatus::Suspended(_) => ResumeAction::ReplayWorkflow,
             RunStatus::Compensating { .. } => ResumeAction::Compensate,
             _ => ResumeAction::Finished,
@@ -614,6 +688,9 @@ impl RunState {
 
     fn progress(&self, step: StepRef) -> StepDecision {
         let s = &self.steps[&step];
+        if s.abandoned {
+            return StepDecision::Abandoned;
+        }
         if let Some(outcome) = &s.outcome {
             return StepDecision::Replay(outcome.clone());
         }
@@ -640,7 +717,7 @@ impl RunState {
         let scheduled_at = self.steps.get(&step).map_or(now, |s| s.scheduled_at);
         let elapsed = (now - scheduled_at).to_std().unwrap_or(Duration::ZERO);
         if policy.allows_another(failures_after, retryable, elapsed) {
-            Some(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX))
+            Some(saturating_add(now, delay))
         } else {
             None
         }
@@ -654,9 +731,7 @@ impl RunState {
         now: DateTime<Utc>,
     ) -> TimerDecision {
         match self.entries.get(&position) {
-            None => TimerDecision::Start(
-                now + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX),
-            ),
+            None => TimerDecision::Start(saturating_add(now, duration)),
             Some(Entry::Timer { fired: true, .. }) => TimerDecision::Fired,
             Some(Entry::Timer { fire_at, .. }) => TimerDecision::WaitUntil(*fire_at),
             Some(other) => TimerDecision::Nondeterminism(nondeterminism(

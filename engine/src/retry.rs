@@ -85,7 +85,7 @@ impl RetryPolicy {
             return false;
         }
         if let Some(limit) = self.max_elapsed {
-            if elapsed + self.base_delay(failures) > limit {
+            if elapsed.saturating_add(self.base_delay(failures)) > limit {
                 return false;
             }
         }
@@ -97,11 +97,19 @@ impl RetryPolicy {
         let exp = i32::try_from(failures.saturating_sub(1)).unwrap_or(i32::MAX);
         let secs = self.initial_interval.as_secs_f64() * self.multiplier.powi(exp);
         let capped = secs.min(self.max_interval.as_secs_f64());
-        Duration::from_secs_f64(capped.max(0.0))
+        // Huge or non-finite values (a huge interval or multiplier) saturate at the cap.
+        Duration::try_from_secs_f64(capped.max(0.0)).unwrap_or(self.max_interval)
     }
 
-    /// The delay before the next attempt, with jitter (from `backoff`).
+    /// The delay before the next attempt, with jitter (from `backoff`). A delay too large for
+    /// meaningful jitter is used as it is.
     pub fn delay_after(&self, failures: u32) -> Duration {
+        // Keep `backoff`'s f64 arithmetic well inside the range where it is meaningful.
+        const JITTER_LIMIT: Duration = Duration::from_secs(1 << 40);
+        let base = self.base_delay(failures);
+        if base > JITTER_LIMIT || self.max_interval > JITTER_LIMIT {
+            return base.min(self.max_interval);
+        }
         let mut b = backoff::ExponentialBackoff {
             current_interval: self.base_delay(failures),
             initial_interval: self.initial_interval,
@@ -137,6 +145,22 @@ mod tests {
             let d = p.delay_after(3).as_secs_f64();
             assert!((3.2..=4.8).contains(&d), "{d}");
         }
+    }
+
+    /// Issue 8, item 2: huge configured delays saturate instead of panicking.
+    #[test]
+    fn huge_delays_do_not_panic() {
+        let p = RetryPolicy {
+            initial_interval: Duration::MAX,
+            multiplier: 1e300,
+            max_interval: Duration::MAX,
+            randomization_factor: 0.5,
+            max_attempts: None,
+            max_elapsed: Some(Duration::MAX),
+        };
+        assert_eq!(p.base_delay(40), Duration::MAX);
+        assert_eq!(p.delay_after(40), Duration::MAX);
+        assert!(p.allows_another(3, true, Duration::MAX));
     }
 
     #[test]

@@ -13,7 +13,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use std::panic::AssertUnwindSafe;
+
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
@@ -155,7 +158,8 @@ pub fn compensation_options() -> StepOptions {
 }
 
 enum Fatal {
-    Nondeterminism(SuspendReason),
+    /// The run must wait for an operator: non-determinism, or the workflow code panicked.
+    Suspend(SuspendReason),
     Engine(String),
     /// Replay-only mode: the code asked for something the history does not hold.
     ReplayEnd(String),
@@ -175,6 +179,33 @@ pub(crate) struct RunShared {
     records: Mutex<Option<broadcast::Sender<Record>>>,
     replay_only: bool,
     progress: watch::Sender<Option<activity::Progress>>,
+    /// Records acknowledged by the log but not folded yet, because an earlier one of the run is
+    /// still on its way: appends of parallel steps are acknowledged together and their tasks wake
+    /// in any order, but the state and the followers get records in sequence order.
+    delivery: Mutex<Delivery>,
+    /// The next sequence number to fold, and whether delivery broke (an append failed).
+    folded: watch::Sender<(u64, bool)>,
+    /// Appends sent to the log whose records are not delivered yet.
+    appends_in_flight: watch::Sender<usize>,
+    /// Replay only: context calls so far, and 1 + the position of the last step waiting forever
+    /// because the history says the code abandoned it (0: none), to tell a code that waits for
+    /// such a step from one that drops it.
+    replay_calls: std::sync::atomic::AtomicU64,
+    replay_abandoned_waiting: AtomicU32,
+}
+
+struct Delivery {
+    next_seq: u64,
+    pending: std::collections::BTreeMap<u64, Record>,
+}
+
+/// The text of a panic's payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
 }
 
 fn describe_events(events: &[Event]) -> String {
@@ -204,6 +235,30 @@ fn describe_events(events: &[Event]) -> String {
 }
 
 impl RunShared {
+    fn new(engine: Arc<Inner>, state: RunState, replay_only: bool) -> Arc<Self> {
+        let next_seq = state.events;
+        Arc::new(RunShared {
+            run: state.run,
+            engine,
+            cancel: watch::channel(state.cancel_requested.is_some()).0,
+            state: Mutex::new(state),
+            next_position: AtomicU32::new(0),
+            fatal: Mutex::new(None),
+            changed: watch::channel(0).0,
+            records: Mutex::new(None),
+            replay_only,
+            progress: watch::channel(None).0,
+            delivery: Mutex::new(Delivery {
+                next_seq,
+                pending: std::collections::BTreeMap::new(),
+            }),
+            folded: watch::channel((next_seq, false)).0,
+            appends_in_flight: watch::channel(0).0,
+            replay_calls: std::sync::atomic::AtomicU64::new(0),
+            replay_abandoned_waiting: AtomicU32::new(0),
+        })
+    }
+
     fn set_fatal(&self, f: Fatal) {
         let mut slot = self.fatal.lock().expect("fatal lock");
         if slot.is_none() {
@@ -214,7 +269,7 @@ impl RunShared {
     fn check_fatal(&self) -> Result<(), workflow::Error> {
         match &*self.fatal.lock().expect("fatal lock") {
             None => Ok(()),
-            Some(Fatal::Nondeterminism(r)) => Err(workflow::Error::Nondeterminism(r.clone())),
+            Some(Fatal::Suspend(r)) => Err(workflow::Error::Nondeterminism(r.clone())),
             Some(Fatal::Engine(e) | Fatal::ReplayEnd(e)) => Err(workflow::Error::Engine(e.clone())),
         }
     }
@@ -227,8 +282,11 @@ impl RunShared {
             .clone()
     }
 
-    /// Appends durably, folds into the state, wakes waiters, publishes to followers.
-    async fn append(&self, events: Vec<Event>) -> Result<Vec<Record>, workflow::Error> {
+    /// Appends durably, folds into the state, wakes waiters, publishes to followers. Records are
+    /// folded and published in sequence order, whatever order the appends' tasks wake in; the
+    /// delivery runs in its own task, so a caller dropped mid-append (a `join` that dropped a
+    /// sibling) cannot leave a hole that would stall the run's later records.
+    async fn append(self: &Arc<Self>, events: Vec<Event>) -> Result<Vec<Record>, workflow::Error> {
         if self.replay_only {
             let what = events.first().map_or("nothing", Event::kind);
             let msg = format!(
@@ -237,22 +295,74 @@ impl RunShared {
             self.set_fatal(Fatal::ReplayEnd(describe_events(&events)));
             return Err(workflow::Error::Engine(msg));
         }
-        let records = match self.engine.log.append(self.run, events).await {
+        let written = self.engine.log.append(self.run, events);
+        self.appends_in_flight.send_modify(|n| *n += 1);
+        let me = self.clone();
+        let delivered = tokio::spawn(async move {
+            let result = match written.await {
+                Ok(records) => me.deliver(&records).map(|()| records),
+                Err(e) => {
+                    me.folded.send_modify(|(_, broken)| *broken = true);
+                    Err(e.to_string())
+                }
+            };
+            me.appends_in_flight.send_modify(|n| *n -= 1);
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the append task of run {} failed: {e}", self.run)));
+        let records = match delivered {
             Ok(r) => r,
-            Err(e) => {
-                let msg = e.to_string();
+            Err(msg) => {
                 self.set_fatal(Fatal::Engine(msg.clone()));
                 return Err(workflow::Error::Engine(msg));
             }
         };
+        if let Some(last) = records.last() {
+            let mut rx = self.folded.subscribe();
+            let waited = rx
+                .wait_for(|(next, broken)| *next > last.seq || *broken)
+                .await;
+            if waited.map_or(true, |v| v.1 && v.0 <= last.seq) {
+                let msg = format!(
+                    "run {}: event #{} was written but an earlier event of the run never came back \
+                     from the log; restart the engine to resume the run from its history",
+                    self.run, last.seq
+                );
+                self.set_fatal(Fatal::Engine(msg.clone()));
+                return Err(workflow::Error::Engine(msg));
+            }
+        }
+        Ok(records)
+    }
+
+    /// Folds and publishes, in sequence order, every record that is now contiguous.
+    fn deliver(&self, records: &[Record]) -> Result<(), String> {
+        let mut d = self.delivery.lock().expect("delivery lock");
+        for r in records {
+            if r.seq >= d.next_seq {
+                d.pending.insert(r.seq, r.clone());
+            }
+        }
+        let mut ready = Vec::new();
+        loop {
+            let next = d.next_seq;
+            let Some(r) = d.pending.remove(&next) else {
+                break;
+            };
+            d.next_seq += 1;
+            ready.push(r);
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
         let cancel = {
             let mut st = self.state.lock().expect("state lock");
-            for r in &records {
+            for r in &ready {
                 if let Err(e) = st.apply(r) {
-                    let msg = e.to_string();
                     drop(st);
-                    self.set_fatal(Fatal::Engine(msg.clone()));
-                    return Err(workflow::Error::Engine(msg));
+                    self.folded.send_modify(|(_, broken)| *broken = true);
+                    return Err(e.to_string());
                 }
             }
             st.cancel_requested.is_some()
@@ -260,16 +370,27 @@ impl RunShared {
         if cancel {
             self.cancel.send_replace(true);
         }
-        self.changed.send_modify(|v| *v += 1);
         if let Some(tx) = &*self.records.lock().expect("records lock") {
-            for r in &records {
+            for r in &ready {
                 let _ = tx.send(r.clone());
             }
         }
-        Ok(records)
+        let next = d.next_seq;
+        self.folded.send_modify(|(n, _)| *n = next);
+        drop(d);
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// Waits until every append sent has been delivered (folded), so that the state holds
+    /// everything the log has for the run.
+    async fn quiesce(&self) {
+        let mut rx = self.appends_in_flight.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     fn take_position(&self) -> u32 {
+        self.replay_calls.fetch_add(1, Ordering::SeqCst);
         self.next_position.fetch_add(1, Ordering::SeqCst)
     }
 
@@ -279,7 +400,7 @@ impl RunShared {
     }
 
     fn nondeterminism(&self, reason: SuspendReason) -> workflow::Error {
-        self.set_fatal(Fatal::Nondeterminism(reason.clone()));
+        self.set_fatal(Fatal::Suspend(reason.clone()));
         workflow::Error::Nondeterminism(reason)
     }
 
@@ -650,7 +771,18 @@ async fn execute(
     };
     let (mut schedule, mut attempt, mut failures, mut not_before, mut interrupted) = match decision
     {
+        // A step cancelled by an operator gave the code `Cancelled`: replay gives it the same.
+        StepDecision::Replay(Err(e)) if s.cancel_reason().as_ref() == Some(&e) => {
+            return Err(workflow::Error::Cancelled(e));
+        }
         StepDecision::Replay(r) => return r.map_err(step_failed),
+        StepDecision::Abandoned => {
+            // The code that recorded this history went on without the step: so does this one.
+            if let (true, StepRef::Workflow(p)) = (s.replay_only, step) {
+                s.replay_abandoned_waiting.store(p + 1, Ordering::SeqCst);
+            }
+            return futures::future::pending().await;
+        }
         StepDecision::Nondeterminism(r) => return Err(s.nondeterminism(r)),
         StepDecision::Run {
             schedule,
@@ -663,14 +795,7 @@ async fn execute(
     loop {
         if cancellable {
             if let Some(why) = s.cancel_reason() {
-                if !schedule {
-                    s.append(vec![Event::StepFailed {
-                        step,
-                        error: why.clone(),
-                    }])
-                    .await?;
-                }
-                return Err(workflow::Error::Cancelled(why));
+                return Err(abandon_cancelled(s, step, workflow::Error::Cancelled(why)).await);
             }
         }
         let mut events = Vec::with_capacity(3);
@@ -688,9 +813,17 @@ async fn execute(
             if !events.is_empty() {
                 s.append(std::mem::take(&mut events)).await?;
             }
-            s.wait_until(t, cancellable).await?;
+            if let Err(e) = s.wait_until(t, cancellable).await {
+                return Err(abandon_cancelled(s, step, e).await);
+            }
         }
-        s.wait_unpaused(cancellable).await?;
+        if let Err(e) = s.wait_unpaused(cancellable).await {
+            if !events.is_empty() {
+                // Cancelled before the step's first attempt: it never reaches the history.
+                return Err(e);
+            }
+            return Err(abandon_cancelled(s, step, e).await);
+        }
         if let Some(prev) = interrupted.take() {
             events.push(Event::AttemptInterrupted {
                 step,
@@ -770,6 +903,42 @@ async fn execute(
     }
 }
 
+/// A step cancelled while it had no attempt running (waiting for its retry deadline, paused, or
+/// resumed after a crash): journals its end (`AttemptInterrupted` for an attempt left open by a
+/// crash, then `StepFailed` with the cancel reason) so that the history explains it, then gives
+/// back `err`.
+async fn abandon_cancelled(
+    s: &Arc<RunShared>,
+    step: StepRef,
+    err: workflow::Error,
+) -> workflow::Error {
+    let workflow::Error::Cancelled(why) = &err else {
+        return err;
+    };
+    let open = {
+        let st = s.state.lock().expect("state lock");
+        match st.step(step) {
+            Some(state) if state.outcome.is_none() => Some(state.open_attempt),
+            _ => None,
+        }
+    };
+    let Some(open_attempt) = open else {
+        return err;
+    };
+    let mut events = Vec::with_capacity(2);
+    if let Some(attempt) = open_attempt {
+        events.push(Event::AttemptInterrupted { step, attempt });
+    }
+    events.push(Event::StepFailed {
+        step,
+        error: why.clone(),
+    });
+    match s.append(events).await {
+        Ok(_) => err,
+        Err(e) => e,
+    }
+}
+
 async fn run_attempt(
     s: &Arc<RunShared>,
     step: StepRef,
@@ -797,7 +966,25 @@ async fn run_attempt(
         heartbeat: heartbeat.clone(),
         cancelled: s.cancel.subscribe(),
     };
-    let call = act.call(ctx, spec.input.clone());
+    let input = spec.input.clone();
+    let activity_name = spec.activity;
+    // A panicking activity is a bug no retry fixes: a non-retryable failure of this attempt with
+    // the panic's message, and the run goes on (compensates) like after any failure.
+    let call = async move {
+        let panicked = |p: Box<dyn std::any::Any + Send>| {
+            activity::Error::fatal(format!(
+                "{activity_name}: attempt {attempt} panicked: {} (a bug in the activity; not retried)",
+                panic_message(p.as_ref())
+            ))
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| act.call(ctx, input))) {
+            Ok(fut) => AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Err(panicked(p))),
+            Err(p) => Err(panicked(p)),
+        }
+    };
     let timed = async {
         match options.start_to_close {
             Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
@@ -815,7 +1002,9 @@ async fn run_attempt(
         };
         loop {
             let last = heartbeat.last.lock().expect("heartbeat lock").0;
-            let deadline = last + limit;
+            let Some(deadline) = last.checked_add(limit) else {
+                return futures::future::pending::<activity::Error>().await;
+            };
             if tokio::time::Instant::now() >= deadline {
                 return activity::Error::retryable(format!(
                     "{}: attempt {attempt} sent no heartbeat for {limit:?} (heartbeat limit)",
@@ -839,30 +1028,99 @@ async fn run_attempt(
     }
 }
 
-/// Drives one run until it ends or cannot go on.
-async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
-    let action = s.state.lock().expect("state lock").resume_action();
+/// Replay only: resolves (with the step's position) when the workflow code makes no progress any
+/// more while a step that the history records as abandoned waits: the code waits for a result the
+/// recorded run went on without. Replay does no IO, so a code that still runs makes calls or
+/// returns within a few polls.
+async fn waits_for_an_abandoned_step(s: &RunShared) -> u32 {
+    loop {
+        let waiting = s.replay_abandoned_waiting.load(Ordering::SeqCst);
+        let calls = s.replay_calls.load(Ordering::SeqCst);
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
+        if waiting != 0
+            && s.replay_abandoned_waiting.load(Ordering::SeqCst) == waiting
+            && s.replay_calls.load(Ordering::SeqCst) == calls
+        {
+            return waiting - 1;
+        }
+    }
+}
+
+/// Calls the workflow code, turning a panic (while creating or polling its future) into `Err`
+/// with the panic's message.
+async fn call_catching_panics(
+    wf: Arc<dyn DynWorkflow>,
+    ctx: WorkflowContext,
+    input: Payload,
+) -> Result<Result<Payload, workflow::Error>, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| wf.call(ctx, input))) {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .map_err(|p| panic_message(p.as_ref())),
+        Err(p) => Err(panic_message(p.as_ref())),
+    }
+}
+
+/// Drives one run until it ends or cannot go on. `wf` is `None` when this binary lacks the run's
+/// workflow version: only a cancel (compensations without the code) or the rest of a compensation
+/// can then be driven.
+async fn drive(s: Arc<RunShared>, wf: Option<Arc<dyn DynWorkflow>>) -> RunOutcome {
+    let mut action = s.state.lock().expect("state lock").resume_action();
+    if action == ResumeAction::ReplayWorkflow && wf.is_none() {
+        action = ResumeAction::CancelWithoutCode;
+    }
     match action {
         ResumeAction::Finished => {
             let st = s.state.lock().expect("state lock");
             return RunOutcome::from_status(&st.status)
                 .unwrap_or(RunOutcome::Stopped("not finished".into()));
         }
+        ResumeAction::CancelWithoutCode => {
+            let events = s
+                .state
+                .lock()
+                .expect("state lock")
+                .cancel_without_code_events();
+            let Some(events) = events else {
+                return RunOutcome::Stopped(format!(
+                    "run {} cannot be driven without its workflow code unless it is cancelled",
+                    s.run
+                ));
+            };
+            if let Err(e) = s.append(events).await {
+                return RunOutcome::Stopped(e.to_string());
+            }
+        }
         ResumeAction::ReplayWorkflow => {
+            let Some(wf) = wf else {
+                return RunOutcome::Stopped("no workflow code".into());
+            };
             let input = s.state.lock().expect("state lock").input.clone();
             let ctx = WorkflowContext { shared: s.clone() };
-            let result = wf.call(ctx, input).await;
+            let result = match call_catching_panics(wf, ctx, input).await {
+                Ok(r) => r,
+                Err(message) => {
+                    s.set_fatal(Fatal::Suspend(SuspendReason::WorkflowPanicked { message }));
+                    Err(workflow::Error::Engine("the workflow code panicked".into()))
+                }
+            };
             let issued = s.next_position.load(Ordering::SeqCst);
             if s.check_fatal().is_ok() {
                 let check = s.state.lock().expect("state lock").check_finished(issued);
                 if let Err(r) = check {
-                    s.set_fatal(Fatal::Nondeterminism(r));
+                    s.set_fatal(Fatal::Suspend(r));
                 }
             }
+            // Steps whose appends were dropped with them (a `join` that failed on a sibling)
+            // still deliver their records: wait for them before reading the state.
+            s.quiesce().await;
             let fatal = s.fatal.lock().expect("fatal lock").take();
             match fatal {
                 Some(Fatal::Engine(e) | Fatal::ReplayEnd(e)) => return RunOutcome::Stopped(e),
-                Some(Fatal::Nondeterminism(reason)) => {
+                Some(Fatal::Suspend(reason)) => {
                     let already = matches!(&s.state.lock().expect("state lock").status,
                         RunStatus::Suspended(r) if *r == reason);
                     if !already
@@ -892,7 +1150,9 @@ async fn drive(s: Arc<RunShared>, wf: Arc<dyn DynWorkflow>) -> RunOutcome {
                 },
             };
             let done = event.is_terminal();
-            if let Err(e) = s.append(vec![event]).await {
+            let mut events = s.state.lock().expect("state lock").abandonment_events();
+            events.push(event);
+            if let Err(e) = s.append(events).await {
                 return RunOutcome::Stopped(e.to_string());
             }
             if done {
@@ -1154,11 +1414,12 @@ impl Engine {
             )
             .await?;
         let state = RunState::from_records(&records)?;
-        self.spawn(state, wf);
+        self.spawn(state, Some(wf));
         Ok(run)
     }
 
-    /// Resumes every run the log has as unfinished.
+    /// Resumes every run the log has as unfinished (a run that ended, even one that needs an
+    /// operator, is not open and is left alone).
     pub fn resume_all(&self) -> Result<ResumeReport, Error> {
         let mut report = ResumeReport::default();
         for run in self.inner.log.open_runs()? {
@@ -1182,26 +1443,23 @@ impl Engine {
             return Ok(());
         }
         let state = self.unfinished_state(run)?;
-        let wf = self.workflow_for(&state)?;
+        // The code is needed only to replay the workflow: a cancelled run (suspended, or of a
+        // version this binary lacks) and a run that was compensating go on without it.
+        let wf = match state.resume_action() {
+            ResumeAction::ReplayWorkflow => match self.workflow_for(&state) {
+                Ok(wf) => Some(wf),
+                Err(_) if state.cancel_requested.is_some() => None,
+                Err(e) => return Err(e),
+            },
+            _ => self.workflow_for(&state).ok(),
+        };
         self.spawn(state, wf);
         Ok(())
     }
 
-    fn spawn(&self, state: RunState, wf: Arc<dyn DynWorkflow>) {
+    fn spawn(&self, state: RunState, wf: Option<Arc<dyn DynWorkflow>>) {
         let run = state.run;
-        let cancelled = state.cancel_requested.is_some();
-        let shared = Arc::new(RunShared {
-            run,
-            engine: self.inner.clone(),
-            state: Mutex::new(state),
-            next_position: AtomicU32::new(0),
-            fatal: Mutex::new(None),
-            changed: watch::channel(0).0,
-            cancel: watch::channel(cancelled).0,
-            records: Mutex::new(None),
-            replay_only: false,
-            progress: watch::channel(None).0,
-        });
+        let shared = RunShared::new(self.inner.clone(), state, false);
         let (outcome_tx, outcome_rx) = watch::channel(None);
         self.inner.active.lock().expect("active lock").insert(
             run,
@@ -1213,8 +1471,15 @@ impl Engine {
         let inner = self.inner.clone();
         let mut shutdown = self.inner.shutdown.subscribe();
         tokio::spawn(async move {
+            // The driver catches the workflow's and the activities' panics itself; this is the
+            // last guard (a bug in the engine): whatever happens, the run stops being active,
+            // so that resume and cancel work on it again, and the engine goes on.
+            let driven = AssertUnwindSafe(drive(shared, wf)).catch_unwind();
             let outcome = tokio::select! {
-                o = drive(shared, wf) => o,
+                o = driven => o.unwrap_or_else(|p| RunOutcome::Stopped(format!(
+                    "the driver of run {run} panicked: {}; resume the run to go on",
+                    panic_message(p.as_ref())
+                ))),
                 _ = shutdown.wait_for(|s| *s) => RunOutcome::Stopped("engine shut down".into()),
             };
             inner.active.lock().expect("active lock").remove(&run);
@@ -1252,6 +1517,16 @@ impl Engine {
         }
         self.unfinished_state(run)?;
         self.inner.log.append(run, vec![event]).await?;
+        if name == core::signals::CANCEL {
+            // A run no driver can take any further (suspended, or of a version this binary
+            // lacks) is cancelled without its code: its compensations run from the history.
+            let state = self.unfinished_state(run)?;
+            let stuck = matches!(state.status, RunStatus::Suspended(_))
+                || self.workflow_for(&state).is_err();
+            if stuck {
+                self.resume(run)?;
+            }
+        }
         Ok(())
     }
 
@@ -1361,31 +1636,37 @@ impl Engine {
         let records = self.inner.log.read(run)?;
         let state = RunState::from_records(&records)?;
         let wf = self.workflow_for(&state)?;
-        let shared = Arc::new(RunShared {
-            run,
-            engine: self.inner.clone(),
-            cancel: watch::channel(state.cancel_requested.is_some()).0,
-            state: Mutex::new(state.clone()),
-            next_position: AtomicU32::new(0),
-            fatal: Mutex::new(None),
-            changed: watch::channel(0).0,
-            records: Mutex::new(None),
-            replay_only: true,
-            progress: watch::channel(None).0,
-        });
-        let result = wf
-            .call(
-                WorkflowContext {
-                    shared: shared.clone(),
-                },
-                state.input.clone(),
-            )
-            .await;
+        let shared = RunShared::new(self.inner.clone(), state.clone(), true);
+        let call = call_catching_panics(
+            wf,
+            WorkflowContext {
+                shared: shared.clone(),
+            },
+            state.input.clone(),
+        );
+        let result = tokio::select! {
+            biased;
+            r = call => match r {
+                Ok(r) => r,
+                Err(message) => {
+                    shared.set_fatal(Fatal::Suspend(SuspendReason::WorkflowPanicked { message }));
+                    Err(workflow::Error::Engine("the workflow code panicked".into()))
+                }
+            },
+            position = waits_for_an_abandoned_step(&shared) => {
+                shared.set_fatal(Fatal::Suspend(SuspendReason::Nondeterminism {
+                    position,
+                    recorded: "a step the run went on without (abandoned, no result)".into(),
+                    new: "the code waits for its result".into(),
+                }));
+                Err(workflow::Error::Engine("replay waits for an abandoned step".into()))
+            }
+        };
         let issued = shared.next_position.load(Ordering::SeqCst);
         let fatal = shared.fatal.lock().expect("fatal lock").take();
         let finished_code = !matches!(state.status, RunStatus::Running | RunStatus::Suspended(_));
         let verdict = match fatal {
-            Some(Fatal::Nondeterminism(r)) => ReplayVerdict::Diverged(r),
+            Some(Fatal::Suspend(r)) => ReplayVerdict::Diverged(r),
             Some(Fatal::Engine(e)) => return Err(Error::Log(log::Error::Storage(e))),
             Some(Fatal::ReplayEnd(next)) if finished_code => {
                 ReplayVerdict::Diverged(SuspendReason::Nondeterminism {

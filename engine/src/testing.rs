@@ -144,6 +144,23 @@ pub mod canned {
         h
     }
 
+    /// A step whose last attempt failed for good, with the `StepFailed` of the same batch lost in
+    /// a crash:
+    /// 0 `RunStarted` · 1 `StepScheduled`(0, "restart") · 2 `AttemptStarted`(0, 1)
+    /// · 3 `AttemptFailed`(0, 1, not retryable, no next attempt).
+    pub fn gave_up_without_step_failed() -> HistoryBuilder {
+        let mut h = HistoryBuilder::new("gave-up", 1, "null");
+        h.scheduled(0, "restart", "\"n1\"");
+        h.push(Event::AttemptFailed {
+            step: StepRef::Workflow(0),
+            attempt: 1,
+            error: "permission denied".into(),
+            retryable: false,
+            next_retry_at: None,
+        });
+        h
+    }
+
     /// Two compensable steps done, the run failed at the third, first compensation done:
     /// 0 `RunStarted` · 1-3 step 0 "traffic" (undo "traffic.undo") completed · 4-6 step 1 "scale"
     /// (undo "scale.undo") completed · 7-8 step 2 "restart" scheduled, attempt 1 · 9 `AttemptFailed`
