@@ -1,13 +1,16 @@
 //! What the commands show, computed from a log: the same data whether the CLI reads the data
 //! directory itself or asks the daemon (which calls these same functions).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use serde::{Deserialize, Serialize};
 use waymark_engine::core::RunState;
-use waymark_engine::event::{Event, Record};
 use waymark_engine::log::EventLog;
 use waymark_engine::RunId;
 
 use crate::display;
+
+pub use waymark_cli::follow::{follow_lines, EventRow, FollowLine};
 
 /// One row of `ls`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -37,17 +40,37 @@ pub struct RunList {
     pub damaged: Vec<String>,
 }
 
-/// The states `ls --state` accepts.
-pub const STATES: [&str; 6] = [
+/// The states `ls --state` accepts. `needs-operator`: ended with its compensation incomplete and
+/// not resolved yet (it holds its cluster); `damaged`: its history does not load (`waymark verify`).
+pub const STATES: [&str; 8] = [
     "running",
     "compensating",
     "suspended",
     "completed",
     "failed",
     "cancelled",
+    NEEDS_OPERATOR,
+    DAMAGED,
 ];
 
-/// Lists runs, filtered.
+/// The state of a run that ended with its compensation incomplete and holds its cluster until an
+/// operator resolves it (`waymark resolve`).
+pub const NEEDS_OPERATOR: &str = "needs-operator";
+
+/// The state shown for a run whose history does not load.
+pub const DAMAGED: &str = "damaged";
+
+/// The state name `ls` shows for a run.
+pub fn state_name(st: &RunState) -> &'static str {
+    if st.needs_operator() {
+        NEEDS_OPERATOR
+    } else {
+        st.status.name()
+    }
+}
+
+/// Lists runs, filtered. A run whose history does not load is listed with state `damaged` (and
+/// its error in [`RunList::damaged`]), never left out.
 pub fn list(
     log: &dyn EventLog,
     state: Option<&str>,
@@ -63,19 +86,29 @@ pub fn list(
             Ok(s) => s,
             Err(e) => {
                 out.damaged.push(format!("{run}: {e:#}"));
+                if state.is_none_or(|s| s == DAMAGED) && workflow.is_none() {
+                    out.runs.push(RunRow {
+                        run: run.to_string(),
+                        workflow: "?".to_owned(),
+                        version: 0,
+                        state: DAMAGED.to_owned(),
+                        started_by: "?".to_owned(),
+                        started_at: String::new(),
+                        updated_at: String::new(),
+                    });
+                }
                 continue;
             }
         };
-        if state.is_some_and(|s| s != st.status.name())
-            || workflow.is_some_and(|w| w != st.workflow)
-        {
+        let name = state_name(&st);
+        if state.is_some_and(|s| s != name) || workflow.is_some_and(|w| w != st.workflow) {
             continue;
         }
         out.runs.push(RunRow {
             run: run.to_string(),
             workflow: st.workflow.clone(),
             version: st.version,
-            state: st.status.name().to_owned(),
+            state: name.to_owned(),
             started_by: st.started_by.clone(),
             started_at: st.started_at.to_rfc3339(),
             updated_at: st.updated_at.to_rfc3339(),
@@ -84,42 +117,153 @@ pub fn list(
     Ok(out)
 }
 
+/// Why a cluster may not get a new maintenance run now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// A run of this cluster is unfinished (running, compensating, suspended) or ended with its
+    /// compensation incomplete and is not resolved yet.
+    Run {
+        /// The run.
+        run: RunId,
+        /// Its state name (`running`, ..., `needs-operator`).
+        state: String,
+    },
+    /// The log cannot tell which clusters are free (an unfinished run's history does not load,
+    /// or the list of runs cannot be read): every cluster counts as held (fail closed).
+    Unknown {
+        /// What could not be read, naming the run, and what to do.
+        problem: String,
+    },
+}
+
+impl Holder {
+    /// One line for an operator: who holds `cluster` and what to do.
+    pub fn explain(&self, cluster: &str) -> String {
+        match self {
+            Holder::Run { run, state } if state == NEEDS_OPERATOR => format!(
+                "cluster {cluster} is held by run {run}, which ended with its compensation \
+                 incomplete (the estate may be half-switched); check and repair the estate, then \
+                 `waymark resolve {run} --note \"what you checked\"` frees the cluster"
+            ),
+            Holder::Run { run, state } => format!(
+                "cluster {cluster} already has run {run} ({state}); one maintenance run per \
+                 cluster at a time: `waymark attach {run}` follows it (with a daemon), \
+                 `waymark resume {run}` continues it (without one), \
+                 `waymark signal {run} cancel` rolls it back"
+            ),
+            Holder::Unknown { problem } => format!(
+                "cannot tell whether cluster {cluster} is free, so no run starts: {problem}"
+            ),
+        }
+    }
+}
+
+/// Which clusters are held, from the log: the one answer the daemon, its schedules and the
+/// foreground `waymark run` use. Runs known to be ended for good (terminal and not needing an
+/// operator) are kept in `settled` by the caller, so that a long-lived daemon reads each such
+/// history once.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterLocks {
+    /// Held clusters and the run holding each.
+    pub held: BTreeMap<String, Holder>,
+    /// Set when the log cannot say (every cluster then counts as held).
+    pub unknown: Option<Holder>,
+}
+
+impl ClusterLocks {
+    /// Reads the log. Fails closed: anything unreadable makes every cluster held.
+    pub fn scan(log: &dyn EventLog, settled: &mut BTreeSet<RunId>) -> ClusterLocks {
+        let mut locks = ClusterLocks::default();
+        let mut unknown = |problem: String| {
+            locks.unknown.get_or_insert(Holder::Unknown { problem });
+        };
+        let open: BTreeSet<RunId> = match log.open_runs() {
+            Ok(o) => o.into_iter().collect(),
+            Err(e) => {
+                unknown(format!(
+                    "the log's list of unfinished runs cannot be read ({e}); `waymark verify` \
+                     checks the log"
+                ));
+                BTreeSet::new()
+            }
+        };
+        let all = match log.runs() {
+            Ok(r) => r,
+            Err(e) => {
+                unknown(format!(
+                    "the log's list of runs cannot be read ({e}); `waymark verify` checks the log"
+                ));
+                Vec::new()
+            }
+        };
+        let mut held = Vec::new();
+        for run in all.into_iter().chain(open.iter().copied()) {
+            if settled.contains(&run) {
+                continue;
+            }
+            let st = match log
+                .read(run)
+                .map_err(anyhow::Error::from)
+                .and_then(|r| Ok(RunState::from_records(&r)?))
+            {
+                Ok(st) => st,
+                Err(e) if open.contains(&run) => {
+                    unknown(format!(
+                        "run {run} is unfinished but its history does not load ({e:#}); it may \
+                         have left the estate half-switched: `waymark verify {run}` shows the \
+                         damage"
+                    ));
+                    continue;
+                }
+                // An ended run whose history does not load: listed as damaged by `ls`.
+                Err(_) => continue,
+            };
+            if st.status.is_terminal() && !st.needs_operator() {
+                settled.insert(run);
+                continue;
+            }
+            match st.input.decode::<waymark_workflows::Inventory>() {
+                Ok(inv) => held.push((
+                    inv.cluster.name,
+                    Holder::Run {
+                        run,
+                        state: state_name(&st).to_owned(),
+                    },
+                )),
+                Err(e) => unknown(format!(
+                    "run {run} ({}) is {} but its input names no cluster ({e}); \
+                     `waymark show {run}`",
+                    st.workflow,
+                    state_name(&st)
+                )),
+            }
+        }
+        for (cluster, h) in held {
+            locks.held.entry(cluster).or_insert(h);
+        }
+        locks
+    }
+
+    /// Who holds `cluster`, if anyone.
+    pub fn holder(&self, cluster: &str) -> Option<&Holder> {
+        self.held.get(cluster).or(self.unknown.as_ref())
+    }
+
+    /// The clusters among `known` that may not start a run now.
+    pub fn busy(&self, known: impl IntoIterator<Item = String>) -> BTreeSet<String> {
+        let mut busy: BTreeSet<String> = self.held.keys().cloned().collect();
+        if self.unknown.is_some() {
+            busy.extend(known);
+        }
+        busy
+    }
+}
+
 /// `show` data.
 pub fn show(log: &dyn EventLog, run: RunId) -> anyhow::Result<serde_json::Value> {
     let records = log.read(run)?;
     let st = RunState::from_records(&records)?;
     Ok(display::summary(&st, &records))
-}
-
-/// One event as the API carries it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct EventRow {
-    /// Position.
-    pub seq: u64,
-    /// When written.
-    pub at: chrono::DateTime<chrono::Utc>,
-    /// Kind name.
-    pub kind: String,
-    /// The event.
-    pub event: Event,
-    /// Its chain hash (hex).
-    pub hash: String,
-}
-
-impl From<&Record> for EventRow {
-    fn from(r: &Record) -> Self {
-        EventRow {
-            seq: r.seq,
-            at: r.at,
-            kind: r.event.kind().to_owned(),
-            event: r.event.clone(),
-            hash: r.hash.iter().fold(String::with_capacity(64), |mut s, b| {
-                use std::fmt::Write as _;
-                let _ = write!(s, "{b:02x}");
-                s
-            }),
-        }
-    }
 }
 
 /// `history` data.
@@ -176,98 +320,5 @@ pub fn find_run(log: &dyn EventLog, text: &str) -> anyhow::Result<RunId> {
             "{text:?} matches {} runs; give more of the id (`waymark ls`)",
             many.len()
         ))),
-    }
-}
-
-/// A line of the live follow stream (newline-delimited JSON).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum FollowLine {
-    /// An event of the run.
-    Event(EventRow),
-    /// Progress an activity reported.
-    Progress {
-        /// Step label.
-        label: String,
-        /// Message.
-        message: String,
-    },
-    /// The run's driver stopped: how.
-    End {
-        /// One line.
-        outcome: String,
-        /// Exit code for the CLI (0 completed).
-        code: u8,
-    },
-}
-
-/// Sends a run's history so far, then its new events and the progress its activities report, then
-/// how its driver stopped, until the run stops or the receiver goes away (`Ok(None)`: the follower
-/// left; the run goes on). The daemon's follow stream and the CLI's foreground display both use it.
-pub async fn follow_lines(
-    engine: &waymark_engine::Engine,
-    run: RunId,
-    tx: tokio::sync::mpsc::Sender<FollowLine>,
-) -> anyhow::Result<Option<waymark_engine::RunOutcome>> {
-    let mut records = engine.subscribe(run);
-    let mut progress = engine.progress(run);
-    let mut last: Option<u64> = None;
-    for r in &engine.log().read(run)? {
-        if tx.send(FollowLine::Event(EventRow::from(r))).await.is_err() {
-            return Ok(None);
-        }
-        last = Some(r.seq);
-    }
-    let wait = engine.wait(run);
-    tokio::pin!(wait);
-    loop {
-        tokio::select! {
-            outcome = &mut wait => {
-                let outcome = outcome?;
-                for r in engine.log().read(run)?.iter().filter(|r| last.is_none_or(|l| r.seq > l)) {
-                    if tx.send(FollowLine::Event(EventRow::from(r))).await.is_err() {
-                        return Ok(None);
-                    }
-                }
-                let end = FollowLine::End {
-                    outcome: crate::commands::outcome_line(run, &outcome),
-                    code: crate::commands::outcome_code_u8(&outcome),
-                };
-                let _ = tx.send(end).await;
-                return Ok(Some(outcome));
-            }
-            rec = async {
-                match records.as_mut() {
-                    Some(rx) => rx.recv().await.ok(),
-                    None => futures::future::pending().await,
-                }
-            } => {
-                if let Some(r) = rec {
-                    if last.is_none_or(|l| r.seq > l) {
-                        last = Some(r.seq);
-                        if tx.send(FollowLine::Event(EventRow::from(&r))).await.is_err() {
-                            return Ok(None);
-                        }
-                    }
-                }
-            }
-            changed = async {
-                match progress.as_mut() {
-                    Some(rx) => rx.changed().await.is_ok(),
-                    None => futures::future::pending().await,
-                }
-            } => {
-                if !changed {
-                    progress = None;
-                    continue;
-                }
-                let p = progress.as_ref().and_then(|rx| rx.borrow().clone());
-                if let Some(p) = p {
-                    if tx.send(FollowLine::Progress { label: p.label, message: p.message }).await.is_err() {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
     }
 }

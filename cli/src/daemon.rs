@@ -25,7 +25,6 @@ use axum::Json;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 use tokio::net::{TcpListener, UnixListener};
-use waymark_engine::core::RunState;
 use waymark_engine::event::{Event, Record};
 use waymark_engine::log::{self, EventLog};
 use waymark_engine::{Engine, Payload, RunId};
@@ -44,6 +43,8 @@ pub struct Options {
     pub token_file: Option<PathBuf>,
     /// How often the scheduler looks at the schedules.
     pub tick: Duration,
+    /// The folder TCP clients may name inventories in (`schedule add`); none: they may not.
+    pub inventory_dir: Option<PathBuf>,
 }
 
 /// Who is calling.
@@ -51,8 +52,10 @@ pub struct Options {
 pub struct Peer {
     /// As recorded in histories.
     pub operator: String,
-    /// The unix peer's uid (TCP: none).
+    /// The unix peer's uid (TCP, or a unix peer whose credentials could not be read: none).
     pub uid: Option<u32>,
+    /// Whether it came over the unix socket (TCP peers are checked by their bearer token).
+    pub unix: bool,
 }
 
 fn user_name(uid: u32) -> Option<String> {
@@ -74,10 +77,13 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
                     None => format!("uid {}", c.uid()),
                 },
                 uid: Some(c.uid()),
+                unix: true,
             },
-            Err(_) => Peer {
-                operator: "unknown local peer".into(),
+            // Fail closed: a peer whose uid cannot be learnt is refused by `check_peer`.
+            Err(e) => Peer {
+                operator: format!("unknown local peer ({e})"),
                 uid: None,
+                unix: true,
             },
         }
     }
@@ -88,6 +94,7 @@ impl Connected<IncomingStream<'_, TcpListener>> for Peer {
         Peer {
             operator: format!("token holder at {}", stream.remote_addr()),
             uid: None,
+            unix: false,
         }
     }
 }
@@ -166,8 +173,14 @@ pub struct Daemon {
     token: Option<String>,
     schedules_path: PathBuf,
     schedules: Mutex<waymark_cli::schedule::ScheduleBook>,
-    /// Cluster of each run this daemon knows to be unfinished (the per-cluster lock).
-    clusters: Mutex<BTreeMap<RunId, String>>,
+    /// The per-cluster lock: held from the check of who holds a cluster until the new run's
+    /// `RunStarted` is durable, so two starts (API or schedule) never both pass the check. It
+    /// guards the runs known to be ended for good (skipped by later checks).
+    starting: tokio::sync::Mutex<BTreeSet<RunId>>,
+    /// The unix socket (named in errors).
+    socket: PathBuf,
+    /// Where TCP clients may name inventories for `schedule add` (none: they may not).
+    inventory_dir: Option<PathBuf>,
 }
 
 type Shared = Arc<Daemon>;
@@ -213,6 +226,17 @@ async fn owner_only(
 
 fn check_peer(d: &Daemon, peer: &Peer) -> Result<(), ApiError> {
     match peer.uid {
+        None if peer.unix => Err(ApiError(
+            StatusCode::FORBIDDEN,
+            2,
+            format!(
+                "the daemon could not read this connection's peer credentials ({}), so it \
+                 refuses it; connect as uid {} through {}",
+                peer.operator,
+                d.own_uid,
+                d.socket.display()
+            ),
+        )),
         Some(uid) if uid != d.own_uid && uid != 0 => Err(ApiError(
             StatusCode::FORBIDDEN,
             2,
@@ -246,38 +270,43 @@ struct StartBody {
     inventory: Inventory,
 }
 
+/// Checks an inventory sent over the API with the same validation `Inventory::load` applies
+/// (the CLI validated it too, but the daemon trusts no client).
+fn validate_inventory(inv: &Inventory, by: &str) -> Result<(), ApiError> {
+    let bad = |m: String| ApiError(StatusCode::BAD_REQUEST, 2, m);
+    let text = toml::to_string(inv)
+        .map_err(|e| bad(format!("the inventory sent by {by} cannot be checked: {e}")))?;
+    let name = PathBuf::from(format!("(inventory sent by {by})"));
+    Inventory::parse(&name, &text)
+        .map(|_| ())
+        .map_err(|e| bad(format!("{e}; fix the inventory file and start again")))
+}
+
 async fn start(
     State(d): State<Shared>,
     ConnectInfo(p): ConnectInfo<Peer>,
     Json(b): Json<StartBody>,
 ) -> Result<Response, ApiError> {
+    validate_inventory(&b.inventory, &p.operator)?;
     let run = start_run(&d, &b.workflow, &b.inventory, &p.operator).await?;
     Ok(Json(serde_json::json!({ "run": run.to_string() })).into_response())
 }
 
-/// Starts a run unless its cluster already has one going.
+/// Starts a run unless its cluster is held (see [`api::ClusterLocks`]): the check and the start
+/// happen under one lock, so concurrent starts for a cluster (API or schedules) start one run.
 async fn start_run(
     d: &Daemon,
     workflow: &str,
     inv: &Inventory,
     by: &str,
 ) -> Result<RunId, ApiError> {
-    refresh_clusters(d);
-    let busy = d
-        .clusters
-        .lock()
-        .expect("clusters lock")
-        .iter()
-        .find(|(_, c)| **c == inv.cluster.name)
-        .map(|(r, _)| *r);
-    if let Some(other) = busy {
+    let mut settled = d.starting.lock().await;
+    let locks = api::ClusterLocks::scan(d.log.as_ref(), &mut settled);
+    if let Some(holder) = locks.holder(&inv.cluster.name) {
         return Err(ApiError(
             StatusCode::CONFLICT,
             1,
-            format!(
-                "cluster {} already has run {other} going; one maintenance run per cluster at a time (`waymark attach {other}`)",
-                inv.cluster.name
-            ),
+            holder.explain(&inv.cluster.name),
         ));
     }
     let input =
@@ -287,30 +316,34 @@ async fn start_run(
         .start_named(workflow, input, by)
         .await
         .map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
-    d.clusters
-        .lock()
-        .expect("clusters lock")
-        .insert(run, inv.cluster.name.clone());
+    drop(settled);
     Ok(run)
 }
 
-/// Brings the per-cluster lock table up to date with the log's unfinished runs.
-fn refresh_clusters(d: &Daemon) {
-    let open: BTreeSet<RunId> = d.log.open_runs().unwrap_or_default().into_iter().collect();
-    let mut clusters = d.clusters.lock().expect("clusters lock");
-    clusters.retain(|r, _| open.contains(r));
-    for run in open {
-        if clusters.contains_key(&run) {
-            continue;
-        }
-        if let Ok(records) = d.log.read(run) {
-            if let Ok(st) = RunState::from_records(&records) {
-                if let Ok(inv) = st.input.decode::<Inventory>() {
-                    clusters.insert(run, inv.cluster.name);
-                }
-            }
-        }
-    }
+#[derive(Deserialize)]
+struct ResolveBody {
+    note: String,
+}
+
+/// Records that an operator checked (and repaired) the estate after a run ended with its
+/// compensation incomplete: the run's cluster is free again.
+async fn resolve(
+    State(d): State<Shared>,
+    ConnectInfo(p): ConnectInfo<Peer>,
+    AxPath(run): AxPath<String>,
+    Json(b): Json<ResolveBody>,
+) -> Result<Response, ApiError> {
+    let id = run_id(&d, &run)?;
+    crate::commands::check_note(&b.note).map_err(ApiError::from)?;
+    let _guard = d.starting.lock().await;
+    d.engine
+        .resolve(id, &p.operator, &b.note)
+        .await
+        .map_err(|e| ApiError::from(anyhow::Error::from(e)))?;
+    Ok(
+        Json(serde_json::json!({ "run": id.to_string(), "resolved_by": p.operator }))
+            .into_response(),
+    )
 }
 
 fn run_id(d: &Daemon, text: &str) -> Result<RunId, ApiError> {
@@ -418,10 +451,21 @@ async fn follow(
 async fn metrics(State(d): State<Shared>) -> Response {
     let mut by_state: BTreeMap<String, u64> =
         api::STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
-    if let Ok(list) = api::list(d.log.as_ref(), None, None) {
-        for r in list.runs {
-            *by_state.entry(r.state).or_default() += 1;
+    let list = match api::list(d.log.as_ref(), None, None) {
+        Ok(l) => l,
+        Err(e) => {
+            // Fail loudly: a scrape that cannot count the runs must not report zero.
+            return ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                3,
+                format!("cannot list the runs of the log: {e:#}; `waymark verify` checks it"),
+            )
+            .into_response();
         }
+    };
+    let damaged = list.damaged.len();
+    for r in list.runs {
+        *by_state.entry(r.state).or_default() += 1;
     }
     let m = &d.metrics;
     let mut out =
@@ -429,6 +473,10 @@ async fn metrics(State(d): State<Shared>) -> Response {
     for (s, n) in by_state {
         out.push_str(&format!("waymark_runs{{state=\"{s}\"}} {n}\n"));
     }
+    out.push_str(&format!(
+        "# HELP waymark_runs_damaged Runs whose history does not load (`waymark verify`).\n\
+         # TYPE waymark_runs_damaged gauge\nwaymark_runs_damaged {damaged}\n"
+    ));
     let counter = |out: &mut String, name: &str, help: &str, v: u64| {
         out.push_str(&format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}\n"
@@ -509,6 +557,7 @@ fn router(d: Shared) -> axum::Router<Shared> {
         .route("/v1/runs/{run}/history", get(history))
         .route("/v1/runs/{run}/follow", get(follow))
         .route("/v1/runs/{run}/signal", post(signal))
+        .route("/v1/runs/{run}/resolve", post(resolve))
         .route("/v1/runs/{run}/replay", get(replay))
         .route("/v1/verify", get(verify))
         .route("/metrics", get(metrics))
@@ -538,45 +587,89 @@ fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
+/// Reads the bearer token, refusing a file others could read or that another user owns (as ssh
+/// does for private keys).
+fn read_token(file: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file)
+        .with_context(|| format!("reading the token file {}", file.display()))?;
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid(2) has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.uid() == own,
+        "the token file {} belongs to uid {}, not to the daemon's user (uid {own}): \
+         `chown {own} {}` and `chmod 600 {}`",
+        file.display(),
+        meta.uid(),
+        file.display(),
+        file.display()
+    );
+    anyhow::ensure!(
+        meta.mode() & 0o077 == 0,
+        "the token file {} is readable by others (mode {:o}): `chmod 600 {}`",
+        file.display(),
+        meta.mode() & 0o777,
+        file.display()
+    );
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token file {}", file.display()))?;
+    let t = t.trim().to_owned();
+    anyhow::ensure!(
+        t.len() >= 16,
+        "the token in {} is too short (16 characters at least)",
+        file.display()
+    );
+    Ok(t)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Every setting is checked and every listener bound
+/// before any run is resumed: a bad setting exits with no driver started.
 pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        opts.tcp.is_none() || opts.token_file.is_some(),
+        "--listen-tcp needs --token-file: TCP clients must present a bearer token"
+    );
+    let token = opts.token_file.as_deref().map(read_token).transpose()?;
+    let inventory_dir = match &opts.inventory_dir {
+        Some(dir) => Some(std::fs::canonicalize(dir).with_context(|| {
+            format!("--inventory-dir {}: not a readable folder", dir.display())
+        })?),
+        None => None,
+    };
     let durable = crate::commands::open_log(&opts.data_dir).map_err(|e| {
         anyhow::anyhow!(
             "{e:#}; if a daemon is already running on this directory, use it (`waymark ls`)"
         )
     })?;
+    let schedules_path = opts.data_dir.join("schedules.json");
+    let book = waymark_cli::schedule::ScheduleBook::load(&schedules_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sock = socket_path(&opts.data_dir);
+    let unix = bind_owner_only(&sock)?;
+    let tcp = match opts.tcp {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--listen-tcp)"))?;
+            let local = l.local_addr()?;
+            if !local.ip().is_loopback() {
+                tracing::warn!(
+                    "TCP API on {local} is plaintext HTTP: the bearer token crosses the network \
+                     in clear; serve it on loopback or behind TLS termination"
+                );
+            }
+            tracing::info!("TCP API on {local} (bearer token required)");
+            Some(l)
+        }
+        None => None,
+    };
     let metrics = Arc::new(Metrics::default());
     let log: Arc<dyn EventLog> = Arc::new(MeteredLog {
         inner: durable,
         metrics: metrics.clone(),
     });
     let engine = waymark_workflows::register(Engine::builder(log.clone())).build();
-    let report = engine.resume_all()?;
-    tracing::info!(resumed = report.resumed.len(), "resumed unfinished runs");
-    for (run, e) in &report.refused {
-        tracing::error!(%run, "run not resumed: {e}");
-    }
-    let token = match &opts.token_file {
-        Some(f) => {
-            let t = std::fs::read_to_string(f)
-                .with_context(|| format!("reading the token file {}", f.display()))?;
-            let t = t.trim().to_owned();
-            anyhow::ensure!(
-                t.len() >= 16,
-                "the token in {} is too short (16 characters at least)",
-                f.display()
-            );
-            Some(t)
-        }
-        None => None,
-    };
-    anyhow::ensure!(
-        opts.tcp.is_none() || token.is_some(),
-        "--listen-tcp needs --token-file: TCP clients must present a bearer token"
-    );
-    let schedules_path = opts.data_dir.join("schedules.json");
-    let book = waymark_cli::schedule::ScheduleBook::load(&schedules_path)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
     #[allow(unsafe_code)]
     // SAFETY: getuid(2) has no preconditions.
     let own_uid = unsafe { libc::getuid() };
@@ -588,14 +681,19 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         token,
         schedules_path,
         schedules: Mutex::new(book),
-        clusters: Mutex::new(BTreeMap::new()),
+        starting: tokio::sync::Mutex::new(BTreeSet::new()),
+        socket: sock.clone(),
+        inventory_dir,
     });
+    let report = engine.resume_all()?;
+    tracing::info!(resumed = report.resumed.len(), "resumed unfinished runs");
+    for (run, e) in &report.refused {
+        tracing::error!(%run, "run not resumed: {e}");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let sock = socket_path(&opts.data_dir);
-    let unix = bind_owner_only(&sock)?;
     let app = router(d.clone()).with_state(d.clone());
     let unix_task = tokio::spawn(
         axum::serve(
@@ -605,26 +703,19 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),
     );
-    let tcp_task = match opts.tcp {
-        Some(addr) => {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
-            tracing::info!("TCP API on {} (bearer token required)", l.local_addr()?);
-            let app = router(d.clone())
-                .layer(axum::middleware::from_fn_with_state(
-                    d.clone(),
-                    require_token,
-                ))
-                .with_state(d.clone());
-            Some(tokio::spawn(
-                axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
-                    .with_graceful_shutdown(stopped(stop_rx.clone()))
-                    .into_future(),
+    let tcp_task = tcp.map(|l| {
+        let app = router(d.clone())
+            .layer(axum::middleware::from_fn_with_state(
+                d.clone(),
+                require_token,
             ))
-        }
-        None => None,
-    };
+            .with_state(d.clone());
+        tokio::spawn(
+            axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+        )
+    });
     let sched = tokio::spawn(crate::daemon_schedules::scheduler(
         d.clone(),
         opts.tick,
@@ -657,21 +748,53 @@ impl Daemon {
     pub(crate) fn schedules_path(&self) -> &Path {
         &self.schedules_path
     }
-    pub(crate) fn busy_clusters(&self) -> BTreeSet<String> {
-        refresh_clusters(self);
-        self.clusters
-            .lock()
-            .expect("clusters lock")
-            .values()
-            .cloned()
-            .collect()
+    /// The clusters among `known` that may not start a run now (all of them if the log cannot
+    /// tell: fail closed).
+    pub(crate) async fn busy_clusters(&self, known: Vec<String>) -> BTreeSet<String> {
+        let mut settled = self.starting.lock().await;
+        api::ClusterLocks::scan(self.log.as_ref(), &mut settled).busy(known)
     }
+    pub(crate) fn inventory_dir(&self) -> Option<&Path> {
+        self.inventory_dir.as_deref()
+    }
+    /// Starts the run of a schedule's fire time, unless one was started for it already (a crash
+    /// between a start and the save of the schedules). Errors: whether the cluster was held, and
+    /// the message.
     pub(crate) async fn start_scheduled(
         &self,
         workflow: &str,
         inv: &Inventory,
         by: &str,
-    ) -> Result<RunId, String> {
-        start_run(self, workflow, inv, by).await.map_err(|e| e.2)
+        fire_time: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RunId, (bool, String)> {
+        if let Some(run) = started_for(self.log.as_ref(), by, fire_time) {
+            tracing::info!("run {run} was already started by {by}");
+            return Ok(run);
+        }
+        start_run(self, workflow, inv, by)
+            .await
+            .map_err(|e| (e.0 == StatusCode::CONFLICT, e.2))
     }
+}
+
+/// A run started by `by` (a schedule's fire time) at or after `fire_time`, if any: run ids are
+/// UUID v7, so only runs created since then are read.
+fn started_for(
+    log: &dyn EventLog,
+    by: &str,
+    fire_time: chrono::DateTime<chrono::Utc>,
+) -> Option<RunId> {
+    let since = u64::try_from(fire_time.timestamp())
+        .unwrap_or(0)
+        .saturating_sub(1);
+    log.runs().ok()?.into_iter().find(|run| {
+        run.0
+            .get_timestamp()
+            .is_some_and(|t| t.to_unix().0 >= since)
+            && log.read(*run).ok().is_some_and(|h| {
+                h.first().is_some_and(|r| {
+                    matches!(&r.event, Event::RunStarted { started_by, .. } if started_by == by)
+                })
+            })
+    })
 }

@@ -79,6 +79,9 @@ pub fn rows(book: &ScheduleBook) -> Vec<serde_json::Value> {
                 "overlap": s.overlap.as_str(), "catch_up": s.catch_up.as_str(), "paused": s.paused,
                 "next": s.next_fire_time(now).map(|t| t.to_rfc3339()),
                 "queued": book.queued.iter().filter(|q| q.schedule == s.name).count(),
+                "last_failure": s.last_failure.as_ref().map(|f| serde_json::json!({
+                    "at": f.at.to_rfc3339(), "fire_time": f.fire_time.to_rfc3339(), "message": f.message,
+                })),
             })
         })
         .collect()
@@ -106,11 +109,50 @@ async fn list(State(d): State<Arc<Daemon>>) -> Response {
     Json(rows(&d.schedules().lock().expect("schedules lock"))).into_response()
 }
 
+/// A TCP client may only name an inventory inside `--inventory-dir` (the daemon must not become
+/// a way to read, or probe for, any file its user can read). Unix-socket peers run as the
+/// daemon's user (or root) and may name any file.
+fn check_inventory_path(d: &Daemon, p: &Peer, path: &std::path::Path) -> Result<(), Response> {
+    if p.unix {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        Err((
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({ "error": why, "code": 2 })),
+        )
+            .into_response())
+    };
+    let Some(dir) = d.inventory_dir() else {
+        return refuse(
+            "TCP clients may not name inventory files: start the daemon with --inventory-dir DIR \
+             and put the inventory there, or add the schedule through the unix socket"
+                .to_owned(),
+        );
+    };
+    let lexically_inside = path.is_absolute()
+        && path.starts_with(dir)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    // Symbolic links are followed before the final check.
+    if lexically_inside && std::fs::canonicalize(path).is_ok_and(|c| c.starts_with(dir)) {
+        return Ok(());
+    }
+    refuse(format!(
+        "TCP clients may only name inventory files inside {} (--inventory-dir)",
+        dir.display()
+    ))
+}
+
 async fn add(
     State(d): State<Arc<Daemon>>,
     ConnectInfo(p): ConnectInfo<Peer>,
     Json(b): Json<AddBody>,
 ) -> Response {
+    if let Err(r) = check_inventory_path(&d, &p, &b.inventory) {
+        return r;
+    }
     let new = match new_schedule(&b) {
         Ok(n) => n,
         Err(e) => return bad(format!("{e:#}")),
@@ -164,59 +206,87 @@ pub fn routes() -> axum::Router<Arc<Daemon>> {
         .route("/v1/schedules/{name}/{verb}", post(pause))
 }
 
-/// Every `tick`: asks the schedule core what to do now and starts what is due.
+/// Every `tick`: asks the schedule core what to do now and starts what is due. A fire time is
+/// saved as handled only after its run started; a failed start is recorded on its schedule and
+/// kept (see `ScheduleBook::start_failed`).
 pub async fn scheduler(
     d: Arc<Daemon>,
     tick: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let decisions = {
-            let busy = d.busy_clusters();
-            let mut book = d.schedules().lock().expect("schedules lock");
-            let decisions = book.tick(Utc::now(), &busy);
-            if !decisions.is_empty() {
-                if let Err(e) = book.save(d.schedules_path()) {
-                    tracing::error!("cannot save schedules: {e}");
-                }
-            }
-            decisions
-                .into_iter()
-                .map(|dec| {
-                    let target = book
-                        .schedules
-                        .get(dec.schedule())
-                        .map(|s| (s.workflow.clone(), s.inventory.clone()));
-                    (dec, target)
-                })
-                .collect::<Vec<_>>()
-        };
-        for (decision, target) in decisions {
-            if let (
-                Decision::Start {
-                    schedule,
-                    fire_time,
-                },
-                Some((workflow, inventory)),
-            ) = (&decision, target)
-            {
-                let by = format!("schedule {schedule} (fire time {})", fire_time.to_rfc3339());
-                match Inventory::load(&inventory) {
-                    Ok(inv) => match d.start_scheduled(&workflow, &inv, &by).await {
-                        Ok(run) => {
-                            tracing::info!("schedule {schedule} started run {run}");
-                        }
-                        Err(e) => tracing::warn!("schedule {schedule} could not start: {e}"),
-                    },
-                    Err(e) => tracing::warn!(%schedule, "schedule inventory: {e}"),
-                }
-            } else {
-                tracing::info!("{}", serde_json::to_string(&decision).unwrap_or_default());
-            }
-        }
+        tick_once(&d).await;
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+async fn tick_once(d: &Daemon) {
+    let known: Vec<String> = d
+        .schedules()
+        .lock()
+        .expect("schedules lock")
+        .schedules
+        .values()
+        .map(|s| s.cluster.clone())
+        .collect();
+    let busy = d.busy_clusters(known).await;
+    let decisions = {
+        let mut book = d.schedules().lock().expect("schedules lock");
+        let decisions = book.tick(Utc::now(), &busy);
+        decisions
+            .into_iter()
+            .map(|dec| {
+                let target = book
+                    .schedules
+                    .get(dec.schedule())
+                    .map(|s| (s.workflow.clone(), s.inventory.clone()));
+                (dec, target)
+            })
+            .collect::<Vec<_>>()
+    };
+    if decisions.is_empty() {
+        return;
+    }
+    let mut failures = Vec::new();
+    for (decision, target) in decisions {
+        let Decision::Start {
+            schedule,
+            fire_time,
+        } = &decision
+        else {
+            tracing::info!("{decision}");
+            continue;
+        };
+        let Some((workflow, inventory)) = target else {
+            continue;
+        };
+        let by = format!("schedule {schedule} (fire time {})", fire_time.to_rfc3339());
+        let started = match Inventory::load(&inventory) {
+            Ok(inv) => d
+                .start_scheduled(&workflow, &inv, &by, *fire_time)
+                .await
+                .map_err(|(busy, e)| (busy, format!("{e}"))),
+            Err(e) => Err((false, format!("inventory {}: {e}", inventory.display()))),
+        };
+        match started {
+            Ok(run) => tracing::info!("schedule {schedule} started run {run}"),
+            Err((busy, message)) => {
+                tracing::warn!(
+                    "schedule {schedule}: fire time {fire_time} could not start: {message}"
+                );
+                failures.push((schedule.clone(), *fire_time, message, busy));
+            }
+        }
+    }
+    let mut book = d.schedules().lock().expect("schedules lock");
+    for (schedule, fire_time, message, busy) in failures {
+        let what = book.start_failed(&schedule, fire_time, Utc::now(), &message, busy);
+        tracing::info!("{what}");
+    }
+    if let Err(e) = book.save(d.schedules_path()) {
+        tracing::error!("cannot save schedules: {e}");
     }
 }

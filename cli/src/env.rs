@@ -12,6 +12,7 @@ Examples:
   waymark ls --state running
   waymark history RUN --output mermaid
   waymark signal RUN cancel --reason 'window closed'
+  waymark resolve RUN --note 'weights and MirrorMaker2 restored by hand'
   waymark verify
 
 Exit codes: 0 ok; 1 the run or check ended badly (failed, cancelled, suspended, verify fault,
@@ -91,7 +92,8 @@ pub fn classify(e: &anyhow::Error) -> (u8, String) {
             waymark_engine::runtime::Error::Log(waymark_engine::log::Error::UnknownRun(_))
             | waymark_engine::runtime::Error::UnknownWorkflow { .. }
             | waymark_engine::runtime::Error::Input(_)
-            | waymark_engine::runtime::Error::Finished { .. } => (2, msg),
+            | waymark_engine::runtime::Error::Finished { .. }
+            | waymark_engine::runtime::Error::NothingToResolve { .. } => (2, msg),
             waymark_engine::runtime::Error::Log(_) | waymark_engine::runtime::Error::Core(_) => {
                 (3, msg)
             }
@@ -99,4 +101,39 @@ pub fn classify(e: &anyhow::Error) -> (u8, String) {
         };
     }
     (1, msg)
+}
+
+/// Logs to stderr, filtered by `WAYMARK_LOG` (tracing's `EnvFilter` syntax) or `default_level`;
+/// colour only when stderr is a terminal (a daemon's log in a file or journald stays plain).
+/// The AWS SDK's credential-chain warnings are kept out (the ELB activities report a missing
+/// credential as their own error) unless `WAYMARK_LOG` names an `aws` target itself.
+pub fn init_logging(default_level: &str) {
+    use std::io::IsTerminal as _;
+    let from_env = std::env::var("WAYMARK_LOG").ok();
+    let mut filter = from_env
+        .as_deref()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(default_level));
+    if !from_env.is_some_and(|f| f.contains("aws")) {
+        for quiet in ["aws_config=error", "aws_smithy_runtime=error"] {
+            if let Ok(d) = quiet.parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(filter)
+        .init();
+}
+
+/// Checks an operator's note (`resolve --note`): something a later reader can use.
+pub fn check_note(note: &str) -> anyhow::Result<()> {
+    if note.trim().is_empty() {
+        return Err(usage(
+            "--note must say what you checked or repaired (it is journaled with your name)",
+        ));
+    }
+    Ok(())
 }

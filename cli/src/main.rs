@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "waymark", version, about, long_about = None, after_help = env::AFTER_HELP)]
 pub struct Cli {
-    /// Where runs are journaled [default: $`WAYMARK_DATA_DIR`, else ~/.local/share/waymark].
+    /// Where runs are journaled (default: ~/.local/share/waymark)
     #[arg(long, global = true, env = "WAYMARK_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -55,12 +55,18 @@ enum Command {
     /// Run the daemon: owns the data directory, resumes unfinished runs, runs schedules, serves
     /// the CLI on `DATA_DIR/waymark.sock` (owner-only) and optionally on TCP with a token.
     Daemon {
-        /// Also serve the API (and /metrics) on this TCP address, e.g. 127.0.0.1:7233.
-        #[arg(long, value_name = "ADDR", requires = "token_file")]
+        /// Also serve the API (and /metrics) over TCP: a port (bound on 127.0.0.1) or an
+        /// address. Plaintext HTTP: keep it on loopback or put it behind TLS termination.
+        #[arg(long, value_name = "PORT|ADDR", requires = "token_file", value_parser = parse_listen)]
         listen_tcp: Option<std::net::SocketAddr>,
-        /// File holding the bearer token TCP clients must send (16+ characters).
+        /// File holding the bearer token TCP clients must send (16+ characters; owned by the
+        /// daemon's user, mode 600).
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// The folder TCP clients may name inventories in when adding schedules (without it,
+        /// only unix-socket clients may add schedules).
+        #[arg(long, value_name = "DIR")]
+        inventory_dir: Option<PathBuf>,
     },
     /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
     /// run goes on).
@@ -121,7 +127,8 @@ enum Command {
     },
     /// List runs.
     Ls {
-        /// Only runs in this state (running, compensating, suspended, completed, failed, cancelled).
+        /// Only runs in this state (running, compensating, suspended, completed, failed,
+        /// cancelled, needs-operator, damaged).
         #[arg(long)]
         state: Option<String>,
         /// Only runs of this workflow.
@@ -168,6 +175,15 @@ enum Command {
         /// Why (recorded in the history).
         #[arg(long)]
         reason: Option<String>,
+    },
+    /// Free the cluster of a run that ended with COMPENSATION INCOMPLETE (state needs-operator),
+    /// after checking and repairing the estate by hand; the note is journaled with your name.
+    Resolve {
+        /// Run id (a unique prefix is enough).
+        run: String,
+        /// What you checked or repaired (recorded in the history).
+        #[arg(long)]
+        note: String,
     },
     /// The simulated estate.
     Sandbox {
@@ -246,6 +262,15 @@ enum SandboxCommand {
     },
 }
 
+/// `--listen-tcp`: a bare port binds loopback only.
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is neither a port nor an address like 127.0.0.1:7233"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if !matches!(
@@ -278,13 +303,7 @@ fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WAYMARK_LOG")
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .init();
+    env::init_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

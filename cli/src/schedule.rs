@@ -689,8 +689,23 @@ pub struct Schedule {
     pub paused: bool,
     /// Every fire time at or before this instant has been handled (started, queued, skipped or
     /// dropped). Set to the time of adding and of unpausing; then to the newest fire time handled.
-    /// `None` is treated as "now" by the next tick.
+    /// `None` is treated as "now" by the next tick. A fire time whose start failed is handled
+    /// only once [`ScheduleBook::start_failed`] has queued or skipped it.
     pub last_considered: Option<DateTime<Utc>>,
+    /// The last time one of its fire times could not start, and why (for `schedule ls`).
+    #[serde(default)]
+    pub last_failure: Option<StartFailure>,
+}
+
+/// A fire time whose run could not start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartFailure {
+    /// When the start was tried.
+    pub at: DateTime<Utc>,
+    /// The fire time it was for.
+    pub fire_time: DateTime<Utc>,
+    /// Why it failed.
+    pub message: String,
 }
 
 impl Schedule {
@@ -1045,6 +1060,7 @@ impl ScheduleBook {
             catch_up: new.catch_up,
             paused: false,
             last_considered: Some(now),
+            last_failure: None,
         };
         Ok(self.schedules.entry(name).or_insert(schedule))
     }
@@ -1096,6 +1112,58 @@ impl ScheduleBook {
             .filter(|s| !s.paused)
             .filter_map(|s| s.next_fire_time(after))
             .min()
+    }
+
+    /// The daemon could not start the run of a `Start` decision (its inventory unreadable or
+    /// invalid, its cluster taken meanwhile, the log failing). Records the failure on the
+    /// schedule and keeps the fire time: queued again (served by the next ticks while its window
+    /// is open), except a cluster conflict under `overlap = skip`, which is skipped as a busy
+    /// cluster would have been. Returns what became of it.
+    pub fn start_failed(
+        &mut self,
+        schedule: &str,
+        fire_time: DateTime<Utc>,
+        now: DateTime<Utc>,
+        message: &str,
+        cluster_busy: bool,
+    ) -> Decision {
+        let Some(s) = self.schedules.get_mut(schedule) else {
+            return Decision::Skipped {
+                schedule: schedule.to_owned(),
+                fire_time,
+                reason: Reason::ScheduleGone,
+            };
+        };
+        s.last_failure = Some(StartFailure {
+            at: now,
+            fire_time,
+            message: message.to_owned(),
+        });
+        if cluster_busy && s.overlap == Overlap::Skip {
+            return Decision::Skipped {
+                schedule: schedule.to_owned(),
+                fire_time,
+                reason: Reason::ClusterBusy {
+                    cluster: s.cluster.clone(),
+                },
+            };
+        }
+        let cluster = s.cluster.clone();
+        if !self
+            .queued
+            .iter()
+            .any(|q| q.schedule == schedule && q.fire_time == fire_time)
+        {
+            self.queued.push(Queued {
+                schedule: schedule.to_owned(),
+                fire_time,
+            });
+        }
+        Decision::Queued {
+            schedule: schedule.to_owned(),
+            fire_time,
+            cluster,
+        }
     }
 
     /// Decides what happens at `now`, given the clusters that have a run going. Pure: no clock,

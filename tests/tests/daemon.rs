@@ -4,78 +4,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use waymark_engine::event::Event;
 use waymark_engine::log::EventLog;
 use waymark_sandbox::read_effects;
 
-use crate::util::{temp_dir, waymark, SandboxProcess};
-
-/// `waymark daemon` as its own process, killed when dropped.
-struct DaemonProcess {
-    child: Child,
-    data: PathBuf,
-}
-
-impl DaemonProcess {
-    fn start(data: &Path, extra: &[&str]) -> Self {
-        let child = waymark(data)
-            .arg("daemon")
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn waymark daemon");
-        let sock = data.join("waymark.sock");
-        let start = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not open {}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        DaemonProcess {
-            child,
-            data: data.to_owned(),
-        }
-    }
-
-    fn sigkill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn sigterm(mut self) -> String {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on a child we spawned.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "daemon exit after SIGTERM: {status}");
-        let mut err = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
-        err
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.data;
-    }
-}
+use crate::util::{temp_dir, waymark, DaemonProcess, SandboxProcess};
 
 fn start_detached(data: &Path, inventory: &Path) -> String {
     let out = waymark(data)
@@ -261,8 +198,12 @@ fn socket_is_owner_only_and_other_users_are_refused() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600, "socket mode");
-    // `nobody` tries to use it.
-    let out = waymark(&data)
+    // `nobody` tries to use it, with a copy of the binary it can execute (issue 8, item 16: the
+    // target dir may sit in a home folder `nobody` cannot enter).
+    let (_bin_dir, bin) = crate::util::waymark_bin_for_everyone();
+    let out = std::process::Command::new(&bin)
+        .arg("--data-dir")
+        .arg(&data)
         .arg("ls")
         .uid(65534)
         .gid(65534)
@@ -301,6 +242,7 @@ fn tcp_api_needs_the_token_and_serves_metrics_with_it() {
     let data = dir.path().join("data");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cr3t-token-for-waymark-tests\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let port = crate::util::closed_port();
     let addr = format!("127.0.0.1:{port}");
     let _daemon = DaemonProcess::start(

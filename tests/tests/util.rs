@@ -125,3 +125,136 @@ impl Drop for SandboxProcess {
         let _ = self.child.wait();
     }
 }
+
+/// `waymark daemon` as its own process, killed when dropped.
+pub struct DaemonProcess {
+    /// The process.
+    pub child: std::process::Child,
+}
+
+impl DaemonProcess {
+    /// Starts it on `data` and waits until its socket answers.
+    pub fn start(data: &std::path::Path, extra: &[&str]) -> Self {
+        let child = waymark(data)
+            .arg("daemon")
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn waymark daemon");
+        let sock = data.join("waymark.sock");
+        let start = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon did not open {}",
+                sock.display()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        DaemonProcess { child }
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Stops it with SIGTERM; asserts a clean exit and returns what it logged.
+    pub fn sigterm(mut self) -> String {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on a child we spawned.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "daemon exit after SIGTERM: {status}");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut err).unwrap();
+        err
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for `child` to exit (failing the test after `limit`, a safety net against a hang; the
+/// child is then killed). Returns its status and what it wrote to stdout and stderr (when piped).
+pub fn wait_exit(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let read = |r: Option<&mut dyn std::io::Read>| {
+        let mut s = String::new();
+        if let Some(r) = r {
+            let _ = r.read_to_string(&mut s);
+        }
+        s
+    };
+    let out = read(child.stdout.as_mut().map(|r| r as &mut dyn std::io::Read));
+    let err = read(child.stderr.as_mut().map(|r| r as &mut dyn std::io::Read));
+    (status, out, err)
+}
+
+/// One HTTP/1.1 request over a unix socket; returns the status code and the body.
+pub fn http_unix(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    let body = body.unwrap_or("");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: waymark\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (code, body)
+}
+
+/// A copy of the `waymark` binary that any user can execute (in a fresh world-readable folder
+/// under the system temp dir), for tests that run it as another user: the build's target dir
+/// may sit in a home folder others cannot enter.
+pub fn waymark_bin_for_everyone() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("waymark-bin-")
+        .tempdir_in(std::env::temp_dir())
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("waymark");
+    std::fs::copy(waymark_bin(), &bin).expect("copy the waymark binary");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, bin)
+}

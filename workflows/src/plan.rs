@@ -169,7 +169,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
             Ok(ts) => {
                 ts.iter()
                     .find(|t| t.host == n.address)
-                    .map_or("not in the cluster".into(), |t| {
+                    .map_or(NOT_IN_CLUSTER.into(), |t| {
                         format!(
                             "{} up {} s",
                             if t.alive { "ALIVE" } else { "DEAD" },
@@ -247,6 +247,20 @@ pub async fn plan(inv: &Inventory) -> Plan {
         health,
         actions,
         unreadable,
+    }
+}
+
+/// What `current` says of an inventory node the cluster does not list.
+pub const NOT_IN_CLUSTER: &str = "not in the cluster";
+
+impl Plan {
+    /// The actions on inventory nodes the cluster does not list (the inventory disagrees with
+    /// the cluster: a run would not restart what it should).
+    pub fn mismatches(&self) -> Vec<&Action> {
+        self.actions
+            .iter()
+            .filter(|a| a.current == NOT_IN_CLUSTER)
+            .collect()
     }
 }
 

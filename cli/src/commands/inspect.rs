@@ -251,6 +251,31 @@ pub async fn signal(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `waymark resolve RUN --note "..."`: frees the cluster of a run that ended with its
+/// compensation incomplete, journaling who resolved it and the note.
+pub async fn resolve(data_dir: &Path, run: &str, note: &str) -> anyhow::Result<ExitCode> {
+    super::check_note(note)?;
+    let id = match Target::open(data_dir).await? {
+        Target::Direct(log) => {
+            let id = api::find_run(log.as_ref(), run)?;
+            engine(log).resolve(id, &operator(), note).await?;
+            id.to_string()
+        }
+        Target::Daemon(c) => {
+            let v: serde_json::Value = c
+                .json(
+                    Method::POST,
+                    &format!("/v1/runs/{run}/resolve"),
+                    Some(serde_json::json!({ "note": note })),
+                )
+                .await?;
+            v["run"].as_str().unwrap_or(run).to_owned()
+        }
+    };
+    println!("run {id} resolved: its cluster is free for the next run");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Follows a run through the daemon, printing events and progress; Ctrl-C only detaches.
 pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Result<ExitCode> {
     let mut printer = display::Printer::default();

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use waymark_engine::event::SuspendReason;
-use waymark_engine::DurableLog;
 use waymark_engine::runtime::{ReplayReport, ReplayVerdict};
-use waymark_engine::{Engine, RunId, RunOutcome};
+use waymark_engine::DurableLog;
+use waymark_engine::{Engine, RunOutcome};
 
 use crate::client::Client;
 use crate::{Command, SandboxCommand};
@@ -51,11 +51,13 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
         Command::Daemon {
             listen_tcp,
             token_file,
+            inventory_dir,
         } => {
             crate::daemon::run(crate::daemon::Options {
                 data_dir,
                 tcp: listen_tcp,
                 token_file,
+                inventory_dir,
                 tick: std::time::Duration::from_secs(5),
             })
             .await
@@ -76,6 +78,7 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             signal,
             reason,
         } => inspect::signal(&data_dir, &run, &signal, reason).await,
+        Command::Resolve { run, note } => inspect::resolve(&data_dir, &run, &note).await,
         Command::Sandbox {
             command: SandboxCommand::Up { dir, faster },
         } => sandbox::up(&dir, faster).await,
@@ -94,6 +97,7 @@ pub fn engine(log: Arc<DurableLog>) -> Engine {
 }
 
 pub use crate::api::find_run;
+pub use crate::env::check_note;
 
 /// Where a command's data comes from: the daemon serving the data directory, or the directory.
 pub enum Target {
@@ -118,13 +122,7 @@ pub fn outcome_code(outcome: &RunOutcome) -> ExitCode {
     ExitCode::from(outcome_code_u8(outcome))
 }
 
-/// Exit code for how a run ended, as a number.
-pub fn outcome_code_u8(outcome: &RunOutcome) -> u8 {
-    match outcome {
-        RunOutcome::Completed(_) => 0,
-        _ => 1,
-    }
-}
+pub use waymark_cli::follow::{outcome_code as outcome_code_u8, outcome_line};
 
 /// A replay report as the CLI prints it (and the daemon sends it).
 pub fn replay_json(r: &ReplayReport) -> serde_json::Value {
@@ -166,20 +164,4 @@ pub fn replay_json(r: &ReplayReport) -> serde_json::Value {
         "positions": r.positions, "deterministic": deterministic, "verdict": verdict,
         "recorded": recorded, "new": new,
     })
-}
-
-/// One line for how a run ended.
-pub fn outcome_line(run: RunId, outcome: &RunOutcome) -> String {
-    match outcome {
-        RunOutcome::Completed(out) => format!("run {run} completed: {out}"),
-        RunOutcome::Failed(e) => format!("run {run} FAILED (compensations ran): {e}"),
-        RunOutcome::Cancelled(e) => format!("run {run} CANCELLED (compensations ran): {e}"),
-        RunOutcome::Suspended(r) => format!(
-            "run {run} SUSPENDED: the workflow code no longer matches its history: {r:?}; \
-             `waymark replay {run}` shows the divergence"
-        ),
-        RunOutcome::Stopped(why) => {
-            format!("run {run} stopped unfinished ({why}); `waymark resume {run}` continues it")
-        }
-    }
 }

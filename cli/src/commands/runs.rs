@@ -33,6 +33,15 @@ pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::R
     )
     .await?;
     let log = open_log(data_dir)?;
+    // We hold the data directory's lock: nothing can start a run between this check and ours.
+    let locks =
+        crate::api::ClusterLocks::scan(log.as_ref(), &mut std::collections::BTreeSet::new());
+    if let Some(holder) = locks.holder(&inv.cluster.name) {
+        return Err(anyhow::Error::new(crate::env::Exit {
+            code: 1,
+            message: holder.explain(&inv.cluster.name),
+        }));
+    }
     let engine = engine(log);
     let input = Payload::encode(&inv)?;
     let run = engine.start_named(workflow, input, &operator()).await?;
@@ -96,7 +105,25 @@ pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::R
         Output::Text => print!("{plan}"),
         Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
     }
-    Ok(ExitCode::SUCCESS)
+    let mismatches = plan.mismatches();
+    if mismatches.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for a in &mismatches {
+        eprintln!(
+            "waymark: plan: {}: {} (cluster {})",
+            a.action,
+            waymark_workflows::plan::NOT_IN_CLUSTER,
+            plan.cluster
+        );
+    }
+    eprintln!(
+        "waymark: {} the inventory ({}) disagrees with the cluster: fix its [[yugabyte.nodes]] \
+         before running",
+        mismatches.len(),
+        inventory.display()
+    );
+    Ok(ExitCode::from(1))
 }
 
 /// `waymark start WORKFLOW --inventory FILE [--detach]`: through the daemon.

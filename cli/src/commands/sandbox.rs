@@ -20,6 +20,12 @@ pub async fn up(dir: &Path, faster: u64) -> anyhow::Result<ExitCode> {
         e.ssh.len(),
         e.admin
     );
+    // The sandbox's ELBv2 accepts any credentials, but the AWS SDK of `waymark run` needs some.
+    eprintln!(
+        "for `waymark run` against it, set (test values; the sandbox accepts any):\n  \
+         export AWS_ACCESS_KEY_ID=waymark-sandbox AWS_SECRET_ACCESS_KEY=waymark-sandbox-not-a-secret AWS_REGION={}",
+        waymark_sandbox::elb::REGION
+    );
     println!("{}", dir.join("inventory.toml").display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

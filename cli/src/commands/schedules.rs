@@ -86,6 +86,14 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
                             s["paused"],
                             t("next")
                         );
+                        let f = &s["last_failure"];
+                        if let Some(message) = f["message"].as_str() {
+                            println!(
+                                "  last failure at {} (fire time {}): {message}",
+                                f["at"].as_str().unwrap_or_default(),
+                                f["fire_time"].as_str().unwrap_or_default()
+                            );
+                        }
                     }
                 }
             }
