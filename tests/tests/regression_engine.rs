@@ -298,7 +298,7 @@ async fn workflow_panic_suspends_the_run_and_cancel_compensates_it() {
     assert_eq!(kinds(log.as_ref(), run).last(), Some(&"RunCancelled"));
 }
 
-/// A run of `three-step` v1 whose second step (with a compensation) is in flight when its engine
+/// A run of `two-step` v1 whose second step (with a compensation) is in flight when its engine
 /// shuts down; returns the run.
 async fn run_left_in_flight(backend: &MemoryBackend) -> RunId {
     let gate = Arc::new(Notify::new());
@@ -460,10 +460,18 @@ async fn replay_of_a_run_cancelled_during_a_retry_backoff_is_clean() {
         .start_named("backoff", Payload::null(), "t")
         .await
         .unwrap();
-    wait_until(Duration::from_secs(30), "first attempt failed", || {
-        kinds(log.as_ref(), run).contains(&"AttemptFailed")
-    })
-    .await;
+    // Subscribed before the driver first runs (nothing awaited since the start); the record
+    // arrives once the driver has gone on to wait for its retry deadline.
+    let mut rx = engine.subscribe(run).expect("the run is active");
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the first attempt fails")
+            .unwrap();
+        if r.event.kind() == "AttemptFailed" {
+            break;
+        }
+    }
     engine
         .signal(run, "cancel", Payload::null(), "alice")
         .await
@@ -528,13 +536,13 @@ async fn followers_get_every_record_in_sequence_order_under_parallel_appends() {
     let engine = Engine::builder(log.clone())
         .workflow_dyn(wf("fan-out", 1, |ctx| async move {
             let _: () = ctx.wait_for_signal("go").await?;
-            let steps = (0..48u32).map(|i| ctx.step::<_, u32>("echo", &i).into_future());
+            let steps = (0..64u32).map(|i| ctx.step::<_, u32>("echo", &i).into_future());
             futures::future::try_join_all(steps).await?;
             Ok(Payload::null())
         }))
         .activity_fn("echo", |_, input| async move { Ok(input) })
         .build();
-    for round in 0..10 {
+    for round in 0..40 {
         let run = engine
             .start_named("fan-out", Payload::null(), "t")
             .await
