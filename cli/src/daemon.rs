@@ -225,27 +225,26 @@ async fn owner_only(
 }
 
 fn check_peer(d: &Daemon, peer: &Peer) -> Result<(), ApiError> {
+    match peer_refusal(d.own_uid, &d.socket, peer) {
+        Some(why) => Err(ApiError(StatusCode::FORBIDDEN, 2, why)),
+        None => Ok(()),
+    }
+}
+
+/// Why a peer may not use the daemon, if it may not. Fails closed: a unix peer whose
+/// credentials could not be read is refused (TCP peers are checked by their token instead).
+fn peer_refusal(own_uid: u32, socket: &Path, peer: &Peer) -> Option<String> {
     match peer.uid {
-        None if peer.unix => Err(ApiError(
-            StatusCode::FORBIDDEN,
-            2,
-            format!(
-                "the daemon could not read this connection's peer credentials ({}), so it \
-                 refuses it; connect as uid {} through {}",
-                peer.operator,
-                d.own_uid,
-                d.socket.display()
-            ),
+        None if peer.unix => Some(format!(
+            "the daemon could not read this connection's peer credentials ({}), so it refuses \
+             it; connect as uid {own_uid} through {}",
+            peer.operator,
+            socket.display()
         )),
-        Some(uid) if uid != d.own_uid && uid != 0 => Err(ApiError(
-            StatusCode::FORBIDDEN,
-            2,
-            format!(
-                "uid {uid} may not use this daemon (it runs as uid {})",
-                d.own_uid
-            ),
+        Some(uid) if uid != own_uid && uid != 0 => Some(format!(
+            "uid {uid} may not use this daemon (it runs as uid {own_uid})"
         )),
-        _ => Ok(()),
+        _ => None,
     }
 }
 
@@ -605,8 +604,9 @@ fn read_token(file: &Path) -> anyhow::Result<String> {
         file.display(),
         file.display()
     );
+    let group_and_others = meta.mode() & 0o077;
     anyhow::ensure!(
-        meta.mode() & 0o077 == 0,
+        group_and_others == 0,
         "the token file {} is readable by others (mode {:o}): `chmod 600 {}`",
         file.display(),
         meta.mode() & 0o777,
@@ -797,4 +797,34 @@ fn started_for(
                 })
             })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{peer_refusal, Peer};
+    use std::path::Path;
+
+    fn peer(uid: Option<u32>, unix: bool) -> Peer {
+        Peer {
+            operator: "someone".into(),
+            uid,
+            unix,
+        }
+    }
+
+    /// Issue 8, item 11: a unix peer whose `peer_cred()` failed (`uid: None`) passed the check.
+    #[test]
+    fn a_unix_peer_without_credentials_is_refused() {
+        let sock = Path::new("/data/waymark.sock");
+        let why = peer_refusal(1000, sock, &peer(None, true)).expect("refused");
+        assert!(
+            why.contains("peer credentials") && why.contains("uid 1000"),
+            "{why}"
+        );
+        assert!(peer_refusal(1000, sock, &peer(Some(1001), true)).is_some());
+        assert_eq!(peer_refusal(1000, sock, &peer(Some(1000), true)), None);
+        assert_eq!(peer_refusal(1000, sock, &peer(Some(0), true)), None);
+        // TCP peers have no uid; their bearer token is checked by its own layer.
+        assert_eq!(peer_refusal(1000, sock, &peer(None, false)), None);
+    }
 }

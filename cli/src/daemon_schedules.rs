@@ -265,10 +265,7 @@ async fn tick_once(d: &Daemon) {
         };
         let by = format!("schedule {schedule} (fire time {})", fire_time.to_rfc3339());
         let started = match Inventory::load(&inventory) {
-            Ok(inv) => d
-                .start_scheduled(&workflow, &inv, &by, *fire_time)
-                .await
-                .map_err(|(busy, e)| (busy, format!("{e}"))),
+            Ok(inv) => d.start_scheduled(&workflow, &inv, &by, *fire_time).await,
             Err(e) => Err((false, format!("inventory {}: {e}", inventory.display()))),
         };
         match started {

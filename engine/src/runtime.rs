@@ -306,7 +306,14 @@ impl RunShared {
                     Err(e.to_string())
                 }
             };
-            me.appends_in_flight.send_modify(|n| *n -= 1);
+            let mut last = false;
+            me.appends_in_flight.send_modify(|n| {
+                *n -= 1;
+                last = *n == 0;
+            });
+            if last && result.is_ok() {
+                me.fill_gap();
+            }
             result
         })
         .await
@@ -380,6 +387,41 @@ impl RunShared {
         drop(d);
         self.changed.send_modify(|v| *v += 1);
         Ok(())
+    }
+
+    /// With no append of ours in flight, records still waiting behind a hole come after records
+    /// someone appended to the log directly (not through this run's driver): read those back
+    /// from the log, so that the run never stalls on them.
+    fn fill_gap(&self) {
+        let missing = {
+            let d = self.delivery.lock().expect("delivery lock");
+            match d.pending.keys().next() {
+                Some(first) => d.next_seq..*first,
+                None => return,
+            }
+        };
+        let result = self
+            .engine
+            .log
+            .read(self.run)
+            .map_err(|e| e.to_string())
+            .and_then(|all| {
+                let found: Vec<Record> = all
+                    .into_iter()
+                    .filter(|r| missing.contains(&r.seq))
+                    .collect();
+                self.deliver(&found)
+            });
+        if result.is_err()
+            || !self
+                .delivery
+                .lock()
+                .expect("delivery lock")
+                .pending
+                .is_empty()
+        {
+            self.folded.send_modify(|(_, broken)| *broken = true);
+        }
     }
 
     /// Waits until every append sent has been delivered (folded), so that the state holds

@@ -593,7 +593,7 @@ type Body = Arc<
 struct FnWorkflow(Body);
 
 impl DynWorkflow for FnWorkflow {
-    fn name(&self) -> &str {
+    fn name(&self) -> &'static str {
         "fan-out"
     }
     fn version(&self) -> u32 {
@@ -750,8 +750,8 @@ fn the_daemon_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(!log.contains('\u{1b}'), "escape codes in: {log:?}");
 }
 
-/// Issue 8, item 17: `--help` showed clippy's doc-markdown backticks (`$\`WAYMARK_DATA_DIR\``),
-/// and `waymark resolve` is documented.
+/// Issue 8, item 17: `--help` showed clippy's doc-markdown backticks around
+/// `WAYMARK_DATA_DIR` in its text; and `waymark resolve` is documented.
 #[test]
 fn help_texts_render_cleanly_and_document_resolve() {
     let dir = temp_dir();
@@ -835,8 +835,11 @@ fn plan_exits_non_zero_when_an_inventory_node_is_not_in_the_cluster() {
         .replace(&format!("\"{name}\""), "\"yb-z-9\"")
         .lines()
         .filter(|l| !l.starts_with("master_"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+        .fold(String::new(), |mut s, l| {
+            s.push_str(l);
+            s.push('\n');
+            s
+        });
     let inventory = sb.dir.join("extra-node.toml");
     std::fs::write(&inventory, format!("{text}\n{extra}")).unwrap();
     let out = waymark(dir.path())
