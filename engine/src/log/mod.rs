@@ -95,6 +95,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Every run in the log, oldest first.
     fn runs(&self) -> Result<Vec<RunId>, Error>;
+
+    /// What the store found damaged when it was opened (one line each, naming where, what was
+    /// lost and what to do); empty when nothing was.
+    fn damage(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a backend must apply atomically and durably.
@@ -121,6 +127,10 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Applies the batch in order and returns only once all of it is durable. A crash before that
     /// may keep a prefix of the batch (never a later write without an earlier one).
     fn commit(&self, batch: WriteBatch) -> Result<(), Error>;
+    /// What recovery found damaged when the store was opened, one line each.
+    fn damage(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Overwrites (`Some`) or deletes (`None`) one stored record, bypassing every check.
     /// For repair tools and for tests that damage a log on purpose.
     fn raw_put(&self, run: RunId, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), Error>;
@@ -224,6 +234,10 @@ impl<B: Backend> EventLog for Log<B> {
 
     fn runs(&self) -> Result<Vec<RunId>, Error> {
         self.backend.all_runs()
+    }
+
+    fn damage(&self) -> Vec<String> {
+        self.backend.damage()
     }
 }
 

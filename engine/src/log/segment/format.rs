@@ -168,7 +168,7 @@ pub fn parse_batch(buf: &[u8], at: usize) -> Option<Batch> {
 pub fn find_batch(buf: &[u8], from: usize) -> Option<(usize, Batch)> {
     let mut at = from;
     while at + BATCH_HEADER_LEN <= buf.len() {
-        let rel = find_magic(&buf[at..], BATCH_MAGIC)?;
+        let rel = find_magic(&buf[at..], *BATCH_MAGIC)?;
         if let Some(b) = parse_batch(buf, at + rel) {
             return Some((at + rel, b));
         }
@@ -222,7 +222,9 @@ pub fn parse_frame(buf: &[u8], at: usize, limit: usize) -> FrameAt {
     {
         return FrameAt::Invalid;
     }
-    let run = RunId(uuid::Uuid::from_bytes(h[4..20].try_into().expect("16 bytes")));
+    let run = RunId(uuid::Uuid::from_bytes(
+        h[4..20].try_into().expect("16 bytes"),
+    ));
     let payload_len = u32_at(h, 28) as usize;
     let payload_at = at + FRAME_HEADER_LEN;
     let frame = Frame {
@@ -246,7 +248,7 @@ pub fn parse_frame(buf: &[u8], at: usize, limit: usize) -> FrameAt {
 pub fn find_frame(buf: &[u8], from: usize, limit: usize) -> Option<usize> {
     let mut at = from;
     while at + FRAME_HEADER_LEN <= limit {
-        let rel = find_magic(&buf[at..limit], FRAME_MAGIC)?;
+        let rel = find_magic(&buf[at..limit], *FRAME_MAGIC)?;
         if parse_frame(buf, at + rel, limit) != FrameAt::Invalid {
             return Some(at + rel);
         }
@@ -255,7 +257,7 @@ pub fn find_frame(buf: &[u8], from: usize, limit: usize) -> Option<usize> {
     None
 }
 
-fn find_magic(hay: &[u8], magic: &[u8; 4]) -> Option<usize> {
+fn find_magic(hay: &[u8], magic: [u8; 4]) -> Option<usize> {
     hay.windows(4).position(|w| w == magic)
 }
 

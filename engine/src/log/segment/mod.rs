@@ -304,7 +304,7 @@ impl SegmentBackend {
         }
         let mut numbers: Vec<u64> = std::fs::read_dir(&log_dir)
             .map_err(|e| io_error("cannot list", &log_dir, &e))?
-            .filter_map(|e| e.ok())
+            .filter_map(Result::ok)
             .filter_map(|e| segment_number(&e.file_name().to_string_lossy()))
             .collect();
         numbers.sort_unstable();
@@ -339,9 +339,10 @@ impl SegmentBackend {
                     recreated = Some((number, file, allocated));
                     continue;
                 }
-                report
-                    .findings
-                    .push(Finding::BadSegmentHeader { segment: number, detail });
+                report.findings.push(Finding::BadSegmentHeader {
+                    segment: number,
+                    detail,
+                });
             }
             for (expected, found) in &scanned.gaps {
                 report.findings.push(Finding::MissingBatches {
@@ -447,8 +448,8 @@ impl SegmentBackend {
             }
             let saved_to = log_dir.join(format!("torn-{segment:016}-{}.bin", tail.offset));
             let end = (tail.offset + tail.len) as usize;
-            let mut f = File::create(&saved_to)
-                .map_err(|e| io_error("cannot create", &saved_to, &e))?;
+            let mut f =
+                File::create(&saved_to).map_err(|e| io_error("cannot create", &saved_to, &e))?;
             f.write_all(&bytes[tail.offset as usize..end])
                 .and_then(|()| f.sync_all())
                 .map_err(|e| io_error("cannot write", &saved_to, &e))?;
@@ -482,12 +483,11 @@ impl SegmentBackend {
         if !kept_tail.is_empty() {
             // What was kept of the unfinished write goes back in as a proper batch (the index
             // pointed into the bytes just cleared; writing re-points it).
-            backend.write_frames(
-                kept_tail
-                    .iter()
-                    .map(|(run, seq, p)| (*run, *seq, 0, p.as_slice()))
-                    .collect(),
-            )?;
+            let frames: Vec<(RunId, u64, u8, &[u8])> = kept_tail
+                .iter()
+                .map(|(run, seq, p)| (*run, *seq, 0, p.as_slice()))
+                .collect();
+            backend.write_frames(&frames)?;
         }
         backend.compute_closed();
         Ok(backend)
@@ -524,7 +524,7 @@ impl SegmentBackend {
     }
 
     /// Appends frames as one batch and makes it durable; then indexes them.
-    fn write_frames(&self, frames: Vec<(RunId, u64, u8, &[u8])>) -> Result<(), Error> {
+    fn write_frames(&self, frames: &[(RunId, u64, u8, &[u8])]) -> Result<(), Error> {
         let mut buf = Vec::with_capacity(
             format::BATCH_HEADER_LEN
                 + frames
@@ -534,7 +534,7 @@ impl SegmentBackend {
         );
         let start = format::begin_batch(&mut buf);
         let mut placed = Vec::with_capacity(frames.len());
-        for (run, seq, flags, payload) in &frames {
+        for (run, seq, flags, payload) in frames {
             let at = format::put_frame(
                 &mut buf,
                 &FrameIn {
@@ -684,23 +684,22 @@ impl Index {
 /// header was damaged but whose own bytes (checked by their CRC) are intact names the hash of its
 /// predecessor, which names the run and the position. Recognised records are indexed; returns,
 /// for each recognised one, the index of its range in `ranges` and the record.
-fn recognise_by_chain(
-    index: &mut Index,
-    ranges: &[(u64, u64, u64)],
-) -> Vec<(usize, RunId, u64)> {
+fn recognise_by_chain(index: &mut Index, ranges: &[(u64, u64, u64)]) -> Vec<(usize, RunId, u64)> {
     let mut out = Vec::new();
     if ranges.is_empty() {
         return out;
     }
     // Hash of every record, and the first record's link for runs missing #0.
-    let mut by_hash: std::collections::HashMap<[u8; 32], (RunId, u64)> =
+    // (Two runs can share hashes: the chain does not include the run id, and two runs started
+    // in the same millisecond with the same input have the same first record.)
+    let mut by_hash: std::collections::HashMap<[u8; 32], Vec<(RunId, u64)>> =
         std::collections::HashMap::new();
     let mut first_links: Vec<(RunId, [u8; 32])> = Vec::new();
     for (run, entry) in &index.runs {
         for (&seq, loc) in &entry.records {
             if let Some(bytes) = read_at(index, loc) {
                 if let Ok(rec) = codec::decode(*run, seq, &bytes) {
-                    by_hash.insert(rec.hash, (*run, seq));
+                    by_hash.entry(rec.hash).or_default().push((*run, seq));
                     if seq == 1 && !entry.records.contains_key(&0) {
                         first_links.push((*run, rec.prev_hash));
                     }
@@ -728,22 +727,31 @@ fn recognise_by_chain(
             let Ok(rec) = codec::decode(RunId(uuid::Uuid::nil()), 0, payload) else {
                 continue;
             };
-            let target = if rec.prev_hash == [0; 32] {
+            let candidates: Vec<(RunId, u64)> = if rec.prev_hash == [0; 32] {
                 first_links
                     .iter()
-                    .find(|(_, link)| *link == rec.hash)
+                    .filter(|(_, link)| *link == rec.hash)
                     .map(|(run, _)| (*run, 0))
+                    .collect()
             } else {
-                by_hash.get(&rec.prev_hash).map(|(run, seq)| (*run, seq + 1))
+                by_hash
+                    .get(&rec.prev_hash)
+                    .into_iter()
+                    .flatten()
+                    .map(|(run, seq)| (*run, seq + 1))
+                    .collect()
             };
-            let Some((run, seq)) = target else { continue };
-            if index
-                .runs
-                .get(&run)
-                .is_some_and(|e| e.records.contains_key(&seq))
-            {
-                continue;
-            }
+            let free: Vec<(RunId, u64)> = candidates
+                .into_iter()
+                .filter(|(run, seq)| {
+                    !index
+                        .runs
+                        .get(run)
+                        .is_some_and(|e| e.records.contains_key(seq))
+                })
+                .collect();
+            // Only an unambiguous match is taken.
+            let [(run, seq)] = free[..] else { continue };
             index.apply(
                 segment,
                 &scan::Found {
@@ -836,6 +844,21 @@ impl SegmentBackend {
 }
 
 impl Backend for SegmentBackend {
+    fn damage(&self) -> Vec<String> {
+        self.inner
+            .report
+            .findings
+            .iter()
+            .filter(|f| f.is_damage())
+            .map(|f| {
+                format!(
+                    "the event log in {}: {f}; run `waymark recover` to salvage every intact record into a fresh store",
+                    self.inner.log_dir.display()
+                )
+            })
+            .collect()
+    }
+
     fn scan_run(&self, run: RunId) -> Result<Vec<(u64, Vec<u8>)>, Error> {
         self.refuse_lost(run)?;
         self.locations(run)
@@ -888,26 +911,25 @@ impl Backend for SegmentBackend {
                 *e = (*e).max(*seq);
             }
         }
-        self.write_frames(
-            batch
-                .records
-                .iter()
-                .map(|(run, seq, bytes)| {
-                    let flags = if last_of_closed.get(run) == Some(seq) {
-                        FLAG_CLOSES_RUN
-                    } else {
-                        0
-                    };
-                    (*run, *seq, flags, bytes.as_slice())
-                })
-                .collect(),
-        )
+        let frames: Vec<(RunId, u64, u8, &[u8])> = batch
+            .records
+            .iter()
+            .map(|(run, seq, bytes)| {
+                let flags = if last_of_closed.get(run) == Some(seq) {
+                    FLAG_CLOSES_RUN
+                } else {
+                    0
+                };
+                (*run, *seq, flags, bytes.as_slice())
+            })
+            .collect();
+        self.write_frames(&frames)
     }
 
     fn raw_put(&self, run: RunId, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), Error> {
         match bytes {
-            Some(b) => self.write_frames(vec![(run, seq, 0, b.as_slice())]),
-            None => self.write_frames(vec![(run, seq, FLAG_DELETES, &[])]),
+            Some(b) => self.write_frames(&[(run, seq, 0, b.as_slice())]),
+            None => self.write_frames(&[(run, seq, FLAG_DELETES, &[])]),
         }
     }
 }
@@ -1029,5 +1051,67 @@ impl SegmentBackend {
         sync_dir(&dir)?;
         out.moved_aside = aside;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, Payload, StepRef};
+
+    fn records(run_count: usize, per_run: u64) -> Vec<Vec<(RunId, u64, Vec<u8>)>> {
+        let at = chrono::Utc::now();
+        let mut out = Vec::new();
+        for n in 0..run_count {
+            let run = RunId::new();
+            let mut prev = [0u8; 32];
+            let mut recs = Vec::new();
+            for seq in 0..per_run {
+                let event = Event::StepCompleted {
+                    step: StepRef::Workflow(seq as u32),
+                    output: Payload(format!("{n}.{seq}")),
+                };
+                let (bytes, hash) = codec::encode(seq, at, &prev, &event).unwrap();
+                prev = hash;
+                recs.push((run, seq, bytes));
+            }
+            out.push(recs);
+        }
+        out
+    }
+
+    /// A record whose frame header is damaged is recognised through the hash chain and kept.
+    #[test]
+    fn a_damaged_frame_header_is_recognised_by_the_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = records(2, 3);
+        {
+            let b = SegmentBackend::open(dir.path()).unwrap();
+            for seq in 0..3 {
+                let batch = WriteBatch {
+                    records: runs.iter().map(|r| r[seq].clone()).collect(),
+                    ..WriteBatch::default()
+                };
+                b.commit(batch).unwrap();
+            }
+        }
+        let seg = segment_path(&dir.path().join(LOG_DIR), 1);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        // Second batch, first frame (run 0, #1): flip a byte of its run id.
+        let first_batch_len = format::BATCH_HEADER_LEN
+            + runs
+                .iter()
+                .map(|r| format::FRAME_HEADER_LEN + r[0].2.len())
+                .sum::<usize>();
+        let at = SEGMENT_HEADER_LEN + first_batch_len + format::BATCH_HEADER_LEN + 9;
+        bytes[at] ^= 1;
+        std::fs::write(&seg, &bytes).unwrap();
+        let b = SegmentBackend::open(dir.path()).unwrap();
+        let report = b.report().clone();
+        let Some(Finding::Damaged { recognised, .. }) = report.findings.first() else {
+            panic!("{report:?}");
+        };
+        assert_eq!(recognised, &vec![(runs[0][1].0, 1)], "{report:?}");
+        assert_eq!(b.scan_run(runs[0][0].0).unwrap().len(), 3);
     }
 }

@@ -11,8 +11,7 @@
 //!   bytes aside.
 
 use super::format::{
-    find_batch, find_frame, parse_batch, parse_frame, FrameAt, BATCH_HEADER_LEN,
-    SEGMENT_HEADER_LEN,
+    find_batch, find_frame, parse_batch, parse_frame, FrameAt, BATCH_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
 use crate::event::RunId;
 
@@ -98,25 +97,26 @@ pub fn scan_segment(buf: &[u8], is_last: bool, next_batch: &mut Option<u64>) -> 
             out.last_batch = Some(batch.number);
             let mut at = batch.body_at;
             while at < batch.end() {
-                match parse_frame(buf, at, batch.end()) {
-                    FrameAt::Valid(f) => {
-                        out.records.push(found(&f));
-                        at = f.end();
-                    }
-                    // The batch checksum held, so its frames were written like this: a bug, not
-                    // a disk error. Salvage what verifies and name the rest.
-                    _ => {
-                        out.damaged
-                            .push(salvage(buf, at, batch.end(), &mut out.records, false));
-                        break;
-                    }
+                if let FrameAt::Valid(f) = parse_frame(buf, at, batch.end()) {
+                    out.records.push(found(&f));
+                    at = f.end();
+                } else {
+                    // The batch checksum held, so its frames were written like this: a bug,
+                    // not a disk error. Salvage what verifies and name the rest.
+                    out.damaged
+                        .push(salvage(buf, at, batch.end(), &mut out.records, false));
+                    break;
                 }
             }
             pos = batch.end();
             out.valid_end = pos as u64;
             continue;
         }
-        let Some(end) = buf[pos..].iter().rposition(|&b| b != 0).map(|i| pos + i + 1) else {
+        let Some(end) = buf[pos..]
+            .iter()
+            .rposition(|&b| b != 0)
+            .map(|i| pos + i + 1)
+        else {
             break; // only zeroes left: the preallocated, never written end
         };
         if let Some((next, _)) = find_batch(buf, pos + 1) {
@@ -166,9 +166,8 @@ fn salvage(
     let mut at = from;
     let gap = |start: usize, end: usize, d: &mut Damaged| {
         // A damaged batch header in front of its first frame holds no record.
-        let header_only = may_start_with_batch_header
-            && start == from
-            && end - start <= BATCH_HEADER_LEN;
+        let header_only =
+            may_start_with_batch_header && start == from && end - start <= BATCH_HEADER_LEN;
         if end > start && !header_only && buf[start..end].iter().any(|&b| b != 0) {
             d.unattributed.push((start as u64, (end - start) as u64));
         }
@@ -313,8 +312,7 @@ mod tests {
                 .iter()
                 .map(|d| d.records.len() + d.unattributed.len())
                 .sum::<usize>()
-                + s
-                    .tail
+                + s.tail
                     .as_ref()
                     .map_or(0, |t| t.dropped.len() + t.unattributed.len());
             let kept = s.records.len() + s.tail.as_ref().map_or(0, |t| t.verified.len());

@@ -1,0 +1,43 @@
+//! `waymark recover`: salvages every intact record of a damaged event log into a fresh store.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use waymark_engine::log::segment::SegmentBackend;
+
+/// `waymark recover`: needs the data directory to itself (no daemon, no foreground run).
+pub fn recover(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let backend = SegmentBackend::open(data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    let findings = backend.report().findings.clone();
+    if findings.is_empty() {
+        println!(
+            "the event log in {} has no damage: nothing to recover",
+            data_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for f in &findings {
+        eprintln!("found: {f}");
+    }
+    let summary = backend
+        .salvage()
+        .with_context(|| format!("recovering the event log in {}", data_dir.display()))?;
+    for (run, why) in &summary.damaged_runs {
+        println!("DAMAGED run {run}: {why}");
+    }
+    println!(
+        "recovered {} records of {} runs into a fresh store ({} runs verify, {} damaged); the old store is kept in {}",
+        summary.records,
+        summary.runs,
+        summary.intact_runs,
+        summary.damaged_runs.len(),
+        summary.moved_aside.display()
+    );
+    Ok(if summary.damaged_runs.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
