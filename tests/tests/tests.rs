@@ -14,6 +14,7 @@ mod regression;
 mod regression_daemon;
 mod regression_engine;
 mod regression_workflow;
+mod sandbox_realism;
 mod schedule;
 mod ssh;
 mod util;
