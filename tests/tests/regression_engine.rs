@@ -484,6 +484,67 @@ async fn replay_of_a_run_cancelled_during_a_retry_backoff_is_clean() {
     assert_eq!(report.verdict, runtime::ReplayVerdict::Deterministic);
 }
 
+/// Issue 8, item 8: a step that failed once and waits paused for its next attempt, then is
+/// cancelled, is closed with `StepFailed`, so the replay of the cancelled run is clean.
+#[tokio::test]
+async fn replay_of_a_run_cancelled_while_paused_before_a_retry_is_clean() {
+    let log = waymark_engine::memory_log();
+    let gate = Arc::new(Notify::new());
+    let calls = Arc::new(AtomicU32::new(0));
+    let (g, c) = (gate.clone(), calls.clone());
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("paused", 1, |ctx| async move {
+            ctx.step::<_, ()>("flaky", &())
+                .retry(RetryPolicy::default().initial_interval(Duration::ZERO))
+                .await?;
+            Ok(Payload::null())
+        }))
+        .activity_fn("flaky", move |_, _| {
+            c.fetch_add(1, Ordering::SeqCst);
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                Err(activity::Error::retryable("503 from the API"))
+            }
+        })
+        .build();
+    let run = engine
+        .start_named("paused", Payload::null(), "t")
+        .await
+        .unwrap();
+    let mut rx = engine.subscribe(run).expect("the run is active");
+    wait_until(Duration::from_secs(30), "first attempt running", || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    engine
+        .signal(run, "pause", Payload::null(), "alice")
+        .await
+        .unwrap();
+    gate.notify_one();
+    // The record arrives once the driver, with no retry delay, holds paused before attempt 2.
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("the first attempt fails")
+            .unwrap();
+        if r.event.kind() == "AttemptFailed" {
+            break;
+        }
+    }
+    engine
+        .signal(run, "cancel", Payload::null(), "alice")
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome(&engine, run).await,
+        RunOutcome::Cancelled(_)
+    ));
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "no attempt while paused");
+    let report = engine.replay(run).await.unwrap();
+    assert_eq!(report.verdict, runtime::ReplayVerdict::Deterministic);
+}
+
 /// Issue 8, item 8: a `join` that fails on one step drops its sibling still in flight; the
 /// sibling is journaled as abandoned (`AttemptInterrupted`, `StepFailed`), and the replay of the
 /// failed run is clean.
