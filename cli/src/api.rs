@@ -298,6 +298,9 @@ pub fn verify(log: &dyn EventLog, run: Option<RunId>) -> anyhow::Result<VerifyRe
             Err(e) => report.faults.push(e.to_string()),
         }
     }
+    if run.is_none() {
+        report.faults.extend(log.damage());
+    }
     Ok(report)
 }
 

@@ -185,6 +185,10 @@ enum Command {
         #[arg(long)]
         note: String,
     },
+    /// Salvage a damaged event log: copy every record that verifies into a fresh store, keep the
+    /// damaged one beside it (log.damaged-TIME in the data directory), and say which runs lost
+    /// what. Needs the data directory to itself: stop the daemon first.
+    Recover,
     /// The simulated estate.
     Sandbox {
         #[command(subcommand)]

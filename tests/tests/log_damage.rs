@@ -270,3 +270,84 @@ async fn an_older_sled_store_is_imported() {
     assert_eq!(log.open_runs().unwrap(), vec![run]);
     assert!(dir.path().join("events.sled.imported").exists());
 }
+
+/// Issue 9, the operator's view: with one record damaged, `waymark ls` still lists every run and
+/// marks the damaged one, `verify` names the run and the position and the command that salvages
+/// the store (and exits 1), `recover` salvages into a fresh store and keeps the damaged one, and
+/// the intact runs verify afterwards. No raw storage error reaches the operator alone.
+#[tokio::test]
+async fn ls_verify_and_recover_speak_to_the_operator() {
+    let dir = temp_dir();
+    let original = store_with_runs(dir.path()).await;
+    let seg = segment_file(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let owners = frame_owners(&bytes);
+    // Damage the payload of a record in the middle of the first run's history.
+    let victim = *original.keys().next().unwrap();
+    let (start, end, _, seq) = *owners
+        .iter()
+        .find(|o| o.2 == victim && o.3 == 2)
+        .expect("the victim's third record");
+    bytes[(start + end) / 2 + 10] ^= 0xFF;
+    std::fs::write(&seg, &bytes).unwrap();
+    let data = dir.path();
+
+    let ls = crate::util::waymark(data).args(["ls"]).output().unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&ls.stdout),
+        String::from_utf8_lossy(&ls.stderr),
+    );
+    for run in original.keys() {
+        assert!(
+            out.contains(&run.to_string()[..8]),
+            "ls lists every run:\n{out}\n{err}"
+        );
+    }
+    assert!(
+        err.contains("waymark recover") && err.contains(&data.display().to_string()),
+        "ls says where the damage is and what to do:\n{err}"
+    );
+
+    let verify = crate::util::waymark(data)
+        .args(["verify"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert_eq!(verify.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("run {victim}, event #{seq}")),
+        "verify names the run and position:\n{text}"
+    );
+    assert!(!text.contains("\u{1b}["), "no escape codes:\n{text}");
+
+    let recover = crate::util::waymark(data)
+        .args(["recover"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&recover.stdout).to_string();
+    assert!(
+        text.contains(&format!("DAMAGED run {victim}")) && text.contains("old store is kept"),
+        "recover says what was lost:\n{text}\n{}",
+        String::from_utf8_lossy(&recover.stderr)
+    );
+    let aside: Vec<_> = std::fs::read_dir(data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("log.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "the damaged store is kept");
+
+    let verify = crate::util::waymark(data)
+        .args(["verify"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert!(
+        text.contains("4 runs") && text.contains("1 with faults"),
+        "after recover, only the damaged run still fails:\n{text}"
+    );
+}

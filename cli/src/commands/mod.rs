@@ -2,6 +2,7 @@
 
 mod demo;
 mod inspect;
+mod recover;
 mod runs;
 mod sandbox;
 mod schedules;
@@ -79,6 +80,7 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             reason,
         } => inspect::signal(&data_dir, &run, &signal, reason).await,
         Command::Resolve { run, note } => inspect::resolve(&data_dir, &run, &note).await,
+        Command::Recover => recover::recover(&data_dir),
         Command::Sandbox {
             command: SandboxCommand::Up { dir, faster },
         } => sandbox::up(&dir, faster).await,
@@ -87,8 +89,18 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
 
 /// Opens the event log of a data directory.
 pub fn open_log(data_dir: &Path) -> anyhow::Result<Arc<DurableLog>> {
-    waymark_engine::open_log(data_dir)
-        .with_context(|| format!("data directory {}", data_dir.display()))
+    let log = waymark_engine::open_log(data_dir)
+        .with_context(|| format!("data directory {}", data_dir.display()))?;
+    // What recovery found: the write in flight at a crash (informational), or damage.
+    for finding in &log.backend().report().findings {
+        if !finding.is_damage() {
+            tracing::info!("event log in {}: {finding}", data_dir.display());
+        }
+    }
+    for line in waymark_engine::log::EventLog::damage(log.as_ref()) {
+        eprintln!("waymark: {line}");
+    }
+    Ok(log)
 }
 
 /// An engine with every workflow and activity of this binary.

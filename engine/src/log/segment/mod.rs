@@ -822,6 +822,10 @@ fn import_or_create(dir: &Path, log_dir: &Path) -> Result<(), Error> {
     sync_dir(&importing)?;
     std::fs::rename(&importing, log_dir).map_err(|e| io_error("cannot rename", &importing, &e))?;
     sync_dir(dir)?;
+    // The data directory itself may have just been created: make its own entry durable too.
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        sync_dir(parent)?;
+    }
     if sled_dir.exists() {
         let aside = dir.join("events.sled.imported");
         std::fs::rename(&sled_dir, &aside).map_err(|e| io_error("cannot rename", &sled_dir, &e))?;
