@@ -587,6 +587,28 @@ async fn replay_of_a_join_that_dropped_a_sibling_in_flight_is_clean() {
         Event::StepFailed { step: StepRef::Workflow(0), error } if error.starts_with(waymark_engine::core::ABANDONED))));
     let report = engine.replay(run).await.unwrap();
     assert_eq!(report.verdict, runtime::ReplayVerdict::Deterministic);
+
+    // Code that waits for the abandoned step instead of dropping it diverges (and does not hang).
+    let changed = Engine::builder(log.clone())
+        .workflow_dyn(wf("join", 1, |ctx| async move {
+            ctx.step::<_, ()>("slow", &()).await?;
+            ctx.step::<_, ()>("fail", &()).await?;
+            Ok(Payload::null())
+        }))
+        .build();
+    let report = tokio::time::timeout(Duration::from_secs(60), changed.replay(run))
+        .await
+        .expect("replay of code waiting for an abandoned step ends")
+        .unwrap();
+    let runtime::ReplayVerdict::Diverged(SuspendReason::Nondeterminism { position, new, .. }) =
+        report.verdict
+    else {
+        panic!("{:?}", report.verdict)
+    };
+    assert_eq!(
+        (position, new.as_str()),
+        (0, "the code waits for its result")
+    );
 }
 
 /// Issue 8, item 13: with many parallel steps appending at once, a follower gets every record of
