@@ -66,6 +66,11 @@ pub struct ElbConnection {
     /// with a retryable timeout.
     #[serde(default)]
     pub call_timeout_ms: Option<u64>,
+    /// The AWS profile of the credential chain (`AWS_PROFILE`), resolved when a run starts
+    /// ([`ResolveConnection`]) so that every later attempt uses the same one; `None`: the
+    /// chain's own choice at each attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 impl ElbConnection {
@@ -75,6 +80,7 @@ impl ElbConnection {
             region: region.into(),
             endpoint_url,
             call_timeout_ms: None,
+            profile: None,
         }
     }
 
@@ -259,6 +265,26 @@ pub enum Error {
         /// What was read.
         read: BTreeMap<String, i32>,
     },
+    /// The standard AWS chain found no credentials at all.
+    #[error("ELBv2 at {endpoint}: no AWS credentials found in the default chain (environment, profile{profile}, IMDS); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY or AWS_PROFILE in the environment of the process that runs the steps (the daemon's, or the shell of `waymark run`/`resume`){last_source}")]
+    NoCredentials {
+        /// The endpoint.
+        endpoint: String,
+        /// ` PROFILE` when a profile was named, else empty.
+        profile: String,
+        /// `; the last source, IMDS, said: ...` when it failed, else empty.
+        last_source: String,
+    },
+    /// The standard AWS chain failed while loading credentials.
+    #[error("ELBv2 at {endpoint}: loading AWS credentials from the default chain failed: {detail}; check the AWS profile configuration (~/.aws/config, ~/.aws/credentials) or the credential source")]
+    Credentials {
+        /// The endpoint.
+        endpoint: String,
+        /// What the chain said.
+        detail: String,
+        /// Whether another attempt may help (a timeout or a service error of the source).
+        retryable: bool,
+    },
     /// The run was cancelled while the activity waited.
     #[error("ELBv2 {target}: the run was cancelled while waiting ({what}); nothing to check")]
     Cancelled {
@@ -280,7 +306,9 @@ impl Error {
             | Error::Service { .. }
             | Error::ReadBackDiffers { .. } => true,
             Error::BadResponse { status, .. } => *status >= 500 || *status == 429,
-            Error::Connection { .. }
+            Error::Credentials { retryable, .. } => *retryable,
+            Error::NoCredentials { .. }
+            | Error::Connection { .. }
             | Error::Request { .. }
             | Error::NotFound { .. }
             | Error::Denied { .. }
@@ -453,6 +481,60 @@ impl CallSite<'_> {
     }
 }
 
+/// Asks the standard chain for credentials before any call, so that a chain with none fails
+/// with that cause (non-retryable, with what to set) instead of the transport error the SDK
+/// reports for its last source (IMDS: "failed to load IMDS session token").
+async fn check_credentials(
+    config: &aws_config::SdkConfig,
+    conn: &ElbConnection,
+    endpoint: &str,
+) -> Result<(), Error> {
+    use aws_config::imds::client::error::ImdsError;
+    use aws_credential_types::provider::error::CredentialsError;
+    use aws_sdk_elasticloadbalancingv2::config::ProvideCredentials;
+    let no_credentials = |last_source: String| Error::NoCredentials {
+        endpoint: endpoint.to_owned(),
+        profile: conn
+            .profile
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" {p}")),
+        last_source,
+    };
+    let Some(provider) = config.credentials_provider() else {
+        return Err(no_credentials(String::new()));
+    };
+    match provider.provide_credentials().await {
+        Ok(_) => Ok(()),
+        Err(CredentialsError::CredentialsNotLoaded(_)) => Err(no_credentials(String::new())),
+        // IMDS is the chain's last source: its error means every other source had nothing, and
+        // the instance metadata service gives none either (disabled, refused, no role: the usual
+        // case off EC2, where "failed to load IMDS session token" hid the real cause).
+        Err(e)
+            if matches!(e, CredentialsError::ProviderError(_))
+                && std::error::Error::source(&e)
+                    .is_some_and(<dyn std::error::Error>::is::<ImdsError>) =>
+        {
+            let source = std::error::Error::source(&e)
+                .map(error_chain)
+                .unwrap_or_default();
+            Err(no_credentials(format!(
+                "; the last source, IMDS, said: {source}"
+            )))
+        }
+        Err(e) => {
+            let retryable = matches!(
+                e,
+                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_)
+            );
+            Err(Error::Credentials {
+                endpoint: endpoint.to_owned(),
+                detail: error_chain(&e),
+                retryable,
+            })
+        }
+    }
+}
+
 /// An `ELBv2` API client for one [`ElbConnection`].
 #[derive(Clone, Debug)]
 pub struct ElbClient {
@@ -511,10 +593,17 @@ impl ElbClient {
         if let Some(url) = &conn.endpoint_url {
             loader = loader.endpoint_url(url.clone());
         }
+        if let Some(profile) = &conn.profile {
+            loader = loader.profile_name(profile);
+        }
+        let explicit = credentials.is_some();
         if let Some(credentials) = credentials {
             loader = loader.credentials_provider(credentials);
         }
         let config = loader.load().await;
+        if !explicit {
+            check_credentials(&config, conn, &endpoint).await?;
+        }
         Ok(ElbClient {
             client: aws_sdk_elasticloadbalancingv2::Client::new(&config),
             endpoint,
@@ -1250,10 +1339,40 @@ impl Activity for SetTrafficWeights {
     }
 }
 
+/// `elb.resolve_connection`: the connection with the AWS profile of this process's environment
+/// (`AWS_PROFILE`) filled in, when the input names none. A workflow calls it once when a run
+/// starts, so the profile is journaled with the run and every later step (and compensation,
+/// after a restart from another shell or under the daemon) uses the same one. Reads only the
+/// environment; credentials are never read or recorded here.
+pub struct ResolveConnection;
+
+impl Activity for ResolveConnection {
+    const NAME: &'static str = "elb.resolve_connection";
+    type Input = ElbConnection;
+    type Output = ElbConnection;
+
+    async fn run(
+        &self,
+        _ctx: Context,
+        conn: ElbConnection,
+    ) -> Result<ElbConnection, activity::Error> {
+        Ok(resolve_connection(conn, std::env::var("AWS_PROFILE").ok()))
+    }
+}
+
+/// [`ResolveConnection`] with the environment's profile passed in.
+pub fn resolve_connection(mut conn: ElbConnection, env_profile: Option<String>) -> ElbConnection {
+    if conn.profile.is_none() {
+        conn.profile = env_profile.filter(|p| !p.trim().is_empty());
+    }
+    conn
+}
+
 /// Registers every `ELBv2` activity.
 pub fn register(b: EngineBuilder) -> EngineBuilder {
     b.activity(RegisterTarget)
         .activity(DeregisterTarget)
         .activity(ReadTrafficWeights)
         .activity(SetTrafficWeights)
+        .activity(ResolveConnection)
 }

@@ -123,6 +123,45 @@ impl Connection {
         )
     }
 
+    /// This connection with its context named: the kubeconfig's current context when the
+    /// connection names none. Unchanged when a context is named, or when there is no kubeconfig
+    /// and the process runs in a cluster (in-cluster configuration has no context). A workflow
+    /// resolves its connection once when a run starts ([`ResolveConnection`]) so that switching
+    /// the kubeconfig's current context mid-run cannot send later steps to another cluster.
+    pub fn resolved(&self) -> Result<Connection, Error> {
+        if self.context.is_some() {
+            return Ok(self.clone());
+        }
+        let err = |detail: String| Error::Config {
+            context: self.describe(),
+            detail,
+        };
+        let kubeconfig = match &self.kubeconfig {
+            Some(path) => Kubeconfig::read_from(path).map_err(|e| err(e.to_string()))?,
+            None => match Kubeconfig::read() {
+                Ok(kc) => kc,
+                Err(_) if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+                    return Ok(self.clone());
+                }
+                Err(e) => {
+                    return Err(err(format!(
+                        "no kubeconfig ($KUBECONFIG, ~/.kube/config: {e}) and not running in a cluster; set kubernetes.kubeconfig and kubernetes.context in the inventory"
+                    )))
+                }
+            },
+        };
+        match kubeconfig.current_context.filter(|c| !c.is_empty()) {
+            Some(context) => Ok(Connection {
+                context: Some(context),
+                ..self.clone()
+            }),
+            None => Err(err(
+                "the kubeconfig has no current-context; set kubernetes.context in the inventory"
+                    .into(),
+            )),
+        }
+    }
+
     /// A client for this connection.
     pub async fn client(&self) -> Result<kube::Client, Error> {
         let err = |detail: String| Error::Config {
@@ -482,10 +521,25 @@ impl Activity for WaitRollout {
     }
 }
 
+/// `k8s.resolve_connection`: the connection with its context named ([`Connection::resolved`]).
+/// Reads the kubeconfig only; non-retryable when it has no usable context.
+pub struct ResolveConnection;
+
+impl Activity for ResolveConnection {
+    const NAME: &'static str = "k8s.resolve_connection";
+    type Input = Connection;
+    type Output = Connection;
+
+    async fn run(&self, _ctx: Context, conn: Connection) -> Result<Connection, activity::Error> {
+        Ok(conn.resolved()?)
+    }
+}
+
 /// Registers the Kubernetes activities.
 pub fn register(b: EngineBuilder) -> EngineBuilder {
     b.activity(ReadReplicas)
         .activity(Scale)
         .activity(RolloutRestart)
         .activity(WaitRollout)
+        .activity(ResolveConnection)
 }

@@ -1016,12 +1016,29 @@ fn check_unit_name(unit: &str) -> Result<(), Error> {
     }
 }
 
-fn systemctl(use_sudo: bool, args: &str) -> String {
-    if use_sudo {
-        format!("sudo systemctl {args}")
+/// Quotes `value` as one word of a POSIX shell command line (remote commands run through the
+/// login shell of the SSH user). A value made only of `[A-Za-z0-9_@+:,./-]` means itself to
+/// every shell and is returned as is (so plain unit names and paths read naturally in logs);
+/// any other value, the empty string included, is wrapped in single quotes, each `'` written
+/// `'\''`. Inside single quotes no character is special (`$`, backticks, `;`, newlines, spaces).
+/// Every value interpolated into a remote command goes through this one function.
+pub fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_@+:,./-".contains(&b));
+    if plain {
+        value.to_owned()
     } else {
-        format!("systemctl {args}")
+        format!("'{}'", value.replace('\'', r"'\''"))
     }
+}
+
+/// `[sudo] systemctl VERB [FIXED_ARGS] UNIT`, the unit shell-quoted (the verb and the fixed
+/// arguments are constants of this module).
+fn systemctl(use_sudo: bool, verb_and_args: &str, unit: &str) -> String {
+    let sudo = if use_sudo { "sudo " } else { "" };
+    format!("{sudo}systemctl {verb_and_args} {}", shell_quote(unit))
 }
 
 /// `systemctl show` of `unit` over an open session, parsed.
@@ -1034,7 +1051,8 @@ pub async fn show_unit(
     let target = session.target();
     let command = systemctl(
         use_sudo,
-        &format!("show -p InvocationID,ActiveState,MainPID,ActiveEnterTimestampMonotonic,LoadState {unit}"),
+        "show -p InvocationID,ActiveState,MainPID,ActiveEnterTimestampMonotonic,LoadState",
+        unit,
     );
     let out = session
         .exec(&command)
@@ -1171,7 +1189,7 @@ pub async fn restart_unit(
             "{unit} on {}: restarting (InvocationID {}, {})",
             target.host, before.invocation_id, before.active_state
         )));
-        let command = systemctl(input.use_sudo, &format!("restart {unit}"));
+        let command = systemctl(input.use_sudo, "restart", unit);
         session
             .exec(&command)
             .await?
@@ -1194,7 +1212,7 @@ async fn wait_active(
     input: &RestartInput,
 ) -> Result<(), Error> {
     let target = session.target();
-    let command = systemctl(input.use_sudo, &format!("is-active {unit}"));
+    let command = systemctl(input.use_sudo, "is-active", unit);
     let start = tokio::time::Instant::now();
     let limit = Duration::from_millis(input.active_timeout_ms);
     loop {
@@ -1275,6 +1293,83 @@ mod tests {
         for bad in ["", "-x", "a;reboot", "a b", "$(id)"] {
             assert!(check_unit_name(bad).is_err(), "{bad}");
         }
+    }
+
+    /// issue 8, item 3: every hostile value comes back as one single-quoted word that a POSIX
+    /// shell reads back as exactly the value (checked here by a small model of sh's quoting, and
+    /// against a real shell in `tests/tests/ssh.rs`).
+    #[test]
+    fn shell_quote_makes_hostile_values_one_literal_word() {
+        assert_eq!(shell_quote("yb-tserver.service"), "yb-tserver.service");
+        assert_eq!(
+            shell_quote("/home/yugabyte/bin/yb-admin"),
+            "/home/yugabyte/bin/yb-admin"
+        );
+        assert_eq!(shell_quote("h1:7100,h2:7100"), "h1:7100,h2:7100");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        for hostile in [
+            "$(curl${IFS}x|sh):7100",
+            "`reboot`",
+            "a;reboot",
+            "a && reboot",
+            "a | sh",
+            "line1\nline2",
+            "a b",
+            "'",
+            "''",
+            "\"$(id)\"",
+            "\\",
+            "~root",
+            "*",
+            "x=1",
+            "#comment",
+            "a\tb",
+            "getty@tty1\\x2d.service",
+        ] {
+            let quoted = shell_quote(hostile);
+            assert!(
+                quoted.starts_with('\'') && quoted.ends_with('\''),
+                "{hostile:?} -> {quoted}"
+            );
+            assert_eq!(sh_single_word(&quoted), hostile, "{quoted}");
+        }
+    }
+
+    /// How sh reads a word made of single-quoted parts and `\'` (the only forms `shell_quote`
+    /// writes): panics on anything else, so an unquoted special character fails the test.
+    fn sh_single_word(word: &str) -> String {
+        let mut out = String::new();
+        let mut chars = word.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => {
+                    for q in chars.by_ref() {
+                        if q == '\'' {
+                            break;
+                        }
+                        out.push(q);
+                    }
+                }
+                '\\' => out.push(chars.next().expect("escaped character")),
+                c if c.is_ascii_alphanumeric() || "_@+:,./-".contains(c) => out.push(c),
+                c => panic!("unquoted {c:?} in {word}"),
+            }
+        }
+        out
+    }
+
+    /// issue 8, item 3: the unit name is quoted in every systemctl command line.
+    #[test]
+    fn systemctl_quotes_the_unit() {
+        assert_eq!(
+            systemctl(true, "restart", "yb-master"),
+            "sudo systemctl restart yb-master"
+        );
+        assert_eq!(
+            systemctl(false, "is-active", "a\\b"),
+            r"systemctl is-active 'a\b'"
+        );
     }
 
     #[test]

@@ -513,8 +513,7 @@ impl Activity for WaitLoadBalancer {
     type Output = String;
     async fn run(&self, ctx: Context, i: LoadBalancerInput) -> Result<String, activity::Error> {
         let host = format!("{}:{}", i.ssh.host, i.ssh.port);
-        let addrs = i.master_rpc.join(",");
-        let admin = |cmd: &str| format!("{} -master_addresses {addrs} {cmd}", i.yb_admin);
+        let admin = |cmd: &str| yb_admin_command(&i.yb_admin, &i.master_rpc, cmd);
         let run = |cmd: String| {
             let target = i.ssh.clone();
             let host = host.clone();
@@ -565,6 +564,18 @@ impl Activity for WaitLoadBalancer {
         .await
         .map_err(Into::into)
     }
+}
+
+/// The `yb-admin` command line run on a node's login shell: `YB_ADMIN -master_addresses
+/// M1,M2 SUBCOMMAND`, every value shell-quoted ([`ssh::shell_quote`]), so a path or an address
+/// holding shell syntax stays one literal word.
+pub fn yb_admin_command(yb_admin: &str, master_rpc: &[String], subcommand: &str) -> String {
+    format!(
+        "{} -master_addresses {} {}",
+        ssh::shell_quote(yb_admin),
+        ssh::shell_quote(&master_rpc.join(",")),
+        ssh::shell_quote(subcommand)
+    )
 }
 
 /// Parses `Percent complete = 42.5 : 3 remaining out of 12`.

@@ -1122,6 +1122,63 @@ fn assert_no_key_text(files: &[PathBuf], seen: &[String]) {
     }
 }
 
+/// issue 8, item 3: unit names reach `systemctl` as one literal word on both hosts: a plain name
+/// works as before, and a name with a character the shell would interpret (`\`, which systemd
+/// uses in escaped names) arrives unchanged (before the fix the shell ate the backslash).
+async fn unit_names_reach_systemctl_as_one_literal_word(peer: Peer) {
+    let t = &peer.target;
+    let state = SystemdShow
+        .run(activity_ctx(), show_input(t, UNIT))
+        .await
+        .unwrap();
+    assert_eq!(state.active_state, "active");
+    let escaped = r"no\x2dsuch";
+    let e = SystemdShow
+        .run(activity_ctx(), show_input(t, escaped))
+        .await
+        .unwrap_err();
+    assert_error(&e, false, &["not found", escaped]);
+    if let Host::OpenSsh(sshd) = &peer.host {
+        let calls = std::fs::read_to_string(sshd.dir.path().join("systemctl.log")).unwrap();
+        assert!(
+            calls.lines().any(|l| l.ends_with(escaped)),
+            "systemctl received the name unchanged: {calls}"
+        );
+    }
+}
+
+/// issue 8, item 3: `shell_quote` against a real login shell (OpenSSH): every hostile value comes
+/// back byte for byte as one argument, and nothing in it runs.
+#[tokio::test]
+async fn shell_quote_round_trips_hostile_values_through_the_login_shell() {
+    let peer = Peer::openssh();
+    let t = &peer.target;
+    let marker = peer.dir().join("pwned");
+    let m = marker.display().to_string();
+    let hostile = [
+        format!("$(touch {m})"),
+        format!("`touch {m}`"),
+        format!("x; touch {m}"),
+        format!("x\ntouch {m}"),
+        format!("x && touch {m} #"),
+        format!("'; touch {m}; echo '"),
+        format!("\"$(touch {m})\""),
+        "it's".to_owned(),
+        "a  b\tc".to_owned(),
+        "\\".to_owned(),
+        "*".to_owned(),
+        "~".to_owned(),
+        String::new(),
+    ];
+    for value in &hostile {
+        let command = format!("printf '[%s]' {}", ssh::shell_quote(value));
+        let out = ssh::run(t, &command).await.unwrap();
+        assert_eq!(out.exit_status, 0, "{command}: {out:?}");
+        assert_eq!(out.stdout, format!("[{value}]"), "{command}");
+    }
+    assert!(!marker.exists(), "a quoted value ran a command");
+}
+
 /// Each suite function, run once against OpenSSH and once against the sandbox.
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
@@ -1158,6 +1215,7 @@ conformance!(
     slow_command_times_out,
     dropped_connection_is_retryable,
     key_material_never_shows,
+    unit_names_reach_systemctl_as_one_literal_word,
 );
 
 /// A server that accepts and hangs up at once: a retryable handshake failure naming the address.

@@ -242,32 +242,227 @@ fn err(file: &Path, key: impl Into<String>, problem: impl Into<String>) -> Error
     }
 }
 
-fn check_host_port(file: &Path, key: &str, v: &str, need_port: bool) -> Result<(), Error> {
-    let (host, port) = match v.rsplit_once(':') {
-        Some((h, p)) => (h, Some(p)),
-        None => (v, None),
+/// A `host` or `host:port` split and checked: the host is a DNS name (labels of letters, digits
+/// and `-`, each 1 to 63 long, not starting or ending with `-`; 253 at most), an IPv4 address, or
+/// an IPv6 address in brackets (`[::1]:7100`); the port a number from 1 to 65535. Nothing else
+/// passes: these values end up in URLs and in command lines run by a node's shell.
+pub fn parse_host_port(v: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+        let (inner, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("{v:?}: an IPv6 address needs its closing `]`"))?;
+        if inner.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{v:?}: {inner:?} is not an IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("{v:?}: only `:port` may follow the IPv6 address"))?,
+            ),
+        };
+        (inner.to_owned(), port)
+    } else {
+        let (host, port) = match v.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (v, None),
+        };
+        if port.is_some_and(|p| p.contains(':')) {
+            return Err(format!(
+                "{v:?} has more than one `:`: write an IPv6 address in brackets ([::1]:7100)"
+            ));
+        }
+        if host.parse::<std::net::Ipv4Addr>().is_err() && !is_dns_name(host) {
+            return Err(format!(
+                "{v:?}: {host:?} is not a host name (letters, digits, `-` and `.`) or an IPv4 address"
+            ));
+        }
+        (host.to_owned(), port)
     };
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(err(file, key, format!("{v:?} is not a host or host:port")));
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+            _ => return Err(format!("{v:?}: port {p:?} is not a number from 1 to 65535")),
+        },
+    };
+    Ok((host, port))
+}
+
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+fn check_host_port(file: &Path, key: &str, v: &str, need_port: bool) -> Result<(), Error> {
+    match parse_host_port(v) {
+        Err(problem) => Err(err(file, key, problem)),
+        Ok((_, None)) if need_port => {
+            Err(err(file, key, format!("{v:?} needs a port (host:port)")))
+        }
+        Ok(_) => Ok(()),
     }
-    match port {
-        Some(p) if p.parse::<u16>().is_err() => Err(err(
+}
+
+/// `yugabyte.yb_admin`: an absolute path of `[A-Za-z0-9._/-]` only (it is run by the node's shell).
+fn check_yb_admin(file: &Path, v: &str) -> Result<(), Error> {
+    let safe = v.starts_with('/')
+        && !v.ends_with('/')
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-'));
+    if safe {
+        Ok(())
+    } else {
+        Err(err(
             file,
-            key,
-            format!("{v:?}: port {p:?} is not a number from 1 to 65535"),
-        )),
-        None if need_port => Err(err(file, key, format!("{v:?} needs a port (host:port)"))),
-        _ => Ok(()),
+            "yugabyte.yb_admin",
+            format!(
+                "{v:?} is not an absolute path of letters, digits and `._/-` (e.g. /home/yugabyte/tserver/bin/yb-admin)"
+            ),
+        ))
     }
+}
+
+/// The largest value each number of the inventory may take: far above any sensible setting,
+/// far below what could overflow the arithmetic that uses it (timeouts plus margins, polls
+/// times ten, seconds times 1,000, retry deadlines). `(key, value, minimum, maximum, unit)`.
+fn numeric_bounds(inv: &Inventory) -> Vec<(&'static str, u64, u64, u64, &'static str)> {
+    const DAY_SECS: u64 = 86_400;
+    const HOUR_MS: u64 = 3_600_000;
+    let g = &inv.gates;
+    let len = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let mut out = vec![
+        (
+            "gates.min_uptime_seconds",
+            g.min_uptime_seconds,
+            0,
+            DAY_SECS,
+            "seconds (1 day)",
+        ),
+        (
+            "gates.node_timeout_secs",
+            g.node_timeout_secs,
+            1,
+            DAY_SECS,
+            "seconds (1 day)",
+        ),
+        (
+            "gates.health_timeout_secs",
+            g.health_timeout_secs,
+            1,
+            DAY_SECS,
+            "seconds (1 day)",
+        ),
+        (
+            "gates.load_balancer_timeout_secs",
+            g.load_balancer_timeout_secs,
+            1,
+            7 * DAY_SECS,
+            "seconds (7 days)",
+        ),
+        (
+            "gates.rollout_timeout_secs",
+            g.rollout_timeout_secs,
+            1,
+            DAY_SECS,
+            "seconds (1 day)",
+        ),
+        (
+            "gates.target_healthy_timeout_secs",
+            g.target_healthy_timeout_secs,
+            1,
+            DAY_SECS,
+            "seconds (1 day)",
+        ),
+        ("gates.poll_ms", g.poll_ms, 1, 600_000, "ms (10 minutes)"),
+        (
+            "gates.retry_initial_ms",
+            g.retry_initial_ms,
+            0,
+            HOUR_MS,
+            "ms (1 hour)",
+        ),
+        (
+            "gates.retry_max_ms",
+            g.retry_max_ms,
+            0,
+            24 * HOUR_MS,
+            "ms (1 day)",
+        ),
+        (
+            "gates.retry_attempts",
+            u64::from(g.retry_attempts),
+            1,
+            1000,
+            "attempts",
+        ),
+        (
+            "yugabyte.nodes",
+            len(inv.yugabyte.nodes.len()),
+            0,
+            1000,
+            "nodes",
+        ),
+        (
+            "mirrormaker.deployments",
+            len(inv.mirrormaker.deployments.len()),
+            0,
+            100,
+            "Deployments",
+        ),
+        (
+            "services.deployments",
+            len(inv.services.deployments.len()),
+            0,
+            100,
+            "Deployments",
+        ),
+    ];
+    if let Some(v) = inv.kubernetes.request_timeout_secs {
+        out.push((
+            "kubernetes.request_timeout_secs",
+            v,
+            1,
+            3600,
+            "seconds (1 hour)",
+        ));
+    }
+    if let Some(v) = inv.ssh.connect_timeout_ms {
+        out.push(("ssh.connect_timeout_ms", v, 1, 600_000, "ms (10 minutes)"));
+    }
+    if let Some(v) = inv.ssh.command_timeout_ms {
+        out.push(("ssh.command_timeout_ms", v, 1, 24 * HOUR_MS, "ms (1 day)"));
+    }
+    out
 }
 
 impl Inventory {
     /// Reads and validates `path`; relative paths inside are resolved against its folder.
+    ///
+    /// `path` is made absolute first (against the current directory), so every resolved path is
+    /// absolute: the run's journaled input must mean the same files to a daemon (cwd `/`) and to
+    /// a `resume` from another directory.
     pub fn load(path: &Path) -> Result<Self, Error> {
+        let path = &std::path::absolute(path).map_err(|e| {
+            err(
+                path,
+                "(file)",
+                format!("cannot make the path absolute: {e}; give an absolute path"),
+            )
+        })?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| err(path, "(file)", format!("cannot read it: {e}")))?;
         let mut inv = Self::parse(path, &text)?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = path.parent().unwrap_or(Path::new("/"));
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -310,9 +505,21 @@ impl Inventory {
         Ok(inv)
     }
 
-    fn validate(&self, file: &Path) -> Result<(), Error> {
+    /// Checks every rule of the inventory (what [`Inventory::parse`] runs after reading the
+    /// TOML). Public so that whoever receives an inventory in another form (an API request, a
+    /// run's input) checks it the same way; `file` names its origin in errors.
+    pub fn validate(&self, file: &Path) -> Result<(), Error> {
         if self.cluster.name.trim().is_empty() {
             return Err(err(file, "cluster.name", "must not be empty"));
+        }
+        for (key, value, min, max, unit) in numeric_bounds(self) {
+            if value < min || value > max {
+                return Err(err(
+                    file,
+                    key,
+                    format!("{value} is out of range: give {min} to {max} {unit}"),
+                ));
+            }
         }
         for (key, list) in [
             ("mirrormaker.deployments", &self.mirrormaker.deployments),
@@ -352,6 +559,7 @@ impl Inventory {
                 "list the cluster's nodes ([[yugabyte.nodes]])",
             ));
         }
+        check_yb_admin(file, &self.yugabyte.yb_admin)?;
         let mut names = BTreeSet::new();
         for (i, n) in self.yugabyte.nodes.iter().enumerate() {
             let k = |f: &str| format!("yugabyte.nodes[{i}].{f}");
@@ -425,6 +633,15 @@ impl Inventory {
                 ));
             }
         }
+        if let Some(port) = self.register.port {
+            if !(1..=65535).contains(&port) {
+                return Err(err(
+                    file,
+                    "register.port",
+                    format!("{port} is not a port: give 1 to 65535"),
+                ));
+            }
+        }
         if let Some(url) = &self.aws.endpoint_url {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(err(
@@ -433,12 +650,6 @@ impl Inventory {
                     format!("{url:?} is not an http(s) URL"),
                 ));
             }
-        }
-        if self.gates.poll_ms == 0 {
-            return Err(err(file, "gates.poll_ms", "must be at least 1"));
-        }
-        if self.gates.retry_attempts == 0 {
-            return Err(err(file, "gates.retry_attempts", "must be at least 1"));
         }
         Ok(())
     }
@@ -475,10 +686,10 @@ impl Inventory {
 
     /// SSH target of a node.
     pub fn ssh_target(&self, node: &Node) -> SshTarget {
-        let (host, port) = match node.ssh.rsplit_once(':') {
-            Some((h, p)) => (h.to_owned(), p.parse().unwrap_or(22)),
-            None => (node.ssh.clone(), 22),
-        };
+        // Validated; an address that does not parse is kept whole, and the connection names it.
+        let (host, port) =
+            parse_host_port(&node.ssh).map_or_else(|_| (node.ssh.clone(), None), |(h, p)| (h, p));
+        let port = port.unwrap_or(22);
         let auth = match &self.ssh.key_file {
             Some(path) => SshAuth::KeyFile { path: path.clone() },
             None => SshAuth::Agent { socket: None },
@@ -526,12 +737,22 @@ impl Inventory {
         ElbConnection::new(self.aws.region.clone(), self.aws.endpoint_url.clone())
     }
 
-    /// The listener or rule carrying the zone weights.
-    pub fn traffic_source(&self) -> TrafficSource {
+    /// The listener or rule carrying the zone weights; an error (never a panic) for an
+    /// inventory that skipped validation and names neither.
+    pub fn traffic_source(&self) -> Result<TrafficSource, Error> {
         match (&self.traffic.listener_arn, &self.traffic.rule_arn) {
-            (Some(l), _) => TrafficSource::Listener(l.clone()),
-            (None, Some(r)) => TrafficSource::Rule(r.clone()),
-            (None, None) => unreachable!("validated: one of listener_arn, rule_arn"),
+            (Some(l), None) => Ok(TrafficSource::Listener(l.clone())),
+            (None, Some(r)) => Ok(TrafficSource::Rule(r.clone())),
+            (Some(_), Some(_)) => Err(err(
+                Path::new("(inventory)"),
+                "traffic.rule_arn",
+                "give either listener_arn or rule_arn, not both",
+            )),
+            (None, None) => Err(err(
+                Path::new("(inventory)"),
+                "traffic.listener_arn",
+                "missing: give listener_arn or rule_arn",
+            )),
         }
     }
 }

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{
-    DeregisterTarget, DeregisterTargetInput, ReadTrafficWeights, ReadTrafficWeightsInput,
-    RegisterTarget, RegisterTargetInput, RegisterTargetOutput, SetTrafficWeights,
-    SetTrafficWeightsInput, SetTrafficWeightsOutput, Weights,
+    DeregisterTarget, DeregisterTargetInput, ElbConnection, ReadTrafficWeights,
+    ReadTrafficWeightsInput, RegisterTarget, RegisterTargetInput, RegisterTargetOutput,
+    ResolveConnection as ResolveAwsConnection, SetTrafficWeights, SetTrafficWeightsInput,
+    SetTrafficWeightsOutput, TrafficSource, Weights,
 };
 use waymark_activities::k8s::{
-    ReadReplicas, RestartInput as RolloutRestartInput, RolloutRestart, Scale, ScaleInput,
-    WaitRollout, WaitRolloutInput,
+    Connection as KubeConnection, ReadReplicas, ResolveConnection as ResolveKubeConnection,
+    RestartInput as RolloutRestartInput, RolloutRestart, Scale, ScaleInput, WaitRollout,
+    WaitRolloutInput,
 };
 use waymark_activities::ssh::{
     RestartInput as UnitRestartInput, ShowInput, SystemdRestart, SystemdShow, UnitState,
@@ -47,7 +49,11 @@ pub struct YbMaintenance;
 
 impl Workflow for YbMaintenance {
     const NAME: &'static str = "yb-maintenance";
-    const VERSION: u32 = 1;
+    /// 2: the run checks its input, resolves (journals) the Kubernetes context and the AWS
+    /// profile first, and reads the traffic weights and every `MirrorMaker2` replica count
+    /// before step 1 (the estate check). Version 1 histories replay differently: a binary with
+    /// only this version refuses them (finish them with the binary that started them).
+    const VERSION: u32 = 2;
     type Input = Inventory;
     type Output = Summary;
 
@@ -56,14 +62,24 @@ impl Workflow for YbMaintenance {
         ctx: WorkflowContext,
         inventory: Inventory,
     ) -> Result<Summary, workflow::Error> {
-        let m = Maintenance {
-            ctx,
-            inv: inventory,
+        // Whoever started the run (CLI, daemon, schedule, a test), the input obeys the same
+        // rules as a loaded file: no number that overflows a deadline, nothing unquotable.
+        // Pure and deterministic: no command is issued, nothing was changed.
+        let invalid = |e: crate::inventory::Error| {
+            workflow::Error::failed(format!(
+                "invalid inventory, nothing was changed: {e}; fix the inventory and start a new run"
+            ))
         };
+        inventory
+            .validate(std::path::Path::new("(the run's inventory)"))
+            .map_err(invalid)?;
+        let source = inventory.traffic_source().map_err(invalid)?;
+        let m = Maintenance::resolve_connections(ctx, inventory, source).await?;
         m.health_gate_before_any_change().await?;
         m.approval_if_required().await?;
-        let traffic_before = m.step1_switch_traffic_to_zone_a().await?;
-        let mirrormaker_replicas = m.step2_stop_mirrormaker().await?;
+        let normal = m.estate_looks_normal_before_any_change().await?;
+        let traffic_before = m.step1_switch_traffic_to_zone_a(normal.traffic).await?;
+        let mirrormaker_replicas = m.step2_stop_mirrormaker(&normal.mirrormaker).await?;
         let masters_restarted = m.step3_restart_masters_one_at_a_time_leader_last().await?;
         let tservers_restarted = m.step4_restart_tservers_one_at_a_time().await?;
         m.step5_wait_for_load_balancing().await?;
@@ -101,13 +117,58 @@ pub mod steps {
 
 struct Maintenance {
     ctx: WorkflowContext,
+    /// The inventory, its Kubernetes connection resolved (context named) at the start.
     inv: Inventory,
+    /// The AWS connection, its profile resolved at the start.
+    elb: ElbConnection,
+    /// The listener or rule carrying the zone weights.
+    source: TrafficSource,
+}
+
+/// What the estate check read before any change.
+struct NormalEstate {
+    /// The traffic weights (restored by the compensation of step 1 and by step 9).
+    traffic: Weights,
+    /// `MirrorMaker2` replicas by Deployment (restored by the compensations of step 2 and by step 8).
+    mirrormaker: BTreeMap<String, i32>,
 }
 
 /// Margin added to a wait's own timeout for its attempt limit.
 const MARGIN: Duration = Duration::from_secs(60);
 
+/// What an operator should look at when the estate is not in its normal state.
+const HALF_SWITCHED_HINT: &str = "an earlier run may have left the estate half-switched: see `waymark ls --state needs-operator`, finish or compensate that run, or restore the estate by hand, then start again";
+
 impl Maintenance {
+    /// Resolves the connections once, as the run's first steps (journaled: every later step,
+    /// retry, resume and compensation uses the same Kubernetes context and AWS profile, whatever
+    /// the kubeconfig's current context or the environment say by then).
+    async fn resolve_connections(
+        ctx: WorkflowContext,
+        mut inv: Inventory,
+        source: TrafficSource,
+    ) -> Result<Self, workflow::Error> {
+        let policy = inv.retry_policy();
+        let kube: KubeConnection = ctx
+            .activity::<ResolveKubeConnection>(&inv.kube())
+            .retry(policy.clone())
+            .label("resolve the Kubernetes context for this run")
+            .await?;
+        inv.kubernetes.kubeconfig = kube.kubeconfig;
+        inv.kubernetes.context = kube.context;
+        let elb: ElbConnection = ctx
+            .activity::<ResolveAwsConnection>(&inv.elb())
+            .retry(policy)
+            .label("resolve the AWS region and profile for this run")
+            .await?;
+        Ok(Maintenance {
+            ctx,
+            inv,
+            elb,
+            source,
+        })
+    }
+
     /// A step calling activity `A`, with the inventory's retry policy.
     fn step<A: Activity>(&self, input: &A::Input) -> waymark_engine::runtime::StepCall<A::Output> {
         self.ctx.activity::<A>(input).retry(self.inv.retry_policy())
@@ -128,11 +189,7 @@ impl Maintenance {
 
     /// A long wait: its attempt limit covers its own timeout, and it must heartbeat.
     fn wait_limits(&self, timeout_secs: u64) -> (Duration, Duration) {
-        let poll = Duration::from_millis(self.gates().poll_ms);
-        (
-            Duration::from_secs(timeout_secs) + MARGIN,
-            poll * 10 + Duration::from_secs(30),
-        )
+        wait_limits(timeout_secs, self.gates().poll_ms)
     }
 
     async fn health_gate_before_any_change(&self) -> Result<(), workflow::Error> {
@@ -166,23 +223,58 @@ impl Maintenance {
         ])
     }
 
-    async fn step1_switch_traffic_to_zone_a(&self) -> Result<Weights, workflow::Error> {
-        let before: Weights = self
+    /// Before any change, the estate must look normal: zone B carries traffic (its target
+    /// group is in the forward action with a weight above 0, so not 100/0 toward zone A) and
+    /// every `MirrorMaker2` Deployment has replicas. Otherwise an earlier run may have stopped
+    /// half-way, and taking that state as "before" would make this run "restore" it at the end:
+    /// refuse, with what was seen. Only reads; the values read are the ones the run restores.
+    async fn estate_looks_normal_before_any_change(&self) -> Result<NormalEstate, workflow::Error> {
+        let traffic: Weights = self
             .step::<ReadTrafficWeights>(&ReadTrafficWeightsInput {
-                conn: self.inv.elb(),
-                source: self.inv.traffic_source(),
+                conn: self.elb.clone(),
+                source: self.source.clone(),
             })
             .label("1. read traffic weights")
             .await?;
+        let mut mirrormaker = BTreeMap::new();
+        for name in &self.inv.mirrormaker.deployments {
+            let replicas: i32 = self
+                .step::<ReadReplicas>(&self.inv.deployment(name))
+                .label(format!("2. record {name} replicas"))
+                .await?;
+            mirrormaker.insert(name.clone(), replicas);
+        }
+        let problems = abnormal_estate(
+            &traffic.by_target_group,
+            &self.inv.traffic.zone_a_target_group_arn,
+            &self.inv.traffic.zone_b_target_group_arn,
+            &mirrormaker,
+        );
+        if !problems.is_empty() {
+            return Err(workflow::Error::failed(format!(
+                "the estate does not look normal, nothing was changed: {}; {HALF_SWITCHED_HINT}",
+                problems.join("; ")
+            )));
+        }
+        Ok(NormalEstate {
+            traffic,
+            mirrormaker,
+        })
+    }
+
+    async fn step1_switch_traffic_to_zone_a(
+        &self,
+        before: Weights,
+    ) -> Result<Weights, workflow::Error> {
         let restore = SetTrafficWeightsInput {
-            conn: self.inv.elb(),
-            source: self.inv.traffic_source(),
+            conn: self.elb.clone(),
+            source: self.source.clone(),
             weights: before.by_target_group.clone(),
         };
         let _: SetTrafficWeightsOutput = self
             .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
-                conn: self.inv.elb(),
-                source: self.inv.traffic_source(),
+                conn: self.elb.clone(),
+                source: self.source.clone(),
                 weights: self.weights(100, 0),
             })
             .label("1. switch traffic to zone A")
@@ -195,14 +287,12 @@ impl Maintenance {
         Ok(before)
     }
 
-    async fn step2_stop_mirrormaker(&self) -> Result<BTreeMap<String, i32>, workflow::Error> {
-        let mut recorded = BTreeMap::new();
-        for name in &self.inv.mirrormaker.deployments {
+    async fn step2_stop_mirrormaker(
+        &self,
+        recorded: &BTreeMap<String, i32>,
+    ) -> Result<BTreeMap<String, i32>, workflow::Error> {
+        for (name, &replicas) in recorded {
             let d = self.inv.deployment(name);
-            let replicas: i32 = self
-                .step::<ReadReplicas>(&d)
-                .label(format!("2. record {name} replicas"))
-                .await?;
             let _: waymark_activities::k8s::ScaleOutput = self
                 .step::<Scale>(&ScaleInput {
                     deployment: d.clone(),
@@ -218,9 +308,8 @@ impl Maintenance {
                     format!("{name} back to {replicas} replicas"),
                 )
                 .await?;
-            recorded.insert(name.clone(), replicas);
         }
-        Ok(recorded)
+        Ok(recorded.clone())
     }
 
     async fn step3_restart_masters_one_at_a_time_leader_last(
@@ -283,7 +372,7 @@ impl Maintenance {
                 unit: unit.to_owned(),
                 use_sudo: self.inv.ssh.use_sudo,
                 expected_invocation_id: before.invocation_id,
-                active_timeout_ms: self.gates().node_timeout_secs * 1000,
+                active_timeout_ms: self.gates().node_timeout_secs.saturating_mul(1000),
                 poll_interval_ms: self.gates().poll_ms,
             })
             .label(format!("{n}. restart {unit} on {name}"))
@@ -341,7 +430,7 @@ impl Maintenance {
         let (limit, beat) = self.wait_limits(self.gates().target_healthy_timeout_secs);
         let out: RegisterTargetOutput = self
             .step::<RegisterTarget>(&RegisterTargetInput {
-                conn: self.inv.elb(),
+                conn: self.elb.clone(),
                 target_group_arn: r.target_group_arn.clone(),
                 target_id: r.target_id.clone(),
                 port: r.port,
@@ -355,7 +444,7 @@ impl Maintenance {
             .compensate_with(
                 DeregisterTarget::NAME,
                 &DeregisterTargetInput {
-                    conn: self.inv.elb(),
+                    conn: self.elb.clone(),
                     target_group_arn: r.target_group_arn.clone(),
                     target_id: r.target_id.clone(),
                     port: r.port,
@@ -423,16 +512,70 @@ impl Maintenance {
     ) -> Result<(), workflow::Error> {
         let _: SetTrafficWeightsOutput = self
             .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
-                conn: self.inv.elb(),
-                source: self.inv.traffic_source(),
+                conn: self.elb.clone(),
+                source: self.source.clone(),
                 weights: before.by_target_group.clone(),
             })
             .label("9. switch traffic back to zone B")
             .retry(RetryPolicy {
-                max_attempts: Some(self.inv.gates.retry_attempts + 1),
+                max_attempts: Some(self.inv.gates.retry_attempts.saturating_add(1)),
                 ..self.inv.retry_policy()
             })
             .await?;
         Ok(())
     }
+}
+
+/// A long wait's attempt limit (its own timeout plus a margin) and heartbeat limit (ten polls
+/// plus 30 s), saturating: no inventory value can make them overflow.
+pub fn wait_limits(timeout_secs: u64, poll_ms: u64) -> (Duration, Duration) {
+    let poll = Duration::from_millis(poll_ms);
+    (
+        Duration::from_secs(timeout_secs).saturating_add(MARGIN),
+        poll.saturating_mul(10)
+            .saturating_add(Duration::from_secs(30)),
+    )
+}
+
+/// What is not normal about the estate before a run changes anything (empty: normal): zone B's
+/// target group must carry traffic (be in the forward action with a weight above 0) and zone A's
+/// must be in it too; every `MirrorMaker2` Deployment must have replicas.
+pub fn abnormal_estate(
+    weights: &BTreeMap<String, i32>,
+    arn_of_zone_a: &str,
+    arn_of_zone_b: &str,
+    mirrormaker: &BTreeMap<String, i32>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let seen = || {
+        let a = weights
+            .get(arn_of_zone_a)
+            .map_or_else(|| "absent".to_owned(), ToString::to_string);
+        let b = weights
+            .get(arn_of_zone_b)
+            .map_or_else(|| "absent".to_owned(), ToString::to_string);
+        format!("traffic weights are zone A={a} zone B={b}")
+    };
+    match weights.get(arn_of_zone_b) {
+        Some(b) if *b > 0 => {
+            if !weights.contains_key(arn_of_zone_a) {
+                problems.push(format!(
+                    "{}: zone A's target group {arn_of_zone_a} is not in the forward action",
+                    seen()
+                ));
+            }
+        }
+        _ => problems.push(format!(
+            "{}: zone B carries no traffic (the run expects zone B's target group {arn_of_zone_b} weighted above 0 before it moves traffic to zone A)",
+            seen()
+        )),
+    }
+    for (name, replicas) in mirrormaker {
+        if *replicas <= 0 {
+            problems.push(format!(
+                "MirrorMaker2 Deployment {name} has {replicas} replicas (expected more than 0)"
+            ));
+        }
+    }
+    problems
 }

@@ -84,15 +84,20 @@ pub async fn plan(inv: &Inventory) -> Plan {
             "approved".into(),
         );
     }
-    let weights = ReadTrafficWeights
-        .run(
-            ctx(),
-            ReadTrafficWeightsInput {
-                conn: inv.elb(),
-                source: inv.traffic_source(),
-            },
-        )
-        .await;
+    let weights = match inv.traffic_source() {
+        Ok(source) => {
+            ReadTrafficWeights
+                .run(
+                    ctx(),
+                    ReadTrafficWeightsInput {
+                        conn: inv.elb(),
+                        source,
+                    },
+                )
+                .await
+        }
+        Err(e) => Err(activity::Error::fatal(e.to_string())),
+    };
     let a = &inv.traffic.zone_a_target_group_arn;
     let b = &inv.traffic.zone_b_target_group_arn;
     let current_weights = match &weights {
@@ -166,17 +171,16 @@ pub async fn plan(inv: &Inventory) -> Plan {
     let tservers = ListTServers.run(ctx(), inv.masters()).await;
     for n in inv.yugabyte.nodes.iter().filter(|n| n.tserver) {
         let current = match &tservers {
-            Ok(ts) => {
-                ts.iter()
-                    .find(|t| t.host == n.address)
-                    .map_or(NOT_IN_CLUSTER.into(), |t| {
-                        format!(
-                            "{} up {} s",
-                            if t.alive { "ALIVE" } else { "DEAD" },
-                            t.uptime_seconds
-                        )
-                    })
-            }
+            Ok(ts) => ts
+                .iter()
+                .find(|t| t.host == n.address)
+                .map_or(NOT_IN_CLUSTER.into(), |t| {
+                    format!(
+                        "{} up {} s",
+                        if t.alive { "ALIVE" } else { "DEAD" },
+                        t.uptime_seconds
+                    )
+                }),
             Err(e) => note(e.clone()),
         };
         push(
