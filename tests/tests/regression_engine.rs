@@ -207,9 +207,7 @@ async fn activity_panic_fails_the_attempt_without_retry_and_the_run_ends() {
             c.fetch_add(1, Ordering::SeqCst);
             async {
                 let nodes: Vec<u32> = Vec::new();
-                if nodes.is_empty() {
-                    panic!("no tserver in the inventory");
-                }
+                assert!(!nodes.is_empty(), "no tserver in the inventory");
                 Ok(Payload::null())
             }
         })
