@@ -610,35 +610,38 @@ impl DynWorkflow for FnWorkflow {
 
 /// Issue 8, item 13 (CLI part): `follow_lines` dropped every record with `seq <= last` and
 /// ignored a lagging broadcast, so `attach` could silently miss events. 500 parallel steps
-/// (1,500 records, more than the broadcast holds) while the follower's reader is stalled: every
-/// record is delivered once, in sequence order.
+/// (1,500 records, more than the broadcast holds) while the follower's reader is stalled and the
+/// run still going: every record is delivered once, in sequence order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follow_delivers_every_event_in_order_under_many_parallel_steps() {
-    let gate = Arc::new(tokio::sync::Notify::new());
-    let wf_gate = gate.clone();
     let body: Body = Arc::new(move |ctx: WorkflowContext, _| {
-        let gate = wf_gate.clone();
         Box::pin(async move {
             let () = ctx.step("gate", &()).await?;
-            let _ = &gate;
             let steps: Vec<_> = (0..500u32)
                 .map(|i| ctx.step::<u32, u32>("echo", &i).into_future())
                 .collect();
             let outs = futures::future::try_join_all(steps).await?;
+            let () = ctx.step("hold", &()).await?;
             Ok(Payload::encode(&outs.len()).unwrap())
         })
     });
-    let log = waymark_engine::memory_log();
-    let release = gate.clone();
-    let engine = Engine::builder(log.clone())
-        .workflow_dyn(Arc::new(FnWorkflow(body)))
-        .activity_fn("gate", move |_, input| {
-            let release = release.clone();
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let hold = Arc::new(tokio::sync::Notify::new());
+    let waits_for = |n: &Arc<tokio::sync::Notify>| {
+        let n = n.clone();
+        move |_, input| {
+            let n = n.clone();
             async move {
-                release.notified().await;
+                n.notified().await;
                 Ok(input)
             }
-        })
+        }
+    };
+    let log = waymark_engine::memory_log();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(Arc::new(FnWorkflow(body)))
+        .activity_fn("gate", waits_for(&gate))
+        .activity_fn("hold", waits_for(&hold))
         .activity_fn("echo", |_, input| async move { Ok(input) })
         .build();
     let run = engine
@@ -650,14 +653,31 @@ async fn follow_delivers_every_event_in_order_under_many_parallel_steps() {
         let engine = engine.clone();
         tokio::spawn(async move { waymark_cli::follow::follow_lines(&engine, run, tx).await })
     };
-    // The follower has subscribed once its first line arrives; then its reader stalls.
+    // The follower has subscribed once its first line arrives; then its reader stalls while
+    // every parallel step runs (the run itself then waits at "hold": it is still going).
     let mut lines = vec![rx.recv().await.unwrap()];
     gate.notify_one();
+    let completed = || {
+        log.read(run)
+            .unwrap()
+            .iter()
+            .filter(|r| matches!(r.event, Event::StepCompleted { .. }))
+            .count()
+    };
+    crate::util::wait_until(Duration::from_secs(120), "500 parallel steps done", || {
+        completed() > 500
+    })
+    .await;
+    let reader = tokio::spawn(async move {
+        while let Some(line) = rx.recv().await {
+            lines.push(line);
+        }
+        lines
+    });
+    hold.notify_one();
     engine.wait(run).await.unwrap();
-    while let Some(line) = rx.recv().await {
-        lines.push(line);
-    }
     follower.await.unwrap().unwrap();
+    let lines = reader.await.unwrap();
     let seqs: Vec<u64> = lines
         .iter()
         .filter_map(|l| match l {
@@ -714,18 +734,18 @@ fn damaged_runs_are_counted_by_metrics_and_listed_by_ls() {
     let run = needs_operator_run(&data, &sandbox_inventory(&sb));
     damage(&data, run, 2);
     let token = write_token(dir.path(), 0o600);
-    let port = crate::util::closed_port().to_string();
+    let addr = format!("127.0.0.1:{}", crate::util::closed_port());
     let _daemon = DaemonProcess::start(
         &data,
         &[
             "--listen-tcp",
-            &port,
+            &addr,
             "--token-file",
             token.to_str().unwrap(),
         ],
     );
     let (code, body) = http_tcp(
-        &format!("127.0.0.1:{port}"),
+        &addr,
         "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
          Authorization: Bearer s3cr3t-token-for-waymark-tests\r\n\r\n",
     );
