@@ -273,8 +273,9 @@ async fn an_older_sled_store_is_imported() {
 
 /// Issue 9, the operator's view: with one record damaged, `waymark ls` still lists every run and
 /// marks the damaged one, `verify` names the run and the position and the command that salvages
-/// the store (and exits 1), `recover` salvages into a fresh store and keeps the damaged one, and
-/// the intact runs verify afterwards. No raw storage error reaches the operator alone.
+/// the store (and exits 1), `recover` salvages the intact runs into a fresh store, quarantines the
+/// damaged one with its last verified event, keeps the damaged store, and everything verifies
+/// afterwards. No raw storage error reaches the operator alone.
 #[tokio::test]
 async fn ls_verify_and_recover_speak_to_the_operator() {
     let dir = temp_dir();
@@ -329,8 +330,12 @@ async fn ls_verify_and_recover_speak_to_the_operator() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&recover.stdout).to_string();
+    assert_eq!(recover.status.code(), Some(1), "{text}");
     assert!(
-        text.contains(&format!("DAMAGED run {victim}")) && text.contains("old store is kept"),
+        text.contains(&format!(
+            "QUARANTINED run {victim}: run {victim}, event #{seq}"
+        )) && text.contains("last verified event: #1")
+            && text.contains("old store is kept"),
         "recover says what was lost:\n{text}\n{}",
         String::from_utf8_lossy(&recover.stderr)
     );
@@ -346,8 +351,9 @@ async fn ls_verify_and_recover_speak_to_the_operator() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&verify.stdout).to_string();
+    assert_eq!(verify.status.code(), Some(0), "{text}");
     assert!(
-        text.contains("4 runs") && text.contains("1 with faults"),
-        "after recover, only the damaged run still fails:\n{text}"
+        text.contains("3 runs") && text.contains("0 with faults"),
+        "after recover, the three intact runs verify and the damaged one is quarantined:\n{text}"
     );
 }

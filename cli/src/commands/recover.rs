@@ -24,20 +24,25 @@ pub fn recover(data_dir: &Path) -> anyhow::Result<ExitCode> {
     let summary = backend
         .salvage()
         .with_context(|| format!("recovering the event log in {}", data_dir.display()))?;
-    for (run, why) in &summary.damaged_runs {
-        println!("DAMAGED run {run}: {why}");
+    for (run, why) in &summary.shortened_runs {
+        println!("SHORTENED run {run}: {why}");
+    }
+    for (run, why) in &summary.quarantined_runs {
+        println!("QUARANTINED run {run}: {why}");
     }
     println!(
-        "recovered {} records of {} runs into a fresh store ({} runs verify, {} damaged); the old store is kept in {}",
+        "recovered {} records of {} runs into a fresh store ({} shortened, {} quarantined); the old store is kept in {}",
         summary.records,
         summary.runs,
-        summary.intact_runs,
-        summary.damaged_runs.len(),
+        summary.shortened_runs.len(),
+        summary.quarantined_runs.len(),
         summary.moved_aside.display()
     );
-    Ok(if summary.damaged_runs.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(
+        if summary.shortened_runs.is_empty() && summary.quarantined_runs.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        },
+    )
 }

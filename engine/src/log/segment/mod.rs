@@ -626,6 +626,22 @@ impl SegmentBackend {
     }
 }
 
+/// The last event of the longest verifying prefix of a run's records, described.
+fn verified_prefix(run: RunId, records: &[(u64, Vec<u8>)]) -> String {
+    let mut last = None;
+    let mut prev = [0u8; 32];
+    for (i, (seq, bytes)) in records.iter().enumerate() {
+        match codec::decode(run, *seq, bytes) {
+            Ok(rec) if *seq == i as u64 && rec.prev_hash == prev => {
+                prev = rec.hash;
+                last = Some(format!("#{seq} {} at {}", rec.event.kind(), rec.at));
+            }
+            _ => break,
+        }
+    }
+    last.unwrap_or_else(|| "none (its first event is lost)".into())
+}
+
 /// Runs named in damaged bytes, with the first position lost and where.
 fn lost_records(report: &RecoveryReport) -> BTreeMap<RunId, (u64, String)> {
     let mut lost: BTreeMap<RunId, (u64, String)> = BTreeMap::new();
@@ -943,24 +959,29 @@ impl Backend for SegmentBackend {
 pub struct Salvage {
     /// Where the old segment directory now is (kept, never deleted).
     pub moved_aside: PathBuf,
-    /// Runs copied.
+    /// Runs copied into the fresh store (each verifies there).
     pub runs: usize,
     /// Records copied.
     pub records: usize,
-    /// Runs whose history verifies in the new store.
-    pub intact_runs: usize,
-    /// Runs that still fail verification, with the reason (their lost records cannot be made up).
-    pub damaged_runs: Vec<(RunId, String)>,
+    /// Runs copied whose history is shorter than it was (they lost their last records): what
+    /// was lost. They verify, and are open again if their end was lost: check the estate.
+    pub shortened_runs: Vec<(RunId, String)>,
+    /// Runs left out of the fresh store because their history does not verify (a record in the
+    /// middle was lost), with the reason and their last verified event. Their records stay in the
+    /// kept store.
+    pub quarantined_runs: Vec<(RunId, String)>,
     /// What recovery had found in the old store.
     pub findings: Vec<Finding>,
 }
 
 impl SegmentBackend {
-    /// Copies every record that verifies into a fresh store and puts it in place of this one,
-    /// which is renamed `log.damaged-<unix seconds>` beside it. Records are copied byte for byte,
-    /// so each run keeps its hash chain; a run that lost a record stays visibly damaged rather
-    /// than being shortened (a shortened run could repeat a step that its lost records show as
-    /// done).
+    /// Copies every run whose history verifies, byte for byte (each keeps its hash chain), into a
+    /// fresh store, and puts it in place of this one, which is renamed `log.damaged-<unix
+    /// seconds>` beside it (kept, never deleted). A run that lost a record in the middle of its
+    /// history cannot be made whole: it is left out (quarantined) and named with its last
+    /// verified event, rather than shortened, because a shortened history could repeat a step
+    /// that its lost records show as done, and a run that can never load would block its cluster
+    /// forever. A run that lost only its last records is copied and named.
     pub fn salvage(self) -> Result<Salvage, Error> {
         let dir = self
             .inner
@@ -986,8 +1007,8 @@ impl SegmentBackend {
             moved_aside: PathBuf::new(),
             runs: 0,
             records: 0,
-            intact_runs: 0,
-            damaged_runs: Vec::new(),
+            shortened_runs: Vec::new(),
+            quarantined_runs: Vec::new(),
             findings: self.inner.report.findings.clone(),
         };
         let path = segment_path(&fresh, 1);
@@ -1003,15 +1024,24 @@ impl SegmentBackend {
                 continue;
             }
             match (self.inner.lost.get(&run), super::decode_chain(run, &kept)) {
-                (None, Ok(_)) => out.intact_runs += 1,
-                (Some((seq, _)), Ok(_)) => out.damaged_runs.push((
+                (None, Ok(_)) => {}
+                (Some((seq, _)), Ok(_)) => out.shortened_runs.push((
                     run,
                     format!(
                         "event #{seq} and any after it were lost; its history now ends at #{}: check the estate before resuming it",
                         kept.last().map_or(0, |k| k.0)
                     ),
                 )),
-                (_, Err(e)) => out.damaged_runs.push((run, e.to_string())),
+                (_, Err(e)) => {
+                    let verified = verified_prefix(run, &kept);
+                    out.quarantined_runs.push((
+                        run,
+                        format!(
+                            "{e}; left out of the fresh store (its records stay in the kept one); last verified event: {verified}; check the estate this run was changing"
+                        ),
+                    ));
+                    continue;
+                }
             }
             let mut buf = Vec::new();
             let start = format::begin_batch(&mut buf);
