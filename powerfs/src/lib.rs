@@ -34,9 +34,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 /// Size of the pages the volatile layer keeps and a [`CutMode::RandomPages`] cut persists.
@@ -1221,7 +1221,9 @@ impl Filesystem for Fs {
 /// [`PowerFs::cut`] with [`CutMode::DropAll`]).
 pub struct PowerFs {
     shared: Shared,
-    session: Option<BackgroundSession>,
+    /// Unmounts this mount (and only it: taken before the lazy unmount, so that it can never
+    /// unmount a later mount on the same mountpoint).
+    session: Option<fuser::SessionUnmounter>,
     mountpoint: PathBuf,
     backing: PathBuf,
 }
@@ -1273,7 +1275,7 @@ impl PowerFs {
             fuser::MountOption::Subtype("powerfs".into()),
             fuser::MountOption::DefaultPermissions,
         ];
-        let session = fuser::spawn_mount(
+        let mut session = fuser::Session::new(
             Fs {
                 shared: shared.clone(),
             },
@@ -1284,9 +1286,19 @@ impl PowerFs {
             mountpoint: mountpoint.to_owned(),
             source,
         })?;
+        let unmounter = session.unmount_callable();
+        // The serving thread ends when the kernel ends the connection (unmounted and the last
+        // open file closed); nobody joins it.
+        std::thread::Builder::new()
+            .name("powerfs".into())
+            .spawn(move || session.run())
+            .map_err(|source| Error::Mount {
+                mountpoint: mountpoint.to_owned(),
+                source,
+            })?;
         Ok(PowerFs {
             shared,
-            session: Some(session),
+            session: Some(unmounter),
             mountpoint: mountpoint.to_owned(),
             backing: backing.to_owned(),
         })
@@ -1334,20 +1346,17 @@ impl PowerFs {
     }
 
     fn detach(&mut self) {
-        if let Some(session) = self.session.take() {
-            // Lazy unmount (processes still holding files keep them, and get `EIO`); the serving
-            // thread ends when the last of them is closed.
-            let _ = std::process::Command::new("fusermount3")
-                .args(["-u", "-z", "-q", "--"])
-                .arg(&self.mountpoint)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            let _ = std::thread::Builder::new()
-                .name("powerfs-unmount".into())
-                .spawn(move || {
-                    let _ = session.umount_and_join();
-                });
+        if let Some(mut unmounter) = self.session.take() {
+            // A plain unmount first (fails while a process still holds a file of the mount) ...
+            if unmounter.unmount().is_err() {
+                // ... else a lazy one: processes still holding files keep them (and get `EIO`).
+                let _ = std::process::Command::new("fusermount3")
+                    .args(["-u", "-z", "-q", "--"])
+                    .arg(&self.mountpoint)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            }
             // Wait until the mount is gone from this namespace so that a remount can follow.
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while is_mounted(&self.mountpoint) && std::time::Instant::now() < deadline {
