@@ -10,18 +10,25 @@
 //!
 //! Model, and where it differs from AWS and from moto:
 //! - A registered target is `initial` (reason `Elb.RegistrationInProgress`) for
-//!   [`State::initial_ms`] (300 ms in the seed estate), then `healthy`; moto makes it `healthy` at
-//!   once, AWS after its health checks pass. A target listed in [`State::failing_targets`] is
-//!   `unhealthy` (reason `Target.FailedHealthChecks`) instead.
+//!   [`State::initial_ms`] (the health check interval times the healthy threshold, scaled: 10 s x
+//!   3 at time scale 1), then `healthy`, as on AWS; moto makes it `healthy` at once. A target
+//!   listed in [`State::failing_targets`] is `unhealthy` (reason `Target.FailedHealthChecks`).
 //! - A target not in the group is `unused` with reason `Target.NotRegistered`, as AWS answers
-//!   (moto says `unavailable` for an IP it never saw). Deregistration is immediate: no `draining`.
+//!   (moto says `unavailable` for an IP it never saw). A deregistered target is `draining` (reason
+//!   `Target.DeregistrationInProgress`) for [`State::deregistration_delay_ms`] (300 s scaled), then
+//!   gone; registering it again while it drains makes it `initial` again.
+//! - The seed's target groups each hold the IPs of their zone's three nodes (`10.20.1.11`..
+//!   for zone A, `10.20.2.11`.. for zone B), healthy since long before the sandbox started.
 //! - Registering a registered target again, or deregistering one that is not registered, succeeds
 //!   without change (moto refuses the latter with `InvalidTarget`).
 //! - Signatures are not checked, but a request must carry an `AWS4-HMAC-SHA256` `Authorization`
 //!   header (else 403 `MissingAuthenticationToken`); credentials are never stored nor logged.
-//! - The seed's load balancer is a `network` one whose listener forwards to two weighted target
-//!   groups and has one rule; AWS allows weighted forwards and rules on application load balancers
-//!   only, moto (and this sandbox) on both.
+//! - Weighted forwards (more than one target group in a forward action) and listener rules exist
+//!   on application load balancers only: on a `network` load balancer `CreateListener`,
+//!   `ModifyListener` refuse them with 400 `InvalidConfigurationRequest`, and `CreateRule` with
+//!   400 `InvalidConfigurationRequest`, as AWS does (moto accepts both). The seed's business
+//!   traffic goes through the application load balancer `offerup`; the `YugabyteDB` network load
+//!   balancer `yb-ext` forwards to one target group.
 //!
 //! Every mutating call updates [`State`] through [`Shared::mutate`] and appends an effect
 //! (`system` `elb`; actions `register`, `deregister`, `modify-listener`, `modify-rule`,
@@ -120,6 +127,17 @@ pub struct Target {
     pub availability_zone: Option<String>,
     /// When it was registered (ms since the epoch).
     pub registered_at_ms: i64,
+}
+
+/// A deregistered target while it drains.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    /// Its target group.
+    pub target_group_arn: String,
+    /// The target.
+    pub target: Target,
+    /// When the draining ends (ms since the epoch).
+    pub until_ms: i64,
 }
 
 /// A target group.
@@ -226,6 +244,14 @@ pub struct State {
     pub rules: Vec<Rule>,
     /// How long a registered target stays `initial`, ms.
     pub initial_ms: i64,
+    /// How long a deregistered target drains, ms.
+    pub deregistration_delay_ms: i64,
+    /// `HealthCheckIntervalSeconds` shown for every target group (real seconds).
+    pub health_check_interval_s: i64,
+    /// `HealthyThresholdCount` shown for every target group.
+    pub healthy_threshold: i64,
+    /// Targets draining after their deregistration.
+    pub draining: Vec<Draining>,
     /// Target ids whose health checks fail (`unhealthy`).
     pub failing_targets: BTreeSet<String>,
     /// Resources created so far (for ids).
@@ -265,6 +291,7 @@ impl State {
     /// `yb-ext` with one TCP 5433 IP target group per zone (`aws-useast1-prod-<zone>-yb-ext-prod`)
     /// and a TCP listener forwarding to the last zone's.
     pub fn from_spec(spec: &Spec) -> Self {
+        let t = spec.scaled();
         let mut zones: Vec<String> = Vec::new();
         for n in &spec.nodes {
             if !zones.contains(&n.zone) {
@@ -297,7 +324,16 @@ impl State {
                 created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             }
         };
-        let target_group = |name: String, protocol: &str, port: i32| TargetGroup {
+        let zone_ips = |zone: &str| -> Vec<String> {
+            let z = zones.iter().position(|x| x == zone).unwrap_or(0) + 1;
+            spec.nodes
+                .iter()
+                .filter(|n| n.zone == zone)
+                .enumerate()
+                .map(|(i, _)| format!("10.20.{z}.{}", 11 + i))
+                .collect()
+        };
+        let target_group = |name: String, protocol: &str, port: i32, zone: &str| TargetGroup {
             arn: arn(&format!("targetgroup/{name}/{}", hex_id(&name))),
             name,
             protocol: protocol.into(),
@@ -305,7 +341,15 @@ impl State {
             vpc_id: VPC.into(),
             target_type: "ip".into(),
             health_check_protocol: protocol.into(),
-            targets: Vec::new(),
+            targets: zone_ips(zone)
+                .into_iter()
+                .map(|id| Target {
+                    id,
+                    port,
+                    availability_zone: None,
+                    registered_at_ms: 0,
+                })
+                .collect(),
         };
         let forward = |groups: &[&TargetGroup], weight_of: &dyn Fn(usize) -> i32| Action {
             order: None,
@@ -324,7 +368,7 @@ impl State {
         let app = load_balancer(LOAD_BALANCER, "application", "internet-facing");
         let traffic: Vec<TargetGroup> = zones
             .iter()
-            .map(|z| target_group(target_group_name(z), "HTTP", TRAFFIC_PORT))
+            .map(|z| target_group(target_group_name(z), "HTTP", TRAFFIC_PORT, z))
             .collect();
         let last = traffic.len() - 1;
         let weighted = forward(&traffic.iter().collect::<Vec<_>>(), &|i| {
@@ -357,7 +401,7 @@ impl State {
         let net = load_balancer(YB_LOAD_BALANCER, "network", "internal");
         let yb: Vec<TargetGroup> = zones
             .iter()
-            .map(|z| target_group(yb_target_group_name(z), "TCP", PORT))
+            .map(|z| target_group(yb_target_group_name(z), "TCP", PORT, z))
             .collect();
         let yb_last = yb.len() - 1;
         let yb_forward = forward(&[&yb[yb_last]], &|_| 1);
@@ -386,7 +430,11 @@ impl State {
             load_balancers: vec![app, net],
             target_groups: traffic.into_iter().chain(yb).collect(),
             rules: vec![rule],
-            initial_ms: 300,
+            initial_ms: t.health_check_interval_ms * t.healthy_threshold,
+            deregistration_delay_ms: t.deregistration_delay_ms,
+            health_check_interval_s: spec.timing.health_check_interval_ms / 1000,
+            healthy_threshold: t.healthy_threshold,
+            draining: Vec::new(),
             failing_targets: BTreeSet::new(),
             created: 0,
         }
@@ -450,6 +498,54 @@ impl State {
         hex_id(&format!("{what} {}", self.created))
     }
 
+    /// Drops the targets whose draining ended.
+    pub fn advance(&mut self, now: i64) {
+        self.draining.retain(|d| d.until_ms > now);
+    }
+
+    /// Ground truth: every `LISTENER_OR_RULE -> TARGET_GROUP_NAME` forward with a weight above 0
+    /// to a target group with no healthy target at `now`.
+    pub fn unhealthy_forwards(&self, now: i64) -> Vec<String> {
+        let sources = self
+            .listeners
+            .iter()
+            .map(|l| (&l.arn, &l.default_actions))
+            .chain(self.rules.iter().map(|r| (&r.arn, &r.actions)));
+        let mut out = Vec::new();
+        for (source, actions) in sources {
+            for g in actions.iter().flat_map(|a| &a.target_groups) {
+                if g.weight <= 0 {
+                    continue;
+                }
+                let Some(tg) = self
+                    .target_groups
+                    .iter()
+                    .find(|t| t.arn == g.target_group_arn)
+                else {
+                    continue;
+                };
+                let healthy = tg
+                    .targets
+                    .iter()
+                    .any(|t| self.health(tg, &t.id, t.port, now).0 == "healthy");
+                if !healthy {
+                    out.push(format!("{source} -> {}", tg.name));
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether any listener or rule forwards to `target_group_arn` with a weight above 0.
+    pub fn forwards_to(&self, target_group_arn: &str) -> bool {
+        self.listeners
+            .iter()
+            .flat_map(|l| &l.default_actions)
+            .chain(self.rules.iter().flat_map(|r| &r.actions))
+            .flat_map(|a| &a.target_groups)
+            .any(|g| g.target_group_arn == target_group_arn && g.weight > 0)
+    }
+
     fn health(
         &self,
         tg: &TargetGroup,
@@ -458,6 +554,21 @@ impl State {
         now: i64,
     ) -> (&'static str, Option<(&'static str, &'static str)>) {
         match tg.targets.iter().find(|t| t.id == id && t.port == port) {
+            None if self.draining.iter().any(|d| {
+                d.target_group_arn == tg.arn
+                    && d.target.id == id
+                    && d.target.port == port
+                    && d.until_ms > now
+            }) =>
+            {
+                (
+                    "draining",
+                    Some((
+                        "Target.DeregistrationInProgress",
+                        "Target deregistration is in progress",
+                    )),
+                )
+            }
             None => (
                 "unused",
                 Some((
@@ -634,7 +745,7 @@ impl Xml {
         self.leaf("IpAddressType", "ipv4");
     }
 
-    fn target_group(&mut self, tg: &TargetGroup, load_balancers: &[String]) {
+    fn target_group(&mut self, tg: &TargetGroup, load_balancers: &[String], checks: (i64, i64)) {
         self.leaf("TargetGroupArn", &tg.arn);
         self.leaf("TargetGroupName", &tg.name);
         self.leaf("Protocol", &tg.protocol);
@@ -643,9 +754,9 @@ impl Xml {
         self.leaf("HealthCheckProtocol", &tg.health_check_protocol);
         self.leaf("HealthCheckPort", "traffic-port");
         self.leaf("HealthCheckEnabled", "true");
-        self.leaf("HealthCheckIntervalSeconds", "30");
+        self.leaf("HealthCheckIntervalSeconds", &checks.0.to_string());
         self.leaf("HealthCheckTimeoutSeconds", "10");
-        self.leaf("HealthyThresholdCount", "5");
+        self.leaf("HealthyThresholdCount", &checks.1.to_string());
         self.leaf("UnhealthyThresholdCount", "2");
         self.list("LoadBalancerArns", load_balancers, |x, arn| {
             x.raw(&escape(arn));
@@ -1208,7 +1319,11 @@ fn describe_target_groups(st: &State, p: &Params) -> ApiResult {
     }
     let mut x = Xml::default();
     x.list("TargetGroups", found, |x, t| {
-        x.target_group(t, &load_balancers_of(st, &t.arn));
+        x.target_group(
+            t,
+            &load_balancers_of(st, &t.arn),
+            (st.health_check_interval_s, st.healthy_threshold),
+        );
     });
     Ok(x)
 }
@@ -1311,9 +1426,16 @@ fn describe_target_health(st: &State, p: &Params) -> ApiResult {
         .find(|t| t.arn == tg_arn)
         .ok_or_else(ApiError::target_group_not_found)?;
     let asked = p.targets()?;
+    let now = now_ms();
     let targets: Vec<(String, i32, Option<String>)> = if asked.is_empty() {
         tg.targets
             .iter()
+            .chain(
+                st.draining
+                    .iter()
+                    .filter(|d| d.target_group_arn == tg.arn && d.until_ms > now)
+                    .map(|d| &d.target),
+            )
             .map(|t| (t.id.clone(), t.port, t.availability_zone.clone()))
             .collect()
     } else {
@@ -1322,7 +1444,6 @@ fn describe_target_health(st: &State, p: &Params) -> ApiResult {
             .map(|(id, port, zone)| (id, port.unwrap_or(tg.port), zone))
             .collect()
     };
-    let now = now_ms();
     let mut x = Xml::default();
     x.list(
         "TargetHealthDescriptions",
@@ -1381,8 +1502,19 @@ fn register_targets(shared: &Shared, p: &Params) -> ApiResult {
             validate_target(tg, id)?;
         }
         let mut added = Vec::new();
+        let tg_arn_now = tg.arn.clone();
+        let default_port = tg.port;
         for (id, port, zone) in &targets {
-            let port = port.unwrap_or(tg.port);
+            let port = port.unwrap_or(default_port);
+            st.elb.draining.retain(|d| {
+                !(d.target_group_arn == tg_arn_now && &d.target.id == id && d.target.port == port)
+            });
+            let tg = st
+                .elb
+                .target_groups
+                .iter_mut()
+                .find(|t| t.arn == tg_arn_now)
+                .ok_or_else(ApiError::target_group_not_found)?;
             if !tg.targets.iter().any(|t| &t.id == id && t.port == port) {
                 tg.targets.push(Target {
                     id: id.clone(),
@@ -1414,6 +1546,7 @@ fn deregister_targets(shared: &Shared, p: &Params) -> ApiResult {
     if targets.is_empty() {
         return Err(ApiError::validation("Targets must not be empty"));
     }
+    let now = now_ms();
     let removed = shared.mutate(|st| {
         let tg = st
             .elb
@@ -1422,14 +1555,24 @@ fn deregister_targets(shared: &Shared, p: &Params) -> ApiResult {
             .find(|t| t.arn == tg_arn)
             .ok_or_else(ApiError::target_group_not_found)?;
         let mut removed = Vec::new();
+        let mut draining = Vec::new();
         for (id, port, _) in &targets {
             let port = port.unwrap_or(tg.port);
-            let before = tg.targets.len();
-            tg.targets.retain(|t| !(&t.id == id && t.port == port));
-            if tg.targets.len() < before {
+            if let Some(i) = tg
+                .targets
+                .iter()
+                .position(|t| &t.id == id && t.port == port)
+            {
+                let target = tg.targets.remove(i);
+                draining.push(Draining {
+                    target_group_arn: tg.arn.clone(),
+                    target,
+                    until_ms: now + st.elb.deregistration_delay_ms,
+                });
                 removed.push(json!({"id": id, "port": port}));
             }
         }
+        st.elb.draining.extend(draining);
         Ok::<_, ApiError>(removed)
     })?;
     let asked: Vec<_> = targets
@@ -1445,6 +1588,37 @@ fn deregister_targets(shared: &Shared, p: &Params) -> ApiResult {
     Ok(Xml::default())
 }
 
+/// The load balancer a listener belongs to.
+fn load_balancer_of_listener<'a>(st: &'a State, listener_arn: &str) -> Option<&'a LoadBalancer> {
+    let l = st.listeners.iter().find(|l| l.arn == listener_arn)?;
+    st.load_balancers
+        .iter()
+        .find(|lb| lb.arn == l.load_balancer_arn)
+}
+
+/// AWS refuses a forward to more than one (weighted) target group on a network load balancer.
+fn refuse_weighted_on_network(
+    lb: Option<&LoadBalancer>,
+    actions: &[Action],
+) -> Result<(), ApiError> {
+    let Some(lb) = lb.filter(|lb| lb.kind == "network") else {
+        return Ok(());
+    };
+    if actions.iter().any(|a| a.target_groups.len() > 1) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "InvalidConfigurationRequest",
+            format!(
+                "You cannot specify multiple target groups in a single forward action of a load \
+                 balancer of type 'network' ('{}'); weighted forwarding requires an application \
+                 load balancer",
+                lb.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn modify_listener(shared: &Shared, p: &Params) -> ApiResult {
     let arn = p.required("ListenerArn")?.to_owned();
     let (listener, before) = shared.mutate(|st| {
@@ -1453,6 +1627,9 @@ fn modify_listener(shared: &Shared, p: &Params) -> ApiResult {
         } else {
             Some(p.actions("DefaultActions", &st.elb)?)
         };
+        if let Some(actions) = &actions {
+            refuse_weighted_on_network(load_balancer_of_listener(&st.elb, &arn), actions)?;
+        }
         let port = p.int("Port")?;
         let l = st
             .elb
@@ -1602,7 +1779,9 @@ fn create_target_group(shared: &Shared, p: &Params) -> ApiResult {
         health_check_protocol: p.get("HealthCheckProtocol").unwrap_or(&protocol).to_owned(),
         targets: Vec::new(),
     };
+    let mut checks = (30, 5);
     let (tg, created, lbs) = shared.mutate(|st| {
+        checks = (st.elb.health_check_interval_s, st.elb.healthy_threshold);
         if let Some(existing) = st.elb.target_groups.iter().find(|t| t.name == name) {
             let same = existing.protocol == tg.protocol
                 && existing.port == tg.port
@@ -1637,7 +1816,9 @@ fn create_target_group(shared: &Shared, p: &Params) -> ApiResult {
         );
     }
     let mut x = Xml::default();
-    x.list("TargetGroups", [&tg], |x, t| x.target_group(t, &lbs));
+    x.list("TargetGroups", [&tg], |x, t| {
+        x.target_group(t, &lbs, checks)
+    });
     Ok(x)
 }
 
@@ -1655,6 +1836,7 @@ fn create_listener(shared: &Shared, p: &Params) -> ApiResult {
             .iter()
             .find(|l| l.arn == lb_arn)
             .ok_or_else(ApiError::load_balancer_not_found)?;
+        refuse_weighted_on_network(Some(lb), &actions)?;
         if st
             .elb
             .listeners
@@ -1711,6 +1893,18 @@ fn create_rule(shared: &Shared, p: &Params) -> ApiResult {
         let actions = p.actions("Actions", &st.elb)?;
         if st.elb.listeners.iter().all(|l| l.arn != listener_arn) {
             return Err(ApiError::listener_not_found());
+        }
+        if let Some(lb) =
+            load_balancer_of_listener(&st.elb, &listener_arn).filter(|lb| lb.kind == "network")
+        {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "InvalidConfigurationRequest",
+                format!(
+                    "Listener rules are not supported by load balancers of type 'network' ('{}')",
+                    lb.name
+                ),
+            ));
         }
         if st
             .elb

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::monitor::{Invariants, Truth};
 use crate::{elb, k8s, ssh, yb};
 
 /// What estate to simulate. The default is the seed runbook's: zones A and B with three nodes each,
@@ -25,16 +26,108 @@ pub struct Spec {
     pub namespace: String,
     /// Deployments and their replica counts.
     pub deployments: Vec<(String, u32)>,
-    /// How long a restarted yb server stays DEAD, ms.
-    pub restart_down_ms: u64,
-    /// How long tablets stay under-replicated after a tserver restart, ms.
-    pub under_replicated_ms: u64,
-    /// How long the load balancer moves tablets after a tserver restart, ms.
-    pub load_balance_ms: u64,
-    /// How long a Deployment rollout takes per replica, ms.
-    pub rollout_ms_per_replica: u64,
     /// The address registered in step 6 (an IP target).
     pub new_target: String,
+    /// Every duration of [`Spec::timing`] is multiplied by this factor (1.0: the real systems'
+    /// durations; [`DEFAULT_TIME_SCALE`] by default).
+    #[serde(default = "default_time_scale")]
+    pub time_scale: f64,
+    /// The durations of the real systems, before scaling.
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// The default time scale (of the demo and of `waymark sandbox up`): a 60 s timeout lasts 1.2 s.
+pub const DEFAULT_TIME_SCALE: f64 = 0.02;
+
+fn default_time_scale() -> f64 {
+    DEFAULT_TIME_SCALE
+}
+
+/// Durations of the real systems (ms at time scale 1.0). The sandbox multiplies each by the
+/// time scale ([`Timing::scaled`]); what it reports (uptimes, heartbeat ages, timestamps) is wall
+/// clock, as the real systems report it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Timing {
+    /// A tserver heartbeats to the leader master this often (`heartbeat_interval_ms`).
+    pub heartbeat_ms: i64,
+    /// The master marks a tserver DEAD after this long without a heartbeat
+    /// (`tserver_unresponsive_timeout_ms`).
+    pub tserver_unresponsive_ms: i64,
+    /// Graceful stop of a yb-tserver (`systemctl stop`/`restart` block for it).
+    pub tserver_stop_ms: i64,
+    /// Graceful stop of a yb-master.
+    pub master_stop_ms: i64,
+    /// From process start to its first heartbeat (a master: to joining its Raft group).
+    pub startup_ms: i64,
+    /// A restarted tserver bootstraps its tablets one after the other, each taking this long.
+    pub bootstrap_ms_per_tablet: i64,
+    /// After its last tablet runs, a returned tserver's followers lag this long.
+    pub follower_lag_ms: i64,
+    /// Tablets (and the master group) whose leader stopped elect a new one after this long.
+    pub election_ms: i64,
+    /// The load balancer moves one leader this often.
+    pub load_balancer_move_ms: i64,
+    /// A new pod is ready this long after it was created.
+    pub pod_ready_ms: i64,
+    /// A deleted pod terminates within this grace period.
+    pub pod_termination_ms: i64,
+    /// Target group health check interval (`HealthCheckIntervalSeconds`), ms.
+    pub health_check_interval_ms: i64,
+    /// Consecutive passing checks before `healthy` (`HealthyThresholdCount`).
+    pub healthy_threshold: i64,
+    /// A deregistered target drains this long (`deregistration_delay.timeout_seconds`).
+    pub deregistration_delay_ms: i64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            heartbeat_ms: 1000,
+            tserver_unresponsive_ms: 60_000,
+            tserver_stop_ms: 5000,
+            master_stop_ms: 3000,
+            startup_ms: 3000,
+            bootstrap_ms_per_tablet: 4000,
+            follower_lag_ms: 10_000,
+            election_ms: 2000,
+            load_balancer_move_ms: 2000,
+            pod_ready_ms: 20_000,
+            pod_termination_ms: 30_000,
+            health_check_interval_ms: 10_000,
+            healthy_threshold: 3,
+            deregistration_delay_ms: 300_000,
+        }
+    }
+}
+
+impl Timing {
+    /// Every duration multiplied by `scale` (at least 1 ms; the threshold is a count, kept).
+    #[must_use]
+    pub fn scaled(&self, scale: f64) -> Timing {
+        let f = |ms: i64| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            let v = (ms as f64 * scale).round() as i64;
+            v.max(1)
+        };
+        Timing {
+            heartbeat_ms: f(self.heartbeat_ms),
+            tserver_unresponsive_ms: f(self.tserver_unresponsive_ms),
+            tserver_stop_ms: f(self.tserver_stop_ms),
+            master_stop_ms: f(self.master_stop_ms),
+            startup_ms: f(self.startup_ms),
+            bootstrap_ms_per_tablet: f(self.bootstrap_ms_per_tablet),
+            follower_lag_ms: f(self.follower_lag_ms),
+            election_ms: f(self.election_ms),
+            load_balancer_move_ms: f(self.load_balancer_move_ms),
+            pod_ready_ms: f(self.pod_ready_ms),
+            pod_termination_ms: f(self.pod_termination_ms),
+            health_check_interval_ms: f(self.health_check_interval_ms),
+            healthy_threshold: self.healthy_threshold,
+            deregistration_delay_ms: f(self.deregistration_delay_ms),
+        }
+    }
 }
 
 /// One VM of the cluster.
@@ -70,24 +163,37 @@ impl Default for Spec {
                 ("fp".into(), 3),
                 ("fp-async".into(), 2),
             ],
-            restart_down_ms: 1200,
-            under_replicated_ms: 1500,
-            load_balance_ms: 2500,
-            rollout_ms_per_replica: 400,
             new_target: "10.20.2.14".into(),
+            time_scale: DEFAULT_TIME_SCALE,
+            timing: Timing::default(),
         }
     }
 }
 
 impl Spec {
-    /// The same estate with every delay divided by `factor` (tests use fast estates).
-    pub fn faster(mut self, factor: u64) -> Self {
-        let f = factor.max(1);
-        self.restart_down_ms /= f;
-        self.under_replicated_ms /= f;
-        self.load_balance_ms /= f;
-        self.rollout_ms_per_replica /= f;
+    /// The same estate at [`DEFAULT_TIME_SCALE`] divided by `factor` (the `--faster` shorthand:
+    /// `faster(10)` is time scale 0.002, a 60 s timeout lasting 120 ms).
+    #[must_use]
+    pub fn faster(self, factor: u64) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let f = factor.max(1) as f64;
+        self.with_time_scale(DEFAULT_TIME_SCALE / f)
+    }
+
+    /// The same estate with every duration multiplied by `scale` (1.0: real durations).
+    #[must_use]
+    pub fn with_time_scale(mut self, scale: f64) -> Self {
+        self.time_scale = if scale.is_finite() && scale > 0.0 {
+            scale
+        } else {
+            DEFAULT_TIME_SCALE
+        };
         self
+    }
+
+    /// The durations in effect: [`Spec::timing`] times [`Spec::time_scale`].
+    pub fn scaled(&self) -> Timing {
+        self.timing.scaled(self.time_scale)
     }
 }
 
@@ -102,6 +208,99 @@ pub struct Estate {
     pub yb: yb::State,
     /// `ELBv2` resources.
     pub elb: elb::State,
+    /// The invariant monitor's record.
+    #[serde(default)]
+    pub invariants: Invariants,
+}
+
+impl Estate {
+    /// Moves every model to `now` (elections, load-balancer moves, drained targets).
+    pub fn advance(&mut self, now_ms: i64) {
+        self.yb.advance(now_ms);
+        self.elb.advance(now_ms);
+    }
+
+    /// The ground truth at `now_ms`, from the models' own state (not from what their APIs say).
+    pub fn truth(&self, now_ms: i64) -> Truth {
+        let zone_b = self
+            .elb
+            .target_group_arn(&elb::target_group_name("B"))
+            .unwrap_or_default()
+            .to_owned();
+        Truth {
+            tservers_down: self.yb.tservers_down(now_ms),
+            masters_down: self.yb.masters_down(now_ms),
+            unhealthy_forwards: self.elb.unhealthy_forwards(now_ms),
+            mirrormaker_off: self.k8s.mirrormaker_off(now_ms),
+            traffic_in_b: self.elb.forwards_to(&zone_b),
+        }
+    }
+
+    /// Applies a scenario knob.
+    pub fn apply(&mut self, scenario: &Scenario, now_ms: i64) -> Result<(), String> {
+        match scenario {
+            Scenario::SlowBootstrap { node, factor } => self.yb.slow_bootstrap(node, *factor),
+            Scenario::UnlistedNode { node, zone } => {
+                self.yb.add_unlisted_tserver(node, zone, now_ms)
+            }
+            Scenario::StaleDeadReadReplica { node } => {
+                self.yb.add_stale_dead_read_replica(node, now_ms)
+            }
+            Scenario::MasterDown { node } => self.yb.master_already_down(node, now_ms),
+            Scenario::ZoneBUnhealthy => {
+                let arn = self
+                    .elb
+                    .target_group_arn(&elb::target_group_name("B"))
+                    .ok_or("no zone B target group")?
+                    .to_owned();
+                for id in self.elb.registered(&arn) {
+                    self.elb.failing_targets.insert(id);
+                }
+                Ok(())
+            }
+            Scenario::Tls { certs_dir } => {
+                self.yb.tls_certs_dir = Some(certs_dir.clone());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Scenario knobs (admin API `POST /scenario`, JSON with a `knob` field).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "knob", rename_all = "snake_case")]
+pub enum Scenario {
+    /// The tserver on `node` bootstraps `factor` times slower.
+    SlowBootstrap {
+        /// Node name.
+        node: String,
+        /// Slow-down factor (at least 1).
+        factor: f64,
+    },
+    /// A serving tserver on `node` that the written inventory does not list.
+    UnlistedNode {
+        /// Node name (not one of the spec's).
+        node: String,
+        /// Its zone.
+        zone: String,
+    },
+    /// A read-replica tserver on `node`, DEAD for a day.
+    StaleDeadReadReplica {
+        /// Node name (not one of the spec's).
+        node: String,
+    },
+    /// The yb-master on `node` has been down for an hour.
+    MasterDown {
+        /// A master node.
+        node: String,
+    },
+    /// Every target of zone B's traffic target group fails its health checks.
+    ZoneBUnhealthy,
+    /// The cluster uses TLS: `yb-admin` and `yb-ts-cli` need `-certs_dir_name CERTS_DIR`.
+    Tls {
+        /// The directory clients must name.
+        certs_dir: String,
+    },
 }
 
 /// One mutating call a simulated system received.
@@ -179,6 +378,7 @@ impl Shared {
                 k8s: k8s::State::from_spec(spec),
                 yb: yb::State::from_spec(spec, Utc::now()),
                 elb: elb::State::from_spec(spec),
+                invariants: Invariants::default(),
             },
             Err(e) => return Err(e),
         };
@@ -196,7 +396,11 @@ impl Shared {
             effects: Mutex::new(effects),
             faults: Mutex::new(faults),
         };
-        shared.persist(&shared.state.lock().expect("sandbox state lock"))?;
+        {
+            let mut st = shared.state.lock().expect("sandbox state lock");
+            shared.observe(&mut st);
+            shared.persist(&st)?;
+        }
         Ok(shared)
     }
 
@@ -205,25 +409,71 @@ impl Shared {
         &self.dir
     }
 
-    /// Reads the state.
+    /// Reads the state (moved to the present first).
     pub fn read<R>(&self, f: impl FnOnce(&Estate) -> R) -> R {
-        f(&self.state.lock().expect("sandbox state lock"))
+        let mut st = self.state.lock().expect("sandbox state lock");
+        st.advance(Utc::now().timestamp_millis());
+        f(&st)
     }
 
-    /// Changes the state and persists it before returning.
+    /// Changes the state (moved to the present first), updates the invariant monitor and
+    /// persists both before returning.
     pub fn mutate<R>(&self, f: impl FnOnce(&mut Estate) -> R) -> R {
         let mut st = self.state.lock().expect("sandbox state lock");
+        st.advance(Utc::now().timestamp_millis());
         let r = f(&mut st);
+        self.observe(&mut st);
         if let Err(e) = self.persist(&st) {
             tracing::error!("sandbox: cannot persist state: {e}");
         }
         r
     }
 
+    /// One tick of the estate's clock: moves the models to the present and updates the monitor
+    /// (persisting both when the monitor's record changed).
+    pub fn tick(&self) {
+        let mut st = self.state.lock().expect("sandbox state lock");
+        st.advance(Utc::now().timestamp_millis());
+        if self.observe(&mut st) {
+            if let Err(e) = self.persist(&st) {
+                tracing::error!("sandbox: cannot persist state: {e}");
+            }
+        }
+    }
+
+    /// Applies a scenario knob (and records it as an effect-free change of the estate).
+    pub fn apply(&self, scenario: &Scenario) -> Result<(), String> {
+        let now = Utc::now().timestamp_millis();
+        self.mutate(|st| st.apply(scenario, now))
+    }
+
+    /// The invariant monitor's record.
+    pub fn invariants(&self) -> Invariants {
+        self.read(|st| st.invariants.clone())
+    }
+
+    /// Updates the monitor from the ground truth; writes `invariants.json` when it changed.
+    fn observe(&self, st: &mut Estate) -> bool {
+        let now = Utc::now();
+        let truth = st.truth(now.timestamp_millis());
+        let changed =
+            st.invariants.observe(&truth, now) || !self.dir.join("invariants.json").exists();
+        if changed {
+            if let Err(e) = write_atomic(
+                &self.dir.join("invariants.json"),
+                &serde_json::to_vec_pretty(&st.invariants).expect("invariants serialise"),
+            ) {
+                tracing::error!("sandbox: cannot write invariants.json: {e}");
+            }
+        }
+        changed
+    }
+
     fn persist(&self, st: &Estate) -> std::io::Result<()> {
-        let tmp = self.dir.join("state.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(st)?)?;
-        std::fs::rename(tmp, self.dir.join("state.json"))
+        write_atomic(
+            &self.dir.join("state.json"),
+            &serde_json::to_vec_pretty(st)?,
+        )
     }
 
     /// Appends one line to `effects.jsonl`.
@@ -274,6 +524,21 @@ impl Shared {
         }
         Some(rule.kind.clone())
     }
+}
+
+/// Writes `path` through a temporary file renamed over it (readers see the old or the new
+/// content, never a part).
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Reads `DIR/invariants.json` (the invariant monitor's record), if written.
+pub fn read_invariants(dir: &Path) -> Option<Invariants> {
+    serde_json::from_slice(&std::fs::read(dir.join("invariants.json")).ok()?).ok()
 }
 
 /// Reads `DIR/effects.jsonl` (skipping a torn last line).
@@ -347,6 +612,7 @@ impl Sandbox {
         tasks.push(tokio::spawn(k8s::serve(k8s_l, shared.clone())));
         tasks.push(tokio::spawn(elb::serve(elb_l, shared.clone())));
         tasks.push(tokio::spawn(serve_admin(admin_l, shared.clone())));
+        tasks.push(tokio::spawn(tick(shared.clone())));
         for m in masters {
             let l = bind(
                 previous
@@ -396,6 +662,18 @@ impl Sandbox {
     }
 }
 
+/// Moves the estate's clock: often enough that no transition of the ground truth (heartbeats,
+/// bootstraps, drains, pod terminations) goes unobserved for long.
+async fn tick(shared: Arc<Shared>) {
+    let every = shared.read(|st| st.yb.timing.heartbeat_ms).clamp(2, 20);
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(every as u64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        shared.tick();
+    }
+}
+
 /// Writes `DIR/kubeconfig`: context `sandbox` pointing at the simulated API server.
 fn write_kubeconfig(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
     let text = format!(
@@ -406,7 +684,8 @@ fn write_kubeconfig(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
     std::fs::write(dir.join("kubeconfig"), text)
 }
 
-/// `GET /faults`, `PUT /faults` (JSON [`Faults`]), `GET /effects` (JSON lines), `GET /state`.
+/// `GET /faults`, `PUT /faults` (JSON [`Faults`]), `GET /state`, `GET /invariants` (the
+/// monitor's record), `GET /truth` (the ground truth now), `POST /scenario` (JSON [`Scenario`]).
 async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
     use axum::extract::State;
     use axum::routing::get;
@@ -427,6 +706,30 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
         .route(
             "/state",
             get(|State(s): State<Arc<Shared>>| async move { Json(s.read(Clone::clone)) }),
+        )
+        .route(
+            "/invariants",
+            get(|State(s): State<Arc<Shared>>| async move { Json(s.invariants()) }),
+        )
+        .route(
+            "/truth",
+            get(|State(s): State<Arc<Shared>>| async move {
+                Json(s.read(|st| st.truth(Utc::now().timestamp_millis())))
+            }),
+        )
+        .route(
+            "/scenario",
+            axum::routing::post(
+                |State(s): State<Arc<Shared>>, Json(knob): Json<Scenario>| async move {
+                    match s.apply(&knob) {
+                        Ok(()) => (axum::http::StatusCode::OK, format!("applied {knob:?}\n")),
+                        Err(e) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            format!("scenario {knob:?} not applied: {e}\n"),
+                        ),
+                    }
+                },
+            ),
         )
         .with_state(shared);
     if let Err(e) = axum::serve(listener, app).await {

@@ -3,6 +3,9 @@
 //! simulated controller moves `status` through a rollout the way the Deployment controller does:
 //! `observedGeneration` lags the spec briefly, new replicas come up one at a time, old ones
 //! terminate, and a rollout marked stuck (fault `stuck NS/NAME`) ends in `ProgressDeadlineExceeded`.
+//! A scale-up is Available only once the new pods are ready (the pod start-up time); a scale-down
+//! makes the removed pods unready at once and terminates them one by one over the grace period
+//! (`status.replicas` falls, `status.terminatingReplicas` counts them).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,6 +74,9 @@ pub struct Deployment {
     pub rollouts: u32,
     /// `spec.progressDeadlineSeconds`, scaled down in the sandbox: ms.
     pub progress_deadline_ms: i64,
+    /// A deleted pod's termination grace period (scaled), ms.
+    #[serde(default)]
+    pub termination_ms: i64,
 }
 
 /// Kubernetes objects.
@@ -86,6 +92,7 @@ pub struct State {
 impl State {
     /// The Deployments of the spec, fully rolled out.
     pub fn from_spec(spec: &Spec) -> Self {
+        let t = spec.scaled();
         let mut deployments = BTreeMap::new();
         for (i, (name, replicas)) in spec.deployments.iter().enumerate() {
             deployments.insert(
@@ -101,15 +108,29 @@ impl State {
                     resource_version: 100 + i as u64,
                     rollout: None,
                     rollouts: 0,
-                    progress_deadline_ms: (spec.rollout_ms_per_replica as i64 * 4).max(200),
+                    progress_deadline_ms: (t.pod_ready_ms * 4).max(200),
+                    termination_ms: t.pod_termination_ms,
                 },
             );
         }
         State {
             deployments,
-            step_ms: spec.rollout_ms_per_replica.max(1) as i64,
+            step_ms: t.pod_ready_ms.max(1),
             next_resource_version: 1000,
         }
+    }
+}
+
+impl State {
+    /// Ground truth: no `MirrorMaker2` pod is ready (every Deployment named `mirrormaker*` has
+    /// no available replica); false when there is no such Deployment.
+    pub fn mirrormaker_off(&self, now_ms: i64) -> bool {
+        let mut mm = self
+            .deployments
+            .values()
+            .filter(|d| d.name.starts_with("mirrormaker"))
+            .peekable();
+        mm.peek().is_some() && mm.all(|d| d.observe(now_ms, self.step_ms).available == 0)
     }
 }
 
@@ -124,6 +145,8 @@ pub struct Observed {
     pub updated: u32,
     /// `status.readyReplicas` and `availableReplicas`.
     pub available: u32,
+    /// Pods being deleted, still running (`status.terminatingReplicas`).
+    pub terminating: u32,
     /// Progressing condition: (status, reason).
     pub progressing: (&'static str, &'static str),
 }
@@ -138,6 +161,7 @@ impl Deployment {
                 replicas: spec,
                 updated: spec,
                 available: spec,
+                terminating: 0,
                 progressing: ("True", "NewReplicaSetAvailable"),
             };
         };
@@ -155,6 +179,7 @@ impl Deployment {
                 replicas: r.from_replicas + 1,
                 updated: 1.min(spec),
                 available: 0,
+                terminating: 0,
                 progressing: if deadline {
                     ("False", "ProgressDeadlineExceeded")
                 } else {
@@ -164,14 +189,16 @@ impl Deployment {
         }
         let steps = |x: i64| u32::try_from((x.max(0)) / step_ms.max(1)).unwrap_or(u32::MAX);
         match r.kind {
-            RolloutKind::Scale => {
+            RolloutKind::Scale if spec >= r.from_replicas => {
+                // Scale-up: the new pods exist at once, and are ready (Available) only after
+                // their start-up time.
                 let done = t >= step_ms;
-                let n = if done { spec } else { r.from_replicas };
                 Observed {
                     observed_generation,
-                    replicas: n,
-                    updated: n,
-                    available: n,
+                    replicas: spec,
+                    updated: spec,
+                    available: if done { spec } else { r.from_replicas },
+                    terminating: 0,
                     progressing: (
                         "True",
                         if done {
@@ -180,6 +207,28 @@ impl Deployment {
                             "ReplicaSetUpdated"
                         },
                     ),
+                }
+            }
+            RolloutKind::Scale => {
+                // Scale-down: the removed pods stop being ready at once and terminate over their
+                // grace period, one after the other; status counts them until they are gone.
+                let leaving = r.from_replicas - spec;
+                let gone = if self.termination_ms <= 0 {
+                    leaving
+                } else {
+                    let per = (self.termination_ms / i64::from(leaving.max(1))).max(1);
+                    u32::try_from(t.max(0) / per)
+                        .unwrap_or(u32::MAX)
+                        .min(leaving)
+                };
+                let terminating = leaving - gone;
+                Observed {
+                    observed_generation,
+                    replicas: spec + terminating,
+                    updated: spec + terminating,
+                    available: spec,
+                    terminating,
+                    progressing: ("True", "NewReplicaSetAvailable"),
                 }
             }
             RolloutKind::Template => {
@@ -193,6 +242,7 @@ impl Deployment {
                     replicas,
                     updated,
                     available,
+                    terminating: if updated >= spec { replicas - spec } else { 0 },
                     progressing: (
                         "True",
                         if finished {
@@ -248,6 +298,7 @@ impl Deployment {
                 "readyReplicas": o.available,
                 "availableReplicas": o.available,
                 "unavailableReplicas": o.replicas.saturating_sub(o.available),
+                "terminatingReplicas": o.terminating,
                 "conditions": [
                     { "type": "Available", "status": if o.available >= self.replicas { "True" } else { "False" },
                       "reason": "MinimumReplicasAvailable", "lastUpdateTime": ts(changed), "lastTransitionTime": ts(changed) },

@@ -8,15 +8,20 @@
 //!
 //! All of them share one [`Shared`]: the estate's state (persisted to `DIR/state.json` after every
 //! change, so a sandbox process can be restarted), the effect log (`DIR/effects.jsonl`, one JSON
-//! line per mutating call), and the injected faults.
+//! line per mutating call), the injected faults, and the invariant monitor ([`monitor`], fed by the
+//! models' ground truth, written to `DIR/invariants.json`). Every duration is a real system's
+//! ([`Timing`]) multiplied by the spec's time scale.
 
 pub mod elb;
 pub mod estate;
 pub mod inventory;
 pub mod k8s;
+pub mod monitor;
 pub mod ssh;
 pub mod yb;
 
 pub use estate::{
-    read_effects, Effect, Endpoints, Fault, FaultKind, Faults, NodeSpec, Sandbox, Shared, Spec,
+    read_effects, read_invariants, Effect, Endpoints, Fault, FaultKind, Faults, NodeSpec, Sandbox,
+    Scenario, Shared, Spec, Timing, DEFAULT_TIME_SCALE,
 };
+pub use monitor::{Invariants, Truth};

@@ -1,6 +1,7 @@
-//! SSH hosts: a russh server per node that runs commands through [`crate::yb::exec`] (the
-//! `systemctl` / `yb-admin` the cluster model understands), so the real SSH activities run
-//! unchanged against the sandbox.
+//! SSH hosts: a russh server per node that runs commands through [`crate::yb::exec_nowait`] (the
+//! `systemctl` / `yb-admin` / `yb-ts-cli` the cluster model understands, split with POSIX shell
+//! quoting), so the real SSH activities run unchanged against the sandbox. A command answers only
+//! once it would have finished (a blocking `systemctl restart` after the graceful stop).
 //!
 //! - Keys: [`HostKeys::load_or_create`] keeps one ed25519 host key (`DIR/ssh_host_ed25519_key`,
 //!   shared by every node) and one client key (`DIR/id_ed25519`, `DIR/id_ed25519.pub`), both in
@@ -171,6 +172,16 @@ struct Connection {
 }
 
 impl Connection {
+    /// Runs a command, answering only once it would have finished (a blocking `systemctl
+    /// restart` answers after the graceful stop).
+    async fn run(&self, command: &str) -> ExecOutput {
+        let (out, block_ms) = yb::exec_nowait(&self.shared, &self.node, command);
+        if block_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(block_ms)).await;
+        }
+        out
+    }
+
     fn verdict(&self, key: &PublicKey) -> Auth {
         if key.key_data() == self.client.key_data() {
             Auth::Accept
@@ -236,9 +247,9 @@ impl server::Handler for Connection {
                 },
                 Some(FaultKind::Delay(ms)) => {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
-                    yb::exec(&self.shared, &self.node, &command)
+                    self.run(&command).await
                 }
-                _ => yb::exec(&self.shared, &self.node, &command),
+                _ => self.run(&command).await,
             }
         };
         session.channel_success(channel)?;
