@@ -124,6 +124,10 @@ enum Command {
         /// Divide every simulated delay (restarts, replication, rollouts) by this factor.
         #[arg(long, default_value_t = 1)]
         faster: u64,
+        /// Multiply every simulated duration by F (1.0: the real systems' durations, a 60 s
+        /// heartbeat timeout lasts 60 s); default 0.02 divided by --faster.
+        #[arg(long, value_name = "F")]
+        time_scale: Option<f64>,
     },
     /// List runs.
     Ls {
@@ -263,6 +267,10 @@ enum SandboxCommand {
         /// Divide every simulated delay by this factor (tests use fast estates).
         #[arg(long, default_value_t = 1)]
         faster: u64,
+        /// Multiply every simulated duration by F (1.0: the real systems' durations); default
+        /// 0.02 divided by --faster.
+        #[arg(long, value_name = "F")]
+        time_scale: Option<f64>,
     },
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use waymark_engine::Payload;
-use waymark_sandbox::{read_effects, Fault, FaultKind, Faults, Sandbox, Spec};
+use waymark_sandbox::{read_effects, Fault, FaultKind, Faults, Sandbox};
 use waymark_workflows::Inventory;
 
 use super::{engine, open_log, outcome_code, outcome_line};
@@ -55,7 +55,13 @@ fn fault_for_step(step: u8) -> Option<Fault> {
 }
 
 /// `waymark demo [--fail-at STEP]`.
-pub async fn demo(data_dir: &Path, fail_at: Option<u8>, faster: u64) -> anyhow::Result<ExitCode> {
+pub async fn demo(
+    data_dir: &Path,
+    fail_at: Option<u8>,
+    faster: u64,
+    time_scale: Option<f64>,
+) -> anyhow::Result<ExitCode> {
+    let spec = super::sandbox::spec(faster, time_scale)?;
     let fault = match fail_at {
         None => None,
         Some(s) => Some(fault_for_step(s).ok_or_else(|| {
@@ -65,7 +71,7 @@ pub async fn demo(data_dir: &Path, fail_at: Option<u8>, faster: u64) -> anyhow::
         })?),
     };
     let sandbox_dir = data_dir.join("sandbox");
-    let sb = Sandbox::start(&sandbox_dir, &Spec::default().faster(faster))
+    let sb = Sandbox::start(&sandbox_dir, &spec)
         .await
         .with_context(|| format!("starting the sandbox estate in {}", sandbox_dir.display()))?;
     if let Some(f) = &fault {

@@ -33,7 +33,11 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             inventory,
             output,
         } => runs::plan(&workflow, &inventory, output).await,
-        Command::Demo { fail_at, faster } => demo::demo(&data_dir, fail_at, faster).await,
+        Command::Demo {
+            fail_at,
+            faster,
+            time_scale,
+        } => demo::demo(&data_dir, fail_at, faster, time_scale).await,
         Command::Ls {
             state,
             workflow,
@@ -82,8 +86,13 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
         Command::Resolve { run, note } => inspect::resolve(&data_dir, &run, &note).await,
         Command::Recover => recover::recover(&data_dir),
         Command::Sandbox {
-            command: SandboxCommand::Up { dir, faster },
-        } => sandbox::up(&dir, faster).await,
+            command:
+                SandboxCommand::Up {
+                    dir,
+                    faster,
+                    time_scale,
+                },
+        } => sandbox::up(&dir, faster, time_scale).await,
     }
 }
 

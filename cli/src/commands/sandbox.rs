@@ -5,9 +5,23 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
+/// The sandbox spec of `--faster N` / `--time-scale F` (F wins; F must be a positive number).
+pub fn spec(faster: u64, time_scale: Option<f64>) -> anyhow::Result<waymark_sandbox::Spec> {
+    match time_scale {
+        None => Ok(waymark_sandbox::Spec::default().faster(faster)),
+        Some(f) if f.is_finite() && f > 0.0 => {
+            Ok(waymark_sandbox::Spec::default().with_time_scale(f))
+        }
+        Some(f) => Err(crate::env::usage(format!(
+            "--time-scale takes a positive factor (1.0: real durations, 0.02: 50 times faster), not {f}"
+        ))),
+    }
+}
+
 /// Starts the sandbox and keeps it up until SIGINT or SIGTERM.
-pub async fn up(dir: &Path, faster: u64) -> anyhow::Result<ExitCode> {
-    let sb = waymark_sandbox::Sandbox::start(dir, &waymark_sandbox::Spec::default().faster(faster))
+pub async fn up(dir: &Path, faster: u64, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
+    let spec = spec(faster, time_scale)?;
+    let sb = waymark_sandbox::Sandbox::start(dir, &spec)
         .await
         .with_context(|| format!("starting the sandbox in {}", dir.display()))?;
     let e = sb.endpoints();
