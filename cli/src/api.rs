@@ -215,8 +215,12 @@ impl ClusterLocks {
                     ));
                     continue;
                 }
-                // An ended run whose history does not load: listed as damaged by `ls`.
-                Err(_) => continue,
+                // An ended run whose history does not load: listed as damaged by `ls`; it
+                // will not load later either, so it is not read again.
+                Err(_) => {
+                    settled.insert(run);
+                    continue;
+                }
             };
             if st.status.is_terminal() && !st.needs_operator() {
                 settled.insert(run);

@@ -879,3 +879,23 @@ fn plan_exits_non_zero_when_an_inventory_node_is_not_in_the_cluster() {
         "{err}"
     );
 }
+
+/// Issue 8, item 17: without AWS credentials, the AWS SDK's credential-chain warnings were
+/// printed raw (with ANSI escapes) into the output. They are filtered (the ELB activity reports
+/// the missing credentials itself) unless `WAYMARK_LOG` names an `aws` target.
+#[test]
+fn aws_credential_chain_warnings_are_not_printed_raw() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let out = waymark(dir.path())
+        .args(["plan", "yb-maintenance", "--inventory"])
+        .arg(sb.dir.join("inventory.toml"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("aws_config"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}

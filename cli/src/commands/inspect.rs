@@ -49,12 +49,12 @@ pub async fn ls(
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.runs)?),
         Output::Text => {
             println!(
-                "{:<36}  {:<18} {:<13} {:<20} STARTED BY",
+                "{:<36}  {:<18} {:<14} {:<20} STARTED BY",
                 "RUN", "WORKFLOW", "STATE", "STARTED"
             );
             for r in &list.runs {
                 println!(
-                    "{:<36}  {:<18} {:<13} {:<20} {}",
+                    "{:<36}  {:<18} {:<14} {:<20} {}",
                     r.run,
                     format!("{} v{}", r.workflow, r.version),
                     r.state,
