@@ -1125,3 +1125,86 @@ fn a_simulated_day_never_overlaps_and_handles_every_fire_time_once() {
     }
     daemon.check_accounts(&book, t0, &bypassed);
 }
+
+/// Issue 8, item 7: a `Start` whose run could not start is not lost. It is recorded on the
+/// schedule (for `schedule ls`), kept queued and started again by a later tick within its
+/// window; a cluster taken meanwhile under `overlap = skip` is skipped as a busy cluster is.
+#[test]
+fn a_start_that_failed_is_kept_until_it_starts_or_its_window_closes() {
+    let mut book = ScheduleBook::default();
+    book.add(
+        NewSchedule {
+            window: Some(Duration::from_secs(3600)),
+            ..new("nightly", "yb-1", "0 10 * * *")
+        },
+        at("2025-03-10T09:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(
+        book.tick(at("2025-03-10T10:00:05Z"), &idle()),
+        vec![start("nightly", "2025-03-10T10:00:00Z")]
+    );
+    let kept = book.start_failed(
+        "nightly",
+        at("2025-03-10T10:00:00Z"),
+        at("2025-03-10T10:00:06Z"),
+        "inventory /etc/waymark/yb-1.toml: cannot read it",
+        false,
+    );
+    assert_eq!(
+        kept,
+        Decision::Queued {
+            schedule: "nightly".into(),
+            fire_time: at("2025-03-10T10:00:00Z"),
+            cluster: "yb-1".into(),
+        }
+    );
+    let failure = book.schedules["nightly"].last_failure.clone().unwrap();
+    assert_eq!(failure.at, at("2025-03-10T10:00:06Z"));
+    assert!(failure.message.contains("cannot read it"));
+    // Saved and loaded, the failure and the queued fire time are still there.
+    let dir = temp_dir();
+    let path = dir.path().join("schedules.json");
+    book.save(&path).unwrap();
+    let mut book = ScheduleBook::load(&path).unwrap();
+    assert_eq!(book.schedules["nightly"].last_failure, Some(failure));
+    // The next tick tries again.
+    assert_eq!(
+        book.tick(at("2025-03-10T10:00:10Z"), &idle()),
+        vec![start("nightly", "2025-03-10T10:00:00Z")]
+    );
+    // Failing until the window closes: then it is skipped with the reason.
+    book.start_failed(
+        "nightly",
+        at("2025-03-10T10:00:00Z"),
+        at("2025-03-10T10:00:11Z"),
+        "still unreadable",
+        false,
+    );
+    assert_eq!(
+        book.tick(at("2025-03-10T11:00:00Z"), &idle()),
+        vec![skipped(
+            "nightly",
+            "2025-03-10T10:00:00Z",
+            Reason::WindowClosed {
+                closed_at: at("2025-03-10T11:00:00Z")
+            }
+        )]
+    );
+    // A cluster taken between the tick and the start, with overlap = skip: skipped.
+    assert_eq!(
+        book.tick(at("2025-03-11T10:00:01Z"), &idle()),
+        vec![start("nightly", "2025-03-11T10:00:00Z")]
+    );
+    assert_eq!(
+        book.start_failed(
+            "nightly",
+            at("2025-03-11T10:00:00Z"),
+            at("2025-03-11T10:00:02Z"),
+            "cluster yb-1 already has run R",
+            true,
+        ),
+        skipped("nightly", "2025-03-11T10:00:00Z", cluster_busy("yb-1"))
+    );
+    assert!(book.queued.is_empty());
+}
