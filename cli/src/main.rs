@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// Durable maintenance runbooks: every step journaled, never lost, never done twice.
 #[derive(Parser, Debug)]
-#[command(name = "waymark", version, about, long_about = None, after_help = env::AFTER_HELP)]
+#[command(name = "waymark", version, long_about = None, after_help = env::AFTER_HELP)]
 pub struct Cli {
     /// Where runs are journaled (default: ~/.local/share/waymark)
     #[arg(long, global = true, env = "WAYMARK_DATA_DIR", value_name = "DIR")]
@@ -53,7 +53,7 @@ pub enum HistoryOutput {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: owns the data directory, resumes unfinished runs, runs schedules, serves
-    /// the CLI on `DATA_DIR/waymark.sock` (owner-only) and optionally on TCP with a token.
+    /// the CLI on the data directory's waymark.sock (owner-only) and optionally on TCP with a token.
     Daemon {
         /// Also serve the API (and /metrics) over TCP: a port (bound on 127.0.0.1) or an
         /// address. Plaintext HTTP: keep it on loopback or put it behind TLS termination.
@@ -71,7 +71,7 @@ enum Command {
     /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
     /// run goes on).
     Start {
-        /// Workflow name (`yb-maintenance`).
+        /// Workflow name (yb-maintenance).
         workflow: String,
         /// Inventory file describing the estate.
         #[arg(long, value_name = "FILE")]
@@ -91,9 +91,9 @@ enum Command {
         command: ScheduleCommand,
     },
     /// Start a run and follow it in the foreground, without a daemon, until it ends (Ctrl-C leaves
-    /// it interrupted: `waymark resume` continues it).
+    /// it interrupted: waymark resume continues it).
     Run {
-        /// Workflow name (`yb-maintenance`).
+        /// Workflow name (yb-maintenance).
         workflow: String,
         /// Inventory file describing the estate.
         #[arg(long, value_name = "FILE")]
@@ -106,7 +106,7 @@ enum Command {
     },
     /// Read the live estate and print every action a run would take; changes nothing.
     Plan {
-        /// Workflow name (`yb-maintenance`).
+        /// Workflow name (yb-maintenance).
         workflow: String,
         /// Inventory file.
         #[arg(long, value_name = "FILE")]

@@ -775,11 +775,21 @@ fn the_daemon_log_has_no_colour_codes_when_stderr_is_not_a_terminal() {
 #[test]
 fn help_texts_render_cleanly_and_document_resolve() {
     let dir = temp_dir();
-    for args in [&["--help"][..], &["run", "--help"], &["resolve", "--help"]] {
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["resolve", "--help"],
+        &["daemon", "--help"],
+        &["start", "--help"],
+        &["ls", "--help"],
+    ] {
         let out = waymark(dir.path()).args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{args:?}: {text}");
-        assert!(!text.contains("$`"), "{args:?}: {text}");
+        assert!(
+            !text.contains('`'),
+            "Markdown backticks in {args:?}: {text}"
+        );
     }
     let help = waymark(dir.path()).arg("--help").output().unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("resolve"));
