@@ -17,8 +17,9 @@
 //!   (moto says `unavailable` for an IP it never saw). A deregistered target is `draining` (reason
 //!   `Target.DeregistrationInProgress`) for [`State::deregistration_delay_ms`] (300 s scaled), then
 //!   gone; registering it again while it drains makes it `initial` again.
-//! - The seed's target groups each hold the IPs of their zone's three nodes (`10.20.1.11`..
-//!   for zone A, `10.20.2.11`.. for zone B), healthy since long before the sandbox started.
+//! - The seed's target groups each hold three IP targets of their zone, healthy since long
+//!   before the sandbox started: the `YugabyteDB` groups the zone's nodes (`10.20.1.11`.. for zone
+//!   A, `10.20.2.11`.. for zone B), the traffic groups its application servers (`10.20.N.21`..).
 //! - Registering a registered target again, or deregistering one that is not registered, succeeds
 //!   without change (moto refuses the latter with `InvalidTarget`).
 //! - Signatures are not checked, but a request must carry an `AWS4-HMAC-SHA256` `Authorization`
@@ -324,13 +325,15 @@ impl State {
                 created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
             }
         };
-        let zone_ips = |zone: &str| -> Vec<String> {
+        // Zone N's subnet is 10.20.N.0/24: its yb nodes from .11, its application servers
+        // (behind the traffic target groups) from .21, one per node.
+        let zone_ips = |zone: &str, first: usize| -> Vec<String> {
             let z = zones.iter().position(|x| x == zone).unwrap_or(0) + 1;
             spec.nodes
                 .iter()
                 .filter(|n| n.zone == zone)
                 .enumerate()
-                .map(|(i, _)| format!("10.20.{z}.{}", 11 + i))
+                .map(|(i, _)| format!("10.20.{z}.{}", first + i))
                 .collect()
         };
         let target_group = |name: String, protocol: &str, port: i32, zone: &str| TargetGroup {
@@ -341,7 +344,7 @@ impl State {
             vpc_id: VPC.into(),
             target_type: "ip".into(),
             health_check_protocol: protocol.into(),
-            targets: zone_ips(zone)
+            targets: zone_ips(zone, if protocol == "HTTP" { 21 } else { 11 })
                 .into_iter()
                 .map(|id| Target {
                     id,

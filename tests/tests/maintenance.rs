@@ -361,15 +361,31 @@ fn engine() -> Engine {
 
 #[tokio::test]
 async fn unhealthy_cluster_stops_the_run_before_any_effect() {
-    for (case, command) in [
-        ("dead tserver", "systemctl stop yb-tserver"),
-        ("under-replicated tablets", "systemctl restart yb-tserver"),
+    // A real master reports a stopped tserver DEAD, and its tablets under-replicated (by
+    // location), only once its heartbeat is older than the unresponsive timeout (issue 11): each
+    // case stops yb-a-3 and waits for that before the run.
+    for (case, seen) in [
+        ("dead tserver", "DEAD"),
+        ("under-replicated tablets", "under-replicated"),
     ] {
         let (dir, sb) = sandbox(1).await;
-        let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-3", command);
+        let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-3", "systemctl stop yb-tserver");
         assert_eq!(out.exit, 0);
-        let before = read_effects(dir.path()).len();
         let inv = Inventory::load(&dir.path().join("inventory.toml")).unwrap();
+        let mut rounds = 0;
+        while inv
+            .masters()
+            .tservers()
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.host == "yb-a-3" && t.alive)
+        {
+            rounds += 1;
+            assert!(rounds < 3000, "{case}: the master never marked yb-a-3 DEAD");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let before = read_effects(dir.path()).len();
         let e = engine();
         let run = e
             .start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test")
@@ -382,6 +398,7 @@ async fn unhealthy_cluster_stops_the_run_before_any_effect() {
             why.contains("cluster unhealthy, nothing was changed"),
             "{case}: {why}"
         );
+        assert!(why.contains(seen), "{case}: {why}");
         assert!(why.contains("yb-a-3"), "{case}: names the node: {why}");
         assert_eq!(
             read_effects(dir.path()).len(),

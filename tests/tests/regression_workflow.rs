@@ -318,6 +318,20 @@ async fn item4_relative_inventory_path_journals_absolute_paths() {
     let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-3", "systemctl stop yb-tserver");
     assert_eq!(out.exit, 0);
     let loaded = Inventory::load(Path::new(&dir.path().join("inventory.toml"))).unwrap();
+    // The master reports it DEAD only after the (scaled) unresponsive timeout (issue 11).
+    let mut rounds = 0;
+    while loaded
+        .masters()
+        .tservers()
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.host == "yb-a-3" && t.alive)
+    {
+        rounds += 1;
+        assert!(rounds < 3000, "the master never marked yb-a-3 DEAD");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     assert!(loaded.ssh.known_hosts.is_absolute());
     let data = temp_dir();
     let mut command = waymark(data.path());

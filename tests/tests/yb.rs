@@ -64,8 +64,22 @@ async fn healthy_cluster_passes_the_gate() {
 async fn restarted_tserver_is_dead_then_back_and_the_gate_waits_for_replication() {
     let (_dir, sb) = sandbox(4).await;
     let m = masters(&sb);
-    let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-2", "sudo systemctl restart yb-tserver");
+    // A real master reports a stopped tserver DEAD only once its last heartbeat is older than
+    // the unresponsive timeout (issue 11): stop it, wait for that, then start it again.
+    let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-2", "sudo systemctl stop yb-tserver");
     assert_eq!(out.exit, 0, "{out:?}");
+    let mut rounds = 0;
+    while ListTServers
+        .run(activity_ctx(), m.clone())
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.host == "yb-a-2" && t.alive)
+    {
+        rounds += 1;
+        assert!(rounds < 3000, "the master never marked yb-a-2 DEAD");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let report = HealthCheck.run(activity_ctx(), health(&m)).await.unwrap();
     assert!(!report.passed);
     assert!(
@@ -76,6 +90,8 @@ async fn restarted_tserver_is_dead_then_back_and_the_gate_waits_for_replication(
         "{:?}",
         report.problems
     );
+    let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-2", "sudo systemctl start yb-tserver");
+    assert_eq!(out.exit, 0, "{out:?}");
     let back = WaitServerBack
         .run(
             activity_ctx(),
