@@ -211,7 +211,7 @@ impl ClusterLocks {
                     unknown(format!(
                         "run {run} is unfinished but its history does not load ({e:#}); it may \
                          have left the estate half-switched: `waymark verify {run}` shows the \
-                         damage"
+                         damage, `waymark recover` (daemon stopped) salvages what verifies"
                     ));
                     continue;
                 }

@@ -53,6 +53,10 @@ pub async fn ls(
                 "RUN", "WORKFLOW", "STATE", "STARTED"
             );
             for r in &list.runs {
+                if r.state == api::DAMAGED {
+                    println!("{:<36}  {:<18} {:<14} {:<20} -", r.run, "-", r.state, "-");
+                    continue;
+                }
                 println!(
                     "{:<36}  {:<18} {:<14} {:<20} {}",
                     r.run,
