@@ -1,10 +1,16 @@
 //! One test per bug found.
 
 use waymark_engine::event::{Event, Payload};
-use waymark_engine::log::EventLog;
+use waymark_engine::log::sled::SledBackend;
+use waymark_engine::log::{EventLog, Log};
 use waymark_engine::RunId;
 
 use crate::util::temp_dir;
+
+/// The sled store of earlier versions (still opened to import it into segment files).
+fn sled_log(dir: &std::path::Path) -> Result<Log<SledBackend>, waymark_engine::log::Error> {
+    Ok(Log::new(SledBackend::open(dir)?))
+}
 
 /// sled 0.34.7 picks an unfinished `snap.N.generating` file (left by a SIGKILL during a
 /// snapshot) over the last complete snapshot and refuses to open. Found by the random-kill test.
@@ -13,7 +19,7 @@ async fn log_opens_after_a_kill_during_a_sled_snapshot() {
     let dir = temp_dir();
     let run = RunId::new();
     {
-        let log = waymark_engine::open_log(dir.path()).unwrap();
+        let log = sled_log(dir.path()).unwrap();
         log.append(
             run,
             vec![Event::RunStarted {
@@ -33,8 +39,7 @@ async fn log_opens_after_a_kill_during_a_sled_snapshot() {
         b"partial snapsh",
     )
     .unwrap();
-    let log =
-        waymark_engine::open_log(dir.path()).expect("opens despite the unfinished snapshot");
+    let log = sled_log(dir.path()).expect("opens despite the unfinished snapshot");
     assert_eq!(log.read(run).unwrap().len(), 1);
 }
 
@@ -50,8 +55,53 @@ fn log_creation_killed_halfway_leaves_nothing_that_blocks_the_next_open() {
         b"segment_size: 524288\nuse_compression: false\nversion: 0.34\n",
     )
     .unwrap();
-    drop(waymark_engine::open_log(dir.path()).expect("a fresh log opens"));
+    drop(sled_log(dir.path()).expect("a fresh log opens"));
     assert!(!leftover.exists(), "the unfinished creation was removed");
+}
+
+/// Issue 8, item 5 (the CLI side): `waymark signal RUN cancel` without a daemon on a run this
+/// binary cannot drive (its workflow version is unknown here) compensates it from the history in
+/// that process and reports the outcome, instead of saying the cancel takes effect "when the run
+/// is resumed" (a resume refuses such a run) and exiting.
+#[tokio::test]
+async fn direct_cancel_of_a_version_refused_run_sees_it_through() {
+    let dir = temp_dir();
+    let run = RunId::new();
+    {
+        let log = waymark_engine::open_log(dir.path()).unwrap();
+        log.append(
+            run,
+            vec![Event::RunStarted {
+                workflow: "yb-maintenance".into(),
+                version: 999,
+                input: Payload::null(),
+                started_by: "t".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    }
+    let out = crate::util::waymark(dir.path())
+        .args(["signal", &run.to_string(), "cancel", "--reason", "abandon"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cancelled") && !text.contains("takes effect when the run is resumed"),
+        "{text}"
+    );
+    let log = waymark_engine::open_log(dir.path()).unwrap();
+    assert!(
+        log.read(run)
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r.event, Event::RunCancelled { .. })),
+        "the run ended cancelled"
+    );
 }
 
 /// Two processes on one data dir: the second is told who to talk to instead of failing obscurely.

@@ -235,7 +235,16 @@ pub async fn signal(
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
             let payload = Payload::encode(&reason.unwrap_or_default())?;
-            engine(log).signal(id, name, payload, &operator()).await?;
+            let e = engine(log);
+            e.signal(id, name, payload, &operator()).await?;
+            if name == "cancel" {
+                // A cancel of a suspended or version-refused run compensates from the history
+                // right here (no daemon runs): see it through rather than exit half-way.
+                if let Ok(outcome) = e.wait(id).await {
+                    println!("{}", super::outcome_line(id, &outcome));
+                    return Ok(super::outcome_code(&outcome));
+                }
+            }
             println!("signal {name} recorded for run {id}; no daemon runs here, so it takes effect when the run is resumed (`waymark resume {id}`)");
         }
         Target::Daemon(c) => {
