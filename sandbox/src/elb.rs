@@ -1820,7 +1820,7 @@ fn create_target_group(shared: &Shared, p: &Params) -> ApiResult {
     }
     let mut x = Xml::default();
     x.list("TargetGroups", [&tg], |x, t| {
-        x.target_group(t, &lbs, checks)
+        x.target_group(t, &lbs, checks);
     });
     Ok(x)
 }

@@ -4,7 +4,7 @@
 //!
 //! Timing (every duration is the spec's [`Timing`], multiplied by the time scale):
 //! - A stop (`systemctl stop`, or the stop half of `restart`) takes the graceful-stop time
-//!   (ActiveState `deactivating`); the unit's command blocks for it unless `--no-block`.
+//!   (`ActiveState` `deactivating`); the unit's command blocks for it unless `--no-block`.
 //!   Heartbeats stop when the stop begins.
 //! - A new process heartbeats `startup_ms` after it starts; a tserver then bootstraps its tablets
 //!   one after the other (`bootstrap_ms_per_tablet` each, times the node's slow-bootstrap factor);
@@ -885,7 +885,8 @@ pub fn exec(shared: &Shared, node: &str, command: &str) -> ExecOutput {
 /// `-certs_dir_name`; `get_is_load_balancer_idle`, `get_load_move_completion`,
 /// `change_leader_blacklist ADD|REMOVE H:9100`, `get_leader_blacklist_completion`,
 /// `list_all_masters`, `list_all_tablet_servers`); `yb-ts-cli --server_address=H:9100
-/// is_server_ready`. The line is split as a POSIX shell splits it ([`shell_words`]). Mutations are
+/// is_server_ready`; `curl [-s] [-f] http://H:9000/prometheus-metrics` (a tserver's
+/// `follower_lag_ms` per tablet it follows). The line is split as a POSIX shell splits it ([`shell_words`]). Mutations are
 /// recorded as effects. Returns the output and how long the command runs (ms) before it answers.
 /// Injected faults are applied by the caller (the SSH host), once per command.
 pub fn exec_nowait(shared: &Shared, node: &str, command: &str) -> (ExecOutput, u64) {
@@ -908,6 +909,7 @@ pub fn exec_nowait(shared: &Shared, node: &str, command: &str) -> (ExecOutput, u
         Some("systemctl") => systemctl(shared, node, &words[1..]),
         Some("yb-admin") => (yb_admin(shared, &words[1..]), 0),
         Some("yb-ts-cli") => (yb_ts_cli(shared, &words[1..]), 0),
+        Some("curl") => (curl(shared, &words[1..]), 0),
         Some(other) => (
             ExecOutput::fail(127, format!("bash: line 1: {other}: command not found\n")),
             0,
@@ -1015,7 +1017,7 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> (ExecOutput, u64) {
     }
 }
 
-/// (ActiveState, SubState) of a unit in `phase`.
+/// (`ActiveState`, `SubState`) of a unit in `phase`.
 fn active_state(phase: Phase) -> (&'static str, &'static str) {
     match phase {
         Phase::Stopping => ("deactivating", "stop-sigterm"),
@@ -1349,6 +1351,51 @@ fn yb_ts_cli(shared: &Shared, args: &[&str]) -> ExecOutput {
         Some(other) => ExecOutput::fail(1, format!("Invalid command: {other}\n")),
         None => ExecOutput::fail(1, "yb-ts-cli: no command given\n"),
     }
+}
+
+/// `curl http://HOST:9000/prometheus-metrics` from a node: the tserver's `follower_lag_ms` for
+/// every tablet it follows (Prometheus text), as its web server exports it.
+fn curl(shared: &Shared, args: &[&str]) -> ExecOutput {
+    let now = now_ms();
+    let Some(url) = args.iter().find(|a| !a.starts_with('-')) else {
+        return ExecOutput::fail(2, "curl: no URL specified!\n");
+    };
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "80"));
+    shared.read(|st| {
+        let yb = &st.yb;
+        let refused = || {
+            ExecOutput::fail(
+                7,
+                format!("curl: (7) Failed to connect to {host} port {port}: Connection refused\n"),
+            )
+        };
+        let Some(s) = yb.server(host, Kind::TServer).filter(|_| port == "9000") else {
+            return refused();
+        };
+        if !s.process_running(now) {
+            return refused();
+        }
+        if path != "prometheus-metrics" {
+            return ExecOutput::ok(String::new());
+        }
+        let n = yb.replicas_on(host);
+        let lag = s.follower_lag_ms(now, &yb.timing, n);
+        let mut out = String::from("# TYPE follower_lag_ms gauge\n");
+        for t in yb
+            .tablets
+            .iter()
+            .filter(|t| t.replicas.iter().any(|r| r == host))
+            .filter(|t| t.leader.as_deref() != Some(host))
+        {
+            out.push_str(&format!(
+                "follower_lag_ms{{table_id=\"{TABLE}\",tablet_id=\"{}\",metric_type=\"tablet\",exported_instance=\"{host}:9000\"}} {lag} {now}\n",
+                t.id
+            ));
+        }
+        ExecOutput::ok(out)
+    })
 }
 
 /// What a yb-master web request hit.

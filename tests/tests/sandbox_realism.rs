@@ -173,7 +173,7 @@ async fn tserver_entry(inv: &Inventory, host: &str) -> Option<(bool, f64, u64)> 
 #[test]
 fn sandbox_shell_splits_posix_quoting() {
     let words = waymark_sandbox::yb::shell_words(
-        r#"'/usr/bin/yb-admin' '-master_addresses' '10.0.0.1:7100,10.0.0.2:7100' get_is_load_balancer_idle"#,
+        r"'/usr/bin/yb-admin' '-master_addresses' '10.0.0.1:7100,10.0.0.2:7100' get_is_load_balancer_idle",
     )
     .unwrap();
     assert_eq!(
@@ -269,6 +269,7 @@ async fn restarted_tserver_bootstraps_over_time_and_only_the_running_view_sees_i
     let mut counts = Vec::new();
     let mut running_view_saw_it = false;
     let mut location_view_clean_meanwhile = false;
+    let mut lag_while_bootstrapping = false;
     let mut rounds = 0;
     loop {
         rounds += 1;
@@ -302,6 +303,15 @@ async fn restarted_tserver_bootstraps_over_time_and_only_the_running_view_sees_i
         {
             counts.push(n);
         }
+        let metrics = on(
+            &inv,
+            "yb-a-1",
+            "curl -s http://yb-a-3:9000/prometheus-metrics",
+        )
+        .await;
+        if metrics.exit_status == 0 && lags(&metrics.stdout).iter().any(|&l| l > 0) {
+            lag_while_bootstrapping = true;
+        }
         if running_view > 0 {
             running_view_saw_it = true;
             if location_view == 0 {
@@ -327,7 +337,45 @@ async fn restarted_tserver_bootstraps_over_time_and_only_the_running_view_sees_i
         location_view_clean_meanwhile,
         "health-check (replica locations) stayed clean while they bootstrapped"
     );
+    assert!(
+        lag_while_bootstrapping,
+        "its followers lag while it bootstraps"
+    );
+    // Its followers catch up after it is ready.
+    let mut rounds = 0;
+    loop {
+        rounds += 1;
+        assert!(rounds < 3000, "the followers on yb-a-3 never caught up");
+        let m = on(
+            &inv,
+            "yb-a-1",
+            "curl -s http://yb-a-3:9000/prometheus-metrics",
+        )
+        .await;
+        assert_eq!(m.exit_status, 0, "{m:?}");
+        let l = lags(&m.stdout);
+        assert!(!l.is_empty(), "{}", m.stdout);
+        if l.iter().all(|&x| x == 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(invariants(dir.path()).max_tservers_down, 1);
+}
+
+/// `follower_lag_ms` values of a Prometheus text page.
+fn lags(page: &str) -> Vec<u64> {
+    page.lines()
+        .filter(|l| l.starts_with("follower_lag_ms{"))
+        .filter_map(|l| {
+            l.rsplit_once("} ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
 }
 
 /// Stopping the leader master: a new leader is elected (is-leader 200 on exactly one master,
