@@ -626,6 +626,10 @@ fn read_token(file: &Path) -> anyhow::Result<String> {
 /// Runs the daemon until SIGTERM or SIGINT. Every setting is checked and every listener bound
 /// before any run is resumed: a bad setting exits with no driver started.
 pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
+    // Handlers first: a SIGTERM at any point of the start (even while runs are being resumed)
+    // is then a clean stop, never the default action killing drivers mid-attempt.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     anyhow::ensure!(
         opts.tcp.is_none() || opts.token_file.is_some(),
         "--listen-tcp needs --token-file: TCP clients must present a bearer token"
@@ -722,9 +726,8 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitCode> {
         stop_rx.clone(),
     ));
     tracing::info!(socket = %sock.display(), "serving (owner-only)");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
     }
     tracing::info!(
