@@ -248,6 +248,47 @@ async fn stopped_tserver_stays_alive_at_the_master_until_the_timeout_while_the_m
     );
 }
 
+/// `systemctl restart` blocks for the graceful stop, as systemd does: afterwards the unit is
+/// active with a new `InvocationID`; with `--no-block` it answers at once, the unit still
+/// `deactivating` with the old `InvocationID`. At time scale 1.0 (real durations: a 3 s master
+/// stop, a 5 s tserver stop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemctl_restart_blocks_for_the_graceful_stop_unless_no_block() {
+    let (_dir, _sb, inv) = lagging(1.0).await;
+    let show = "systemctl show -p InvocationID,ActiveState yb-tserver";
+    let before = on(&inv, "yb-a-2", show).await.stdout;
+    let out = on(
+        &inv,
+        "yb-a-2",
+        "sudo systemctl --no-block restart yb-tserver",
+    )
+    .await;
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    let during = on(&inv, "yb-a-2", show).await.stdout;
+    assert!(during.contains("ActiveState=deactivating"), "{during}");
+    assert_eq!(
+        before.lines().find(|l| l.starts_with("InvocationID=")),
+        during.lines().find(|l| l.starts_with("InvocationID=")),
+        "the old run is still being stopped"
+    );
+    let is_active = on(&inv, "yb-a-2", "systemctl is-active yb-tserver").await;
+    assert_eq!(
+        (is_active.exit_status, is_active.stdout.trim()),
+        (3, "deactivating")
+    );
+
+    let show = "systemctl show -p InvocationID,ActiveState yb-master";
+    let before = on(&inv, "yb-a-1", show).await.stdout;
+    let out = on(&inv, "yb-a-1", "sudo systemctl restart yb-master").await;
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    let after = on(&inv, "yb-a-1", show).await.stdout;
+    assert!(after.contains("ActiveState=active"), "{after}");
+    assert_ne!(
+        before, after,
+        "a new run once the blocking restart returned"
+    );
+}
+
 /// After `systemctl restart` returns, the new process bootstraps its tablets over time:
 /// `yb-ts-cli is_server_ready` reports tablets not running (non-zero exit) before it reports
 /// ready; meanwhile `tablet-under-replication` sees it and `health-check` does not.
