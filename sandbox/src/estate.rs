@@ -665,7 +665,7 @@ impl Sandbox {
 /// Moves the estate's clock: often enough that no transition of the ground truth (heartbeats,
 /// bootstraps, drains, pod terminations) goes unobserved for long.
 async fn tick(shared: Arc<Shared>) {
-    let every = shared.read(|st| st.yb.timing.heartbeat_ms).clamp(2, 20);
+    let every = shared.read(|st| st.yb.timing.heartbeat_ms).clamp(5, 20);
     let mut interval = tokio::time::interval(std::time::Duration::from_millis(every as u64));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
