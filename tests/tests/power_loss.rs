@@ -462,7 +462,11 @@ fn acked(acks: &Path) -> BTreeMap<(RunId, u64), String> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 fn random_mode(rng: &mut SplitMix) -> CutMode {
@@ -536,20 +540,17 @@ fn check_engine_final_state(data: &Path, sink_dir: &Path) {
             ),
             "run {run} completed"
         );
-        let mut completed = BTreeMap::new();
+        let mut completed = std::collections::BTreeSet::new();
         for r in &history {
             if let Event::StepCompleted {
                 step: StepRef::Workflow(p),
                 ..
             } = &r.event
             {
-                assert!(
-                    completed.insert(*p, ()).is_none(),
-                    "run {run}: step {p} completed twice"
-                );
+                assert!(completed.insert(*p), "run {run}: step {p} completed twice");
             }
         }
-        for p in completed.keys().filter(|p| **p >= 2) {
+        for p in completed.iter().filter(|p| **p >= 2) {
             let key = format!("{run}/step-{p}");
             assert_eq!(
                 effects.get(&key),
@@ -691,8 +692,10 @@ fn runbook_power_cut_at_random_instants_resumes_with_every_effect_once() {
         );
         let first = waymark_engine::open_log(&data)
             .and_then(|l| l.runs())
-            .map(|r| r.is_empty())
-            .unwrap_or_else(|e| panic!("seed {seed}: the log does not open: {e}"));
+            .map_or_else(
+                |e| panic!("seed {seed}: the log does not open: {e}"),
+                |r| r.is_empty(),
+            );
         let mut child = runbook_process(&data, &inventory, first, &newest);
         let deadline = Instant::now() + Duration::from_millis(100 + rng.below(900));
         let mut exited = None;

@@ -18,7 +18,11 @@ use waymark_tests::{CrashInput, CrashWorkflow, EffectSink, SinkEffect};
 
 /// Hex of a hash.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    use std::fmt::Write as _;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// An [`EventLog`] that writes every acknowledged record to the ack file before handing the
