@@ -1,6 +1,7 @@
 //! The inventory: a TOML file describing the estate `yb-maintenance` acts on (see
 //! `examples/inventory.toml` for a commented example). Loading validates it and refuses a file
-//! with an unknown key, a missing field or a bad address, naming the file, the key and the problem.
+//! with an unknown key, a missing field, a bad address or path, or a number out of its range,
+//! naming the file, the key and the problem; relative paths become absolute.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

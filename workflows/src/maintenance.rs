@@ -52,7 +52,9 @@ impl Workflow for YbMaintenance {
     /// 2: the run checks its input, resolves (journals) the Kubernetes context and the AWS
     /// profile first, and reads the traffic weights and every `MirrorMaker2` replica count
     /// before step 1 (the estate check). Version 1 histories replay differently: a binary with
-    /// only this version refuses them (finish them with the binary that started them).
+    /// only this version refuses them (finish them with the binary that started them). The
+    /// run re-checks its input with `Inventory::validate`: a stricter rule there is a change of
+    /// this workflow too (bump the version).
     const VERSION: u32 = 2;
     type Input = Inventory;
     type Output = Summary;
@@ -408,7 +410,11 @@ impl Maintenance {
             .nodes
             .iter()
             .find(|n| n.master_http.is_some())
-            .expect("validated: a master node exists");
+            .ok_or_else(|| {
+                workflow::Error::failed(
+                    "5. no node of the inventory runs a yb-master: give master_http and master_rpc on the master nodes",
+                )
+            })?;
         let (limit, beat) = self.wait_limits(self.gates().load_balancer_timeout_secs);
         let _: String = self
             .step::<WaitLoadBalancer>(&LoadBalancerInput {
