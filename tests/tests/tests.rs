@@ -9,6 +9,7 @@ mod k8s;
 mod log_conformance;
 mod log_damage;
 mod maintenance;
+mod node_gates;
 mod power_loss;
 mod regression;
 mod regression_daemon;
