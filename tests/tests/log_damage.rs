@@ -289,7 +289,7 @@ async fn ls_verify_and_recover_speak_to_the_operator() {
         .iter()
         .find(|o| o.2 == victim && o.3 == 2)
         .expect("the victim's third record");
-    bytes[(start + end) / 2 + 10] ^= 0xFF;
+    bytes[start.midpoint(end) + 10] ^= 0xFF;
     std::fs::write(&seg, &bytes).unwrap();
     let data = dir.path();
 
