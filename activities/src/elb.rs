@@ -653,6 +653,35 @@ impl ElbClient {
         }))
     }
 
+    /// Every target of a group with its state (`DescribeTargetHealth` without targets).
+    pub async fn group_health(&self, target_group_arn: &str) -> Result<Vec<TargetState>, Error> {
+        let out = self
+            .client
+            .describe_target_health()
+            .target_group_arn(target_group_arn)
+            .send()
+            .await
+            .map_err(|e| {
+                self.site("DescribeTargetHealth", target_group_arn)
+                    .error(&e)
+            })?;
+        Ok(out
+            .target_health_descriptions()
+            .iter()
+            .map(|d| TargetState {
+                id: d
+                    .target()
+                    .and_then(|t| t.id())
+                    .unwrap_or_default()
+                    .to_owned(),
+                state: d
+                    .target_health()
+                    .and_then(|h| h.state())
+                    .map_or_else(|| "unknown".to_owned(), |s| s.as_str().to_owned()),
+            })
+            .collect())
+    }
+
     async fn register(&self, target: &TargetRef<'_>) -> Result<(), Error> {
         let label = target.label();
         self.client
@@ -1368,9 +1397,47 @@ pub fn resolve_connection(mut conn: ElbConnection, env_profile: Option<String>) 
     conn
 }
 
+/// One target of a group and its health state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetState {
+    /// Instance id or IP.
+    pub id: String,
+    /// `initial`, `healthy`, `unhealthy`, `draining`, ...
+    pub state: String,
+}
+
+/// Input of [`ReadTargetGroupHealth`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadTargetGroupHealthInput {
+    /// How to reach `ELBv2`.
+    pub conn: ElbConnection,
+    /// The target group.
+    pub target_group_arn: String,
+}
+
+/// `elb.read_target_group_health`: every target of a group with its health state (read-only;
+/// the estate check before a run asks whether a group it will forward to has a healthy target).
+pub struct ReadTargetGroupHealth;
+
+impl Activity for ReadTargetGroupHealth {
+    const NAME: &'static str = "elb.read_target_group_health";
+    type Input = ReadTargetGroupHealthInput;
+    type Output = Vec<TargetState>;
+
+    async fn run(
+        &self,
+        _ctx: Context,
+        input: Self::Input,
+    ) -> Result<Self::Output, activity::Error> {
+        let client = ElbClient::connect(&input.conn).await?;
+        Ok(client.group_health(&input.target_group_arn).await?)
+    }
+}
+
 /// Registers every `ELBv2` activity.
 pub fn register(b: EngineBuilder) -> EngineBuilder {
     b.activity(RegisterTarget)
+        .activity(ReadTargetGroupHealth)
         .activity(DeregisterTarget)
         .activity(ReadTrafficWeights)
         .activity(SetTrafficWeights)

@@ -8,6 +8,9 @@
 //!   a unit a new `InvocationID`; a preceding show step records it durably, and this activity
 //!   compares it with the unit's current one before acting: a different id on a running unit means
 //!   the restart already happened (an earlier attempt, before a crash), so it is not done again.
+//!   The restart is `systemctl --no-block restart` (no command blocks for the graceful stop);
+//!   the unit is then polled with `systemctl show` over the same session until it is `active`
+//!   under a new `InvocationID`.
 //!
 //! Host keys: the server's key must match an entry for `host` (port 22) or `[host]:port` in the
 //! target's `known_hosts` (plain or hashed `|1|` entries, read with `russh::keys::known_hosts`).
@@ -217,7 +220,7 @@ pub enum Error {
         load_state: String,
     },
     /// The restarted unit did not become active in time.
-    #[error("SSH to {addr}: systemd unit `{unit}` not active {ms} ms after the restart (last `systemctl is-active`: {last}); check `journalctl -u {unit}` on the host")]
+    #[error("SSH to {addr}: systemd unit `{unit}` not active under a new InvocationID {ms} ms after the restart (last `systemctl show`: {last}); check `journalctl -u {unit}` on the host")]
     UnitNotActive {
         /// `host:port`.
         addr: String,
@@ -1125,7 +1128,7 @@ pub struct RestartInput {
     /// How long the unit may take to be `active` again, ms (default 120,000).
     #[serde(default = "default_active_timeout_ms")]
     pub active_timeout_ms: u64,
-    /// Pause between `systemctl is-active` polls, ms (default 1,000).
+    /// Pause between `systemctl show` polls, ms (default 1,000).
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
 }
@@ -1189,7 +1192,10 @@ pub async fn restart_unit(
             "{unit} on {}: restarting (InvocationID {}, {})",
             target.host, before.invocation_id, before.active_state
         )));
-        let command = systemctl(input.use_sudo, "restart", unit);
+        // `--no-block`: the command returns once the job is queued, instead of blocking for the
+        // graceful stop (a tserver's can outlast the step's heartbeat limit); the unit is then
+        // polled over this same session.
+        let command = systemctl(input.use_sudo, "--no-block restart", unit);
         session
             .exec(&command)
             .await?
@@ -1205,6 +1211,9 @@ pub async fn restart_unit(
     })
 }
 
+/// Polls `systemctl show` over the open session until the unit is `active` under an
+/// `InvocationID` other than the recorded one (a `--no-block` restart returns before the stop
+/// even began: `is-active` alone could still see the old run).
 async fn wait_active(
     ctx: &Context,
     session: &SshSession,
@@ -1212,23 +1221,27 @@ async fn wait_active(
     input: &RestartInput,
 ) -> Result<(), Error> {
     let target = session.target();
-    let command = systemctl(input.use_sudo, "is-active", unit);
     let start = tokio::time::Instant::now();
     let limit = Duration::from_millis(input.active_timeout_ms);
     loop {
-        // `is-active` exits 3 for anything but active: the status is the answer, not an error.
-        let out = session.exec(&command).await?;
-        let state = out.stdout.trim().to_owned();
+        let state = show_unit(session, unit, input.use_sudo).await?;
+        let new_run =
+            !state.invocation_id.is_empty() && state.invocation_id != input.expected_invocation_id;
         let mut progress = format!(
-            "{unit} on {}: {}",
+            "{unit} on {}: {} (InvocationID {})",
             target.host,
-            if state.is_empty() {
+            if state.active_state.is_empty() {
                 "(no answer)"
             } else {
-                &state
+                &state.active_state
+            },
+            if state.invocation_id.is_empty() {
+                "none"
+            } else {
+                &state.invocation_id
             }
         );
-        if out.exit_status == 0 && state == "active" {
+        if new_run && state.active_state == "active" {
             ctx.heartbeat(Some(progress));
             return Ok(());
         }
@@ -1237,11 +1250,15 @@ async fn wait_active(
                 addr: target.addr(),
                 unit: unit.to_owned(),
                 ms: input.active_timeout_ms,
-                last: if state.is_empty() {
-                    tail(&out.stderr, 200)
-                } else {
-                    state
-                },
+                last: format!(
+                    "{}{}",
+                    state.active_state,
+                    if new_run {
+                        ""
+                    } else {
+                        ", still the recorded InvocationID"
+                    }
+                ),
             });
         }
         let _ = write!(progress, ", waiting {} ms", start.elapsed().as_millis());

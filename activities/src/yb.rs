@@ -1,8 +1,17 @@
-//! `YugabyteDB` activities over the yb-master HTTP API (and `yb-admin` over SSH where HTTP has no
-//! confirmed answer): find the leader master, list tservers, the cluster health gate, wait for one
-//! restarted server to be back, wait for the load balancer to finish.
+//! `YugabyteDB` activities over the yb-master HTTP API (and `yb-admin` / `yb-ts-cli` over SSH where
+//! HTTP has no confirmed answer): find the leader master, list masters and tservers, the node gate
+//! (masters and tservers equal to the inventory's, none DEAD, nothing under-replicated or
+//! leaderless), proof that a restarted server's *new* process serves, `is_server_ready` and
+//! follower lag, the leader blacklist (change it idempotently, wait for it to drain), and the
+//! load balancer (several consecutive idle readings with balanced leaders). The older one-look
+//! health gate ([`HealthCheck`], [`WaitHealthy`], [`WaitServerBack`]) stays for the plan and for
+//! histories of earlier workflow versions.
+//!
+//! Every command run on a node goes through one SSH session per activity attempt ([`NodeShell`]),
+//! reused across polls, and gets `-certs_dir_name` when the inventory names the cluster's
+//! certificates (a TLS cluster refuses a client without them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -64,11 +73,18 @@ pub enum Error {
     /// Cancelled while waiting.
     #[error("YugabyteDB: wait for {0} cancelled")]
     Cancelled(String),
+    /// The SSH session to a node failed.
+    #[error("YugabyteDB: {0}")]
+    Ssh(#[from] ssh::Error),
 }
 
 impl From<Error> for activity::Error {
     fn from(e: Error) -> Self {
-        let retryable = !matches!(e, Error::Unknown(_) | Error::Cancelled(_));
+        let retryable = match &e {
+            Error::Unknown(_) | Error::Cancelled(_) => false,
+            Error::Ssh(s) => s.is_retryable(),
+            _ => true,
+        };
         activity::Error {
             message: e.to_string(),
             retryable,
@@ -174,6 +190,8 @@ impl Masters {
                     time_since_hb_sec: t["time_since_hb_sec"].as_f64().unwrap_or(0.0),
                     uuid: t["permanent_uuid"].as_str().unwrap_or_default().to_owned(),
                     zone: t["zone"].as_str().unwrap_or_default().to_owned(),
+                    tablets: t["user_tablets_total"].as_u64().unwrap_or(0),
+                    leaders: t["user_tablets_leaders"].as_u64().unwrap_or(0),
                 });
             }
         }
@@ -200,6 +218,14 @@ impl Masters {
                                 .unwrap_or_default()
                                 .to_owned(),
                             role: m["role"].as_str().unwrap_or_default().to_owned(),
+                            error: m.get("error").map(|e| {
+                                e["message"]
+                                    .as_str()
+                                    .map_or_else(|| e.to_string(), str::to_owned)
+                            }),
+                            instance_seqno: m["instance_id"]["instance_seqno"]
+                                .as_u64()
+                                .unwrap_or(0),
                         })
                         .collect());
                 }
@@ -293,6 +319,12 @@ pub struct TServer {
     pub uuid: String,
     /// Placement zone.
     pub zone: String,
+    /// Tablet replicas it holds (`user_tablets_total`).
+    #[serde(default)]
+    pub tablets: u64,
+    /// Tablets it leads (`user_tablets_leaders`).
+    #[serde(default)]
+    pub leaders: u64,
 }
 
 /// One master.
@@ -304,6 +336,12 @@ pub struct MasterInfo {
     pub uuid: String,
     /// LEADER, FOLLOWER, or something else while it is not serving.
     pub role: String,
+    /// The `error` the masters' list shows for it (a master that does not answer).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// `instance_id.instance_seqno`: new for every start of the process.
+    #[serde(default)]
+    pub instance_seqno: u64,
 }
 
 /// The cluster health gate's verdict.
@@ -488,6 +526,91 @@ impl Activity for WaitServerBack {
     }
 }
 
+/// How to run `yb-admin` on a node: over SSH, against every master, with the cluster's
+/// certificates when it uses TLS.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct YbAdmin {
+    /// The node `yb-admin` runs on.
+    pub ssh: ssh::SshTarget,
+    /// Path of `yb-admin` there.
+    pub yb_admin: String,
+    /// `host:7100` of every master, for `-master_addresses`.
+    pub master_rpc: Vec<String>,
+    /// `-certs_dir_name` (the cluster uses TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<String>,
+}
+
+impl YbAdmin {
+    /// The command line of `yb-admin ARGS`.
+    pub fn line(&self, args: &[&str]) -> String {
+        yb_admin_line(
+            &self.yb_admin,
+            &self.master_rpc,
+            self.certs_dir.as_deref(),
+            args,
+        )
+    }
+}
+
+/// One SSH session to a node, reused for every command (and every poll) of an activity attempt.
+pub struct NodeShell {
+    session: ssh::SshSession,
+}
+
+impl NodeShell {
+    /// Logs in once.
+    pub async fn connect(target: &ssh::SshTarget) -> Result<Self, Error> {
+        Ok(NodeShell {
+            session: ssh::SshSession::connect(target).await?,
+        })
+    }
+
+    /// Runs `command`; a non-zero exit is not an error here.
+    pub async fn exec(&self, command: &str) -> Result<ssh::CommandOutput, Error> {
+        Ok(self.session.exec(command).await?)
+    }
+
+    /// Runs `command`; its stdout, or [`Error::YbAdmin`] naming the node, the command and stderr.
+    pub async fn ok(&self, command: &str) -> Result<String, Error> {
+        let out = self.exec(command).await?;
+        if out.exit_status != 0 {
+            return Err(Error::YbAdmin {
+                host: self.session.target().addr(),
+                detail: format!(
+                    "`{command}` exited {}: {}",
+                    out.exit_status,
+                    first_line(&out.stderr, &out.stdout)
+                ),
+            });
+        }
+        Ok(out.stdout)
+    }
+
+    /// Logs out.
+    pub async fn close(self) {
+        self.session.close().await;
+    }
+}
+
+fn first_line(stderr: &str, stdout: &str) -> String {
+    let text = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    let t = text.trim();
+    let mut s: String = t.chars().take(400).collect();
+    if t.chars().count() > 400 {
+        s.push_str("...");
+    }
+    if s.is_empty() {
+        "(no output)".into()
+    } else {
+        s
+    }
+}
+
 /// Input of [`WaitLoadBalancer`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoadBalancerInput {
@@ -501,10 +624,22 @@ pub struct LoadBalancerInput {
     pub timeout_secs: u64,
     /// Poll interval, ms.
     pub poll_ms: u64,
+    /// `-certs_dir_name` (the cluster uses TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<String>,
+    /// Consecutive idle readings required (0 or 1: one).
+    #[serde(default)]
+    pub idle_readings: u32,
+    /// With masters: leaders must also be balanced (every live tserver holding tablets leads
+    /// some) in the same reading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masters: Option<Masters>,
 }
 
-/// Waits until the load balancer is idle (`yb-admin get_is_load_balancer_idle`), heartbeating
-/// the percentage of load moves done (`get_load_move_completion`).
+/// Waits until the load balancer is idle (`yb-admin get_is_load_balancer_idle`) with no load
+/// move remaining (`get_load_move_completion`) and, given the masters, leaders balanced, for
+/// `idle_readings` consecutive polls; heartbeats the percentage of load moves done. One SSH
+/// session for every poll.
 pub struct WaitLoadBalancer;
 
 impl Activity for WaitLoadBalancer {
@@ -512,70 +647,138 @@ impl Activity for WaitLoadBalancer {
     type Input = LoadBalancerInput;
     type Output = String;
     async fn run(&self, ctx: Context, i: LoadBalancerInput) -> Result<String, activity::Error> {
-        let host = format!("{}:{}", i.ssh.host, i.ssh.port);
-        let admin = |cmd: &str| yb_admin_command(&i.yb_admin, &i.master_rpc, cmd);
-        let run = |cmd: String| {
-            let target = i.ssh.clone();
-            let host = host.clone();
-            async move {
-                let out = ssh::run(&target, &cmd).await.map_err(|e| Error::YbAdmin {
-                    host: host.clone(),
-                    detail: e.to_string(),
-                })?;
-                if out.exit_status != 0 {
-                    return Err(Error::YbAdmin {
-                        host,
-                        detail: format!(
-                            "`{cmd}` exited {}: {}",
-                            out.exit_status,
-                            out.stderr.trim()
-                        ),
-                    });
-                }
-                Ok(out.stdout)
-            }
+        let admin = YbAdmin {
+            ssh: i.ssh.clone(),
+            yb_admin: i.yb_admin.clone(),
+            master_rpc: i.master_rpc.clone(),
+            certs_dir: i.certs_dir.clone(),
         };
-        poll(
+        let shell = NodeShell::connect(&i.ssh).await?;
+        let want = i.idle_readings.max(1);
+        let streak = std::sync::atomic::AtomicU32::new(0);
+        let result = poll(
             &ctx,
             "load balancer idle",
             i.timeout_secs,
             i.poll_ms,
             || async {
-                let progress = run(admin("get_load_move_completion")).await?;
+                let progress = shell.ok(&admin.line(&["get_load_move_completion"])).await?;
                 let pct = parse_load_move_completion(&progress);
-                let idle_out = run(admin("get_is_load_balancer_idle")).await?;
+                let idle_out = shell
+                    .ok(&admin.line(&["get_is_load_balancer_idle"]))
+                    .await?;
                 let idle = parse_is_idle(&idle_out).ok_or_else(|| Error::YbAdmin {
-                    host: host.clone(),
+                    host: i.ssh.addr(),
                     detail: format!("unexpected output of get_is_load_balancer_idle: {idle_out:?}"),
                 })?;
-                let line = match pct {
+                let mut line = match pct {
                     Some((p, r, t)) => {
                         format!("load balancer {p:.1}% done ({r} of {t} moves remaining)")
                     }
                     None => "load balancer progress unknown".to_owned(),
                 };
-                Ok(if idle {
-                    Poll::Ready(format!("load balancer idle; {line}"))
+                let moves_left = pct.is_some_and(|(_, r, _)| r > 0);
+                let unbalanced = match &i.masters {
+                    Some(m) => match m.tservers().await {
+                        Ok(ts) => unbalanced_leaders(&ts),
+                        Err(e) => Some(e.to_string()),
+                    },
+                    None => None,
+                };
+                if let Some(u) = &unbalanced {
+                    line = format!("{line}; {u}");
+                }
+                if idle && !moves_left && unbalanced.is_none() {
+                    streak.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 } else {
-                    Poll::Pending(line)
+                    streak.store(0, std::sync::atomic::Ordering::Relaxed);
+                }
+                let streak = streak.load(std::sync::atomic::Ordering::Relaxed);
+                Ok(if streak >= want {
+                    Poll::Ready(format!(
+                        "load balancer idle for {streak} consecutive readings; {line}"
+                    ))
+                } else {
+                    Poll::Pending(format!(
+                        "{line}; idle readings in a row: {streak} of {want}"
+                    ))
                 })
             },
         )
-        .await
-        .map_err(Into::into)
+        .await;
+        shell.close().await;
+        result.map_err(Into::into)
     }
+}
+
+/// Why the leaders are not balanced (`None`: balanced): a live tserver holding tablets leads
+/// none, or leaders differ by more than two between live tservers.
+pub fn unbalanced_leaders(ts: &[TServer]) -> Option<String> {
+    let live: Vec<&TServer> = ts.iter().filter(|t| t.alive && t.tablets > 0).collect();
+    if let Some(t) = live.iter().find(|t| t.leaders == 0) {
+        return Some(format!(
+            "tserver {} leads none of its {} tablets",
+            t.host, t.tablets
+        ));
+    }
+    let max = live.iter().map(|t| t.leaders).max()?;
+    let min = live.iter().map(|t| t.leaders).min()?;
+    (max > min + 2).then(|| format!("leaders unbalanced: {min} to {max} per tserver"))
 }
 
 /// The `yb-admin` command line run on a node's login shell: `YB_ADMIN -master_addresses
 /// M1,M2 SUBCOMMAND`, every value shell-quoted ([`ssh::shell_quote`]), so a path or an address
 /// holding shell syntax stays one literal word.
 pub fn yb_admin_command(yb_admin: &str, master_rpc: &[String], subcommand: &str) -> String {
-    format!(
-        "{} -master_addresses {} {}",
+    yb_admin_line(yb_admin, master_rpc, None, &[subcommand])
+}
+
+/// `YB_ADMIN -master_addresses M1,M2 [-certs_dir_name DIR] ARGS...`, every value shell-quoted.
+pub fn yb_admin_line(
+    yb_admin: &str,
+    master_rpc: &[String],
+    certs_dir: Option<&str>,
+    args: &[&str],
+) -> String {
+    let mut line = format!(
+        "{} -master_addresses {}",
         ssh::shell_quote(yb_admin),
-        ssh::shell_quote(&master_rpc.join(",")),
-        ssh::shell_quote(subcommand)
-    )
+        ssh::shell_quote(&master_rpc.join(","))
+    );
+    if let Some(d) = certs_dir {
+        line.push_str(" -certs_dir_name ");
+        line.push_str(&ssh::shell_quote(d));
+    }
+    for a in args {
+        line.push(' ');
+        line.push_str(&ssh::shell_quote(a));
+    }
+    line
+}
+
+/// `YB_TS_CLI [-certs_dir_name DIR] --server_address=HOST:9100 is_server_ready`, quoted.
+pub fn yb_ts_cli_ready_line(yb_ts_cli: &str, certs_dir: Option<&str>, host: &str) -> String {
+    let mut line = ssh::shell_quote(yb_ts_cli);
+    if let Some(d) = certs_dir {
+        line.push_str(" -certs_dir_name ");
+        line.push_str(&ssh::shell_quote(d));
+    }
+    line.push(' ');
+    line.push_str(&ssh::shell_quote(&format!(
+        "--server_address={}",
+        rpc_address(host, 9100)
+    )));
+    line.push_str(" is_server_ready");
+    line
+}
+
+/// `host:port`, `[v6]:port` for IPv6 addresses.
+pub fn rpc_address(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// Parses `Percent complete = 42.5 : 3 remaining out of 12`.
@@ -596,6 +799,579 @@ pub fn parse_is_idle(out: &str) -> Option<bool> {
         "1" => Some(true),
         "0" => Some(false),
         _ => None,
+    }
+}
+
+/// The hosts of the leader blacklist in `yb-admin get_universe_config`'s JSON
+/// (`leaderBlacklist.hosts[].host`, with their ports).
+pub fn parse_leader_blacklist(out: &str) -> Option<Vec<String>> {
+    let start = out.find('{')?;
+    let v: Value = serde_json::from_str(out[start..].trim()).ok()?;
+    Some(
+        v["leaderBlacklist"]["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| {
+                let host = h["host"].as_str()?;
+                let port = h["port"].as_u64().unwrap_or(9100);
+                Some(format!("{host}:{port}"))
+            })
+            .collect(),
+    )
+}
+
+/// The largest `follower_lag_ms` in a tserver's Prometheus metrics (0 when it follows nothing).
+pub fn parse_max_follower_lag_ms(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("follower_lag_ms"))
+        .filter_map(|l| {
+            let after = l.rsplit_once('}').map_or(l, |(_, r)| r);
+            let v: f64 = after.split_whitespace().next()?.parse().ok()?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Some(v.max(0.0) as u64)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Input of [`NodeGate`] and [`WaitNodeGate`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateInput {
+    /// The masters.
+    pub masters: Masters,
+    /// RPC hosts of the inventory's masters: `/api/v1/masters` must list exactly these.
+    pub expected_masters: Vec<String>,
+    /// Hosts of the inventory's tservers: `/api/v1/tablet-servers` must list exactly these.
+    pub expected_tservers: Vec<String>,
+    /// Tservers the cluster may list besides, DEAD or not (read replicas, known stale entries).
+    #[serde(default)]
+    pub ignored_tservers: Vec<String>,
+    /// [`WaitNodeGate`]: give up after, seconds.
+    #[serde(default)]
+    pub timeout_secs: u64,
+    /// [`WaitNodeGate`]: poll interval, ms.
+    #[serde(default)]
+    pub poll_ms: u64,
+}
+
+/// The node gate's verdict.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateReport {
+    /// Nothing found.
+    pub passed: bool,
+    /// What a wait may see fixed (a DEAD tserver, a master with an error, tablets
+    /// under-replicated or leaderless), each naming the node or the endpoint and the check.
+    pub problems: Vec<String>,
+    /// Where the cluster and the inventory disagree (no wait fixes it).
+    pub mismatches: Vec<String>,
+}
+
+impl GateReport {
+    /// Every finding, mismatches first.
+    pub fn all(&self) -> Vec<String> {
+        self.mismatches
+            .iter()
+            .chain(&self.problems)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Masters {
+    /// The node gate (YugabyteDB Anywhere's pre-checks, and stricter): every master of
+    /// `/api/v1/masters` LEADER or FOLLOWER with no error, and exactly the inventory's; the
+    /// tservers of `/api/v1/tablet-servers` exactly the inventory's (besides the ignored ones),
+    /// none DEAD; no tablet under-replicated by `/api/v1/tablet-under-replication` (RUNNING
+    /// replicas) and none leaderless by `/api/v1/tablet-replication`.
+    pub async fn node_gate(&self, i: &GateInput) -> Result<GateReport, Error> {
+        let mut r = GateReport::default();
+        let masters = self.masters().await?;
+        let seen: BTreeSet<&str> = masters.iter().map(|m| m.host.as_str()).collect();
+        for m in &masters {
+            if !i.expected_masters.contains(&m.host) {
+                r.mismatches.push(format!(
+                    "master set: master {} is in the cluster (/api/v1/masters) but not in the inventory; add it to the inventory (master_http, master_rpc) or remove it from the cluster",
+                    m.host
+                ));
+            }
+        }
+        for e in &i.expected_masters {
+            if !seen.contains(e.as_str()) {
+                r.mismatches.push(format!(
+                    "master set: master {e} is in the inventory but not in the cluster (/api/v1/masters lists {}); fix the inventory",
+                    seen.iter().copied().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        for m in &masters {
+            if let Some(err) = &m.error {
+                r.problems.push(format!(
+                    "master {}: /api/v1/masters reports an error: {err}",
+                    m.host
+                ));
+            } else if m.role != "LEADER" && m.role != "FOLLOWER" {
+                r.problems.push(format!(
+                    "master {}: role {:?}, not LEADER or FOLLOWER",
+                    m.host, m.role
+                ));
+            }
+        }
+        if !masters.iter().any(|m| m.role == "LEADER") {
+            r.problems
+                .push("masters: no master is LEADER (an election may be in progress)".into());
+        }
+        let ts = self.tservers().await?;
+        let known: BTreeSet<&str> = ts.iter().map(|t| t.host.as_str()).collect();
+        for t in &ts {
+            if i.ignored_tservers.contains(&t.host) {
+                continue;
+            }
+            if !i.expected_tservers.contains(&t.host) {
+                r.mismatches.push(format!(
+                    "tserver set: tserver {} (zone {}, {}) is in the cluster (/api/v1/tablet-servers) but not in the inventory; list it in the inventory, or in yugabyte.ignore_tservers if it is a read replica or a known stale entry",
+                    t.host,
+                    if t.zone.is_empty() { "?" } else { &t.zone },
+                    if t.alive { "ALIVE" } else { "DEAD" }
+                ));
+            } else if !t.alive {
+                r.problems.push(format!(
+                    "tserver {} is DEAD (no heartbeat for {:.0} s)",
+                    t.host, t.time_since_hb_sec
+                ));
+            }
+        }
+        for e in &i.expected_tservers {
+            if !known.contains(e.as_str()) {
+                r.mismatches.push(format!(
+                    "tserver set: tserver {e} is in the inventory but not in the cluster (/api/v1/tablet-servers); fix the inventory or set tserver = false on that node"
+                ));
+            }
+        }
+        let under = self.leader_json("/api/v1/tablet-under-replication").await?;
+        let under: Vec<String> = under["underreplicated_tablets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t["tablet_uuid"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if !under.is_empty() {
+            r.problems.push(format!(
+                "{} under-replicated tablets by /api/v1/tablet-under-replication (first {})",
+                under.len(),
+                under[0]
+            ));
+        }
+        let rep = self.leader_json("/api/v1/tablet-replication").await?;
+        let leaderless: Vec<String> = rep["leaderless_tablets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| t["tablet_uuid"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        if !leaderless.is_empty() {
+            r.problems.push(format!(
+                "{} leaderless tablets by /api/v1/tablet-replication (first {})",
+                leaderless.len(),
+                leaderless[0]
+            ));
+        }
+        r.passed = r.problems.is_empty() && r.mismatches.is_empty();
+        Ok(r)
+    }
+}
+
+/// One look at the node gate (never fails because the cluster fails the gate: the report says so).
+pub struct NodeGate;
+
+impl Activity for NodeGate {
+    const NAME: &'static str = "yb.node_gate";
+    type Input = GateInput;
+    type Output = GateReport;
+    async fn run(&self, _ctx: Context, i: GateInput) -> Result<GateReport, activity::Error> {
+        Ok(i.masters.node_gate(&i).await?)
+    }
+}
+
+/// Waits until the node gate passes, heartbeating what still fails; a disagreement between the
+/// cluster and the inventory fails at once (not retryable: no wait fixes it).
+pub struct WaitNodeGate;
+
+impl Activity for WaitNodeGate {
+    const NAME: &'static str = "yb.wait_node_gate";
+    type Input = GateInput;
+    type Output = GateReport;
+    async fn run(&self, ctx: Context, i: GateInput) -> Result<GateReport, activity::Error> {
+        poll(&ctx, "node gate", i.timeout_secs, i.poll_ms, || async {
+            match i.masters.node_gate(&i).await {
+                Ok(r) if !r.mismatches.is_empty() => Err(Error::Unknown(r.all().join("; "))),
+                Ok(r) if r.passed => Ok(Poll::Ready(r)),
+                Ok(r) => Ok(Poll::Pending(r.problems.join("; "))),
+                Err(
+                    e @ (Error::Unreachable { .. } | Error::NoLeader(_) | Error::BadAnswer { .. }),
+                ) => Ok(Poll::Pending(e.to_string())),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
+
+/// Input of [`WaitNewProcess`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewProcessInput {
+    /// The masters.
+    pub masters: Masters,
+    /// Host of the server, as the cluster knows it.
+    pub host: String,
+    /// Master or tserver.
+    pub kind: ServerKind,
+    /// When the restart was issued: ms since the epoch on the engine's (journaled) clock.
+    pub restarted_at_ms: i64,
+    /// A master's `instance_seqno` before the restart (the new process has another).
+    #[serde(default)]
+    pub old_instance_seqno: u64,
+    /// Give up after, seconds.
+    pub timeout_secs: u64,
+    /// Poll interval, ms.
+    pub poll_ms: u64,
+}
+
+/// Waits until the cluster shows the restarted server's *new* process serving: a tserver ALIVE
+/// with an uptime and a heartbeat age both shorter than the time since the restart (the master
+/// keeps reporting the old process ALIVE, with its old uptime, long after it stopped); a master
+/// LEADER or FOLLOWER, with no error, under a new `instance_seqno`. Times are compared on the
+/// engine's clock only (the ages the master reports against the time since the restart).
+pub struct WaitNewProcess;
+
+impl Activity for WaitNewProcess {
+    const NAME: &'static str = "yb.wait_new_process";
+    type Input = NewProcessInput;
+    type Output = String;
+    async fn run(&self, ctx: Context, i: NewProcessInput) -> Result<String, activity::Error> {
+        let what = format!("the new {:?} process on {} serving", i.kind, i.host).to_lowercase();
+        poll(&ctx, &what, i.timeout_secs, i.poll_ms, || async {
+            let since_ms = (chrono::Utc::now().timestamp_millis() - i.restarted_at_ms).max(0);
+            #[allow(clippy::cast_precision_loss)]
+            let since_s = since_ms as f64 / 1000.0;
+            match i.kind {
+                ServerKind::TServer => match i.masters.tservers().await {
+                    Ok(ts) => match ts.iter().find(|t| t.host == i.host) {
+                        None => Ok(Poll::Pending(format!(
+                            "tserver {} not in /api/v1/tablet-servers",
+                            i.host
+                        ))),
+                        Some(t) if !t.alive => {
+                            Ok(Poll::Pending(format!("tserver {} DEAD", t.host)))
+                        }
+                        #[allow(clippy::cast_precision_loss)]
+                        Some(t) if t.uptime_seconds as f64 > since_s => Ok(Poll::Pending(format!(
+                            "tserver {}: the master still reports the old process (up {} s, restart issued {since_s:.1} s ago)",
+                            t.host, t.uptime_seconds
+                        ))),
+                        Some(t) if t.time_since_hb_sec >= since_s => Ok(Poll::Pending(format!(
+                            "tserver {}: no heartbeat since the restart (last {:.1} s ago, restart issued {since_s:.1} s ago)",
+                            t.host, t.time_since_hb_sec
+                        ))),
+                        Some(t) => Ok(Poll::Ready(format!(
+                            "tserver {}: new process ALIVE, up {} s, heartbeat {:.1} s ago, restart issued {since_s:.1} s ago",
+                            t.host, t.uptime_seconds, t.time_since_hb_sec
+                        ))),
+                    },
+                    Err(e) => Ok(Poll::Pending(e.to_string())),
+                },
+                ServerKind::Master => match i.masters.masters().await {
+                    Ok(ms) => match ms.iter().find(|m| m.host == i.host) {
+                        None => Err(Error::Unknown(format!(
+                            "no master {} in /api/v1/masters",
+                            i.host
+                        ))),
+                        Some(m) if m.error.is_some() => Ok(Poll::Pending(format!(
+                            "master {}: {}",
+                            m.host,
+                            m.error.as_deref().unwrap_or_default()
+                        ))),
+                        Some(m) if m.instance_seqno == i.old_instance_seqno => {
+                            Ok(Poll::Pending(format!(
+                                "master {}: still the old process (instance_seqno {})",
+                                m.host, m.instance_seqno
+                            )))
+                        }
+                        Some(m) if m.role == "LEADER" || m.role == "FOLLOWER" => {
+                            Ok(Poll::Ready(format!(
+                                "master {}: new process (instance_seqno {}) serving as {}",
+                                m.host, m.instance_seqno, m.role
+                            )))
+                        }
+                        Some(m) => Ok(Poll::Pending(format!("master {} is {:?}", m.host, m.role))),
+                    },
+                    Err(e) => Ok(Poll::Pending(e.to_string())),
+                },
+            }
+        })
+        .await
+        .map_err(Into::into)
+    }
+}
+
+/// Input of [`WaitServerReady`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerReadyInput {
+    /// The tserver's node (the tools run there).
+    pub ssh: ssh::SshTarget,
+    /// Path of `yb-ts-cli` there.
+    pub yb_ts_cli: String,
+    /// `-certs_dir_name` (the cluster uses TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<String>,
+    /// Host of the tserver, as the cluster knows it.
+    pub host: String,
+    /// Largest follower lag accepted, ms.
+    pub max_follower_lag_ms: u64,
+    /// Give up after, seconds.
+    pub timeout_secs: u64,
+    /// Poll interval, ms.
+    pub poll_ms: u64,
+}
+
+/// Waits until a restarted tserver is ready: `yb-ts-cli --server_address=H:9100
+/// is_server_ready` exits 0 (no tablet not running, as YBA's `WaitForServerReady`), then the
+/// largest `follower_lag_ms` of its metrics (`curl http://H:9000/prometheus-metrics` on the
+/// node) is at most the bound. One SSH session for every poll.
+pub struct WaitServerReady;
+
+impl Activity for WaitServerReady {
+    const NAME: &'static str = "yb.wait_server_ready";
+    type Input = ServerReadyInput;
+    type Output = String;
+    async fn run(&self, ctx: Context, i: ServerReadyInput) -> Result<String, activity::Error> {
+        let shell = NodeShell::connect(&i.ssh).await?;
+        let ready_line = yb_ts_cli_ready_line(&i.yb_ts_cli, i.certs_dir.as_deref(), &i.host);
+        let metrics_line = format!(
+            "curl -s {}",
+            ssh::shell_quote(&format!(
+                "http://{}/prometheus-metrics",
+                rpc_address(&i.host, 9000)
+            ))
+        );
+        let what = format!("tserver {} ready (is_server_ready, follower lag)", i.host);
+        let result = poll(&ctx, &what, i.timeout_secs, i.poll_ms, || async {
+            let out = shell.exec(&ready_line).await?;
+            if out.exit_status != 0 {
+                let said = first_line(&out.stdout, &out.stderr);
+                if is_tls_refusal(&out.stderr) {
+                    return Err(Error::YbAdmin {
+                        host: i.ssh.addr(),
+                        detail: format!("`{ready_line}` refused: {}", first_line(&out.stderr, "")),
+                    });
+                }
+                return Ok(Poll::Pending(format!(
+                    "tserver {}: is_server_ready: {said}",
+                    i.host
+                )));
+            }
+            let metrics = shell.exec(&metrics_line).await?;
+            if metrics.exit_status != 0 {
+                return Ok(Poll::Pending(format!(
+                    "tserver {}: metrics unreadable: {}",
+                    i.host,
+                    first_line(&metrics.stderr, &metrics.stdout)
+                )));
+            }
+            let lag = parse_max_follower_lag_ms(&metrics.stdout);
+            if lag > i.max_follower_lag_ms {
+                return Ok(Poll::Pending(format!(
+                    "tserver {}: 0 tablets not running, follower lag {lag} ms (bound {} ms)",
+                    i.host, i.max_follower_lag_ms
+                )));
+            }
+            Ok(Poll::Ready(format!(
+                "tserver {}: 0 tablets not running, follower lag {lag} ms (bound {} ms)",
+                i.host, i.max_follower_lag_ms
+            )))
+        })
+        .await;
+        shell.close().await;
+        result.map_err(Into::into)
+    }
+}
+
+/// Whether a yb tool's error says the cluster wants TLS client settings.
+fn is_tls_refusal(stderr: &str) -> bool {
+    stderr.contains("TLS") || stderr.contains("certificate") || stderr.contains("Handshake")
+}
+
+/// Add to or remove from the leader blacklist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BlacklistOp {
+    /// `change_leader_blacklist ADD`.
+    Add,
+    /// `change_leader_blacklist REMOVE`.
+    Remove,
+}
+
+/// Input of [`ChangeLeaderBlacklist`] and [`WaitLeaderBlacklistDrained`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlacklistInput {
+    /// How to run `yb-admin`.
+    pub admin: YbAdmin,
+    /// [`ChangeLeaderBlacklist`]: what to do.
+    pub op: BlacklistOp,
+    /// The tserver, `host:9100`.
+    pub server: String,
+    /// [`WaitLeaderBlacklistDrained`]: give up after, seconds.
+    #[serde(default)]
+    pub timeout_secs: u64,
+    /// [`WaitLeaderBlacklistDrained`]: poll interval, ms.
+    #[serde(default)]
+    pub poll_ms: u64,
+}
+
+/// `yb-admin change_leader_blacklist ADD|REMOVE H:9100`, checked before acting: the leader
+/// blacklist of `get_universe_config` already holding (ADD) or lacking (REMOVE) the server means
+/// an earlier attempt did it, and nothing is run.
+pub struct ChangeLeaderBlacklist;
+
+impl Activity for ChangeLeaderBlacklist {
+    const NAME: &'static str = "yb.change_leader_blacklist";
+    type Input = BlacklistInput;
+    type Output = String;
+    async fn run(&self, ctx: Context, i: BlacklistInput) -> Result<String, activity::Error> {
+        let shell = NodeShell::connect(&i.admin.ssh).await?;
+        let result = change_leader_blacklist(&ctx, &shell, &i).await;
+        shell.close().await;
+        result.map_err(Into::into)
+    }
+}
+
+async fn change_leader_blacklist(
+    ctx: &Context,
+    shell: &NodeShell,
+    i: &BlacklistInput,
+) -> Result<String, Error> {
+    let config = shell.ok(&i.admin.line(&["get_universe_config"])).await?;
+    let listed = parse_leader_blacklist(&config).ok_or_else(|| Error::YbAdmin {
+        host: i.admin.ssh.addr(),
+        detail: format!(
+            "unexpected output of get_universe_config: {}",
+            first_line(&config, "")
+        ),
+    })?;
+    let present = listed.iter().any(|s| *s == i.server);
+    let (word, done) = match i.op {
+        BlacklistOp::Add => ("ADD", present),
+        BlacklistOp::Remove => ("REMOVE", !present),
+    };
+    if done {
+        let msg = format!(
+            "leader blacklist already {} {} (nothing run)",
+            if present { "holds" } else { "lacks" },
+            i.server
+        );
+        ctx.heartbeat(Some(msg.clone()));
+        return Ok(msg);
+    }
+    shell
+        .ok(&i.admin.line(&["change_leader_blacklist", word, &i.server]))
+        .await?;
+    Ok(format!("change_leader_blacklist {word} {}", i.server))
+}
+
+/// Waits until `yb-admin get_leader_blacklist_completion` reports no leader left on the
+/// blacklisted servers (YBA's `WaitForLeaderBlacklistCompletion`). One SSH session.
+pub struct WaitLeaderBlacklistDrained;
+
+impl Activity for WaitLeaderBlacklistDrained {
+    const NAME: &'static str = "yb.wait_leader_blacklist_drained";
+    type Input = BlacklistInput;
+    type Output = String;
+    async fn run(&self, ctx: Context, i: BlacklistInput) -> Result<String, activity::Error> {
+        let shell = NodeShell::connect(&i.admin.ssh).await?;
+        let line = i.admin.line(&["get_leader_blacklist_completion"]);
+        let what = format!("leaders moved off {}", i.server);
+        let result = poll(&ctx, &what, i.timeout_secs, i.poll_ms, || async {
+            let out = shell.ok(&line).await?;
+            match parse_load_move_completion(&out) {
+                Some((p, 0, t)) => Ok(Poll::Ready(format!(
+                    "leader blacklist {p:.1}% complete (0 of {t} leaders left)"
+                ))),
+                Some((p, r, t)) => Ok(Poll::Pending(format!(
+                    "leader blacklist {p:.1}% complete ({r} of {t} leaders left on {})",
+                    i.server
+                ))),
+                None => Err(Error::YbAdmin {
+                    host: i.admin.ssh.addr(),
+                    detail: format!(
+                        "unexpected output of get_leader_blacklist_completion: {}",
+                        first_line(&out, "")
+                    ),
+                }),
+            }
+        })
+        .await;
+        shell.close().await;
+        result.map_err(Into::into)
+    }
+}
+
+/// Input of [`ToolsCheck`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolsCheckInput {
+    /// How to run `yb-admin`.
+    pub admin: YbAdmin,
+    /// Path of `yb-ts-cli` on the same node.
+    pub yb_ts_cli: String,
+    /// A tserver host to ask `is_server_ready` (the node's own), if it runs one.
+    #[serde(default)]
+    pub tserver_host: Option<String>,
+}
+
+/// One look (before any change): `yb-admin list_all_masters` and `yb-ts-cli is_server_ready`
+/// answer with the inventory's settings (path, masters, certificates). A TLS cluster refuses
+/// them without `-certs_dir_name`: better said before step 1 than in the middle of step 4.
+/// Returns the problems (empty: fine).
+pub struct ToolsCheck;
+
+impl Activity for ToolsCheck {
+    const NAME: &'static str = "yb.tools_check";
+    type Input = ToolsCheckInput;
+    type Output = Vec<String>;
+    async fn run(&self, _ctx: Context, i: ToolsCheckInput) -> Result<Vec<String>, activity::Error> {
+        let shell = NodeShell::connect(&i.admin.ssh).await?;
+        let mut problems = Vec::new();
+        let node = i.admin.ssh.addr();
+        let line = i.admin.line(&["list_all_masters"]);
+        match shell.exec(&line).await {
+            Ok(out) if out.exit_status == 0 => {}
+            Ok(out) => problems.push(format!(
+                "yb-admin on {node}: `{line}` exited {}: {}",
+                out.exit_status,
+                first_line(&out.stderr, &out.stdout)
+            )),
+            Err(e) => {
+                shell.close().await;
+                return Err(e.into());
+            }
+        }
+        if let Some(host) = &i.tserver_host {
+            let line = yb_ts_cli_ready_line(&i.yb_ts_cli, i.admin.certs_dir.as_deref(), host);
+            match shell.exec(&line).await {
+                Ok(out) if out.exit_status == 0 => {}
+                Ok(out) => problems.push(format!(
+                    "yb-ts-cli on {node}: `{line}` exited {}: {}",
+                    out.exit_status,
+                    first_line(&out.stderr, &out.stdout)
+                )),
+                Err(e) => {
+                    shell.close().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        shell.close().await;
+        Ok(problems)
     }
 }
 
@@ -646,6 +1422,13 @@ pub fn register(b: EngineBuilder) -> EngineBuilder {
         .activity(WaitHealthy)
         .activity(WaitServerBack)
         .activity(WaitLoadBalancer)
+        .activity(NodeGate)
+        .activity(WaitNodeGate)
+        .activity(WaitNewProcess)
+        .activity(WaitServerReady)
+        .activity(ChangeLeaderBlacklist)
+        .activity(WaitLeaderBlacklistDrained)
+        .activity(ToolsCheck)
 }
 
 /// Tserver hosts by zone, for plans.

@@ -68,6 +68,10 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
         },
         yugabyte: Yugabyte {
             yb_admin: "/home/yugabyte/bin/yb-admin".into(),
+            yb_ts_cli: None,
+            certs_dir: None,
+            restart_zones: Vec::new(),
+            ignore_tservers: Vec::new(),
             nodes,
         },
         aws: Aws {
@@ -105,8 +109,24 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             retry_initial_ms: 500,
             retry_max_ms: 4000,
             retry_attempts: 4,
+            // YBA's 18 s between nodes and a 1 s follower-lag bound, at the estate's time scale.
+            settle_ms: scaled_ms(18_000, estate.spec.time_scale),
+            max_follower_lag_ms: scaled_ms(1000, estate.spec.time_scale),
+            idle_readings: 3,
+            legacy_unsafe_gates_for_tests: false,
         },
     }
+}
+
+/// `ms` of the real systems at time scale `scale` (at least 1).
+fn scaled_ms(ms: u64, scale: f64) -> u64 {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let v = (ms as f64 * scale).round().max(1.0) as u64;
+    v
 }
 
 /// Writes `DIR/inventory.toml`.

@@ -884,7 +884,7 @@ pub fn exec(shared: &Shared, node: &str, command: &str) -> ExecOutput {
 /// (optionally behind `sudo`) for `yb-master` / `yb-tserver`; `yb-admin` (`-master_addresses`,
 /// `-certs_dir_name`; `get_is_load_balancer_idle`, `get_load_move_completion`,
 /// `change_leader_blacklist ADD|REMOVE H:9100`, `get_leader_blacklist_completion`,
-/// `list_all_masters`, `list_all_tablet_servers`); `yb-ts-cli --server_address=H:9100
+/// `get_universe_config` (its `leaderBlacklist`), `list_all_masters`, `list_all_tablet_servers`); `yb-ts-cli --server_address=H:9100
 /// is_server_ready`; `curl [-s] [-f] http://H:9000/prometheus-metrics` (a tserver's
 /// `follower_lag_ms` per tablet it follows). The line is split as a POSIX shell splits it ([`shell_words`]). Mutations are
 /// recorded as effects. Returns the output and how long the command runs (ms) before it answers.
@@ -1259,6 +1259,22 @@ fn yb_admin(shared: &Shared, args: &[&str]) -> ExecOutput {
                 Err(e) => ExecOutput::fail(1, e),
             }
         }
+        "get_universe_config" => shared.read(|st| {
+            let hosts: Vec<serde_json::Value> = st
+                .yb
+                .blacklist
+                .iter()
+                .map(|h| json!({ "host": h, "port": 9100 }))
+                .collect();
+            ExecOutput::ok(format!(
+                "{}\n",
+                json!({
+                    "version": 1,
+                    "leaderBlacklist": { "hosts": hosts },
+                    "clusterUuid": PLACEMENT,
+                })
+            ))
+        }),
         "list_all_masters" => shared.read(|st| {
             let mut out = String::from("Master UUID                      \tRPC Host/Port        \tState    \tRole\n");
             for m in st.yb.servers.iter().filter(|s| s.kind == Kind::Master) {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{ElbConnection, TrafficSource};
 use waymark_activities::k8s::{Connection, DeploymentRef};
 use waymark_activities::ssh::{SshAuth, SshTarget};
-use waymark_activities::yb::Masters;
+use waymark_activities::yb::{Masters, YbAdmin};
 
 /// A problem with an inventory file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -115,6 +115,20 @@ pub struct Ssh {
 pub struct Yugabyte {
     /// Path of `yb-admin` on the nodes.
     pub yb_admin: String,
+    /// Path of `yb-ts-cli` on the nodes; default: `yb-ts-cli` beside `yb_admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yb_ts_cli: Option<String>,
+    /// The cluster uses TLS: every `yb-admin` and `yb-ts-cli` call gets `-certs_dir_name` this
+    /// directory (on the nodes). Default: none (no TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<String>,
+    /// The zones whose nodes a run restarts (masters and tservers); default: every zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_zones: Vec<String>,
+    /// Tserver hosts the cluster may list besides the inventory's, DEAD or not (read replicas,
+    /// known stale entries): the node gate does not count them. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignore_tservers: Vec<String>,
     /// Nodes (`[[yugabyte.nodes]]`).
     pub nodes: Vec<Node>,
 }
@@ -215,6 +229,23 @@ pub struct Gates {
     pub retry_max_ms: u64,
     /// Retries: most failed attempts of a step before it fails the run.
     pub retry_attempts: u32,
+    /// After each node is ready, wait this long before the next one (a durable timer), ms.
+    pub settle_ms: u64,
+    /// A restarted tserver's largest `follower_lag_ms` must be at most this, ms.
+    pub max_follower_lag_ms: u64,
+    /// Step 5: consecutive idle readings of the load balancer (with balanced leaders).
+    pub idle_readings: u32,
+    /// TEST ONLY: run the node gates of workflow version 2 (one health look, no leader
+    /// blacklist, no proof of the new process, no `is_server_ready`, one idle reading), which
+    /// let two tservers be down at once on a lagging cluster. Exists so the tests can show
+    /// that; never set it on a real estate.
+    #[serde(skip_serializing_if = "is_false")]
+    pub legacy_unsafe_gates_for_tests: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for Gates {
@@ -231,6 +262,10 @@ impl Default for Gates {
             retry_initial_ms: 1000,
             retry_max_ms: 60_000,
             retry_attempts: 5,
+            settle_ms: 18_000,
+            max_follower_lag_ms: 1000,
+            idle_readings: 3,
+            legacy_unsafe_gates_for_tests: false,
         }
     }
 }
@@ -314,8 +349,13 @@ fn check_host_port(file: &Path, key: &str, v: &str, need_port: bool) -> Result<(
     }
 }
 
-/// `yugabyte.yb_admin`: an absolute path of `[A-Za-z0-9._/-]` only (it is run by the node's shell).
+/// `yugabyte.yb_admin` (and `yb_ts_cli`, `certs_dir`): an absolute path of `[A-Za-z0-9._/-]`
+/// only (it is run by the node's shell).
 fn check_yb_admin(file: &Path, v: &str) -> Result<(), Error> {
+    check_node_path(file, "yugabyte.yb_admin", v)
+}
+
+fn check_node_path(file: &Path, key: &str, v: &str) -> Result<(), Error> {
     let safe = v.starts_with('/')
         && !v.ends_with('/')
         && v.bytes()
@@ -325,7 +365,7 @@ fn check_yb_admin(file: &Path, v: &str) -> Result<(), Error> {
     } else {
         Err(err(
             file,
-            "yugabyte.yb_admin",
+            key,
             format!(
                 "{v:?} is not an absolute path of letters, digits and `._/-` (e.g. /home/yugabyte/tserver/bin/yb-admin)"
             ),
@@ -405,6 +445,21 @@ fn numeric_bounds(inv: &Inventory) -> Vec<(&'static str, u64, u64, u64, &'static
             1,
             1000,
             "attempts",
+        ),
+        ("gates.settle_ms", g.settle_ms, 0, HOUR_MS, "ms (1 hour)"),
+        (
+            "gates.max_follower_lag_ms",
+            g.max_follower_lag_ms,
+            0,
+            HOUR_MS,
+            "ms (1 hour)",
+        ),
+        (
+            "gates.idle_readings",
+            u64::from(g.idle_readings),
+            1,
+            100,
+            "readings",
         ),
         (
             "yugabyte.nodes",
@@ -561,6 +616,33 @@ impl Inventory {
             ));
         }
         check_yb_admin(file, &self.yugabyte.yb_admin)?;
+        if let Some(p) = &self.yugabyte.yb_ts_cli {
+            check_node_path(file, "yugabyte.yb_ts_cli", p)?;
+        }
+        if let Some(p) = &self.yugabyte.certs_dir {
+            check_node_path(file, "yugabyte.certs_dir", p)?;
+        }
+        for (i, z) in self.yugabyte.restart_zones.iter().enumerate() {
+            if !self.yugabyte.nodes.iter().any(|n| &n.zone == z) {
+                return Err(err(
+                    file,
+                    format!("yugabyte.restart_zones[{i}]"),
+                    format!("{z:?} is the zone of no node (nodes are in zones A and B)"),
+                ));
+            }
+        }
+        for (i, h) in self.yugabyte.ignore_tservers.iter().enumerate() {
+            match parse_host_port(h) {
+                Ok((_, None)) => {}
+                _ => {
+                    return Err(err(
+                        file,
+                        format!("yugabyte.ignore_tservers[{i}]"),
+                        format!("{h:?} is not a host as the cluster lists it (no port)"),
+                    ))
+                }
+            }
+        }
         let mut names = BTreeSet::new();
         for (i, n) in self.yugabyte.nodes.iter().enumerate() {
             let k = |f: &str| format!("yugabyte.nodes[{i}].{f}");
@@ -722,6 +804,60 @@ impl Inventory {
                 .collect(),
             request_timeout_ms: None,
         }
+    }
+
+    /// Path of `yb-ts-cli` on the nodes (given, or beside `yb-admin`).
+    pub fn yb_ts_cli(&self) -> String {
+        self.yugabyte.yb_ts_cli.clone().unwrap_or_else(|| {
+            let admin = &self.yugabyte.yb_admin;
+            match admin.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/yb-ts-cli"),
+                None => "yb-ts-cli".into(),
+            }
+        })
+    }
+
+    /// Whether a run restarts `node` (its zone is in `restart_zones`, or that list is empty).
+    pub fn restarts(&self, node: &Node) -> bool {
+        self.yugabyte.restart_zones.is_empty() || self.yugabyte.restart_zones.contains(&node.zone)
+    }
+
+    /// The node `yb-admin` runs on (the first master node) and how.
+    pub fn yb_admin(&self) -> Option<(&Node, YbAdmin)> {
+        let node = self
+            .yugabyte
+            .nodes
+            .iter()
+            .find(|n| n.master_http.is_some())?;
+        Some((
+            node,
+            YbAdmin {
+                ssh: self.ssh_target(node),
+                yb_admin: self.yugabyte.yb_admin.clone(),
+                master_rpc: self.master_rpc(),
+                certs_dir: self.yugabyte.certs_dir.clone(),
+            },
+        ))
+    }
+
+    /// RPC hosts of the inventory's masters (as `/api/v1/masters` lists them).
+    pub fn master_hosts(&self) -> Vec<String> {
+        self.yugabyte
+            .nodes
+            .iter()
+            .filter_map(|n| n.master_rpc.as_deref())
+            .map(|r| parse_host_port(r).map_or_else(|_| r.to_owned(), |(h, _)| h))
+            .collect()
+    }
+
+    /// Hosts of the inventory's tservers.
+    pub fn tserver_hosts(&self) -> Vec<String> {
+        self.yugabyte
+            .nodes
+            .iter()
+            .filter(|n| n.tserver)
+            .map(|n| n.address.clone())
+            .collect()
     }
 
     /// `host:7100` of every master.

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{
-    DeregisterTarget, DeregisterTargetInput, ElbConnection, ReadTrafficWeights,
-    ReadTrafficWeightsInput, RegisterTarget, RegisterTargetInput, RegisterTargetOutput,
-    ResolveConnection as ResolveAwsConnection, SetTrafficWeights, SetTrafficWeightsInput,
-    SetTrafficWeightsOutput, TrafficSource, Weights,
+    DeregisterTarget, DeregisterTargetInput, ElbConnection, ReadTargetGroupHealth,
+    ReadTargetGroupHealthInput, ReadTrafficWeights, ReadTrafficWeightsInput, RegisterTarget,
+    RegisterTargetInput, RegisterTargetOutput, ResolveConnection as ResolveAwsConnection,
+    SetTrafficWeights, SetTrafficWeightsInput, SetTrafficWeightsOutput, TargetState, TrafficSource,
+    Weights,
 };
 use waymark_activities::k8s::{
     Connection as KubeConnection, ReadReplicas, ResolveConnection as ResolveKubeConnection,
@@ -21,8 +22,11 @@ use waymark_activities::ssh::{
     RestartInput as UnitRestartInput, ShowInput, SystemdRestart, SystemdShow, UnitState,
 };
 use waymark_activities::yb::{
-    FindLeader, HealthCheck, HealthInput, HealthReport, LoadBalancerInput, ServerBackInput,
-    ServerKind, WaitHealthy, WaitLoadBalancer, WaitServerBack,
+    rpc_address, BlacklistInput, BlacklistOp, ChangeLeaderBlacklist, FindLeader, GateInput,
+    GateReport, HealthCheck, HealthInput, HealthReport, ListMasters, LoadBalancerInput, MasterInfo,
+    NewProcessInput, NodeGate, ServerBackInput, ServerKind, ServerReadyInput, ToolsCheck,
+    ToolsCheckInput, WaitHealthy, WaitLeaderBlacklistDrained, WaitLoadBalancer, WaitNewProcess,
+    WaitNodeGate, WaitServerBack, WaitServerReady,
 };
 use waymark_engine::workflow::{self, Workflow};
 use waymark_engine::{Activity, RetryPolicy, WorkflowContext};
@@ -55,7 +59,13 @@ impl Workflow for YbMaintenance {
     /// only this version refuses them (finish them with the binary that started them). The
     /// run re-checks its input with `Inventory::validate`: a stricter rule there is a change of
     /// this workflow too (bump the version).
-    const VERSION: u32 = 2;
+    ///
+    /// 3: the node gates (issue 11): before step 1 the strict node gate (masters, tservers,
+    /// replication) and the yb tools check, and both traffic target groups must have a healthy
+    /// target; per node a gate, the leader blacklist (tservers), `--no-block` restart, proof of
+    /// the new process, `is_server_ready` and follower lag, a settle timer; step 5 several idle
+    /// readings; `restart_zones`. Version 2 histories replay differently and are refused.
+    const VERSION: u32 = 3;
     type Input = Inventory;
     type Output = Summary;
 
@@ -77,7 +87,11 @@ impl Workflow for YbMaintenance {
             .map_err(invalid)?;
         let source = inventory.traffic_source().map_err(invalid)?;
         let m = Maintenance::resolve_connections(ctx, inventory, source).await?;
-        m.health_gate_before_any_change().await?;
+        if m.legacy() {
+            m.health_gate_before_any_change().await?;
+        } else {
+            m.node_gate_before_any_change().await?;
+        }
         m.approval_if_required().await?;
         let normal = m.estate_looks_normal_before_any_change().await?;
         let traffic_before = m.step1_switch_traffic_to_zone_a(normal.traffic).await?;
@@ -180,6 +194,99 @@ impl Maintenance {
         &self.inv.gates
     }
 
+    /// TEST ONLY: the version-2 gates (see `Gates::legacy_unsafe_gates_for_tests`).
+    fn legacy(&self) -> bool {
+        self.inv.gates.legacy_unsafe_gates_for_tests
+    }
+
+    fn gate_input(&self, timeout_secs: u64) -> GateInput {
+        GateInput {
+            masters: self.inv.masters(),
+            expected_masters: self.inv.master_hosts(),
+            expected_tservers: self.inv.tserver_hosts(),
+            ignored_tservers: self.inv.yugabyte.ignore_tservers.clone(),
+            timeout_secs,
+            poll_ms: self.gates().poll_ms,
+        }
+    }
+
+    fn admin(&self) -> Result<(&Node, waymark_activities::yb::YbAdmin), workflow::Error> {
+        self.inv.yb_admin().ok_or_else(|| {
+            workflow::Error::failed(
+                "no node of the inventory runs a yb-master: give master_http and master_rpc on the master nodes",
+            )
+        })
+    }
+
+    /// Before any change: the strict node gate (one look: every master LEADER or FOLLOWER with no
+    /// error, the master and tserver sets equal to the inventory's, no DEAD tserver, nothing
+    /// under-replicated or leaderless), then `yb-admin` and `yb-ts-cli` answer with the
+    /// inventory's settings (a TLS cluster refuses them without `certs_dir`).
+    async fn node_gate_before_any_change(&self) -> Result<(), workflow::Error> {
+        let report: GateReport = self
+            .step::<NodeGate>(&self.gate_input(0))
+            .label("node gate before any change (masters, tservers, replication)")
+            .await?;
+        if !report.passed {
+            return Err(workflow::Error::failed(format!(
+                "the cluster fails the node gate, nothing was changed: {}",
+                report.all().join("; ")
+            )));
+        }
+        let (node, admin) = self.admin()?;
+        let problems: Vec<String> = self
+            .step::<ToolsCheck>(&ToolsCheckInput {
+                admin,
+                yb_ts_cli: self.inv.yb_ts_cli(),
+                tserver_host: node.tserver.then(|| node.address.clone()),
+            })
+            .label(format!(
+                "yb-admin and yb-ts-cli check on {} before any change",
+                node.name
+            ))
+            .await?;
+        if !problems.is_empty() {
+            return Err(workflow::Error::failed(format!(
+                "the yb tools do not answer on {}, nothing was changed: {}; check yugabyte.yb_admin, yugabyte.yb_ts_cli and, on a TLS cluster, yugabyte.certs_dir",
+                node.name,
+                problems.join("; ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// Both traffic target groups have a healthy target (a run forwards traffic to each in turn).
+    async fn traffic_groups_healthy(&self) -> Result<Vec<String>, workflow::Error> {
+        let mut problems = Vec::new();
+        for (zone, arn) in [
+            ("A", &self.inv.traffic.zone_a_target_group_arn),
+            ("B", &self.inv.traffic.zone_b_target_group_arn),
+        ] {
+            let states: Vec<TargetState> = self
+                .step::<ReadTargetGroupHealth>(&ReadTargetGroupHealthInput {
+                    conn: self.elb.clone(),
+                    target_group_arn: arn.clone(),
+                })
+                .label(format!("1. read zone {zone}'s target health"))
+                .await?;
+            if !states.iter().any(|t| t.state == "healthy") {
+                problems.push(format!(
+                    "zone {zone}'s target group {arn} has no healthy target ({}): the run would forward traffic to it",
+                    if states.is_empty() {
+                        "no target".to_owned()
+                    } else {
+                        states
+                            .iter()
+                            .map(|t| format!("{} {}", t.id, t.state))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ));
+            }
+        }
+        Ok(problems)
+    }
+
     fn health_input(&self) -> HealthInput {
         HealthInput {
             masters: self.inv.masters(),
@@ -258,6 +365,15 @@ impl Maintenance {
                 problems.join("; ")
             )));
         }
+        if !self.legacy() {
+            let unhealthy = self.traffic_groups_healthy().await?;
+            if !unhealthy.is_empty() {
+                return Err(workflow::Error::failed(format!(
+                    "traffic target group health check failed, nothing was changed: {}; restore the targets' health first",
+                    unhealthy.join("; ")
+                )));
+            }
+        }
         Ok(NormalEstate {
             traffic,
             mirrormaker,
@@ -326,12 +442,12 @@ impl Maintenance {
             .yugabyte
             .nodes
             .iter()
-            .filter(|n| n.master_http.is_some())
+            .filter(|n| n.master_http.is_some() && self.inv.restarts(n))
             .collect();
         order.sort_by_key(|n| n.master_http.as_deref() == Some(leader.as_str()));
         let mut done = Vec::new();
         for node in order {
-            self.restart_on_node(node, "3", "yb-master", ServerKind::Master)
+            self.restart_node(node, "3", "yb-master", ServerKind::Master)
                 .await?;
             done.push(node.name.clone());
         }
@@ -340,17 +456,201 @@ impl Maintenance {
 
     async fn step4_restart_tservers_one_at_a_time(&self) -> Result<Vec<String>, workflow::Error> {
         let mut done = Vec::new();
-        for node in self.inv.yugabyte.nodes.iter().filter(|n| n.tserver) {
-            self.restart_on_node(node, "4", "yb-tserver", ServerKind::TServer)
+        for node in self
+            .inv
+            .yugabyte
+            .nodes
+            .iter()
+            .filter(|n| n.tserver && self.inv.restarts(n))
+        {
+            self.restart_node(node, "4", "yb-tserver", ServerKind::TServer)
                 .await?;
             done.push(node.name.clone());
         }
         Ok(done)
     }
 
-    /// Record the unit's `InvocationID`, restart it (skipped if the ID changed meanwhile: it was
-    /// already restarted before a crash), wait until the server is back, then the health gate.
-    async fn restart_on_node(
+    async fn restart_node(
+        &self,
+        node: &Node,
+        n: &str,
+        unit: &str,
+        kind: ServerKind,
+    ) -> Result<(), workflow::Error> {
+        if self.legacy() {
+            self.legacy_restart_on_node(node, n, unit, kind).await
+        } else {
+            self.gated_restart_on_node(node, n, unit, kind).await
+        }
+    }
+
+    /// One node, one server, as YugabyteDB Anywhere's rolling restart and stricter:
+    /// 1. the node gate (waits until it passes; a cluster that disagrees with the inventory fails);
+    /// 2. tservers: leader blacklist ADD (compensated by REMOVE), wait until its leaders left;
+    /// 3. record the unit's `InvocationID` (masters: also their `instance_seqno`) and the time;
+    /// 4. `systemctl --no-block restart`, polled until active under a new `InvocationID`;
+    /// 5. the cluster shows the *new* process serving (uptime and heartbeat younger than the
+    ///    restart; masters a new `instance_seqno`);
+    /// 6. tservers: `is_server_ready` 0 tablets not running, follower lag within the bound, then
+    ///    leader blacklist REMOVE;
+    /// 7. the settle time (a durable timer); only then the next node.
+    async fn gated_restart_on_node(
+        &self,
+        node: &Node,
+        n: &str,
+        unit: &str,
+        kind: ServerKind,
+    ) -> Result<(), workflow::Error> {
+        let name = &node.name;
+        let g = self.gates().clone();
+        let (glimit, gbeat) = self.wait_limits(g.health_timeout_secs);
+        let _: GateReport = self
+            .step::<WaitNodeGate>(&self.gate_input(g.health_timeout_secs))
+            .label(format!("{n}. node gate before {unit} on {name}"))
+            .start_to_close(glimit)
+            .heartbeat_timeout(gbeat)
+            .await?;
+        let (limit, beat) = self.wait_limits(g.node_timeout_secs);
+        let blacklist = if kind == ServerKind::TServer {
+            let (_, admin) = self.admin()?;
+            Some(BlacklistInput {
+                admin,
+                op: BlacklistOp::Add,
+                server: rpc_address(&node.address, 9100),
+                timeout_secs: g.node_timeout_secs,
+                poll_ms: g.poll_ms,
+            })
+        } else {
+            None
+        };
+        if let Some(add) = &blacklist {
+            let remove = BlacklistInput {
+                op: BlacklistOp::Remove,
+                ..add.clone()
+            };
+            let _: String = self
+                .step::<ChangeLeaderBlacklist>(add)
+                .label(format!("{n}. leader blacklist ADD {} ({name})", add.server))
+                .compensate_with(
+                    ChangeLeaderBlacklist::NAME,
+                    &remove,
+                    format!("leader blacklist REMOVE {} ({name})", add.server),
+                )
+                .await?;
+            let _: String = self
+                .step::<WaitLeaderBlacklistDrained>(add)
+                .label(format!("{n}. wait until the leaders left {name}"))
+                .start_to_close(limit)
+                .heartbeat_timeout(beat)
+                .await?;
+        }
+        let master_host = node
+            .master_rpc
+            .as_deref()
+            .and_then(|r| crate::inventory::parse_host_port(r).ok())
+            .map_or_else(|| node.address.clone(), |(h, _)| h);
+        let old_instance_seqno = if kind == ServerKind::Master {
+            let masters: Vec<MasterInfo> = self
+                .step::<ListMasters>(&self.inv.masters())
+                .label(format!("{n}. record the yb-master instance on {name}"))
+                .await?;
+            masters
+                .iter()
+                .find(|m| m.host == master_host)
+                .map(|m| m.instance_seqno)
+                .ok_or_else(|| {
+                    workflow::Error::failed(format!(
+                        "{n}. master {master_host} ({name}) is not in /api/v1/masters; fix the inventory"
+                    ))
+                })?
+        } else {
+            0
+        };
+        let target = self.inv.ssh_target(node);
+        let before: UnitState = self
+            .step::<SystemdShow>(&ShowInput {
+                target: target.clone(),
+                unit: unit.to_owned(),
+                use_sudo: self.inv.ssh.use_sudo,
+            })
+            .label(format!("{n}. {unit} on {name}: record its InvocationID"))
+            .await?;
+        let restarted_at = self.ctx.now().await?;
+        let out: waymark_activities::ssh::RestartOutput = self
+            .step::<SystemdRestart>(&UnitRestartInput {
+                target: target.clone(),
+                unit: unit.to_owned(),
+                use_sudo: self.inv.ssh.use_sudo,
+                expected_invocation_id: before.invocation_id.clone(),
+                active_timeout_ms: g.node_timeout_secs.saturating_mul(1000),
+                poll_interval_ms: g.poll_ms,
+            })
+            .label(format!("{n}. restart {unit} on {name}"))
+            .start_to_close(limit)
+            .heartbeat_timeout(beat)
+            .await?;
+        if out.invocation_id_after == before.invocation_id {
+            return Err(workflow::Error::failed(format!(
+                "{n}. {unit} on {name}: the InvocationID did not change ({}) after the restart; check the unit on the node",
+                before.invocation_id
+            )));
+        }
+        let host = if kind == ServerKind::Master {
+            master_host
+        } else {
+            node.address.clone()
+        };
+        let _: String = self
+            .step::<WaitNewProcess>(&NewProcessInput {
+                masters: self.inv.masters(),
+                host: host.clone(),
+                kind,
+                restarted_at_ms: restarted_at.timestamp_millis(),
+                old_instance_seqno,
+                timeout_secs: g.node_timeout_secs,
+                poll_ms: g.poll_ms,
+            })
+            .label(format!("{n}. wait until the new {unit} on {name} serves"))
+            .start_to_close(limit)
+            .heartbeat_timeout(beat)
+            .await?;
+        if let Some(add) = &blacklist {
+            let _: String = self
+                .step::<WaitServerReady>(&ServerReadyInput {
+                    ssh: target,
+                    yb_ts_cli: self.inv.yb_ts_cli(),
+                    certs_dir: self.inv.yugabyte.certs_dir.clone(),
+                    host,
+                    max_follower_lag_ms: g.max_follower_lag_ms,
+                    timeout_secs: g.node_timeout_secs,
+                    poll_ms: g.poll_ms,
+                })
+                .label(format!(
+                    "{n}. wait until {unit} on {name} is ready (is_server_ready, follower lag)"
+                ))
+                .start_to_close(limit)
+                .heartbeat_timeout(beat)
+                .await?;
+            let _: String = self
+                .step::<ChangeLeaderBlacklist>(&BlacklistInput {
+                    op: BlacklistOp::Remove,
+                    ..add.clone()
+                })
+                .label(format!(
+                    "{n}. leader blacklist REMOVE {} ({name})",
+                    add.server
+                ))
+                .await?;
+        }
+        if g.settle_ms > 0 {
+            self.ctx.sleep(Duration::from_millis(g.settle_ms)).await?;
+        }
+        Ok(())
+    }
+
+    /// TEST ONLY (version-2 gates): record the unit's `InvocationID`, restart it, wait until the
+    /// master says the server is back, then the one-look health gate.
+    async fn legacy_restart_on_node(
         &self,
         node: &Node,
         n: &str,
@@ -416,6 +716,7 @@ impl Maintenance {
                 )
             })?;
         let (limit, beat) = self.wait_limits(self.gates().load_balancer_timeout_secs);
+        let legacy = self.legacy();
         let _: String = self
             .step::<WaitLoadBalancer>(&LoadBalancerInput {
                 ssh: self.inv.ssh_target(node),
@@ -423,6 +724,13 @@ impl Maintenance {
                 master_rpc: self.inv.master_rpc(),
                 timeout_secs: self.gates().load_balancer_timeout_secs,
                 poll_ms: self.gates().poll_ms,
+                certs_dir: self.inv.yugabyte.certs_dir.clone(),
+                idle_readings: if legacy {
+                    1
+                } else {
+                    self.gates().idle_readings
+                },
+                masters: (!legacy).then(|| self.inv.masters()),
             })
             .label("5. wait for load balancing to finish")
             .start_to_close(limit)

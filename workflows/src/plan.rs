@@ -1,13 +1,17 @@
 //! `waymark plan yb-maintenance`: reads the live estate (only reads) and lists every action a run
-//! would take, in order, with the current and the intended values, and whether the health gate
-//! passes now.
+//! would take, in order (which nodes, by `restart_zones`; masters leader last), with the current
+//! and the intended values, the gates each node passes, the expected duration, and whether the
+//! node gate passes now.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{ReadTrafficWeights, ReadTrafficWeightsInput};
 use waymark_activities::k8s::ReadReplicas;
-use waymark_activities::yb::{FindLeader, HealthCheck, HealthInput, HealthReport, ListTServers};
+use waymark_activities::yb::{
+    FindLeader, GateInput, GateReport, HealthCheck, HealthInput, HealthReport, ListTServers,
+    NodeGate,
+};
 use waymark_engine::activity::{self, Context};
 use waymark_engine::{Activity, RunId, StepRef};
 
@@ -33,6 +37,16 @@ pub struct Plan {
     pub cluster: String,
     /// The health gate now.
     pub health: Result<HealthReport, String>,
+    /// The node gate now (a run checks it before any change).
+    pub node_gate: Result<GateReport, String>,
+    /// The nodes a run restarts, in order (`yb-master on N`, then `yb-tserver on N`).
+    pub order: Vec<String>,
+    /// Nodes a run leaves alone (their zone is not in `restart_zones`).
+    pub skipped: Vec<String>,
+    /// The gates, in the order a run passes them.
+    pub gates: Vec<String>,
+    /// The expected duration of a run, in words (lower bound and the timeouts' upper bound).
+    pub expected_duration: String,
     /// The actions, in order.
     pub actions: Vec<Action>,
     /// What could not be read (the plan is then incomplete).
@@ -69,6 +83,20 @@ pub async fn plan(inv: &Inventory) -> Plan {
             HealthInput {
                 masters: inv.masters(),
                 min_uptime_seconds: inv.gates.min_uptime_seconds,
+                timeout_secs: 0,
+                poll_ms: 0,
+            },
+        )
+        .await
+        .map_err(|e| e.message);
+    let node_gate = NodeGate
+        .run(
+            ctx(),
+            GateInput {
+                masters: inv.masters(),
+                expected_masters: inv.master_hosts(),
+                expected_tservers: inv.tserver_hosts(),
+                ignored_tservers: inv.yugabyte.ignore_tservers.clone(),
                 timeout_secs: 0,
                 poll_ms: 0,
             },
@@ -142,7 +170,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
         .yugabyte
         .nodes
         .iter()
-        .filter(|n| n.master_http.is_some())
+        .filter(|n| n.master_http.is_some() && inv.restarts(n))
         .collect();
     if let Ok(l) = &leader {
         masters.sort_by_key(|n| n.master_http.as_deref() == Some(l.as_str()));
@@ -157,7 +185,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
             &mut actions,
             "3",
             format!(
-                "restart yb-master on {} ({}), wait until back, health gate",
+                "restart yb-master on {} ({}): node gate, --no-block restart, new process serving, settle",
                 n.name, n.ssh
             ),
             if is_leader {
@@ -169,7 +197,12 @@ pub async fn plan(inv: &Inventory) -> Plan {
         );
     }
     let tservers = ListTServers.run(ctx(), inv.masters()).await;
-    for n in inv.yugabyte.nodes.iter().filter(|n| n.tserver) {
+    for n in inv
+        .yugabyte
+        .nodes
+        .iter()
+        .filter(|n| n.tserver && inv.restarts(n))
+    {
         let current = match &tservers {
             Ok(ts) => ts
                 .iter()
@@ -187,7 +220,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
             &mut actions,
             "4",
             format!(
-                "restart yb-tserver on {} ({}), wait until back, health gate",
+                "restart yb-tserver on {} ({}): node gate, leader blacklist and drain, --no-block restart, new process serving, is_server_ready and follower lag, blacklist removed, settle",
                 n.name, n.ssh
             ),
             current,
@@ -246,12 +279,97 @@ pub async fn plan(inv: &Inventory) -> Plan {
         "A=100 B=0".into(),
         current_weights,
     );
+    let order: Vec<String> = actions
+        .iter()
+        .filter(|a| a.step == "3" || a.step == "4")
+        .filter_map(|a| {
+            let rest = a.action.strip_prefix("restart ")?;
+            let (what, _) = rest.split_once(" (")?;
+            Some(what.to_owned())
+        })
+        .collect();
+    let skipped: Vec<String> = inv
+        .yugabyte
+        .nodes
+        .iter()
+        .filter(|n| !inv.restarts(n))
+        .map(|n| format!("{} (zone {})", n.name, n.zone))
+        .collect();
+    let expected_duration = expected_duration(inv, &order);
     Plan {
         cluster: inv.cluster.name.clone(),
         health,
+        node_gate,
+        order,
+        skipped,
+        gates: gate_descriptions(inv),
+        expected_duration,
         actions,
         unreadable,
     }
+}
+
+/// The gates of a run, in order, with the inventory's settings.
+pub fn gate_descriptions(inv: &Inventory) -> Vec<String> {
+    let g = &inv.gates;
+    if g.legacy_unsafe_gates_for_tests {
+        return vec![
+            "TEST ONLY legacy_unsafe_gates_for_tests: the version-2 gates (one health look per node); never on a real estate".into(),
+        ];
+    }
+    let mut out = vec![
+        "before any change: every master LEADER or FOLLOWER with no error, masters and tservers exactly the inventory's, no DEAD tserver, 0 under-replicated (tablet-under-replication), 0 leaderless (tablet-replication); yb-admin and yb-ts-cli answer; both traffic target groups have a healthy target".to_owned(),
+        format!(
+            "before each node: the same node gate, waited for up to {} s",
+            g.health_timeout_secs
+        ),
+        format!(
+            "each tserver: leader blacklist ADD, leaders drained (get_leader_blacklist_completion 100%), up to {} s",
+            g.node_timeout_secs
+        ),
+        format!(
+            "each node: systemctl --no-block restart, active under a new InvocationID, then the new process serving (uptime and heartbeat younger than the restart; masters a new instance_seqno), up to {} s each",
+            g.node_timeout_secs
+        ),
+        format!(
+            "each tserver: is_server_ready 0 tablets not running and follower lag at most {} ms, then leader blacklist REMOVE (also on compensation)",
+            g.max_follower_lag_ms
+        ),
+        format!("each node: settle {} ms before the next", g.settle_ms),
+        format!(
+            "step 5: {} consecutive idle readings with no load move left and balanced leaders, up to {} s",
+            g.idle_readings, g.load_balancer_timeout_secs
+        ),
+    ];
+    if let Some(d) = &inv.yugabyte.certs_dir {
+        out.push(format!(
+            "TLS: every yb-admin and yb-ts-cli call gets -certs_dir_name {d}"
+        ));
+    }
+    out
+}
+
+/// A lower bound (settle times plus about a minute per node restart, as a real server takes
+/// to stop, start and bootstrap) and the upper bound the timeouts allow.
+fn expected_duration(inv: &Inventory, order: &[String]) -> String {
+    let g = &inv.gates;
+    let nodes = u64::try_from(order.len()).unwrap_or(u64::MAX);
+    let low_secs = nodes.saturating_mul(60 + g.settle_ms / 1000);
+    let per_node = g
+        .health_timeout_secs
+        .saturating_add(g.node_timeout_secs.saturating_mul(4))
+        .saturating_add(g.settle_ms / 1000);
+    let high_secs = nodes
+        .saturating_mul(per_node)
+        .saturating_add(g.load_balancer_timeout_secs)
+        .saturating_add(g.target_healthy_timeout_secs)
+        .saturating_add(g.rollout_timeout_secs);
+    format!(
+        "{nodes} node restarts: about {} min or more (about 1 min per restart plus {} s settle each), at most {} h by the timeouts",
+        low_secs.div_ceil(60),
+        g.settle_ms / 1000,
+        high_secs.div_ceil(3600)
+    )
 }
 
 /// What `current` says of an inventory node the cluster does not list.
@@ -284,6 +402,28 @@ impl fmt::Display for Plan {
             )?,
             Err(e) => writeln!(f, "health gate: cannot be read: {e}")?,
         }
+        match &self.node_gate {
+            Ok(g) if g.passed => writeln!(f, "node gate: PASSES now")?,
+            Ok(g) => writeln!(
+                f,
+                "node gate: FAILS now, a run would stop before any change: {}",
+                g.all().join("; ")
+            )?,
+            Err(e) => writeln!(f, "node gate: cannot be read: {e}")?,
+        }
+        writeln!(f, "order: {}", self.order.join(", "))?;
+        if !self.skipped.is_empty() {
+            writeln!(
+                f,
+                "not restarted (zone not in restart_zones): {}",
+                self.skipped.join(", ")
+            )?;
+        }
+        writeln!(f, "gates:")?;
+        for g in &self.gates {
+            writeln!(f, "  - {g}")?;
+        }
+        writeln!(f, "expected duration: {}", self.expected_duration)?;
         let width = self
             .actions
             .iter()
