@@ -48,10 +48,33 @@ fn traffic_and_replication(st: &Estate) -> ((i32, i32), u32) {
     ((a, b), st.k8s.deployments["prod/mirrormaker2"].replicas)
 }
 
-/// The end state of a complete run, and no effect twice.
+/// The end state of a complete run, and no effect twice: every server restarted once, every
+/// tserver leader-blacklisted and removed once (and the blacklist empty), and the invariant
+/// monitor never saw two tservers or two masters down, nor a forward to a group without a
+/// healthy target.
 pub(crate) fn check_completed_estate(dir: &Path) {
     let effects = read_effects(dir);
     let st = estate(dir);
+    let inv = waymark_sandbox::read_invariants(dir).expect("invariants.json");
+    assert!(inv.max_tservers_down <= 1, "{inv:?}");
+    assert!(inv.max_masters_down <= 1, "{inv:?}");
+    assert_eq!(inv.forwards_to_unhealthy, 0, "{inv:?}");
+    assert!(st.yb.blacklist.is_empty(), "{:?}", st.yb.blacklist);
+    for n in &st.spec.nodes {
+        for action in ["blacklist-add", "blacklist-remove"] {
+            let server = format!("{}:9100", n.name);
+            assert_eq!(
+                effects
+                    .iter()
+                    .filter(|e| e.target == "yb-admin/leader_blacklist"
+                        && e.action == action
+                        && e.details["server"] == server.as_str())
+                    .count(),
+                1,
+                "{action} {server} exactly once"
+            );
+        }
+    }
     for n in &st.spec.nodes {
         let want_master = usize::from(n.master);
         assert_eq!(
@@ -395,7 +418,7 @@ async fn unhealthy_cluster_stops_the_run_before_any_effect() {
             panic!("{case}: the run must fail")
         };
         assert!(
-            why.contains("cluster unhealthy, nothing was changed"),
+            why.contains("the cluster fails the node gate, nothing was changed"),
             "{case}: {why}"
         );
         assert!(why.contains(seen), "{case}: {why}");
