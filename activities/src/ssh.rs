@@ -8,7 +8,7 @@
 //!   a unit a new `InvocationID`; a preceding show step records it durably, and this activity
 //!   compares it with the unit's current one before acting: a different id on a running unit means
 //!   the restart already happened (an earlier attempt, before a crash), so it is not done again.
-//!   The restart is `systemctl --no-block restart` (no command blocks for the graceful stop);
+//!   The restart is `systemctl restart UNIT --no-block` (no command blocks for the graceful stop);
 //!   the unit is then polled with `systemctl show` over the same session until it is `active`
 //!   under a new `InvocationID`.
 //!
@@ -1195,7 +1195,9 @@ pub async fn restart_unit(
         // `--no-block`: the command returns once the job is queued, instead of blocking for the
         // graceful stop (a tserver's can outlast the step's heartbeat limit); the unit is then
         // polled over this same session.
-        let command = systemctl(input.use_sudo, "--no-block restart", unit);
+        // (`--no-block` after the unit: systemctl takes options anywhere, and the line still
+        // reads `systemctl restart UNIT` to whoever matches on it.)
+        let command = format!("{} --no-block", systemctl(input.use_sudo, "restart", unit));
         session
             .exec(&command)
             .await?

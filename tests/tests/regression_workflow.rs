@@ -345,7 +345,7 @@ async fn item4_relative_inventory_path_journals_absolute_paths() {
     assert_eq!(code, Some(1), "the run fails at the health gate\n{output}");
     let events = only_run(data.path());
     let why = run_failure(&events);
-    assert!(why.contains("cluster unhealthy"), "{why}");
+    assert!(why.contains("the cluster fails the node gate"), "{why}");
     let input = events
         .into_iter()
         .find_map(|e| match e {

@@ -29,7 +29,7 @@ const OTHER_HOST_KEY: &str =
 /// `systemctl` on the OpenSSH host: emulates `show`, `restart` and `is-active` for the units with
 /// a state file in `@DIR@/units` as systemd does, logs every call to `@DIR@/systemctl.log` and
 /// every restart done to `@DIR@/restarts.log`. A restarted unit gets a new `InvocationID` and
-/// answers `activating` to the first `is-active`.
+/// answers `activating` to the first `is-active` or `show` of its `ActiveState`.
 const SYSTEMCTL: &str = r#"#!/bin/bash
 echo "$*" >> '@DIR@/systemctl.log'
 props=
@@ -63,7 +63,7 @@ case "$verb" in
     for p in ${props//,/ }; do
       case "$p" in
         InvocationID) echo "InvocationID=$INVOCATION" ;;
-        ActiveState) if [ "$ACTIVATING" -gt 0 ]; then echo ActiveState=activating; else echo ActiveState=active; fi ;;
+        ActiveState) if [ "$ACTIVATING" -gt 0 ]; then ACTIVATING=$((ACTIVATING - 1)); save; echo ActiveState=activating; else echo ActiveState=active; fi ;;
         MainPID) echo "MainPID=$PID" ;;
         ActiveEnterTimestampMonotonic) echo "ActiveEnterTimestampMonotonic=$SINCE" ;;
         LoadState) echo LoadState=loaded ;;
@@ -330,6 +330,22 @@ impl Peer {
     }
 
     /// How many times `unit` was restarted on the host.
+    /// The `systemctl` command lines the host received (arguments; the sandbox: its restarts).
+    fn systemctl_calls(&self) -> Vec<String> {
+        match &self.host {
+            Host::OpenSsh(s) => std::fs::read_to_string(s.dir.path().join("systemctl.log"))
+                .unwrap_or_default()
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            Host::Sandbox { dir, .. } => read_effects(dir.path())
+                .iter()
+                .filter(|e| e.system == "ssh")
+                .filter_map(|e| e.details["command"].as_str().map(str::to_owned))
+                .collect(),
+        }
+    }
+
     fn restarts(&self, unit: &str) -> usize {
         match &self.host {
             Host::OpenSsh(s) => std::fs::read_to_string(s.dir.path().join("restarts.log"))
@@ -592,6 +608,14 @@ async fn restart_happens_once(peer: Peer) {
         .unwrap();
     assert!(first.restarted);
     assert_ne!(first.invocation_id_after, before.invocation_id);
+    // issue 11: the restart does not block for the graceful stop; the unit is polled instead.
+    assert!(
+        peer.systemctl_calls()
+            .iter()
+            .any(|c| c.contains("restart") && c.contains("--no-block")),
+        "{:?}",
+        peer.systemctl_calls()
+    );
     assert_eq!(first.unit_state.invocation_id, first.invocation_id_after);
     assert_eq!(first.unit_state.active_state, "active");
     assert_ne!(first.unit_state.main_pid, before.main_pid);

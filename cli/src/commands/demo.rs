@@ -33,9 +33,11 @@ fn fault_for_step(step: u8) -> Option<Fault> {
         // compensated. A `Job ... failed` exit is not retried (the activity treats it as final).
         3 => f("ssh", "systemctl restart yb-master", FaultKind::Drop, None),
         4 => f("ssh", "systemctl restart yb-tserver", FaultKind::Drop, None),
+        // Step 5's own yb-admin call (steps 1 and 4 run yb-admin too: the tools check and the
+        // leader blacklist).
         5 => f(
             "ssh",
-            "yb-admin",
+            "get_is_load_balancer_idle",
             FaultKind::Exit(1, "Error: Timed out waiting for the master leader\n".into()),
             None,
         ),
