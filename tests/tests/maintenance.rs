@@ -536,6 +536,33 @@ async fn invalid_inventories_are_refused_naming_file_key_and_problem() {
             "aws.endpoint_url",
             "not an http(s) URL",
         ),
+        // issue 11: the node gates' settings.
+        (
+            good.replace("idle_readings = 3", "idle_readings = 0"),
+            "gates.idle_readings",
+            "0 is out of range: give 1 to 100",
+        ),
+        (
+            good.replace("[yugabyte]\n", "[yugabyte]\nrestart_zones = [\"C\"]\n"),
+            "yugabyte.restart_zones[0]",
+            "\"C\" is the zone of no node",
+        ),
+        (
+            good.replace(
+                "[yugabyte]\n",
+                "[yugabyte]\ncerts_dir = \"/certs;reboot\"\n",
+            ),
+            "yugabyte.certs_dir",
+            "not an absolute path",
+        ),
+        (
+            good.replace(
+                "[yugabyte]\n",
+                "[yugabyte]\nignore_tservers = [\"yb-rr-1:9000\"]\n",
+            ),
+            "yugabyte.ignore_tservers[0]",
+            "not a host as the cluster lists it",
+        ),
     ];
     for (text, key, problem) in cases {
         let err: InventoryError = Inventory::parse(&file, &text).unwrap_err();

@@ -386,3 +386,76 @@ async fn slow_bootstrap_stops_the_run_at_the_node_and_compensates() {
     );
     assert_one_server_down_at_most(dir.path(), &log);
 }
+
+/// `restart_zones` makes the nodes explicit: `waymark plan` lists the order (masters leader
+/// last), the nodes left alone, the gates and the expected duration, and a run restarts only the
+/// listed zone's servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_zones_limit_the_nodes_and_plan_lists_order_gates_and_duration() {
+    let (dir, _sb) = lagging(0.01).await;
+    set_inventory_key(dir.path(), "yugabyte", "restart_zones", "[\"B\"]");
+    let before = read_effects(dir.path()).len();
+    let data = temp_dir();
+    let inventory = dir.path().join("inventory.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        waymark(&data.path().join("data"))
+            .args(["plan", "yb-maintenance", "--inventory"])
+            .arg(inventory)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        plan.contains(
+            "order: yb-master on yb-b-1, yb-master on yb-b-2, yb-tserver on yb-b-1, yb-tserver on yb-b-2, yb-tserver on yb-b-3\n"
+        ),
+        "zone B only, the leader master (yb-b-2) last:\n{plan}"
+    );
+    assert!(
+        plan.contains("not restarted (zone not in restart_zones): yb-a-1 (zone A), yb-a-2 (zone A), yb-a-3 (zone A)"),
+        "{plan}"
+    );
+    for gate in [
+        "masters and tservers exactly the inventory's",
+        "leader blacklist ADD",
+        "is_server_ready 0 tablets not running",
+        "consecutive idle readings",
+        "settle 180 ms",
+    ] {
+        assert!(
+            plan.contains(gate),
+            "the plan names the gate {gate:?}:\n{plan}"
+        );
+    }
+    assert!(
+        plan.contains("expected duration: 5 node restarts"),
+        "{plan}"
+    );
+    assert_eq!(
+        read_effects(dir.path()).len(),
+        before,
+        "plan changed nothing"
+    );
+
+    let (ok, log) = run(dir.path()).await;
+    assert!(ok, "{log}");
+    let restarted: Vec<String> = changes(dir.path(), before)
+        .into_iter()
+        .filter(|e| e.action == "restart")
+        .map(|e| e.target)
+        .collect();
+    assert_eq!(
+        restarted,
+        [
+            "yb-b-1/yb-master",
+            "yb-b-2/yb-master",
+            "yb-b-1/yb-tserver",
+            "yb-b-2/yb-tserver",
+            "yb-b-3/yb-tserver"
+        ],
+        "{log}"
+    );
+    assert_one_server_down_at_most(dir.path(), &log);
+}

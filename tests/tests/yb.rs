@@ -209,3 +209,67 @@ fn yb_admin_output_parses() {
     assert_eq!(yb::parse_is_idle("Idle = 0\n"), Some(false));
     assert_eq!(yb::parse_is_idle("Error: timed out\n"), None);
 }
+
+/// issue 11: what the node gates read from `yb-admin`, the tserver's metrics and the master.
+#[test]
+fn node_gate_outputs_parse() {
+    assert_eq!(
+        yb::parse_leader_blacklist(
+            "Config: \n{\"version\":3,\"leaderBlacklist\":{\"hosts\":[{\"host\":\"10.0.0.2\",\"port\":9100}]}}\n"
+        ),
+        Some(vec!["10.0.0.2:9100".to_owned()])
+    );
+    assert_eq!(
+        yb::parse_leader_blacklist("{\"version\":1}"),
+        Some(Vec::new())
+    );
+    assert_eq!(yb::parse_leader_blacklist("Error: timed out"), None);
+    let metrics = "# TYPE follower_lag_ms gauge\n\
+        follower_lag_ms{table_id=\"t\",tablet_id=\"a\"} 120 1700000000000\n\
+        follower_lag_ms{table_id=\"t\",tablet_id=\"b\"} 4500 1700000000000\n\
+        other_metric{x=\"y\"} 99999 1\n";
+    assert_eq!(yb::parse_max_follower_lag_ms(metrics), 4500);
+    assert_eq!(yb::parse_max_follower_lag_ms(""), 0);
+    let ts = |host: &str, alive: bool, tablets: u64, leaders: u64| yb::TServer {
+        host: host.into(),
+        web: format!("{host}:9000"),
+        alive,
+        uptime_seconds: 10,
+        time_since_hb_sec: 0.1,
+        uuid: String::new(),
+        zone: "A".into(),
+        tablets,
+        leaders,
+    };
+    assert_eq!(
+        yb::unbalanced_leaders(&[
+            ts("a", true, 6, 2),
+            ts("b", true, 6, 2),
+            ts("c", false, 6, 0)
+        ]),
+        None,
+        "a DEAD server does not count"
+    );
+    let why = yb::unbalanced_leaders(&[ts("a", true, 6, 4), ts("b", true, 6, 0)]).unwrap();
+    assert!(why.contains("tserver b leads none"), "{why}");
+    let why = yb::unbalanced_leaders(&[ts("a", true, 6, 5), ts("b", true, 6, 1)]).unwrap();
+    assert!(why.contains("1 to 5"), "{why}");
+    // Every yb tool call carries the certificates when the cluster uses TLS, every value quoted.
+    assert_eq!(
+        yb::yb_admin_line(
+            "/yb/bin/yb-admin",
+            &["m1:7100".into(), "m2:7100".into()],
+            Some("/opt/certs dir"),
+            &["change_leader_blacklist", "ADD", "h1:9100"],
+        ),
+        "/yb/bin/yb-admin -master_addresses m1:7100,m2:7100 -certs_dir_name '/opt/certs dir' change_leader_blacklist ADD h1:9100"
+    );
+    assert_eq!(
+        yb::yb_ts_cli_ready_line("/yb/bin/yb-ts-cli", Some("/c"), "h1"),
+        "/yb/bin/yb-ts-cli -certs_dir_name /c '--server_address=h1:9100' is_server_ready"
+    );
+    assert_eq!(
+        yb::yb_ts_cli_ready_line("/yb/bin/yb-ts-cli", None, "::1"),
+        "/yb/bin/yb-ts-cli '--server_address=[::1]:9100' is_server_ready"
+    );
+}
