@@ -880,7 +880,7 @@ impl GateReport {
 }
 
 impl Masters {
-    /// The node gate (YugabyteDB Anywhere's pre-checks, and stricter): every master of
+    /// The node gate (`YugabyteDB` Anywhere's pre-checks, and stricter): every master of
     /// `/api/v1/masters` LEADER or FOLLOWER with no error, and exactly the inventory's; the
     /// tservers of `/api/v1/tablet-servers` exactly the inventory's (besides the ignored ones),
     /// none DEAD; no tablet under-replicated by `/api/v1/tablet-under-replication` (RUNNING
@@ -1053,9 +1053,9 @@ impl Activity for WaitNewProcess {
     async fn run(&self, ctx: Context, i: NewProcessInput) -> Result<String, activity::Error> {
         let what = format!("the new {:?} process on {} serving", i.kind, i.host).to_lowercase();
         poll(&ctx, &what, i.timeout_secs, i.poll_ms, || async {
-            let since_ms = (chrono::Utc::now().timestamp_millis() - i.restarted_at_ms).max(0);
+            let elapsed_ms = (chrono::Utc::now().timestamp_millis() - i.restarted_at_ms).max(0);
             #[allow(clippy::cast_precision_loss)]
-            let since_s = since_ms as f64 / 1000.0;
+            let since_s = elapsed_ms as f64 / 1000.0;
             match i.kind {
                 ServerKind::TServer => match i.masters.tservers().await {
                     Ok(ts) => match ts.iter().find(|t| t.host == i.host) {
@@ -1259,7 +1259,7 @@ async fn change_leader_blacklist(
             first_line(&config, "")
         ),
     })?;
-    let present = listed.iter().any(|s| *s == i.server);
+    let present = listed.contains(&i.server);
     let (word, done) = match i.op {
         BlacklistOp::Add => ("ADD", present),
         BlacklistOp::Remove => ("REMOVE", !present),

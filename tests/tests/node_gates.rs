@@ -1,4 +1,4 @@
-//! issue 11, part 2: node gates as strict as YugabyteDB Anywhere's rolling restart. Every test
+//! issue 11, part 2: node gates as strict as `YugabyteDB` Anywhere's rolling restart. Every test
 //! runs the real `waymark` binary (`waymark run yb-maintenance`) against a sandbox that lags like
 //! a real cluster, and reads what the sandbox itself recorded: the invariant monitor's
 //! `invariants.json` (ground truth, not the APIs) and the effects (`effects.jsonl`).

@@ -484,7 +484,7 @@ impl Maintenance {
         }
     }
 
-    /// One node, one server, as YugabyteDB Anywhere's rolling restart and stricter:
+    /// One node, one server, as `YugabyteDB` Anywhere's rolling restart and stricter:
     /// 1. the node gate (waits until it passes; a cluster that disagrees with the inventory fails);
     /// 2. tservers: leader blacklist ADD (compensated by REMOVE), wait until its leaders left;
     /// 3. record the unit's `InvocationID` (masters: also their `instance_seqno`) and the time;
