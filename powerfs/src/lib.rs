@@ -1239,10 +1239,14 @@ impl std::fmt::Debug for PowerFs {
 
 /// Fails with a clear message when this machine cannot mount a FUSE filesystem.
 pub fn check_prerequisites() -> Result<(), Error> {
-    if !Path::new("/dev/fuse").exists() {
+    prerequisites_in(Path::new("/dev/fuse"), std::env::var_os("PATH"))
+}
+
+fn prerequisites_in(device: &Path, path_var: Option<OsString>) -> Result<(), Error> {
+    if !device.exists() {
         return Err(Error::NoFuseDevice);
     }
-    let on_path = std::env::var_os("PATH")
+    let on_path = path_var
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("fusermount3").is_file()));
     if !on_path {
         return Err(Error::NoFusermount);
@@ -1384,4 +1388,23 @@ pub fn is_mounted(path: &Path) -> bool {
         m.lines()
             .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_prerequisites_are_named_with_the_fix() {
+        let no_device = prerequisites_in(Path::new("/nonexistent/fuse"), None).unwrap_err();
+        assert!(matches!(no_device, Error::NoFuseDevice));
+        assert!(no_device.to_string().contains("/dev/fuse"), "{no_device}");
+        let dir = std::env::temp_dir();
+        let no_tool = prerequisites_in(&dir, Some(OsString::from("/nonexistent/bin"))).unwrap_err();
+        assert!(matches!(no_tool, Error::NoFusermount));
+        assert!(
+            no_tool.to_string().contains("apt-get install -y fuse3"),
+            "{no_tool}"
+        );
+    }
 }

@@ -641,7 +641,12 @@ fn engine_power_cut_at_random_instants_loses_no_acknowledged_append() {
 
 /// `waymark run` (first) or `waymark resume` with `--data-dir` on powerfs; a thread records
 /// the highest event number the CLI printed (it prints an event once it is durable).
-fn runbook_process(data: &Path, inventory: &Path, first: bool, newest: &Arc<AtomicI64>) -> Child {
+fn runbook_process(
+    data: &Path,
+    inventory: &Path,
+    first: bool,
+    newest: &Arc<AtomicI64>,
+) -> (Child, std::thread::JoinHandle<()>) {
     let mut c = waymark(data);
     if first {
         c.args(["run", "yb-maintenance", "--inventory"])
@@ -656,7 +661,7 @@ fn runbook_process(data: &Path, inventory: &Path, first: bool, newest: &Arc<Atom
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let newest = newest.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
             if let Some(seq) = line
@@ -667,7 +672,7 @@ fn runbook_process(data: &Path, inventory: &Path, first: bool, newest: &Arc<Atom
             }
         }
     });
-    child
+    (child, reader)
 }
 
 #[test]
@@ -684,7 +689,6 @@ fn runbook_power_cut_at_random_instants_resumes_with_every_effect_once() {
     let mut fs = disk.mount();
     let (mut cuts, mut checks) = (0u64, 0u64);
     let started = Instant::now();
-    let mut finished = false;
     while cuts < target {
         assert!(
             started.elapsed() < Duration::from_secs(600),
@@ -696,7 +700,7 @@ fn runbook_power_cut_at_random_instants_resumes_with_every_effect_once() {
                 |e| panic!("seed {seed}: the log does not open: {e}"),
                 |r| r.is_empty(),
             );
-        let mut child = runbook_process(&data, &inventory, first, &newest);
+        let (mut child, reader) = runbook_process(&data, &inventory, first, &newest);
         let deadline = Instant::now() + Duration::from_millis(100 + rng.below(900));
         let mut exited = None;
         while Instant::now() < deadline {
@@ -708,14 +712,15 @@ fn runbook_power_cut_at_random_instants_resumes_with_every_effect_once() {
         }
         if let Some(s) = exited {
             assert!(s.success(), "engine process failed: {s} (seed {seed})");
-            finished = true;
             break;
         }
         let mode = random_mode(&mut rng);
         let report = fs.cut(mode).expect("cut");
-        let acked = newest.load(Ordering::SeqCst);
         child.kill().unwrap();
         child.wait().unwrap();
+        // Every event line the CLI wrote before it died counts as acknowledged.
+        reader.join().unwrap();
+        let acked = newest.load(Ordering::SeqCst);
         cuts += 1;
         fs = disk.mount();
         let what = format!("seed {seed}, cut {cuts} ({mode:?}, {report:?})");
@@ -740,16 +745,20 @@ fn runbook_power_cut_at_random_instants_resumes_with_every_effect_once() {
             checks += 1;
         }
     }
-    // Resume without cuts until the run has ended.
+    // Resume without cuts until the run has ended (the log says so, not the exit status).
+    let mut finished = false;
     for _ in 0..20 {
+        finished = {
+            let log = waymark_engine::open_log(&data).unwrap();
+            !log.runs().unwrap().is_empty() && log.open_runs().unwrap().is_empty()
+        };
         if finished {
             break;
         }
-        let mut child = runbook_process(&data, &inventory, false, &newest);
+        let (mut child, reader) = runbook_process(&data, &inventory, false, &newest);
         let status = child.wait().unwrap();
+        reader.join().unwrap();
         assert!(status.success(), "resume failed: {status} (seed {seed})");
-        let log = waymark_engine::open_log(&data).unwrap();
-        finished = !log.runs().unwrap().is_empty() && log.open_runs().unwrap().is_empty();
     }
     assert!(finished, "the run did not finish (seed {seed})");
     crate::maintenance::check_completed_estate(&sb.dir);
