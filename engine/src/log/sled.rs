@@ -101,15 +101,30 @@ pub(super) fn lock_dir(dir: &Path) -> Result<std::fs::File, Error> {
                 dir.display()
             ))
         })?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(in_use(dir)),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::Storage(format!(
-            "cannot lock {}: {e}",
-            dir.display()
-        ))),
+    // A process that this one is spawning holds a copy of the lock's open file (and so the
+    // lock) between its fork and its exec: a released lock can look busy for that instant.
+    // Retry briefly before telling the operator another process has it.
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) if waited < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                waited += std::time::Duration::from_millis(10);
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(in_use(dir)),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::Storage(format!(
+                    "cannot lock {}: {e}",
+                    dir.display()
+                )))
+            }
+        }
     }
 }
+
+/// How long a busy `waymark.lock` is retried before the log is reported in use.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Deletes `snap.*.generating` files: snapshots whose writer died before renaming them into place.
 ///
