@@ -280,3 +280,68 @@ fn node_gate_outputs_parse() {
         "/yb/bin/yb-ts-cli '--server_address=[::1]:9100' is_server_ready"
     );
 }
+
+/// issue 11, step 5: `Idle = 1` alone is not enough. With a tserver left on the leader blacklist
+/// (a REMOVE that never ran), the load balancer is idle (it may move nothing onto that server)
+/// while the server leads none of its tablets: one idle reading (the old gate) passes, the new
+/// wait (consecutive readings, balanced leaders) does not, and says which server leads none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancer_wait_wants_balanced_leaders_not_one_idle_reading() {
+    let (dir, _sb) = sandbox(10).await;
+    let inv =
+        waymark_workflows::Inventory::load(&dir.path().join("inventory.toml")).expect("inventory");
+    let (node, admin) = inv.yb_admin().expect("a master node");
+    let target = inv.ssh_target(node);
+    let out = waymark_activities::ssh::run(
+        &target,
+        &admin.line(&["change_leader_blacklist", "ADD", "yb-a-2:9100"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    let input = |idle_readings: u32, masters: Option<Masters>| yb::LoadBalancerInput {
+        ssh: target.clone(),
+        yb_admin: admin.yb_admin.clone(),
+        master_rpc: admin.master_rpc.clone(),
+        timeout_secs: 2,
+        poll_ms: 20,
+        certs_dir: None,
+        idle_readings,
+        masters,
+    };
+    // The old gate: one `Idle = 1` once the leaders have left yb-a-2.
+    let old = yb::WaitLoadBalancer
+        .run(activity_ctx(), input(1, None))
+        .await
+        .expect("one idle reading passes");
+    assert!(old.contains("idle"), "{old}");
+    let e = yb::WaitLoadBalancer
+        .run(activity_ctx(), input(3, Some(inv.masters())))
+        .await
+        .expect_err("leaders are not balanced");
+    assert!(e.retryable, "a timeout may pass later: {e:?}");
+    assert!(
+        e.message.contains("tserver yb-a-2 leads none"),
+        "{}",
+        e.message
+    );
+    // Back off the blacklist, the load balancer gives it leaders back and the wait passes.
+    let out = waymark_activities::ssh::run(
+        &target,
+        &admin.line(&["change_leader_blacklist", "REMOVE", "yb-a-2:9100"]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    let done = yb::WaitLoadBalancer
+        .run(
+            activity_ctx(),
+            yb::LoadBalancerInput {
+                timeout_secs: 60,
+                ..input(3, Some(inv.masters()))
+            },
+        )
+        .await
+        .expect("balanced");
+    assert!(done.contains("3 consecutive readings"), "{done}");
+}
