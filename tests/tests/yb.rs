@@ -345,3 +345,120 @@ async fn load_balancer_wait_wants_balanced_leaders_not_one_idle_reading() {
         .expect("balanced");
     assert!(done.contains("3 consecutive readings"), "{done}");
 }
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+/// issue 11, per node: right after a restart the master still reports the old process (ALIVE,
+/// its old uptime), so "back" proves nothing; the new-process wait holds until the uptime is
+/// younger than the restart, and even then the server bootstraps: only `is_server_ready` (and
+/// the follower lag) says it serves. The sandbox's ground truth shows each stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_process_then_ready_each_gate_sees_what_the_one_before_cannot() {
+    // The graceful stop lasts 1 s, start-up 0.6 s, each tablet's bootstrap 0.8 s.
+    let dir = crate::util::temp_dir();
+    let sb = waymark_sandbox::Sandbox::start(
+        dir.path(),
+        &waymark_sandbox::Spec::default().with_time_scale(0.2),
+    )
+    .await
+    .unwrap();
+    let inv =
+        waymark_workflows::Inventory::load(&dir.path().join("inventory.toml")).expect("inventory");
+    let m = inv.masters();
+    let node = inv
+        .yugabyte
+        .nodes
+        .iter()
+        .find(|n| n.name == "yb-a-3")
+        .unwrap();
+    // Bootstrap held back until the test lets it go (so no assertion below depends on timing).
+    let slow = |factor: f64| waymark_sandbox::Scenario::SlowBootstrap {
+        node: "yb-a-3".into(),
+        factor,
+    };
+    sb.shared().apply(&slow(1e9)).unwrap();
+    let restarted_at_ms = now_ms();
+    let out = waymark_activities::ssh::run(
+        &inv.ssh_target(node),
+        "sudo systemctl restart yb-tserver --no-block",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    let seen = m.tservers().await.unwrap();
+    let t = seen.iter().find(|t| t.host == "yb-a-3").unwrap();
+    assert!(
+        t.alive && t.uptime_seconds > 60,
+        "the master still reports the old process: {t:?}"
+    );
+    let back = WaitServerBack
+        .run(
+            activity_ctx(),
+            ServerBackInput {
+                masters: m.clone(),
+                host: "yb-a-3".into(),
+                kind: ServerKind::TServer,
+                timeout_secs: 30,
+                poll_ms: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        back.contains("ALIVE"),
+        "the old wait passes at once: {back}"
+    );
+    let new = yb::WaitNewProcess
+        .run(
+            activity_ctx(),
+            yb::NewProcessInput {
+                masters: m.clone(),
+                host: "yb-a-3".into(),
+                kind: ServerKind::TServer,
+                restarted_at_ms,
+                old_instance_seqno: 0,
+                timeout_secs: 30,
+                poll_ms: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(new.contains("new process ALIVE"), "{new}");
+    assert!(
+        sb.shared()
+            .read(|st| st.yb.tservers_down(now_ms()))
+            .contains(&"yb-a-3".to_owned()),
+        "the new process is up but still bootstraps its tablets"
+    );
+    sb.shared().apply(&slow(1.0)).unwrap();
+    let ready = yb::WaitServerReady
+        .run(
+            activity_ctx(),
+            yb::ServerReadyInput {
+                ssh: inv.ssh_target(node),
+                yb_ts_cli: inv.yb_ts_cli(),
+                certs_dir: None,
+                host: "yb-a-3".into(),
+                max_follower_lag_ms: 2000,
+                timeout_secs: 30,
+                poll_ms: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(ready.contains("0 tablets not running"), "{ready}");
+    assert!(
+        sb.shared()
+            .read(|st| st.yb.tservers_down(now_ms()))
+            .is_empty(),
+        "ready means serving"
+    );
+}
