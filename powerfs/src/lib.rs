@@ -1224,6 +1224,8 @@ pub struct PowerFs {
     /// Unmounts this mount (and only it: taken before the lazy unmount, so that it can never
     /// unmount a later mount on the same mountpoint).
     session: Option<fuser::SessionUnmounter>,
+    /// The kernel's number for this FUSE connection (`/sys/fs/fuse/connections/N`).
+    connection: Option<u64>,
     mountpoint: PathBuf,
     backing: PathBuf,
 }
@@ -1303,6 +1305,7 @@ impl PowerFs {
         Ok(PowerFs {
             shared,
             session: Some(unmounter),
+            connection: connection_of(mountpoint),
             mountpoint: mountpoint.to_owned(),
             backing: backing.to_owned(),
         })
@@ -1311,6 +1314,11 @@ impl PowerFs {
     /// Where it is mounted.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// The kernel's number for this FUSE connection (`/sys/fs/fuse/connections/N`), if known.
+    pub fn connection(&self) -> Option<u64> {
+        self.connection
     }
 
     /// The backing directory (the durable image).
@@ -1366,6 +1374,15 @@ impl PowerFs {
             while is_mounted(&self.mountpoint) && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
+            // After a lazy unmount the connection lives on while a file of it is open, served
+            // by a thread of this process. A thread of this process blocked in a request when
+            // the process exits would then wait forever (the serving thread is gone, and the
+            // device stays open because the blocked thread keeps the process's files): a test
+            // binary that never exits. Abort the connection: every request still pending or
+            // still to come fails at once, as nothing can reach a disk without power anyway.
+            if let Some(connection) = self.connection {
+                abort_connection(connection);
+            }
         }
     }
 }
@@ -1377,6 +1394,36 @@ impl Drop for PowerFs {
             self.detach();
             let _ = std::fs::remove_dir_all(self.backing.join(LIMBO));
         }
+    }
+}
+
+/// The FUSE connection number of the mount at `path` (the minor number of its device, as
+/// `/proc/self/mountinfo` lists it).
+fn connection_of(path: &Path) -> Option<u64> {
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        .and_then(|l| l.split(' ').nth(2))
+        .and_then(|dev| dev.split(':').nth(1))
+        .and_then(|minor| minor.parse().ok())
+}
+
+/// Aborts FUSE connection `n` through the fusectl filesystem (mounting it when it is not).
+fn abort_connection(n: u64) {
+    let connections = Path::new("/sys/fs/fuse/connections");
+    if !connections.join(n.to_string()).exists() && !is_mounted(connections) {
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(connections)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let abort = connections.join(n.to_string()).join("abort");
+    if abort.exists() {
+        let _ = std::fs::write(abort, "1");
     }
 }
 

@@ -423,6 +423,34 @@ fn after_a_cut_the_old_mount_answers_eio_so_nothing_later_becomes_durable() {
     assert_eq!(read(&disk.backing().join("f")).unwrap(), b"");
 }
 
+/// A cut with a file still open leaves no live connection behind: it is aborted, so no thread of
+/// this process can stay blocked in a request that nobody serves (which made a test binary hang
+/// at exit, its serving thread gone and the device kept open by the blocked thread).
+#[test]
+fn a_cut_with_a_file_still_open_aborts_the_connection() {
+    let disk = Disk::new();
+    std::fs::write(disk.backing().join("f"), b"").unwrap();
+    let fs = disk.mount();
+    assert!(fs.connection().is_some(), "the mount's connection number");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(disk.mnt().join("f"))
+        .unwrap();
+    f.write_all(b"before").unwrap();
+    let _ = fs.cut(CutMode::DropAll).unwrap();
+    // Served, a call would get EIO from the cut filesystem; aborted, the kernel answers
+    // ENOTCONN itself without asking the serving thread.
+    let err = f
+        .write_all(b"after")
+        .and_then(|()| f.sync_data())
+        .expect_err("nothing succeeds after a cut");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the connection was aborted: {err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The engine on powerfs.
 
