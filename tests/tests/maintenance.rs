@@ -612,7 +612,7 @@ async fn invalid_inventories_are_refused_naming_file_key_and_problem() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        !dir.path().join("data").join("events.sled").exists() || {
+        !dir.path().join("data").join("log").exists() || {
             let log = waymark_engine::open_log(&dir.path().join("data")).unwrap();
             log.runs().unwrap().is_empty()
         }
