@@ -357,3 +357,34 @@ async fn ls_verify_and_recover_speak_to_the_operator() {
         "after recover, the three intact runs verify and the damaged one is quarantined:\n{text}"
     );
 }
+
+/// Issue 8, item 15, on the segment store: a crash that loses a run's first record but keeps a
+/// later one of the same write (a torn group commit) must not leave a phantom run that `ls` and
+/// `verify` report as damaged forever. The store has no separate run markers; a record that does
+/// not continue its run is not kept from an unfinished write, so the run simply never started.
+#[tokio::test]
+async fn a_torn_write_never_leaves_a_run_without_its_first_record() {
+    let dir = temp_dir();
+    let (old, new) = (RunId::new(), RunId::new());
+    {
+        let log = Log::new(SegmentBackend::open(dir.path()).unwrap());
+        log.append(old, vec![started()]).await.unwrap();
+        // One group commit: the new run's first two records.
+        log.append(new, vec![started_by("second"), step(0)])
+            .await
+            .unwrap();
+    }
+    let seg = segment_file(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let owners = frame_owners(&bytes);
+    let (_, first_end, run, seq) = owners[1];
+    assert_eq!((run, seq), (new, 0));
+    // The write was torn: its first frame's record never fully landed, the second did.
+    bytes[first_end - 3] ^= 0xFF;
+    std::fs::write(&seg, &bytes).unwrap();
+    let log = Log::new(SegmentBackend::open(dir.path()).unwrap());
+    assert_eq!(log.runs().unwrap(), vec![old], "no phantom run");
+    assert!(log.open_runs().unwrap() == vec![old]);
+    assert!(log.read(old).is_ok());
+    assert!(log.damage().is_empty(), "an unfinished write is not damage");
+}
