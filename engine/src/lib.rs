@@ -33,7 +33,9 @@ pub type DurableLog = log::Log<log::segment::SegmentBackend>;
 
 /// Opens the durable event log under `dir` (the embedded default store).
 pub fn open_log(dir: &Path) -> Result<Arc<DurableLog>, log::Error> {
-    Ok(Arc::new(log::Log::new(log::segment::SegmentBackend::open(dir)?)))
+    Ok(Arc::new(log::Log::new(log::segment::SegmentBackend::open(
+        dir,
+    )?)))
 }
 
 /// A fresh in-memory event log.
