@@ -15,6 +15,7 @@ mod regression;
 mod regression_daemon;
 mod regression_engine;
 mod regression_workflow;
+mod run_safety;
 mod sandbox_realism;
 mod schedule;
 mod ssh;
