@@ -756,7 +756,8 @@ impl ElbClient {
         }
     }
 
-    async fn weights(&self, source: &TrafficSource) -> Result<Weights, Error> {
+    /// The weights of the listener's or rule's first forward action.
+    pub async fn weights(&self, source: &TrafficSource) -> Result<Weights, Error> {
         let actions = self.actions(source).await?;
         forward_weights(&actions)
             .map(|by_target_group| Weights { by_target_group })

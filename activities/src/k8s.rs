@@ -230,6 +230,14 @@ impl DeploymentRef {
         }
     }
 
+    /// One look at the Deployment: what `kubectl rollout status` would conclude now
+    /// ([`rollout_status`]); `Done` means every replica updated and Available.
+    pub async fn read_rollout_status(&self) -> Result<RolloutStatus, Error> {
+        let api = self.api().await?;
+        let dep = self.call("read", api.get(&self.name)).await?;
+        Ok(rollout_status(&dep))
+    }
+
     async fn api(&self) -> Result<Api<Deployment>, Error> {
         Ok(Api::namespaced(
             self.connection.client().await?,

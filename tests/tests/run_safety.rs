@@ -1,1 +1,282 @@
-//! (being written)
+//! issue 12: run-level safety. Every test runs the real `waymark` binary against a sandbox that
+//! lags like a real cluster, changes the estate mid-run through the sandbox's own state (as an
+//! operator or a failure would), and asserts from what the sandbox recorded (`state.json`,
+//! `effects.jsonl`, the invariant monitor's `invariants.json`).
+//!
+//! - step 1's compensation looks first: with zone B unhealthy, or the weights changed by hand
+//!   since step 1, it leaves traffic where it is, `MirrorMaker2` is still restored, and the run
+//!   ends `needs-operator` (listed by `waymark ls --state needs-operator`) with the snapshot of
+//!   what it saw; the monitor never sees a forward to a group without a healthy target;
+//! - the control: with zone B healthy and the weights untouched, a failure at step 6 (the cluster
+//!   healthy by then) compensates fully (traffic back to zone B) and the run is not
+//!   `needs-operator`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use waymark_sandbox::estate::Estate;
+use waymark_sandbox::estate::{Fault, FaultKind, Faults};
+use waymark_sandbox::{read_effects, read_invariants, Sandbox, Scenario, Spec};
+
+use crate::util::{temp_dir, wait_until, waymark};
+
+async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox) {
+    let dir = temp_dir();
+    let sb = Sandbox::start(dir.path(), &Spec::default().with_time_scale(scale))
+        .await
+        .expect("sandbox starts");
+    (dir, sb)
+}
+
+/// Sets `key = value` (TOML text) in `[section]` of the sandbox's `inventory.toml`.
+fn set_inventory_key(dir: &Path, section: &str, key: &str, value: &str) {
+    let path = dir.join("inventory.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let header = format!("[{section}]");
+    let at = lines
+        .iter()
+        .position(|l| l.trim() == header)
+        .unwrap_or_else(|| panic!("no {header} in {text}"));
+    let end = lines[at + 1..]
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .map_or(lines.len(), |i| at + 1 + i);
+    let line = format!("{key} = {value}");
+    match lines[at + 1..end]
+        .iter()
+        .position(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+    {
+        Some(i) => lines[at + 1 + i] = line,
+        None => lines.insert(at + 1, line),
+    }
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+}
+
+fn estate(dir: &Path) -> Estate {
+    serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
+}
+
+fn tg(st: &Estate, zone: &str) -> String {
+    st.elb
+        .target_group_arn(&waymark_sandbox::elb::target_group_name(zone))
+        .unwrap()
+        .to_owned()
+}
+
+fn listener(st: &Estate) -> String {
+    st.elb
+        .listener_arn(waymark_sandbox::elb::LOAD_BALANCER)
+        .unwrap()
+        .to_owned()
+}
+
+/// Traffic weights (zone A, zone B) of the traffic listener.
+fn weights(st: &Estate) -> (i32, i32) {
+    let w = st.elb.weights(&listener(st)).unwrap();
+    (
+        w.get(&tg(st, "A")).copied().unwrap_or(0),
+        w.get(&tg(st, "B")).copied().unwrap_or(0),
+    )
+}
+
+/// Sets the traffic listener's weights by hand, as an operator in the AWS console would.
+fn set_weights_by_hand(sb: &Sandbox, a: i32, b: i32) {
+    sb.shared().mutate(|st| {
+        let (ta, tb) = (tg(st, "A"), tg(st, "B"));
+        let arn = listener(st);
+        let l = st.elb.listeners.iter_mut().find(|l| l.arn == arn).unwrap();
+        for g in &mut l.default_actions[0].target_groups {
+            if g.target_group_arn == ta {
+                g.weight = a;
+            } else if g.target_group_arn == tb {
+                g.weight = b;
+            }
+        }
+    });
+}
+
+/// A run that fails at yb-a-2's tserver (it bootstraps far longer than `node_timeout_secs`),
+/// after `mid_run` was applied once step 1 had moved traffic to zone A. Returns (success,
+/// output, data dir).
+async fn failing_run_with(
+    dir: &Path,
+    sb: &Sandbox,
+    mid_run: impl FnOnce(&Sandbox),
+) -> (bool, String, tempfile::TempDir) {
+    sb.shared()
+        .apply(&Scenario::SlowBootstrap {
+            node: "yb-a-2".into(),
+            factor: 200.0,
+        })
+        .unwrap();
+    set_inventory_key(dir, "gates", "node_timeout_secs", "2");
+    set_inventory_key(dir, "gates", "health_timeout_secs", "5");
+    run_failing_after_step_1(dir, sb, mid_run).await
+}
+
+/// `waymark run` with the sandbox as set up, applying `mid_run` once step 1 moved traffic.
+async fn run_failing_after_step_1(
+    dir: &Path,
+    sb: &Sandbox,
+    mid_run: impl FnOnce(&Sandbox),
+) -> (bool, String, tempfile::TempDir) {
+    set_inventory_key(dir, "gates", "retry_attempts", "1");
+    let before = read_effects(dir).len();
+    let data = temp_dir();
+    let child = waymark(&data.path().join("data"))
+        .args(["run", "yb-maintenance", "--inventory"])
+        .arg(dir.join("inventory.toml"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn waymark run");
+    wait_until(Duration::from_secs(120), "step 1 moved traffic", || {
+        read_effects(dir)
+            .iter()
+            .skip(before)
+            .any(|e| e.action == "modify-listener")
+    })
+    .await;
+    mid_run(sb);
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        data,
+    )
+}
+
+/// `waymark ls --state needs-operator` on `data`.
+async fn needs_operator_listing(data: &Path) -> String {
+    let data = data.join("data");
+    let out = tokio::task::spawn_blocking(move || {
+        waymark(&data)
+            .args(["ls", "--state", "needs-operator"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn assert_no_forward_to_unhealthy(dir: &Path, log: &str) {
+    let got = read_invariants(dir).expect("invariants.json");
+    assert_eq!(
+        got.forwards_to_unhealthy, 0,
+        "never a forward to a target group without a healthy target: {got:?}\n{log}"
+    );
+}
+
+/// No forward of the run's listener to a group without a healthy target. (The sandbox's
+/// `/waymark/*` rule, which the inventory does not name, keeps forwarding to zone B whatever the
+/// run does: when zone B fails, the monitor counts that rule's forward, not the run's.)
+fn assert_no_forward_by_the_run_to_unhealthy(dir: &Path, log: &str) {
+    let got = read_invariants(dir).expect("invariants.json");
+    let listener = listener(&estate(dir));
+    let by_the_run: Vec<_> = got
+        .violations
+        .iter()
+        .filter(|v| v.what.contains(&format!("{listener} ->")))
+        .collect();
+    assert!(
+        by_the_run.is_empty(),
+        "the run's listener never forwards to a group without a healthy target: {by_the_run:?}\n{got:?}\n{log}"
+    );
+}
+
+/// Zone B loses every healthy target after step 1; the run then fails at a node. The old
+/// compensation moved traffic back to zone B anyway (a forward to a group with no healthy
+/// target); now traffic stays in zone A, `MirrorMaker2` is restored, and the run ends
+/// `needs-operator` with the snapshot naming the failed check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_b_unhealthy_mid_run_keeps_traffic_in_zone_a_and_needs_an_operator() {
+    let (dir, sb) = lagging(0.05).await;
+    let (ok, log, data) = failing_run_with(dir.path(), &sb, |sb| {
+        sb.shared().apply(&Scenario::ZoneBUnhealthy).unwrap();
+    })
+    .await;
+    assert!(!ok, "the run fails at yb-a-2:\n{log}");
+    assert!(log.contains("COMPENSATION INCOMPLETE"), "{log}");
+    assert!(log.contains("traffic NOT moved back to zone B"), "{log}");
+    assert!(
+        log.contains("zone B's target group") && log.contains("no healthy target"),
+        "the snapshot names the failed check:\n{log}"
+    );
+    let st = estate(dir.path());
+    assert_eq!(weights(&st), (100, 0), "traffic stays in zone A:\n{log}");
+    assert_eq!(
+        st.k8s.deployments["prod/mirrormaker2"].replicas, 2,
+        "MirrorMaker2 is restored all the same:\n{log}"
+    );
+    assert!(st.yb.blacklist.is_empty(), "{:?}", st.yb.blacklist);
+    assert_no_forward_by_the_run_to_unhealthy(dir.path(), &log);
+    let listed = needs_operator_listing(data.path()).await;
+    assert!(
+        listed.contains("needs-operator"),
+        "ls lists the run:\n{listed}"
+    );
+}
+
+/// An operator changes the weights by hand after step 1 (50/50); the run then fails at a node.
+/// The old compensation overwrote the operator's weights; now they are left as they are and the
+/// run ends `needs-operator`, its snapshot saying the weights are not what step 1 set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_changed_by_hand_mid_run_are_left_alone_and_need_an_operator() {
+    let (dir, sb) = lagging(0.05).await;
+    let (ok, log, data) =
+        failing_run_with(dir.path(), &sb, |sb| set_weights_by_hand(sb, 50, 50)).await;
+    assert!(!ok, "the run fails at yb-a-2:\n{log}");
+    assert!(log.contains("COMPENSATION INCOMPLETE"), "{log}");
+    assert!(log.contains("changed them by hand"), "{log}");
+    let st = estate(dir.path());
+    assert_eq!(
+        weights(&st),
+        (50, 50),
+        "the operator's weights stay:\n{log}"
+    );
+    assert_eq!(st.k8s.deployments["prod/mirrormaker2"].replicas, 2, "{log}");
+    assert_no_forward_to_unhealthy(dir.path(), &log);
+    let listed = needs_operator_listing(data.path()).await;
+    assert!(
+        listed.contains("needs-operator"),
+        "ls lists the run:\n{listed}"
+    );
+}
+
+/// The control: the same failure with zone B healthy and the weights untouched compensates
+/// fully (traffic back to the weights before the run) and the run does not need an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compensation_moves_traffic_back_when_zone_b_can_take_it() {
+    let (dir, sb) = lagging(0.05).await;
+    let before = weights(&estate(dir.path()));
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "elb".into(),
+            matching: "RegisterTargets".into(),
+            kind: FaultKind::Status(500),
+            remaining: None,
+        }],
+    });
+    let (ok, log, data) = run_failing_after_step_1(dir.path(), &sb, |_| {}).await;
+    assert!(!ok, "the run fails at step 6:\n{log}");
+    assert!(log.contains("6. register"), "{log}");
+    assert!(!log.contains("COMPENSATION INCOMPLETE"), "{log}");
+    let st = estate(dir.path());
+    assert_eq!(
+        weights(&st),
+        before,
+        "traffic back as before the run:\n{log}"
+    );
+    assert_eq!(st.k8s.deployments["prod/mirrormaker2"].replicas, 2, "{log}");
+    assert_no_forward_to_unhealthy(dir.path(), &log);
+    let listed = needs_operator_listing(data.path()).await;
+    assert!(!listed.contains("needs-operator"), "{listed}");
+}

@@ -2,6 +2,7 @@
 //! driven by an [`inventory::Inventory`] file; [`plan`] reads the live estate and says what a run
 //! would do without changing anything.
 
+pub mod guard;
 pub mod inventory;
 pub mod maintenance;
 pub mod plan;
@@ -13,7 +14,9 @@ pub use maintenance::YbMaintenance;
 
 /// Registers every workflow and every activity they call.
 pub fn register(b: EngineBuilder) -> EngineBuilder {
-    let b = b.workflow(YbMaintenance);
+    let b = b
+        .workflow(YbMaintenance)
+        .activity(guard::RestoreTrafficIfSafe);
     let b = waymark_activities::k8s::register(b);
     let b = waymark_activities::ssh::register(b);
     let b = waymark_activities::yb::register(b);

@@ -31,6 +31,7 @@ use waymark_activities::yb::{
 use waymark_engine::workflow::{self, Workflow};
 use waymark_engine::{Activity, RetryPolicy, WorkflowContext};
 
+use crate::guard::{RestoreTrafficIfSafe, RestoreTrafficInput};
 use crate::inventory::{Inventory, Node};
 
 /// What a finished run did.
@@ -65,7 +66,13 @@ impl Workflow for YbMaintenance {
     /// target; per node a gate, the leader blacklist (tservers), `--no-block` restart, proof of
     /// the new process, `is_server_ready` and follower lag, a settle timer; step 5 several idle
     /// readings; `restart_zones`. Version 2 histories replay differently and are refused.
-    const VERSION: u32 = 3;
+    ///
+    /// 4: step 1's compensation looks first (issue 12): it moves traffic back to zone B only
+    /// when the node gate passes, the services are Available, zone B's target group has a
+    /// healthy target and the weights are still the ones step 1 set; otherwise it leaves traffic
+    /// where it is and the run ends `needs-operator`. Version 3 histories registered the plain
+    /// weight restore and are refused.
+    const VERSION: u32 = 4;
     type Input = Inventory;
     type Output = Summary;
 
@@ -384,22 +391,36 @@ impl Maintenance {
         &self,
         before: Weights,
     ) -> Result<Weights, workflow::Error> {
-        let restore = SetTrafficWeightsInput {
+        // The compensation looks first (v4): back to zone B only when zone B can take it and
+        // nobody changed the weights; otherwise traffic stays and the run needs an operator.
+        let zone_a = self.weights(100, 0);
+        let restore = RestoreTrafficInput {
             conn: self.elb.clone(),
             source: self.source.clone(),
-            weights: before.by_target_group.clone(),
+            restore: before.by_target_group.clone(),
+            set_by_step_1: zone_a.clone(),
+            zone_a_target_group_arn: self.inv.traffic.zone_a_target_group_arn.clone(),
+            zone_b_target_group_arn: self.inv.traffic.zone_b_target_group_arn.clone(),
+            gate: self.gate_input(self.gates().health_timeout_secs),
+            services: self
+                .inv
+                .services
+                .deployments
+                .iter()
+                .map(|name| self.inv.deployment(name))
+                .collect(),
         };
         let _: SetTrafficWeightsOutput = self
             .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
                 conn: self.elb.clone(),
                 source: self.source.clone(),
-                weights: self.weights(100, 0),
+                weights: zone_a,
             })
             .label("1. switch traffic to zone A")
             .compensate_with(
-                SetTrafficWeights::NAME,
+                RestoreTrafficIfSafe::NAME,
                 &restore,
-                "traffic back to zone B (the weights before the run)",
+                "traffic back to zone B (the weights before the run) if zone B can take it",
             )
             .await?;
         Ok(before)
