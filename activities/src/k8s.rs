@@ -341,6 +341,96 @@ impl Activity for Scale {
     }
 }
 
+/// Input of [`ScaleAndWait`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScaleAndWaitInput {
+    /// The scale.
+    pub scale: ScaleInput,
+    /// The one deadline of the wait, seconds (a wait that times out is final).
+    pub timeout_secs: u64,
+    /// Poll interval, ms.
+    pub poll_ms: u64,
+}
+
+/// Whether a Deployment has reached `replicas`: for 0, no pod left (none running, none
+/// terminating); above 0, the rollout done ([`rollout_status`]) with `replicas` Available.
+/// `Err` holds what is still missing.
+pub fn scaled_to(d: &Deployment, replicas: i32) -> Result<(), String> {
+    let status = d.status.clone().unwrap_or_default();
+    let running = status.replicas.unwrap_or(0);
+    let terminating = status.terminating_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if replicas == 0 {
+        if running == 0 && terminating == 0 {
+            return Ok(());
+        }
+        return Err(format!(
+            "{running} pods still running, {terminating} terminating"
+        ));
+    }
+    match rollout_status(d) {
+        RolloutStatus::Done(_) if available >= replicas => Ok(()),
+        RolloutStatus::Done(_) => Err(format!("{available} of {replicas} replicas Available")),
+        RolloutStatus::Waiting(m) | RolloutStatus::Failed(m) => {
+            Err(format!("{available} of {replicas} replicas Available: {m}"))
+        }
+    }
+}
+
+/// `k8s.scale_and_wait`: [`Scale`], then waits until the Deployment has reached the replicas
+/// ([`scaled_to`]: scaled to 0, every pod gone; above 0, every replica Available) within one
+/// deadline. A wait that passes its deadline fails, not retryable (another attempt would only
+/// wait again); errors of one look are retried within the deadline.
+pub struct ScaleAndWait;
+
+impl Activity for ScaleAndWait {
+    const NAME: &'static str = "k8s.scale_and_wait";
+    type Input = ScaleAndWaitInput;
+    type Output = ScaleOutput;
+
+    async fn run(
+        &self,
+        ctx: Context,
+        input: ScaleAndWaitInput,
+    ) -> Result<ScaleOutput, activity::Error> {
+        let out = Scale.run(ctx.clone(), input.scale.clone()).await?;
+        let d = &input.scale.deployment;
+        let api = d.api().await?;
+        let limit = Duration::from_secs(input.timeout_secs);
+        let start = tokio::time::Instant::now();
+        loop {
+            let last = match d.call("read", api.get(&d.name)).await {
+                Ok(dep) => match scaled_to(&dep, input.scale.replicas) {
+                    Ok(()) => return Ok(out),
+                    Err(missing) => missing,
+                },
+                Err(e) => format!("could not be read: {e}"),
+            };
+            if start.elapsed() >= limit {
+                return Err(activity::Error::fatal(format!(
+                    "Kubernetes: {} did not reach {} replicas within its deadline of {} s: {last}; check its pods (kubectl -n {} describe deployment {})",
+                    d.target(),
+                    input.scale.replicas,
+                    input.timeout_secs,
+                    d.namespace,
+                    d.name
+                )));
+            }
+            ctx.heartbeat(Some(format!(
+                "{}: waiting for {} replicas: {last}",
+                d.target(),
+                input.scale.replicas
+            )));
+            if !ctx
+                .sleep(Duration::from_millis(input.poll_ms.max(10)))
+                .await
+            {
+                return Err(Error::Cancelled(d.target()).into());
+            }
+        }
+    }
+}
+
 /// Input of [`RolloutRestart`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartInput {
@@ -547,6 +637,7 @@ impl Activity for ResolveConnection {
 pub fn register(b: EngineBuilder) -> EngineBuilder {
     b.activity(ReadReplicas)
         .activity(Scale)
+        .activity(ScaleAndWait)
         .activity(RolloutRestart)
         .activity(WaitRollout)
         .activity(ResolveConnection)

@@ -279,4 +279,23 @@ async fn compensation_moves_traffic_back_when_zone_b_can_take_it() {
     assert_no_forward_to_unhealthy(dir.path(), &log);
     let listed = needs_operator_listing(data.path()).await;
     assert!(!listed.contains("needs-operator"), "{listed}");
+    // Step 2's compensation waits until MirrorMaker2 is Available before the next compensation
+    // (traffic back to zone B) runs: in the sandbox a scaled-up pod is ready `pod_ready_ms` after
+    // the scale, so the traffic change comes at least that long after it.
+    let effects = read_effects(dir.path());
+    let scaled_up = effects
+        .iter()
+        .rfind(|e| e.target == "prod/mirrormaker2" && e.action == "scale")
+        .expect("MirrorMaker2 scaled back");
+    assert_eq!(scaled_up.details["to"], 2, "{scaled_up:?}");
+    let traffic_back = effects
+        .iter()
+        .rfind(|e| e.action == "modify-listener")
+        .expect("traffic moved back");
+    let ready_ms = st.spec.scaled().pod_ready_ms;
+    assert!(
+        (traffic_back.time - scaled_up.time).num_milliseconds() >= ready_ms,
+        "traffic moved back {} ms after MirrorMaker2 was scaled up, before its pods could be ready ({ready_ms} ms):\n{log}",
+        (traffic_back.time - scaled_up.time).num_milliseconds()
+    );
 }

@@ -15,8 +15,8 @@ use waymark_activities::elb::{
 };
 use waymark_activities::k8s::{
     Connection as KubeConnection, ReadReplicas, ResolveConnection as ResolveKubeConnection,
-    RestartInput as RolloutRestartInput, RolloutRestart, Scale, ScaleInput, WaitRollout,
-    WaitRolloutInput,
+    RestartInput as RolloutRestartInput, RolloutRestart, ScaleAndWait, ScaleAndWaitInput,
+    ScaleInput, WaitRollout, WaitRolloutInput,
 };
 use waymark_activities::ssh::{
     RestartInput as UnitRestartInput, ShowInput, SystemdRestart, SystemdShow, UnitState,
@@ -70,8 +70,9 @@ impl Workflow for YbMaintenance {
     /// 4: step 1's compensation looks first (issue 12): it moves traffic back to zone B only
     /// when the node gate passes, the services are Available, zone B's target group has a
     /// healthy target and the weights are still the ones step 1 set; otherwise it leaves traffic
-    /// where it is and the run ends `needs-operator`. Version 3 histories registered the plain
-    /// weight restore and are refused.
+    /// where it is and the run ends `needs-operator`. Step 2 waits until `MirrorMaker2`'s pods are
+    /// gone; step 8 and step 2's compensation wait until it is Available again
+    /// (`k8s.scale_and_wait`). Version 3 histories are refused.
     const VERSION: u32 = 4;
     type Input = Inventory;
     type Output = Summary;
@@ -426,29 +427,46 @@ impl Maintenance {
         Ok(before)
     }
 
+    /// `MirrorMaker2` to 0, waiting until its pods are gone (its compensation scales it back and
+    /// waits until every replica is Available).
     async fn step2_stop_mirrormaker(
         &self,
         recorded: &BTreeMap<String, i32>,
     ) -> Result<BTreeMap<String, i32>, workflow::Error> {
+        let g = self.gates();
+        let (limit, beat) = self.wait_limits(g.rollout_timeout_secs);
         for (name, &replicas) in recorded {
             let d = self.inv.deployment(name);
             let _: waymark_activities::k8s::ScaleOutput = self
-                .step::<Scale>(&ScaleInput {
-                    deployment: d.clone(),
-                    replicas: 0,
-                })
-                .label(format!("2. scale {name} to 0"))
+                .step::<ScaleAndWait>(&self.scale_and_wait(d.clone(), 0))
+                .label(format!(
+                    "2. scale {name} to 0 and wait until its pods are gone"
+                ))
+                .start_to_close(limit)
+                .heartbeat_timeout(beat)
                 .compensate_with(
-                    Scale::NAME,
-                    &ScaleInput {
-                        deployment: d,
-                        replicas,
-                    },
-                    format!("{name} back to {replicas} replicas"),
+                    ScaleAndWait::NAME,
+                    &self.scale_and_wait(d, replicas),
+                    format!("{name} back to {replicas} replicas, Available"),
                 )
                 .await?;
         }
         Ok(recorded.clone())
+    }
+
+    fn scale_and_wait(
+        &self,
+        deployment: waymark_activities::k8s::DeploymentRef,
+        replicas: i32,
+    ) -> ScaleAndWaitInput {
+        ScaleAndWaitInput {
+            scale: ScaleInput {
+                deployment,
+                replicas,
+            },
+            timeout_secs: self.gates().rollout_timeout_secs,
+            poll_ms: self.gates().poll_ms,
+        }
     }
 
     async fn step3_restart_masters_one_at_a_time_leader_last(
@@ -829,13 +847,15 @@ impl Maintenance {
         &self,
         recorded: &BTreeMap<String, i32>,
     ) -> Result<(), workflow::Error> {
+        let (limit, beat) = self.wait_limits(self.gates().rollout_timeout_secs);
         for (name, replicas) in recorded {
             let _: waymark_activities::k8s::ScaleOutput = self
-                .step::<Scale>(&ScaleInput {
-                    deployment: self.inv.deployment(name),
-                    replicas: *replicas,
-                })
-                .label(format!("8. scale {name} back to {replicas}"))
+                .step::<ScaleAndWait>(&self.scale_and_wait(self.inv.deployment(name), *replicas))
+                .label(format!(
+                    "8. scale {name} back to {replicas} and wait until Available"
+                ))
+                .start_to_close(limit)
+                .heartbeat_timeout(beat)
                 .await?;
         }
         Ok(())
