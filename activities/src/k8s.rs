@@ -67,7 +67,7 @@ pub enum Error {
         message: String,
     },
     /// The rollout did not finish in time.
-    #[error("Kubernetes: deployment {target} rollout not finished after {waited:?}: {last}")]
+    #[error("Kubernetes: deployment {target} rollout not finished after {waited:?} (the wait's deadline; final, not retried): {last}")]
     RolloutTimeout {
         /// `namespace/name`.
         target: String,
@@ -85,8 +85,10 @@ impl From<Error> for activity::Error {
     fn from(e: Error) -> Self {
         let retryable = match &e {
             Error::Api { code, .. } => *code >= 500 || *code == 429 || *code == 409,
-            Error::Transport { .. } | Error::RolloutTimeout { .. } => true,
-            Error::Config { .. }
+            Error::Transport { .. } => true,
+            // A wait's deadline is final (issue 12): another attempt would only wait again.
+            Error::RolloutTimeout { .. }
+            | Error::Config { .. }
             | Error::Paused(_)
             | Error::ProgressDeadline { .. }
             | Error::Cancelled(_) => false,
@@ -575,7 +577,14 @@ impl Activity for WaitRollout {
     async fn run(&self, ctx: Context, input: WaitRolloutInput) -> Result<String, activity::Error> {
         let d = &input.deployment;
         let api = d.api().await?;
-        let limit = Duration::from_secs(input.timeout_secs);
+        // One deadline, counted from when the step was first scheduled: a retried or resumed
+        // attempt waits only for what is left of it.
+        let timeout = Duration::from_secs(input.timeout_secs);
+        let spent = (chrono::Utc::now() - ctx.scheduled_at)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(timeout);
+        let limit = timeout.saturating_sub(spent);
         let start = tokio::time::Instant::now();
         loop {
             let dep = d.call("read", api.get(&d.name)).await?;
@@ -601,7 +610,7 @@ impl Activity for WaitRollout {
                     if start.elapsed() >= limit {
                         return Err(Error::RolloutTimeout {
                             target: d.target(),
-                            waited: start.elapsed(),
+                            waited: spent + start.elapsed(),
                             last: msg,
                         }
                         .into());

@@ -49,8 +49,8 @@ pub enum Error {
     /// No master says it is the leader.
     #[error("YugabyteDB: no leader master among {0:?}; an election may be in progress, or the masters are down")]
     NoLeader(Vec<String>),
-    /// A wait ran out of time.
-    #[error("YugabyteDB: {what} not reached after {waited:?}: {last}")]
+    /// A wait reached its one deadline (final: not retried).
+    #[error("YugabyteDB: {what} not reached after {waited:?} (the wait's deadline; final, not retried): {last}")]
     Timeout {
         /// What was awaited.
         what: String,
@@ -81,7 +81,7 @@ pub enum Error {
 impl From<Error> for activity::Error {
     fn from(e: Error) -> Self {
         let retryable = match &e {
-            Error::Unknown(_) | Error::Cancelled(_) => false,
+            Error::Unknown(_) | Error::Cancelled(_) | Error::Timeout { .. } => false,
             Error::Ssh(s) => s.is_retryable(),
             _ => true,
         };
@@ -1385,7 +1385,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Poll<T>, Error>>,
 {
-    let limit = Duration::from_secs(timeout_secs.max(1));
+    // One deadline per wait, counted from when the step was first scheduled (journaled): an
+    // attempt retried after a transient error, or resumed after a restart, waits only for what
+    // is left of it, and a wait that reaches it is final (`Error::Timeout`, not retryable).
+    let timeout = Duration::from_secs(timeout_secs.max(1));
+    let spent = (chrono::Utc::now() - ctx.scheduled_at)
+        .to_std()
+        .unwrap_or(Duration::ZERO)
+        .min(timeout);
+    let limit = timeout.saturating_sub(spent);
     let start = tokio::time::Instant::now();
     loop {
         match f().await? {
@@ -1394,7 +1402,7 @@ where
                 if start.elapsed() >= limit {
                     return Err(Error::Timeout {
                         what: what.to_owned(),
-                        waited: start.elapsed(),
+                        waited: spent + start.elapsed(),
                         last,
                     });
                 }

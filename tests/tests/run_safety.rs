@@ -299,3 +299,61 @@ async fn compensation_moves_traffic_back_when_zone_b_can_take_it() {
         (traffic_back.time - scaled_up.time).num_milliseconds()
     );
 }
+
+/// A wait whose deadline passes (yb-a-2 bootstraps far longer than `node_timeout_secs`) fails
+/// once, final, although the inventory allows 4 attempts: one deadline, not one per retry. The
+/// compensation follows: yb-a-2 leaves the leader blacklist, `MirrorMaker2` is back, and (the node
+/// gate still failing) traffic stays in zone A for an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_that_reaches_its_deadline_fails_once_then_compensates() {
+    let (dir, sb) = lagging(0.05).await;
+    sb.shared()
+        .apply(&Scenario::SlowBootstrap {
+            node: "yb-a-2".into(),
+            factor: 200.0,
+        })
+        .unwrap();
+    set_inventory_key(dir.path(), "gates", "node_timeout_secs", "2");
+    set_inventory_key(dir.path(), "gates", "health_timeout_secs", "3");
+    set_inventory_key(dir.path(), "gates", "retry_attempts", "4");
+    let data = temp_dir();
+    let inventory = dir.path().join("inventory.toml");
+    let data_dir = data.path().join("data");
+    let out = tokio::task::spawn_blocking(move || {
+        waymark(&data_dir)
+            .args(["run", "yb-maintenance", "--inventory"])
+            .arg(inventory)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let log = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{log}");
+    let wait = "4. wait until yb-tserver on yb-a-2 is ready";
+    let attempts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(wait) && l.contains(": attempt ") && l.contains(" started"))
+        .collect();
+    assert_eq!(
+        attempts.len(),
+        1,
+        "one attempt, one deadline: {attempts:?}\n{log}"
+    );
+    assert!(
+        log.lines().any(|l| l.contains(wait)
+            && l.contains("attempt 1 failed (not retryable)")
+            && l.contains("deadline")),
+        "the deadline is final:\n{log}"
+    );
+    let st = estate(dir.path());
+    assert!(st.yb.blacklist.is_empty(), "{:?}\n{log}", st.yb.blacklist);
+    assert_eq!(st.k8s.deployments["prod/mirrormaker2"].replicas, 2, "{log}");
+    assert_eq!(weights(&st), (100, 0), "{log}");
+    assert!(log.contains("COMPENSATION INCOMPLETE"), "{log}");
+    assert_no_forward_to_unhealthy(dir.path(), &log);
+}

@@ -195,8 +195,10 @@ async fn master_faults_are_retryable_and_named() {
             },
         )
         .await;
-    // The tablet-servers fault is still on: the wait keeps polling until its timeout.
-    assert!(unknown.unwrap_err().retryable);
+    // The tablet-servers fault is still on: the wait keeps polling until its deadline, which is
+    // final (issue 12: one deadline per wait, not one per retry).
+    let e = unknown.unwrap_err();
+    assert!(!e.retryable && e.message.contains("deadline"), "{e:?}");
 }
 
 #[test]
@@ -319,7 +321,10 @@ async fn load_balancer_wait_wants_balanced_leaders_not_one_idle_reading() {
         .run(activity_ctx(), input(3, Some(inv.masters())))
         .await
         .expect_err("leaders are not balanced");
-    assert!(e.retryable, "a timeout may pass later: {e:?}");
+    assert!(
+        !e.retryable,
+        "a wait that reaches its deadline is final (issue 12): {e:?}"
+    );
     assert!(
         e.message.contains("tserver yb-a-2 leads none"),
         "{}",
