@@ -258,6 +258,20 @@ impl Estate {
                 }
                 Ok(())
             }
+            Scenario::MirrormakerNotReady => {
+                let mut found = false;
+                for d in self.k8s.deployments.values_mut() {
+                    if d.name.starts_with("mirrormaker") {
+                        d.never_ready = true;
+                        found = true;
+                    }
+                }
+                if found {
+                    Ok(())
+                } else {
+                    Err("no mirrormaker* Deployment".into())
+                }
+            }
             Scenario::Tls { certs_dir } => {
                 self.yb.tls_certs_dir = Some(certs_dir.clone());
                 Ok(())
@@ -296,6 +310,8 @@ pub enum Scenario {
     },
     /// Every target of zone B's traffic target group fails its health checks.
     ZoneBUnhealthy,
+    /// `MirrorMaker2`'s pods added by a scale-up never become ready.
+    MirrormakerNotReady,
     /// The cluster uses TLS: `yb-admin` and `yb-ts-cli` need `-certs_dir_name CERTS_DIR`.
     Tls {
         /// The directory clients must name.

@@ -77,6 +77,10 @@ pub struct Deployment {
     /// A deleted pod's termination grace period (scaled), ms.
     #[serde(default)]
     pub termination_ms: i64,
+    /// Scenario knob: pods added by a scale-up never become ready (image pull failing, a
+    /// crash loop).
+    #[serde(default)]
+    pub never_ready: bool,
 }
 
 /// Kubernetes objects.
@@ -110,6 +114,7 @@ impl State {
                     rollouts: 0,
                     progress_deadline_ms: (t.pod_ready_ms * 4).max(200),
                     termination_ms: t.pod_termination_ms,
+                    never_ready: false,
                 },
             );
         }
@@ -192,7 +197,7 @@ impl Deployment {
             RolloutKind::Scale if spec >= r.from_replicas => {
                 // Scale-up: the new pods exist at once, and are ready (Available) only after
                 // their start-up time.
-                let done = t >= step_ms;
+                let done = t >= step_ms && !self.never_ready;
                 Observed {
                     observed_generation,
                     replicas: spec,

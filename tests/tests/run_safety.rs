@@ -357,3 +357,42 @@ async fn a_wait_that_reaches_its_deadline_fails_once_then_compensates() {
     assert!(log.contains("COMPENSATION INCOMPLETE"), "{log}");
     assert_no_forward_to_unhealthy(dir.path(), &log);
 }
+
+/// `MirrorMaker2` does not become ready again: the run fails at step 6 (ELB refuses the
+/// registration), step 2's compensation scales it back and waits until Available within its one
+/// deadline, which passes: the compensation is incomplete, the run ends `needs-operator` naming
+/// `MirrorMaker2`, and the other compensations (traffic back to a healthy zone B) still ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mirrormaker_not_becoming_ready_ends_the_run_needs_operator() {
+    let (dir, sb) = lagging(0.05).await;
+    set_inventory_key(dir.path(), "gates", "rollout_timeout_secs", "2");
+    sb.shared().apply(&Scenario::MirrormakerNotReady).unwrap();
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "elb".into(),
+            matching: "RegisterTargets".into(),
+            kind: FaultKind::Status(500),
+            remaining: None,
+        }],
+    });
+    let (ok, log, data) = run_failing_after_step_1(dir.path(), &sb, |_| {}).await;
+    assert!(!ok, "the run fails at step 6:\n{log}");
+    assert!(log.contains("COMPENSATION INCOMPLETE"), "{log}");
+    assert!(
+        log.contains("prod/mirrormaker2 did not reach 2 replicas within its deadline"),
+        "{log}"
+    );
+    let st = estate(dir.path());
+    assert_eq!(st.k8s.deployments["prod/mirrormaker2"].replicas, 2, "{log}");
+    assert_eq!(
+        weights(&st),
+        (0, 100),
+        "zone B could take the traffic:\n{log}"
+    );
+    assert_no_forward_to_unhealthy(dir.path(), &log);
+    let listed = needs_operator_listing(data.path()).await;
+    assert!(
+        listed.contains("needs-operator"),
+        "ls lists the run:\n{listed}"
+    );
+}
