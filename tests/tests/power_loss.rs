@@ -8,7 +8,7 @@
 //! every append acknowledged before the cut is there, the chains verify; in the end every run
 //! completes with every effect exactly once.
 //!
-//! Budgets: `WAYMARK_POWER_CUTS` (engine suite, default 150) and `WAYMARK_POWER_RUNBOOK_CUTS`
+//! Budgets: `WAYMARK_POWER_CUTS` (engine suite, default 300) and `WAYMARK_POWER_RUNBOOK_CUTS`
 //! (runbook suite, default 12); `WAYMARK_POWER_SEED` replays a seed.
 
 use std::collections::{BTreeMap, HashMap};
@@ -611,7 +611,7 @@ fn engine_to_completion(data: &Path, sink: &Path, acks: &Path) {
 
 #[test]
 fn engine_power_cut_at_random_instants_loses_no_acknowledged_append() {
-    let target = budget_from_env("WAYMARK_POWER_CUTS", 150);
+    let target = budget_from_env("WAYMARK_POWER_CUTS", 300);
     let seed = seed_from_env("WAYMARK_POWER_SEED");
     eprintln!(
         "engine power cuts: seed {seed} (WAYMARK_POWER_SEED replays), target {target} cuts (WAYMARK_POWER_CUTS)"
