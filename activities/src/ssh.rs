@@ -1182,10 +1182,21 @@ pub async fn restart_unit(
             before.active_state.as_str(),
             "active" | "activating" | "reloading"
         );
+    // The recorded process is already stopping: a restart issued before a crash (a `--no-block`
+    // restart returns while the graceful stop runs, and the process that issued it may die
+    // then). Issuing another would restart the unit twice; wait for the one in flight.
+    let in_flight = !already
+        && before.invocation_id == input.expected_invocation_id
+        && before.active_state == "deactivating";
     if already {
         ctx.heartbeat(Some(format!(
             "{unit} on {}: already restarted (InvocationID {} is not the recorded {}), {}",
             target.host, before.invocation_id, input.expected_invocation_id, before.active_state
+        )));
+    } else if in_flight {
+        ctx.heartbeat(Some(format!(
+            "{unit} on {}: a restart is already in flight (the recorded process is stopping); waiting for it",
+            target.host
         )));
     } else {
         ctx.heartbeat(Some(format!(
@@ -1207,7 +1218,7 @@ pub async fn restart_unit(
     wait_active(ctx, session, unit, input).await?;
     let after = show_unit(session, unit, input.use_sudo).await?;
     Ok(RestartOutput {
-        restarted: !already,
+        restarted: !already && !in_flight,
         invocation_id_after: after.invocation_id.clone(),
         unit_state: after,
     })

@@ -265,7 +265,9 @@ fn sigkill_at_random_instants_inside_steps_then_resume_ends_the_same() {
     eprintln!("random kill seed: {seed} (set WAYMARK_CRASH_SEED to replay)");
     let mut rng = SplitMix(seed);
     let dir = temp_dir();
-    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    // The sandbox's default time scale (0.02): a stopped tserver stays ALIVE at the master for
+    // 1.2 s, eight poll intervals, and bootstraps over time: the kills land while the lag is on.
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 1);
     let data = dir.path().join("data");
     let inventory = sb.dir.join("inventory.toml");
     let mut kills = 0;

@@ -1028,3 +1028,61 @@ async fn todays_per_node_gate_without_the_lag_never_has_two_tservers_down() {
     let got = todays_tserver_gates(dir.path(), &inv).await;
     assert_eq!(got.max_tservers_down, 1, "{got:?}");
 }
+
+/// A restart issued before a crash may still be stopping the recorded process when the restart
+/// step is retried (a `--no-block` restart returns during the graceful stop, and the process that
+/// issued it can die then). The retry waits for the restart in flight instead of restarting the
+/// unit a second time. Found by the SIGKILL torture at the sandbox's default time scale: a
+/// yb-tserver restarted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_retried_while_the_first_still_stops_the_unit_restarts_it_once() {
+    let (dir, _sb, inv) = lagging(0.2).await;
+    let node = inv
+        .yugabyte
+        .nodes
+        .iter()
+        .find(|n| n.name == "yb-a-2")
+        .expect("yb-a-2");
+    let target = inv.ssh_target(node);
+    let before = SystemdShow
+        .run(
+            activity_ctx(),
+            ShowInput {
+                target: target.clone(),
+                unit: "yb-tserver".into(),
+                use_sudo: true,
+            },
+        )
+        .await
+        .unwrap();
+    // The attempt before the crash.
+    let out = on(
+        &inv,
+        "yb-a-2",
+        "sudo systemctl --no-block restart yb-tserver",
+    )
+    .await;
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    // The retried attempt, while the recorded process is still stopping.
+    let retried = SystemdRestart
+        .run(
+            activity_ctx(),
+            RestartInput {
+                target,
+                unit: "yb-tserver".into(),
+                use_sudo: true,
+                expected_invocation_id: before.invocation_id.clone(),
+                active_timeout_ms: 60_000,
+                poll_interval_ms: 20,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(!retried.restarted, "{retried:?}");
+    assert_ne!(retried.invocation_id_after, before.invocation_id);
+    let restarts = waymark_sandbox::read_effects(dir.path())
+        .iter()
+        .filter(|e| e.target == "yb-a-2/yb-tserver" && e.action == "restart")
+        .count();
+    assert_eq!(restarts, 1, "the unit was restarted once");
+}
