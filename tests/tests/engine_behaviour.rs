@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use tokio::sync::Notify;
 use waymark_engine::activity;
 use waymark_engine::event::{Event, Payload, StepRef, SuspendReason};
@@ -14,56 +13,9 @@ use waymark_engine::log::memory::MemoryBackend;
 use waymark_engine::log::{EventLog, Log};
 use waymark_engine::runtime::{self, EngineBuilder};
 use waymark_engine::workflow::{self, DynWorkflow};
-use waymark_engine::{Engine, RetryPolicy, RunId, RunOutcome, WorkflowContext};
+use waymark_engine::{Engine, RetryPolicy, RunId, RunOutcome};
 
-use crate::util::wait_until;
-
-type Body = Arc<
-    dyn Fn(WorkflowContext, Payload) -> BoxFuture<'static, Result<Payload, workflow::Error>>
-        + Send
-        + Sync,
->;
-
-/// A workflow made of a closure, so each test can write its own.
-struct FnWorkflow {
-    name: &'static str,
-    version: u32,
-    body: Body,
-}
-
-impl DynWorkflow for FnWorkflow {
-    fn name(&self) -> &str {
-        self.name
-    }
-    fn version(&self) -> u32 {
-        self.version
-    }
-    fn call(
-        self: Arc<Self>,
-        ctx: WorkflowContext,
-        input: Payload,
-    ) -> BoxFuture<'static, Result<Payload, workflow::Error>> {
-        (self.body)(ctx, input)
-    }
-}
-
-fn wf<F, Fut>(name: &'static str, version: u32, f: F) -> Arc<dyn DynWorkflow>
-where
-    F: Fn(WorkflowContext) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Payload, workflow::Error>> + Send + 'static,
-{
-    Arc::new(FnWorkflow {
-        name,
-        version,
-        body: Arc::new(move |ctx, _| Box::pin(f(ctx))),
-    })
-}
-
-fn fast_retry() -> RetryPolicy {
-    RetryPolicy::default()
-        .initial_interval(Duration::from_millis(5))
-        .max_interval(Duration::from_millis(20))
-}
+use crate::util::{fast_retry, wait_until, wf};
 
 /// Idempotency key and attempt of each call.
 type CallLog = Vec<(String, u32)>;

@@ -258,3 +258,62 @@ pub fn waymark_bin_for_everyone() -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     (dir, bin)
 }
+
+// Workflows made of closures, for the engine suites.
+
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use waymark_engine::workflow::{self, DynWorkflow};
+use waymark_engine::{Payload, RetryPolicy, WorkflowContext};
+
+type Body = std::sync::Arc<
+    dyn Fn(
+            waymark_engine::WorkflowContext,
+            waymark_engine::Payload,
+        ) -> futures::future::BoxFuture<
+            'static,
+            Result<waymark_engine::Payload, waymark_engine::workflow::Error>,
+        > + Send
+        + Sync,
+>;
+
+/// A workflow made of a closure, so each test can write its own.
+pub struct FnWorkflow {
+    name: &'static str,
+    version: u32,
+    body: Body,
+}
+
+impl DynWorkflow for FnWorkflow {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+    fn call(
+        self: Arc<Self>,
+        ctx: WorkflowContext,
+        input: Payload,
+    ) -> BoxFuture<'static, Result<Payload, workflow::Error>> {
+        (self.body)(ctx, input)
+    }
+}
+
+pub fn wf<F, Fut>(name: &'static str, version: u32, f: F) -> Arc<dyn DynWorkflow>
+where
+    F: Fn(WorkflowContext) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Payload, workflow::Error>> + Send + 'static,
+{
+    Arc::new(FnWorkflow {
+        name,
+        version,
+        body: Arc::new(move |ctx, _| Box::pin(f(ctx))),
+    })
+}
+
+pub fn fast_retry() -> RetryPolicy {
+    RetryPolicy::default()
+        .initial_interval(Duration::from_millis(5))
+        .max_interval(Duration::from_millis(20))
+}

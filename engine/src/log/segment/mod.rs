@@ -785,6 +785,62 @@ fn recognise_by_chain(index: &mut Index, ranges: &[(u64, u64, u64)]) -> Vec<(usi
     out
 }
 
+/// A store written from scratch (an import, a salvage): one batch per run, records byte for byte,
+/// synced once at the end, before the directory is renamed into place.
+struct FreshStore {
+    dir: PathBuf,
+    writer: Writer,
+}
+
+impl FreshStore {
+    fn create(dir: &Path) -> Result<Self, Error> {
+        let (file, allocated) = create_segment(dir, 1)?;
+        Ok(FreshStore {
+            dir: dir.to_owned(),
+            writer: Writer {
+                segment: 1,
+                file,
+                offset: SEGMENT_HEADER_LEN as u64,
+                allocated,
+                next_batch: 1,
+            },
+        })
+    }
+
+    fn put_run(&mut self, run: RunId, records: &[(u64, Vec<u8>)]) -> Result<(), Error> {
+        let w = &mut self.writer;
+        let mut buf = Vec::new();
+        let start = format::begin_batch(&mut buf);
+        for (seq, bytes) in records {
+            format::put_frame(
+                &mut buf,
+                &FrameIn {
+                    run,
+                    seq: *seq,
+                    flags: 0,
+                    payload: bytes,
+                },
+            );
+        }
+        format::finish_batch(&mut buf, start, w.next_batch);
+        w.file
+            .write_all_at(&buf, w.offset)
+            .map_err(|e| io_error("cannot write", &segment_path(&self.dir, 1), &e))?;
+        w.offset += buf.len() as u64;
+        w.allocated = w.allocated.max(w.offset);
+        w.next_batch += 1;
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        self.writer
+            .file
+            .sync_all()
+            .map_err(|e| io_error("cannot sync", &segment_path(&self.dir, 1), &e))?;
+        sync_dir(&self.dir)
+    }
+}
+
 /// Creates `DATA_DIR/log`, importing the records of an older sled store (`events.sled`) when
 /// there is one: written into `log.importing`, synced, renamed into place; the sled directory is
 /// then renamed `events.sled.imported` (kept, never deleted).
@@ -798,41 +854,11 @@ fn import_or_create(dir: &Path, log_dir: &Path) -> Result<(), Error> {
     let sled_dir = dir.join("events.sled");
     if sled_dir.exists() {
         let old = super::sled::SledBackend::open_held(dir)?;
-        let (file, allocated) = create_segment(&importing, 1)?;
-        let mut w = Writer {
-            segment: 1,
-            file,
-            offset: SEGMENT_HEADER_LEN as u64,
-            allocated,
-            next_batch: 1,
-        };
+        let mut fresh = FreshStore::create(&importing)?;
         for run in old.all_runs()? {
-            let records = old.scan_run(run)?;
-            let mut buf = Vec::new();
-            let start = format::begin_batch(&mut buf);
-            for (seq, bytes) in &records {
-                format::put_frame(
-                    &mut buf,
-                    &FrameIn {
-                        run,
-                        seq: *seq,
-                        flags: 0,
-                        payload: bytes,
-                    },
-                );
-            }
-            format::finish_batch(&mut buf, start, w.next_batch);
-            let path = segment_path(&importing, 1);
-            w.file
-                .write_all_at(&buf, w.offset)
-                .map_err(|e| io_error("cannot write", &path, &e))?;
-            w.offset += buf.len() as u64;
-            w.allocated = w.allocated.max(w.offset);
-            w.next_batch += 1;
+            fresh.put_run(run, &old.scan_run(run)?)?;
         }
-        w.file
-            .sync_all()
-            .map_err(|e| io_error("cannot sync", &importing, &e))?;
+        fresh.finish()?;
         drop(old);
     }
     sync_dir(&importing)?;
@@ -995,14 +1021,7 @@ impl SegmentBackend {
                 .map_err(|e| io_error("cannot remove the unfinished recovery", &fresh, &e))?;
         }
         std::fs::create_dir(&fresh).map_err(|e| io_error("cannot create", &fresh, &e))?;
-        let (file, allocated) = create_segment(&fresh, 1)?;
-        let mut w = Writer {
-            segment: 1,
-            file,
-            offset: SEGMENT_HEADER_LEN as u64,
-            allocated,
-            next_batch: 1,
-        };
+        let mut store = FreshStore::create(&fresh)?;
         let mut out = Salvage {
             moved_aside: PathBuf::new(),
             runs: 0,
@@ -1011,7 +1030,6 @@ impl SegmentBackend {
             quarantined_runs: Vec::new(),
             findings: self.inner.report.findings.clone(),
         };
-        let path = segment_path(&fresh, 1);
         for run in self.all_runs()? {
             let mut kept = Vec::new();
             for (seq, loc) in self.locations(run) {
@@ -1043,32 +1061,11 @@ impl SegmentBackend {
                     continue;
                 }
             }
-            let mut buf = Vec::new();
-            let start = format::begin_batch(&mut buf);
-            for (seq, bytes) in &kept {
-                format::put_frame(
-                    &mut buf,
-                    &FrameIn {
-                        run,
-                        seq: *seq,
-                        flags: 0,
-                        payload: bytes,
-                    },
-                );
-            }
-            format::finish_batch(&mut buf, start, w.next_batch);
-            w.file
-                .write_all_at(&buf, w.offset)
-                .map_err(|e| io_error("cannot write", &path, &e))?;
-            w.offset += buf.len() as u64;
-            w.next_batch += 1;
+            store.put_run(run, &kept)?;
             out.runs += 1;
             out.records += kept.len();
         }
-        w.file
-            .sync_all()
-            .map_err(|e| io_error("cannot sync", &path, &e))?;
-        sync_dir(&fresh)?;
+        store.finish()?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
