@@ -19,7 +19,7 @@ use crate::maintenance::check_completed_estate;
 use crate::util::{temp_dir, wait_until, waymark};
 
 /// A sandbox at time scale `scale` in a temp dir.
-async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox) {
+pub(crate) async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox) {
     let dir = temp_dir();
     let sb = Sandbox::start(dir.path(), &Spec::default().with_time_scale(scale))
         .await
@@ -28,7 +28,7 @@ async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox) {
 }
 
 /// Sets `key = value` (TOML text) in `[section]` of the sandbox's `inventory.toml`.
-fn set_inventory_key(dir: &Path, section: &str, key: &str, value: &str) {
+pub(crate) fn set_inventory_key(dir: &Path, section: &str, key: &str, value: &str) {
     let path = dir.join("inventory.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();

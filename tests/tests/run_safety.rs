@@ -16,42 +16,10 @@ use std::time::Duration;
 
 use waymark_sandbox::estate::Estate;
 use waymark_sandbox::estate::{Fault, FaultKind, Faults};
-use waymark_sandbox::{read_effects, read_invariants, Sandbox, Scenario, Spec};
+use waymark_sandbox::{read_effects, read_invariants, Sandbox, Scenario};
 
+use crate::node_gates::{lagging, set_inventory_key};
 use crate::util::{temp_dir, wait_until, waymark};
-
-async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox) {
-    let dir = temp_dir();
-    let sb = Sandbox::start(dir.path(), &Spec::default().with_time_scale(scale))
-        .await
-        .expect("sandbox starts");
-    (dir, sb)
-}
-
-/// Sets `key = value` (TOML text) in `[section]` of the sandbox's `inventory.toml`.
-fn set_inventory_key(dir: &Path, section: &str, key: &str, value: &str) {
-    let path = dir.join("inventory.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let header = format!("[{section}]");
-    let at = lines
-        .iter()
-        .position(|l| l.trim() == header)
-        .unwrap_or_else(|| panic!("no {header} in {text}"));
-    let end = lines[at + 1..]
-        .iter()
-        .position(|l| l.trim_start().starts_with('['))
-        .map_or(lines.len(), |i| at + 1 + i);
-    let line = format!("{key} = {value}");
-    match lines[at + 1..end]
-        .iter()
-        .position(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
-    {
-        Some(i) => lines[at + 1 + i] = line,
-        None => lines.insert(at + 1, line),
-    }
-    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-}
 
 fn estate(dir: &Path) -> Estate {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
