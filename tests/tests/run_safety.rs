@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use waymark_sandbox::estate::Estate;
 use waymark_sandbox::estate::{Fault, FaultKind, Faults};
-use waymark_sandbox::{read_effects, read_invariants, Sandbox, Scenario};
+use waymark_sandbox::{read_effects, read_invariants, Effect, Sandbox, Scenario};
 
 use crate::node_gates::{lagging, set_inventory_key};
 use crate::util::{temp_dir, wait_until, waymark};
@@ -251,9 +251,16 @@ async fn compensation_moves_traffic_back_when_zone_b_can_take_it() {
     // (traffic back to zone B) runs: in the sandbox a scaled-up pod is ready `pod_ready_ms` after
     // the scale, so the traffic change comes at least that long after it.
     let effects = read_effects(dir.path());
-    let scaled_up = effects
+    // The scale-up is the first scale of MirrorMaker2 to 2 after its scale to 0 (a later PATCH
+    // to the same value, if any, changes nothing and must not be taken as the scale-up).
+    let mm2 = |e: &&Effect| e.target == "prod/mirrormaker2" && e.action == "scale";
+    let down = effects
         .iter()
-        .rfind(|e| e.target == "prod/mirrormaker2" && e.action == "scale")
+        .rposition(|e| mm2(&e) && e.details["to"] == 0)
+        .expect("MirrorMaker2 scaled to 0");
+    let scaled_up = effects[down..]
+        .iter()
+        .find(|e| mm2(e) && e.details["to"] == 2)
         .expect("MirrorMaker2 scaled back");
     assert_eq!(scaled_up.details["to"], 2, "{scaled_up:?}");
     let traffic_back = effects
@@ -263,8 +270,9 @@ async fn compensation_moves_traffic_back_when_zone_b_can_take_it() {
     let ready_ms = st.spec.scaled().pod_ready_ms;
     assert!(
         (traffic_back.time - scaled_up.time).num_milliseconds() >= ready_ms,
-        "traffic moved back {} ms after MirrorMaker2 was scaled up, before its pods could be ready ({ready_ms} ms):\n{log}",
-        (traffic_back.time - scaled_up.time).num_milliseconds()
+        "traffic moved back {} ms after MirrorMaker2 was scaled up, before its pods could be ready ({ready_ms} ms); MirrorMaker2 effects: {:?}\n{log}",
+        (traffic_back.time - scaled_up.time).num_milliseconds(),
+        effects.iter().filter(mm2).map(|e| (e.time, e.details.clone())).collect::<Vec<_>>()
     );
 }
 
