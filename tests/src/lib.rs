@@ -256,3 +256,31 @@ impl SplitMix {
         self.next_u64() % n.max(1)
     }
 }
+
+/// What both crash-test children do on their log: resume every unfinished run, start `runs` in
+/// all (counting those already in the log), and wait until each has completed.
+pub async fn drive_crash_runs(
+    log: SharedLog,
+    sink: EffectSink,
+    runs: usize,
+    input: &CrashInput,
+) -> anyhow::Result<()> {
+    let engine = waymark_engine::Engine::builder(log.clone())
+        .workflow(CrashWorkflow)
+        .activity(SinkEffect { sink })
+        .build();
+    let report = engine.resume_all()?;
+    anyhow::ensure!(report.refused.is_empty(), "refused: {:?}", report.refused);
+    let mut all = report.resumed;
+    let existing = log.runs()?.len();
+    for _ in existing..runs {
+        all.push(engine.start::<CrashWorkflow>(input, "crash-test").await?);
+    }
+    for run in all {
+        match engine.wait(run).await? {
+            waymark_engine::RunOutcome::Completed(_) => {}
+            other => anyhow::bail!("run {run} ended as {other:?}"),
+        }
+    }
+    Ok(())
+}

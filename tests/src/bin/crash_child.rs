@@ -7,8 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use waymark_engine::{Engine, RunOutcome};
-use waymark_tests::{CrashInput, CrashWorkflow, CrashingLog, EffectSink, SinkEffect};
+use waymark_tests::{CrashInput, CrashingLog, EffectSink};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
@@ -30,23 +29,7 @@ async fn main() -> anyhow::Result<()> {
         Some(n) => Arc::new(CrashingLog::new(durable, n.parse()?)),
         None => durable,
     };
-    let engine = Engine::builder(log.clone())
-        .workflow(CrashWorkflow)
-        .activity(SinkEffect { sink })
-        .build();
-    let report = engine.resume_all()?;
-    anyhow::ensure!(report.refused.is_empty(), "refused: {:?}", report.refused);
-    let mut all = report.resumed;
-    let existing = log.runs()?.len();
-    for _ in existing..runs {
-        all.push(engine.start::<CrashWorkflow>(&input, "crash-test").await?);
-    }
-    for run in all {
-        match engine.wait(run).await? {
-            RunOutcome::Completed(_) => {}
-            other => anyhow::bail!("run {run} ended as {other:?}"),
-        }
-    }
+    waymark_tests::drive_crash_runs(log, sink, runs, &input).await?;
     println!("done");
     Ok(())
 }

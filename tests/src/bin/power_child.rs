@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use waymark_engine::log::{self, EventLog, SharedLog};
-use waymark_engine::{Engine, Event, Record, RunId, RunOutcome};
-use waymark_tests::{CrashInput, CrashWorkflow, EffectSink, SinkEffect};
+use waymark_engine::{Event, Record, RunId};
+use waymark_tests::{CrashInput, EffectSink};
 
 /// Hex of a hash.
 fn hex(bytes: &[u8]) -> String {
@@ -88,23 +88,7 @@ async fn main() -> anyhow::Result<()> {
         inner: durable,
         acks: Arc::new(Mutex::new(acks)),
     });
-    let engine = Engine::builder(log.clone())
-        .workflow(CrashWorkflow)
-        .activity(SinkEffect { sink })
-        .build();
-    let report = engine.resume_all()?;
-    anyhow::ensure!(report.refused.is_empty(), "refused: {:?}", report.refused);
-    let mut all = report.resumed;
-    let existing = log.runs()?.len();
-    for _ in existing..runs {
-        all.push(engine.start::<CrashWorkflow>(&input, "crash-test").await?);
-    }
-    for run in all {
-        match engine.wait(run).await? {
-            RunOutcome::Completed(_) => {}
-            other => anyhow::bail!("run {run} ended as {other:?}"),
-        }
-    }
+    waymark_tests::drive_crash_runs(log, sink, runs, &input).await?;
     println!("done");
     Ok(())
 }
