@@ -5,6 +5,7 @@ mod crash;
 mod daemon;
 mod elb;
 mod engine_behaviour;
+mod fixtures;
 mod k8s;
 mod log_conformance;
 mod log_damage;
