@@ -1,201 +1,20 @@
-//! The estate's shared state, its persistence, the effect log, injected faults, and the
-//! [`Sandbox`] that starts every simulated system on loopback.
+//! The estate's shared state ([`Estate`]: the models of every simulated system), its
+//! persistence, the effect log, injected faults and scenario knobs. Below the servers, which act
+//! on it through [`Shared`]; [`crate::server::Sandbox`] starts them.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 
 use crate::monitor::{Invariants, Truth};
-use crate::{elb, k8s, ssh, yb};
-
-/// What estate to simulate. The default is the seed runbook's: zones A and B with three nodes each,
-/// three yb-masters, `MirrorMaker2`, `fp` and `fp-async` in namespace `prod`, and the zone target
-/// groups behind one listener with all traffic in zone B.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Spec {
-    /// Nodes: name, zone, whether it runs a yb-master (every node runs a yb-tserver).
-    pub nodes: Vec<NodeSpec>,
-    /// Kubernetes namespace of every Deployment.
-    pub namespace: String,
-    /// Deployments and their replica counts.
-    pub deployments: Vec<(String, u32)>,
-    /// The address registered in step 6 (an IP target).
-    pub new_target: String,
-    /// Every duration of [`Spec::timing`] is multiplied by this factor (1.0: the real systems'
-    /// durations; [`DEFAULT_TIME_SCALE`] by default).
-    #[serde(default = "default_time_scale")]
-    pub time_scale: f64,
-    /// The durations of the real systems, before scaling.
-    #[serde(default)]
-    pub timing: Timing,
-}
-
-/// The default time scale (of the demo and of `waymark sandbox up`): a 60 s timeout lasts 1.2 s.
-pub const DEFAULT_TIME_SCALE: f64 = 0.02;
-
-fn default_time_scale() -> f64 {
-    DEFAULT_TIME_SCALE
-}
-
-/// Durations of the real systems (ms at time scale 1.0). The sandbox multiplies each by the
-/// time scale ([`Timing::scaled`]); what it reports (uptimes, heartbeat ages, timestamps) is wall
-/// clock, as the real systems report it.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Timing {
-    /// A tserver heartbeats to the leader master this often (`heartbeat_interval_ms`).
-    pub heartbeat_ms: i64,
-    /// The master marks a tserver DEAD after this long without a heartbeat
-    /// (`tserver_unresponsive_timeout_ms`).
-    pub tserver_unresponsive_ms: i64,
-    /// Graceful stop of a yb-tserver (`systemctl stop`/`restart` block for it).
-    pub tserver_stop_ms: i64,
-    /// Graceful stop of a yb-master.
-    pub master_stop_ms: i64,
-    /// From process start to its first heartbeat (a master: to joining its Raft group).
-    pub startup_ms: i64,
-    /// A restarted tserver bootstraps its tablets one after the other, each taking this long.
-    pub bootstrap_ms_per_tablet: i64,
-    /// After its last tablet runs, a returned tserver's followers lag this long.
-    pub follower_lag_ms: i64,
-    /// Tablets (and the master group) whose leader stopped elect a new one after this long.
-    pub election_ms: i64,
-    /// The load balancer moves one leader this often.
-    pub load_balancer_move_ms: i64,
-    /// A new pod is ready this long after it was created.
-    pub pod_ready_ms: i64,
-    /// A deleted pod terminates within this grace period.
-    pub pod_termination_ms: i64,
-    /// Target group health check interval (`HealthCheckIntervalSeconds`), ms.
-    pub health_check_interval_ms: i64,
-    /// Consecutive passing checks before `healthy` (`HealthyThresholdCount`).
-    pub healthy_threshold: i64,
-    /// A deregistered target drains this long (`deregistration_delay.timeout_seconds`).
-    pub deregistration_delay_ms: i64,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            heartbeat_ms: 1000,
-            tserver_unresponsive_ms: 60_000,
-            tserver_stop_ms: 5000,
-            master_stop_ms: 3000,
-            startup_ms: 3000,
-            bootstrap_ms_per_tablet: 4000,
-            follower_lag_ms: 10_000,
-            election_ms: 2000,
-            load_balancer_move_ms: 2000,
-            pod_ready_ms: 20_000,
-            pod_termination_ms: 30_000,
-            health_check_interval_ms: 10_000,
-            healthy_threshold: 3,
-            deregistration_delay_ms: 300_000,
-        }
-    }
-}
-
-impl Timing {
-    /// Every duration multiplied by `scale` (at least 1 ms; the threshold is a count, kept).
-    #[must_use]
-    pub fn scaled(&self, scale: f64) -> Timing {
-        let f = |ms: i64| {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
-            let v = (ms as f64 * scale).round() as i64;
-            v.max(1)
-        };
-        Timing {
-            heartbeat_ms: f(self.heartbeat_ms),
-            tserver_unresponsive_ms: f(self.tserver_unresponsive_ms),
-            tserver_stop_ms: f(self.tserver_stop_ms),
-            master_stop_ms: f(self.master_stop_ms),
-            startup_ms: f(self.startup_ms),
-            bootstrap_ms_per_tablet: f(self.bootstrap_ms_per_tablet),
-            follower_lag_ms: f(self.follower_lag_ms),
-            election_ms: f(self.election_ms),
-            load_balancer_move_ms: f(self.load_balancer_move_ms),
-            pod_ready_ms: f(self.pod_ready_ms),
-            pod_termination_ms: f(self.pod_termination_ms),
-            health_check_interval_ms: f(self.health_check_interval_ms),
-            healthy_threshold: self.healthy_threshold,
-            deregistration_delay_ms: f(self.deregistration_delay_ms),
-        }
-    }
-}
-
-/// One VM of the cluster.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeSpec {
-    /// Host name (also the yb web address host).
-    pub name: String,
-    /// Zone, `A` or `B`.
-    pub zone: String,
-    /// Runs a yb-master.
-    pub master: bool,
-}
-
-impl Default for Spec {
-    fn default() -> Self {
-        let node = |name: &str, zone: &str, master: bool| NodeSpec {
-            name: name.into(),
-            zone: zone.into(),
-            master,
-        };
-        Spec {
-            nodes: vec![
-                node("yb-a-1", "A", true),
-                node("yb-a-2", "A", false),
-                node("yb-a-3", "A", false),
-                node("yb-b-1", "B", true),
-                node("yb-b-2", "B", true),
-                node("yb-b-3", "B", false),
-            ],
-            namespace: "prod".into(),
-            deployments: vec![
-                ("mirrormaker2".into(), 2),
-                ("fp".into(), 3),
-                ("fp-async".into(), 2),
-            ],
-            new_target: "10.20.2.14".into(),
-            time_scale: DEFAULT_TIME_SCALE,
-            timing: Timing::default(),
-        }
-    }
-}
-
-impl Spec {
-    /// The same estate at [`DEFAULT_TIME_SCALE`] divided by `factor` (the `--faster` shorthand:
-    /// `faster(10)` is time scale 0.002, a 60 s timeout lasting 120 ms).
-    #[must_use]
-    pub fn faster(self, factor: u64) -> Self {
-        #[allow(clippy::cast_precision_loss)]
-        let f = factor.max(1) as f64;
-        self.with_time_scale(DEFAULT_TIME_SCALE / f)
-    }
-
-    /// The same estate with every duration multiplied by `scale` (1.0: real durations).
-    #[must_use]
-    pub fn with_time_scale(mut self, scale: f64) -> Self {
-        self.time_scale = if scale.is_finite() && scale > 0.0 {
-            scale
-        } else {
-            DEFAULT_TIME_SCALE
-        };
-        self
-    }
-
-    /// The durations in effect: [`Spec::timing`] times [`Spec::time_scale`].
-    pub fn scaled(&self) -> Timing {
-        self.timing.scaled(self.time_scale)
-    }
-}
+pub use crate::spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};
+use crate::{elb, k8s, yb};
 
 /// Everything the simulated systems hold, persisted as `state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -379,7 +198,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn open(dir: &Path, spec: &Spec) -> std::io::Result<Self> {
+    pub(crate) fn open(dir: &Path, spec: &Spec) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let state_path = dir.join("state.json");
         let state = match std::fs::read(&state_path) {
@@ -461,6 +280,11 @@ impl Shared {
     pub fn apply(&self, scenario: &Scenario) -> Result<(), String> {
         let now = Utc::now().timestamp_millis();
         self.mutate(|st| st.apply(scenario, now))
+    }
+
+    /// The injected faults.
+    pub fn faults(&self) -> Faults {
+        self.faults.lock().expect("faults lock").clone()
     }
 
     /// The invariant monitor's record.
@@ -579,176 +403,4 @@ pub struct Endpoints {
     pub elb: SocketAddr,
     /// Sandbox control API (faults).
     pub admin: SocketAddr,
-}
-
-/// A running sandbox estate.
-pub struct Sandbox {
-    shared: Arc<Shared>,
-    endpoints: Endpoints,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-async fn bind(previous: Option<SocketAddr>) -> std::io::Result<TcpListener> {
-    match previous {
-        Some(addr) => TcpListener::bind(addr).await,
-        None => TcpListener::bind("127.0.0.1:0").await,
-    }
-}
-
-impl Sandbox {
-    /// Starts (or restarts, from `DIR/state.json` and on the ports in `DIR/endpoints.json`) every
-    /// simulated system.
-    pub async fn start(dir: &Path, spec: &Spec) -> std::io::Result<Sandbox> {
-        let shared = Arc::new(Shared::open(dir, spec)?);
-        let previous: Option<Endpoints> = std::fs::read(dir.join("endpoints.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let (nodes, masters): (Vec<String>, Vec<String>) = shared.read(|s| {
-            (
-                s.spec.nodes.iter().map(|n| n.name.clone()).collect(),
-                s.spec
-                    .nodes
-                    .iter()
-                    .filter(|n| n.master)
-                    .map(|n| n.name.clone())
-                    .collect(),
-            )
-        });
-        let mut tasks = Vec::new();
-        let k8s_l = bind(previous.as_ref().map(|p| p.k8s)).await?;
-        let elb_l = bind(previous.as_ref().map(|p| p.elb)).await?;
-        let admin_l = bind(previous.as_ref().map(|p| p.admin)).await?;
-        let mut endpoints = Endpoints {
-            k8s: k8s_l.local_addr()?,
-            yb_masters: BTreeMap::new(),
-            ssh: BTreeMap::new(),
-            elb: elb_l.local_addr()?,
-            admin: admin_l.local_addr()?,
-        };
-        tasks.push(tokio::spawn(k8s::serve(k8s_l, shared.clone())));
-        tasks.push(tokio::spawn(elb::serve(elb_l, shared.clone())));
-        tasks.push(tokio::spawn(serve_admin(admin_l, shared.clone())));
-        tasks.push(tokio::spawn(tick(shared.clone())));
-        for m in masters {
-            let l = bind(
-                previous
-                    .as_ref()
-                    .and_then(|p| p.yb_masters.get(&m).copied()),
-            )
-            .await?;
-            endpoints.yb_masters.insert(m.clone(), l.local_addr()?);
-            tasks.push(tokio::spawn(yb::serve_master(l, shared.clone(), m)));
-        }
-        let keys = ssh::HostKeys::load_or_create(dir)?;
-        for n in nodes {
-            let l = bind(previous.as_ref().and_then(|p| p.ssh.get(&n).copied())).await?;
-            endpoints.ssh.insert(n.clone(), l.local_addr()?);
-            tasks.push(tokio::spawn(ssh::serve(l, shared.clone(), n, keys.clone())));
-        }
-        keys.write_known_hosts(dir, endpoints.ssh.values())?;
-        write_kubeconfig(dir, endpoints.k8s)?;
-        let inv = shared.read(|st| crate::inventory::inventory(st, &endpoints));
-        crate::inventory::write(dir, &inv)?;
-        std::fs::write(
-            dir.join("endpoints.json"),
-            serde_json::to_vec_pretty(&endpoints).map_err(std::io::Error::other)?,
-        )?;
-        Ok(Sandbox {
-            shared,
-            endpoints,
-            tasks,
-        })
-    }
-
-    /// Where everything listens.
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
-    }
-
-    /// The shared state (for in-process tests and the demo's display).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
-    }
-
-    /// Stops every server.
-    pub fn stop(self) {
-        for t in self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Moves the estate's clock: often enough that no transition of the ground truth (heartbeats,
-/// bootstraps, drains, pod terminations) goes unobserved for long.
-async fn tick(shared: Arc<Shared>) {
-    let every = shared.read(|st| st.yb.timing.heartbeat_ms).clamp(5, 20);
-    let mut interval = tokio::time::interval(std::time::Duration::from_millis(every as u64));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        shared.tick();
-    }
-}
-
-/// Writes `DIR/kubeconfig`: context `sandbox` pointing at the simulated API server.
-fn write_kubeconfig(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: http://{addr}\n\
-         users:\n- name: sandbox\n  user: {{}}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    \
-         user: sandbox\n    namespace: prod\ncurrent-context: sandbox\n"
-    );
-    std::fs::write(dir.join("kubeconfig"), text)
-}
-
-/// `GET /faults`, `PUT /faults` (JSON [`Faults`]), `GET /state`, `GET /invariants` (the
-/// monitor's record), `GET /truth` (the ground truth now), `POST /scenario` (JSON [`Scenario`]).
-async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
-    use axum::extract::State;
-    use axum::routing::get;
-    use axum::Json;
-    let app = axum::Router::new()
-        .route(
-            "/faults",
-            get(|State(s): State<Arc<Shared>>| async move {
-                Json(s.faults.lock().expect("faults lock").clone())
-            })
-            .put(
-                |State(s): State<Arc<Shared>>, Json(f): Json<Faults>| async move {
-                    s.set_faults(f);
-                    "ok"
-                },
-            ),
-        )
-        .route(
-            "/state",
-            get(|State(s): State<Arc<Shared>>| async move { Json(s.read(Clone::clone)) }),
-        )
-        .route(
-            "/invariants",
-            get(|State(s): State<Arc<Shared>>| async move { Json(s.invariants()) }),
-        )
-        .route(
-            "/truth",
-            get(|State(s): State<Arc<Shared>>| async move {
-                Json(s.read(|st| st.truth(Utc::now().timestamp_millis())))
-            }),
-        )
-        .route(
-            "/scenario",
-            axum::routing::post(
-                |State(s): State<Arc<Shared>>, Json(knob): Json<Scenario>| async move {
-                    match s.apply(&knob) {
-                        Ok(()) => (axum::http::StatusCode::OK, format!("applied {knob:?}\n")),
-                        Err(e) => (
-                            axum::http::StatusCode::BAD_REQUEST,
-                            format!("scenario {knob:?} not applied: {e}\n"),
-                        ),
-                    }
-                },
-            ),
-        )
-        .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!("sandbox admin server stopped: {e}");
-    }
 }

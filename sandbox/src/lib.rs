@@ -11,17 +11,25 @@
 //! line per mutating call), the injected faults, and the invariant monitor ([`monitor`], fed by the
 //! models' ground truth, written to `DIR/invariants.json`). Every duration is a real system's
 //! ([`Timing`]) multiplied by the spec's time scale.
+//!
+//! Layers, each using only those below it: [`spec`] (what to simulate, plain data); the models
+//! (`elb::model`, and the `State` types of [`k8s`] and [`yb`]); [`estate`] (the models together,
+//! [`Shared`], effects, faults, scenario knobs) and [`monitor`]; the servers ([`elb`]'s handlers,
+//! [`k8s`], [`yb`], [`ssh`]); [`server`] ([`Sandbox`]: binds and starts them) and [`inventory`].
 
 pub mod elb;
 pub mod estate;
 pub mod inventory;
 pub mod k8s;
 pub mod monitor;
+pub mod server;
+pub mod spec;
 pub mod ssh;
 pub mod yb;
 
 pub use estate::{
-    read_effects, read_invariants, Effect, Endpoints, Fault, FaultKind, Faults, NodeSpec, Sandbox,
-    Scenario, Shared, Spec, Timing, DEFAULT_TIME_SCALE,
+    read_effects, read_invariants, Effect, Endpoints, Fault, FaultKind, Faults, Scenario, Shared,
 };
 pub use monitor::{Invariants, Truth};
+pub use server::Sandbox;
+pub use spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};

@@ -1,0 +1,185 @@
+//! The server wiring, above the state and the models: [`Sandbox::start`] binds every simulated
+//! system on loopback (the ports of a previous run when it restarts), spawns their servers, the
+//! estate's clock tick and the admin API, and writes `kubeconfig`, `known_hosts`,
+//! `inventory.toml` and `endpoints.json` into the sandbox folder.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::Utc;
+use tokio::net::TcpListener;
+
+use crate::estate::{Endpoints, Faults, Scenario, Shared};
+use crate::spec::Spec;
+use crate::{elb, k8s, ssh, yb};
+
+/// A running sandbox estate.
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    endpoints: Endpoints,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn bind(previous: Option<SocketAddr>) -> std::io::Result<TcpListener> {
+    match previous {
+        Some(addr) => TcpListener::bind(addr).await,
+        None => TcpListener::bind("127.0.0.1:0").await,
+    }
+}
+
+impl Sandbox {
+    /// Starts (or restarts, from `DIR/state.json` and on the ports in `DIR/endpoints.json`) every
+    /// simulated system.
+    pub async fn start(dir: &Path, spec: &Spec) -> std::io::Result<Sandbox> {
+        let shared = Arc::new(Shared::open(dir, spec)?);
+        let previous: Option<Endpoints> = std::fs::read(dir.join("endpoints.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let (nodes, masters): (Vec<String>, Vec<String>) = shared.read(|s| {
+            (
+                s.spec.nodes.iter().map(|n| n.name.clone()).collect(),
+                s.spec
+                    .nodes
+                    .iter()
+                    .filter(|n| n.master)
+                    .map(|n| n.name.clone())
+                    .collect(),
+            )
+        });
+        let mut tasks = Vec::new();
+        let k8s_l = bind(previous.as_ref().map(|p| p.k8s)).await?;
+        let elb_l = bind(previous.as_ref().map(|p| p.elb)).await?;
+        let admin_l = bind(previous.as_ref().map(|p| p.admin)).await?;
+        let mut endpoints = Endpoints {
+            k8s: k8s_l.local_addr()?,
+            yb_masters: BTreeMap::new(),
+            ssh: BTreeMap::new(),
+            elb: elb_l.local_addr()?,
+            admin: admin_l.local_addr()?,
+        };
+        tasks.push(tokio::spawn(k8s::serve(k8s_l, shared.clone())));
+        tasks.push(tokio::spawn(elb::serve(elb_l, shared.clone())));
+        tasks.push(tokio::spawn(serve_admin(admin_l, shared.clone())));
+        tasks.push(tokio::spawn(tick(shared.clone())));
+        for m in masters {
+            let l = bind(
+                previous
+                    .as_ref()
+                    .and_then(|p| p.yb_masters.get(&m).copied()),
+            )
+            .await?;
+            endpoints.yb_masters.insert(m.clone(), l.local_addr()?);
+            tasks.push(tokio::spawn(yb::serve_master(l, shared.clone(), m)));
+        }
+        let keys = ssh::HostKeys::load_or_create(dir)?;
+        for n in nodes {
+            let l = bind(previous.as_ref().and_then(|p| p.ssh.get(&n).copied())).await?;
+            endpoints.ssh.insert(n.clone(), l.local_addr()?);
+            tasks.push(tokio::spawn(ssh::serve(l, shared.clone(), n, keys.clone())));
+        }
+        keys.write_known_hosts(dir, endpoints.ssh.values())?;
+        write_kubeconfig(dir, endpoints.k8s)?;
+        let inv = shared.read(|st| crate::inventory::inventory(st, &endpoints));
+        crate::inventory::write(dir, &inv)?;
+        std::fs::write(
+            dir.join("endpoints.json"),
+            serde_json::to_vec_pretty(&endpoints).map_err(std::io::Error::other)?,
+        )?;
+        Ok(Sandbox {
+            shared,
+            endpoints,
+            tasks,
+        })
+    }
+
+    /// Where everything listens.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// The shared state (for in-process tests and the demo's display).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops every server.
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Moves the estate's clock: often enough that no transition of the ground truth (heartbeats,
+/// bootstraps, drains, pod terminations) goes unobserved for long.
+async fn tick(shared: Arc<Shared>) {
+    let every = shared.read(|st| st.yb.timing.heartbeat_ms).clamp(5, 20);
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(every as u64));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        shared.tick();
+    }
+}
+
+/// Writes `DIR/kubeconfig`: context `sandbox` pointing at the simulated API server.
+fn write_kubeconfig(dir: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: http://{addr}\n\
+         users:\n- name: sandbox\n  user: {{}}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    \
+         user: sandbox\n    namespace: prod\ncurrent-context: sandbox\n"
+    );
+    std::fs::write(dir.join("kubeconfig"), text)
+}
+
+/// `GET /faults`, `PUT /faults` (JSON [`Faults`]), `GET /state`, `GET /invariants` (the
+/// monitor's record), `GET /truth` (the ground truth now), `POST /scenario` (JSON [`Scenario`]).
+async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
+    use axum::extract::State;
+    use axum::routing::get;
+    use axum::Json;
+    let app = axum::Router::new()
+        .route(
+            "/faults",
+            get(|State(s): State<Arc<Shared>>| async move { Json(s.faults()) }).put(
+                |State(s): State<Arc<Shared>>, Json(f): Json<Faults>| async move {
+                    s.set_faults(f);
+                    "ok"
+                },
+            ),
+        )
+        .route(
+            "/state",
+            get(|State(s): State<Arc<Shared>>| async move { Json(s.read(Clone::clone)) }),
+        )
+        .route(
+            "/invariants",
+            get(|State(s): State<Arc<Shared>>| async move { Json(s.invariants()) }),
+        )
+        .route(
+            "/truth",
+            get(|State(s): State<Arc<Shared>>| async move {
+                Json(s.read(|st| st.truth(Utc::now().timestamp_millis())))
+            }),
+        )
+        .route(
+            "/scenario",
+            axum::routing::post(
+                |State(s): State<Arc<Shared>>, Json(knob): Json<Scenario>| async move {
+                    match s.apply(&knob) {
+                        Ok(()) => (axum::http::StatusCode::OK, format!("applied {knob:?}\n")),
+                        Err(e) => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            format!("scenario {knob:?} not applied: {e}\n"),
+                        ),
+                    }
+                },
+            ),
+        )
+        .with_state(shared);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("sandbox admin server stopped: {e}");
+    }
+}
