@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use waymark_workflows::inventory::{
-    Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Register, Ssh, Traffic, Yugabyte,
+    Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Register, RunLimits, Ssh,
+    Traffic, Yugabyte,
 };
 
 use crate::elb;
@@ -41,6 +42,10 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             tserver: true,
         })
         .collect();
+    let listener = estate
+        .elb
+        .listener_arn(elb::LOAD_BALANCER)
+        .map(str::to_owned);
     Inventory {
         cluster: Cluster {
             name: "sandbox-yb".into(),
@@ -78,11 +83,17 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             region: elb::REGION.into(),
             endpoint_url: Some(format!("http://{}", endpoints.elb)),
         },
+        // Both forwards that carry the zones' traffic: the listener's default action and its
+        // `/waymark/*` rule.
         traffic: Traffic {
-            listener_arn: estate
-                .elb
-                .listener_arn(elb::LOAD_BALANCER)
-                .map(str::to_owned),
+            listener_arns: listener.iter().cloned().collect(),
+            rule_arns: listener
+                .as_deref()
+                .and_then(|l| estate.elb.rule_arn(l, elb::RULE_PRIORITY))
+                .map(str::to_owned)
+                .into_iter()
+                .collect(),
+            listener_arn: None,
             rule_arn: None,
             zone_a_target_group_arn: tg("A"),
             zone_b_target_group_arn: tg("B"),
@@ -96,6 +107,13 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             target_id: estate.spec.new_target.clone(),
             port: Some(elb::PORT),
             availability_zone: None,
+            // The new target is the address of zone B's last node (its tserver serves it).
+            node: estate
+                .spec
+                .nodes
+                .iter()
+                .rfind(|n| n.zone == "B")
+                .map(|n| n.name.clone()),
         },
         gates: Gates {
             require_approval: false,
@@ -115,6 +133,7 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             idle_readings: 3,
             legacy_unsafe_gates_for_tests: false,
         },
+        run: RunLimits::default(),
     }
 }
 

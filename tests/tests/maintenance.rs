@@ -59,6 +59,9 @@ pub(crate) fn check_completed_estate(dir: &Path) {
     assert!(inv.max_tservers_down <= 1, "{inv:?}");
     assert!(inv.max_masters_down <= 1, "{inv:?}");
     assert_eq!(inv.forwards_to_unhealthy, 0, "{inv:?}");
+    // Step 1 moves every forward that carries the zones' traffic (the listener and its
+    // `/waymark/*` rule) before MirrorMaker2 stops: never replication off with traffic in B.
+    assert_eq!(inv.mirrormaker_off_while_traffic_in_b, 0, "{inv:?}");
     assert!(st.yb.blacklist.is_empty(), "{:?}", st.yb.blacklist);
     for n in &st.spec.nodes {
         for action in ["blacklist-add", "blacklist-remove"] {
@@ -119,7 +122,25 @@ pub(crate) fn check_completed_estate(dir: &Path) {
         .iter()
         .filter(|e| e.system == "elb" && e.action.starts_with("modify"))
         .count();
-    assert_eq!(modifies, 2, "traffic moved to A and back to B, once each");
+    assert_eq!(
+        modifies, 4,
+        "traffic moved to A and back to B, once each, on the listener and on its rule"
+    );
+    let listener = st
+        .elb
+        .listener_arn(waymark_sandbox::elb::LOAD_BALANCER)
+        .unwrap()
+        .to_owned();
+    let rule = st
+        .elb
+        .rule_arn(&listener, waymark_sandbox::elb::RULE_PRIORITY)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        st.elb.weights(&rule),
+        st.elb.weights(&listener),
+        "the /waymark/* rule is back as the listener"
+    );
     assert_eq!(
         traffic_and_replication(&st),
         ((0, 100), 2),

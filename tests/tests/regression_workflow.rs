@@ -90,8 +90,10 @@ async fn item2_inventory_without_traffic_source_fails_the_run_instead_of_panicki
     let mut inv = sandbox_inventory(dir.path());
     inv.traffic.listener_arn = None;
     inv.traffic.rule_arn = None;
-    let err = inv.traffic_source().expect_err("no traffic source");
-    assert!(err.to_string().contains("traffic.listener_arn"), "{err}");
+    inv.traffic.listener_arns.clear();
+    inv.traffic.rule_arns.clear();
+    let err = inv.traffic_sources().expect_err("no traffic source");
+    assert!(err.to_string().contains("traffic.listener_arns"), "{err}");
     let before = read_effects(dir.path()).len();
     let e = engine();
     let run = e
@@ -103,8 +105,8 @@ async fn item2_inventory_without_traffic_source_fails_the_run_instead_of_panicki
     };
     assert!(
         why.contains("invalid inventory, nothing was changed")
-            && why.contains("traffic.listener_arn")
-            && why.contains("give listener_arn or rule_arn"),
+            && why.contains("traffic.listener_arns")
+            && why.contains("name every listener (listener_arns) and rule (rule_arns)"),
         "{why}"
     );
     assert_eq!(read_effects(dir.path()).len(), before, "no effect");
@@ -408,7 +410,7 @@ async fn item6_half_switched_estate_is_refused_before_any_change() {
         if case == "traffic 100/0" {
             set_weights(
                 &sb,
-                inv.traffic.listener_arn.as_deref().unwrap(),
+                &inv.traffic.listener_arns[0],
                 &BTreeMap::from([
                     (inv.traffic.zone_a_target_group_arn.clone(), 100),
                     (inv.traffic.zone_b_target_group_arn.clone(), 0),

@@ -49,6 +49,9 @@ pub struct Inventory {
     /// Gates, timeouts and thresholds.
     #[serde(default)]
     pub gates: Gates,
+    /// Limits of the run as a whole: its deadline, the approval wait, who may approve.
+    #[serde(default)]
+    pub run: RunLimits,
 }
 
 /// `[cluster]`.
@@ -171,15 +174,23 @@ pub struct Aws {
     pub endpoint_url: Option<String>,
 }
 
-/// `[traffic]`.
+/// `[traffic]`: every listener and rule whose weighted forward carries the zones' traffic. Step
+/// 1 moves all of them to zone A, step 9 (and step 1's compensation) back; the pre-flight checks
+/// that each forwards to exactly the two zone target groups.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Traffic {
-    /// Listener whose default forward action is weighted (or give `rule_arn`).
-    #[serde(default)]
+    /// Listeners whose default forward action is weighted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listener_arns: Vec<String>,
+    /// Listener rules whose forward action is weighted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rule_arns: Vec<String>,
+    /// One listener (the key of earlier versions, still read; same as one `listener_arns` entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener_arn: Option<String>,
-    /// Rule whose forward action is weighted.
-    #[serde(default)]
+    /// One rule (the key of earlier versions, still read; same as one `rule_arns` entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule_arn: Option<String>,
     /// Zone A's target group.
     pub zone_a_target_group_arn: String,
@@ -201,6 +212,52 @@ pub struct Register {
     /// Availability zone (for IP targets outside the VPC).
     #[serde(default)]
     pub availability_zone: Option<String>,
+    /// The inventory node the target is (the pre-flight checks that its tserver is ALIVE in
+    /// this cluster). Default: the node whose `address` is `target_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+}
+
+/// `[run]`: limits of a run as a whole.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunLimits {
+    /// The run's overall deadline, seconds from its start: once passed, the run stops at its next
+    /// step and compensates. Default: [`RunLimits::DEFAULT_FACTOR`] times the plan's estimate
+    /// (about a minute per node restart plus the settle times), at least
+    /// [`RunLimits::DEFAULT_FLOOR_SECS`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_duration_secs: Option<u64>,
+    /// A wall-clock deadline (RFC 3339, e.g. `"2026-12-01T06:00:00Z"`): the daemon sets it for a
+    /// scheduled run (fire time + window). Whichever of this and `max_duration_secs` comes first
+    /// is the run's deadline; a run started after it is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finish_by: Option<chrono::DateTime<chrono::Utc>>,
+    /// With `gates.require_approval`: how long the run waits for `approve`, seconds; then it
+    /// ends `refused`, nothing changed.
+    pub approval_timeout_secs: u64,
+    /// With `gates.require_approval`: an `approve` sent by the operator who started the run is
+    /// refused (journaled; the run keeps waiting for another operator's).
+    #[serde(skip_serializing_if = "is_false")]
+    pub approver_must_differ: bool,
+}
+
+impl RunLimits {
+    /// The default overall deadline is this many times the plan's estimate.
+    pub const DEFAULT_FACTOR: u64 = 4;
+    /// The default overall deadline is at least this long, seconds (1 hour).
+    pub const DEFAULT_FLOOR_SECS: u64 = 3600;
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        RunLimits {
+            max_duration_secs: None,
+            finish_by: None,
+            approval_timeout_secs: 4 * 3600,
+            approver_must_differ: false,
+        }
+    }
 }
 
 /// `[gates]`.
@@ -483,6 +540,29 @@ fn numeric_bounds(inv: &Inventory) -> Vec<(&'static str, u64, u64, u64, &'static
             "Deployments",
         ),
     ];
+    out.push((
+        "run.approval_timeout_secs",
+        inv.run.approval_timeout_secs,
+        1,
+        7 * DAY_SECS,
+        "seconds (7 days)",
+    ));
+    if let Some(v) = inv.run.max_duration_secs {
+        out.push((
+            "run.max_duration_secs",
+            v,
+            60,
+            7 * DAY_SECS,
+            "seconds (7 days)",
+        ));
+    }
+    out.push((
+        "traffic.listener_arns + rule_arns",
+        len(inv.traffic.listener_arns.len() + inv.traffic.rule_arns.len()),
+        0,
+        100,
+        "listeners and rules",
+    ));
     if let Some(v) = inv.kubernetes.request_timeout_secs {
         out.push((
             "kubernetes.request_timeout_secs",
@@ -680,22 +760,28 @@ impl Inventory {
                 "no node runs a yb-master (give master_http and master_rpc on the master nodes)",
             ));
         }
-        match (&self.traffic.listener_arn, &self.traffic.rule_arn) {
-            (Some(_), Some(_)) => {
+        let sources = self.traffic_sources_in(file)?;
+        for source in &sources {
+            let (key, arn) = match source {
+                TrafficSource::Listener(a) => ("traffic.listener_arns", a),
+                TrafficSource::Rule(a) => ("traffic.rule_arns", a),
+            };
+            if !arn.starts_with("arn:") {
                 return Err(err(
                     file,
-                    "traffic.rule_arn",
-                    "give either listener_arn or rule_arn, not both",
-                ))
+                    key,
+                    format!("{arn:?} is not an ARN (arn:aws:elasticloadbalancing:...)"),
+                ));
             }
-            (None, None) => {
+        }
+        if let Some(name) = &self.register.node {
+            if !self.yugabyte.nodes.iter().any(|n| &n.name == name) {
                 return Err(err(
                     file,
-                    "traffic.listener_arn",
-                    "missing: give listener_arn or rule_arn",
-                ))
+                    "register.node",
+                    format!("{name:?} is not the name of a node of [[yugabyte.nodes]]"),
+                ));
             }
-            _ => {}
         }
         for (key, arn) in [
             (
@@ -874,22 +960,146 @@ impl Inventory {
         ElbConnection::new(self.aws.region.clone(), self.aws.endpoint_url.clone())
     }
 
-    /// The listener or rule carrying the zone weights; an error (never a panic) for an
-    /// inventory that skipped validation and names neither.
-    pub fn traffic_source(&self) -> Result<TrafficSource, Error> {
-        match (&self.traffic.listener_arn, &self.traffic.rule_arn) {
-            (Some(l), None) => Ok(TrafficSource::Listener(l.clone())),
-            (None, Some(r)) => Ok(TrafficSource::Rule(r.clone())),
-            (Some(_), Some(_)) => Err(err(
-                Path::new("(inventory)"),
-                "traffic.rule_arn",
-                "give either listener_arn or rule_arn, not both",
-            )),
-            (None, None) => Err(err(
-                Path::new("(inventory)"),
-                "traffic.listener_arn",
-                "missing: give listener_arn or rule_arn",
-            )),
+    /// Every listener and rule carrying the zone weights (listeners first, in the inventory's
+    /// order, the old single keys included, each once); an error (never a panic) for an
+    /// inventory that skipped validation and names none.
+    pub fn traffic_sources(&self) -> Result<Vec<TrafficSource>, Error> {
+        self.traffic_sources_in(Path::new("(inventory)"))
+    }
+
+    fn traffic_sources_in(&self, file: &Path) -> Result<Vec<TrafficSource>, Error> {
+        let mut out: Vec<TrafficSource> = Vec::new();
+        let listeners = self
+            .traffic
+            .listener_arn
+            .iter()
+            .chain(&self.traffic.listener_arns);
+        let rules = self.traffic.rule_arn.iter().chain(&self.traffic.rule_arns);
+        for source in listeners
+            .map(|a| TrafficSource::Listener(a.clone()))
+            .chain(rules.map(|a| TrafficSource::Rule(a.clone())))
+        {
+            if !out.contains(&source) {
+                out.push(source);
+            }
         }
+        if out.is_empty() {
+            return Err(err(
+                file,
+                "traffic.listener_arns",
+                "missing: name every listener (listener_arns) and rule (rule_arns) whose forward carries the zones' traffic",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The run's overall deadline in seconds from its start when `max_duration_secs` is not
+    /// given: [`RunLimits::DEFAULT_FACTOR`] times the plan's estimate (a minute per node restart
+    /// plus its settle time), at least [`RunLimits::DEFAULT_FLOOR_SECS`].
+    pub fn max_duration_secs(&self) -> u64 {
+        self.run.max_duration_secs.unwrap_or_else(|| {
+            let restarts = self
+                .yugabyte
+                .nodes
+                .iter()
+                .filter(|n| self.restarts(n))
+                .map(|n| u64::from(n.master_http.is_some()) + u64::from(n.tserver))
+                .sum::<u64>();
+            crate::plan::estimate_secs(restarts, self.gates.settle_ms)
+                .saturating_mul(RunLimits::DEFAULT_FACTOR)
+                .max(RunLimits::DEFAULT_FLOOR_SECS)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> String {
+        std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inventory.toml"),
+        )
+        .expect("examples/inventory.toml")
+    }
+
+    fn parse(text: &str) -> Result<Inventory, Error> {
+        Inventory::parse(Path::new("inv.toml"), text)
+    }
+
+    #[test]
+    fn the_example_names_a_listener_and_a_rule_and_takes_the_run_defaults() {
+        let inv = parse(&example()).unwrap();
+        let sources = inv.traffic_sources().unwrap();
+        assert_eq!(sources.len(), 2, "{sources:?}");
+        assert!(matches!(sources[0], TrafficSource::Listener(_)));
+        assert!(matches!(sources[1], TrafficSource::Rule(_)));
+        assert_eq!(inv.run.approval_timeout_secs, 14_400);
+        assert!(!inv.run.approver_must_differ);
+        assert_eq!(inv.run.finish_by, None);
+        // 4 nodes: 3 masters and 4 tservers, (60 s + 18 s settle) each, times 4 = 2,184 s,
+        // raised to the 1 h floor; with a settle of 10 minutes the factor decides.
+        assert_eq!(inv.max_duration_secs(), 3600);
+        let mut slow = inv.clone();
+        slow.gates.settle_ms = 600_000;
+        assert_eq!(slow.max_duration_secs(), 7 * 660 * 4);
+    }
+
+    #[test]
+    fn the_old_single_listener_and_rule_keys_are_still_read() {
+        let text = example()
+            .replace("listener_arns = [", "listener_arn = ")
+            .replace("rule_arns = [", "rule_arn = ")
+            .replace("f2f7dc8efc522ab2\"]", "f2f7dc8efc522ab2\"")
+            .replace("9683b2d02a6cabee\"]", "9683b2d02a6cabee\"");
+        let inv = parse(&text).unwrap();
+        assert!(inv.traffic.listener_arns.is_empty());
+        let sources = inv.traffic_sources().unwrap();
+        assert_eq!(sources.len(), 2, "{sources:?}");
+        let only_rule = text
+            .lines()
+            .filter(|l| !l.starts_with("listener_arn"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let inv = parse(&only_rule).unwrap();
+        assert!(matches!(
+            inv.traffic_sources().unwrap()[..],
+            [TrafficSource::Rule(_)]
+        ));
+    }
+
+    #[test]
+    fn run_limits_are_validated_and_finish_by_is_rfc3339() {
+        let with_run = |lines: &str| {
+            let text = example();
+            let (head, _) = text.split_once("[run]").unwrap();
+            parse(&format!("{head}[run]\n{lines}\n"))
+        };
+        let inv = with_run("max_duration_secs = 5400\nfinish_by = \"2026-12-01T06:00:00Z\"\napprover_must_differ = true").unwrap();
+        assert_eq!(inv.max_duration_secs(), 5400);
+        assert_eq!(
+            inv.run.finish_by.unwrap().to_rfc3339(),
+            "2026-12-01T06:00:00+00:00"
+        );
+        assert!(inv.run.approver_must_differ);
+        let e = with_run("max_duration_secs = 10").unwrap_err();
+        assert_eq!(e.key, "run.max_duration_secs", "{e}");
+        assert!(e.problem.contains("give 60 to 604800"), "{e}");
+        let e = with_run("approval_timeout_secs = 0").unwrap_err();
+        assert_eq!(e.key, "run.approval_timeout_secs", "{e}");
+        let e = with_run("finish_by = \"tomorrow\"").unwrap_err();
+        assert!(e.to_string().contains("inv.toml"), "{e}");
+        let e = with_run("max_duration = 10").unwrap_err();
+        assert!(
+            e.problem.contains("max_duration"),
+            "unknown key refused: {e}"
+        );
+    }
+
+    #[test]
+    fn register_node_must_be_a_node_of_the_inventory() {
+        let text = example().replace("node = \"yb-b-2\"", "node = \"yb-z-9\"");
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "register.node", "{e}");
     }
 }

@@ -37,8 +37,9 @@ use crate::inventory::{Inventory, Node};
 /// What a finished run did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
-    /// Traffic weights before the run (and after it: they are restored).
-    pub traffic_before: BTreeMap<String, i32>,
+    /// Traffic weights before the run (and after it: they are restored), by listener or rule
+    /// (`listener ARN`, `rule ARN`).
+    pub traffic_before: BTreeMap<String, BTreeMap<String, i32>>,
     /// `MirrorMaker2` replica counts recorded before step 2 and restored in step 8.
     pub mirrormaker_replicas: BTreeMap<String, i32>,
     /// Nodes whose yb-master was restarted, in order.
@@ -73,7 +74,12 @@ impl Workflow for YbMaintenance {
     /// where it is and the run ends `needs-operator`. Step 2 waits until `MirrorMaker2`'s pods are
     /// gone; step 8 and step 2's compensation wait until it is Available again
     /// (`k8s.scale_and_wait`). Version 3 histories are refused.
-    const VERSION: u32 = 4;
+    ///
+    /// 5: run-level safety (issue 12): every listener and rule of `[traffic]` is switched (one
+    /// step each, each with its own compensation); the read-only pre-flight before step 1 (a
+    /// failure ends the run `refused`); the run's overall deadline (`[run]`); the approval's
+    /// timeout and approver check. Version 4 histories are refused.
+    const VERSION: u32 = 5;
     type Input = Inventory;
     type Output = Summary;
 
@@ -93,8 +99,8 @@ impl Workflow for YbMaintenance {
         inventory
             .validate(std::path::Path::new("(the run's inventory)"))
             .map_err(invalid)?;
-        let source = inventory.traffic_source().map_err(invalid)?;
-        let m = Maintenance::resolve_connections(ctx, inventory, source).await?;
+        let sources = inventory.traffic_sources().map_err(invalid)?;
+        let m = Maintenance::resolve_connections(ctx, inventory, sources).await?;
         if m.legacy() {
             m.health_gate_before_any_change().await?;
         } else {
@@ -114,7 +120,10 @@ impl Workflow for YbMaintenance {
         m.step9_switch_traffic_back_to_zone_b(&traffic_before)
             .await?;
         Ok(Summary {
-            traffic_before: traffic_before.by_target_group,
+            traffic_before: traffic_before
+                .iter()
+                .map(|(source, w)| (source.label(), w.by_target_group.clone()))
+                .collect(),
             mirrormaker_replicas,
             masters_restarted,
             tservers_restarted,
@@ -145,14 +154,15 @@ struct Maintenance {
     inv: Inventory,
     /// The AWS connection, its profile resolved at the start.
     elb: ElbConnection,
-    /// The listener or rule carrying the zone weights.
-    source: TrafficSource,
+    /// Every listener and rule carrying the zone weights.
+    sources: Vec<TrafficSource>,
 }
 
 /// What the estate check read before any change.
 struct NormalEstate {
-    /// The traffic weights (restored by the compensation of step 1 and by step 9).
-    traffic: Weights,
+    /// The traffic weights of each listener and rule (restored by the compensations of step 1
+    /// and by step 9).
+    traffic: Vec<(TrafficSource, Weights)>,
     /// `MirrorMaker2` replicas by Deployment (restored by the compensations of step 2 and by step 8).
     mirrormaker: BTreeMap<String, i32>,
 }
@@ -170,7 +180,7 @@ impl Maintenance {
     async fn resolve_connections(
         ctx: WorkflowContext,
         mut inv: Inventory,
-        source: TrafficSource,
+        sources: Vec<TrafficSource>,
     ) -> Result<Self, workflow::Error> {
         let policy = inv.retry_policy();
         let kube: KubeConnection = ctx
@@ -189,7 +199,7 @@ impl Maintenance {
             ctx,
             inv,
             elb,
-            source,
+            sources,
         })
     }
 
@@ -346,13 +356,17 @@ impl Maintenance {
     /// half-way, and taking that state as "before" would make this run "restore" it at the end:
     /// refuse, with what was seen. Only reads; the values read are the ones the run restores.
     async fn estate_looks_normal_before_any_change(&self) -> Result<NormalEstate, workflow::Error> {
-        let traffic: Weights = self
-            .step::<ReadTrafficWeights>(&ReadTrafficWeightsInput {
-                conn: self.elb.clone(),
-                source: self.source.clone(),
-            })
-            .label("1. read traffic weights")
-            .await?;
+        let mut traffic = Vec::new();
+        for source in &self.sources {
+            let weights: Weights = self
+                .step::<ReadTrafficWeights>(&ReadTrafficWeightsInput {
+                    conn: self.elb.clone(),
+                    source: source.clone(),
+                })
+                .label(format!("1. read traffic weights of {}", source.label()))
+                .await?;
+            traffic.push((source.clone(), weights));
+        }
         let mut mirrormaker = BTreeMap::new();
         for name in &self.inv.mirrormaker.deployments {
             let replicas: i32 = self
@@ -361,12 +375,19 @@ impl Maintenance {
                 .await?;
             mirrormaker.insert(name.clone(), replicas);
         }
-        let problems = abnormal_estate(
-            &traffic.by_target_group,
-            &self.inv.traffic.zone_a_target_group_arn,
-            &self.inv.traffic.zone_b_target_group_arn,
-            &mirrormaker,
-        );
+        let mut problems = Vec::new();
+        for (source, weights) in &traffic {
+            problems.extend(
+                abnormal_traffic(
+                    &weights.by_target_group,
+                    &self.inv.traffic.zone_a_target_group_arn,
+                    &self.inv.traffic.zone_b_target_group_arn,
+                )
+                .into_iter()
+                .map(|p| format!("{}: {p}", source.label())),
+            );
+        }
+        problems.extend(abnormal_mirrormaker(&mirrormaker));
         if !problems.is_empty() {
             return Err(workflow::Error::failed(format!(
                 "the estate does not look normal, nothing was changed: {}; {HALF_SWITCHED_HINT}",
@@ -388,42 +409,48 @@ impl Maintenance {
         })
     }
 
+    /// Every listener and rule to zone A, one step each; each registers its own compensation,
+    /// which looks first (v4): back to zone B only when zone B can take it and nobody changed
+    /// that source's weights; otherwise traffic stays and the run needs an operator.
     async fn step1_switch_traffic_to_zone_a(
         &self,
-        before: Weights,
-    ) -> Result<Weights, workflow::Error> {
-        // The compensation looks first (v4): back to zone B only when zone B can take it and
-        // nobody changed the weights; otherwise traffic stays and the run needs an operator.
+        before: Vec<(TrafficSource, Weights)>,
+    ) -> Result<Vec<(TrafficSource, Weights)>, workflow::Error> {
         let zone_a = self.weights(100, 0);
-        let restore = RestoreTrafficInput {
-            conn: self.elb.clone(),
-            source: self.source.clone(),
-            restore: before.by_target_group.clone(),
-            set_by_step_1: zone_a.clone(),
-            zone_a_target_group_arn: self.inv.traffic.zone_a_target_group_arn.clone(),
-            zone_b_target_group_arn: self.inv.traffic.zone_b_target_group_arn.clone(),
-            gate: self.gate_input(self.gates().health_timeout_secs),
-            services: self
-                .inv
-                .services
-                .deployments
-                .iter()
-                .map(|name| self.inv.deployment(name))
-                .collect(),
-        };
-        let _: SetTrafficWeightsOutput = self
-            .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
+        for (source, weights) in &before {
+            let restore = RestoreTrafficInput {
                 conn: self.elb.clone(),
-                source: self.source.clone(),
-                weights: zone_a,
-            })
-            .label("1. switch traffic to zone A")
-            .compensate_with(
-                RestoreTrafficIfSafe::NAME,
-                &restore,
-                "traffic back to zone B (the weights before the run) if zone B can take it",
-            )
-            .await?;
+                source: source.clone(),
+                restore: weights.by_target_group.clone(),
+                set_by_step_1: zone_a.clone(),
+                zone_a_target_group_arn: self.inv.traffic.zone_a_target_group_arn.clone(),
+                zone_b_target_group_arn: self.inv.traffic.zone_b_target_group_arn.clone(),
+                gate: self.gate_input(self.gates().health_timeout_secs),
+                services: self
+                    .inv
+                    .services
+                    .deployments
+                    .iter()
+                    .map(|name| self.inv.deployment(name))
+                    .collect(),
+            };
+            let _: SetTrafficWeightsOutput = self
+                .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
+                    conn: self.elb.clone(),
+                    source: source.clone(),
+                    weights: zone_a.clone(),
+                })
+                .label(format!("1. switch traffic to zone A on {}", source.label()))
+                .compensate_with(
+                    RestoreTrafficIfSafe::NAME,
+                    &restore,
+                    format!(
+                        "traffic back to zone B on {} (the weights before the run) if zone B can take it",
+                        source.label()
+                    ),
+                )
+                .await?;
+        }
         Ok(before)
     }
 
@@ -863,20 +890,25 @@ impl Maintenance {
 
     async fn step9_switch_traffic_back_to_zone_b(
         &self,
-        before: &Weights,
+        before: &[(TrafficSource, Weights)],
     ) -> Result<(), workflow::Error> {
-        let _: SetTrafficWeightsOutput = self
-            .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
-                conn: self.elb.clone(),
-                source: self.source.clone(),
-                weights: before.by_target_group.clone(),
-            })
-            .label("9. switch traffic back to zone B")
-            .retry(RetryPolicy {
-                max_attempts: Some(self.inv.gates.retry_attempts.saturating_add(1)),
-                ..self.inv.retry_policy()
-            })
-            .await?;
+        for (source, weights) in before {
+            let _: SetTrafficWeightsOutput = self
+                .step::<SetTrafficWeights>(&SetTrafficWeightsInput {
+                    conn: self.elb.clone(),
+                    source: source.clone(),
+                    weights: weights.by_target_group.clone(),
+                })
+                .label(format!(
+                    "9. switch traffic back to zone B on {}",
+                    source.label()
+                ))
+                .retry(RetryPolicy {
+                    max_attempts: Some(self.inv.gates.retry_attempts.saturating_add(1)),
+                    ..self.inv.retry_policy()
+                })
+                .await?;
+        }
         Ok(())
     }
 }
@@ -900,6 +932,17 @@ pub fn abnormal_estate(
     arn_of_zone_a: &str,
     arn_of_zone_b: &str,
     mirrormaker: &BTreeMap<String, i32>,
+) -> Vec<String> {
+    let mut problems = abnormal_traffic(weights, arn_of_zone_a, arn_of_zone_b);
+    problems.extend(abnormal_mirrormaker(mirrormaker));
+    problems
+}
+
+/// What is not normal about one listener's or rule's weights (see [`abnormal_estate`]).
+pub fn abnormal_traffic(
+    weights: &BTreeMap<String, i32>,
+    arn_of_zone_a: &str,
+    arn_of_zone_b: &str,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let seen = || {
@@ -925,12 +968,16 @@ pub fn abnormal_estate(
             seen()
         )),
     }
-    for (name, replicas) in mirrormaker {
-        if *replicas <= 0 {
-            problems.push(format!(
-                "MirrorMaker2 Deployment {name} has {replicas} replicas (expected more than 0)"
-            ));
-        }
-    }
     problems
+}
+
+/// Every `MirrorMaker2` Deployment must have replicas (a run records them as what to restore).
+pub fn abnormal_mirrormaker(mirrormaker: &BTreeMap<String, i32>) -> Vec<String> {
+    mirrormaker
+        .iter()
+        .filter(|(_, replicas)| **replicas <= 0)
+        .map(|(name, replicas)| {
+            format!("MirrorMaker2 Deployment {name} has {replicas} replicas (expected more than 0)")
+        })
+        .collect()
 }

@@ -112,41 +112,47 @@ pub async fn plan(inv: &Inventory) -> Plan {
             "approved".into(),
         );
     }
-    let weights = match inv.traffic_source() {
-        Ok(source) => {
-            ReadTrafficWeights
-                .run(
-                    ctx(),
-                    ReadTrafficWeightsInput {
-                        conn: inv.elb(),
-                        source,
-                    },
-                )
-                .await
-        }
-        Err(e) => Err(activity::Error::fatal(e.to_string())),
-    };
     let a = &inv.traffic.zone_a_target_group_arn;
     let b = &inv.traffic.zone_b_target_group_arn;
-    let current_weights = match &weights {
-        Ok(w) => format!(
-            "A={} B={}",
-            w.by_target_group
-                .get(a)
-                .map_or("-".into(), ToString::to_string),
-            w.by_target_group
-                .get(b)
-                .map_or("-".into(), ToString::to_string)
-        ),
-        Err(e) => note(e.clone()),
+    let sources = match inv.traffic_sources() {
+        Ok(s) => s,
+        Err(e) => {
+            note(activity::Error::fatal(e.to_string()));
+            Vec::new()
+        }
     };
-    push(
-        &mut actions,
-        "1",
-        "switch traffic to zone A".into(),
-        current_weights.clone(),
-        "A=100 B=0".into(),
-    );
+    let mut traffic = Vec::new();
+    for source in sources {
+        let weights = ReadTrafficWeights
+            .run(
+                ctx(),
+                ReadTrafficWeightsInput {
+                    conn: inv.elb(),
+                    source: source.clone(),
+                },
+            )
+            .await;
+        let current = match &weights {
+            Ok(w) => format!(
+                "A={} B={}",
+                w.by_target_group
+                    .get(a)
+                    .map_or("-".into(), ToString::to_string),
+                w.by_target_group
+                    .get(b)
+                    .map_or("-".into(), ToString::to_string)
+            ),
+            Err(e) => note(e.clone()),
+        };
+        push(
+            &mut actions,
+            "1",
+            format!("switch traffic to zone A on {}", source.label()),
+            current.clone(),
+            "A=100 B=0".into(),
+        );
+        traffic.push((source, current));
+    }
     let mut replicas = Vec::new();
     for name in &inv.mirrormaker.deployments {
         let n = match ReadReplicas.run(ctx(), inv.deployment(name)).await {
@@ -272,13 +278,15 @@ pub async fn plan(inv: &Inventory) -> Plan {
             n,
         );
     }
-    push(
-        &mut actions,
-        "9",
-        "switch traffic back to zone B".into(),
-        "A=100 B=0".into(),
-        current_weights,
-    );
+    for (source, current) in traffic {
+        push(
+            &mut actions,
+            "9",
+            format!("switch traffic back to zone B on {}", source.label()),
+            "A=100 B=0".into(),
+            current,
+        );
+    }
     let order: Vec<String> = actions
         .iter()
         .filter(|a| a.step == "3" || a.step == "4")
@@ -349,12 +357,19 @@ pub fn gate_descriptions(inv: &Inventory) -> Vec<String> {
     out
 }
 
+/// The plan's estimate of a run, seconds: about a minute per server restart (a real server
+/// stops, starts and bootstraps) plus its settle time. The default overall deadline of a run is
+/// a multiple of it (`Inventory::max_duration_secs`).
+pub fn estimate_secs(restarts: u64, settle_ms: u64) -> u64 {
+    restarts.saturating_mul(60u64.saturating_add(settle_ms / 1000))
+}
+
 /// A lower bound (settle times plus about a minute per node restart, as a real server takes
 /// to stop, start and bootstrap) and the upper bound the timeouts allow.
 fn expected_duration(inv: &Inventory, order: &[String]) -> String {
     let g = &inv.gates;
     let nodes = u64::try_from(order.len()).unwrap_or(u64::MAX);
-    let low_secs = nodes.saturating_mul(60 + g.settle_ms / 1000);
+    let low_secs = estimate_secs(nodes, g.settle_ms);
     let per_node = g
         .health_timeout_secs
         .saturating_add(g.node_timeout_secs.saturating_mul(4))
