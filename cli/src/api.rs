@@ -1,16 +1,24 @@
-//! What the commands show, computed from a log: the same data whether the CLI reads the data
-//! directory itself or asks the daemon (which calls these same functions).
+//! The API: what the commands show, computed from a log (the same data whether the CLI reads
+//! the data directory itself or asks the daemon, which calls these same functions), what
+//! clients send (the request bodies), and who holds a cluster ([`ClusterLocks`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::path::PathBuf;
+
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use waymark_engine::core::RunState;
 use waymark_engine::log::EventLog;
 use waymark_engine::RunId;
+use waymark_workflows::Inventory;
 
-use crate::display;
+use crate::exit::usage;
+use crate::schedule::{NewSchedule, ScheduleBook};
+use crate::view;
 
-pub use waymark_cli::follow::{follow_lines, EventRow, FollowLine};
+pub use crate::follow::{follow_lines, EventRow, FollowLine};
+pub use crate::view::{state_name, state_reason, DAMAGED, HELD, NEEDS_OPERATOR, REFUSED};
 
 /// One row of `ls`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -29,6 +37,10 @@ pub struct RunRow {
     pub started_at: String,
     /// Last event (RFC 3339).
     pub updated_at: String,
+    /// Why it stands where it does, when its state has a reason: `refused` (what failed, for
+    /// example the pre-flight checks) and `held` (who holds it and why).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// `ls` data; runs whose history does not load are reported apart.
@@ -40,34 +52,25 @@ pub struct RunList {
     pub damaged: Vec<String>,
 }
 
-/// The states `ls --state` accepts. `needs-operator`: ended with its compensation incomplete and
-/// not resolved yet (it holds its cluster); `damaged`: its history does not load (`waymark verify`).
-pub const STATES: [&str; 8] = [
+/// The states `ls --state` accepts. `held`: stopped by an operator's `hold` (unfinished, its
+/// cluster stays held); `refused`: ended before changing anything (pre-flight failed, approval
+/// timed out); `needs-operator`: ended with its compensation incomplete and not resolved yet
+/// (it holds its cluster); `damaged`: its history does not load (`waymark verify`).
+pub const STATES: [&str; 10] = [
     "running",
+    HELD,
     "compensating",
     "suspended",
     "completed",
     "failed",
     "cancelled",
+    REFUSED,
     NEEDS_OPERATOR,
     DAMAGED,
 ];
 
-/// The state of a run that ended with its compensation incomplete and holds its cluster until an
-/// operator resolves it (`waymark resolve`).
-pub const NEEDS_OPERATOR: &str = "needs-operator";
-
-/// The state shown for a run whose history does not load.
-pub const DAMAGED: &str = "damaged";
-
-/// The state name `ls` shows for a run.
-pub fn state_name(st: &RunState) -> &'static str {
-    if st.needs_operator() {
-        NEEDS_OPERATOR
-    } else {
-        st.status.name()
-    }
-}
+/// The signals an operator may send (`waymark signal`, `POST /v1/runs/{id}/signal`).
+pub const SIGNALS: [&str; 5] = ["approve", "pause", "hold", "resume", "cancel"];
 
 /// Lists runs, filtered. A run whose history does not load is listed with state `damaged` (and
 /// its error in [`RunList::damaged`]), never left out.
@@ -95,6 +98,7 @@ pub fn list(
                         started_by: "?".to_owned(),
                         started_at: String::new(),
                         updated_at: String::new(),
+                        reason: None,
                     });
                 }
                 continue;
@@ -112,6 +116,7 @@ pub fn list(
             started_by: st.started_by.clone(),
             started_at: st.started_at.to_rfc3339(),
             updated_at: st.updated_at.to_rfc3339(),
+            reason: state_reason(&st),
         });
     }
     Ok(out)
@@ -267,7 +272,7 @@ impl ClusterLocks {
 pub fn show(log: &dyn EventLog, run: RunId) -> anyhow::Result<serde_json::Value> {
     let records = log.read(run)?;
     let st = RunState::from_records(&records)?;
-    Ok(display::summary(&st, &records))
+    Ok(view::summary(&st, &records))
 }
 
 /// `history` data.
@@ -320,12 +325,122 @@ pub fn find_run(log: &dyn EventLog, text: &str) -> anyhow::Result<RunId> {
         .collect();
     match matches.as_slice() {
         [one] => Ok(*one),
-        [] => Err(crate::env::usage(format!(
+        [] => Err(usage(format!(
             "no run matches {text:?}; `waymark ls` lists the runs"
         ))),
-        many => Err(crate::env::usage(format!(
+        many => Err(usage(format!(
             "{text:?} matches {} runs; give more of the id (`waymark ls`)",
             many.len()
         ))),
     }
+}
+
+/// Checks an operator's note (`resolve --note`): something a later reader can use.
+pub fn check_note(note: &str) -> anyhow::Result<()> {
+    if note.trim().is_empty() {
+        return Err(usage(
+            "--note must say what you checked or repaired (it is journaled with your name)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a signal's name.
+pub fn check_signal(name: &str) -> anyhow::Result<()> {
+    if SIGNALS.contains(&name) {
+        Ok(())
+    } else {
+        Err(usage(format!(
+            "unknown signal {name:?}; use one of {}",
+            SIGNALS.join(", ")
+        )))
+    }
+}
+
+/// `POST /v1/runs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StartRequest {
+    /// Workflow name.
+    pub workflow: String,
+    /// The inventory (validated again by the daemon).
+    pub inventory: Inventory,
+}
+
+/// `POST /v1/runs/{id}/signal`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SignalRequest {
+    /// One of [`SIGNALS`].
+    pub signal: String,
+    /// Why (journaled).
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/resolve`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    /// What the operator checked or repaired (journaled with their name).
+    pub note: String,
+}
+
+/// `POST /v1/schedules` (what `schedule add` sends).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleAddRequest {
+    /// Name.
+    pub name: String,
+    /// Workflow.
+    pub workflow: String,
+    /// Absolute inventory path.
+    pub inventory: PathBuf,
+    /// 5-field cron.
+    pub cron: String,
+    /// Window text (`30m`), optional.
+    pub window: Option<String>,
+    /// `skip` or `queue`.
+    pub overlap: String,
+    /// `none` or `latest`.
+    pub catch_up: String,
+}
+
+/// Turns an `add` request into the schedule core's input, checking the inventory (its cluster
+/// is the lock key).
+pub fn new_schedule(b: &ScheduleAddRequest) -> anyhow::Result<NewSchedule> {
+    let inv = Inventory::load(&b.inventory)?;
+    let window = match &b.window {
+        Some(w) => {
+            let d = crate::schedule::parse_duration(w)?;
+            crate::schedule::validate_window(d)?;
+            Some(d)
+        }
+        None => None,
+    };
+    Ok(NewSchedule {
+        name: b.name.clone(),
+        workflow: b.workflow.clone(),
+        inventory: b.inventory.clone(),
+        cluster: inv.cluster.name,
+        cron: b.cron.clone(),
+        window,
+        overlap: b.overlap.parse()?,
+        catch_up: b.catch_up.parse()?,
+    })
+}
+
+/// The schedules as `schedule ls` shows them.
+pub fn schedule_rows(book: &ScheduleBook) -> Vec<serde_json::Value> {
+    let now = Utc::now();
+    book.schedules
+        .values()
+        .map(|s| {
+            serde_json::json!({
+                "name": s.name, "workflow": s.workflow, "inventory": s.inventory, "cluster": s.cluster,
+                "cron": s.cron.as_str(), "window": crate::schedule::format_duration(s.effective_window()),
+                "overlap": s.overlap.as_str(), "catch_up": s.catch_up.as_str(), "paused": s.paused,
+                "next": s.next_fire_time(now).map(|t| t.to_rfc3339()),
+                "queued": book.queued.iter().filter(|q| q.schedule == s.name).count(),
+                "last_failure": s.last_failure.as_ref().map(|f| serde_json::json!({
+                    "at": f.at.to_rfc3339(), "fire_time": f.fire_time.to_rfc3339(), "message": f.message,
+                })),
+            })
+        })
+        .collect()
 }

@@ -10,10 +10,12 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
-use crate::api::FollowLine;
-use crate::env::Exit;
+use crate::exit::{Exit, ExitStatus};
+use crate::follow::FollowLine;
+use crate::paths::socket_path;
 
 /// A connection point to a running daemon.
+#[derive(Debug)]
 pub struct Client {
     socket: PathBuf,
 }
@@ -23,16 +25,16 @@ impl Client {
     /// connections is a daemon's leftover (the CLI then works on the directory itself); a socket
     /// this user may not open is an error.
     pub async fn connect(data_dir: &Path) -> anyhow::Result<Option<Client>> {
-        let socket = crate::daemon::socket_path(data_dir);
+        let socket = socket_path(data_dir);
         match UnixStream::connect(&socket).await {
             Ok(_) => Ok(Some(Client { socket })),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(anyhow::Error::new(Exit {
-                code: 3,
-                message: format!(
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(Exit::error(
+                ExitStatus::Unusable,
+                format!(
                     "{}: permission denied: the daemon's socket is owner-only; run as the user that runs the daemon",
                     socket.display()
                 ),
-            })),
+            )),
             Err(_) => Ok(None),
         }
     }
@@ -75,13 +77,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(anyhow::Error::new(Exit {
-                code: v["code"].as_u64().map_or(1, |c| c as u8),
-                message: v["error"]
-                    .as_str()
-                    .map_or_else(|| format!("daemon answered {status}"), str::to_owned),
-            }));
+            return Err(answer_error(&bytes, &format!("daemon answered {status}")));
         }
         Ok(serde_json::from_slice(&bytes)?)
     }
@@ -97,11 +93,7 @@ impl Client {
             .await?;
         if !resp.status().is_success() {
             let bytes = resp.into_body().collect().await?.to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            return Err(anyhow::Error::new(Exit {
-                code: v["code"].as_u64().map_or(1, |c| c as u8),
-                message: v["error"].as_str().unwrap_or("follow refused").to_owned(),
-            }));
+            return Err(answer_error(&bytes, "follow refused"));
         }
         let mut body = resp.into_body();
         let mut buf: Vec<u8> = Vec::new();
@@ -121,4 +113,15 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The error of a daemon's error answer (`{"error": ..., "code": ...}`), exiting as the daemon says.
+fn answer_error(body: &[u8], otherwise: &str) -> anyhow::Error {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    Exit::error(
+        v["code"]
+            .as_u64()
+            .map_or(ExitStatus::Failure, ExitStatus::from_code),
+        v["error"].as_str().unwrap_or(otherwise),
+    )
 }

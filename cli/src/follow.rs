@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use waymark_engine::event::{Event, Record};
 use waymark_engine::{Engine, RunId, RunOutcome};
 
+use crate::view::{outcome_line, outcome_status};
+
 /// One event as the API carries it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventRow {
@@ -57,33 +59,9 @@ pub enum FollowLine {
     End {
         /// One line.
         outcome: String,
-        /// Exit code for the CLI (0 completed).
+        /// Exit code for the CLI ([`crate::exit::ExitStatus::code`]: 0 completed).
         code: u8,
     },
-}
-
-/// Exit code for how a run ended, as a number (0 completed, 1 otherwise).
-pub fn outcome_code(outcome: &RunOutcome) -> u8 {
-    match outcome {
-        RunOutcome::Completed(_) => 0,
-        _ => 1,
-    }
-}
-
-/// One line for how a run ended.
-pub fn outcome_line(run: RunId, outcome: &RunOutcome) -> String {
-    match outcome {
-        RunOutcome::Completed(out) => format!("run {run} completed: {out}"),
-        RunOutcome::Failed(e) => format!("run {run} FAILED (compensations ran): {e}"),
-        RunOutcome::Cancelled(e) => format!("run {run} CANCELLED (compensations ran): {e}"),
-        RunOutcome::Suspended(r) => format!(
-            "run {run} SUSPENDED: the workflow code no longer matches its history: {r:?}; \
-             `waymark replay {run}` shows the divergence"
-        ),
-        RunOutcome::Stopped(why) => {
-            format!("run {run} stopped unfinished ({why}); `waymark resume {run}` continues it")
-        }
-    }
 }
 
 /// Puts live records back in sequence order. Records at or below the last one delivered are
@@ -188,7 +166,7 @@ pub async fn follow_lines(
                 }
                 let end = FollowLine::End {
                     outcome: outcome_line(run, &outcome),
-                    code: outcome_code(&outcome),
+                    code: outcome_status(&outcome).code(),
                 };
                 let _ = tx.send(end).await;
                 return Ok(Some(outcome));

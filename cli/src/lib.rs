@@ -1,4 +1,22 @@
-//! Library part of the waymark CLI: pieces shared with the tests.
+//! The waymark CLI's library: everything but the command line itself, in layers that point one
+//! way (each module uses only those listed before it):
+//!
+//! 1. [`exit`] (exit statuses), [`view`] (pure rendering of runs), [`paths`] (the data
+//!    directory, its files, the operator), [`schedule`] (the pure schedule core);
+//! 2. [`follow`] and [`api`]: the API types and the data of every listing, shared by the daemon
+//!    and direct mode;
+//! 3. [`client`] (the CLI's side of the daemon API) and [`daemon`] (`serve`, its routes, the
+//!    scheduler loop).
+//!
+//! The `waymark` binary (`main.rs`, `args.rs`, `commands/`) sits on top.
 
-pub mod follow;
+pub mod exit;
+pub mod paths;
 pub mod schedule;
+pub mod view;
+
+pub mod api;
+pub mod follow;
+
+pub mod client;
+pub mod daemon;

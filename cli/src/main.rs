@@ -1,294 +1,34 @@
 //! `waymark`: the operator command line. Runs workflows in the foreground, resumes interrupted
-//! runs, plans, shows and audits history, signals runs, and runs the demo and the sandbox.
+//! runs, plans, shows and audits history, signals runs, runs the daemon, and (with the default
+//! `sandbox` feature) the demo and the sandbox.
 //!
-//! Data goes to stdout; progress and logs go to stderr. Exit codes: 0 success; 1 the run (or
-//! the check) ended badly (failed, cancelled, suspended, a verify fault, a replay divergence);
-//! 2 bad usage or input (an invalid inventory, an unknown run); 3 the data directory is unusable
-//! (in use by another process, damaged).
+//! Data goes to stdout; progress and logs go to stderr. Exit statuses:
+//! [`waymark_cli::exit::ExitStatus`]. Layers: `args` (the command line), `commands` (one
+//! function per command), then this file; everything else is the `waymark_cli` library.
 
-mod api;
-mod client;
+mod args;
 mod commands;
-mod daemon;
-mod daemon_schedules;
-mod display;
-mod env;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::Parser;
+use waymark_cli::exit::{classify, is_broken_pipe, ExitStatus};
+use waymark_cli::paths;
 
-/// Durable maintenance runbooks: every step journaled, never lost, never done twice.
-#[derive(Parser, Debug)]
-#[command(name = "waymark", version, long_about = None, after_help = env::AFTER_HELP)]
-pub struct Cli {
-    /// Where runs are journaled (default: ~/.local/share/waymark)
-    #[arg(long, global = true, env = "WAYMARK_DATA_DIR", value_name = "DIR")]
-    data_dir: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
-
-/// Output formats of listings.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    /// For people.
-    Text,
-    /// For programs.
-    Json,
-}
-
-/// Output formats of `history`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum HistoryOutput {
-    /// One line per event.
-    Text,
-    /// The records as JSON.
-    Json,
-    /// A Mermaid sequence diagram of the systems the run touched.
-    Mermaid,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Run the daemon: owns the data directory, resumes unfinished runs, runs schedules, serves
-    /// the CLI on the data directory's waymark.sock (owner-only) and optionally on TCP with a token.
-    Daemon {
-        /// Also serve the API (and /metrics) over TCP: a port (bound on 127.0.0.1) or an
-        /// address. Plaintext HTTP: keep it on loopback or put it behind TLS termination.
-        #[arg(long, value_name = "PORT|ADDR", requires = "token_file", value_parser = parse_listen)]
-        listen_tcp: Option<std::net::SocketAddr>,
-        /// File holding the bearer token TCP clients must send (16+ characters; owned by the
-        /// daemon's user, mode 600).
-        #[arg(long, value_name = "FILE")]
-        token_file: Option<PathBuf>,
-        /// The folder TCP clients may name inventories in when adding schedules (without it,
-        /// only unix-socket clients may add schedules).
-        #[arg(long, value_name = "DIR")]
-        inventory_dir: Option<PathBuf>,
-    },
-    /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
-    /// run goes on).
-    Start {
-        /// Workflow name (yb-maintenance).
-        workflow: String,
-        /// Inventory file describing the estate.
-        #[arg(long, value_name = "FILE")]
-        inventory: PathBuf,
-        /// Print the run id and return at once.
-        #[arg(long)]
-        detach: bool,
-    },
-    /// Show a run's history so far, then follow it live (through the daemon).
-    Attach {
-        /// Run id (a unique prefix is enough).
-        run: String,
-    },
-    /// Scheduled maintenance (kept by the daemon).
-    Schedule {
-        #[command(subcommand)]
-        command: ScheduleCommand,
-    },
-    /// Start a run and follow it in the foreground, without a daemon, until it ends (Ctrl-C leaves
-    /// it interrupted: waymark resume continues it).
-    Run {
-        /// Workflow name (yb-maintenance).
-        workflow: String,
-        /// Inventory file describing the estate.
-        #[arg(long, value_name = "FILE")]
-        inventory: PathBuf,
-    },
-    /// Continue runs left unfinished (all of them, or one), following them to the end.
-    Resume {
-        /// Run id (default: every unfinished run).
-        run: Option<String>,
-    },
-    /// Read the live estate and print every action a run would take; changes nothing.
-    Plan {
-        /// Workflow name (yb-maintenance).
-        workflow: String,
-        /// Inventory file.
-        #[arg(long, value_name = "FILE")]
-        inventory: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
-    /// Run the seed runbook against a simulated estate on loopback (no external service needed).
-    Demo {
-        /// Make the sandbox fail this runbook step (1-9) persistently: shows retries, then
-        /// compensation bringing traffic and replication back to zone B.
-        #[arg(long, value_name = "STEP")]
-        fail_at: Option<u8>,
-        /// Divide every simulated delay (restarts, replication, rollouts) by this factor.
-        #[arg(long, default_value_t = 1)]
-        faster: u64,
-        /// Multiply every simulated duration by F (1.0: the real systems' durations, a 60 s
-        /// heartbeat timeout lasts 60 s); default 0.02 divided by --faster.
-        #[arg(long, value_name = "F")]
-        time_scale: Option<f64>,
-    },
-    /// List runs.
-    Ls {
-        /// Only runs in this state (running, compensating, suspended, completed, failed,
-        /// cancelled, needs-operator, damaged).
-        #[arg(long)]
-        state: Option<String>,
-        /// Only runs of this workflow.
-        #[arg(long)]
-        workflow: Option<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
-    /// Summary of one run: state, steps, attempts, durations, current step.
-    Show {
-        /// Run id (a unique prefix is enough).
-        run: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
-    /// The full event history of a run.
-    History {
-        /// Run id (a unique prefix is enough).
-        run: String,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = HistoryOutput::Text)]
-        output: HistoryOutput,
-    },
-    /// Re-execute a run's workflow code against its history without touching the estate, and
-    /// report whether it is deterministic (divergences shown side by side).
-    Replay {
-        /// Run id (a unique prefix is enough).
-        run: String,
-    },
-    /// Check checksums and hash chains of one run or of the whole log; exits 1 on any fault.
-    Verify {
-        /// Run id (default: every run).
-        run: Option<String>,
-    },
-    /// Send a signal to a run: approve, pause, resume, or cancel (which compensates).
-    Signal {
-        /// Run id (a unique prefix is enough).
-        run: String,
-        /// The signal.
-        #[arg(value_parser = ["approve", "pause", "resume", "cancel"])]
-        signal: String,
-        /// Why (recorded in the history).
-        #[arg(long)]
-        reason: Option<String>,
-    },
-    /// Free the cluster of a run that ended with COMPENSATION INCOMPLETE (state needs-operator),
-    /// after checking and repairing the estate by hand; the note is journaled with your name.
-    Resolve {
-        /// Run id (a unique prefix is enough).
-        run: String,
-        /// What you checked or repaired (recorded in the history).
-        #[arg(long)]
-        note: String,
-    },
-    /// Salvage a damaged event log: copy every record that verifies into a fresh store, keep the
-    /// damaged one beside it (log.damaged-TIME in the data directory), and say which runs lost
-    /// what. Needs the data directory to itself: stop the daemon first.
-    Recover,
-    /// The simulated estate.
-    Sandbox {
-        #[command(subcommand)]
-        command: SandboxCommand,
-    },
-    /// Print a shell completion script (bash, zsh, fish, ...).
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
-    /// Print the man page (roff).
-    Man,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ScheduleCommand {
-    /// Add a schedule: runs WORKFLOW on INVENTORY at each CRON time (5 fields, UTC), starting
-    /// only within WINDOW of that time and never while its cluster has a run going.
-    Add {
-        /// Schedule name.
-        name: String,
-        /// Workflow name.
-        #[arg(long)]
-        workflow: String,
-        /// Inventory file.
-        #[arg(long, value_name = "FILE")]
-        inventory: PathBuf,
-        /// Cron expression, e.g. "0 3 * * 2" (Tuesdays 03:00 UTC).
-        #[arg(long)]
-        cron: String,
-        /// How long after its time a run may still start, e.g. 30m, 2h [default: 1h].
-        #[arg(long)]
-        window: Option<String>,
-        /// When its cluster is busy at that time: skip the run, or queue it (within its window).
-        #[arg(long, value_parser = ["skip", "queue"], default_value = "skip")]
-        overlap: String,
-        /// Times missed while the daemon was down: none, or only the latest (if its window is open).
-        #[arg(long = "catch-up", value_parser = ["none", "latest"], default_value = "none")]
-        catch_up: String,
-    },
-    /// List schedules.
-    Ls {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = Output::Text)]
-        output: Output,
-    },
-    /// Remove a schedule.
-    Rm {
-        /// Schedule name.
-        name: String,
-    },
-    /// Stop a schedule from starting runs.
-    Pause {
-        /// Schedule name.
-        name: String,
-    },
-    /// Let a paused schedule start runs again (missed times are not made up).
-    Unpause {
-        /// Schedule name.
-        name: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum SandboxCommand {
-    /// Start the sandbox estate in this process and keep it up until interrupted; writes
-    /// DIR/inventory.toml once it is listening.
-    Up {
-        /// Folder for its state, keys, effects.jsonl and inventory.toml.
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Divide every simulated delay by this factor (tests use fast estates).
-        #[arg(long, default_value_t = 1)]
-        faster: u64,
-        /// Multiply every simulated duration by F (1.0: the real systems' durations); default
-        /// 0.02 divided by --faster.
-        #[arg(long, value_name = "F")]
-        time_scale: Option<f64>,
-    },
-}
-
-/// `--listen-tcp`: a bare port binds loopback only.
-fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse()
-        .map_err(|_| format!("{text:?} is neither a port nor an address like 127.0.0.1:7233"))
-}
+use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(
-        cli.command,
-        Command::Daemon { .. } | Command::Sandbox { .. }
-    ) {
+    let is_daemon = matches!(cli.command, Command::Daemon { .. });
+    #[cfg(feature = "sandbox")]
+    let is_sandbox = matches!(cli.command, Command::Sandbox { .. });
+    #[cfg(not(feature = "sandbox"))]
+    let is_sandbox = false;
+    #[cfg(feature = "sandbox")]
+    let is_demo = matches!(cli.command, Command::Demo { .. });
+    #[cfg(not(feature = "sandbox"))]
+    let is_demo = false;
+    if !is_daemon && !is_sandbox {
         // `waymark history RUN | head` ends quietly when the reader goes away, like any Unix tool.
         #[allow(unsafe_code)]
         // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
@@ -296,7 +36,6 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    let is_demo = matches!(cli.command, Command::Demo { .. });
     if is_demo {
         // The sandbox's ELBv2 accepts any credentials; the SDK needs some. Set before any thread starts.
         for (k, v) in [
@@ -310,12 +49,7 @@ fn main() -> ExitCode {
         }
     }
     // WAYMARK_LOG filters the logs (tracing's EnvFilter syntax); the daemon logs at info by default.
-    let default_level = if matches!(cli.command, Command::Daemon { .. }) {
-        "info"
-    } else {
-        "warn"
-    };
-    env::init_logging(default_level);
+    paths::init_logging(if is_daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,7 +57,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("waymark: cannot start the async runtime: {e}");
-            return ExitCode::from(3);
+            return ExitStatus::Unusable.into();
         }
     };
     let data_dir = match (&cli.data_dir, is_demo) {
@@ -332,18 +66,15 @@ fn main() -> ExitCode {
             "waymark-demo-{}",
             chrono::Utc::now().format("%Y%m%d-%H%M%S")
         )),
-        _ => env::data_dir(cli.data_dir.clone()),
+        _ => paths::data_dir(cli.data_dir.clone()),
     };
-    let result = runtime.block_on(commands::dispatch(cli.command, data_dir));
-    match result {
-        Ok(code) => code,
+    match runtime.block_on(commands::dispatch(cli.command, data_dir)) {
+        Ok(status) => status.into(),
+        Err(e) if is_broken_pipe(&e) => ExitStatus::Success.into(),
         Err(e) => {
-            let (code, msg) = env::classify(&e);
-            if msg.contains("Broken pipe") {
-                return ExitCode::SUCCESS;
-            }
+            let (status, msg) = classify(&e);
             eprintln!("waymark: {msg}");
-            ExitCode::from(code)
+            status.into()
         }
     }
 }

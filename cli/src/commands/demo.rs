@@ -2,16 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
 use waymark_engine::Payload;
 use waymark_sandbox::{read_effects, Fault, FaultKind, Faults, Sandbox};
 use waymark_workflows::Inventory;
 
-use super::{engine, open_log, outcome_code, outcome_line};
-use crate::display::follow;
-use crate::env::{operator, usage};
+use waymark_cli::exit::{usage, ExitStatus};
+use waymark_cli::paths::{open_log, operator};
+use waymark_cli::view::{outcome_line, outcome_status};
+
+use super::engine;
+use super::watch::follow;
 
 /// The fault that makes runbook step `step` fail, and how long it lasts.
 fn fault_for_step(step: u8) -> Option<Fault> {
@@ -62,7 +64,7 @@ pub async fn demo(
     fail_at: Option<u8>,
     faster: u64,
     time_scale: Option<f64>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     let spec = super::sandbox::spec(faster, time_scale)?;
     let fault = match fail_at {
         None => None,
@@ -157,5 +159,5 @@ pub async fn demo(
          waymark --data-dir {dd} history {run} --output mermaid\n  waymark --data-dir {dd} replay {run}\n  waymark --data-dir {dd} verify"
     );
     sb.stop();
-    Ok(outcome_code(&outcome))
+    Ok(outcome_status(&outcome))
 }

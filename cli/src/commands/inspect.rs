@@ -2,16 +2,19 @@
 //! to them, through the daemon when one serves the data directory, else on the directory itself.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use hyper::Method;
 use waymark_engine::Payload;
 
-use super::{engine, replay_json, Target};
-use crate::api::{self, EventRow, RunList, VerifyReport};
-use crate::display::{self, mermaid_rows, Labels};
-use crate::env::{operator, usage};
-use crate::{HistoryOutput, Output};
+use waymark_cli::api::{self, EventRow, RunList, SignalRequest, VerifyReport};
+use waymark_cli::client::Client;
+use waymark_cli::exit::{usage, ExitStatus};
+use waymark_cli::paths::operator;
+use waymark_cli::view::{self, mermaid, outcome_line, outcome_status, replay_json, Labels};
+
+use super::watch::Printer;
+use super::{engine, Target};
+use crate::args::{HistoryOutput, Output};
 
 /// `waymark ls`.
 pub async fn ls(
@@ -19,7 +22,7 @@ pub async fn ls(
     state: Option<&str>,
     workflow: Option<&str>,
     output: Output,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     if let Some(s) = state {
         if !api::STATES.contains(&s) {
             return Err(usage(format!(
@@ -71,15 +74,11 @@ pub async fn ls(
             }
         }
     }
-    Ok(if list.damaged.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitStatus::success_if(list.damaged.is_empty()))
 }
 
 /// `waymark show RUN`.
-pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitCode> {
+pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitStatus> {
     let v: serde_json::Value = match Target::open(data_dir).await? {
         Target::Direct(log) => api::show(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
         Target::Daemon(c) => {
@@ -132,7 +131,7 @@ pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 /// `waymark history RUN`.
@@ -140,7 +139,7 @@ pub async fn history(
     data_dir: &Path,
     run: &str,
     output: HistoryOutput,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     let rows: Vec<EventRow> = match Target::open(data_dir).await? {
         Target::Direct(log) => api::history(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
         Target::Daemon(c) => {
@@ -152,17 +151,17 @@ pub async fn history(
         HistoryOutput::Text => {
             let mut labels = Labels::default();
             for r in &rows {
-                println!("{}", display::line(r.seq, r.at, &r.event, &mut labels));
+                println!("{}", view::line(r.seq, r.at, &r.event, &mut labels));
             }
         }
         HistoryOutput::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-        HistoryOutput::Mermaid => print!("{}", mermaid_rows(&rows)),
+        HistoryOutput::Mermaid => print!("{}", mermaid(rows.iter().map(|r| &r.event))),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 /// `waymark replay RUN`.
-pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
+pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitStatus> {
     let v: serde_json::Value = match Target::open(data_dir).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
@@ -186,15 +185,13 @@ pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
         println!("  recorded: {rec}");
         println!("  code now: {new}");
     }
-    Ok(if v["deterministic"].as_bool() == Some(true) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitStatus::success_if(
+        v["deterministic"].as_bool() == Some(true),
+    ))
 }
 
 /// `waymark verify [RUN]`.
-pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitStatus> {
     let report: VerifyReport = match Target::open(data_dir).await? {
         Target::Direct(log) => {
             let id = match run {
@@ -217,11 +214,7 @@ pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCo
         report.events,
         report.faults.len()
     );
-    Ok(if report.faults.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(ExitStatus::success_if(report.faults.is_empty()))
 }
 
 /// `waymark signal RUN SIGNAL`.
@@ -230,7 +223,7 @@ pub async fn signal(
     run: &str,
     name: &str,
     reason: Option<String>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     match Target::open(data_dir).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
@@ -241,8 +234,8 @@ pub async fn signal(
                 // A cancel of a suspended or version-refused run compensates from the history
                 // right here (no daemon runs): see it through rather than exit half-way.
                 if let Ok(outcome) = e.wait(id).await {
-                    println!("{}", super::outcome_line(id, &outcome));
-                    return Ok(super::outcome_code(&outcome));
+                    println!("{}", outcome_line(id, &outcome));
+                    return Ok(outcome_status(&outcome));
                 }
             }
             println!("signal {name} recorded for run {id}; no daemon runs here, so it takes effect when the run is resumed (`waymark resume {id}`)");
@@ -252,7 +245,10 @@ pub async fn signal(
                 .json(
                     Method::POST,
                     &format!("/v1/runs/{run}/signal"),
-                    Some(serde_json::json!({ "signal": name, "reason": reason })),
+                    Some(serde_json::to_value(SignalRequest {
+                        signal: name.to_owned(),
+                        reason,
+                    })?),
                 )
                 .await?;
             println!(
@@ -261,13 +257,13 @@ pub async fn signal(
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 /// `waymark resolve RUN --note "..."`: frees the cluster of a run that ended with its
 /// compensation incomplete, journaling who resolved it and the note.
-pub async fn resolve(data_dir: &Path, run: &str, note: &str) -> anyhow::Result<ExitCode> {
-    super::check_note(note)?;
+pub async fn resolve(data_dir: &Path, run: &str, note: &str) -> anyhow::Result<ExitStatus> {
+    api::check_note(note)?;
     let id = match Target::open(data_dir).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
@@ -279,19 +275,21 @@ pub async fn resolve(data_dir: &Path, run: &str, note: &str) -> anyhow::Result<E
                 .json(
                     Method::POST,
                     &format!("/v1/runs/{run}/resolve"),
-                    Some(serde_json::json!({ "note": note })),
+                    Some(serde_json::to_value(api::ResolveRequest {
+                        note: note.to_owned(),
+                    })?),
                 )
                 .await?;
             v["run"].as_str().unwrap_or(run).to_owned()
         }
     };
     println!("run {id} resolved: its cluster is free for the next run");
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 /// Follows a run through the daemon, printing events and progress; Ctrl-C only detaches.
-pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Result<ExitCode> {
-    let mut printer = display::Printer::default();
+pub async fn attach_daemon(c: &Client, run: &str) -> anyhow::Result<ExitStatus> {
+    let mut printer = Printer::default();
     let mut code = None;
     let follow = c.follow(run, |line| match printer.print(line) {
         Some((outcome, c)) => {
@@ -305,13 +303,13 @@ pub async fn attach_daemon(c: &crate::client::Client, run: &str) -> anyhow::Resu
         r = follow => r?,
         _ = tokio::signal::ctrl_c() => {
             eprintln!("detached; the run goes on in the daemon (`waymark attach {run}` to follow it again)");
-            return Ok(ExitCode::SUCCESS);
+            return Ok(ExitStatus::Success);
         }
     }
-    if let Some(c) = code {
-        Ok(ExitCode::from(c))
+    if let Some(status) = code {
+        Ok(status)
     } else {
         eprintln!("the daemon closed the stream before the run ended; `waymark attach {run}` to follow it again");
-        Ok(ExitCode::from(1))
+        Ok(ExitStatus::Failure)
     }
 }

@@ -1,27 +1,29 @@
-//! One function per command; `dispatch` picks it.
+//! One function per command (each returns the exit status); `dispatch` picks it.
 
+#[cfg(feature = "sandbox")]
 mod demo;
 mod inspect;
 mod recover;
 mod runs;
+#[cfg(feature = "sandbox")]
 mod sandbox;
 mod schedules;
+mod watch;
 
-use std::path::Path;
-use std::process::ExitCode;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use waymark_engine::event::SuspendReason;
-use waymark_engine::runtime::{ReplayReport, ReplayVerdict};
-use waymark_engine::DurableLog;
-use waymark_engine::{Engine, RunOutcome};
+use waymark_cli::client::Client;
+use waymark_cli::exit::ExitStatus;
+use waymark_cli::paths::open_log;
+use waymark_engine::{DurableLog, Engine};
 
-use crate::client::Client;
-use crate::{Command, SandboxCommand};
+#[cfg(feature = "sandbox")]
+use crate::args::SandboxCommand;
+use crate::args::{Cli, Command};
 
 /// Runs a command.
-pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow::Result<ExitCode> {
+pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Run {
             workflow,
@@ -33,6 +35,7 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             inventory,
             output,
         } => runs::plan(&workflow, &inventory, output).await,
+        #[cfg(feature = "sandbox")]
         Command::Demo {
             fail_at,
             faster,
@@ -58,7 +61,7 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
             token_file,
             inventory_dir,
         } => {
-            crate::daemon::run(crate::daemon::Options {
+            waymark_cli::daemon::run(waymark_cli::daemon::Options {
                 data_dir,
                 tcp: listen_tcp,
                 token_file,
@@ -69,22 +72,26 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
         }
         Command::Schedule { command } => schedules::command(&data_dir, command).await,
         Command::Completions { shell } => {
-            let mut cmd = <crate::Cli as clap::CommandFactory>::command();
+            let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "waymark", &mut std::io::stdout());
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Success)
         }
         Command::Man => {
-            let cmd = <crate::Cli as clap::CommandFactory>::command();
+            let cmd = <Cli as clap::CommandFactory>::command();
             clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Success)
         }
         Command::Signal {
             run,
             signal,
             reason,
         } => inspect::signal(&data_dir, &run, &signal, reason).await,
+        Command::Hold { run, reason } => {
+            inspect::signal(&data_dir, &run, "hold", Some(reason)).await
+        }
         Command::Resolve { run, note } => inspect::resolve(&data_dir, &run, &note).await,
         Command::Recover => recover::recover(&data_dir),
+        #[cfg(feature = "sandbox")]
         Command::Sandbox {
             command:
                 SandboxCommand::Up {
@@ -96,29 +103,10 @@ pub async fn dispatch(command: Command, data_dir: std::path::PathBuf) -> anyhow:
     }
 }
 
-/// Opens the event log of a data directory.
-pub fn open_log(data_dir: &Path) -> anyhow::Result<Arc<DurableLog>> {
-    let log = waymark_engine::open_log(data_dir)
-        .with_context(|| format!("data directory {}", data_dir.display()))?;
-    // What recovery found: the write in flight at a crash (informational), or damage.
-    for finding in &log.backend().report().findings {
-        if !finding.is_damage() {
-            tracing::info!("event log in {}: {finding}", data_dir.display());
-        }
-    }
-    for line in waymark_engine::log::EventLog::damage(log.as_ref()) {
-        eprintln!("waymark: {line}");
-    }
-    Ok(log)
-}
-
 /// An engine with every workflow and activity of this binary.
 pub fn engine(log: Arc<DurableLog>) -> Engine {
     waymark_workflows::register(Engine::builder(log)).build()
 }
-
-pub use crate::api::find_run;
-pub use crate::env::check_note;
 
 /// Where a command's data comes from: the daemon serving the data directory, or the directory.
 pub enum Target {
@@ -136,53 +124,4 @@ impl Target {
             None => Ok(Target::Direct(open_log(data_dir)?)),
         }
     }
-}
-
-/// Exit code for how a run ended.
-pub fn outcome_code(outcome: &RunOutcome) -> ExitCode {
-    ExitCode::from(outcome_code_u8(outcome))
-}
-
-pub use waymark_cli::follow::{outcome_code as outcome_code_u8, outcome_line};
-
-/// A replay report as the CLI prints it (and the daemon sends it).
-pub fn replay_json(r: &ReplayReport) -> serde_json::Value {
-    let (deterministic, verdict, recorded, new) = match &r.verdict {
-        ReplayVerdict::Deterministic => (
-            true,
-            "deterministic: the code reproduces every recorded step and the outcome".to_owned(),
-            None,
-            None,
-        ),
-        ReplayVerdict::InProgress { next } => (
-            true,
-            format!("deterministic so far (the run is unfinished); next it would: {next}"),
-            None,
-            None,
-        ),
-        ReplayVerdict::Diverged(SuspendReason::Nondeterminism {
-            position,
-            recorded,
-            new,
-        }) => (
-            false,
-            format!("NOT deterministic at command {position}:"),
-            Some(recorded.clone()),
-            Some(new.clone()),
-        ),
-        ReplayVerdict::Diverged(reason @ SuspendReason::WorkflowPanicked { .. }) => {
-            (false, reason.to_string(), None, None)
-        }
-        ReplayVerdict::OutcomeDiffers { recorded, replayed } => (
-            false,
-            "NOT deterministic: the outcome differs".to_owned(),
-            Some(recorded.clone()),
-            Some(replayed.clone()),
-        ),
-    };
-    serde_json::json!({
-        "run": r.run.to_string(), "workflow": r.workflow, "version": r.version, "events": r.events,
-        "positions": r.positions, "deterministic": deterministic, "verdict": verdict,
-        "recorded": recorded, "new": new,
-    })
 }

@@ -1,13 +1,13 @@
 //! `waymark recover`: salvages every intact record of a damaged event log into a fresh store.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
+use waymark_cli::exit::ExitStatus;
 use waymark_engine::log::segment::SegmentBackend;
 
 /// `waymark recover`: needs the data directory to itself (no daemon, no foreground run).
-pub fn recover(data_dir: &Path) -> anyhow::Result<ExitCode> {
+pub fn recover(data_dir: &Path) -> anyhow::Result<ExitStatus> {
     let backend = SegmentBackend::open(data_dir)
         .with_context(|| format!("data directory {}", data_dir.display()))?;
     let findings = backend.report().findings.clone();
@@ -16,7 +16,7 @@ pub fn recover(data_dir: &Path) -> anyhow::Result<ExitCode> {
             "the event log in {} has no damage: nothing to recover",
             data_dir.display()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitStatus::Success);
     }
     for f in &findings {
         eprintln!("found: {f}");
@@ -38,11 +38,7 @@ pub fn recover(data_dir: &Path) -> anyhow::Result<ExitCode> {
         summary.quarantined_runs.len(),
         summary.moved_aside.display()
     );
-    Ok(
-        if summary.shortened_runs.is_empty() && summary.quarantined_runs.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        },
-    )
+    Ok(ExitStatus::success_if(
+        summary.shortened_runs.is_empty() && summary.quarantined_runs.is_empty(),
+    ))
 }

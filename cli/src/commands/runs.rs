@@ -1,15 +1,19 @@
 //! `run`, `resume`, `plan`: starting and continuing runs in the foreground, and planning.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use waymark_engine::Payload;
 use waymark_workflows::{Inventory, YbMaintenance};
 
-use super::{engine, find_run, open_log, outcome_code, outcome_line};
-use crate::display::follow;
-use crate::env::{operator, usage};
-use crate::Output;
+use waymark_cli::api::{find_run, ClusterLocks, StartRequest};
+use waymark_cli::client::Client;
+use waymark_cli::exit::{usage, Exit, ExitStatus};
+use waymark_cli::paths::{open_log, operator};
+use waymark_cli::view::{outcome_line, outcome_status};
+
+use super::engine;
+use super::watch::follow;
+use crate::args::{HistoryOutput, Output};
 
 fn check_workflow(workflow: &str) -> anyhow::Result<()> {
     use waymark_engine::Workflow;
@@ -24,7 +28,7 @@ fn check_workflow(workflow: &str) -> anyhow::Result<()> {
 }
 
 /// `waymark run WORKFLOW --inventory FILE`.
-pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::Result<ExitCode> {
+pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::Result<ExitStatus> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
     refuse_if_daemon(
@@ -34,13 +38,12 @@ pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::R
     .await?;
     let log = open_log(data_dir)?;
     // We hold the data directory's lock: nothing can start a run between this check and ours.
-    let locks =
-        crate::api::ClusterLocks::scan(log.as_ref(), &mut std::collections::BTreeSet::new());
+    let locks = ClusterLocks::scan(log.as_ref(), &mut std::collections::BTreeSet::new());
     if let Some(holder) = locks.holder(&inv.cluster.name) {
-        return Err(anyhow::Error::new(crate::env::Exit {
-            code: 1,
-            message: holder.explain(&inv.cluster.name),
-        }));
+        return Err(Exit::error(
+            ExitStatus::Failure,
+            holder.explain(&inv.cluster.name),
+        ));
     }
     let engine = engine(log);
     let input = Payload::encode(&inv)?;
@@ -49,11 +52,11 @@ pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::R
     eprintln!("run {run} started; history in {}", data_dir.display());
     let outcome = follow(&engine, run).await?;
     println!("{}", outcome_line(run, &outcome));
-    Ok(outcome_code(&outcome))
+    Ok(outcome_status(&outcome))
 }
 
 /// `waymark resume [RUN]`.
-pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCode> {
+pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitStatus> {
     refuse_if_daemon(
         data_dir,
         "the daemon resumes unfinished runs itself; `waymark attach RUN` follows one",
@@ -73,21 +76,21 @@ pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCo
         if report.resumed.is_empty() {
             eprintln!("no unfinished run to resume in {}", data_dir.display());
             return Ok(if report.refused.is_empty() {
-                ExitCode::SUCCESS
+                ExitStatus::Success
             } else {
-                ExitCode::from(1)
+                ExitStatus::Failure
             });
         }
         report.resumed
     };
-    let mut code = ExitCode::SUCCESS;
+    let mut code = ExitStatus::Success;
     for (i, run) in runs.iter().enumerate() {
         eprintln!("resuming run {run} ({} of {})", i + 1, runs.len());
         // Other runs go on meanwhile; this follows them one after the other.
         let outcome = follow(&engine, *run).await?;
         println!("{}", outcome_line(*run, &outcome));
-        if outcome_code(&outcome) != ExitCode::SUCCESS {
-            code = outcome_code(&outcome);
+        if outcome_status(&outcome) != ExitStatus::Success {
+            code = outcome_status(&outcome);
         }
         if matches!(outcome, waymark_engine::RunOutcome::Stopped(_)) {
             break;
@@ -97,7 +100,7 @@ pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitCo
 }
 
 /// `waymark plan WORKFLOW --inventory FILE`.
-pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::Result<ExitCode> {
+pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::Result<ExitStatus> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
     let plan = waymark_workflows::plan::plan(&inv).await;
@@ -107,7 +110,7 @@ pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::R
     }
     let mismatches = plan.mismatches();
     if mismatches.is_empty() {
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitStatus::Success);
     }
     for a in &mismatches {
         eprintln!(
@@ -123,7 +126,7 @@ pub async fn plan(workflow: &str, inventory: &Path, output: Output) -> anyhow::R
         mismatches.len(),
         inventory.display()
     );
-    Ok(ExitCode::from(1))
+    Ok(ExitStatus::Failure)
 }
 
 /// `waymark start WORKFLOW --inventory FILE [--detach]`: through the daemon.
@@ -132,10 +135,10 @@ pub async fn start(
     workflow: &str,
     inventory: &Path,
     detach: bool,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<ExitStatus> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
-    let Some(client) = crate::client::Client::connect(data_dir).await? else {
+    let Some(client) = Client::connect(data_dir).await? else {
         return Err(usage(format!(
             "no daemon serves {}: start one (`waymark daemon --data-dir {}`), or run in the foreground with `waymark run`",
             data_dir.display(),
@@ -146,31 +149,34 @@ pub async fn start(
         .json(
             hyper::Method::POST,
             "/v1/runs",
-            Some(serde_json::json!({ "workflow": workflow, "inventory": inv })),
+            Some(serde_json::to_value(StartRequest {
+                workflow: workflow.to_owned(),
+                inventory: inv,
+            })?),
         )
         .await?;
     let run = v["run"].as_str().unwrap_or_default().to_owned();
     println!("{run}");
     if detach {
         eprintln!("run {run} started in the daemon; `waymark attach {run}` follows it");
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitStatus::Success);
     }
     super::inspect::attach_daemon(&client, &run).await
 }
 
 /// `waymark attach RUN`.
-pub async fn attach(data_dir: &Path, run: &str) -> anyhow::Result<ExitCode> {
-    if let Some(c) = crate::client::Client::connect(data_dir).await? {
+pub async fn attach(data_dir: &Path, run: &str) -> anyhow::Result<ExitStatus> {
+    if let Some(c) = Client::connect(data_dir).await? {
         super::inspect::attach_daemon(&c, run).await
     } else {
         eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
-        super::inspect::history(data_dir, run, crate::HistoryOutput::Text).await
+        super::inspect::history(data_dir, run, HistoryOutput::Text).await
     }
 }
 
 /// Refuses foreground work while a daemon owns the directory.
 pub async fn refuse_if_daemon(data_dir: &Path, what: &str) -> anyhow::Result<()> {
-    if crate::client::Client::connect(data_dir).await?.is_some() {
+    if Client::connect(data_dir).await?.is_some() {
         return Err(usage(format!(
             "a daemon serves {}: {what}",
             data_dir.display()

@@ -1,9 +1,9 @@
 //! `waymark sandbox up`: the simulated estate as its own process.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use anyhow::Context as _;
+use waymark_cli::exit::{usage, ExitStatus};
 
 /// The sandbox spec of `--faster N` / `--time-scale F` (F wins; F must be a positive number).
 pub fn spec(faster: u64, time_scale: Option<f64>) -> anyhow::Result<waymark_sandbox::Spec> {
@@ -12,14 +12,14 @@ pub fn spec(faster: u64, time_scale: Option<f64>) -> anyhow::Result<waymark_sand
         Some(f) if f.is_finite() && f > 0.0 => {
             Ok(waymark_sandbox::Spec::default().with_time_scale(f))
         }
-        Some(f) => Err(crate::env::usage(format!(
+        Some(f) => Err(usage(format!(
             "--time-scale takes a positive factor (1.0: real durations, 0.02: 50 times faster), not {f}"
         ))),
     }
 }
 
 /// Starts the sandbox and keeps it up until SIGINT or SIGTERM.
-pub async fn up(dir: &Path, faster: u64, time_scale: Option<f64>) -> anyhow::Result<ExitCode> {
+pub async fn up(dir: &Path, faster: u64, time_scale: Option<f64>) -> anyhow::Result<ExitStatus> {
     let spec = spec(faster, time_scale)?;
     let sb = waymark_sandbox::Sandbox::start(dir, &spec)
         .await
@@ -47,5 +47,5 @@ pub async fn up(dir: &Path, faster: u64, time_scale: Option<f64>) -> anyhow::Res
         _ = term.recv() => {}
     }
     sb.stop();
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }

@@ -2,25 +2,21 @@
 //! directory (it keeps the schedules), else on `DATA_DIR/schedules.json` for the next daemon start.
 
 use std::path::Path;
-use std::process::ExitCode;
 
 use chrono::Utc;
 use hyper::Method;
+use waymark_cli::api::{new_schedule, schedule_rows, ScheduleAddRequest};
+use waymark_cli::client::Client;
+use waymark_cli::exit::ExitStatus;
+use waymark_cli::paths::schedules_path;
 use waymark_cli::schedule::ScheduleBook;
 
-use crate::client::Client;
-use crate::daemon_schedules::{new_schedule, rows, AddBody};
-use crate::env::usage;
-use crate::{Output, ScheduleCommand};
-
-fn err(e: impl std::fmt::Display) -> anyhow::Error {
-    usage(e.to_string())
-}
+use crate::args::{Output, ScheduleCommand};
 
 /// Runs a schedule command.
-pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Result<ExitCode> {
+pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Result<ExitStatus> {
     let client = Client::connect(data_dir).await?;
-    let path = data_dir.join("schedules.json");
+    let path = schedules_path(data_dir);
     match command {
         ScheduleCommand::Add {
             name,
@@ -32,7 +28,7 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
             catch_up,
         } => {
             let inventory = std::path::absolute(&inventory)?;
-            let body = AddBody {
+            let body = ScheduleAddRequest {
                 name: name.clone(),
                 workflow,
                 inventory,
@@ -51,9 +47,9 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
                     .await?;
             } else {
                 std::fs::create_dir_all(data_dir)?;
-                let mut book = ScheduleBook::load(&path).map_err(err)?;
-                book.add(new_schedule(&body)?, Utc::now()).map_err(err)?;
-                book.save(&path).map_err(err)?;
+                let mut book = ScheduleBook::load(&path)?;
+                book.add(new_schedule(&body)?, Utc::now())?;
+                book.save(&path)?;
                 eprintln!(
                     "no daemon serves {}: saved for its next start",
                     data_dir.display()
@@ -64,7 +60,7 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
         ScheduleCommand::Ls { output } => {
             let list: Vec<serde_json::Value> = match client {
                 Some(c) => c.json(Method::GET, "/v1/schedules", None).await?,
-                None => rows(&ScheduleBook::load(&path).map_err(err)?),
+                None => schedule_rows(&ScheduleBook::load(&path)?),
             };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
@@ -104,16 +100,16 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
                     .json(Method::DELETE, &format!("/v1/schedules/{name}"), None)
                     .await?;
             } else {
-                let mut book = ScheduleBook::load(&path).map_err(err)?;
-                book.remove(&name).map_err(err)?;
-                book.save(&path).map_err(err)?;
+                let mut book = ScheduleBook::load(&path)?;
+                book.remove(&name)?;
+                book.save(&path)?;
             }
             println!("schedule {name} removed");
         }
         ScheduleCommand::Pause { name } => set_paused(client, &path, &name, true).await?,
         ScheduleCommand::Unpause { name } => set_paused(client, &path, &name, false).await?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Success)
 }
 
 async fn set_paused(
@@ -128,9 +124,9 @@ async fn set_paused(
             .json(Method::POST, &format!("/v1/schedules/{name}/{verb}"), None)
             .await?;
     } else {
-        let mut book = ScheduleBook::load(path).map_err(err)?;
-        book.set_paused(name, paused, Utc::now()).map_err(err)?;
-        book.save(path).map_err(err)?;
+        let mut book = ScheduleBook::load(path)?;
+        book.set_paused(name, paused, Utc::now())?;
+        book.save(path)?;
     }
     println!("schedule {name} {verb}d");
     Ok(())

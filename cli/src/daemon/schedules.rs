@@ -1,7 +1,6 @@
 //! The daemon's schedules: the API routes, and the scheduler loop that asks the pure schedule
-//! core (`waymark_cli::schedule`) what to start at each tick and starts it under the cluster lock.
+//! core ([`crate::schedule`]) what to start at each tick and starts it under the cluster lock.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,102 +10,35 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Json;
 use chrono::Utc;
-use serde::{Deserialize, Serialize};
-use waymark_cli::schedule::{Decision, NewSchedule, ScheduleBook};
 use waymark_workflows::Inventory;
 
-use crate::daemon::{Daemon, Peer};
-
-/// What `schedule add` sends.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct AddBody {
-    /// Name.
-    pub name: String,
-    /// Workflow.
-    pub workflow: String,
-    /// Absolute inventory path.
-    pub inventory: PathBuf,
-    /// 5-field cron.
-    pub cron: String,
-    /// Window text (`30m`), optional.
-    pub window: Option<String>,
-    /// `skip` or `queue`.
-    pub overlap: String,
-    /// `none` or `latest`.
-    pub catch_up: String,
-}
-
-/// Turns an `add` request into the core's input, checking the inventory (its cluster is the lock key).
-pub fn new_schedule(b: &AddBody) -> anyhow::Result<NewSchedule> {
-    let inv = Inventory::load(&b.inventory)?;
-    let window = match &b.window {
-        Some(w) => {
-            let d = waymark_cli::schedule::parse_duration(w)
-                .map_err(|e| crate::env::usage(e.to_string()))?;
-            waymark_cli::schedule::validate_window(d)
-                .map_err(|e| crate::env::usage(e.to_string()))?;
-            Some(d)
-        }
-        None => None,
-    };
-    Ok(NewSchedule {
-        name: b.name.clone(),
-        workflow: b.workflow.clone(),
-        inventory: b.inventory.clone(),
-        cluster: inv.cluster.name,
-        cron: b.cron.clone(),
-        window,
-        overlap: b
-            .overlap
-            .parse()
-            .map_err(|e: waymark_cli::schedule::Error| crate::env::usage(e.to_string()))?,
-        catch_up: b
-            .catch_up
-            .parse()
-            .map_err(|e: waymark_cli::schedule::Error| crate::env::usage(e.to_string()))?,
-    })
-}
-
-/// One schedule as listings show it.
-pub fn rows(book: &ScheduleBook) -> Vec<serde_json::Value> {
-    let now = Utc::now();
-    book.schedules
-        .values()
-        .map(|s| {
-            serde_json::json!({
-                "name": s.name, "workflow": s.workflow, "inventory": s.inventory, "cluster": s.cluster,
-                "cron": s.cron.as_str(), "window": waymark_cli::schedule::format_duration(s.effective_window()),
-                "overlap": s.overlap.as_str(), "catch_up": s.catch_up.as_str(), "paused": s.paused,
-                "next": s.next_fire_time(now).map(|t| t.to_rfc3339()),
-                "queued": book.queued.iter().filter(|q| q.schedule == s.name).count(),
-                "last_failure": s.last_failure.as_ref().map(|f| serde_json::json!({
-                    "at": f.at.to_rfc3339(), "fire_time": f.fire_time.to_rfc3339(), "message": f.message,
-                })),
-            })
-        })
-        .collect()
-}
+use super::{Daemon, Peer, StartError};
+use crate::api::{new_schedule, schedule_rows, ScheduleAddRequest};
+use crate::exit::ExitStatus;
+use crate::schedule::{Decision, ScheduleBook};
 
 fn bad(e: impl std::fmt::Display) -> Response {
     (
         StatusCode::BAD_REQUEST,
-        Json(serde_json::json!({ "error": e.to_string(), "code": 2 })),
+        Json(serde_json::json!({ "error": e.to_string(), "code": ExitStatus::Usage.code() })),
     )
         .into_response()
 }
 
 fn save(d: &Daemon, book: &ScheduleBook) -> Result<(), Response> {
-    book.save(d.schedules_path()).map_err(|e| {
+    book.save(&d.schedules_path).map_err(|e| {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
-            Json(serde_json::json!({ "error": e.to_string(), "code": 3 })),
+            Json(
+                serde_json::json!({ "error": e.to_string(), "code": ExitStatus::Unusable.code() }),
+            ),
         )
             .into_response()
     })
 }
 
 async fn list(State(d): State<Arc<Daemon>>) -> Response {
-    Json(rows(&d.schedules().lock().expect("schedules lock"))).into_response()
+    Json(schedule_rows(&d.schedules.lock().expect("schedules lock"))).into_response()
 }
 
 /// A TCP client may only name an inventory inside `--inventory-dir` (the daemon must not become
@@ -119,11 +51,11 @@ fn check_inventory_path(d: &Daemon, p: &Peer, path: &std::path::Path) -> Result<
     let refuse = |why: String| {
         Err((
             StatusCode::FORBIDDEN,
-            Json(serde_json::json!({ "error": why, "code": 2 })),
+            Json(serde_json::json!({ "error": why, "code": ExitStatus::Usage.code() })),
         )
             .into_response())
     };
-    let Some(dir) = d.inventory_dir() else {
+    let Some(dir) = d.inventory_dir.as_deref() else {
         return refuse(
             "TCP clients may not name inventory files: start the daemon with --inventory-dir DIR \
              and put the inventory there, or add the schedule through the unix socket"
@@ -148,7 +80,7 @@ fn check_inventory_path(d: &Daemon, p: &Peer, path: &std::path::Path) -> Result<
 async fn add(
     State(d): State<Arc<Daemon>>,
     ConnectInfo(p): ConnectInfo<Peer>,
-    Json(b): Json<AddBody>,
+    Json(b): Json<ScheduleAddRequest>,
 ) -> Response {
     if let Err(r) = check_inventory_path(&d, &p, &b.inventory) {
         return r;
@@ -157,7 +89,7 @@ async fn add(
         Ok(n) => n,
         Err(e) => return bad(format!("{e:#}")),
     };
-    let mut book = d.schedules().lock().expect("schedules lock");
+    let mut book = d.schedules.lock().expect("schedules lock");
     if let Err(e) = book.add(new, Utc::now()) {
         return bad(e);
     }
@@ -169,7 +101,7 @@ async fn add(
 }
 
 async fn remove(State(d): State<Arc<Daemon>>, AxPath(name): AxPath<String>) -> Response {
-    let mut book = d.schedules().lock().expect("schedules lock");
+    let mut book = d.schedules.lock().expect("schedules lock");
     if let Err(e) = book.remove(&name) {
         return bad(e);
     }
@@ -188,7 +120,7 @@ async fn pause(
         "unpause" => false,
         other => return bad(format!("unknown verb {other:?}: use pause or unpause")),
     };
-    let mut book = d.schedules().lock().expect("schedules lock");
+    let mut book = d.schedules.lock().expect("schedules lock");
     if let Err(e) = book.set_paused(&name, paused, Utc::now()) {
         return bad(e);
     }
@@ -199,7 +131,7 @@ async fn pause(
 }
 
 /// Schedule routes.
-pub fn routes() -> axum::Router<Arc<Daemon>> {
+pub(super) fn routes() -> axum::Router<Arc<Daemon>> {
     axum::Router::new()
         .route("/v1/schedules", get(list).post(add))
         .route("/v1/schedules/{name}", delete(remove))
@@ -209,7 +141,7 @@ pub fn routes() -> axum::Router<Arc<Daemon>> {
 /// Every `tick`: asks the schedule core what to do now and starts what is due. A fire time is
 /// saved as handled only after its run started; a failed start is recorded on its schedule and
 /// kept (see `ScheduleBook::start_failed`).
-pub async fn scheduler(
+pub(super) async fn scheduler(
     d: Arc<Daemon>,
     tick: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -225,7 +157,7 @@ pub async fn scheduler(
 
 async fn tick_once(d: &Daemon) {
     let known: Vec<String> = d
-        .schedules()
+        .schedules
         .lock()
         .expect("schedules lock")
         .schedules
@@ -234,15 +166,18 @@ async fn tick_once(d: &Daemon) {
         .collect();
     let busy = d.busy_clusters(known).await;
     let decisions = {
-        let mut book = d.schedules().lock().expect("schedules lock");
+        let mut book = d.schedules.lock().expect("schedules lock");
         let decisions = book.tick(Utc::now(), &busy);
         decisions
             .into_iter()
             .map(|dec| {
-                let target = book
-                    .schedules
-                    .get(dec.schedule())
-                    .map(|s| (s.workflow.clone(), s.inventory.clone()));
+                let target = book.schedules.get(dec.schedule()).map(|s| {
+                    let closes_at = match &dec {
+                        Decision::Start { fire_time, .. } => s.window_closes_at(*fire_time),
+                        _ => Utc::now(),
+                    };
+                    (s.workflow.clone(), s.inventory.clone(), closes_at)
+                });
                 (dec, target)
             })
             .collect::<Vec<_>>()
@@ -260,12 +195,18 @@ async fn tick_once(d: &Daemon) {
             tracing::info!("{decision}");
             continue;
         };
-        let Some((workflow, inventory)) = target else {
+        let Some((workflow, inventory, closes_at)) = target else {
             continue;
         };
         let by = format!("schedule {schedule} (fire time {})", fire_time.to_rfc3339());
         let started = match Inventory::load(&inventory) {
-            Ok(inv) => d.start_scheduled(&workflow, &inv, &by, *fire_time).await,
+            Ok(inv) => d
+                .start_scheduled(&workflow, &inv, &by, *fire_time, closes_at)
+                .await
+                .map_err(|e| match e {
+                    StartError::ClusterHeld(m) => (true, m),
+                    StartError::Other(_, m) => (false, m),
+                }),
             Err(e) => Err((false, format!("inventory {}: {e}", inventory.display()))),
         };
         match started {
@@ -278,12 +219,12 @@ async fn tick_once(d: &Daemon) {
             }
         }
     }
-    let mut book = d.schedules().lock().expect("schedules lock");
+    let mut book = d.schedules.lock().expect("schedules lock");
     for (schedule, fire_time, message, busy) in failures {
         let what = book.start_failed(&schedule, fire_time, Utc::now(), &message, busy);
         tracing::info!("{what}");
     }
-    if let Err(e) = book.save(d.schedules_path()) {
+    if let Err(e) = book.save(&d.schedules_path) {
         tracing::error!("cannot save schedules: {e}");
     }
 }

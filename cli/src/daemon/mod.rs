@@ -1,0 +1,415 @@
+//! `waymark daemon`: owns the event log for months, resumes every unfinished run at start, runs
+//! scheduled maintenance, and serves the API over a unix socket (owner-only; the peer's user is
+//! recorded as the operator) and optionally over TCP with a bearer token.
+//!
+//! [`prepare`] checks every setting and binds every listener (nothing is resumed yet);
+//! [`serve`] resumes the runs and serves until its shutdown future completes; [`run`] is the
+//! two with SIGTERM/SIGINT as the shutdown (what `waymark daemon` calls). Tests call `serve`
+//! in-process with listeners of their own.
+
+pub mod metrics;
+pub mod peer;
+mod routes;
+mod schedules;
+
+use std::collections::BTreeSet;
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::{TcpListener, UnixListener};
+use waymark_engine::event::Event;
+use waymark_engine::log::EventLog;
+use waymark_engine::{Engine, Payload, RunId};
+use waymark_workflows::Inventory;
+
+use crate::api;
+use crate::exit::{usage, Exit, ExitStatus};
+use crate::paths::{open_log, schedules_path, socket_path};
+use crate::schedule::ScheduleBook;
+
+pub use metrics::{MeteredLog, Metrics};
+pub use peer::Peer;
+
+/// Options of `waymark daemon`.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The data directory (log, socket, schedules).
+    pub data_dir: PathBuf,
+    /// Also listen on TCP here (needs a token).
+    pub tcp: Option<SocketAddr>,
+    /// File holding the bearer token TCP clients must send.
+    pub token_file: Option<PathBuf>,
+    /// How often the scheduler looks at the schedules.
+    pub tick: Duration,
+    /// The folder TCP clients may name inventories in (`schedule add`); none: they may not.
+    pub inventory_dir: Option<PathBuf>,
+}
+
+/// Where the daemon serves: its unix socket (and the path, named in errors), and TCP.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The owner-only unix socket ([`bind_owner_only`]) and its path.
+    pub unix: (UnixListener, PathBuf),
+    /// TCP (every request then needs the bearer token of [`Config::token`]).
+    pub tcp: Option<TcpListener>,
+}
+
+/// What the daemon needs besides its listeners and engine.
+pub struct Config {
+    /// The bearer token TCP clients must send (checked, [`read_token`]); none: no TCP.
+    pub token: Option<String>,
+    /// The schedules, as loaded, and the file they are saved to.
+    pub schedules: (ScheduleBook, PathBuf),
+    /// How often the scheduler looks at the schedules.
+    pub tick: Duration,
+    /// Where TCP clients may name inventories (canonical); none: they may not.
+    pub inventory_dir: Option<PathBuf>,
+    /// The counters of the engine's log ([`MeteredLog::wrap`]).
+    pub metrics: Arc<Metrics>,
+}
+
+/// A daemon ready to serve: every setting checked, every listener bound, the engine built on
+/// the data directory's log; no run resumed yet.
+pub struct Prepared {
+    /// Its listeners.
+    pub listeners: Listeners,
+    /// Its engine (every workflow and activity of this build).
+    pub engine: Engine,
+    /// Its settings.
+    pub config: Config,
+}
+
+/// Checks every setting and binds every listener, in this order: token file, inventory folder,
+/// the data directory's log (its lock), the schedules file, the socket, TCP. A bad setting
+/// fails here, before any run is resumed.
+pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
+    if opts.tcp.is_some() && opts.token_file.is_none() {
+        return Err(usage(
+            "--listen-tcp needs --token-file: TCP clients must present a bearer token",
+        ));
+    }
+    let token = opts.token_file.as_deref().map(read_token).transpose()?;
+    let inventory_dir = match &opts.inventory_dir {
+        Some(dir) => Some(std::fs::canonicalize(dir).with_context(|| {
+            format!("--inventory-dir {}: not a readable folder", dir.display())
+        })?),
+        None => None,
+    };
+    let durable = open_log(&opts.data_dir).map_err(|e| {
+        Exit::error(
+            ExitStatus::Unusable,
+            format!(
+                "{e:#}; if a daemon is already running on this directory, use it (`waymark ls`)"
+            ),
+        )
+    })?;
+    let schedules_file = schedules_path(&opts.data_dir);
+    let book = ScheduleBook::load(&schedules_file)?;
+    let sock = socket_path(&opts.data_dir);
+    let unix = bind_owner_only(&sock)?;
+    let tcp = match opts.tcp {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--listen-tcp)"))?,
+        ),
+        None => None,
+    };
+    let (log, metrics) = MeteredLog::wrap(durable);
+    let engine = waymark_workflows::register(Engine::builder(log)).build();
+    Ok(Prepared {
+        listeners: Listeners {
+            unix: (unix, sock),
+            tcp,
+        },
+        engine,
+        config: Config {
+            token,
+            schedules: (book, schedules_file),
+            tick: opts.tick,
+            inventory_dir,
+            metrics,
+        },
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. Every setting is checked and every listener bound
+/// before any run is resumed: a bad setting exits with no driver started.
+pub async fn run(opts: Options) -> anyhow::Result<ExitStatus> {
+    // Handlers first: a SIGTERM at any point of the start (even while runs are being resumed)
+    // is then a clean stop, never the default action killing drivers mid-attempt.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let prepared = prepare(&opts).await?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+    };
+    serve(
+        prepared.listeners,
+        prepared.engine,
+        prepared.config,
+        shutdown,
+    )
+    .await?;
+    Ok(ExitStatus::Success)
+}
+
+/// Resumes every unfinished run of `engine`, then serves the API on `listeners` and runs the
+/// schedules until `shutdown` completes; then stops the drivers (each attempt in flight is
+/// journaled as interrupted), the scheduler and the listeners, and removes the socket file.
+pub async fn serve(
+    listeners: Listeners,
+    engine: Engine,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Listeners {
+        unix: (unix, sock),
+        tcp,
+    } = listeners;
+    if let Some(l) = &tcp {
+        let local = l.local_addr()?;
+        if !local.ip().is_loopback() {
+            tracing::warn!(
+                "TCP API on {local} is plaintext HTTP: the bearer token crosses the network \
+                 in clear; serve it on loopback or behind TLS termination"
+            );
+        }
+        tracing::info!("TCP API on {local} (bearer token required)");
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: getuid(2) has no preconditions.
+    let own_uid = unsafe { libc::getuid() };
+    let (book, schedules_file) = config.schedules;
+    let d = Arc::new(Daemon {
+        engine: engine.clone(),
+        log: engine.log().clone(),
+        metrics: config.metrics,
+        own_uid,
+        token: config.token,
+        schedules_path: schedules_file,
+        schedules: Mutex::new(book),
+        starting: tokio::sync::Mutex::new(BTreeSet::new()),
+        socket: sock.clone(),
+        inventory_dir: config.inventory_dir,
+    });
+    let report = engine.resume_all()?;
+    tracing::info!(resumed = report.resumed.len(), "resumed unfinished runs");
+    for (run, e) in &report.refused {
+        tracing::error!(%run, "run not resumed: {e}");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let unix_task = tokio::spawn(
+        axum::serve(
+            unix,
+            routes::unix_app(d.clone()).into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(stopped(stop_rx.clone()))
+        .into_future(),
+    );
+    let tcp_task = tcp.map(|l| {
+        tokio::spawn(
+            axum::serve(
+                l,
+                routes::tcp_app(d.clone()).into_make_service_with_connect_info::<Peer>(),
+            )
+            .with_graceful_shutdown(stopped(stop_rx.clone()))
+            .into_future(),
+        )
+    });
+    let sched = tokio::spawn(schedules::scheduler(
+        d.clone(),
+        config.tick,
+        stop_rx.clone(),
+    ));
+    tracing::info!(socket = %sock.display(), "serving (owner-only)");
+    shutdown.await;
+    tracing::info!(
+        "stopping: attempts in flight are journaled as interrupted and resume on the next start"
+    );
+    stop_tx.send_replace(true);
+    engine.shutdown().await;
+    let _ = sched.await;
+    let _ = unix_task.await;
+    if let Some(t) = tcp_task {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&sock);
+    Ok(())
+}
+
+/// What the handlers and the scheduler share.
+struct Daemon {
+    engine: Engine,
+    log: Arc<dyn EventLog>,
+    metrics: Arc<Metrics>,
+    own_uid: u32,
+    token: Option<String>,
+    schedules_path: PathBuf,
+    schedules: Mutex<ScheduleBook>,
+    /// The per-cluster lock: held from the check of who holds a cluster until the new run's
+    /// `RunStarted` is durable, so two starts (API or schedule) never both pass the check. It
+    /// guards the runs known to be ended for good (skipped by later checks).
+    starting: tokio::sync::Mutex<BTreeSet<RunId>>,
+    /// The unix socket (named in errors).
+    socket: PathBuf,
+    /// Where TCP clients may name inventories for `schedule add` (none: they may not).
+    inventory_dir: Option<PathBuf>,
+}
+
+/// Why a start did not happen.
+#[derive(Debug)]
+enum StartError {
+    /// The cluster is held (by a run, or because the log cannot tell).
+    ClusterHeld(String),
+    /// Anything else, with its exit status.
+    Other(ExitStatus, String),
+}
+
+impl Daemon {
+    /// The clusters among `known` that may not start a run now (all of them if the log cannot
+    /// tell: fail closed).
+    async fn busy_clusters(&self, known: Vec<String>) -> BTreeSet<String> {
+        let mut settled = self.starting.lock().await;
+        api::ClusterLocks::scan(self.log.as_ref(), &mut settled).busy(known)
+    }
+
+    /// Starts a run unless its cluster is held (see [`api::ClusterLocks`]): the check and the
+    /// start happen under one lock, so concurrent starts for a cluster (API or schedules) start
+    /// one run.
+    async fn start_run(
+        &self,
+        workflow: &str,
+        input: Payload,
+        cluster: &str,
+        by: &str,
+    ) -> Result<RunId, StartError> {
+        let mut settled = self.starting.lock().await;
+        let locks = api::ClusterLocks::scan(self.log.as_ref(), &mut settled);
+        if let Some(holder) = locks.holder(cluster) {
+            return Err(StartError::ClusterHeld(holder.explain(cluster)));
+        }
+        let run = self
+            .engine
+            .start_named(workflow, input, by)
+            .await
+            .map_err(|e| {
+                let (status, message) = crate::exit::classify(&anyhow::Error::from(e));
+                StartError::Other(status, message)
+            })?;
+        drop(settled);
+        Ok(run)
+    }
+
+    /// Starts the run of a schedule's fire time, unless one was started for it already (a crash
+    /// between a start and the save of the schedules). The run's input is the inventory with
+    /// `run.finish_by` set to the end of the fire time's window: the window bounds the start
+    /// and the finish.
+    async fn start_scheduled(
+        &self,
+        workflow: &str,
+        inv: &Inventory,
+        by: &str,
+        fire_time: chrono::DateTime<chrono::Utc>,
+        window_closes_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RunId, StartError> {
+        if let Some(run) = started_for(self.log.as_ref(), by, fire_time) {
+            tracing::info!("run {run} was already started by {by}");
+            return Ok(run);
+        }
+        let _ = window_closes_at;
+        let input = Payload::encode(inv)
+            .map_err(|e| StartError::Other(ExitStatus::Usage, e.to_string()))?;
+        self.start_run(workflow, input, &inv.cluster.name, by).await
+    }
+}
+
+/// A run started by `by` (a schedule's fire time) at or after `fire_time`, if any: run ids are
+/// UUID v7, so only runs created since then are read.
+fn started_for(
+    log: &dyn EventLog,
+    by: &str,
+    fire_time: chrono::DateTime<chrono::Utc>,
+) -> Option<RunId> {
+    let since = u64::try_from(fire_time.timestamp())
+        .unwrap_or(0)
+        .saturating_sub(1);
+    log.runs().ok()?.into_iter().find(|run| {
+        run.0
+            .get_timestamp()
+            .is_some_and(|t| t.to_unix().0 >= since)
+            && log.read(*run).ok().is_some_and(|h| {
+                h.first().is_some_and(|r| {
+                    matches!(&r.event, Event::RunStarted { started_by, .. } if started_by == by)
+                })
+            })
+    })
+}
+
+/// Binds the daemon's unix socket at `path` owner-only: created under umask 0177, then chmod
+/// 0600. A file already there is removed first (the caller holds the data directory's lock, so
+/// it is a stale socket).
+pub fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
+    // We hold the data directory's lock, so a socket file left there is stale.
+    let _ = std::fs::remove_file(path);
+    #[allow(unsafe_code)]
+    // SAFETY: umask(2) only changes this process's file-creation mask; restored right after.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    #[allow(unsafe_code)]
+    // SAFETY: as above.
+    unsafe {
+        libc::umask(old);
+    }
+    let l = bound.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Reads the bearer token, refusing a file others could read or that another user owns (as ssh
+/// does for private keys).
+pub fn read_token(file: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(file)
+        .with_context(|| format!("reading the token file {}", file.display()))?;
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid(2) has no preconditions.
+    let own = unsafe { libc::geteuid() };
+    anyhow::ensure!(
+        meta.uid() == own,
+        "the token file {} belongs to uid {}, not to the daemon's user (uid {own}): \
+         `chown {own} {}` and `chmod 600 {}`",
+        file.display(),
+        meta.uid(),
+        file.display(),
+        file.display()
+    );
+    let group_and_others = meta.mode() & 0o077;
+    anyhow::ensure!(
+        group_and_others == 0,
+        "the token file {} is readable by others (mode {:o}): `chmod 600 {}`",
+        file.display(),
+        meta.mode() & 0o777,
+        file.display()
+    );
+    let t = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the token file {}", file.display()))?;
+    let t = t.trim().to_owned();
+    anyhow::ensure!(
+        t.len() >= 16,
+        "the token in {} is too short (16 characters at least)",
+        file.display()
+    );
+    Ok(t)
+}

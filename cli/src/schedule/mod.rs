@@ -1,0 +1,129 @@
+//! Schedules of `waymark daemon`: when a workflow starts on its own, decided by a pure function.
+//!
+//! A [`Schedule`] runs one workflow on one inventory at the fire times of a 5-field cron
+//! expression (UTC). [`ScheduleBook::tick`] is the whole decision: given `now` and the clusters
+//! that have a run going, it says which fire times start, which are queued, skipped or dropped,
+//! and why. It reads no clock, does no IO and draws no random number; the daemon owns the clock,
+//! the cluster locks and the journal, and calls it periodically. Only [`ScheduleBook::load`] and
+//! [`ScheduleBook::save`] touch the disk.
+//!
+//! The rules `tick` applies, for each schedule, to the fire times in `(last_considered, now]`:
+//!
+//! 1. **Window.** A fire time `f` may only start in `[f, f + window)` (default: one hour).
+//! 2. **Pause.** A paused schedule's fire times are skipped. Unpausing does not make them up:
+//!    [`ScheduleBook::set_paused`] moves `last_considered` to the time of unpausing.
+//! 3. **Catch-up.** A fire time whose window has already closed when `tick` first sees it could
+//!    not have been handled on time: the daemon was not running (or not ticking). Then every
+//!    fire time of that schedule seen in this tick counts as missed while down.
+//!    [`CatchUp::None`] drops them all; [`CatchUp::Latest`] drops all but the newest and starts
+//!    that one if its window is still open. An outage shorter than the window is not noticed:
+//!    those fire times are handled as if on time.
+//! 4. **Overlap.** One cluster never has two runs: no `Start` for a cluster in `busy_clusters`,
+//!    and at most one `Start` per cluster in one tick. A fire time whose cluster is busy is
+//!    skipped ([`Overlap::Skip`]) or queued ([`Overlap::Queue`]). Queued fire times are served
+//!    first on every tick, oldest first, and only while their window is open.
+//!
+//! The daemon must pass in `busy_clusters` every cluster with a run going, including the runs it
+//! started for earlier `Start` decisions, and persist the book (`save`) after each tick that
+//! returned decisions, so that a restarted daemon knows what it already handled.
+//!
+//! Cron expressions follow standard (Vixie) cron, not the `cron` crate's Quartz-like dialect:
+//! day of week 0-7 with 0 and 7 for Sunday (names `sun`-`sat`), and when both day of month and
+//! day of week are restricted (neither starts with `*`), a day matches if *either* matches.
+//! The macros `@hourly`, `@daily`, `@midnight`, `@weekly`, `@monthly`, `@yearly` and
+//! `@annually` are accepted.
+
+mod book;
+mod cron;
+mod duration;
+
+use std::io;
+use std::path::PathBuf;
+
+pub use book::{
+    CatchUp, Decision, NewSchedule, Overlap, Queued, Reason, Schedule, ScheduleBook, StartFailure,
+};
+pub use cron::CronExpr;
+pub use duration::{
+    format_duration, parse_duration, validate_window, DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW,
+};
+
+/// What can go wrong with schedules: bad input to `add` and friends, or the schedule file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A cron expression that does not parse, or that never fires.
+    #[error("invalid cron expression \"{expression}\": {problem}")]
+    InvalidCron {
+        /// The expression as given.
+        expression: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A duration that does not parse.
+    #[error("invalid duration \"{text}\": {problem}")]
+    InvalidDuration {
+        /// The text as given.
+        text: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A start window that parses but cannot be used.
+    #[error("invalid window {window}: {problem}")]
+    InvalidWindow {
+        /// The window, formatted.
+        window: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A schedule name that cannot be used.
+    #[error("invalid schedule name \"{name}\": {problem}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Another field of a schedule (workflow, cluster, overlap, catch-up) that cannot be used.
+    #[error("invalid {what} \"{text}\": {problem}")]
+    InvalidValue {
+        /// Which field.
+        what: &'static str,
+        /// The value as given.
+        text: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// `add` with the name of an existing schedule.
+    #[error(
+        "a schedule named \"{name}\" already exists; remove it first \
+         (waymark schedule rm {name}) or choose another name"
+    )]
+    Duplicate {
+        /// The name.
+        name: String,
+    },
+    /// No schedule has this name.
+    #[error("no schedule named \"{name}\" (waymark schedule ls lists them)")]
+    UnknownSchedule {
+        /// The name.
+        name: String,
+    },
+    /// Reading or writing the schedule file failed.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// The file (or its temporary sibling, or its folder).
+        path: PathBuf,
+        /// What was being done: read, write, rename, ...
+        action: &'static str,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// The schedule file does not hold a valid schedule book.
+    #[error("schedule file {} is not valid: {problem}; fix or remove the file", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
