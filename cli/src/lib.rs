@@ -1,18 +1,19 @@
 //! The waymark CLI's library: everything but the command line itself, in layers that point one
 //! way (each module uses only those listed before it):
 //!
-//! 1. [`exit`] (exit statuses), [`view`] (pure rendering of runs), [`paths`] (the data
-//!    directory, its files, the operator), [`schedule`] (the pure schedule core);
+//! 1. [`schedule`] (the pure schedule core), [`exit`] (exit statuses), [`view`] (pure
+//!    rendering of runs), [`paths`] (the data directory, its files, the operator);
 //! 2. [`follow`] and [`api`]: the API types and the data of every listing, shared by the daemon
 //!    and direct mode;
-//! 3. [`client`] (the CLI's side of the daemon API) and [`daemon`] (`serve`, its routes, the
-//!    scheduler loop).
+//! 3. [`client`] (the CLI's side of the daemon API) and [`daemon`] (`prepare`, `serve`, its
+//!    routes, the scheduler loop; inside it, `state` below `routes` and `schedules`).
 //!
 //! The `waymark` binary (`main.rs`, `args.rs`, `commands/`) sits on top.
 
+pub mod schedule;
+
 pub mod exit;
 pub mod paths;
-pub mod schedule;
 pub mod view;
 
 pub mod api;

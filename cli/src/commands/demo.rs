@@ -12,7 +12,7 @@ use waymark_cli::exit::{usage, ExitStatus};
 use waymark_cli::paths::{open_log, operator};
 use waymark_cli::view::{outcome_line, outcome_status};
 
-use super::engine;
+use super::target::engine;
 use super::watch::follow;
 
 /// The fault that makes runbook step `step` fail, and how long it lasts.

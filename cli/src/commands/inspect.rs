@@ -7,13 +7,11 @@ use hyper::Method;
 use waymark_engine::Payload;
 
 use waymark_cli::api::{self, EventRow, RunList, SignalRequest, VerifyReport};
-use waymark_cli::client::Client;
 use waymark_cli::exit::{usage, ExitStatus};
 use waymark_cli::paths::operator;
 use waymark_cli::view::{self, mermaid, outcome_line, outcome_status, replay_json, Labels};
 
-use super::watch::Printer;
-use super::{engine, Target};
+use super::target::{engine, Target};
 use crate::args::{HistoryOutput, Output};
 
 /// `waymark ls`.
@@ -285,31 +283,4 @@ pub async fn resolve(data_dir: &Path, run: &str, note: &str) -> anyhow::Result<E
     };
     println!("run {id} resolved: its cluster is free for the next run");
     Ok(ExitStatus::Success)
-}
-
-/// Follows a run through the daemon, printing events and progress; Ctrl-C only detaches.
-pub async fn attach_daemon(c: &Client, run: &str) -> anyhow::Result<ExitStatus> {
-    let mut printer = Printer::default();
-    let mut code = None;
-    let follow = c.follow(run, |line| match printer.print(line) {
-        Some((outcome, c)) => {
-            println!("{outcome}");
-            code = Some(c);
-            false
-        }
-        None => true,
-    });
-    tokio::select! {
-        r = follow => r?,
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("detached; the run goes on in the daemon (`waymark attach {run}` to follow it again)");
-            return Ok(ExitStatus::Success);
-        }
-    }
-    if let Some(status) = code {
-        Ok(status)
-    } else {
-        eprintln!("the daemon closed the stream before the run ended; `waymark attach {run}` to follow it again");
-        Ok(ExitStatus::Failure)
-    }
 }

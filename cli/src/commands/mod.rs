@@ -8,15 +8,12 @@ mod runs;
 #[cfg(feature = "sandbox")]
 mod sandbox;
 mod schedules;
+mod target;
 mod watch;
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::PathBuf;
 
-use waymark_cli::client::Client;
 use waymark_cli::exit::ExitStatus;
-use waymark_cli::paths::open_log;
-use waymark_engine::{DurableLog, Engine};
 
 #[cfg(feature = "sandbox")]
 use crate::args::SandboxCommand;
@@ -100,28 +97,5 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
                     time_scale,
                 },
         } => sandbox::up(&dir, faster, time_scale).await,
-    }
-}
-
-/// An engine with every workflow and activity of this binary.
-pub fn engine(log: Arc<DurableLog>) -> Engine {
-    waymark_workflows::register(Engine::builder(log)).build()
-}
-
-/// Where a command's data comes from: the daemon serving the data directory, or the directory.
-pub enum Target {
-    /// No daemon: the CLI opens the log itself (and holds its lock meanwhile).
-    Direct(Arc<DurableLog>),
-    /// A daemon answers on the directory's socket.
-    Daemon(Client),
-}
-
-impl Target {
-    /// The daemon if one answers, else the directory.
-    pub async fn open(data_dir: &Path) -> anyhow::Result<Target> {
-        match Client::connect(data_dir).await? {
-            Some(c) => Ok(Target::Daemon(c)),
-            None => Ok(Target::Direct(open_log(data_dir)?)),
-        }
     }
 }

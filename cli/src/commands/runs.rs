@@ -11,8 +11,8 @@ use waymark_cli::exit::{usage, Exit, ExitStatus};
 use waymark_cli::paths::{open_log, operator};
 use waymark_cli::view::{outcome_line, outcome_status};
 
-use super::engine;
-use super::watch::follow;
+use super::target::engine;
+use super::watch::{attach_daemon, follow};
 use crate::args::{HistoryOutput, Output};
 
 fn check_workflow(workflow: &str) -> anyhow::Result<()> {
@@ -161,13 +161,13 @@ pub async fn start(
         eprintln!("run {run} started in the daemon; `waymark attach {run}` follows it");
         return Ok(ExitStatus::Success);
     }
-    super::inspect::attach_daemon(&client, &run).await
+    attach_daemon(&client, &run).await
 }
 
 /// `waymark attach RUN`.
 pub async fn attach(data_dir: &Path, run: &str) -> anyhow::Result<ExitStatus> {
     if let Some(c) = Client::connect(data_dir).await? {
-        super::inspect::attach_daemon(&c, run).await
+        attach_daemon(&c, run).await
     } else {
         eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
         super::inspect::history(data_dir, run, HistoryOutput::Text).await

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use waymark_cli::client::Client;
 use waymark_cli::exit::ExitStatus;
 use waymark_cli::follow::{follow_lines, FollowLine};
 use waymark_cli::view::{self, Labels};
@@ -73,5 +74,32 @@ pub async fn follow(engine: &Engine, run: RunId) -> anyhow::Result<RunOutcome> {
                 return Ok(RunOutcome::Stopped("interrupted by the operator".into()));
             }
         }
+    }
+}
+
+/// Follows a run through the daemon, printing events and progress; Ctrl-C only detaches.
+pub async fn attach_daemon(c: &Client, run: &str) -> anyhow::Result<ExitStatus> {
+    let mut printer = Printer::default();
+    let mut code = None;
+    let follow = c.follow(run, |line| match printer.print(line) {
+        Some((outcome, c)) => {
+            println!("{outcome}");
+            code = Some(c);
+            false
+        }
+        None => true,
+    });
+    tokio::select! {
+        r = follow => r?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("detached; the run goes on in the daemon (`waymark attach {run}` to follow it again)");
+            return Ok(ExitStatus::Success);
+        }
+    }
+    if let Some(status) = code {
+        Ok(status)
+    } else {
+        eprintln!("the daemon closed the stream before the run ended; `waymark attach {run}` to follow it again");
+        Ok(ExitStatus::Failure)
     }
 }

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod peer;
 mod routes;
 mod schedules;
+mod state;
 
 use std::collections::BTreeSet;
 use std::future::{Future, IntoFuture};
@@ -22,12 +23,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::net::{TcpListener, UnixListener};
-use waymark_engine::event::Event;
-use waymark_engine::log::EventLog;
-use waymark_engine::{Engine, Payload, RunId};
-use waymark_workflows::Inventory;
+use waymark_engine::Engine;
 
-use crate::api;
 use crate::exit::{usage, Exit, ExitStatus};
 use crate::paths::{open_log, schedules_path, socket_path};
 use crate::schedule::ScheduleBook;
@@ -189,7 +186,7 @@ pub async fn serve(
     // SAFETY: getuid(2) has no preconditions.
     let own_uid = unsafe { libc::getuid() };
     let (book, schedules_file) = config.schedules;
-    let d = Arc::new(Daemon {
+    let d = Arc::new(state::Daemon {
         engine: engine.clone(),
         log: engine.log().clone(),
         metrics: config.metrics,
@@ -247,114 +244,6 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&sock);
     Ok(())
-}
-
-/// What the handlers and the scheduler share.
-struct Daemon {
-    engine: Engine,
-    log: Arc<dyn EventLog>,
-    metrics: Arc<Metrics>,
-    own_uid: u32,
-    token: Option<String>,
-    schedules_path: PathBuf,
-    schedules: Mutex<ScheduleBook>,
-    /// The per-cluster lock: held from the check of who holds a cluster until the new run's
-    /// `RunStarted` is durable, so two starts (API or schedule) never both pass the check. It
-    /// guards the runs known to be ended for good (skipped by later checks).
-    starting: tokio::sync::Mutex<BTreeSet<RunId>>,
-    /// The unix socket (named in errors).
-    socket: PathBuf,
-    /// Where TCP clients may name inventories for `schedule add` (none: they may not).
-    inventory_dir: Option<PathBuf>,
-}
-
-/// Why a start did not happen.
-#[derive(Debug)]
-enum StartError {
-    /// The cluster is held (by a run, or because the log cannot tell).
-    ClusterHeld(String),
-    /// Anything else, with its exit status.
-    Other(ExitStatus, String),
-}
-
-impl Daemon {
-    /// The clusters among `known` that may not start a run now (all of them if the log cannot
-    /// tell: fail closed).
-    async fn busy_clusters(&self, known: Vec<String>) -> BTreeSet<String> {
-        let mut settled = self.starting.lock().await;
-        api::ClusterLocks::scan(self.log.as_ref(), &mut settled).busy(known)
-    }
-
-    /// Starts a run unless its cluster is held (see [`api::ClusterLocks`]): the check and the
-    /// start happen under one lock, so concurrent starts for a cluster (API or schedules) start
-    /// one run.
-    async fn start_run(
-        &self,
-        workflow: &str,
-        input: Payload,
-        cluster: &str,
-        by: &str,
-    ) -> Result<RunId, StartError> {
-        let mut settled = self.starting.lock().await;
-        let locks = api::ClusterLocks::scan(self.log.as_ref(), &mut settled);
-        if let Some(holder) = locks.holder(cluster) {
-            return Err(StartError::ClusterHeld(holder.explain(cluster)));
-        }
-        let run = self
-            .engine
-            .start_named(workflow, input, by)
-            .await
-            .map_err(|e| {
-                let (status, message) = crate::exit::classify(&anyhow::Error::from(e));
-                StartError::Other(status, message)
-            })?;
-        drop(settled);
-        Ok(run)
-    }
-
-    /// Starts the run of a schedule's fire time, unless one was started for it already (a crash
-    /// between a start and the save of the schedules). The run's input is the inventory with
-    /// `run.finish_by` set to the end of the fire time's window: the window bounds the start
-    /// and the finish.
-    async fn start_scheduled(
-        &self,
-        workflow: &str,
-        inv: &Inventory,
-        by: &str,
-        fire_time: chrono::DateTime<chrono::Utc>,
-        window_closes_at: chrono::DateTime<chrono::Utc>,
-    ) -> Result<RunId, StartError> {
-        if let Some(run) = started_for(self.log.as_ref(), by, fire_time) {
-            tracing::info!("run {run} was already started by {by}");
-            return Ok(run);
-        }
-        let _ = window_closes_at;
-        let input = Payload::encode(inv)
-            .map_err(|e| StartError::Other(ExitStatus::Usage, e.to_string()))?;
-        self.start_run(workflow, input, &inv.cluster.name, by).await
-    }
-}
-
-/// A run started by `by` (a schedule's fire time) at or after `fire_time`, if any: run ids are
-/// UUID v7, so only runs created since then are read.
-fn started_for(
-    log: &dyn EventLog,
-    by: &str,
-    fire_time: chrono::DateTime<chrono::Utc>,
-) -> Option<RunId> {
-    let since = u64::try_from(fire_time.timestamp())
-        .unwrap_or(0)
-        .saturating_sub(1);
-    log.runs().ok()?.into_iter().find(|run| {
-        run.0
-            .get_timestamp()
-            .is_some_and(|t| t.to_unix().0 >= since)
-            && log.read(*run).ok().is_some_and(|h| {
-                h.first().is_some_and(|r| {
-                    matches!(&r.event, Event::RunStarted { started_by, .. } if started_by == by)
-                })
-            })
-    })
 }
 
 /// Binds the daemon's unix socket at `path` owner-only: created under umask 0177, then chmod

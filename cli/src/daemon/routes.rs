@@ -17,7 +17,7 @@ use waymark_engine::{Payload, RunId};
 use waymark_workflows::Inventory;
 
 use super::peer::{peer_refusal, Peer};
-use super::{Daemon, StartError};
+use super::state::{Daemon, StartError};
 use crate::api::{self, FollowLine, ResolveRequest, SignalRequest, StartRequest};
 use crate::exit::ExitStatus;
 

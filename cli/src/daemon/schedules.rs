@@ -12,7 +12,8 @@ use axum::Json;
 use chrono::Utc;
 use waymark_workflows::Inventory;
 
-use super::{Daemon, Peer, StartError};
+use super::peer::Peer;
+use super::state::{Daemon, StartError};
 use crate::api::{new_schedule, schedule_rows, ScheduleAddRequest};
 use crate::exit::ExitStatus;
 use crate::schedule::{Decision, ScheduleBook};
