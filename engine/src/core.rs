@@ -50,10 +50,13 @@ pub enum RunStatus {
     Failed(String),
     /// Finished by cancellation.
     Cancelled(String),
+    /// Finished before it changed anything: the workflow refused (failed pre-flight, approval
+    /// timed out); no compensation ran and the cluster is free.
+    Refused(Vec<String>),
 }
 
 impl RunStatus {
-    /// A short name: running, compensating, suspended, completed, failed, cancelled.
+    /// A short name: running, compensating, suspended, completed, failed, cancelled, refused.
     pub fn name(&self) -> &'static str {
         match self {
             RunStatus::Running => "running",
@@ -62,6 +65,7 @@ impl RunStatus {
             RunStatus::Completed(_) => "completed",
             RunStatus::Failed(_) => "failed",
             RunStatus::Cancelled(_) => "cancelled",
+            RunStatus::Refused(_) => "refused",
         }
     }
 
@@ -69,8 +73,26 @@ impl RunStatus {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            RunStatus::Completed(_) | RunStatus::Failed(_) | RunStatus::Cancelled(_)
+            RunStatus::Completed(_)
+                | RunStatus::Failed(_)
+                | RunStatus::Cancelled(_)
+                | RunStatus::Refused(_)
         )
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    /// The name, then what it carries: `refused: zone B has no healthy target; ...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())?;
+        match self {
+            RunStatus::Running => Ok(()),
+            RunStatus::Compensating { reason, .. } => write!(f, ": {reason}"),
+            RunStatus::Suspended(r) => write!(f, ": {r}"),
+            RunStatus::Completed(p) => write!(f, ": {p}"),
+            RunStatus::Failed(e) | RunStatus::Cancelled(e) => write!(f, ": {e}"),
+            RunStatus::Refused(reasons) => write!(f, ": {}", reasons.join("; ")),
+        }
     }
 }
 
@@ -215,6 +237,31 @@ pub enum SignalDecision {
     Nondeterminism(SuspendReason),
 }
 
+/// How the workflow code returned, as the core needs to know it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Returned {
+    /// With this output.
+    Completed(Payload),
+    /// Refusing before any change, with these reasons.
+    Refused(Vec<String>),
+    /// With this error (a step that gave up, a workflow-defined failure, a cancellation).
+    Failed(String),
+}
+
+/// What ends the workflow phase of a run (see [`RunState::on_workflow_returned`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ending {
+    /// An operator holds the run: append nothing, wait for `resume` or `cancel`, ask again.
+    Held,
+    /// Append these events; then run the compensations, or stop (the run has ended).
+    Append {
+        /// What to append, in one group.
+        events: Vec<Event>,
+        /// Whether compensations follow (`CompensationStarted` is among the events).
+        compensate: bool,
+    },
+}
+
 /// What a run needs when the engine (re)starts it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResumeAction {
@@ -250,6 +297,9 @@ pub struct RunState {
     pub status: RunStatus,
     /// Whether an operator paused it.
     pub paused: bool,
+    /// Set while an operator holds the run (`hold` signal): who, and the reason they gave (empty
+    /// when none). Lifted by `resume` or `cancel`.
+    pub held: Option<(String, String)>,
     /// Set when a cancel signal arrived: who and why.
     pub cancel_requested: Option<String>,
     /// Events folded so far.
@@ -266,12 +316,24 @@ pub struct RunState {
 }
 
 /// Signals the engine itself acts on; any other name is for the workflow to wait for.
+///
+/// `pause` and `hold` both stop the run before its next attempt; they differ in what else waits.
+/// `pause` holds attempts only: a step that fails still starts the compensation
+/// (`CompensationStarted` is written; its steps then wait for `resume`). `hold` stops the run
+/// where it stands after the current step: no new step, no new attempt (workflow or
+/// compensation), no `CompensationStarted` and no terminal event while it lasts, so a step that
+/// fails under a hold has its failure journaled and the compensation waits. `resume` lifts
+/// either; `cancel` lifts a hold and compensates.
 pub mod signals {
     /// Hold before the next attempt until `resume`.
     pub const PAUSE: &str = "pause";
-    /// Lift a `pause`.
+    /// Stop after the current step until `resume` or `cancel`: no new step or attempt, no
+    /// compensation begins, the run does not end (its cluster stays held). The payload may carry
+    /// a reason (a JSON string).
+    pub const HOLD: &str = "hold";
+    /// Lift a `pause` or a `hold`.
     pub const RESUME: &str = "resume";
-    /// Stop the workflow and run its compensations.
+    /// Stop the workflow and run its compensations (lifts a `hold`).
     pub const CANCEL: &str = "cancel";
     /// Approve a gate the workflow waits at.
     pub const APPROVE: &str = "approve";
@@ -325,6 +387,7 @@ impl RunState {
             updated_at: first.at,
             status: RunStatus::Running,
             paused: false,
+            held: None,
             cancel_requested: None,
             events: 1,
             resolved: None,
@@ -487,8 +550,16 @@ impl RunState {
                 sent_by,
             } => match name.as_str() {
                 signals::PAUSE => self.paused = true,
-                signals::RESUME => self.paused = false,
+                signals::HOLD => {
+                    let why = payload.decode::<String>().unwrap_or_default();
+                    self.held = Some((sent_by.clone(), why));
+                }
+                signals::RESUME => {
+                    self.paused = false;
+                    self.held = None;
+                }
                 signals::CANCEL => {
+                    self.held = None;
                     if self.cancel_requested.is_none() {
                         let why = payload.decode::<String>().unwrap_or_default();
                         self.cancel_requested = Some(if why.is_empty() {
@@ -530,6 +601,7 @@ impl RunState {
             Event::RunCompleted { output } => self.status = RunStatus::Completed(output.clone()),
             Event::RunFailed { error } => self.status = RunStatus::Failed(error.clone()),
             Event::RunCancelled { reason } => self.status = RunStatus::Cancelled(reason.clone()),
+            Event::RunRefused { reasons } => self.status = RunStatus::Refused(reasons.clone()),
             Event::RunResolved { by, note } => {
                 if !self.status.is_terminal() {
                     return Err(invalid(format!(
@@ -583,6 +655,68 @@ impl RunState {
             });
         }
         events
+    }
+
+    /// Whether a new attempt (of a workflow step or a compensation) must wait: the run is paused
+    /// or held.
+    pub fn attempts_on_hold(&self) -> bool {
+        self.paused || self.held.is_some()
+    }
+
+    /// What ends the workflow phase once the code has returned `returned`: the events to append
+    /// (closing the steps the code left without a result first) and whether compensations follow.
+    /// While an operator holds the run, nothing: [`Ending::Held`] (the driver waits for `resume`
+    /// or `cancel`). A cancel requested while the code failed compensates as cancelled. A refusal
+    /// with no compensation registered ends the run `RunRefused`; with some registered (a
+    /// workflow bug: it vouched that nothing changed) it compensates as a failure.
+    pub fn on_workflow_returned(&self, returned: &Returned) -> Ending {
+        if self.held.is_some() {
+            return Ending::Held;
+        }
+        let mut events = self.abandonment_events();
+        let (last, compensate) = match (returned, &self.cancel_requested) {
+            (Returned::Completed(output), _) => (
+                Event::RunCompleted {
+                    output: output.clone(),
+                },
+                false,
+            ),
+            (_, Some(why)) => (
+                Event::CompensationStarted {
+                    reason: why.clone(),
+                    cancelled: true,
+                },
+                true,
+            ),
+            (Returned::Refused(reasons), None) if self.compensations.is_empty() => (
+                Event::RunRefused {
+                    reasons: reasons.clone(),
+                },
+                false,
+            ),
+            (Returned::Refused(reasons), None) => (
+                Event::CompensationStarted {
+                    reason: format!(
+                        "refused ({}), but the workflow had registered {} compensation(s): \
+                         a refusal must come before any change (a bug in the workflow); \
+                         compensating as after a failure",
+                        reasons.join("; "),
+                        self.compensations.len()
+                    ),
+                    cancelled: false,
+                },
+                true,
+            ),
+            (Returned::Failed(error), None) => (
+                Event::CompensationStarted {
+                    reason: error.clone(),
+                    cancelled: false,
+                },
+                true,
+            ),
+        };
+        events.push(last);
+        Ending::Append { events, compensate }
     }
 
     /// Whether the run ended with its compensation incomplete: it failed or was cancelled after

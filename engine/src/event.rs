@@ -309,6 +309,13 @@ pub enum Event {
         /// What the operator did or checked.
         note: String,
     },
+    /// Finished before it changed anything: the workflow refused to go on (a failed pre-flight,
+    /// an approval that timed out). No compensation ran; the cluster is free. Kept after
+    /// `RunResolved` so that stored records keep decoding.
+    RunRefused {
+        /// Why, one line per failed check.
+        reasons: Vec<String>,
+    },
 }
 
 impl Event {
@@ -334,6 +341,7 @@ impl Event {
             Event::RunFailed { .. } => "RunFailed",
             Event::RunCancelled { .. } => "RunCancelled",
             Event::RunResolved { .. } => "RunResolved",
+            Event::RunRefused { .. } => "RunRefused",
         }
     }
 
@@ -347,6 +355,7 @@ impl Event {
                 | Event::RunFailed { .. }
                 | Event::RunCancelled { .. }
                 | Event::RunResolved { .. }
+                | Event::RunRefused { .. }
         )
     }
 }

@@ -103,6 +103,9 @@ pub enum RunOutcome {
     Failed(String),
     /// It was cancelled; compensations ran.
     Cancelled(String),
+    /// It ended before it changed anything (the workflow refused, with these reasons); no
+    /// compensation ran.
+    Refused(Vec<String>),
     /// It needs an operator (non-determinism).
     Suspended(SuspendReason),
     /// The driver stopped without finishing (shutdown, or the log failed); resumes on next start.
@@ -115,6 +118,7 @@ impl RunOutcome {
             RunStatus::Completed(p) => Some(RunOutcome::Completed(p.clone())),
             RunStatus::Failed(e) => Some(RunOutcome::Failed(e.clone())),
             RunStatus::Cancelled(e) => Some(RunOutcome::Cancelled(e.clone())),
+            RunStatus::Refused(r) => Some(RunOutcome::Refused(r.clone())),
             RunStatus::Suspended(r) => Some(RunOutcome::Suspended(r.clone())),
             RunStatus::Running | RunStatus::Compensating { .. } => None,
         }
@@ -464,7 +468,7 @@ impl RunShared {
         }
     }
 
-    /// Holds while an operator has paused the run.
+    /// Holds while an operator has paused or held the run.
     async fn wait_unpaused(&self, cancellable: bool) -> Result<(), workflow::Error> {
         if self.replay_only {
             return Ok(());
@@ -478,7 +482,7 @@ impl RunShared {
                         return Err(workflow::Error::Cancelled(why.clone()));
                     }
                 }
-                if !st.paused {
+                if !st.attempts_on_hold() {
                     return Ok(());
                 }
             }
@@ -1178,26 +1182,30 @@ async fn drive(s: Arc<RunShared>, wf: Option<Arc<dyn DynWorkflow>>) -> RunOutcom
                 }
                 None => {}
             }
-            let event = match result {
-                Ok(output) => Event::RunCompleted { output },
-                Err(e) => match s.cancel_reason() {
-                    Some(why) => Event::CompensationStarted {
-                        reason: why,
-                        cancelled: true,
-                    },
-                    None => Event::CompensationStarted {
-                        reason: e.to_string(),
-                        cancelled: false,
-                    },
-                },
+            let returned = match result {
+                Ok(output) => core::Returned::Completed(output),
+                Err(workflow::Error::Refused(reasons)) => core::Returned::Refused(reasons),
+                Err(e) => core::Returned::Failed(e.to_string()),
             };
-            let done = event.is_terminal();
-            let mut events = s.state.lock().expect("state lock").abandonment_events();
-            events.push(event);
+            let (events, compensate) = loop {
+                let mut rx = s.changed.subscribe();
+                let ending = s
+                    .state
+                    .lock()
+                    .expect("state lock")
+                    .on_workflow_returned(&returned);
+                match ending {
+                    core::Ending::Append { events, compensate } => break (events, compensate),
+                    // Held: nothing ends (no compensation begins) until `resume` or `cancel`.
+                    core::Ending::Held => {
+                        let _ = rx.changed().await;
+                    }
+                }
+            };
             if let Err(e) = s.append(events).await {
                 return RunOutcome::Stopped(e.to_string());
             }
-            if done {
+            if !compensate {
                 let st = s.state.lock().expect("state lock");
                 return RunOutcome::from_status(&st.status)
                     .unwrap_or(RunOutcome::Stopped("not finished".into()));
@@ -1741,6 +1749,10 @@ impl Engine {
                                 _ => None,
                             })
                             .or_else(|| Some(format!("failed: {e}"))),
+                        RunStatus::Refused(reasons) => Some(format!(
+                            "failed: {}",
+                            workflow::Error::Refused(reasons.clone())
+                        )),
                         _ => None,
                     };
                     match recorded {

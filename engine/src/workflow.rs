@@ -39,12 +39,24 @@ pub enum Error {
     /// The workflow decided to fail (e.g. "cluster unhealthy: tserver n2 is DEAD").
     #[error("{0}")]
     Failed(String),
+    /// The workflow refuses to go on and vouches that it has changed nothing (a failed
+    /// pre-flight, an approval that timed out): the run ends `refused` (`RunRefused`) with these
+    /// reasons and no compensation runs. A workflow that registered compensations before
+    /// refusing has a bug: the engine then compensates as after any failure and the run ends
+    /// failed, with the reasons.
+    #[error("refused before any change: {}", .0.join("; "))]
+    Refused(Vec<String>),
 }
 
 impl Error {
     /// A workflow-defined failure.
     pub fn failed(msg: impl Into<String>) -> Self {
         Error::Failed(msg.into())
+    }
+
+    /// The workflow refuses to go on before it changed anything (see [`Error::Refused`]).
+    pub fn refused(reasons: Vec<String>) -> Self {
+        Error::Refused(reasons)
     }
 }
 

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use waymark_engine::core::{
-    ResumeAction, RunState, RunStatus, SignalDecision, StepDecision, TimerDecision,
+    Ending, ResumeAction, Returned, RunState, RunStatus, SignalDecision, StepDecision,
+    TimerDecision,
 };
 use waymark_engine::event::{Event, Payload, StepRef, SuspendReason};
 use waymark_engine::testing::{canned, HistoryBuilder};
@@ -238,4 +239,172 @@ fn history_with_attempt_of_unknown_step_is_rejected() {
     });
     let err = RunState::from_records(&h.build()).unwrap_err();
     assert!(err.to_string().contains("event #1"), "{err}");
+}
+
+fn signal(name: &str, payload: &str, by: &str) -> Event {
+    Event::SignalReceived {
+        name: name.into(),
+        payload: Payload(payload.into()),
+        sent_by: by.into(),
+    }
+}
+
+/// 0 `RunStarted` · 1 `StepScheduled`(0, "a", compensation "a.undo") · 2 `AttemptStarted`(0, 1)
+/// · 3 `SignalReceived`(hold, by alice, "zone B alarms") · 4 `AttemptFailed`(0, 1, final)
+/// · 5 `StepFailed`(0)
+fn held_while_its_step_failed() -> HistoryBuilder {
+    let mut h = HistoryBuilder::new("w", 1, "null");
+    h.scheduled_with_compensation(0, "a", "1", "a.undo");
+    h.push(signal("hold", "\"zone B alarms\"", "alice"));
+    h.push(Event::AttemptFailed {
+        step: StepRef::Workflow(0),
+        attempt: 1,
+        error: "boom".into(),
+        retryable: false,
+        next_retry_at: None,
+    });
+    h.push(Event::StepFailed {
+        step: StepRef::Workflow(0),
+        error: "boom".into(),
+    });
+    h
+}
+
+#[test]
+fn hold_records_who_and_why_and_stops_new_attempts_until_resume() {
+    let mut h = held_while_its_step_failed();
+    let s = state(&h);
+    assert_eq!(
+        s.held,
+        Some(("alice".to_owned(), "zone B alarms".to_owned()))
+    );
+    assert!(s.attempts_on_hold(), "no new attempt while held");
+    assert!(!s.paused, "hold is not pause");
+    assert!(!s.status.is_terminal(), "a held run has not ended");
+    h.push(signal("resume", "null", "bob"));
+    let s = state(&h);
+    assert_eq!(s.held, None);
+    assert!(!s.attempts_on_hold());
+}
+
+#[test]
+fn a_step_failing_under_hold_is_journaled_but_compensation_waits_until_resume() {
+    let mut h = held_while_its_step_failed();
+    let failed = Returned::Failed("step \"a\" (a) failed: boom".into());
+    assert_eq!(
+        state(&h).on_workflow_returned(&failed),
+        Ending::Held,
+        "no CompensationStarted while held"
+    );
+    h.push(signal("resume", "null", "bob"));
+    assert_eq!(
+        state(&h).on_workflow_returned(&failed),
+        Ending::Append {
+            events: vec![Event::CompensationStarted {
+                reason: "step \"a\" (a) failed: boom".into(),
+                cancelled: false,
+            }],
+            compensate: true,
+        },
+        "resume begins the compensation the run was about to begin"
+    );
+}
+
+#[test]
+fn cancel_lifts_a_hold_and_compensates_as_cancelled() {
+    let mut h = held_while_its_step_failed();
+    h.push(signal("cancel", "\"window closed\"", "carol"));
+    let s = state(&h);
+    assert_eq!(s.held, None, "cancel lifts the hold");
+    assert!(!s.attempts_on_hold());
+    assert_eq!(
+        s.on_workflow_returned(&Returned::Failed("cancelled".into())),
+        Ending::Append {
+            events: vec![Event::CompensationStarted {
+                reason: "cancelled by carol: window closed".into(),
+                cancelled: true,
+            }],
+            compensate: true,
+        }
+    );
+}
+
+#[test]
+fn a_held_run_whose_code_completed_ends_only_after_resume() {
+    let mut h = HistoryBuilder::new("w", 1, "null");
+    h.scheduled(0, "a", "1").completed(0, "10");
+    h.push(signal("hold", "null", "alice"));
+    let done = Returned::Completed(Payload("10".into()));
+    let s = state(&h);
+    assert_eq!(s.held, Some(("alice".to_owned(), String::new())));
+    assert_eq!(s.on_workflow_returned(&done), Ending::Held);
+    h.push(signal("resume", "null", "alice"));
+    assert_eq!(
+        state(&h).on_workflow_returned(&done),
+        Ending::Append {
+            events: vec![Event::RunCompleted {
+                output: Payload("10".into())
+            }],
+            compensate: false,
+        }
+    );
+}
+
+#[test]
+fn a_refusal_before_any_change_ends_refused_without_compensation_and_frees_the_cluster() {
+    let mut h = HistoryBuilder::new("w", 1, "null");
+    h.scheduled(0, "preflight", "null").completed(0, "false");
+    let reasons = vec![
+        "zone A target group has no healthy target".to_owned(),
+        "MirrorMaker2 has 0 replicas".to_owned(),
+    ];
+    let ending = state(&h).on_workflow_returned(&Returned::Refused(reasons.clone()));
+    let Ending::Append { events, compensate } = ending else {
+        panic!("expected an ending, got {ending:?}");
+    };
+    assert!(!compensate, "a refusal runs no compensation");
+    assert_eq!(
+        events,
+        vec![Event::RunRefused {
+            reasons: reasons.clone()
+        }]
+    );
+    for e in events {
+        assert!(e.is_terminal(), "RunRefused closes the run");
+        h.push(e);
+    }
+    let s = state(&h);
+    assert_eq!(s.status, RunStatus::Refused(reasons));
+    assert_eq!(s.status.name(), "refused");
+    assert_eq!(
+        s.status.to_string(),
+        "refused: zone A target group has no healthy target; MirrorMaker2 has 0 replicas"
+    );
+    assert!(s.status.is_terminal());
+    assert_eq!(s.resume_action(), ResumeAction::Finished);
+    assert!(
+        !s.needs_operator(),
+        "a refused run does not hold its cluster"
+    );
+}
+
+#[test]
+fn a_refusal_after_registering_a_compensation_is_a_workflow_bug_and_compensates() {
+    let mut h = HistoryBuilder::new("w", 1, "null");
+    h.scheduled_with_compensation(0, "traffic.to_a", "1", "traffic.to_b")
+        .completed(0, "null");
+    let ending =
+        state(&h).on_workflow_returned(&Returned::Refused(vec!["approval timed out".into()]));
+    let Ending::Append { events, compensate } = ending else {
+        panic!("expected an ending, got {ending:?}");
+    };
+    assert!(compensate, "registered compensations run");
+    let [Event::CompensationStarted { reason, cancelled }] = events.as_slice() else {
+        panic!("expected CompensationStarted alone, got {events:?}");
+    };
+    assert!(!cancelled);
+    assert!(
+        reason.contains("approval timed out") && reason.contains("bug in the workflow"),
+        "{reason}"
+    );
 }

@@ -890,3 +890,224 @@ async fn replay_of_a_finished_run_calls_nothing_and_reports_divergence_side_by_s
     };
     assert_eq!(new, "step d(4)");
 }
+
+/// An activity that records its call, waits for `gate`, then fails (not retryable).
+fn gated_failure(
+    b: EngineBuilder,
+    name: &'static str,
+    calls: &Calls,
+    gate: &Arc<Notify>,
+) -> EngineBuilder {
+    let calls = calls.clone();
+    let gate = gate.clone();
+    b.activity_fn(name, move |ctx, _| {
+        calls.record(name, &ctx);
+        let gate = gate.clone();
+        async move {
+            gate.notified().await;
+            Err(activity::Error::fatal("zone B alarms"))
+        }
+    })
+}
+
+fn position_of(events: &[Event], what: impl Fn(&Event) -> bool) -> Option<usize> {
+    events.iter().position(what)
+}
+
+#[tokio::test]
+async fn hold_journals_the_failure_of_the_current_step_and_compensates_only_after_resume() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let returned = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = returned.clone();
+    let mut b = Engine::builder(log.clone()).workflow_dyn(wf("holdable", 1, move |ctx| {
+        let flag = flag.clone();
+        async move {
+            let r = ctx
+                .step::<_, u32>("first", &1)
+                .retry(RetryPolicy::default().max_attempts(1))
+                .compensate_with("undo", &1, "undo first")
+                .await;
+            flag.store(true, Ordering::SeqCst);
+            r?;
+            Ok(Payload::null())
+        }
+    }));
+    b = gated_failure(b, "first", &calls, &gate);
+    b = echo(b, "undo", &calls);
+    let engine = b.build();
+    let run = engine
+        .start_named("holdable", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "first step started", || {
+        calls.count("first") == 1
+    })
+    .await;
+    engine
+        .signal(
+            run,
+            "hold",
+            Payload::encode("zone B looks wrong").unwrap(),
+            "alice",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.state(run).unwrap().held,
+        Some(("alice".to_owned(), "zone B looks wrong".to_owned()))
+    );
+    gate.notify_one();
+    wait_until(
+        Duration::from_secs(10),
+        "the workflow code saw the failure",
+        || returned.load(Ordering::SeqCst) && kinds(log.as_ref(), run).contains(&"StepFailed"),
+    )
+    .await;
+    let state = engine.state(run).unwrap();
+    assert!(!state.status.is_terminal(), "held: the run has not ended");
+    assert_eq!(calls.count("undo"), 0, "held: no compensation begins");
+    engine
+        .signal(run, "resume", Payload::null(), "alice")
+        .await
+        .expect("a held run is still open: resume reaches it");
+    assert!(matches!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Failed(_)
+    ));
+    assert_eq!(calls.count("undo"), 1);
+    let h = history(log.as_ref(), run);
+    let failed = position_of(&h, |e| matches!(e, Event::StepFailed { .. })).unwrap();
+    let resumed = position_of(
+        &h,
+        |e| matches!(e, Event::SignalReceived { name, .. } if name == "resume"),
+    )
+    .unwrap();
+    let compensating = position_of(&h, |e| matches!(e, Event::CompensationStarted { .. })).unwrap();
+    assert!(
+        failed < resumed && resumed < compensating,
+        "the failure is journaled under the hold, the compensation begins after resume: {:?}",
+        kinds(log.as_ref(), run)
+    );
+}
+
+#[tokio::test]
+async fn hold_stops_before_the_next_step_and_cancel_lifts_it_and_compensates() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let gate = Arc::new(Notify::new());
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = asked.clone();
+    let mut b = Engine::builder(log.clone()).workflow_dyn(wf("holdable2", 1, move |ctx| {
+        let flag = flag.clone();
+        async move {
+            ctx.step::<_, u32>("first", &1)
+                .compensate_with("undo", &1, "undo first")
+                .await?;
+            flag.store(true, Ordering::SeqCst);
+            ctx.step::<_, u32>("second", &2).await?;
+            Ok(Payload::null())
+        }
+    }));
+    b = gated(b, "first", &calls, &gate);
+    b = echo(b, "second", &calls);
+    b = echo(b, "undo", &calls);
+    let engine = b.build();
+    let run = engine
+        .start_named("holdable2", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "first step started", || {
+        calls.count("first") == 1
+    })
+    .await;
+    engine
+        .signal(run, "hold", Payload::null(), "alice")
+        .await
+        .unwrap();
+    gate.notify_one();
+    wait_until(
+        Duration::from_secs(10),
+        "the code asked for the second step",
+        || asked.load(Ordering::SeqCst),
+    )
+    .await;
+    engine
+        .signal(run, "cancel", Payload::encode("abort").unwrap(), "bob")
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Cancelled(_)
+    ));
+    assert_eq!(
+        calls.count("second"),
+        0,
+        "held: the next step never started"
+    );
+    assert_eq!(
+        calls.count("undo"),
+        1,
+        "cancel lifted the hold and compensated"
+    );
+    let h = history(log.as_ref(), run);
+    assert!(
+        !h.iter().any(|e| matches!(
+            e,
+            Event::StepScheduled { activity, .. } if activity == "second"
+        )),
+        "the step asked for under the hold never reached the history: {:?}",
+        kinds(log.as_ref(), run)
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_ends_the_run_refused_without_compensation() {
+    let log = waymark_engine::memory_log();
+    let calls = Calls::default();
+    let mut b = Engine::builder(log.clone()).workflow_dyn(wf("preflight", 1, |ctx| async move {
+        let ok: bool = ctx.step("check", &false).await?;
+        if !ok {
+            return Err(workflow::Error::refused(vec![
+                "zone A has no healthy target".into(),
+                "MirrorMaker2 has 0 replicas".into(),
+            ]));
+        }
+        Ok(Payload::null())
+    }));
+    b = echo(b, "check", &calls);
+    let engine = b.build();
+    let run = engine
+        .start_named("preflight", Payload::null(), "t")
+        .await
+        .unwrap();
+    let reasons = vec![
+        "zone A has no healthy target".to_owned(),
+        "MirrorMaker2 has 0 replicas".to_owned(),
+    ];
+    assert_eq!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Refused(reasons.clone())
+    );
+    assert_eq!(
+        kinds(log.as_ref(), run),
+        vec![
+            "RunStarted",
+            "StepScheduled",
+            "AttemptStarted",
+            "StepCompleted",
+            "RunRefused"
+        ]
+    );
+    let state = engine.state(run).unwrap();
+    assert_eq!(
+        state.status,
+        waymark_engine::core::RunStatus::Refused(reasons)
+    );
+    assert!(!state.needs_operator(), "a refused run frees its cluster");
+    assert!(
+        log.open_runs().unwrap().is_empty(),
+        "a refused run is not open"
+    );
+}
