@@ -59,7 +59,7 @@ pub enum Command {
     Daemon {
         /// Also serve the API (and /metrics) over TCP: a port (bound on 127.0.0.1) or an
         /// address. Plaintext HTTP: keep it on loopback or put it behind TLS termination.
-        #[arg(long, value_name = "PORT|ADDR", requires = "token_file", value_parser = parse_listen)]
+        #[arg(long, value_name = "PORT|ADDR", requires = "token_file", value_parser = waymark_cli::daemon::parse_listen)]
         listen_tcp: Option<std::net::SocketAddr>,
         /// File holding the bearer token TCP clients must send (16+ characters; owned by the
         /// daemon's user, mode 600).
@@ -291,13 +291,4 @@ pub enum SandboxCommand {
         #[arg(long, value_name = "F")]
         time_scale: Option<f64>,
     },
-}
-
-/// `--listen-tcp`: a bare port binds loopback only.
-pub fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(port) = text.parse::<u16>() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
-    }
-    text.parse()
-        .map_err(|_| format!("{text:?} is neither a port nor an address like 127.0.0.1:7233"))
 }

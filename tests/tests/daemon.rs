@@ -1,18 +1,21 @@
 //! The daemon and the operator CLI: detach and re-attach, a daemon killed with SIGKILL (and one
 //! stopped with SIGTERM) resuming its run, API security, no secret in history, verify and metrics.
+//! The daemon runs in this process ([`InProcessDaemon`]) except where a test kills it or it
+//! drives a whole maintenance run ([`DaemonProcess`]; see `fixtures/daemon.rs` for why).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use waymark_engine::event::Event;
 use waymark_engine::log::EventLog;
 use waymark_sandbox::read_effects;
 
-use crate::util::{temp_dir, waymark, DaemonProcess, SandboxProcess};
+use crate::fixtures::daemon::{DaemonProcess, DaemonSettings, InProcessDaemon};
+use crate::util::{eventually, temp_dir, waymark, SandboxProcess};
 
 fn start_detached(data: &Path, inventory: &Path) -> String {
     let out = waymark(data)
@@ -46,15 +49,13 @@ fn events_so_far(data: &Path, run: &str) -> usize {
     v.as_array().map_or(0, Vec::len)
 }
 
-fn wait_for_events(data: &Path, run: &str, n: usize) {
-    let start = Instant::now();
-    while events_so_far(data, run) < n {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "run {run} did not reach {n} events"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+async fn wait_for_events(data: &Path, run: &str, n: usize) {
+    eventually(
+        Duration::from_secs(60),
+        &format!("run {run} reaching {n} events"),
+        || (events_so_far(data, run) >= n).then_some(()),
+    )
+    .await;
 }
 
 fn restarts(estate: &Path) -> usize {
@@ -69,6 +70,7 @@ fn client_disconnects_mid_run_and_a_new_client_reattaches_and_sees_the_end() {
     let dir = temp_dir();
     let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
     let data = dir.path().join("data");
+    // A process: its run goes through the ELB steps (AWS credentials in its environment).
     let _daemon = DaemonProcess::start(&data, &[]);
     // A client that follows the run, killed mid-run: the run must go on.
     let mut client = waymark(&data)
@@ -112,14 +114,14 @@ fn client_disconnects_mid_run_and_a_new_client_reattaches_and_sees_the_end() {
     );
 }
 
-#[test]
-fn daemon_killed_with_sigkill_mid_run_resumes_it_on_restart() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_killed_with_sigkill_mid_run_resumes_it_on_restart() {
     let dir = temp_dir();
     let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
     let data = dir.path().join("data");
     let daemon = DaemonProcess::start(&data, &[]);
     let run = start_detached(&data, &sb.dir.join("inventory.toml"));
-    wait_for_events(&data, &run, 40);
+    wait_for_events(&data, &run, 40).await;
     daemon.sigkill();
     let _daemon = DaemonProcess::start(&data, &[]);
     let (code, out) = attach_to_end(&data, &run);
@@ -134,8 +136,8 @@ fn daemon_killed_with_sigkill_mid_run_resumes_it_on_restart() {
     assert_eq!(restarts(&sb.dir), 9);
 }
 
-#[test]
-fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishes() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishes() {
     let dir = temp_dir();
     // Real-speed estate: after a tserver restart the health gate waits until the new process has
     // been up for a second (the master reports a restarted server ALIVE at once, issue 11), so a
@@ -159,31 +161,28 @@ fn sigterm_journals_in_flight_attempts_as_interrupted_and_the_next_start_finishe
     let data = dir.path().join("data");
     let daemon = DaemonProcess::start(&data, &[]);
     let run = start_detached(&data, &inventory);
-    let start = Instant::now();
-    loop {
-        let out = waymark(&data)
-            .args(["show", &run, "--output", "json"])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let waiting_for_a_server = v["steps"].as_array().into_iter().flatten().any(|s| {
-            s["status"] == "running"
-                && s["label"]
-                    .as_str()
-                    // The longest wait of a node (issue 11): its tablets bootstrapping.
-                    .is_some_and(|l| {
-                        l.contains("is_server_ready") || l.contains("health gate after")
-                    })
-        });
-        if waiting_for_a_server {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no wait for a restarted server seen in flight"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    eventually(
+        Duration::from_secs(60),
+        "a wait for a restarted server in flight",
+        || {
+            let out = waymark(&data)
+                .args(["show", &run, "--output", "json"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let waiting_for_a_server = v["steps"].as_array().into_iter().flatten().any(|s| {
+                s["status"] == "running"
+                    && s["label"]
+                        .as_str()
+                        // The longest wait of a node (issue 11): its tablets bootstrapping.
+                        .is_some_and(|l| {
+                            l.contains("is_server_ready") || l.contains("health gate after")
+                        })
+            });
+            waiting_for_a_server.then_some(())
+        },
+    )
+    .await;
     let said = daemon.sigterm();
     assert!(said.contains("interrupted"), "{said}");
     {
@@ -209,7 +208,7 @@ fn socket_is_owner_only_and_other_users_are_refused() {
     let dir = temp_dir();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let data = dir.path().join("data");
-    let _daemon = DaemonProcess::start(&data, &[]);
+    let _daemon = InProcessDaemon::start(&data);
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mode = std::fs::metadata(data.join("waymark.sock"))
         .unwrap()
@@ -262,17 +261,8 @@ fn tcp_api_needs_the_token_and_serves_metrics_with_it() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "s3cr3t-token-for-waymark-tests\n").unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let port = crate::util::closed_port();
-    let addr = format!("127.0.0.1:{port}");
-    let _daemon = DaemonProcess::start(
-        &data,
-        &[
-            "--listen-tcp",
-            &addr,
-            "--token-file",
-            token_file.to_str().unwrap(),
-        ],
-    );
+    let daemon = InProcessDaemon::start_with(&data, DaemonSettings::tcp(&token_file));
+    let addr = daemon.tcp.expect("serves TCP").to_string();
     let req =
         |auth: &str| format!("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n");
     let (code, _) = http(&addr, &req(""));
@@ -400,7 +390,7 @@ fn schedules_are_kept_by_the_daemon_and_validated() {
     let dir = temp_dir();
     let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
     let data = dir.path().join("data");
-    let daemon = DaemonProcess::start(&data, &[]);
+    let daemon = InProcessDaemon::start(&data);
     let inventory = sb.dir.join("inventory.toml");
     let add = |name: &str, cron: &str, window: &str| {
         waymark(&data)
@@ -459,8 +449,8 @@ fn schedules_are_kept_by_the_daemon_and_validated() {
     assert_eq!(v[0]["cluster"], "sandbox-yb");
     assert_eq!(v[0]["window"], "1h30m");
     // The daemon persists them: a restarted daemon still has the schedule.
-    let _ = daemon.sigterm();
-    let _daemon = DaemonProcess::start(&data, &[]);
+    daemon.stop();
+    let _daemon = InProcessDaemon::start(&data);
     let ls = waymark(&data)
         .args(["schedule", "ls", "--output", "json"])
         .output()

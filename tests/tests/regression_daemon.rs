@@ -2,6 +2,8 @@
 //! closed, also in the foreground, held by runs that need an operator), server-side inventory
 //! validation, schedule start failures, token file and TCP hardening, startup order, ordered
 //! follow streams, damaged runs in listings and metrics, log colours, help texts, `plan`'s exit.
+//! The daemon runs in this process ([`InProcessDaemon`]) except in the test of its log's colours
+//! (which stops the process with SIGTERM).
 
 use std::future::IntoFuture as _;
 use std::io::{BufRead, BufReader};
@@ -9,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use waymark_engine::event::{CompensationSpec, Event, Payload, StepRef};
@@ -18,7 +20,8 @@ use waymark_engine::workflow::{self, DynWorkflow};
 use waymark_engine::{Engine, RunId, WorkflowContext};
 use waymark_workflows::Inventory;
 
-use crate::util::{http_unix, temp_dir, wait_exit, waymark, DaemonProcess, SandboxProcess};
+use crate::fixtures::daemon::{DaemonProcess, DaemonSettings, InProcessDaemon};
+use crate::util::{eventually, http_unix, temp_dir, wait_exit, waymark, SandboxProcess};
 
 /// The sandbox's inventory, loaded (paths resolved).
 fn sandbox_inventory(sb: &SandboxProcess) -> Inventory {
@@ -183,6 +186,17 @@ fn ls_json(data: &Path) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// A `yb-maintenance` that only waits for an approval: the daemon's lock is what is tested, and
+/// these runs stay unfinished (holding their cluster) whatever the estate.
+fn waiting_engine(log: waymark_engine::log::SharedLog) -> Engine {
+    Engine::builder(log)
+        .workflow_dyn(crate::util::wf("yb-maintenance", 4, |ctx| async move {
+            let note: String = ctx.wait_for_signal("approve").await?;
+            Ok(Payload::encode(&note).unwrap())
+        }))
+        .build()
+}
+
 /// Issue 8, item 1 (daemon): the busy check released its lock before awaiting `start_named`, so
 /// simultaneous `POST /v1/runs` for one cluster could all pass. 16 simultaneous starts, in 4
 /// rounds (a fresh cluster each): exactly one run per cluster.
@@ -191,11 +205,15 @@ fn simultaneous_api_starts_for_one_cluster_start_exactly_one_run() {
     let dir = temp_dir();
     let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
     let data = dir.path().join("data");
-    let _daemon = DaemonProcess::start(&data, &[]);
-    let sock = data.join("waymark.sock");
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            engine: Some(Box::new(waiting_engine)),
+            ..DaemonSettings::default()
+        },
+    );
+    let sock = daemon.socket.clone();
     let mut inv = sandbox_inventory(&sb);
-    // The runs wait for an approval: they change nothing in the estate.
-    inv.gates.require_approval = true;
     for round in 0..4 {
         inv.cluster.name = format!("race-{round}");
         let body = Arc::new(start_body(&inv));
@@ -237,7 +255,7 @@ fn an_unfinished_run_whose_history_does_not_load_keeps_clusters_locked() {
     let mut inv = sandbox_inventory(&sb);
     let damaged = unfinished_run(&data, &inv);
     damage(&data, damaged, 1);
-    let _daemon = DaemonProcess::start(&data, &[]);
+    let _daemon = InProcessDaemon::start(&data);
     inv.gates.require_approval = true;
     let (code, body) = http_unix(
         &data.join("waymark.sock"),
@@ -300,7 +318,13 @@ fn a_needs_operator_run_holds_its_cluster_until_resolved() {
     assert_eq!(refused.status.code(), Some(1), "{err}");
     assert!(err.contains(&format!("waymark resolve {run}")), "{err}");
     // Through the daemon: the start is refused until the run is resolved.
-    let _daemon = DaemonProcess::start(&data, &[]);
+    let _daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            engine: Some(Box::new(waiting_engine)),
+            ..DaemonSettings::default()
+        },
+    );
     let sock = data.join("waymark.sock");
     inv.gates.require_approval = true;
     let (code, body) = http_unix(&sock, "POST", "/v1/runs", Some(&start_body(&inv)));
@@ -350,7 +374,7 @@ fn the_daemon_validates_the_inventory_it_is_sent() {
     let dir = temp_dir();
     let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
     let data = dir.path().join("data");
-    let _daemon = DaemonProcess::start(&data, &[]);
+    let _daemon = InProcessDaemon::start(&data);
     let mut inv = sandbox_inventory(&sb);
     inv.cluster.name = "  ".into();
     let (code, body) = http_unix(
@@ -375,12 +399,12 @@ fn schedule_ls(data: &Path) -> serde_json::Value {
 /// Issue 8, item 7: a fire time was marked handled before its run started, and a failed start
 /// was only logged. Now the failure is shown by `schedule ls` and, with `overlap = queue`, the
 /// fire time stays queued. (Waits for the next minute's fire time.)
-#[test]
-fn a_scheduled_start_that_fails_is_kept_queued_and_shown() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_start_that_fails_is_kept_queued_and_shown() {
     let dir = temp_dir();
     let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
     let data = dir.path().join("data");
-    let _daemon = DaemonProcess::start(&data, &[]);
+    let _daemon = InProcessDaemon::start(&data);
     let inventory = sb.dir.join("scheduled.toml");
     std::fs::copy(sb.dir.join("inventory.toml"), &inventory).unwrap();
     let add = waymark(&data)
@@ -408,18 +432,15 @@ fn a_scheduled_start_that_fails_is_kept_queued_and_shown() {
     );
     // The inventory goes away before the fire time: the start fails.
     std::fs::remove_file(&inventory).unwrap();
-    let start = Instant::now();
-    let row = loop {
-        let v = schedule_ls(&data);
-        if !v[0]["last_failure"].is_null() {
-            break v[0].clone();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(100),
-            "no failure shown by `schedule ls`: {v}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let row = eventually(
+        Duration::from_secs(100),
+        "the failed start shown by `schedule ls`",
+        || {
+            let v = schedule_ls(&data);
+            (!v[0]["last_failure"].is_null()).then(|| v[0].clone())
+        },
+    )
+    .await;
     let failure = &row["last_failure"];
     assert!(
         failure["message"]
@@ -466,17 +487,18 @@ fn http_tcp(addr: &str, request: &str) -> (u16, String) {
 fn token_file_mode_loopback_default_and_tcp_schedule_paths_are_checked() {
     let dir = temp_dir();
     let data = dir.path().join("data");
-    let port = crate::util::closed_port().to_string();
     let token = write_token(dir.path(), 0o644);
-    let child = waymark(&data)
-        .args(["daemon", "--listen-tcp", &port, "--token-file"])
-        .arg(&token)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (status, _, err) = wait_exit(child, Duration::from_secs(30));
-    assert!(!status.success(), "{err}");
+    // `--listen-tcp 0`: a bare port.
+    let bare_port = waymark_cli::daemon::parse_listen("0").unwrap();
+    let settings = |inventory_dir: Option<PathBuf>| DaemonSettings {
+        tcp: Some(bare_port),
+        token_file: Some(token.clone()),
+        inventory_dir,
+        ..DaemonSettings::default()
+    };
+    let Err(err) = InProcessDaemon::try_start(&data, settings(None)) else {
+        panic!("a token file others can read was accepted");
+    };
     assert!(
         err.contains(&format!("chmod 600 {}", token.display())),
         "{err}"
@@ -484,18 +506,13 @@ fn token_file_mode_loopback_default_and_tcp_schedule_paths_are_checked() {
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let inventories = dir.path().join("inventories");
     std::fs::create_dir_all(&inventories).unwrap();
-    let _daemon = DaemonProcess::start(
-        &data,
-        &[
-            "--listen-tcp",
-            &port,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--inventory-dir",
-            inventories.to_str().unwrap(),
-        ],
+    let daemon = InProcessDaemon::start_with(&data, settings(Some(inventories.clone())));
+    let served = daemon.tcp.expect("serves TCP");
+    assert!(
+        served.ip().is_loopback(),
+        "a bare port binds loopback: {served}"
     );
-    let addr = format!("127.0.0.1:{port}");
+    let addr = served.to_string();
     let auth = "Authorization: Bearer s3cr3t-token-for-waymark-tests\r\n";
     let (code, body) = http_tcp(
         &addr,
@@ -540,46 +557,33 @@ fn a_bad_setting_exits_before_any_run_is_resumed() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     let schedules = data.join("schedules.json");
-    for (what, args, schedules_text) in [
+    let tcp = |addr: &str, token: &Path| DaemonSettings {
+        tcp: Some(waymark_cli::daemon::parse_listen(addr).unwrap()),
+        token_file: Some(token.to_owned()),
+        ..DaemonSettings::default()
+    };
+    for (what, settings, schedules_text) in [
+        ("short token", tcp("0", &short), None),
+        ("TCP address in use", tcp(&taken_addr, &good), None),
         (
-            "short token",
-            vec!["--listen-tcp", "0", "--token-file", short.to_str().unwrap()],
-            None,
+            "corrupt schedules file",
+            DaemonSettings::default(),
+            Some("{ not json"),
         ),
-        (
-            "TCP address in use",
-            vec![
-                "--listen-tcp",
-                &taken_addr,
-                "--token-file",
-                good.to_str().unwrap(),
-            ],
-            None,
-        ),
-        ("corrupt schedules file", vec![], Some("{ not json")),
     ] {
         if let Some(t) = schedules_text {
             std::fs::write(&schedules, t).unwrap();
         }
-        let child = waymark(&data)
-            .env("WAYMARK_LOG", "info")
-            .arg("daemon")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (status, _, err) = wait_exit(child, Duration::from_secs(30));
-        assert!(!status.success(), "{what}: {err}");
-        assert!(
-            !err.contains("resumed"),
-            "{what}: a run was resumed first: {err}"
-        );
+        let Err(err) = InProcessDaemon::try_start(&data, settings) else {
+            panic!("{what}: the daemon started");
+        };
+        assert!(!err.is_empty(), "{what}: says why");
+        // Resuming the run would have journaled its attempt in flight as interrupted.
         let log = waymark_engine::open_log(&data).unwrap();
         assert_eq!(
             log.read(run).unwrap().len(),
             3,
-            "{what}: the run was not touched"
+            "{what}: the run was not touched ({err})"
         );
     }
 }
@@ -734,16 +738,8 @@ fn damaged_runs_are_counted_by_metrics_and_listed_by_ls() {
     let run = needs_operator_run(&data, &sandbox_inventory(&sb));
     damage(&data, run, 2);
     let token = write_token(dir.path(), 0o600);
-    let addr = format!("127.0.0.1:{}", crate::util::closed_port());
-    let _daemon = DaemonProcess::start(
-        &data,
-        &[
-            "--listen-tcp",
-            &addr,
-            "--token-file",
-            token.to_str().unwrap(),
-        ],
-    );
+    let daemon = InProcessDaemon::start_with(&data, DaemonSettings::tcp(&token));
+    let addr = daemon.tcp.expect("serves TCP").to_string();
     let (code, body) = http_tcp(
         &addr,
         "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
@@ -782,6 +778,7 @@ fn help_texts_render_cleanly_and_document_resolve() {
         &["daemon", "--help"],
         &["start", "--help"],
         &["ls", "--help"],
+        &["hold", "--help"],
     ] {
         let out = waymark(dir.path()).args(args).output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

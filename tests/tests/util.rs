@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::fixtures::daemon::DaemonProcess;
+
 /// A fresh temporary directory, removed when dropped.
 pub fn temp_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -16,16 +18,40 @@ pub fn crash_child() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_waymark-crash-child"))
 }
 
+/// Polls `probe` until it gives a value, and returns it. The first polls come every 5 ms, later
+/// ones up to every 100 ms (a probe may run a command). `limit` is a safety net against a hang,
+/// not a timing assertion: past it the test fails with `what`.
+pub async fn eventually<T>(limit: Duration, what: &str, probe: impl FnMut() -> Option<T>) -> T {
+    poll(limit, what, Duration::from_millis(100), probe).await
+}
+
 /// Polls `cond` every 5 ms until it holds, failing the test after `limit` (a safety net against a
 /// hang, not a timing assertion).
 pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    poll(limit, what, Duration::from_millis(5), || {
+        cond().then_some(())
+    })
+    .await;
+}
+
+async fn poll<T>(
+    limit: Duration,
+    what: &str,
+    longest_pause: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = tokio::time::Instant::now() + limit;
-    while !cond() {
+    let mut pause = Duration::from_millis(5).min(longest_pause);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "gave up waiting for: {what}"
+            "gave up waiting for: {what} (after the safety limit of {limit:?})"
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(longest_pause);
     }
 }
 
@@ -120,63 +146,6 @@ impl SandboxProcess {
 }
 
 impl Drop for SandboxProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `waymark daemon` as its own process, killed when dropped.
-pub struct DaemonProcess {
-    /// The process.
-    pub child: std::process::Child,
-}
-
-impl DaemonProcess {
-    /// Starts it on `data` and waits until its socket answers.
-    pub fn start(data: &std::path::Path, extra: &[&str]) -> Self {
-        let child = waymark(data)
-            .arg("daemon")
-            .args(extra)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn waymark daemon");
-        let sock = data.join("waymark.sock");
-        let start = std::time::Instant::now();
-        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not open {}",
-                sock.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        DaemonProcess { child }
-    }
-
-    /// Kills it with SIGKILL.
-    pub fn sigkill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Stops it with SIGTERM; asserts a clean exit and returns what it logged.
-    pub fn sigterm(mut self) -> String {
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on a child we spawned.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "daemon exit after SIGTERM: {status}");
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut err).unwrap();
-        err
-    }
-}
-
-impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

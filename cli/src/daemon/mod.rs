@@ -70,6 +70,15 @@ pub struct Config {
     pub metrics: Arc<Metrics>,
 }
 
+/// `--listen-tcp`: a bare port binds loopback only; otherwise an address like `0.0.0.0:7233`.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is neither a port nor an address like 127.0.0.1:7233"))
+}
+
 /// A daemon ready to serve: every setting checked, every listener bound, the engine built on
 /// the data directory's log; no run resumed yet.
 pub struct Prepared {
