@@ -6,4 +6,5 @@
 pub mod elb;
 pub mod k8s;
 pub mod ssh;
+pub mod wait;
 pub mod yb;

@@ -136,8 +136,8 @@ pub enum Error {
         /// The SDK's explanation.
         detail: String,
     },
-    /// The target did not become healthy in time.
-    #[error("ELBv2 target {target_id} in target group {target_group_arn} at {endpoint} is {health} after {waited_secs} s, not healthy; check the target's health check (port, security groups, the service on the target)")]
+    /// The target was not healthy by the wait's deadline (final: not retried).
+    #[error("ELBv2 target {target_id} in target group {target_group_arn} at {endpoint} is {health} at its deadline {deadline} ({timeout_secs} s after the step was first scheduled; final, not retried), not healthy; check the target's health check (port, security groups, the service on the target)")]
     NotHealthy {
         /// The target id.
         target_id: String,
@@ -145,10 +145,12 @@ pub enum Error {
         target_group_arn: String,
         /// The endpoint.
         endpoint: String,
-        /// The last state, with its reason and description.
+        /// The last state, with its reason and description (or the last transient error).
         health: String,
-        /// How long it waited.
-        waited_secs: u64,
+        /// When the deadline passed (RFC 3339).
+        deadline: String,
+        /// The wait's timeout.
+        timeout_secs: u64,
     },
     /// The listener or rule has no forward action whose weights could be read or set.
     #[error("ELBv2 {target} at {endpoint} has no forward action; check that the ARN is the listener or rule that forwards to the zone target groups")]

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use waymark_engine::activity::{self, Activity, Context};
 
 use super::{ElbClient, ElbConnection, Error, SYSTEM};
+use crate::wait::{Deadline, Poll, PollUntil, WaitError};
 
 /// Reason `ELBv2` gives for a target that is not in the target group.
 const NOT_REGISTERED: &str = "Target.NotRegistered";
@@ -172,7 +173,8 @@ pub struct RegisterTargetInput {
     /// Availability zone (`all` for an IP outside the VPC).
     #[serde(default)]
     pub availability_zone: Option<String>,
-    /// How long to wait for `healthy`.
+    /// The wait's one deadline, seconds after the step was first scheduled: the target must be
+    /// `healthy` by then (final when passed, not retried).
     pub healthy_timeout_secs: u64,
     /// Pause between two `DescribeTargetHealth` calls.
     pub poll_interval_ms: u64,
@@ -245,41 +247,51 @@ impl RegisterTarget {
             tracing::info!(key = %ctx.idempotency_key(), "{SYSTEM}: registering {}", target.label());
             client.register(&target).await?;
         }
-        let started = tokio::time::Instant::now();
-        let timeout = Duration::from_secs(input.healthy_timeout_secs);
-        let interval = Duration::from_millis(input.poll_interval_ms.max(1));
-        loop {
-            let health = client.target_health(&target).await?.unwrap_or(Health {
-                state: "unused".into(),
-                reason: Some(NOT_REGISTERED.into()),
-                description: Some("not described".into()),
-            });
-            ctx.heartbeat(Some(format!("{SYSTEM} {}: {health}", target.label())));
-            if health.healthy() {
-                return Ok(RegisterTargetOutput {
+        // One deadline, counted from the step's first scheduling: a retried or resumed attempt
+        // waits only for what is left of it; transient errors are looked past within it.
+        let deadline =
+            Deadline::after_scheduling(ctx, Duration::from_secs(input.healthy_timeout_secs));
+        let what = format!("{SYSTEM} {} healthy", target.label());
+        let looked = ctx
+            .poll_until(
+                &what,
+                deadline,
+                Duration::from_millis(input.poll_interval_ms),
+                || async {
+                    let health = client.target_health(&target).await?.unwrap_or(Health {
+                        state: "unused".into(),
+                        reason: Some(NOT_REGISTERED.into()),
+                        description: Some("not described".into()),
+                    });
+                    Ok(if health.healthy() {
+                        Poll::Ready(health)
+                    } else {
+                        Poll::Pending(health.to_string())
+                    })
+                },
+            )
+            .await;
+        match looked {
+            Ok(health) => {
+                ctx.heartbeat(Some(format!("{SYSTEM} {}: {health}", target.label())));
+                Ok(RegisterTargetOutput {
                     state: health.state,
                     already,
-                });
+                })
             }
-            let waited = started.elapsed();
-            if waited >= timeout {
-                return Err(Error::NotHealthy {
-                    target_id: input.target_id.clone(),
-                    target_group_arn: input.target_group_arn.clone(),
-                    endpoint: client.endpoint.clone(),
-                    health: health.to_string(),
-                    waited_secs: waited.as_secs(),
-                });
-            }
-            if !ctx
-                .sleep(interval.min(timeout.saturating_sub(waited)))
-                .await
-            {
-                return Err(Error::Cancelled {
-                    target: target.label(),
-                    what: format!("state healthy, last {}", health.state),
-                });
-            }
+            Err(WaitError::Timeout(t)) => Err(Error::NotHealthy {
+                target_id: input.target_id.clone(),
+                target_group_arn: input.target_group_arn.clone(),
+                endpoint: client.endpoint.clone(),
+                health: t.last,
+                deadline: t.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                timeout_secs: input.healthy_timeout_secs,
+            }),
+            Err(WaitError::Failed(e)) => Err(e),
+            Err(WaitError::Cancelled(_)) => Err(Error::Cancelled {
+                target: target.label(),
+                what: "state healthy".into(),
+            }),
         }
     }
 }

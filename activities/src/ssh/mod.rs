@@ -224,15 +224,18 @@ pub enum Error {
         /// What systemd said.
         load_state: String,
     },
-    /// The restarted unit did not become active in time.
-    #[error("SSH to {addr}: systemd unit `{unit}` not active under a new InvocationID {ms} ms after the restart (last `systemctl show`: {last}); check `journalctl -u {unit}` on the host")]
+    /// The restarted unit did not become active by the wait's deadline (final: another attempt
+    /// would only wait again).
+    #[error("SSH to {addr}: systemd unit `{unit}` not active under a new InvocationID by its deadline {deadline} ({ms} ms after the restart step was first scheduled; final, not retried); last `systemctl show`: {last}; check `journalctl -u {unit}` on the host")]
     UnitNotActive {
         /// `host:port`.
         addr: String,
         /// The unit.
         unit: String,
-        /// The limit.
+        /// The wait's timeout.
         ms: u64,
+        /// When the deadline passed (RFC 3339).
+        deadline: String,
         /// The last state seen.
         last: String,
     },
@@ -258,8 +261,7 @@ impl Error {
             | Error::ConnectTimeout { .. }
             | Error::Handshake { .. }
             | Error::CommandTimeout { .. }
-            | Error::ConnectionLost { .. }
-            | Error::UnitNotActive { .. } => true,
+            | Error::ConnectionLost { .. } => true,
             Error::CommandFailed { retryable, .. } => *retryable,
             Error::Incompatible { .. }
             | Error::HostKeyChanged { .. }
@@ -271,6 +273,7 @@ impl Error {
             | Error::ExecRefused { .. }
             | Error::UnexpectedOutput { .. }
             | Error::UnitNotFound { .. }
+            | Error::UnitNotActive { .. }
             | Error::InvalidInput(_)
             | Error::Cancelled { .. } => false,
         }

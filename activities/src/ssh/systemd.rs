@@ -2,13 +2,13 @@
 //! idempotent restart keyed on the unit's `InvocationID` (`ssh.systemd_restart`).
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waymark_engine::activity::{self, Activity, Context};
 
 use super::{shell_quote, Error, SshSession, SshTarget};
+use crate::wait::{Deadline, Poll, PollUntil, WaitError};
 
 /// What `systemctl show` says about a unit's current run.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,7 +157,8 @@ pub struct RestartInput {
     pub use_sudo: bool,
     /// The unit's `InvocationID` recorded (by a `ssh.systemd_show` step) before this step.
     pub expected_invocation_id: String,
-    /// How long the unit may take to be `active` again, ms (default 120,000).
+    /// The wait's one deadline, ms after the step was first scheduled (default 120,000): the unit
+    /// must be `active` under a new `InvocationID` by then (final when passed, not retried).
     #[serde(default = "default_active_timeout_ms")]
     pub active_timeout_ms: u64,
     /// Pause between `systemctl show` polls, ms (default 1,000).
@@ -258,7 +259,8 @@ pub async fn restart_unit(
 
 /// Polls `systemctl show` over the open session until the unit is `active` under an
 /// `InvocationID` other than the recorded one (a `--no-block` restart returns before the stop
-/// even began: `is-active` alone could still see the old run).
+/// even began: `is-active` alone could still see the old run), within one deadline counted from
+/// the step's first scheduling ([`crate::wait`]): a retried attempt waits only for what is left.
 async fn wait_active(
     ctx: &Context,
     session: &SshSession,
@@ -266,57 +268,61 @@ async fn wait_active(
     input: &RestartInput,
 ) -> Result<(), Error> {
     let target = session.target();
-    let start = tokio::time::Instant::now();
-    let limit = Duration::from_millis(input.active_timeout_ms);
-    loop {
-        let state = show_unit(session, unit, input.use_sudo).await?;
-        let new_run =
-            !state.invocation_id.is_empty() && state.invocation_id != input.expected_invocation_id;
-        let mut progress = format!(
-            "{unit} on {}: {} (InvocationID {})",
-            target.host,
-            if state.active_state.is_empty() {
-                "(no answer)"
-            } else {
-                &state.active_state
-            },
-            if state.invocation_id.is_empty() {
-                "none"
-            } else {
-                &state.invocation_id
-            }
-        );
-        if new_run && state.active_state == "active" {
-            ctx.heartbeat(Some(progress));
-            return Ok(());
-        }
-        if start.elapsed() >= limit {
-            return Err(Error::UnitNotActive {
-                addr: target.addr(),
-                unit: unit.to_owned(),
-                ms: input.active_timeout_ms,
-                last: format!(
-                    "{}{}",
-                    state.active_state,
+    let what = format!("{unit} on {} active under a new InvocationID", target.host);
+    let deadline = Deadline::after_scheduling(ctx, Duration::from_millis(input.active_timeout_ms));
+    let looked = ctx
+        .poll_until(
+            &what,
+            deadline,
+            Duration::from_millis(input.poll_interval_ms),
+            || async {
+                let state = show_unit(session, unit, input.use_sudo).await?;
+                let new_run = !state.invocation_id.is_empty()
+                    && state.invocation_id != input.expected_invocation_id;
+                if new_run && state.active_state == "active" {
+                    return Ok(Poll::Ready(state));
+                }
+                Ok(Poll::Pending(format!(
+                    "{} (InvocationID {}{})",
+                    if state.active_state.is_empty() {
+                        "(no answer)"
+                    } else {
+                        &state.active_state
+                    },
+                    if state.invocation_id.is_empty() {
+                        "none"
+                    } else {
+                        &state.invocation_id
+                    },
                     if new_run {
                         ""
                     } else {
-                        ", still the recorded InvocationID"
+                        ", still the recorded one"
                     }
-                ),
-            });
+                )))
+            },
+        )
+        .await;
+    match looked {
+        Ok(state) => {
+            ctx.heartbeat(Some(format!(
+                "{unit} on {}: active (InvocationID {})",
+                target.host, state.invocation_id
+            )));
+            Ok(())
         }
-        let _ = write!(progress, ", waiting {} ms", start.elapsed().as_millis());
-        ctx.heartbeat(Some(progress));
-        if !ctx
-            .sleep(Duration::from_millis(input.poll_interval_ms.max(10)))
-            .await
-        {
-            return Err(Error::Cancelled {
-                addr: target.addr(),
-                what: format!("waiting for {unit} to be active"),
-            });
-        }
+        Err(WaitError::Timeout(t)) => Err(Error::UnitNotActive {
+            addr: target.addr(),
+            unit: unit.to_owned(),
+            ms: input.active_timeout_ms,
+            deadline: t.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            last: t.last,
+        }),
+        Err(WaitError::Failed(e)) => Err(e),
+        Err(WaitError::Cancelled(_)) => Err(Error::Cancelled {
+            addr: target.addr(),
+            what: format!("waiting for {unit} to be active"),
+        }),
     }
 }
 
