@@ -24,6 +24,7 @@ use waymark_engine::activity::{self, Activity, Context};
 use waymark_engine::runtime::EngineBuilder;
 
 use crate::ssh;
+use crate::wait::{Deadline, PollUntil, WaitError};
 
 /// Errors of the `YugabyteDB` activities.
 #[derive(Debug, thiserror::Error)]
@@ -1369,49 +1370,37 @@ impl Activity for ToolsCheck {
     }
 }
 
-pub(crate) enum Poll<T> {
-    Ready(T),
-    Pending(String),
-}
+pub(crate) use crate::wait::Poll;
 
 pub(crate) async fn poll<T, F, Fut>(
     ctx: &Context,
     what: &str,
     timeout_secs: u64,
     poll_ms: u64,
-    mut f: F,
+    f: F,
 ) -> Result<T, Error>
 where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Poll<T>, Error>>,
+    T: Send,
+    F: FnMut() -> Fut + Send,
+    Fut: std::future::Future<Output = Result<Poll<T>, Error>> + Send,
 {
     // One deadline per wait, counted from when the step was first scheduled (journaled): an
     // attempt retried after a transient error, or resumed after a restart, waits only for what
     // is left of it, and a wait that reaches it is final (`Error::Timeout`, not retryable).
-    let timeout = Duration::from_secs(timeout_secs.max(1));
-    let spent = (chrono::Utc::now() - ctx.scheduled_at)
-        .to_std()
-        .unwrap_or(Duration::ZERO)
-        .min(timeout);
-    let limit = timeout.saturating_sub(spent);
-    let start = tokio::time::Instant::now();
-    loop {
-        match f().await? {
-            Poll::Ready(v) => return Ok(v),
-            Poll::Pending(last) => {
-                if start.elapsed() >= limit {
-                    return Err(Error::Timeout {
-                        what: what.to_owned(),
-                        waited: spent + start.elapsed(),
-                        last,
-                    });
-                }
-                ctx.heartbeat(Some(last));
-                if !ctx.sleep(Duration::from_millis(poll_ms.max(10))).await {
-                    return Err(Error::Cancelled(what.to_owned()));
-                }
-            }
-        }
+    // Transient errors (`wait::Transient`) are looked past within it.
+    let deadline = Deadline::after_scheduling(ctx, Duration::from_secs(timeout_secs.max(1)));
+    match ctx
+        .poll_until(what, deadline, Duration::from_millis(poll_ms), f)
+        .await
+    {
+        Ok(v) => Ok(v),
+        Err(WaitError::Timeout(t)) => Err(Error::Timeout {
+            what: t.what,
+            waited: t.timeout,
+            last: t.last,
+        }),
+        Err(WaitError::Failed(e)) => Err(e),
+        Err(WaitError::Cancelled(what)) => Err(Error::Cancelled(what)),
     }
 }
 
