@@ -906,3 +906,68 @@ fn aws_credential_chain_warnings_are_not_printed_raw() {
     assert!(!err.contains("aws_config"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+/// Issue 12 (daemon): a schedule's window was only a limit for starting. The daemon now puts
+/// the end of the window (fire time + window) in the run's input as `run.finish_by`, the
+/// workflow's deadline for finishing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_run_must_finish_by_the_end_of_its_window() {
+    use waymark_cli::schedule::{CatchUp, NewSchedule, Overlap, ScheduleBook};
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let inventory = sb.dir.join("inventory.toml");
+    // A schedule last looked at two minutes ago: the first tick finds a fire time in its window.
+    let mut book = ScheduleBook::default();
+    book.add(
+        NewSchedule {
+            name: "every-minute".into(),
+            workflow: "yb-maintenance".into(),
+            inventory: inventory.clone(),
+            cluster: sandbox_inventory(&sb).cluster.name,
+            cron: "* * * * *".into(),
+            window: Some(Duration::from_secs(30 * 60)),
+            overlap: Overlap::Skip,
+            catch_up: CatchUp::None,
+        },
+        chrono::Utc::now() - chrono::TimeDelta::minutes(2),
+    )
+    .unwrap();
+    book.save(&waymark_cli::paths::schedules_path(&data))
+        .unwrap();
+    let _daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            engine: Some(Box::new(waiting_engine)),
+            ..DaemonSettings::default()
+        },
+    );
+    let started = eventually(
+        Duration::from_secs(60),
+        "the schedule's run started",
+        || {
+            let out = waymark(&data)
+                .args(["history", "--output", "json"])
+                .arg(ls_json(&data).first()?["run"].as_str()?)
+                .output()
+                .ok()?;
+            let h: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            h[0]["event"]["RunStarted"].as_object().cloned()
+        },
+    )
+    .await;
+    let by = started["started_by"].as_str().unwrap();
+    let fire_time = by
+        .split_once("(fire time ")
+        .and_then(|(_, t)| t.strip_suffix(')'))
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("the fire time in {by:?}"));
+    let input: Inventory = serde_json::from_str(started["input"].as_str().unwrap())
+        .unwrap_or_else(|e| panic!("the run's input is an inventory ({e}): {started:?}"));
+    assert_eq!(
+        input.run.finish_by,
+        Some(fire_time.to_utc() + chrono::TimeDelta::minutes(30)),
+        "finish_by is the end of the fire time's window; started by {by}"
+    );
+}

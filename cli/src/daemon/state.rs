@@ -80,8 +80,8 @@ impl Daemon {
 
     /// Starts the run of a schedule's fire time, unless one was started for it already (a crash
     /// between a start and the save of the schedules). The run's input is the inventory with
-    /// `run.finish_by` set to the end of the fire time's window: the window bounds the start
-    /// and the finish.
+    /// `run.finish_by` set to the end of the fire time's window (or kept, when the inventory's
+    /// own is earlier): the window bounds the start and the finish.
     pub(super) async fn start_scheduled(
         &self,
         workflow: &str,
@@ -94,8 +94,12 @@ impl Daemon {
             tracing::info!("run {run} was already started by {by}");
             return Ok(run);
         }
-        let _ = window_closes_at;
-        let input = Payload::encode(inv)
+        let mut inv = inv.clone();
+        inv.run.finish_by = Some(match inv.run.finish_by {
+            Some(earlier) if earlier < window_closes_at => earlier,
+            _ => window_closes_at,
+        });
+        let input = Payload::encode(&inv)
             .map_err(|e| StartError::Other(ExitStatus::Usage, e.to_string()))?;
         self.start_run(workflow, input, &inv.cluster.name, by).await
     }
