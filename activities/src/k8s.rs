@@ -13,6 +13,8 @@ use serde_json::json;
 use waymark_engine::activity::{self, Activity, Context};
 use waymark_engine::runtime::EngineBuilder;
 
+use crate::wait::{Deadline, Poll as WaitPoll, PollUntil, WaitError};
+
 /// Annotation `kubectl rollout restart` sets (not kube-rs's `kube.kubernetes.io/restartedAt`).
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
@@ -381,8 +383,9 @@ pub fn scaled_to(d: &Deployment, replicas: i32) -> Result<(), String> {
 
 /// `k8s.scale_and_wait`: [`Scale`], then waits until the Deployment has reached the replicas
 /// ([`scaled_to`]: scaled to 0, every pod gone; above 0, every replica Available) within one
-/// deadline. A wait that passes its deadline fails, not retryable (another attempt would only
-/// wait again); errors of one look are retried within the deadline.
+/// deadline counted from the step's first scheduling ([`crate::wait`]). A wait that passes its
+/// deadline fails, not retryable (another attempt would only wait again); transient errors of
+/// one look are retried within the deadline, others end the attempt.
 pub struct ScaleAndWait;
 
 impl Activity for ScaleAndWait {
@@ -398,37 +401,35 @@ impl Activity for ScaleAndWait {
         let out = Scale.run(ctx.clone(), input.scale.clone()).await?;
         let d = &input.scale.deployment;
         let api = d.api().await?;
-        let limit = Duration::from_secs(input.timeout_secs);
-        let start = tokio::time::Instant::now();
-        loop {
-            let last = match d.call("read", api.get(&d.name)).await {
-                Ok(dep) => match scaled_to(&dep, input.scale.replicas) {
-                    Ok(()) => return Ok(out),
-                    Err(missing) => missing,
+        // One deadline, counted from when the step was first scheduled (the scale included).
+        let deadline = Deadline::after_scheduling(&ctx, Duration::from_secs(input.timeout_secs));
+        let what = format!("{} at {} replicas", d.target(), input.scale.replicas);
+        let looked: Result<(), WaitError<Error>> = ctx
+            .poll_until(
+                &what,
+                deadline,
+                Duration::from_millis(input.poll_ms),
+                || async {
+                    let dep = d.call("read", api.get(&d.name)).await?;
+                    Ok(match scaled_to(&dep, input.scale.replicas) {
+                        Ok(()) => WaitPoll::Ready(()),
+                        Err(missing) => WaitPoll::Pending(missing),
+                    })
                 },
-                Err(e) => format!("could not be read: {e}"),
-            };
-            if start.elapsed() >= limit {
-                return Err(activity::Error::fatal(format!(
-                    "Kubernetes: {} did not reach {} replicas within its deadline of {} s: {last}; check its pods (kubectl -n {} describe deployment {})",
-                    d.target(),
-                    input.scale.replicas,
-                    input.timeout_secs,
-                    d.namespace,
-                    d.name
-                )));
-            }
-            ctx.heartbeat(Some(format!(
-                "{}: waiting for {} replicas: {last}",
+            )
+            .await;
+        match looked {
+            Ok(()) => Ok(out),
+            Err(WaitError::Timeout(t)) => Err(activity::Error::fatal(format!(
+                "Kubernetes: {} did not reach {} replicas within its deadline of {} s ({t}); check its pods (kubectl -n {} describe deployment {})",
                 d.target(),
-                input.scale.replicas
-            )));
-            if !ctx
-                .sleep(Duration::from_millis(input.poll_ms.max(10)))
-                .await
-            {
-                return Err(Error::Cancelled(d.target()).into());
-            }
+                input.scale.replicas,
+                input.timeout_secs,
+                d.namespace,
+                d.name
+            ))),
+            Err(WaitError::Failed(e)) => Err(e.into()),
+            Err(WaitError::Cancelled(_)) => Err(Error::Cancelled(d.target()).into()),
         }
     }
 }
@@ -578,52 +579,45 @@ impl Activity for WaitRollout {
         let d = &input.deployment;
         let api = d.api().await?;
         // One deadline, counted from when the step was first scheduled: a retried or resumed
-        // attempt waits only for what is left of it.
-        let timeout = Duration::from_secs(input.timeout_secs);
-        let spent = (chrono::Utc::now() - ctx.scheduled_at)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .min(timeout);
-        let limit = timeout.saturating_sub(spent);
-        let start = tokio::time::Instant::now();
-        loop {
-            let dep = d.call("read", api.get(&d.name)).await?;
-            match rollout_status(&dep) {
-                RolloutStatus::Done(msg) => return Ok(msg),
-                RolloutStatus::Failed(_) => {
-                    let message = dep
-                        .status
-                        .and_then(|s| s.conditions)
-                        .and_then(|cs| {
-                            cs.into_iter()
-                                .find(|c| c.type_.as_deref() == Some("Progressing"))
-                        })
-                        .and_then(|c| c.message)
-                        .unwrap_or_default();
-                    return Err(Error::ProgressDeadline {
-                        target: d.target(),
-                        message,
-                    }
-                    .into());
-                }
-                RolloutStatus::Waiting(msg) => {
-                    if start.elapsed() >= limit {
-                        return Err(Error::RolloutTimeout {
+        // attempt waits only for what is left of it; transient errors are looked past within it.
+        let deadline = Deadline::after_scheduling(&ctx, Duration::from_secs(input.timeout_secs));
+        let what = format!("deployment {} rolled out", d.target());
+        let looked = ctx
+            .poll_until(
+                &what,
+                deadline,
+                Duration::from_millis(input.poll_ms),
+                || async {
+                    let dep = d.call("read", api.get(&d.name)).await?;
+                    match rollout_status(&dep) {
+                        RolloutStatus::Done(msg) => Ok(WaitPoll::Ready(msg)),
+                        RolloutStatus::Waiting(msg) => Ok(WaitPoll::Pending(msg)),
+                        RolloutStatus::Failed(_) => Err(Error::ProgressDeadline {
                             target: d.target(),
-                            waited: spent + start.elapsed(),
-                            last: msg,
-                        }
-                        .into());
+                            message: dep
+                                .status
+                                .and_then(|s| s.conditions)
+                                .and_then(|cs| {
+                                    cs.into_iter()
+                                        .find(|c| c.type_.as_deref() == Some("Progressing"))
+                                })
+                                .and_then(|c| c.message)
+                                .unwrap_or_default(),
+                        }),
                     }
-                    ctx.heartbeat(Some(msg));
-                    if !ctx
-                        .sleep(Duration::from_millis(input.poll_ms.max(10)))
-                        .await
-                    {
-                        return Err(Error::Cancelled(d.target()).into());
-                    }
-                }
+                },
+            )
+            .await;
+        match looked {
+            Ok(msg) => Ok(msg),
+            Err(WaitError::Timeout(t)) => Err(Error::RolloutTimeout {
+                target: d.target(),
+                waited: t.timeout,
+                last: t.last,
             }
+            .into()),
+            Err(WaitError::Failed(e)) => Err(e.into()),
+            Err(WaitError::Cancelled(_)) => Err(Error::Cancelled(d.target()).into()),
         }
     }
 }
