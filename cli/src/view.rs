@@ -293,7 +293,7 @@ pub fn mermaid<'a>(events: impl Iterator<Item = &'a Event> + Clone) -> String {
                 out.push_str("    Note over W: cancelled (compensated)\n");
             }
             Event::RunRefused { .. } => {
-                out.push_str("    Note over W: refused (nothing changed)\n")
+                out.push_str("    Note over W: refused (nothing changed)\n");
             }
             _ => {}
         }

@@ -971,3 +971,146 @@ async fn a_scheduled_run_must_finish_by_the_end_of_its_window() {
         "finish_by is the end of the fire time's window; started by {by}"
     );
 }
+
+/// Issue 12 (CLI): `ls`, `show` and `/metrics` knew nothing of held and refused runs. A held run
+/// (unfinished, its cluster locked) and a refused run (ended, nothing changed) are listed with
+/// their states and reasons, `ls --state held|refused` filters them, and `/metrics` counts them
+/// and names the refused run's reasons.
+#[test]
+fn held_and_refused_runs_are_listed_shown_and_exported_with_their_reasons() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let inv = sandbox_inventory(&sb);
+    let refused = write_run(
+        &data,
+        vec![
+            started(&inv),
+            Event::RunRefused {
+                reasons: vec![
+                    "pre-flight: zone A target group has no healthy target".into(),
+                    "pre-flight: MirrorMaker2 has 0 replicas".into(),
+                ],
+            },
+        ],
+    );
+    let held = write_run(
+        &data,
+        vec![
+            started(&inv),
+            Event::SignalReceived {
+                name: "hold".into(),
+                payload: Payload::encode(&"zone B alarms: looking first").unwrap(),
+                sent_by: "alice (uid 1000)".into(),
+            },
+        ],
+    );
+    let ls_state = |state: &str| {
+        let out = waymark(&data)
+            .args(["ls", "--state", state, "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let rows = ls_state("refused");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["run"], refused.to_string());
+    let reason = rows[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("no healthy target") && reason.contains("0 replicas"),
+        "{reason}"
+    );
+    let rows = ls_state("held");
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(rows[0]["run"], held.to_string());
+    assert_eq!(
+        rows[0]["reason"], "held by alice (uid 1000): zone B alarms: looking first",
+        "{rows}"
+    );
+    let show = waymark(&data)
+        .args(["show", &held.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        text.contains("state     held") && text.contains("zone B alarms"),
+        "{text}"
+    );
+    let token = write_token(dir.path(), 0o600);
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            engine: Some(Box::new(waiting_engine)),
+            ..DaemonSettings::tcp(&token)
+        },
+    );
+    let (code, body) = http_tcp(
+        &daemon.tcp.unwrap().to_string(),
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer s3cr3t-token-for-waymark-tests\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("waymark_runs{state=\"held\"} 1"), "{body}");
+    assert!(body.contains("waymark_runs{state=\"refused\"} 1"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "waymark_run_refused{{run=\"{refused}\",reason=\"pre-flight: zone A target group has no healthy target; pre-flight: MirrorMaker2 has 0 replicas\"}} 1"
+        )),
+        "{body}"
+    );
+}
+
+/// Issue 12 (CLI): there was no way to stop a run where it stands without compensating.
+/// `waymark hold RUN --reason` journals a `hold` signal with the operator (through the daemon
+/// here), and the run is then listed `held`, its cluster still locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_journals_the_operator_and_the_reason_and_the_run_stays_locked() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            engine: Some(Box::new(waiting_engine)),
+            ..DaemonSettings::default()
+        },
+    );
+    let inv = sandbox_inventory(&sb);
+    let (code, body) = http_unix(&daemon.socket, "POST", "/v1/runs", Some(&start_body(&inv)));
+    assert_eq!(code, 200, "{body}");
+    let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let run = run["run"].as_str().unwrap().to_owned();
+    let help = waymark(&data).args(["hold", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for what in ["pause", "compensation", "locked", "resume", "cancel"] {
+        assert!(help.contains(what), "hold --help explains {what}: {help}");
+    }
+    let out = waymark(&data)
+        .args(["hold", &run[..13], "--reason", "zone B alarms"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = eventually(Duration::from_secs(30), "the run listed held", || {
+        ls_json(&data).into_iter().find(|r| r["state"] == "held")
+    })
+    .await;
+    assert_eq!(row["run"], run.as_str());
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("uid") && reason.ends_with(": zone B alarms"),
+        "{reason}"
+    );
+    // Still its cluster's run: another start is refused.
+    let (code, body) = http_unix(&daemon.socket, "POST", "/v1/runs", Some(&start_body(&inv)));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains(&run), "{body}");
+}

@@ -33,8 +33,19 @@ fn fault_for_step(step: u8) -> Option<Fault> {
         ),
         // The connection drops on the restart command (the restart never runs): retried, then
         // compensated. A `Job ... failed` exit is not retried (the activity treats it as final).
-        3 => f("ssh", "systemctl restart yb-master", FaultKind::Drop, None),
-        4 => f("ssh", "systemctl restart yb-tserver", FaultKind::Drop, None),
+        // (`sudo systemctl`: the pre-flight's `sudo -n -l systemctl restart ...` only lists.)
+        3 => f(
+            "ssh",
+            "sudo systemctl restart yb-master",
+            FaultKind::Drop,
+            None,
+        ),
+        4 => f(
+            "ssh",
+            "sudo systemctl restart yb-tserver",
+            FaultKind::Drop,
+            None,
+        ),
         // Step 5's own yb-admin call (steps 1 and 4 run yb-admin too: the tools check and the
         // leader blacklist).
         5 => f(

@@ -69,6 +69,9 @@ pub async fn ls(
                         .replace('T', " "),
                     r.started_by
                 );
+                if let Some(reason) = &r.reason {
+                    println!("    {}: {reason}", r.state);
+                }
             }
         }
     }
@@ -108,6 +111,9 @@ pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<
             );
             if let Some(c) = v["current_step"].as_str() {
                 println!("current   {c}");
+            }
+            if let Some(reason) = v["reason"].as_str() {
+                println!("reason    {reason}");
             }
             if let Some(o) = v["outcome"].as_str() {
                 println!("outcome   {o}");

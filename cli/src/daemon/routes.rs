@@ -36,15 +36,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The HTTP status of an error answer with this exit status.
+fn http_status(status: ExitStatus) -> StatusCode {
+    match status {
+        ExitStatus::Usage => StatusCode::BAD_REQUEST,
+        ExitStatus::Unusable => StatusCode::SERVICE_UNAVAILABLE,
+        ExitStatus::Success | ExitStatus::Failure => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
         let (status, msg) = crate::exit::classify(&e);
-        let http = match status {
-            ExitStatus::Usage => StatusCode::BAD_REQUEST,
-            ExitStatus::Unusable => StatusCode::SERVICE_UNAVAILABLE,
-            ExitStatus::Success | ExitStatus::Failure => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(http, status, msg)
+        ApiError(http_status(status), status, msg)
     }
 }
 
@@ -52,14 +56,7 @@ impl From<StartError> for ApiError {
     fn from(e: StartError) -> Self {
         match e {
             StartError::ClusterHeld(m) => ApiError(StatusCode::CONFLICT, ExitStatus::Failure, m),
-            StartError::Other(status, m) => {
-                let http = match status {
-                    ExitStatus::Usage => StatusCode::BAD_REQUEST,
-                    ExitStatus::Unusable => StatusCode::SERVICE_UNAVAILABLE,
-                    ExitStatus::Success | ExitStatus::Failure => StatusCode::INTERNAL_SERVER_ERROR,
-                };
-                ApiError(http, status, m)
-            }
+            StartError::Other(status, m) => ApiError(http_status(status), status, m),
         }
     }
 }
