@@ -7,10 +7,8 @@
 //! environment variable: the tests run in parallel threads).
 
 use std::collections::BTreeMap;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde::Deserialize;
 use waymark_activities::elb::{
@@ -22,6 +20,7 @@ use waymark_engine::{activity, Activity};
 use waymark_sandbox::elb::target_group_name;
 use waymark_sandbox::{Fault, FaultKind, Faults, Sandbox, Shared};
 
+use crate::fixtures::moto::Moto;
 use crate::util::{activity_ctx, closed_port, sandbox};
 
 const ACCESS_KEY_ID: &str = "AKIAWAYMARKTEST0001";
@@ -91,80 +90,6 @@ fn run_setup_script(endpoint: &str, extra: &[&str]) -> Arns {
             String::from_utf8_lossy(&out.stdout)
         )
     })
-}
-
-const MOTO_INSTALL: &str = "install it with `python3 -m pip install 'moto[server]'` \
-     (scripts/test.sh does this before running the tests)";
-
-/// A `moto_server` on a free loopback port, killed when dropped.
-#[derive(Debug)]
-struct Moto {
-    child: Child,
-    endpoint: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Moto {
-    fn start() -> Moto {
-        Self::start_program("moto_server")
-    }
-
-    /// Starts `program` as `moto_server`; panics, saying how to install moto, when it is missing.
-    fn start_program(program: &str) -> Moto {
-        let dir = crate::util::temp_dir();
-        let log_path = dir.path().join("moto.log");
-        let log = std::fs::File::create(&log_path).expect("moto log file");
-        let port = closed_port();
-        let spawned = Command::new(program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("moto log file"))
-            .stderr(log)
-            .spawn();
-        let mut child = match spawned {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let ci = if std::env::var_os("CI").is_some() {
-                    " (CI is set: the CI script must install it)"
-                } else {
-                    ""
-                };
-                panic!("{program} is not installed{ci}: {MOTO_INSTALL}");
-            }
-            Err(e) => panic!("cannot start moto_server: {e}; {MOTO_INSTALL}"),
-        };
-        // Wait for it to listen (a safety limit against a hang, not a timing assertion).
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("moto_server status") {
-                panic!(
-                    "moto_server exited ({status}) before listening on port {port}: {}\n{MOTO_INSTALL}",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on port {port}: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Moto {
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn sandbox_arns(sb: &Sandbox) -> Arns {
@@ -484,7 +409,7 @@ fn source_arn(s: &TrafficSource) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_moto() {
-    let moto = Moto::start();
+    let moto = Moto::start().await;
     let arns = run_setup_script(&moto.endpoint, &[]);
     conformance(&conn(&moto.endpoint), &arns, TARGET, None).await;
 }
@@ -742,6 +667,40 @@ async fn a_target_that_stays_unhealthy_fails_without_retry_with_the_reason() {
     env.sb.stop();
 }
 
+/// One deadline per wait (issue 10): registration's wait for `healthy` counts from the step's
+/// first scheduling, so an attempt that starts after it passed (a retry, a resume) looks once
+/// and fails, not retryable, naming the deadline and the state it saw; it does not wait a whole
+/// timeout again (before: 30 s more of polling).
+#[tokio::test]
+async fn the_healthy_wait_has_one_deadline_from_the_first_scheduling() {
+    let env = fault_env().await;
+    env.sb.shared().mutate(|st| st.elb.initial_ms = 3_600_000);
+    // A fault that only counts: every DescribeTargetHealth call takes one from `remaining`.
+    env.fault("DescribeTargetHealth", FaultKind::Delay(0), Some(1000));
+    let mut ctx = activity_ctx();
+    ctx.scheduled_at = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let input = RegisterTargetInput {
+        healthy_timeout_secs: 30,
+        ..register_input(&env.conn, &env.arns.tg_a, TARGET)
+    };
+    let e = fatal(
+        RegisterTarget
+            .run_with(&env.client, &ctx, &input)
+            .await
+            .expect_err("not healthy by the deadline"),
+    );
+    for needle in ["initial", "deadline", "final, not retried", TARGET] {
+        assert!(e.message.contains(needle), "lacks {needle:?}: {e}");
+    }
+    assert_eq!(
+        env.sb.shared().faults().rules[0].remaining,
+        Some(998),
+        "one look before registering, one last look at the deadline that had passed"
+    );
+    assert_eq!(effects(env.sb.shared(), "register", &env.arns.tg_a), 1);
+    env.sb.stop();
+}
+
 #[tokio::test]
 async fn sandbox_targets_pass_through_initial_before_healthy() {
     let env = fault_env().await;
@@ -930,9 +889,12 @@ async fn no_secret_in_any_output_error_or_sandbox_file() {
 }
 
 /// Without `moto_server` the suite fails (in CI or not), saying how to install it: never a skip.
-#[test]
-fn a_missing_moto_server_fails_saying_how_to_install_it() {
-    let panic = std::panic::catch_unwind(|| Moto::start_program("moto_server-not-installed-here"))
+#[tokio::test]
+async fn a_missing_moto_server_fails_saying_how_to_install_it() {
+    use futures::FutureExt as _;
+    let panic = std::panic::AssertUnwindSafe(Moto::start_program("moto_server-not-installed-here"))
+        .catch_unwind()
+        .await
         .expect_err("a missing moto_server must fail the test");
     let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(

@@ -1,6 +1,8 @@
 //! Kubernetes activities against the sandbox API server, and kubectl's rollout-status rules on
 //! hand-built Deployments (stale observedGeneration, deadline exceeded, old replicas terminating).
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -12,7 +14,7 @@ use waymark_activities::k8s::{
 use waymark_engine::Activity;
 use waymark_sandbox::{read_effects, Fault, FaultKind, Faults};
 
-use crate::util::{activity_ctx, closed_port, sandbox};
+use crate::util::{activity_ctx, closed_port, sandbox, wait_until};
 
 fn dep(dir: &std::path::Path, name: &str) -> DeploymentRef {
     DeploymentRef {
@@ -326,23 +328,38 @@ async fn sandbox_rollout_passes_through_stale_generation_and_terminating_replica
         )
         .await
         .unwrap();
-    let mut seen = std::collections::BTreeSet::new();
-    loop {
-        let status = rollout_status(&api.get("fp").await.unwrap());
-        let key = match &status {
-            RolloutStatus::Waiting(m) if m.contains("spec update") => "stale-generation",
-            RolloutStatus::Waiting(m) if m.contains("new replicas") => "updating",
-            RolloutStatus::Waiting(m) if m.contains("pending termination") => "terminating",
-            RolloutStatus::Waiting(_) => "available",
-            RolloutStatus::Done(_) => "done",
-            RolloutStatus::Failed(m) => panic!("{m}"),
-        };
-        seen.insert(key);
-        if key == "done" {
-            break;
+    // Every phase the rollout goes through, as `kubectl rollout status` words it, recorded by a
+    // watcher until it is done.
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let watcher = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            loop {
+                let status = rollout_status(&api.get("fp").await.unwrap());
+                let key = match &status {
+                    RolloutStatus::Waiting(m) if m.contains("spec update") => "stale-generation",
+                    RolloutStatus::Waiting(m) if m.contains("new replicas") => "updating",
+                    RolloutStatus::Waiting(m) if m.contains("pending termination") => "terminating",
+                    RolloutStatus::Waiting(_) => "available",
+                    RolloutStatus::Done(_) => "done",
+                    RolloutStatus::Failed(m) => panic!("{m}"),
+                };
+                seen.lock().unwrap().insert(key);
+                if key == "done" {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    });
+    wait_until(
+        Duration::from_secs(120),
+        "the rollout of fp to be done",
+        || watcher.is_finished(),
+    )
+    .await;
+    watcher.await.expect("the watcher saw no failed rollout");
+    let seen = seen.lock().unwrap().clone();
     for phase in ["updating", "terminating", "done"] {
         assert!(seen.contains(phase), "phase {phase} seen: {seen:?}");
     }

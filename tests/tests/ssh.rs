@@ -16,215 +16,13 @@ use waymark_engine::activity;
 use waymark_engine::Activity;
 use waymark_sandbox::{read_effects, Fault, FaultKind, Faults, Sandbox};
 
-use crate::util::{activity_ctx, closed_port, sandbox, temp_dir, wait_until};
+use crate::fixtures::openssh::{keygen, run_tool, OpenSsh};
+use crate::util::{activity_ctx, sandbox, temp_dir, wait_until};
 
-const SSHD: &str = "/usr/sbin/sshd";
 const UNIT: &str = "yb-tserver";
-/// The `InvocationID` the emulated `systemctl` starts with.
-const FIRST_INVOCATION: &str = "0f6f2b1c9d8e4a7bb3c5d7e9f1a3b5c7";
 /// Another host's ed25519 key (from russh's `known_hosts` tests), for "changed key" entries.
 const OTHER_HOST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
-
-/// `systemctl` on the OpenSSH host: emulates `show`, `restart` and `is-active` for the units with
-/// a state file in `@DIR@/units` as systemd does, logs every call to `@DIR@/systemctl.log` and
-/// every restart done to `@DIR@/restarts.log`. A restarted unit gets a new `InvocationID` and
-/// answers `activating` to the first `is-active` or `show` of its `ActiveState`.
-const SYSTEMCTL: &str = r#"#!/bin/bash
-echo "$*" >> '@DIR@/systemctl.log'
-props=
-words=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    -p|--property) props="$props,$2"; shift 2 ;;
-    --property=*) props="$props,${1#--property=}"; shift ;;
-    -*) shift ;;
-    *) words+=("$1"); shift ;;
-  esac
-done
-verb=${words[0]}
-unit=${words[1]%.service}
-state="@DIR@/units/$unit"
-if [ -z "$unit" ]; then echo "systemctl: expected a verb and a unit" >&2; exit 1; fi
-if [ ! -f "$state" ]; then
-  case "$verb" in
-    show) printf 'InvocationID=\nActiveState=inactive\nMainPID=0\nActiveEnterTimestampMonotonic=0\nLoadState=not-found\n'; exit 0 ;;
-    is-active) echo inactive; exit 4 ;;
-    *) echo "Failed to $verb $unit.service: Unit $unit.service not found." >&2; exit 5 ;;
-  esac
-fi
-. "$state"
-save() {
-  printf 'INVOCATION=%s\nPID=%s\nSINCE=%s\nACTIVATING=%s\n' "$INVOCATION" "$PID" "$SINCE" "$ACTIVATING" > "$state.tmp"
-  mv "$state.tmp" "$state"
-}
-case "$verb" in
-  show)
-    for p in ${props//,/ }; do
-      case "$p" in
-        InvocationID) echo "InvocationID=$INVOCATION" ;;
-        ActiveState) if [ "$ACTIVATING" -gt 0 ]; then ACTIVATING=$((ACTIVATING - 1)); save; echo ActiveState=activating; else echo ActiveState=active; fi ;;
-        MainPID) echo "MainPID=$PID" ;;
-        ActiveEnterTimestampMonotonic) echo "ActiveEnterTimestampMonotonic=$SINCE" ;;
-        LoadState) echo LoadState=loaded ;;
-      esac
-    done ;;
-  restart)
-    INVOCATION=$(tr -d '-' < /proc/sys/kernel/random/uuid)
-    PID=$((PID + 1))
-    SINCE=$(awk '{ printf "%d", $1 * 1000000 }' /proc/uptime)
-    ACTIVATING=1
-    save
-    echo "$unit" >> '@DIR@/restarts.log' ;;
-  is-active)
-    if [ "$ACTIVATING" -gt 0 ]; then ACTIVATING=$((ACTIVATING - 1)); save; echo activating; exit 3; fi
-    echo active ;;
-  *) echo "Unknown command verb $verb." >&2; exit 1 ;;
-esac
-"#;
-
-/// A private OpenSSH sshd on a loopback port, killed when dropped.
-struct OpenSsh {
-    dir: tempfile::TempDir,
-    port: u16,
-    sshd: Child,
-}
-
-fn run_tool(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn keygen(path: &Path, comment: &str) {
-    run_tool(
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
-            .arg(path),
-    );
-}
-
-/// `ALGORITHM BASE64` of an OpenSSH `.pub` file.
-fn public_key_of(pub_file: &Path) -> String {
-    let text = std::fs::read_to_string(pub_file).unwrap();
-    text.split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Sends `signal` (a name: `STOP`, `CONT`) to `child` with kill(1) (the workspace denies unsafe code).
-fn send_signal(child: &Child, signal: &str) {
-    run_tool(
-        Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(child.id().to_string()),
-    );
-}
-
-impl OpenSsh {
-    fn start() -> OpenSsh {
-        assert!(
-            Path::new(SSHD).exists(),
-            "{SSHD} is missing: the SSH conformance suite runs a private OpenSSH server; install it with \
-             `apt-get install openssh-server` (the package does not need to start a system sshd)"
-        );
-        // sshd's privilege-separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let dir = temp_dir();
-        let d = dir.path();
-        keygen(&d.join("host_ed25519"), "waymark-test host");
-        keygen(&d.join("id_ed25519"), "waymark-test client");
-        std::fs::copy(d.join("id_ed25519.pub"), d.join("authorized_keys")).unwrap();
-        std::fs::create_dir_all(d.join("bin")).unwrap();
-        std::fs::create_dir_all(d.join("units")).unwrap();
-        let script = SYSTEMCTL.replace("@DIR@", &d.display().to_string());
-        write_executable(&d.join("bin/systemctl"), &script);
-        write_executable(&d.join("bin/sudo"), "#!/bin/sh\nexec \"$@\"\n");
-        for (unit, pid) in [(UNIT, 4242), ("yb-master", 4141)] {
-            std::fs::write(
-                d.join("units").join(unit),
-                format!("INVOCATION={FIRST_INVOCATION}\nPID={pid}\nSINCE=1000000\nACTIVATING=0\n"),
-            )
-            .unwrap();
-        }
-        // A free port can be taken by another test between our probe and sshd's bind: try again.
-        for _ in 0..5 {
-            let port = closed_port();
-            let config = d.join("sshd_config");
-            std::fs::write(
-                &config,
-                format!(
-                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nAuthorizedKeysFile {d}/authorized_keys\n\
-                     AuthenticationMethods publickey\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-                     KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
-                     PidFile {d}/sshd.pid\nSetEnv PATH={d}/bin:/usr/bin:/bin\n",
-                    d = d.display()
-                ),
-            )
-            .unwrap();
-            let _ = std::fs::remove_file(d.join("sshd.pid"));
-            let mut sshd = Command::new(SSHD)
-                .arg("-D")
-                .arg("-f")
-                .arg(&config)
-                .arg("-E")
-                .arg(d.join("sshd.log"))
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start sshd");
-            // sshd writes its pid file once it listens; it exits if it cannot bind.
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            let listening = loop {
-                if d.join("sshd.pid").exists() {
-                    break true;
-                }
-                if sshd.try_wait().unwrap().is_some() {
-                    break false;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "sshd did not start: {}",
-                    sshd_log(d)
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            };
-            if listening {
-                let host_key = public_key_of(&d.join("host_ed25519.pub"));
-                std::fs::write(
-                    d.join("known_hosts"),
-                    format!("[127.0.0.1]:{port} {host_key}\n"),
-                )
-                .unwrap();
-                return OpenSsh { dir, port, sshd };
-            }
-            let _ = sshd.wait();
-        }
-        panic!("sshd would not start: {}", sshd_log(d));
-    }
-}
-
-fn sshd_log(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("sshd.log")).unwrap_or_default()
-}
-
-fn write_executable(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-impl Drop for OpenSsh {
-    fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
-    }
-}
 
 /// What the suite runs against.
 enum Host {
@@ -242,8 +40,8 @@ struct Peer {
 }
 
 impl Peer {
-    fn openssh() -> Peer {
-        let sshd = OpenSsh::start();
+    async fn openssh() -> Peer {
+        let sshd = OpenSsh::start().await;
         let d = sshd.dir.path().to_owned();
         let user =
             String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
@@ -401,7 +199,7 @@ impl Peer {
     /// The host accepts TCP connections but answers nothing.
     fn freeze(&self) {
         match &self.host {
-            Host::OpenSsh(s) => send_signal(&s.sshd, "STOP"),
+            Host::OpenSsh(s) => s.signal("STOP"),
             Host::Sandbox { .. } => {
                 self.set_sandbox_fault("yb-a-1", FaultKind::Delay(10_000), None);
             }
@@ -410,7 +208,7 @@ impl Peer {
 
     fn thaw(&self) {
         match &self.host {
-            Host::OpenSsh(s) => send_signal(&s.sshd, "CONT"),
+            Host::OpenSsh(s) => s.signal("CONT"),
             Host::Sandbox { .. } => self.sandbox_ref().shared().set_faults(Faults::default()),
         }
     }
@@ -647,6 +445,46 @@ async fn restart_happens_once(peer: Peer) {
         .await
         .unwrap();
     assert_eq!(now.invocation_id, third.invocation_id_after);
+}
+
+/// One deadline per wait (issue 10): the restart's wait for `active` counts from the step's
+/// first scheduling. An attempt that starts after it passed (a retry, a resume) still restarts
+/// the unit once, looks once, and fails not retryable, naming the deadline and what it saw; it
+/// does not wait a whole timeout again (before: it waited afresh and succeeded, and a timeout
+/// was retryable). OpenSSH only: its emulated unit answers `activating` to the first look.
+#[tokio::test]
+async fn the_restart_wait_has_one_deadline_from_the_first_scheduling() {
+    let peer = Peer::openssh().await;
+    let t = &peer.target;
+    let before = SystemdShow
+        .run(activity_ctx(), show_input(t, UNIT))
+        .await
+        .unwrap();
+    let mut ctx = activity_ctx();
+    ctx.scheduled_at = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let e = SystemdRestart
+        .run(ctx, restart_input(t, &before.invocation_id))
+        .await
+        .expect_err("not active by the deadline");
+    assert_error(
+        &e,
+        false,
+        &[UNIT, "deadline", "activating", "final, not retried"],
+    );
+    assert_eq!(peer.restarts(UNIT), 1);
+    let calls = peer.systemctl_calls();
+    let restart = calls
+        .iter()
+        .position(|c| c.starts_with("restart"))
+        .expect("the restart was issued");
+    assert_eq!(
+        calls[restart + 1..]
+            .iter()
+            .filter(|c| c.starts_with("show"))
+            .count(),
+        1,
+        "one last look after the restart: {calls:?}"
+    );
 }
 
 async fn changed_host_key_is_refused(peer: Peer) {
@@ -1175,7 +1013,7 @@ async fn unit_names_reach_systemctl_as_one_literal_word(peer: Peer) {
 /// back byte for byte as one argument, and nothing in it runs.
 #[tokio::test]
 async fn shell_quote_round_trips_hostile_values_through_the_login_shell() {
-    let peer = Peer::openssh();
+    let peer = Peer::openssh().await;
     let t = &peer.target;
     let marker = peer.dir().join("pwned");
     let m = marker.display().to_string();
@@ -1210,7 +1048,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $name() {
-                    super::$name(super::Peer::openssh()).await;
+                    super::$name(super::Peer::openssh().await).await;
                 }
             )*
         }

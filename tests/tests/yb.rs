@@ -1,14 +1,17 @@
 //! `YugabyteDB` activities against the sandbox's yb-masters: leader, tservers, health gate,
 //! a restarted server coming back, a leader change, faults.
 
+use std::time::Duration;
+
 use waymark_activities::yb::{
     self, FindLeader, HealthCheck, HealthInput, ListTServers, Masters, ServerBackInput, ServerKind,
     WaitHealthy, WaitServerBack,
 };
 use waymark_engine::Activity;
+use waymark_sandbox::yb::Kind;
 use waymark_sandbox::{Fault, FaultKind, Faults};
 
-use crate::util::{activity_ctx, closed_port, sandbox};
+use crate::util::{activity_ctx, closed_port, sandbox, wait_until};
 
 fn masters(sb: &waymark_sandbox::Sandbox) -> Masters {
     Masters {
@@ -68,18 +71,28 @@ async fn restarted_tserver_is_dead_then_back_and_the_gate_waits_for_replication(
     // the unresponsive timeout (issue 11): stop it, wait for that, then start it again.
     let out = waymark_sandbox::yb::exec(sb.shared(), "yb-a-2", "sudo systemctl stop yb-tserver");
     assert_eq!(out.exit, 0, "{out:?}");
-    let mut rounds = 0;
-    while ListTServers
-        .run(activity_ctx(), m.clone())
-        .await
-        .unwrap()
-        .iter()
-        .any(|t| t.host == "yb-a-2" && t.alive)
-    {
-        rounds += 1;
-        assert!(rounds < 3000, "the master never marked yb-a-2 DEAD");
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "the leader master's view to mark yb-a-2 DEAD",
+        || {
+            sb.shared().read(|st| {
+                let now = chrono::Utc::now().timestamp_millis();
+                st.yb
+                    .server("yb-a-2", Kind::TServer)
+                    .is_some_and(|t| !t.reported_alive(now, &st.yb.timing))
+            })
+        },
+    )
+    .await;
+    assert!(
+        ListTServers
+            .run(activity_ctx(), m.clone())
+            .await
+            .unwrap()
+            .iter()
+            .any(|t| t.host == "yb-a-2" && !t.alive),
+        "the master API reports yb-a-2 DEAD"
+    );
     let report = HealthCheck.run(activity_ctx(), health(&m)).await.unwrap();
     assert!(!report.passed);
     assert!(
