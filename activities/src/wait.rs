@@ -201,14 +201,15 @@ impl Transient for crate::k8s::Error {
 }
 
 impl Transient for crate::yb::Error {
-    /// The master API's errors (unreachable, bad answer, no leader during an election) and
-    /// yb-admin's; an SSH error as [`crate::ssh::Error`] says.
+    /// The master API's errors (unreachable, bad answer, no leader during an election); an SSH
+    /// error as [`crate::ssh::Error`] says. A yb-admin failure is not: it is more often the
+    /// command's settings (flags, certificates) than a moment, so it ends the attempt and the
+    /// engine's retry policy decides, as before.
     fn is_transient(&self) -> bool {
         match self {
             crate::yb::Error::Unreachable { .. }
             | crate::yb::Error::BadAnswer { .. }
-            | crate::yb::Error::NoLeader(_)
-            | crate::yb::Error::YbAdmin { .. } => true,
+            | crate::yb::Error::NoLeader(_) => true,
             crate::yb::Error::Ssh(e) => e.is_transient(),
             _ => false,
         }
