@@ -1114,3 +1114,37 @@ async fn hold_journals_the_operator_and_the_reason_and_the_run_stays_locked() {
     assert_eq!(code, 409, "{body}");
     assert!(body.contains(&run), "{body}");
 }
+
+/// Issue 12 (CLI): without a daemon, `waymark hold` journals the signal straight into the data
+/// directory's log, as the other signals do; the run is then listed `held`.
+#[test]
+fn hold_without_a_daemon_is_journaled_in_the_data_directory() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    let run = unfinished_run(&data, &sandbox_inventory(&sb));
+    let out = waymark(&data)
+        .args(["hold", &run.to_string(), "--reason", "change freeze"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = waymark_engine::open_log(&data).unwrap();
+    let last = log.read(run).unwrap().last().unwrap().event.clone();
+    assert!(
+        matches!(&last, Event::SignalReceived { name, sent_by, .. } if name == "hold" && sent_by.contains("uid")),
+        "{last:?}"
+    );
+    drop(log);
+    let rows = ls_json(&data);
+    assert_eq!(rows[0]["state"], "held", "{rows:?}");
+    assert!(
+        rows[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.ends_with(": change freeze")),
+        "{rows:?}"
+    );
+}
