@@ -34,6 +34,28 @@ pub async fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> b
     .await;
 }
 
+/// [`eventually`] for code that cannot await (the sync fixtures): the same polls, with the
+/// thread sleeping between them.
+pub fn eventually_blocking<T>(
+    limit: Duration,
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gave up waiting for: {what} (after the safety limit of {limit:?})"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 async fn poll<T>(
     limit: Duration,
     what: &str,
@@ -129,15 +151,11 @@ impl SandboxProcess {
             .spawn()
             .expect("spawn waymark sandbox up");
         let inv = dir.join("inventory.toml");
-        let start = std::time::Instant::now();
-        while !inv.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "sandbox did not write {}",
-                inv.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        eventually_blocking(
+            Duration::from_secs(30),
+            &format!("the sandbox writing {}", inv.display()),
+            || inv.exists().then_some(()),
+        );
         SandboxProcess {
             child,
             dir: dir.to_owned(),
