@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cron::CronExpr;
 use super::duration::{optional_duration, validate_window, DEFAULT_WINDOW};
-use super::Error;
+use super::error::Error;
 
 /// The version of the schedule file format written by [`ScheduleBook::save`].
 const FORMAT_VERSION: u32 = 1;

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Error;
+use super::error::Error;
 
 /// One field of a 5-field cron expression.
 struct Field {

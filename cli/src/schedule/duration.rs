@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::Error;
+use super::error::Error;
 
 /// The start window of a schedule created without `--window`.
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(3600);
