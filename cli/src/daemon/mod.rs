@@ -255,24 +255,38 @@ pub async fn serve(
     Ok(())
 }
 
-/// Binds the daemon's unix socket at `path` owner-only: created under umask 0177, then chmod
-/// 0600. A file already there is removed first (the caller holds the data directory's lock, so
-/// it is a stale socket).
+/// Binds the daemon's unix socket at `path` owner-only, without touching the process's umask
+/// (which every thread shares: tests run daemons beside other work): the socket is bound in a
+/// fresh owner-only folder beside `path`, made 0600, then renamed into place, so it is never
+/// reachable by others, whatever the umask. A file already at `path` is removed first (the
+/// caller holds the data directory's lock, so it is a stale socket).
 pub fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
-    // We hold the data directory's lock, so a socket file left there is stale.
+    use std::os::unix::fs::DirBuilderExt;
     let _ = std::fs::remove_file(path);
-    #[allow(unsafe_code)]
-    // SAFETY: umask(2) only changes this process's file-creation mask; restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = UnixListener::bind(path);
-    #[allow(unsafe_code)]
-    // SAFETY: as above.
-    unsafe {
-        libc::umask(old);
-    }
-    let l = bound.with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    let folder = path.with_extension(format!("binding-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&folder);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&folder)
+        .with_context(|| {
+            format!(
+                "creating {} to bind the daemon's socket; check that the data directory is \
+                 writable",
+                folder.display()
+            )
+        })?;
+    let bound = (|| {
+        let inside = folder.join("waymark.sock");
+        let l = UnixListener::bind(&inside)
+            .with_context(|| format!("binding {}", inside.display()))?;
+        std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} owner-only", inside.display()))?;
+        std::fs::rename(&inside, path)
+            .with_context(|| format!("moving the daemon's socket to {}", path.display()))?;
+        anyhow::Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&folder);
+    bound
 }
 
 /// Reads the bearer token, refusing a file others could read or that another user owns (as ssh
