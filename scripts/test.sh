@@ -3,7 +3,9 @@
 #   - OpenSSH sshd (Debian openssh-server), run by the SSH conformance suite as a private process;
 #   - moto_server (PyPI moto[server]), run by the ELBv2 conformance suite;
 #   - fusermount3 (Debian fuse3), with which the power-loss suite mounts powerfs (it also needs
-#     /dev/fuse and root; without them that suite fails with the reason, it is never skipped).
+#     /dev/fuse and root; without them that suite fails with the reason, it is never skipped);
+#   - chromium and chromedriver (Debian chromium, chromium-driver), the real browser the web UI
+#     suite (tests/tests/web.rs) drives over WebDriver.
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,12 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
   echo "test.sh: installing fuse3 (fusermount3, for the power-loss filesystem)" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3 >/dev/null
+fi
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  need_root chromium "apt-get install -y chromium chromium-driver"
+  echo "test.sh: installing chromium and chromium-driver (the browser of the web UI suite)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 command -v moto_server >/dev/null 2>&1 || { echo "test.sh: moto_server is still not on PATH after installing moto[server]" >&2; exit 2; }
 
