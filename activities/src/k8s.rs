@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use kube::api::{Api, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde::{Deserialize, Serialize};
@@ -240,6 +243,47 @@ impl DeploymentRef {
         let api = self.api().await?;
         let dep = self.call("read", api.get(&self.name)).await?;
         Ok(rollout_status(&dep))
+    }
+
+    /// What `kubectl auth can-i VERB deployments[/SUBRESOURCE] NAME -n NAMESPACE` answers: a
+    /// `SelfSubjectAccessReview` of the connection's user (read-only: the API server creates
+    /// nothing). `Ok(Err(reason))` when RBAC does not allow it.
+    pub async fn can_i(
+        &self,
+        verb: &str,
+        subresource: Option<&str>,
+    ) -> Result<Result<(), String>, Error> {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some("apps".into()),
+                    resource: Some("deployments".into()),
+                    subresource: subresource.map(str::to_owned),
+                    verb: Some(verb.to_owned()),
+                    namespace: Some(self.namespace.clone()),
+                    name: Some(self.name.clone()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let api: Api<SelfSubjectAccessReview> = Api::all(self.connection.client().await?);
+        let out = self
+            .call(
+                "review access to",
+                api.create(&kube::api::PostParams::default(), &review),
+            )
+            .await?;
+        let status = out.status.unwrap_or_default();
+        if status.allowed {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(status
+                .reason
+                .or(status.evaluation_error)
+                .unwrap_or_else(|| "denied".to_owned())))
+        }
     }
 
     async fn api(&self) -> Result<Api<Deployment>, Error> {

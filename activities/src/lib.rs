@@ -5,6 +5,7 @@
 
 pub mod elb;
 pub mod k8s;
+pub mod preflight;
 pub mod ssh;
 pub mod wait;
 pub mod yb;

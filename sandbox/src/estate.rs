@@ -95,6 +95,21 @@ impl Estate {
                 self.yb.tls_certs_dir = Some(certs_dir.clone());
                 Ok(())
             }
+            Scenario::RbacDenied {
+                verb,
+                deployment,
+                subresource,
+            } => {
+                if !self.k8s.deployments.values().any(|d| &d.name == deployment) {
+                    return Err(format!("no Deployment {deployment:?}"));
+                }
+                self.k8s.denied.push(k8s::Denial {
+                    verb: verb.clone(),
+                    deployment: deployment.clone(),
+                    subresource: subresource.clone(),
+                });
+                Ok(())
+            }
         }
     }
 }
@@ -135,6 +150,17 @@ pub enum Scenario {
     Tls {
         /// The directory clients must name.
         certs_dir: String,
+    },
+    /// Kubernetes RBAC does not let the run's user `verb` Deployment `deployment` (its
+    /// `subresource`, e.g. `scale`): access reviews answer `allowed: false`, calls get 403.
+    RbacDenied {
+        /// `get`, `patch`, `update`.
+        verb: String,
+        /// The Deployment's name.
+        deployment: String,
+        /// `scale`, or none for the Deployment itself.
+        #[serde(default)]
+        subresource: Option<String>,
     },
 }
 

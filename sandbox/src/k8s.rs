@@ -91,6 +91,31 @@ pub struct State {
     /// Per-replica rollout time, ms.
     pub step_ms: i64,
     next_resource_version: u64,
+    /// Scenario knob: what the kubeconfig user may not do (`SelfSubjectAccessReview` answers
+    /// `allowed: false`, and the call itself is refused with 403).
+    #[serde(default)]
+    pub denied: Vec<Denial>,
+}
+
+/// One permission the sandbox's Kubernetes user lacks (RBAC), as `kubectl auth can-i` names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    /// `get`, `patch`, `update`, ...
+    pub verb: String,
+    /// The Deployment's name (in the spec's namespace).
+    pub deployment: String,
+    /// `scale` for the scale subresource; `None` for the Deployment itself.
+    #[serde(default)]
+    pub subresource: Option<String>,
+}
+
+impl State {
+    /// Whether RBAC denies `verb` on Deployment `ns/name` (its `subresource`).
+    pub fn denies(&self, verb: &str, name: &str, subresource: Option<&str>) -> bool {
+        self.denied.iter().any(|d| {
+            d.verb == verb && d.deployment == name && d.subresource.as_deref() == subresource
+        })
+    }
 }
 
 impl State {
@@ -122,6 +147,7 @@ impl State {
             deployments,
             step_ms: t.pod_ready_ms.max(1),
             next_resource_version: 1000,
+            denied: Vec::new(),
         }
     }
 }
@@ -401,6 +427,9 @@ async fn deployment(
     if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}")).await {
         return r;
     }
+    if let Some(r) = forbidden(&shared, &method, &ns, &name, None) {
+        return r;
+    }
     let key = format!("{ns}/{name}");
     let now = now_ms();
     if method == Method::GET {
@@ -515,6 +544,9 @@ async fn scale(
     {
         return r;
     }
+    if let Some(r) = forbidden(&shared, &method, &ns, &name, Some("scale")) {
+        return r;
+    }
     let key = format!("{ns}/{name}");
     let now = now_ms();
     if method == Method::GET {
@@ -580,6 +612,76 @@ async fn list(AxState(shared): AxState<Arc<Shared>>, AxPath(ns): AxPath<String>)
     })
 }
 
+/// 403 as the API server answers a call RBAC does not allow (scenario [`Denial`]).
+fn forbidden(
+    shared: &Shared,
+    method: &Method,
+    ns: &str,
+    name: &str,
+    subresource: Option<&str>,
+) -> Option<Response> {
+    let verb = match *method {
+        Method::GET => "get",
+        Method::PATCH => "patch",
+        Method::PUT => "update",
+        _ => return None,
+    };
+    if !shared.read(|st| st.k8s.denies(verb, name, subresource)) {
+        return None;
+    }
+    let resource = subresource.map_or_else(
+        || "deployments".to_owned(),
+        |sub| format!("deployments/{sub}"),
+    );
+    Some(status_error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!(
+            "deployments.apps \"{name}\" is forbidden: User \"waymark\" cannot {verb} resource \"{resource}\" in API group \"apps\" in the namespace \"{ns}\""
+        ),
+    ))
+}
+
+/// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (what `kubectl auth can-i`
+/// sends): allowed unless a [`Denial`] of the scenario matches (Deployments of `apps` only;
+/// any other resource is allowed).
+async fn access_review(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
+    if let Some(r) = apply_fault(&shared, "POST selfsubjectaccessreviews").await {
+        return r;
+    }
+    let mut review: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                &format!("not a SelfSubjectAccessReview: {e}"),
+            )
+        }
+    };
+    let attrs = &review["spec"]["resourceAttributes"];
+    let text = |k: &str| attrs[k].as_str().unwrap_or_default().to_owned();
+    let (verb, resource, name) = (text("verb"), text("resource"), text("name"));
+    let subresource = attrs["subresource"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    let denied = resource == "deployments"
+        && shared.read(|st| st.k8s.denies(&verb, &name, subresource.as_deref()));
+    let what = match &subresource {
+        Some(sub) => format!("{verb} deployments/{sub} {name}"),
+        None => format!("{verb} deployments {name}"),
+    };
+    review["status"] = if denied {
+        json!({ "allowed": false, "reason": format!("RBAC: no role binding allows {what}") })
+    } else {
+        json!({ "allowed": true, "reason": format!("RBAC: allowed by ClusterRoleBinding \"waymark\"") })
+    };
+    review["apiVersion"] = json!("authorization.k8s.io/v1");
+    review["kind"] = json!("SelfSubjectAccessReview");
+    (StatusCode::CREATED, Json(review)).into_response()
+}
+
 /// Serves the API.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = axum::Router::new()
@@ -591,6 +693,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         .route(
             "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale",
             get(scale).patch(scale).put(scale),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            axum::routing::post(access_review),
         )
         .route(
             "/version",

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use waymark_engine::event::Event;
 use waymark_engine::log::EventLog;
-use waymark_engine::{Engine, Payload, RunOutcome};
 use waymark_sandbox::estate::Estate;
 use waymark_sandbox::{read_effects, Effect};
 use waymark_tests::SplitMix;
@@ -415,12 +414,41 @@ fn failure_at_each_step_after_traffic_moved_is_compensated_with_the_cause_in_his
     }
 }
 
-/// The engine in this process on the in-process sandbox (no AWS call is reached in these tests).
-fn engine() -> Engine {
-    waymark_workflows::register(Engine::builder(waymark_engine::memory_log())).build()
+/// `waymark run` to its end on a fresh data directory (the process has the test AWS
+/// credentials): (exit code, output, the run's events).
+async fn run_to_end(inventory: &Path) -> (Option<i32>, String, Vec<Event>) {
+    let data = temp_dir();
+    let data_dir = data.path().to_owned();
+    let inventory = inventory.to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        waymark(&data_dir)
+            .args(["run", "yb-maintenance", "--inventory"])
+            .arg(inventory)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let log = waymark_engine::open_log(data.path()).unwrap();
+    let run = log.runs().unwrap()[0];
+    let events = log
+        .read(run)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect();
+    (
+        out.status.code(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        events,
+    )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unhealthy_cluster_stops_the_run_before_any_effect() {
     // A real master reports a stopped tserver DEAD, and its tablets under-replicated (by
     // location), only once its heartbeat is older than the unresponsive timeout (issue 11): each
@@ -447,14 +475,15 @@ async fn unhealthy_cluster_stops_the_run_before_any_effect() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let before = read_effects(dir.path()).len();
-        let e = engine();
-        let run = e
-            .start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test")
-            .await
-            .unwrap();
-        let RunOutcome::Failed(why) = e.wait(run).await.unwrap() else {
-            panic!("{case}: the run must fail")
+        let (code, output, events) = run_to_end(&dir.path().join("inventory.toml")).await;
+        assert_eq!(code, Some(1), "{case}: the run must be refused\n{output}");
+        let Some(Event::RunRefused { reasons }) = events.last() else {
+            panic!(
+                "{case}: the run ends refused: {:?}\n{output}",
+                events.last()
+            )
         };
+        let why = reasons.join("; ");
         assert!(
             why.contains("the cluster fails the node gate, nothing was changed"),
             "{case}: {why}"
@@ -469,75 +498,110 @@ async fn unhealthy_cluster_stops_the_run_before_any_effect() {
     }
 }
 
-#[tokio::test]
+/// The events of `run` as the daemon on `data` serves them.
+fn daemon_history(data: &Path, run: &str) -> Vec<Event> {
+    let (code, body) = crate::util::http_unix(
+        &data.join("waymark.sock"),
+        "GET",
+        &format!("/v1/runs/{run}/history"),
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    rows.into_iter()
+        .map(|r| serde_json::from_value(r["event"].clone()).unwrap())
+        .collect()
+}
+
+/// With `require_approval`, the run waits (pre-flight and node gate passed, nothing changed) until
+/// an operator approves; after the approval it looks at the cluster again, and only then does
+/// step 1 run; the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approval_gate_holds_the_first_change_until_approved() {
     let (dir, _sb) = sandbox(10).await;
-    let mut inv = Inventory::load(&dir.path().join("inventory.toml")).unwrap();
-    inv.gates.require_approval = true;
-    let e = engine();
-    let run = e
-        .start_named("yb-maintenance", Payload::encode(&inv).unwrap(), "test")
-        .await
-        .unwrap();
-    let log = e.log().clone();
-    let kinds = move || -> Vec<Event> {
-        log.read(run)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.event)
-            .collect()
+    let path = dir.path().join("inventory.toml");
+    let text =
+        inventory_text(dir.path()).replace("require_approval = false", "require_approval = true");
+    std::fs::write(&path, text).unwrap();
+    let data = temp_dir();
+    let data_dir = data.path().to_owned();
+    let daemon = tokio::task::spawn_blocking(move || {
+        crate::fixtures::daemon::DaemonProcess::start(&data_dir, &[])
+    })
+    .await
+    .unwrap();
+    let before = read_effects(dir.path()).len();
+    let cli = |args: Vec<String>| {
+        let data = data.path().to_owned();
+        tokio::task::spawn_blocking(move || waymark(&data).args(args).output().unwrap())
     };
-    let k = kinds.clone();
-    wait_until(Duration::from_secs(30), "health gate passed", move || {
-        k().iter().any(|e| matches!(e, Event::StepCompleted { .. }))
-    })
+    let out = cli(vec![
+        "start".into(),
+        "yb-maintenance".into(),
+        "--detach".into(),
+        "--inventory".into(),
+        path.display().to_string(),
+    ])
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let run = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Waiting for approval: the approval's timer is started once the checks before it passed.
+    wait_until(
+        Duration::from_secs(60),
+        "the run waits for approval",
+        || {
+            daemon_history(data.path(), &run)
+                .iter()
+                .any(|e| matches!(e, Event::TimerStarted { .. }))
+        },
+    )
     .await;
-    e.signal(run, "approve", Payload::encode("go").unwrap(), "alice")
+    let waiting = daemon_history(data.path(), &run);
+    assert!(
+        !waiting
+            .iter()
+            .any(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1."))),
+        "nothing of step 1 before the approval: {waiting:#?}"
+    );
+    assert_eq!(
+        read_effects(dir.path()).len(),
+        before,
+        "no effect before the approval"
+    );
+    let out = cli(vec!["signal".into(), run.clone(), "approve".into()])
         .await
         .unwrap();
-    let k = kinds.clone();
-    wait_until(Duration::from_secs(30), "step 1 scheduled", move || {
-        k().iter()
-            .any(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1.")))
-    })
-    .await;
-    // The first step after the approval is the estate check's read of the traffic weights: this
-    // test process has no AWS credentials, so that read may fail the run before the cancel
-    // lands (the cancel is then refused: the run has finished). Either way nothing changed, and
-    // the approval came first.
-    match e
-        .signal(
-            run,
-            "cancel",
-            Payload::encode("test over").unwrap(),
-            "alice",
-        )
-        .await
-    {
-        Ok(()) | Err(waymark_engine::runtime::Error::Finished { .. }) => {}
-        Err(other) => panic!("cancel: {other}"),
-    }
-    let outcome = e.wait(run).await.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let out = cli(vec!["attach".into(), run.clone()]).await.unwrap();
     assert!(
-        matches!(outcome, RunOutcome::Cancelled(_) | RunOutcome::Failed(_)),
-        "{outcome:?}"
+        out.status.success(),
+        "the approved run completes: {}",
+        String::from_utf8_lossy(&out.stdout)
     );
-    let history = kinds();
-    assert!(
-        !history.iter().any(
-            |e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1. switch"))
-        ),
-        "no change after the cancel"
-    );
+    let history = daemon_history(data.path(), &run);
     let consumed = history
         .iter()
         .position(|e| matches!(e, Event::SignalConsumed { name, .. } if name == "approve"))
-        .unwrap();
-    let first_change = history
+        .expect("approve consumed");
+    let labels_after: Vec<&str> = history[consumed..]
         .iter()
-        .position(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1.")))
-        .unwrap();
-    assert!(consumed < first_change, "approval consumed before step 1");
+        .filter_map(|e| match e {
+            Event::StepScheduled { label, .. } => Some(label.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        labels_after[0].starts_with("node gate before any change"),
+        "the cluster is looked at again right after the approval: {labels_after:?}"
+    );
+    assert!(
+        !history[..consumed]
+            .iter()
+            .any(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("1."))),
+        "approval consumed before step 1"
+    );
+    daemon.sigterm();
 }
 
 fn inventory_text(dir: &Path) -> String {

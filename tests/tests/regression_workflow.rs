@@ -71,14 +71,15 @@ fn only_run(data: &Path) -> Vec<Event> {
         .collect()
 }
 
-fn run_failure(events: &[Event]) -> String {
+/// The reasons of a run that ended `refused` (issue 12: every check before step 1 refuses).
+fn run_refusal(events: &[Event]) -> String {
     events
         .iter()
         .find_map(|e| match e {
-            Event::RunFailed { .. } => Some(format!("{e:?}")),
+            Event::RunRefused { reasons } => Some(reasons.join("; ")),
             _ => None,
         })
-        .unwrap_or_else(|| panic!("the run did not fail: {events:#?}"))
+        .unwrap_or_else(|| panic!("the run was not refused: {events:#?}"))
 }
 
 /// issue 8, item 2: an inventory that names neither `listener_arn` nor `rule_arn` (as the daemon
@@ -344,9 +345,13 @@ async fn item4_relative_inventory_path_journals_absolute_paths() {
         "inventory.toml",
     ]);
     let (code, output) = run_cli(command).await;
-    assert_eq!(code, Some(1), "the run fails at the health gate\n{output}");
+    assert_eq!(
+        code,
+        Some(1),
+        "the run is refused at the node gate\n{output}"
+    );
     let events = only_run(data.path());
-    let why = run_failure(&events);
+    let why = run_refusal(&events);
     assert!(why.contains("the cluster fails the node gate"), "{why}");
     let input = events
         .into_iter()
@@ -432,19 +437,26 @@ async fn item6_half_switched_estate_is_refused_before_any_change() {
             .args(["run", "yb-maintenance", "--inventory"])
             .arg(dir.path().join("inventory.toml"));
         let (code, output) = run_cli(command).await;
-        assert_eq!(code, Some(1), "{case}: the run must fail\n{output}");
+        assert_eq!(code, Some(1), "{case}: the run must be refused\n{output}");
         let events = only_run(data.path());
-        let why = run_failure(&events);
+        let why = run_refusal(&events);
         assert!(
-            why.contains("the estate does not look normal, nothing was changed")
-                && why.contains("waymark ls --state needs-operator")
-                && why.contains("half-switched"),
+            why.contains("waymark ls --state needs-operator"),
             "{case}: {why}"
         );
         if case == "traffic 100/0" {
-            assert!(why.contains("zone A=100 zone B=0"), "{case}: {why}");
+            assert!(
+                why.contains("the estate does not look normal, nothing was changed")
+                    && why.contains("half-switched")
+                    && why.contains("zone A=100 zone B=0"),
+                "{case}: {why}"
+            );
         } else {
-            assert!(why.contains("mirrormaker2 has 0 replicas"), "{case}: {why}");
+            // Found by the pre-flight (issue 12), before the estate check.
+            assert!(
+                why.contains("pre-flight MirrorMaker2 prod/mirrormaker2 replicas: 0 replicas"),
+                "{case}: {why}"
+            );
         }
         assert_eq!(read_effects(dir.path()).len(), before, "{case}: no effect");
         assert!(
@@ -665,35 +677,34 @@ async fn item17_no_aws_credentials_is_the_message_and_not_retried() {
         let (code, output) = run_cli(command).await;
         assert_eq!(code, Some(1), "{case}\n{output}");
         let events = only_run(data.path());
-        let failures: Vec<(String, bool)> = events
+        // Since issue 12 the pre-flight finds it (one attempt, no error to retry) and the run
+        // is refused with the cause in each ELB check.
+        let retried: Vec<&Event> = events
             .iter()
-            .filter_map(|e| match e {
-                Event::AttemptFailed {
-                    error, retryable, ..
-                } => Some((error.clone(), *retryable)),
-                _ => None,
-            })
+            .filter(|e| matches!(e, Event::AttemptFailed { .. }))
             .collect();
-        assert_eq!(
-            failures.len(),
-            1,
-            "{case}: one attempt, not retried: {failures:#?}"
-        );
-        let (error, retryable) = &failures[0];
-        assert!(!retryable, "{case}: {error}");
-        let cause = error
-            .find("no AWS credentials found in the default chain")
-            .unwrap_or_else(|| panic!("{case}: the cause is not the message: {error}"));
-        assert!(
-            error.contains("AWS_ACCESS_KEY_ID") && error.contains("AWS_PROFILE"),
-            "{case}: {error}"
-        );
-        assert!(
-            error
-                .find("IMDS session token")
-                .is_none_or(|imds| imds > cause),
-            "{case}: the transport detail comes after the cause: {error}"
-        );
+        assert!(retried.is_empty(), "{case}: nothing retried: {retried:#?}");
+        let reasons = run_refusal(&events);
+        let elb_checks: Vec<&str> = reasons
+            .split("; pre-flight ")
+            .filter(|r| r.contains("ELBv2"))
+            .collect();
+        assert!(!elb_checks.is_empty(), "{case}: {reasons}");
+        for error in elb_checks {
+            let cause = error
+                .find("no AWS credentials found in the default chain")
+                .unwrap_or_else(|| panic!("{case}: the cause is not the message: {error}"));
+            assert!(
+                error.contains("AWS_ACCESS_KEY_ID") && error.contains("AWS_PROFILE"),
+                "{case}: {error}"
+            );
+            assert!(
+                error
+                    .find("IMDS session token")
+                    .is_none_or(|imds| imds > cause),
+                "{case}: the transport detail comes after the cause: {error}"
+            );
+        }
         assert!(
             !labels(&events).iter().any(|l| l.starts_with("1. switch")),
             "{case}: nothing changed"

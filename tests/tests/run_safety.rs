@@ -14,12 +14,17 @@
 use std::path::Path;
 use std::time::Duration;
 
+use waymark_engine::event::Event;
+use waymark_engine::log::EventLog;
 use waymark_sandbox::estate::Estate;
 use waymark_sandbox::estate::{Fault, FaultKind, Faults};
 use waymark_sandbox::{read_effects, read_invariants, Effect, Sandbox, Scenario};
+use waymark_workflows::inventory::Inventory;
 
+use crate::fixtures::daemon::DaemonProcess;
+use crate::maintenance::check_completed_estate;
 use crate::node_gates::{lagging, set_inventory_key};
-use crate::util::{temp_dir, wait_until, waymark};
+use crate::util::{http_unix, temp_dir, wait_until, waymark};
 
 fn estate(dir: &Path) -> Estate {
     serde_json::from_slice(&std::fs::read(dir.join("state.json")).unwrap()).unwrap()
@@ -371,4 +376,411 @@ async fn mirrormaker_not_becoming_ready_ends_the_run_needs_operator() {
         listed.contains("needs-operator"),
         "ls lists the run:\n{listed}"
     );
+}
+
+/// The events of the one run of `data` (a `waymark` data directory no process holds).
+fn history(data: &Path) -> Vec<Event> {
+    let log = waymark_engine::open_log(data).unwrap();
+    let runs = log.runs().unwrap();
+    assert_eq!(runs.len(), 1, "one run in {}", data.display());
+    log.read(runs[0])
+        .unwrap()
+        .into_iter()
+        .map(|r| r.event)
+        .collect()
+}
+
+/// `waymark run` to its end on a fresh data directory: (success, output, data directory).
+async fn run_to_end(dir: &Path) -> (bool, String, tempfile::TempDir) {
+    let data = temp_dir();
+    let data_dir = data.path().join("data");
+    let inventory = dir.join("inventory.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        waymark(&data_dir)
+            .args(["run", "yb-maintenance", "--inventory"])
+            .arg(inventory)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        data,
+    )
+}
+
+/// A run that must be refused before any change: it ends `RunRefused` whose reasons name every
+/// word of `words`, no compensation ran, the sandbox recorded no effect, no step changed
+/// anything, and the monitor never saw a forward to a group without a healthy target. Returns
+/// the reasons.
+async fn refused_before_any_change(dir: &Path, words: &[&str]) -> String {
+    let before = read_effects(dir).len();
+    let (ok, log, data) = run_to_end(dir).await;
+    assert!(!ok, "the run must be refused:\n{log}");
+    let events = history(&data.path().join("data"));
+    let Some(Event::RunRefused { reasons }) = events.last() else {
+        panic!("the run ends refused: {:?}\n{log}", events.last());
+    };
+    let reasons = reasons.join("\n");
+    for w in words {
+        assert!(reasons.contains(w), "the refusal names {w:?}:\n{reasons}");
+    }
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::CompensationStarted { .. })),
+        "nothing to compensate:\n{log}"
+    );
+    let changes: Vec<Effect> = read_effects(dir).into_iter().skip(before).collect();
+    assert_eq!(changes, Vec::<Effect>::new(), "no effect:\n{log}");
+    assert_no_forward_to_unhealthy(dir, &log);
+    reasons
+}
+
+/// `waymark plan yb-maintenance` on the sandbox's inventory: stdout.
+async fn plan(dir: &Path) -> String {
+    let data = temp_dir();
+    let data_dir = data.path().join("data");
+    let inventory = dir.join("inventory.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        waymark(&data_dir)
+            .args(["plan", "yb-maintenance", "--inventory"])
+            .arg(inventory)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The SSH address (`127.0.0.1:PORT`) of a node in the sandbox's inventory.
+fn node_ssh(dir: &Path, node: &str) -> String {
+    let inv = Inventory::load(&dir.join("inventory.toml")).unwrap();
+    inv.yugabyte
+        .nodes
+        .iter()
+        .find(|n| n.name == node)
+        .unwrap()
+        .ssh
+        .clone()
+}
+
+/// Pre-flight: a node whose host key `known_hosts` lacks is found before step 1 (the old run
+/// found it at step 3 or 4, with traffic in zone A and MirrorMaker2 off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_host_key_unknown_refuses_before_any_change() {
+    let (dir, _sb) = lagging(0.05).await;
+    let ssh = node_ssh(dir.path(), "yb-b-3");
+    let (ip, port) = ssh.split_once(':').unwrap();
+    let path = dir.path().join("known_hosts");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with(&format!("[{ip}]:{port} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(kept.len() < text.len(), "the line of yb-b-3 was in {text}");
+    std::fs::write(&path, kept).unwrap();
+    refused_before_any_change(dir.path(), &["pre-flight ssh yb-b-3", "unknown host"]).await;
+}
+
+/// Pre-flight: a TLS cluster and an inventory without `certs_dir` (yb-admin and yb-ts-cli would
+/// fail at step 4's blacklist or step 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_tls_certs_missing_refuses_before_any_change() {
+    let (dir, sb) = lagging(0.05).await;
+    sb.shared()
+        .apply(&Scenario::Tls {
+            certs_dir: "/home/yugabyte/yugabyte-tls-config".into(),
+        })
+        .unwrap();
+    refused_before_any_change(
+        dir.path(),
+        &[
+            "pre-flight yb tools",
+            "certs_dir_name",
+            "yugabyte.certs_dir",
+        ],
+    )
+    .await;
+}
+
+/// Pre-flight: Kubernetes RBAC does not let the run scale MirrorMaker2 (step 2 would fail after
+/// traffic moved; step 2's compensation would fail the same way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_rbac_denied_refuses_before_any_change_and_plan_shows_it() {
+    let (dir, sb) = lagging(0.05).await;
+    sb.shared()
+        .apply(&Scenario::RbacDenied {
+            verb: "patch".into(),
+            deployment: "mirrormaker2".into(),
+            subresource: Some("scale".into()),
+        })
+        .unwrap();
+    let shown = plan(dir.path()).await;
+    assert!(
+        shown.contains("pre-flight: FAILS now")
+            && shown.contains("FAIL Kubernetes RBAC on prod/mirrormaker2")
+            && shown.contains("PASS Kubernetes RBAC on prod/fp:")
+            && shown.contains("PASS ssh yb-a-1"),
+        "waymark plan shows the pre-flight:\n{shown}"
+    );
+    refused_before_any_change(
+        dir.path(),
+        &[
+            "Kubernetes RBAC on prod/mirrormaker2",
+            "cannot patch deployments/scale",
+        ],
+    )
+    .await;
+}
+
+/// Pre-flight: step 6's target is no tserver of this cluster (here: the inventory names no node
+/// for it and no node has its address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_register_target_not_a_tserver_refuses_before_any_change() {
+    let (dir, _sb) = lagging(0.05).await;
+    let path = dir.path().join("inventory.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let without: String = text
+        .lines()
+        .filter(|l| !l.starts_with("node = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(without.len() < text.len(), "register.node was set: {text}");
+    std::fs::write(&path, without).unwrap();
+    refused_before_any_change(
+        dir.path(),
+        &["register target 10.20.2.14", "no node of the inventory"],
+    )
+    .await;
+}
+
+/// Pre-flight: MirrorMaker2 already at 0 replicas (0 would be recorded as the state to restore).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_mirrormaker_already_at_zero_refuses_before_any_change() {
+    let (dir, sb) = lagging(0.05).await;
+    sb.shared().mutate(|st| {
+        st.k8s
+            .deployments
+            .get_mut("prod/mirrormaker2")
+            .unwrap()
+            .replicas = 0;
+    });
+    refused_before_any_change(
+        dir.path(),
+        &["MirrorMaker2 prod/mirrormaker2 replicas", "0 replicas"],
+    )
+    .await;
+}
+
+/// Approval: nobody approves within `approval_timeout_secs`: the run ends `refused`, nothing
+/// changed (before, it waited forever holding the cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_not_given_in_time_refuses_the_run() {
+    let (dir, _sb) = lagging(0.05).await;
+    set_inventory_key(dir.path(), "gates", "require_approval", "true");
+    set_inventory_key(dir.path(), "run", "approval_timeout_secs", "1");
+    refused_before_any_change(
+        dir.path(),
+        &["no operator approved the run within run.approval_timeout_secs (1 s)"],
+    )
+    .await;
+}
+
+/// The run's overall deadline (`run.finish_by`, as a schedule's window sets it) passes while
+/// yb-a-2 bootstraps far longer: the wait, cut to what is left of the run, fails once at the
+/// deadline (not after `node_timeout_secs` = 600 s), and the run compensates: MirrorMaker2 back,
+/// the blacklist empty, never a forward to a group without a healthy target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runs_deadline_stops_it_and_it_compensates() {
+    let (dir, sb) = lagging(0.05).await;
+    sb.shared()
+        .apply(&Scenario::SlowBootstrap {
+            node: "yb-a-2".into(),
+            factor: 200.0,
+        })
+        .unwrap();
+    set_inventory_key(dir.path(), "gates", "node_timeout_secs", "600");
+    set_inventory_key(dir.path(), "gates", "health_timeout_secs", "5");
+    let finish_by = chrono::Utc::now() + chrono::Duration::seconds(40);
+    set_inventory_key(
+        dir.path(),
+        "run",
+        "finish_by",
+        &format!(
+            "\"{}\"",
+            finish_by.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    );
+    let (ok, log, data) = run_to_end(dir.path()).await;
+    assert!(!ok, "{log}");
+    let events = history(&data.path().join("data"));
+    let reason = events
+        .iter()
+        .find_map(|e| match e {
+            Event::CompensationStarted { reason, .. } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the run compensates:\n{log}"));
+    assert!(
+        reason.contains("the run's deadline") && reason.contains("run.finish_by"),
+        "the cause is the run's deadline: {reason}"
+    );
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::StepScheduled { label, .. } if label.starts_with("5."))),
+        "no step after the deadline:\n{log}"
+    );
+    let st = estate(dir.path());
+    assert!(st.yb.blacklist.is_empty(), "{:?}\n{log}", st.yb.blacklist);
+    assert_eq!(st.k8s.deployments["prod/mirrormaker2"].replicas, 2, "{log}");
+    assert_no_forward_to_unhealthy(dir.path(), &log);
+}
+
+/// `waymark CMD...` on `data` to its end, off the async runtime: (success, stdout + stderr).
+async fn cli(data: &Path, args: &[&str]) -> (bool, String) {
+    let mut command = waymark(data);
+    command.args(args);
+    let out = tokio::task::spawn_blocking(move || command.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The history of `run` as the daemon on `socket` serves it.
+fn daemon_history(socket: &Path, run: &str) -> Vec<Event> {
+    let (code, body) = http_unix(socket, "GET", &format!("/v1/runs/{run}/history"), None);
+    assert_eq!(code, 200, "{body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    rows.into_iter()
+        .map(|r| serde_json::from_value(r["event"].clone()).unwrap())
+        .collect()
+}
+
+/// Whether a step of `h` was scheduled and has not ended.
+fn step_in_flight(h: &[Event]) -> bool {
+    h.iter().enumerate().any(|(i, e)| match e {
+        Event::StepScheduled { step, .. } => !h[i..].iter().any(|later| {
+            matches!(later, Event::StepCompleted { step: s, .. } | Event::StepFailed { step: s, .. } if s == step)
+        }),
+        _ => false,
+    })
+}
+
+/// `hold` on the runbook (through the daemon, as an operator sends it): sent while step 3
+/// restarts the masters, the run stops after the step in flight: nothing new is journaled or done
+/// while the cluster settles, no compensation begins, the run does not end and its cluster stays
+/// locked (another start is refused); `resume` finishes it, every node restarted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_during_step_3_stops_after_the_current_step_and_resume_finishes() {
+    let (dir, sb) = lagging(0.05).await;
+    let data = temp_dir();
+    let data_dir = data.path().to_owned();
+    let daemon = tokio::task::spawn_blocking(move || DaemonProcess::start(&data_dir, &[]))
+        .await
+        .unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    let inventory = inventory.to_str().unwrap();
+    let (ok, out) = cli(
+        data.path(),
+        &[
+            "start",
+            "yb-maintenance",
+            "--detach",
+            "--inventory",
+            inventory,
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let run = out.lines().next().unwrap().trim().to_owned();
+    let socket = data.path().join("waymark.sock");
+    wait_until(
+        Duration::from_secs(120),
+        "step 3 restarted a yb-master",
+        || {
+            read_effects(dir.path())
+                .iter()
+                .any(|e| e.target.ends_with("/yb-master") && e.action == "restart")
+        },
+    )
+    .await;
+    let (ok, out) = cli(
+        data.path(),
+        &["hold", &run, "--reason", "a test holds the run"],
+    )
+    .await;
+    assert!(ok, "{out}");
+    wait_until(Duration::from_secs(120), "the step in flight ended", || {
+        !step_in_flight(&daemon_history(&socket, &run))
+    })
+    .await;
+    let held = daemon_history(&socket, &run);
+    let effects_held = read_effects(dir.path()).len();
+    // Wait on the cluster, not on a clock: until every master and tserver serves again (the
+    // sandbox's ground truth), the held run must not start anything.
+    wait_until(Duration::from_secs(120), "the cluster settles", || {
+        sb.shared().read(|st| {
+            let t = st.truth(chrono::Utc::now().timestamp_millis());
+            t.tservers_down.is_empty() && t.masters_down.is_empty()
+        })
+    })
+    .await;
+    let still = daemon_history(&socket, &run);
+    assert_eq!(
+        still.len(),
+        held.len(),
+        "nothing journaled while held: {:?}",
+        &still[held.len()..]
+    );
+    assert_eq!(
+        read_effects(dir.path()).len(),
+        effects_held,
+        "no effect while held"
+    );
+    assert!(
+        !still.iter().any(|e| matches!(
+            e,
+            Event::CompensationStarted { .. }
+                | Event::RunCompleted { .. }
+                | Event::RunFailed { .. }
+                | Event::RunCancelled { .. }
+                | Event::RunRefused { .. }
+        )),
+        "no compensation, no end: {still:#?}"
+    );
+    let (ok, out) = cli(
+        data.path(),
+        &[
+            "start",
+            "yb-maintenance",
+            "--detach",
+            "--inventory",
+            inventory,
+        ],
+    )
+    .await;
+    assert!(!ok, "the held run keeps its cluster locked:\n{out}");
+    let (ok, out) = cli(data.path(), &["signal", &run, "resume"]).await;
+    assert!(ok, "{out}");
+    let (ok, out) = cli(data.path(), &["attach", &run]).await;
+    assert!(ok, "the resumed run completes:\n{out}");
+    check_completed_estate(dir.path());
+    daemon.sigterm();
 }

@@ -6,6 +6,7 @@ pub mod guard;
 pub mod inventory;
 pub mod maintenance;
 pub mod plan;
+pub mod preflight;
 
 use waymark_engine::runtime::EngineBuilder;
 
@@ -20,5 +21,6 @@ pub fn register(b: EngineBuilder) -> EngineBuilder {
     let b = waymark_activities::k8s::register(b);
     let b = waymark_activities::ssh::register(b);
     let b = waymark_activities::yb::register(b);
+    let b = waymark_activities::preflight::register(b);
     waymark_activities::elb::register(b)
 }

@@ -2,8 +2,12 @@
 //! [`YbMaintenance::run`] reads like the runbook; each numbered method is one runbook step.
 
 use std::collections::BTreeMap;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{
@@ -18,15 +22,16 @@ use waymark_activities::k8s::{
     RestartInput as RolloutRestartInput, RolloutRestart, ScaleAndWait, ScaleAndWaitInput,
     ScaleInput, WaitRollout, WaitRolloutInput,
 };
+use waymark_activities::preflight::{Preflight, Report};
 use waymark_activities::ssh::{
     RestartInput as UnitRestartInput, ShowInput, SystemdRestart, SystemdShow, UnitState,
 };
 use waymark_activities::yb::{
     rpc_address, BlacklistInput, BlacklistOp, ChangeLeaderBlacklist, FindLeader, GateInput,
     GateReport, HealthCheck, HealthInput, HealthReport, ListMasters, LoadBalancerInput, MasterInfo,
-    NewProcessInput, NodeGate, ServerBackInput, ServerKind, ServerReadyInput, ToolsCheck,
-    ToolsCheckInput, WaitHealthy, WaitLeaderBlacklistDrained, WaitLoadBalancer, WaitNewProcess,
-    WaitNodeGate, WaitServerBack, WaitServerReady,
+    NewProcessInput, NodeGate, ServerBackInput, ServerKind, ServerReadyInput, WaitHealthy,
+    WaitLeaderBlacklistDrained, WaitLoadBalancer, WaitNewProcess, WaitNodeGate, WaitServerBack,
+    WaitServerReady,
 };
 use waymark_engine::workflow::{self, Workflow};
 use waymark_engine::{Activity, RetryPolicy, WorkflowContext};
@@ -100,23 +105,51 @@ impl Workflow for YbMaintenance {
             .validate(std::path::Path::new("(the run's inventory)"))
             .map_err(invalid)?;
         let sources = inventory.traffic_sources().map_err(invalid)?;
-        let m = Maintenance::resolve_connections(ctx, inventory, sources).await?;
+        // The run's overall deadline, from its recorded start (section "Run-level safety").
+        let started = ctx.now().await?;
+        let deadline = RunDeadline::new(&inventory, started);
+        let m = Maintenance::resolve_connections(ctx, inventory, sources, deadline).await?;
+        // Nothing below changes anything until step 1: every check that fails refuses the run.
+        m.within_deadline_before_any_change().await?;
+        m.preflight_before_any_change().await?;
         if m.legacy() {
             m.health_gate_before_any_change().await?;
         } else {
             m.node_gate_before_any_change().await?;
         }
-        m.approval_if_required().await?;
+        if m.approval_if_required().await? {
+            // Approval may have taken hours: the cluster is looked at again.
+            if m.legacy() {
+                m.health_gate_before_any_change().await?;
+            } else {
+                m.node_gate_before_any_change().await?;
+            }
+        }
         let normal = m.estate_looks_normal_before_any_change().await?;
+        m.within_deadline_before_any_change().await?;
         let traffic_before = m.step1_switch_traffic_to_zone_a(normal.traffic).await?;
-        let mirrormaker_replicas = m.step2_stop_mirrormaker(&normal.mirrormaker).await?;
-        let masters_restarted = m.step3_restart_masters_one_at_a_time_leader_last().await?;
-        let tservers_restarted = m.step4_restart_tservers_one_at_a_time().await?;
-        m.step5_wait_for_load_balancing().await?;
-        let registered = m.step6_register_new_node_in_target_group().await?;
-        m.step7_restart_fp_and_fp_async().await?;
-        m.step8_start_mirrormaker_at_recorded_replicas(&mirrormaker_replicas)
-            .await?;
+        m.within_deadline("2").await?;
+        let r = m.step2_stop_mirrormaker(&normal.mirrormaker).await;
+        let mirrormaker_replicas = m.deadline_as_cause(r).await?;
+        let r = m.step3_restart_masters_one_at_a_time_leader_last().await;
+        let masters_restarted = m.deadline_as_cause(r).await?;
+        let r = m.step4_restart_tservers_one_at_a_time().await;
+        let tservers_restarted = m.deadline_as_cause(r).await?;
+        m.within_deadline("5").await?;
+        let r = m.step5_wait_for_load_balancing().await;
+        m.deadline_as_cause(r).await?;
+        m.within_deadline("6").await?;
+        let r = m.step6_register_new_node_in_target_group().await;
+        let registered = m.deadline_as_cause(r).await?;
+        m.within_deadline("7").await?;
+        let r = m.step7_restart_fp_and_fp_async().await;
+        m.deadline_as_cause(r).await?;
+        m.within_deadline("8").await?;
+        let r = m
+            .step8_start_mirrormaker_at_recorded_replicas(&mirrormaker_replicas)
+            .await;
+        m.deadline_as_cause(r).await?;
+        // Step 9 runs whatever the clock says: it is what the compensation would do anyway.
         m.step9_switch_traffic_back_to_zone_b(&traffic_before)
             .await?;
         Ok(Summary {
@@ -156,6 +189,45 @@ struct Maintenance {
     elb: ElbConnection,
     /// Every listener and rule carrying the zone weights.
     sources: Vec<TrafficSource>,
+    /// The run's overall deadline.
+    deadline: RunDeadline,
+    /// Seconds left before the deadline at the last look on the recorded clock
+    /// ([`Maintenance::within_deadline`]); every forward wait's timeout is cut to it.
+    left_secs: AtomicU64,
+}
+
+/// The run's overall deadline: its recorded start plus `run.max_duration_secs` (default: a
+/// multiple of the plan's estimate), or `run.finish_by` when that is earlier.
+#[derive(Clone, Debug)]
+struct RunDeadline {
+    at: DateTime<Utc>,
+    why: String,
+}
+
+impl RunDeadline {
+    fn new(inv: &Inventory, started: DateTime<Utc>) -> Self {
+        let max = inv.max_duration_secs();
+        let by_duration = waymark_engine::core::saturating_add(started, Duration::from_secs(max));
+        let source = if inv.run.max_duration_secs.is_some() {
+            format!("run.max_duration_secs = {max} from the start at {started}")
+        } else {
+            format!(
+                "the default run.max_duration_secs ({max} s: {} x the plan's estimate, at least {} s) from the start at {started}",
+                crate::inventory::RunLimits::DEFAULT_FACTOR,
+                crate::inventory::RunLimits::DEFAULT_FLOOR_SECS
+            )
+        };
+        match inv.run.finish_by {
+            Some(f) if f < by_duration => RunDeadline {
+                at: f,
+                why: "run.finish_by (a schedule's window sets it)".to_owned(),
+            },
+            _ => RunDeadline {
+                at: by_duration,
+                why: source,
+            },
+        }
+    }
 }
 
 /// What the estate check read before any change.
@@ -181,6 +253,7 @@ impl Maintenance {
         ctx: WorkflowContext,
         mut inv: Inventory,
         sources: Vec<TrafficSource>,
+        deadline: RunDeadline,
     ) -> Result<Self, workflow::Error> {
         let policy = inv.retry_policy();
         let kube: KubeConnection = ctx
@@ -200,6 +273,8 @@ impl Maintenance {
             inv,
             elb,
             sources,
+            deadline,
+            left_secs: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -208,8 +283,104 @@ impl Maintenance {
         self.ctx.activity::<A>(input).retry(self.inv.retry_policy())
     }
 
-    fn gates(&self) -> &crate::inventory::Gates {
-        &self.inv.gates
+    /// The gates, every wait's timeout cut to what is left of the run's deadline (at the last
+    /// look, [`Maintenance::within_deadline`]): a forward wait never outlives the run. The
+    /// compensations' inputs use the inventory's own timeouts (`self.inv.gates`).
+    fn gates(&self) -> crate::inventory::Gates {
+        let left = self.left_secs.load(Ordering::Relaxed).max(1);
+        let mut g = self.inv.gates.clone();
+        for t in [
+            &mut g.node_timeout_secs,
+            &mut g.health_timeout_secs,
+            &mut g.load_balancer_timeout_secs,
+            &mut g.rollout_timeout_secs,
+            &mut g.target_healthy_timeout_secs,
+        ] {
+            *t = (*t).min(left);
+        }
+        g
+    }
+
+    /// Looks at the recorded clock: the seconds left before the run's deadline, or an error
+    /// naming it when it passed.
+    async fn left_before_deadline(&self, before: &str) -> Result<u64, String> {
+        let now = self.ctx.now().await.map_err(|e| e.to_string())?;
+        let left = (self.deadline.at - now).num_seconds();
+        if left <= 0 {
+            return Err(format!(
+                "the run's deadline {} ({}) passed before {before}",
+                self.deadline.at.to_rfc3339(),
+                self.deadline.why
+            ));
+        }
+        let left = u64::try_from(left).unwrap_or(0);
+        self.left_secs.store(left, Ordering::Relaxed);
+        Ok(left)
+    }
+
+    /// Before any change: a run whose deadline already passed (a schedule's window closed while
+    /// it waited for approval, say) is refused.
+    async fn within_deadline_before_any_change(&self) -> Result<(), workflow::Error> {
+        match self.left_before_deadline("step 1").await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(refuse(vec![format!(
+                "{e}; nothing was changed: start a new run (a scheduled run: in its next window)"
+            )])),
+        }
+    }
+
+    /// Before runbook step `n` (and before each node of steps 3 and 4): once the run's deadline
+    /// passed, the run fails here and compensates (durable: the deadline comes from the recorded
+    /// start, each look from the recorded clock).
+    async fn within_deadline(&self, n: &str) -> Result<(), workflow::Error> {
+        self.left_before_deadline(&format!("step {n}"))
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                workflow::Error::failed(format!(
+                    "{e}: the run stops and compensates; raise run.max_duration_secs (or the schedule's window) if the estate needs longer"
+                ))
+            })
+    }
+
+    /// A step that failed while the run's deadline cut its waits: when the deadline has passed
+    /// by now (recorded clock), the run's deadline is named as the cause, with the step's error.
+    async fn deadline_as_cause<T>(
+        &self,
+        result: Result<T, workflow::Error>,
+    ) -> Result<T, workflow::Error> {
+        match result {
+            Err(e @ workflow::Error::StepFailed { .. })
+                if self.left_secs.load(Ordering::Relaxed) != u64::MAX =>
+            {
+                match self.left_before_deadline("the step ended").await {
+                    Ok(_) => Err(e),
+                    Err(passed) => Err(workflow::Error::failed(format!(
+                        "{passed}: {e}; the run stops and compensates; raise run.max_duration_secs (or the schedule's window) if the estate needs longer"
+                    ))),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// The read-only pre-flight (`preflight.check`): every prerequisite of the run, each pass or
+    /// fail; any failure refuses the run with the list.
+    async fn preflight_before_any_change(&self) -> Result<(), workflow::Error> {
+        let input = crate::preflight::input(&self.inv).map_err(|e| {
+            workflow::Error::failed(format!(
+                "invalid inventory, nothing was changed: {e}; fix the inventory and start a new run"
+            ))
+        })?;
+        let report: Report = self
+            .step::<Preflight>(&input)
+            .label("0. pre-flight (read-only): SSH, sudo, units, yb tools, yb-master API, Kubernetes RBAC, traffic forwards, zone A health, register target, MirrorMaker2")
+            .await?;
+        if report.passed() {
+            Ok(())
+        } else {
+            Err(refuse(report.failures()))
+        }
     }
 
     /// TEST ONLY: the version-2 gates (see `Gates::legacy_unsafe_gates_for_tests`).
@@ -246,29 +417,10 @@ impl Maintenance {
             .label("node gate before any change (masters, tservers, replication)")
             .await?;
         if !report.passed {
-            return Err(workflow::Error::failed(format!(
+            return Err(refuse(vec![format!(
                 "the cluster fails the node gate, nothing was changed: {}",
                 report.all().join("; ")
-            )));
-        }
-        let (node, admin) = self.admin()?;
-        let problems: Vec<String> = self
-            .step::<ToolsCheck>(&ToolsCheckInput {
-                admin,
-                yb_ts_cli: self.inv.yb_ts_cli(),
-                tserver_host: node.tserver.then(|| node.address.clone()),
-            })
-            .label(format!(
-                "yb-admin and yb-ts-cli check on {} before any change",
-                node.name
-            ))
-            .await?;
-        if !problems.is_empty() {
-            return Err(workflow::Error::failed(format!(
-                "the yb tools do not answer on {}, nothing was changed: {}; check yugabyte.yb_admin, yugabyte.yb_ts_cli and, on a TLS cluster, yugabyte.certs_dir",
-                node.name,
-                problems.join("; ")
-            )));
+            )]));
         }
         Ok(())
     }
@@ -328,19 +480,48 @@ impl Maintenance {
             .label("health gate before any change")
             .await?;
         if !report.passed {
-            return Err(workflow::Error::failed(format!(
+            return Err(refuse(vec![format!(
                 "cluster unhealthy, nothing was changed: {}",
                 report.problems.join("; ")
-            )));
+            )]));
         }
         Ok(())
     }
 
-    async fn approval_if_required(&self) -> Result<(), workflow::Error> {
-        if self.gates().require_approval {
-            let _: serde_json::Value = self.ctx.wait_for_signal("approve").await?;
+    /// With `gates.require_approval`: waits for an operator's `approve`, at most
+    /// `run.approval_timeout_secs`; then the run is refused (nothing was changed). Returns
+    /// whether it waited (the caller then looks at the cluster again).
+    ///
+    /// The signal wait and a durable timer race; both are polled on every wake-up, the signal
+    /// first, and the signal wins when both are ready. So the two take the same command
+    /// positions on every replay (signal, then timer), and a recorded approval replays as an
+    /// approval even when its timer's deadline has passed by the time of the replay.
+    async fn approval_if_required(&self) -> Result<bool, workflow::Error> {
+        if !self.inv.gates.require_approval {
+            return Ok(false);
         }
-        Ok(())
+        let secs = self.inv.run.approval_timeout_secs;
+        let signal = self.ctx.wait_for_signal::<serde_json::Value>("approve");
+        let timer = self.ctx.sleep(Duration::from_secs(secs));
+        let mut signal = std::pin::pin!(signal);
+        let mut timer = std::pin::pin!(timer);
+        let approved = std::future::poll_fn(|cx| {
+            let signal = signal.as_mut().poll(cx);
+            let timer = timer.as_mut().poll(cx);
+            match (signal, timer) {
+                (Poll::Ready(r), _) => Poll::Ready(r.map(|_| true)),
+                (Poll::Pending, Poll::Ready(r)) => Poll::Ready(r.map(|()| false)),
+                (Poll::Pending, Poll::Pending) => Poll::Pending,
+            }
+        })
+        .await?;
+        if approved {
+            Ok(true)
+        } else {
+            Err(refuse(vec![format!(
+                "no operator approved the run within run.approval_timeout_secs ({secs} s); nothing was changed: start a new run and approve it (`waymark signal RUN approve`) in time"
+            )]))
+        }
     }
 
     fn weights(&self, a: i32, b: i32) -> BTreeMap<String, i32> {
@@ -389,18 +570,18 @@ impl Maintenance {
         }
         problems.extend(abnormal_mirrormaker(&mirrormaker));
         if !problems.is_empty() {
-            return Err(workflow::Error::failed(format!(
+            return Err(refuse(vec![format!(
                 "the estate does not look normal, nothing was changed: {}; {HALF_SWITCHED_HINT}",
                 problems.join("; ")
-            )));
+            )]));
         }
         if !self.legacy() {
             let unhealthy = self.traffic_groups_healthy().await?;
             if !unhealthy.is_empty() {
-                return Err(workflow::Error::failed(format!(
+                return Err(refuse(vec![format!(
                     "traffic target group health check failed, nothing was changed: {}; restore the targets' health first",
                     unhealthy.join("; ")
-                )));
+                )]));
             }
         }
         Ok(NormalEstate {
@@ -425,7 +606,7 @@ impl Maintenance {
                 set_by_step_1: zone_a.clone(),
                 zone_a_target_group_arn: self.inv.traffic.zone_a_target_group_arn.clone(),
                 zone_b_target_group_arn: self.inv.traffic.zone_b_target_group_arn.clone(),
-                gate: self.gate_input(self.gates().health_timeout_secs),
+                gate: self.gate_input(self.inv.gates.health_timeout_secs),
                 services: self
                     .inv
                     .services
@@ -473,7 +654,11 @@ impl Maintenance {
                 .heartbeat_timeout(beat)
                 .compensate_with(
                     ScaleAndWait::NAME,
-                    &self.scale_and_wait(d, replicas),
+                    &ScaleAndWaitInput {
+                        // A compensation waits the inventory's own time, deadline or not.
+                        timeout_secs: self.inv.gates.rollout_timeout_secs,
+                        ..self.scale_and_wait(d, replicas)
+                    },
                     format!("{name} back to {replicas} replicas, Available"),
                 )
                 .await?;
@@ -543,6 +728,8 @@ impl Maintenance {
         unit: &str,
         kind: ServerKind,
     ) -> Result<(), workflow::Error> {
+        self.within_deadline(&format!("{n} ({unit} on {})", node.name))
+            .await?;
         if self.legacy() {
             self.legacy_restart_on_node(node, n, unit, kind).await
         } else {
@@ -592,6 +779,8 @@ impl Maintenance {
         if let Some(add) = &blacklist {
             let remove = BlacklistInput {
                 op: BlacklistOp::Remove,
+                // A compensation waits the inventory's own time, deadline or not.
+                timeout_secs: self.inv.gates.node_timeout_secs,
                 ..add.clone()
             };
             let _: String = self
@@ -911,6 +1100,11 @@ impl Maintenance {
         }
         Ok(())
     }
+}
+
+/// The run refuses to go on before it changed anything: it ends `refused` with `reasons`.
+fn refuse(reasons: Vec<String>) -> workflow::Error {
+    workflow::Error::refused(reasons)
 }
 
 /// A long wait's attempt limit (its own timeout plus a margin) and heartbeat limit (ten polls

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use waymark_activities::elb::{ReadTrafficWeights, ReadTrafficWeightsInput};
 use waymark_activities::k8s::ReadReplicas;
+use waymark_activities::preflight::{Preflight, Report};
 use waymark_activities::yb::{
     FindLeader, GateInput, GateReport, HealthCheck, HealthInput, HealthReport, ListTServers,
     NodeGate,
@@ -39,6 +40,10 @@ pub struct Plan {
     pub health: Result<HealthReport, String>,
     /// The node gate now (a run checks it before any change).
     pub node_gate: Result<GateReport, String>,
+    /// The pre-flight now (a run refuses to start when a check fails).
+    pub preflight: Result<Report, String>,
+    /// The run's overall deadline, in words (`[run]`).
+    pub deadline: String,
     /// The nodes a run restarts, in order (`yb-master on N`, then `yb-tserver on N`).
     pub order: Vec<String>,
     /// Nodes a run leaves alone (their zone is not in `restart_zones`).
@@ -103,6 +108,10 @@ pub async fn plan(inv: &Inventory) -> Plan {
         )
         .await
         .map_err(|e| e.message);
+    let preflight = match crate::preflight::input(inv) {
+        Ok(input) => Preflight.run(ctx(), input).await.map_err(|e| e.message),
+        Err(e) => Err(e.to_string()),
+    };
     if inv.gates.require_approval {
         push(
             &mut actions,
@@ -304,10 +313,28 @@ pub async fn plan(inv: &Inventory) -> Plan {
         .map(|n| format!("{} (zone {})", n.name, n.zone))
         .collect();
     let expected_duration = expected_duration(inv, &order);
+    let deadline = match (inv.run.max_duration_secs, inv.run.finish_by) {
+        (_, Some(f)) => format!(
+            "{} s after the start ({}), or {f} if earlier (run.finish_by); then the run stops before its next step and compensates",
+            inv.max_duration_secs(),
+            if inv.run.max_duration_secs.is_some() { "run.max_duration_secs" } else { "default" }
+        ),
+        (Some(m), None) => format!(
+            "{m} s after the start (run.max_duration_secs); then the run stops before its next step and compensates"
+        ),
+        (None, None) => format!(
+            "{} s after the start (default: {} x the estimate, at least {} s); then the run stops before its next step and compensates",
+            inv.max_duration_secs(),
+            crate::inventory::RunLimits::DEFAULT_FACTOR,
+            crate::inventory::RunLimits::DEFAULT_FLOOR_SECS
+        ),
+    };
     Plan {
         cluster: inv.cluster.name.clone(),
         health,
         node_gate,
+        preflight,
+        deadline,
         order,
         skipped,
         gates: gate_descriptions(inv),
@@ -326,6 +353,7 @@ pub fn gate_descriptions(inv: &Inventory) -> Vec<String> {
         ];
     }
     let mut out = vec![
+        "before any change, the read-only pre-flight: SSH to every node (host key known, login, sudo -n systemctl allowed, the units exist), yb-admin and yb-ts-cli with the inventory's flags, the yb-master API, Kubernetes RBAC (get/patch, get/patch scale) on every Deployment, every traffic listener and rule forwards to exactly zone A's and zone B's target groups, zone A has a healthy target, the register target is an ALIVE tserver, MirrorMaker2 has replicas; a failure refuses the run".to_owned(),
         "before any change: every master LEADER or FOLLOWER with no error, masters and tservers exactly the inventory's, no DEAD tserver, 0 under-replicated (tablet-under-replication), 0 leaderless (tablet-replication); yb-admin and yb-ts-cli answer; both traffic target groups have a healthy target".to_owned(),
         format!(
             "before each node: the same node gate, waited for up to {} s",
@@ -426,6 +454,14 @@ impl fmt::Display for Plan {
             )?,
             Err(e) => writeln!(f, "node gate: cannot be read: {e}")?,
         }
+        match &self.preflight {
+            Ok(p) if p.passed() => write!(f, "pre-flight: PASSES now\n{p}")?,
+            Ok(p) => write!(
+                f,
+                "pre-flight: FAILS now, a run would be refused before any change:\n{p}"
+            )?,
+            Err(e) => writeln!(f, "pre-flight: cannot be run: {e}")?,
+        }
         writeln!(f, "order: {}", self.order.join(", "))?;
         if !self.skipped.is_empty() {
             writeln!(
@@ -439,6 +475,7 @@ impl fmt::Display for Plan {
             writeln!(f, "  - {g}")?;
         }
         writeln!(f, "expected duration: {}", self.expected_duration)?;
+        writeln!(f, "deadline: {}", self.deadline)?;
         let width = self
             .actions
             .iter()
