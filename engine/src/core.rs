@@ -132,15 +132,23 @@ pub enum Entry {
 }
 
 impl Entry {
-    /// One line for the side-by-side non-determinism report.
-    pub fn describe(&self) -> String {
+    /// What the code asked for at this position.
+    pub fn command(&self) -> Command {
         match self {
-            Entry::Step { activity, input } => format!("step {activity}({input})"),
-            Entry::Timer { fire_at, .. } => format!("sleep until {}", fire_at.to_rfc3339()),
-            Entry::Value { kind, .. } => format!("{kind:?}()").to_lowercase(),
-            Entry::Compensation(c) => format!("register compensation {}({})", c.activity, c.input),
-            Entry::Signal { name, .. } => format!("wait for signal {name:?}"),
+            Entry::Step { activity, input } => Command::Step {
+                activity: activity.clone(),
+                input: input.clone(),
+            },
+            Entry::Timer { .. } => Command::Sleep,
+            Entry::Value { kind, .. } => Command::Record(*kind),
+            Entry::Compensation(c) => Command::RegisterCompensation(c.clone()),
+            Entry::Signal { name, .. } => Command::WaitForSignal(name.clone()),
         }
+    }
+
+    /// One line for the side-by-side non-determinism report (the command's).
+    pub fn describe(&self) -> String {
+        self.command().describe()
     }
 }
 
@@ -176,65 +184,134 @@ pub struct StepState {
 /// How the `StepFailed` of a step the workflow code stopped waiting for begins.
 pub const ABANDONED: &str = "abandoned: the workflow code stopped waiting for this step";
 
-/// What to do for a step the workflow (or the compensation plan) asks for.
+/// What the workflow code asks for at a command position. The history records the same thing at
+/// that position ([`Entry::command`]), so a divergence is reported as two [`Command::describe`]s
+/// in the same words.
 #[derive(Clone, Debug, PartialEq)]
-pub enum StepDecision {
-    /// The history has its outcome: return it without calling the activity.
-    Replay(Result<Payload, String>),
-    /// The history records that the code stopped waiting for this step: it never resolves.
-    Abandoned,
-    /// Call the activity.
-    Run {
-        /// Whether `StepScheduled` must be appended first (a step new to the history).
-        schedule: bool,
-        /// The attempt number to start.
-        attempt: u32,
-        /// Failed attempts so far.
-        failures: u32,
-        /// Earliest start of that attempt (a journaled retry deadline).
-        not_before: Option<DateTime<Utc>>,
-        /// An attempt that was in flight when the previous process died, to record as interrupted.
-        interrupted: Option<u32>,
+pub enum Command {
+    /// Run a step: an activity with its input.
+    Step {
+        /// Activity name.
+        activity: String,
+        /// Its input.
+        input: Payload,
     },
-    /// The code asks for something else than the history has here.
-    Nondeterminism(SuspendReason),
+    /// A durable timer.
+    Sleep,
+    /// A value recorded once and replayed after (`now()`, `uuid()`).
+    Record(RecordedKind),
+    /// A compensation registered on its own.
+    RegisterCompensation(CompensationSpec),
+    /// Wait for (consume) a signal of this name.
+    WaitForSignal(String),
 }
 
-/// What to do for a durable timer.
+impl Command {
+    /// One line for the side-by-side non-determinism report.
+    pub fn describe(&self) -> String {
+        match self {
+            Command::Step { activity, input } => format!("step {activity}({input})"),
+            Command::Sleep => "sleep (a durable timer)".to_owned(),
+            Command::Record(kind) => format!("{kind:?}()").to_lowercase(),
+            Command::RegisterCompensation(c) => {
+                format!("register compensation {}({})", c.activity, c.input)
+            }
+            Command::WaitForSignal(name) => format!("wait for signal {name:?}"),
+        }
+    }
+}
+
+/// A step as the workflow code (or the compensation plan) asks for it.
 #[derive(Clone, Debug, PartialEq)]
-pub enum TimerDecision {
-    /// Already fired.
-    Fired,
-    /// Started earlier: wait until the recorded deadline.
+pub struct StepSpec {
+    /// Activity name.
+    pub activity: String,
+    /// What the operator sees.
+    pub label: String,
+    /// Activity input.
+    pub input: Payload,
+    /// Compensation registered with the step.
+    pub compensation: Option<CompensationSpec>,
+}
+
+/// How one attempt of an activity ended, as the driver saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttemptResult {
+    /// It returned this output.
+    Completed(Payload),
+    /// It failed.
+    Failed {
+        /// The error.
+        message: String,
+        /// Whether another attempt may succeed.
+        retryable: bool,
+    },
+    /// The run was cancelled while it ran (the attempt was dropped).
+    Cancelled,
+}
+
+/// What the code (or the compensation plan) gets back from a command.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// A step's outcome: its output, or its last error.
+    Step(Result<Payload, String>),
+    /// An operator cancelled the run while the code waited here (the reason).
+    Cancelled(String),
+    /// The history records that the code stopped waiting for this step: it never resolves.
+    Never,
+    /// The timer fired.
+    TimerFired,
+    /// A recorded value.
+    Value(String),
+    /// The compensation is registered.
+    Registered,
+    /// A signal's payload.
+    Signal(Payload),
+}
+
+/// What the driver does once the events of a decision are appended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    /// Give this to the code. The events before it need not be durable yet: nothing of them has
+    /// left the process (the next append that starts an activity, or ends the run, covers them).
+    Answer(Answer),
+    /// Call the activity (this attempt), once the events, which start it, are durable.
+    RunAttempt {
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// Wait until this time, or until the run's state changes, then ask again.
     WaitUntil(DateTime<Utc>),
-    /// New: record `TimerStarted` with this deadline, then wait.
-    Start(DateTime<Utc>),
-    /// Diverges from the history.
-    Nondeterminism(SuspendReason),
+    /// Wait until the run's state changes (an operator lifts a pause or hold, or cancels), then
+    /// ask again.
+    WaitWhileHeld,
+    /// Wait until the run's state changes (a signal arrives), then ask again.
+    WaitForSignal,
+    /// Run the compensation plan.
+    Compensate,
+    /// The run has ended (or stopped for an operator) once the events are durable.
+    Finish,
 }
 
-/// The result of a recorded-value request.
+/// What the core decides for a request of the code, the end of an attempt, or the end of a phase
+/// of the run. The driver appends what it is told and carries out the action; it builds no event.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ValueDecision {
-    /// The history has it.
-    Replay(String),
-    /// Record this fresh value.
-    Record(String),
-    /// Diverges from the history.
-    Nondeterminism(SuspendReason),
+pub enum Decision {
+    /// The history has the answer: nothing to append.
+    Replay(Answer),
+    /// Append these events (possibly none), then do this.
+    Append {
+        /// Events, in order.
+        events: Vec<Event>,
+        /// What follows.
+        then: Action,
+    },
+    /// The code diverged from its history: the run stops for an operator.
+    Suspend(SuspendReason),
 }
 
-/// The result of a signal wait.
-#[derive(Clone, Debug, PartialEq)]
-pub enum SignalDecision {
-    /// Consumed earlier at this position: return its payload.
-    Replay(Payload),
-    /// A signal is waiting: record its consumption at this position.
-    Consume(Payload),
-    /// None has arrived yet.
-    Wait,
-    /// Diverges from the history.
-    Nondeterminism(SuspendReason),
+fn append(events: Vec<Event>, then: Action) -> Decision {
+    Decision::Append { events, then }
 }
 
 /// How the workflow code returned, as the core needs to know it.
@@ -246,20 +323,6 @@ pub enum Returned {
     Refused(Vec<String>),
     /// With this error (a step that gave up, a workflow-defined failure, a cancellation).
     Failed(String),
-}
-
-/// What ends the workflow phase of a run (see [`RunState::on_workflow_returned`]).
-#[derive(Clone, Debug, PartialEq)]
-pub enum Ending {
-    /// An operator holds the run: append nothing, wait for `resume` or `cancel`, ask again.
-    Held,
-    /// Append these events; then run the compensations, or stop (the run has ended).
-    Append {
-        /// What to append, in one group.
-        events: Vec<Event>,
-        /// Whether compensations follow (`CompensationStarted` is among the events).
-        compensate: bool,
-    },
 }
 
 /// What a run needs when the engine (re)starts it.
@@ -348,11 +411,30 @@ pub fn saturating_add(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
-fn nondeterminism(position: u32, recorded: &Entry, new: String) -> SuspendReason {
+fn nondeterminism(position: u32, recorded: &Entry, new: &Command) -> SuspendReason {
     SuspendReason::Nondeterminism {
         position,
-        recorded: recorded.describe(),
-        new,
+        recorded: recorded.command().describe(),
+        new: new.describe(),
+    }
+}
+
+/// The first event of a run.
+pub fn run_started(workflow: &str, version: u32, input: Payload, started_by: &str) -> Event {
+    Event::RunStarted {
+        workflow: workflow.to_owned(),
+        version,
+        input,
+        started_by: started_by.to_owned(),
+    }
+}
+
+/// A signal that reached a run.
+pub fn signal_received(name: &str, payload: Payload, sent_by: &str) -> Event {
+    Event::SignalReceived {
+        name: name.to_owned(),
+        payload,
+        sent_by: sent_by.to_owned(),
     }
 }
 
@@ -664,14 +746,13 @@ impl RunState {
     }
 
     /// What ends the workflow phase once the code has returned `returned`: the events to append
-    /// (closing the steps the code left without a result first) and whether compensations follow.
-    /// While an operator holds the run, nothing: [`Ending::Held`] (the driver waits for `resume`
-    /// or `cancel`). A cancel requested while the code failed compensates as cancelled. A refusal
+    /// (closing the steps the code left without a result first), then compensate or finish.
+    /// While an operator holds the run, nothing ([`Action::WaitWhileHeld`]: `resume` or `cancel`). A cancel requested while the code failed compensates as cancelled. A refusal
     /// with no compensation registered ends the run `RunRefused`; with some registered (a
     /// workflow bug: it vouched that nothing changed) it compensates as a failure.
-    pub fn on_workflow_returned(&self, returned: &Returned) -> Ending {
+    pub fn on_workflow_returned(&self, returned: &Returned) -> Decision {
         if self.held.is_some() {
-            return Ending::Held;
+            return append(Vec::new(), Action::WaitWhileHeld);
         }
         let mut events = self.abandonment_events();
         let (last, compensate) = match (returned, &self.cancel_requested) {
@@ -716,7 +797,14 @@ impl RunState {
             ),
         };
         events.push(last);
-        Ending::Append { events, compensate }
+        append(
+            events,
+            if compensate {
+                Action::Compensate
+            } else {
+                Action::Finish
+            },
+        )
     }
 
     /// Whether the run ended with its compensation incomplete: it failed or was cancelled after
@@ -783,57 +871,164 @@ impl RunState {
         }
     }
 
-    /// Decides a workflow step at `position`.
-    pub fn decide_step(&self, position: u32, activity: &str, input: &Payload) -> StepDecision {
+    /// Checks that the history has `asked` (or nothing) at workflow position `position`.
+    fn matches(&self, position: u32, asked: &Command) -> Result<Option<&Entry>, SuspendReason> {
         match self.entries.get(&position) {
-            None => StepDecision::Run {
-                schedule: true,
-                attempt: 1,
-                failures: 0,
-                not_before: None,
-                interrupted: None,
-            },
-            Some(Entry::Step {
-                activity: a,
-                input: i,
-            }) if a == activity && i == input => self.progress(StepRef::Workflow(position)),
-            Some(other) => StepDecision::Nondeterminism(nondeterminism(
-                position,
-                other,
-                format!("step {activity}({input})"),
-            )),
+            None => Ok(None),
+            Some(e) if e.command() == *asked => Ok(Some(e)),
+            Some(other) => Err(nondeterminism(position, other, asked)),
         }
     }
 
-    /// Decides compensation `index` of the plan.
-    pub fn decide_compensation(&self, index: u32) -> StepDecision {
-        if self.steps.contains_key(&StepRef::Compensation(index)) {
-            self.progress(StepRef::Compensation(index))
-        } else {
-            StepDecision::Run {
-                schedule: true,
-                attempt: 1,
-                failures: 0,
-                not_before: None,
-                interrupted: None,
+    /// What to do next for a step (a workflow step, or a compensation of the plan) when no
+    /// attempt of it runs in this process: replay its recorded outcome, wait (for its retry
+    /// deadline, or while the run is paused or held), close it because the run was cancelled
+    /// (`cancellable` steps only), or start its next attempt (`StepScheduled` for a step new to
+    /// the history, `AttemptInterrupted` for an attempt a crash left open, `AttemptStarted`).
+    pub fn step_next(
+        &self,
+        step: StepRef,
+        spec: &StepSpec,
+        now: DateTime<Utc>,
+        cancellable: bool,
+    ) -> Decision {
+        if let StepRef::Workflow(position) = step {
+            let asked = Command::Step {
+                activity: spec.activity.clone(),
+                input: spec.input.clone(),
+            };
+            if let Err(r) = self.matches(position, &asked) {
+                return Decision::Suspend(r);
             }
         }
-    }
-
-    fn progress(&self, step: StepRef) -> StepDecision {
-        let s = &self.steps[&step];
+        let cancel = self.cancel_requested.as_ref().filter(|_| cancellable);
+        let Some(s) = self.steps.get(&step) else {
+            if let Some(why) = cancel {
+                // Cancelled before the step's first attempt: it never reaches the history.
+                return Decision::Replay(Answer::Cancelled(why.clone()));
+            }
+            if self.attempts_on_hold() {
+                return append(Vec::new(), Action::WaitWhileHeld);
+            }
+            return append(
+                vec![
+                    Event::StepScheduled {
+                        step,
+                        activity: spec.activity.clone(),
+                        label: spec.label.clone(),
+                        input: spec.input.clone(),
+                        compensation: spec.compensation.clone(),
+                    },
+                    Event::AttemptStarted { step, attempt: 1 },
+                ],
+                Action::RunAttempt { attempt: 1 },
+            );
+        };
         if s.abandoned {
-            return StepDecision::Abandoned;
+            return Decision::Replay(Answer::Never);
         }
         if let Some(outcome) = &s.outcome {
-            return StepDecision::Replay(outcome.clone());
+            // A step cancelled by an operator gave the code `Cancelled`: replay gives it the same.
+            return Decision::Replay(match (outcome, &self.cancel_requested) {
+                (Err(e), Some(why)) if e == why => Answer::Cancelled(e.clone()),
+                _ => Answer::Step(outcome.clone()),
+            });
         }
-        StepDecision::Run {
-            schedule: false,
-            attempt: s.attempts_started + 1,
-            failures: s.failures,
-            not_before: s.next_retry_at,
-            interrupted: s.open_attempt,
+        if let Some(why) = cancel {
+            // Cancelled while no attempt ran (waiting for its retry, paused, held, or resumed
+            // after a crash): the history says how it ended.
+            let mut events = Vec::with_capacity(2);
+            if let Some(attempt) = s.open_attempt {
+                events.push(Event::AttemptInterrupted { step, attempt });
+            }
+            events.push(Event::StepFailed {
+                step,
+                error: why.clone(),
+            });
+            return append(events, Action::Answer(Answer::Cancelled(why.clone())));
+        }
+        if let Some(t) = s.next_retry_at.filter(|t| *t > now) {
+            return append(Vec::new(), Action::WaitUntil(t));
+        }
+        if self.attempts_on_hold() {
+            return append(Vec::new(), Action::WaitWhileHeld);
+        }
+        let attempt = s.attempts_started + 1;
+        let mut events = Vec::with_capacity(2);
+        if let Some(prev) = s.open_attempt {
+            events.push(Event::AttemptInterrupted {
+                step,
+                attempt: prev,
+            });
+        }
+        events.push(Event::AttemptStarted { step, attempt });
+        append(events, Action::RunAttempt { attempt })
+    }
+
+    /// After attempt `attempt` of `step` ended with `result`: the step's result
+    /// (`StepCompleted`, or `AttemptFailed` + `StepFailed` when it gives up) or its retry
+    /// (`AttemptFailed` with the next attempt's time, then wait for it). `delay` is the
+    /// (jittered) delay the driver drew from `policy`; `now` the driver's clock.
+    pub fn on_attempt_end(
+        &self,
+        step: StepRef,
+        attempt: u32,
+        result: AttemptResult,
+        policy: &RetryPolicy,
+        now: DateTime<Utc>,
+        delay: Duration,
+    ) -> Decision {
+        match result {
+            AttemptResult::Completed(output) => append(
+                vec![Event::StepCompleted {
+                    step,
+                    output: output.clone(),
+                }],
+                Action::Answer(Answer::Step(Ok(output))),
+            ),
+            AttemptResult::Cancelled => {
+                let why = self
+                    .cancel_requested
+                    .clone()
+                    .unwrap_or_else(|| "cancelled".to_owned());
+                append(
+                    vec![
+                        Event::AttemptFailed {
+                            step,
+                            attempt,
+                            error: format!("attempt abandoned: {why}"),
+                            retryable: false,
+                            next_retry_at: None,
+                        },
+                        Event::StepFailed {
+                            step,
+                            error: why.clone(),
+                        },
+                    ],
+                    Action::Answer(Answer::Cancelled(why)),
+                )
+            }
+            AttemptResult::Failed { message, retryable } => {
+                let failures = self.steps.get(&step).map_or(0, |s| s.failures) + 1;
+                let next = self.decide_retry(step, policy, failures, retryable, now, delay);
+                let mut events = vec![Event::AttemptFailed {
+                    step,
+                    attempt,
+                    error: message.clone(),
+                    retryable,
+                    next_retry_at: next,
+                }];
+                let then = if let Some(t) = next {
+                    Action::WaitUntil(t)
+                } else {
+                    events.push(Event::StepFailed {
+                        step,
+                        error: message.clone(),
+                    });
+                    Action::Answer(Answer::Step(Err(message)))
+                };
+                append(events, then)
+            }
         }
     }
 
@@ -857,88 +1052,205 @@ impl RunState {
         }
     }
 
-    /// Decides a durable timer at `position`, of `duration` from `now`.
-    pub fn decide_timer(
-        &self,
-        position: u32,
-        duration: Duration,
-        now: DateTime<Utc>,
-    ) -> TimerDecision {
-        match self.entries.get(&position) {
-            None => TimerDecision::Start(saturating_add(now, duration)),
-            Some(Entry::Timer { fired: true, .. }) => TimerDecision::Fired,
-            Some(Entry::Timer { fire_at, .. }) => TimerDecision::WaitUntil(*fire_at),
-            Some(other) => TimerDecision::Nondeterminism(nondeterminism(
-                position,
-                other,
-                format!("sleep {duration:?}"),
-            )),
+    /// A durable timer at `position` of `duration` from `now`: `TimerStarted` and wait for a
+    /// new one, wait for the recorded deadline, `TimerFired` once it has passed, or the replay
+    /// of one that fired. A cancel ends the wait.
+    pub fn decide_sleep(&self, position: u32, duration: Duration, now: DateTime<Utc>) -> Decision {
+        let fire_at = match self.matches(position, &Command::Sleep) {
+            Err(r) => return Decision::Suspend(r),
+            Ok(Some(Entry::Timer { fired: true, .. })) => {
+                return Decision::Replay(Answer::TimerFired)
+            }
+            Ok(Some(Entry::Timer { fire_at, .. })) => Some(*fire_at),
+            Ok(_) => None,
+        };
+        if let Some(why) = &self.cancel_requested {
+            return Decision::Replay(Answer::Cancelled(why.clone()));
+        }
+        match fire_at {
+            None => {
+                let t = saturating_add(now, duration);
+                append(
+                    vec![Event::TimerStarted {
+                        position,
+                        fire_at: t,
+                    }],
+                    Action::WaitUntil(t),
+                )
+            }
+            Some(t) if t > now => append(Vec::new(), Action::WaitUntil(t)),
+            Some(_) => append(
+                vec![Event::TimerFired { position }],
+                Action::Answer(Answer::TimerFired),
+            ),
         }
     }
 
-    /// Decides a recorded value at `position`; `fresh` is what to record if the history has none.
+    /// A recorded value at `position`; `fresh` is what to record if the history has none.
     pub fn decide_value(
         &self,
         position: u32,
         kind: RecordedKind,
         fresh: impl FnOnce() -> String,
-    ) -> ValueDecision {
-        match self.entries.get(&position) {
-            None => ValueDecision::Record(fresh()),
-            Some(Entry::Value { kind: k, value }) if *k == kind => {
-                ValueDecision::Replay(value.clone())
+    ) -> Decision {
+        match self.matches(position, &Command::Record(kind)) {
+            Err(r) => Decision::Suspend(r),
+            Ok(Some(Entry::Value { value, .. })) => Decision::Replay(Answer::Value(value.clone())),
+            Ok(_) => {
+                let value = fresh();
+                append(
+                    vec![Event::ValueRecorded {
+                        position,
+                        kind,
+                        value: value.clone(),
+                    }],
+                    Action::Answer(Answer::Value(value)),
+                )
             }
-            Some(other) => ValueDecision::Nondeterminism(nondeterminism(
-                position,
-                other,
-                format!("{kind:?}()").to_lowercase(),
-            )),
         }
     }
 
-    /// Decides a compensation registration at `position`.
-    pub fn decide_registration(
-        &self,
-        position: u32,
-        spec: &CompensationSpec,
-    ) -> Result<bool, SuspendReason> {
-        match self.entries.get(&position) {
-            None => Ok(true),
-            Some(Entry::Compensation(c)) if c == spec => Ok(false),
-            Some(other) => Err(nondeterminism(
-                position,
-                other,
-                format!("register compensation {}({})", spec.activity, spec.input),
-            )),
+    /// A compensation registration at `position`.
+    pub fn decide_registration(&self, position: u32, spec: &CompensationSpec) -> Decision {
+        match self.matches(position, &Command::RegisterCompensation(spec.clone())) {
+            Err(r) => Decision::Suspend(r),
+            Ok(Some(_)) => Decision::Replay(Answer::Registered),
+            Ok(None) => append(
+                vec![Event::CompensationRegistered {
+                    position,
+                    compensation: spec.clone(),
+                }],
+                Action::Answer(Answer::Registered),
+            ),
         }
     }
 
-    /// Decides a wait for signal `name` at `position`.
-    pub fn decide_signal(&self, position: u32, name: &str) -> SignalDecision {
-        match self.entries.get(&position) {
-            Some(Entry::Signal { name: n, index }) if n == name => {
+    /// A wait for signal `name` at `position`: the replay of the one consumed there, the
+    /// consumption of the next one waiting (`SignalConsumed`), or a wait (ended by a cancel).
+    pub fn decide_signal(&self, position: u32, name: &str) -> Decision {
+        match self.matches(position, &Command::WaitForSignal(name.to_owned())) {
+            Err(r) => Decision::Suspend(r),
+            Ok(Some(Entry::Signal { index, .. })) => {
                 match self.signals.get(name).and_then(|v| v.get(*index)) {
-                    Some(p) => SignalDecision::Replay(p.clone()),
-                    None => SignalDecision::Nondeterminism(SuspendReason::Nondeterminism {
+                    Some(p) => Decision::Replay(Answer::Signal(p.clone())),
+                    None => Decision::Suspend(SuspendReason::Nondeterminism {
                         position,
                         recorded: format!("signal {name:?} #{index} consumed"),
                         new: "that signal is missing from the history".into(),
                     }),
                 }
             }
-            Some(other) => SignalDecision::Nondeterminism(nondeterminism(
-                position,
-                other,
-                format!("wait for signal {name:?}"),
-            )),
-            None => {
+            Ok(_) => {
                 let consumed = self.consumed.get(name).copied().unwrap_or(0);
                 match self.signals.get(name).and_then(|v| v.get(consumed)) {
-                    Some(p) => SignalDecision::Consume(p.clone()),
-                    None => SignalDecision::Wait,
+                    Some(p) => append(
+                        vec![Event::SignalConsumed {
+                            position,
+                            name: name.to_owned(),
+                        }],
+                        Action::Answer(Answer::Signal(p.clone())),
+                    ),
+                    None => match &self.cancel_requested {
+                        Some(why) => Decision::Replay(Answer::Cancelled(why.clone())),
+                        None => append(Vec::new(), Action::WaitForSignal),
+                    },
                 }
             }
         }
+    }
+
+    /// The compensation plan's step `index`, as the driver runs it.
+    pub fn compensation_step(&self, index: usize) -> Option<StepSpec> {
+        self.compensation_plan().get(index).map(|c| StepSpec {
+            activity: c.activity.clone(),
+            label: c.label.clone(),
+            input: c.input.clone(),
+            compensation: None,
+        })
+    }
+
+    /// Once every compensation of the plan has run: the terminal event, `RunCancelled` or
+    /// `RunFailed`, with "COMPENSATION INCOMPLETE" and each failed compensation when some did
+    /// not succeed. Nothing while an operator holds the run.
+    pub fn on_compensations_done(&self) -> Decision {
+        if self.held.is_some() {
+            return append(Vec::new(), Action::WaitWhileHeld);
+        }
+        let (reason, cancelled) = match &self.status {
+            RunStatus::Compensating { reason, cancelled } => (reason.clone(), *cancelled),
+            other => (format!("unexpected status {}", other.name()), false),
+        };
+        let failed: Vec<String> = self
+            .compensation_plan()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                match self
+                    .steps
+                    .get(&StepRef::Compensation(i))
+                    .and_then(|s| s.outcome.as_ref())
+                {
+                    Some(Ok(_)) => None,
+                    Some(Err(e)) => Some(format!("{}: {e}", c.label)),
+                    None => Some(format!("{}: did not run", c.label)),
+                }
+            })
+            .collect();
+        let summary = if failed.is_empty() {
+            reason
+        } else {
+            format!(
+                "{reason}; COMPENSATION INCOMPLETE, operator action needed: {}",
+                failed.join("; ")
+            )
+        };
+        let event = if cancelled {
+            Event::RunCancelled { reason: summary }
+        } else {
+            Event::RunFailed { error: summary }
+        };
+        append(vec![event], Action::Finish)
+    }
+
+    /// The run stops for an operator: `RunSuspended` (unless the history already ends so, as
+    /// when a suspended run is resumed by the same binary).
+    pub fn on_suspended(&self, reason: SuspendReason) -> Decision {
+        let events = if matches!(&self.status, RunStatus::Suspended(r) if *r == reason) {
+            Vec::new()
+        } else {
+            vec![Event::RunSuspended { reason }]
+        };
+        append(events, Action::Finish)
+    }
+
+    /// What the engine journals for this run when it shuts down: `AttemptInterrupted` for each
+    /// attempt in flight, so the history says why it has no result.
+    pub fn shutdown_events(&self) -> Vec<Event> {
+        self.steps
+            .iter()
+            .filter_map(|(step, s)| {
+                s.open_attempt.map(|attempt| Event::AttemptInterrupted {
+                    step: *step,
+                    attempt,
+                })
+            })
+            .collect()
+    }
+
+    /// `RunResolved` by operator `by`, allowed only for a run that needs an operator
+    /// ([`Self::needs_operator`]); otherwise what the run is instead.
+    pub fn resolution(&self, by: &str, note: &str) -> Result<Event, String> {
+        if self.needs_operator() {
+            return Ok(Event::RunResolved {
+                by: by.to_owned(),
+                note: note.to_owned(),
+            });
+        }
+        Err(match &self.resolved {
+            Some((who, _)) => format!("it was already resolved by {who}"),
+            None => format!("it is {}", self.status.name()),
+        })
     }
 
     /// Compensations in the order they run: newest registration first. Fixed once the run starts
@@ -954,7 +1266,11 @@ impl RunState {
     pub fn check_finished(&self, issued: u32) -> Result<(), SuspendReason> {
         match self.entries.range(issued..).next() {
             None => Ok(()),
-            Some((pos, e)) => Err(nondeterminism(*pos, e, "workflow returned".into())),
+            Some((pos, e)) => Err(SuspendReason::Nondeterminism {
+                position: *pos,
+                recorded: e.describe(),
+                new: "the workflow returned".to_owned(),
+            }),
         }
     }
 }

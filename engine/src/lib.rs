@@ -4,14 +4,18 @@
 //! - [`event`]: what a history is made of; [`codec`]: how a record is stored.
 //! - [`log`]: the event log trait, its group-commit writer, sled and memory backends.
 //! - [`core`]: the deterministic core (history in, decisions out; no IO).
-//! - [`runtime`]: the tokio driver and the [`Engine`] API.
-//! - [`workflow`], [`activity`]: what users write. [`retry`], [`clock`]: policies and time.
+//! - [`runtime`]: the [`Engine`] API; `driver` (private): one task per run that appends what the
+//!   core decides and carries out its actions.
+//! - [`workflow`], [`context`], [`activity`]: what users write and what workflow code sees.
+//!   [`retry`], [`clock`]: policies and time.
 //! - [`testing`]: a history builder and canned histories for tests.
 
 pub mod activity;
 pub mod clock;
 pub mod codec;
+pub mod context;
 pub mod core;
+mod driver;
 pub mod event;
 pub mod log;
 pub mod retry;

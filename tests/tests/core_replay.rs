@@ -1,10 +1,11 @@
-//! The deterministic core fed canned histories: `check(history, expected decision)`.
+//! The deterministic core fed canned histories: history in, decision (events out and what
+//! follows) out. Each rule of the engine (replay, retry, cancel, compensation, hold, refusal,
+//! non-determinism) has its fast test here; `engine_behaviour` drives the same rules end to end.
 
 use std::time::Duration;
 
 use waymark_engine::core::{
-    Ending, ResumeAction, Returned, RunState, RunStatus, SignalDecision, StepDecision,
-    TimerDecision,
+    Action, Answer, AttemptResult, Decision, ResumeAction, Returned, RunState, RunStatus, StepSpec,
 };
 use waymark_engine::event::{Event, Payload, StepRef, SuspendReason};
 use waymark_engine::testing::{canned, HistoryBuilder};
@@ -14,67 +15,99 @@ fn state(h: &HistoryBuilder) -> RunState {
     RunState::from_records(&h.build()).expect("valid history")
 }
 
+fn spec(activity: &str, input: &str) -> StepSpec {
+    StepSpec {
+        activity: activity.into(),
+        label: activity.into(),
+        input: Payload(input.into()),
+        compensation: None,
+    }
+}
+
+fn w(position: u32) -> StepRef {
+    StepRef::Workflow(position)
+}
+
 #[test]
 fn completed_step_is_replayed_not_run() {
-    let s = state(&canned::second_step_in_flight());
+    let h = canned::second_step_in_flight();
     assert_eq!(
-        s.decide_step(0, "a", &Payload("1".into())),
-        StepDecision::Replay(Ok(Payload("10".into())))
+        state(&h).step_next(w(0), &spec("a", "1"), h.time(9), true),
+        Decision::Replay(Answer::Step(Ok(Payload("10".into()))))
     );
 }
 
 #[test]
 fn in_flight_step_is_retried_as_next_attempt_with_interruption_recorded() {
-    let s = state(&canned::second_step_in_flight());
+    let h = canned::second_step_in_flight();
+    let s = state(&h);
     assert_eq!(
-        s.decide_step(1, "b", &Payload("2".into())),
-        StepDecision::Run {
-            schedule: false,
-            attempt: 2,
-            failures: 0,
-            not_before: None,
-            interrupted: Some(1),
+        s.step_next(w(1), &spec("b", "2"), h.time(9), true),
+        Decision::Append {
+            events: vec![
+                Event::AttemptInterrupted {
+                    step: w(1),
+                    attempt: 1
+                },
+                Event::AttemptStarted {
+                    step: w(1),
+                    attempt: 2
+                },
+            ],
+            then: Action::RunAttempt { attempt: 2 },
         }
     );
     assert_eq!(s.resume_action(), ResumeAction::ReplayWorkflow);
 }
 
 #[test]
-fn new_step_is_scheduled() {
-    let s = state(&canned::second_step_in_flight());
-    assert!(matches!(
-        s.decide_step(2, "c", &Payload("3".into())),
-        StepDecision::Run {
-            schedule: true,
-            attempt: 1,
-            ..
+fn new_step_is_scheduled_and_started_in_one_append() {
+    let h = canned::second_step_in_flight();
+    assert_eq!(
+        state(&h).step_next(w(2), &spec("c", "3"), h.time(9), true),
+        Decision::Append {
+            events: vec![
+                Event::StepScheduled {
+                    step: w(2),
+                    activity: "c".into(),
+                    label: "c".into(),
+                    input: Payload("3".into()),
+                    compensation: None,
+                },
+                Event::AttemptStarted {
+                    step: w(2),
+                    attempt: 1
+                },
+            ],
+            then: Action::RunAttempt { attempt: 1 },
         }
-    ));
+    );
 }
 
 #[test]
 fn different_step_at_same_position_is_nondeterminism_shown_side_by_side() {
-    let s = state(&canned::second_step_in_flight());
-    let StepDecision::Nondeterminism(SuspendReason::Nondeterminism {
-        position,
-        recorded,
-        new,
-    }) = s.decide_step(0, "a", &Payload("999".into()))
-    else {
-        panic!("expected non-determinism");
-    };
-    assert_eq!(position, 0);
-    assert_eq!(recorded, "step a(1)");
-    assert_eq!(new, "step a(999)");
+    let h = canned::second_step_in_flight();
+    assert_eq!(
+        state(&h).step_next(w(0), &spec("a", "999"), h.time(9), true),
+        Decision::Suspend(SuspendReason::Nondeterminism {
+            position: 0,
+            recorded: "step a(1)".into(),
+            new: "step a(999)".into(),
+        })
+    );
 }
 
 #[test]
-fn timer_where_a_step_was_is_nondeterminism() {
-    let s = state(&canned::second_step_in_flight());
-    assert!(matches!(
-        s.decide_timer(1, Duration::from_secs(1), chrono::Utc::now()),
-        TimerDecision::Nondeterminism(_)
-    ));
+fn timer_where_a_step_was_is_nondeterminism_in_the_same_words() {
+    let h = canned::second_step_in_flight();
+    assert_eq!(
+        state(&h).decide_sleep(1, Duration::from_secs(1), h.time(9)),
+        Decision::Suspend(SuspendReason::Nondeterminism {
+            position: 1,
+            recorded: "step b(2)".into(),
+            new: "sleep (a durable timer)".into(),
+        })
+    );
 }
 
 #[test]
@@ -92,15 +125,25 @@ fn code_that_returns_early_is_nondeterminism() {
 fn journaled_retry_deadline_survives_restart() {
     let h = canned::waiting_for_retry();
     let s = state(&h);
+    let due = h.time(3) + chrono::Duration::seconds(5);
     assert_eq!(
-        s.decide_step(0, "flaky", &Payload::null()),
-        StepDecision::Run {
-            schedule: false,
-            attempt: 2,
-            failures: 1,
-            not_before: Some(h.time(3) + chrono::Duration::seconds(5)),
-            interrupted: None,
-        }
+        s.step_next(w(0), &spec("flaky", "null"), h.time(4), true),
+        Decision::Append {
+            events: vec![],
+            then: Action::WaitUntil(due)
+        },
+        "before the journaled deadline: wait for it"
+    );
+    assert_eq!(
+        s.step_next(w(0), &spec("flaky", "null"), due, true),
+        Decision::Append {
+            events: vec![Event::AttemptStarted {
+                step: w(0),
+                attempt: 2
+            }],
+            then: Action::RunAttempt { attempt: 2 },
+        },
+        "at the deadline: the next attempt"
     );
 }
 
@@ -110,42 +153,242 @@ fn retry_decision_respects_policy() {
     let s = state(&h);
     let p = RetryPolicy::default().max_attempts(2);
     let now = h.time(4);
-    let next = s.decide_retry(
-        StepRef::Workflow(0),
-        &p,
-        1,
-        true,
-        now,
-        Duration::from_secs(3),
-    );
+    let three = Duration::from_secs(3);
+    let next = s.decide_retry(w(0), &p, 1, true, now, three);
     assert_eq!(next, Some(now + chrono::Duration::seconds(3)));
+    assert_eq!(s.decide_retry(w(0), &p, 2, true, now, three), None);
+    assert_eq!(s.decide_retry(w(0), &p, 1, false, now, three), None);
+}
+
+#[test]
+fn a_failed_attempt_with_retries_left_journals_its_retry_time_and_waits() {
+    let h = canned::second_step_in_flight();
+    let now = h.time(6);
+    let d = state(&h).on_attempt_end(
+        w(1),
+        1,
+        AttemptResult::Failed {
+            message: "connection refused".into(),
+            retryable: true,
+        },
+        &RetryPolicy::default().max_attempts(3),
+        now,
+        Duration::from_secs(2),
+    );
+    let at = now + chrono::Duration::seconds(2);
     assert_eq!(
-        s.decide_retry(
-            StepRef::Workflow(0),
-            &p,
-            2,
-            true,
-            now,
-            Duration::from_secs(3)
-        ),
-        None
+        d,
+        Decision::Append {
+            events: vec![Event::AttemptFailed {
+                step: w(1),
+                attempt: 1,
+                error: "connection refused".into(),
+                retryable: true,
+                next_retry_at: Some(at),
+            }],
+            then: Action::WaitUntil(at),
+        }
+    );
+}
+
+#[test]
+fn a_final_failure_journals_attempt_and_step_failed_together() {
+    let h = canned::second_step_in_flight();
+    let d = state(&h).on_attempt_end(
+        w(1),
+        1,
+        AttemptResult::Failed {
+            message: "permission denied".into(),
+            retryable: false,
+        },
+        &RetryPolicy::default(),
+        h.time(6),
+        Duration::from_secs(2),
     );
     assert_eq!(
-        s.decide_retry(
-            StepRef::Workflow(0),
-            &p,
+        d,
+        Decision::Append {
+            events: vec![
+                Event::AttemptFailed {
+                    step: w(1),
+                    attempt: 1,
+                    error: "permission denied".into(),
+                    retryable: false,
+                    next_retry_at: None,
+                },
+                Event::StepFailed {
+                    step: w(1),
+                    error: "permission denied".into(),
+                },
+            ],
+            then: Action::Answer(Answer::Step(Err("permission denied".into()))),
+        }
+    );
+}
+
+#[test]
+fn a_completed_attempt_is_journaled_and_answered() {
+    let h = canned::second_step_in_flight();
+    assert_eq!(
+        state(&h).on_attempt_end(
+            w(1),
             1,
-            false,
-            now,
-            Duration::from_secs(3)
+            AttemptResult::Completed(Payload("20".into())),
+            &RetryPolicy::default(),
+            h.time(6),
+            Duration::ZERO,
         ),
-        None
+        Decision::Append {
+            events: vec![Event::StepCompleted {
+                step: w(1),
+                output: Payload("20".into())
+            }],
+            then: Action::Answer(Answer::Step(Ok(Payload("20".into())))),
+        }
+    );
+}
+
+#[test]
+fn cancel_while_an_attempt_runs_abandons_it_and_fails_the_step_with_the_reason() {
+    let mut h = canned::second_step_in_flight();
+    h.push(signal("cancel", "\"window closed\"", "carol"));
+    let why = "cancelled by carol: window closed".to_owned();
+    assert_eq!(
+        state(&h).on_attempt_end(
+            w(1),
+            1,
+            AttemptResult::Cancelled,
+            &RetryPolicy::default(),
+            h.time(7),
+            Duration::ZERO,
+        ),
+        Decision::Append {
+            events: vec![
+                Event::AttemptFailed {
+                    step: w(1),
+                    attempt: 1,
+                    error: format!("attempt abandoned: {why}"),
+                    retryable: false,
+                    next_retry_at: None,
+                },
+                Event::StepFailed {
+                    step: w(1),
+                    error: why.clone(),
+                },
+            ],
+            then: Action::Answer(Answer::Cancelled(why)),
+        }
+    );
+}
+
+#[test]
+fn cancel_of_a_step_left_in_flight_by_a_crash_closes_it_without_calling_the_activity() {
+    let mut h = canned::second_step_in_flight();
+    h.push(signal("cancel", "null", "carol"));
+    let s = state(&h);
+    let why = "cancelled by carol".to_owned();
+    assert_eq!(
+        s.step_next(w(1), &spec("b", "2"), h.time(7), true),
+        Decision::Append {
+            events: vec![
+                Event::AttemptInterrupted {
+                    step: w(1),
+                    attempt: 1
+                },
+                Event::StepFailed {
+                    step: w(1),
+                    error: why.clone()
+                },
+            ],
+            then: Action::Answer(Answer::Cancelled(why.clone())),
+        }
+    );
+    assert_eq!(
+        s.step_next(w(2), &spec("c", "3"), h.time(7), true),
+        Decision::Replay(Answer::Cancelled(why.clone())),
+        "a step new to the history never reaches it"
+    );
+    assert!(
+        matches!(
+            s.step_next(w(1), &spec("b", "2"), h.time(7), false),
+            Decision::Append {
+                then: Action::RunAttempt { attempt: 2 },
+                ..
+            }
+        ),
+        "a compensation (not cancellable) goes on"
+    );
+    assert_eq!(
+        s.on_workflow_returned(&Returned::Failed(why.clone())),
+        Decision::Append {
+            events: vec![
+                Event::AttemptInterrupted {
+                    step: w(1),
+                    attempt: 1
+                },
+                Event::StepFailed {
+                    step: w(1),
+                    error: format!(
+                        "{} (it returned without its result)",
+                        waymark_engine::core::ABANDONED
+                    ),
+                },
+                Event::CompensationStarted {
+                    reason: why,
+                    cancelled: true
+                },
+            ],
+            then: Action::Compensate,
+        },
+        "a code that returns while a step is open closes it first, then compensates as cancelled"
+    );
+}
+
+#[test]
+fn a_step_replayed_after_its_cancel_gives_the_code_the_cancellation_again() {
+    let mut h = canned::second_step_in_flight();
+    h.push(signal("cancel", "null", "carol"));
+    h.push(Event::AttemptInterrupted {
+        step: w(1),
+        attempt: 1,
+    });
+    h.push(Event::StepFailed {
+        step: w(1),
+        error: "cancelled by carol".into(),
+    });
+    assert_eq!(
+        state(&h).step_next(w(1), &spec("b", "2"), h.time(9), true),
+        Decision::Replay(Answer::Cancelled("cancelled by carol".into()))
+    );
+}
+
+#[test]
+fn cancel_without_code_closes_open_steps_then_compensates() {
+    let mut h = canned::second_step_in_flight();
+    h.push(signal("cancel", "null", "carol"));
+    assert_eq!(
+        state(&h).cancel_without_code_events(),
+        Some(vec![
+            Event::AttemptInterrupted {
+                step: w(1),
+                attempt: 1
+            },
+            Event::StepFailed {
+                step: w(1),
+                error: "cancelled by carol".into()
+            },
+            Event::CompensationStarted {
+                reason: "cancelled by carol".into(),
+                cancelled: true
+            },
+        ])
     );
 }
 
 #[test]
 fn compensation_resumes_after_the_last_completed_one_in_reverse_order() {
-    let s = state(&canned::compensating_halfway());
+    let h = canned::compensating_halfway();
+    let s = state(&h);
     assert_eq!(s.resume_action(), ResumeAction::Compensate);
     let plan = s.compensation_plan();
     assert_eq!(
@@ -153,14 +396,74 @@ fn compensation_resumes_after_the_last_completed_one_in_reverse_order() {
         vec!["scale.undo", "traffic.undo"],
         "newest registration first"
     );
+    let first = s.compensation_step(0).unwrap();
     assert!(matches!(
-        s.decide_compensation(0),
-        StepDecision::Replay(Ok(_))
+        s.step_next(StepRef::Compensation(0), &first, h.time(20), false),
+        Decision::Replay(Answer::Step(Ok(_)))
     ));
+    let second = s.compensation_step(1).unwrap();
+    assert_eq!(second.activity, "traffic.undo");
     assert!(matches!(
-        s.decide_compensation(1),
-        StepDecision::Run { schedule: true, .. }
+        s.step_next(StepRef::Compensation(1), &second, h.time(20), false),
+        Decision::Append { ref events, then: Action::RunAttempt { attempt: 1 } }
+            if matches!(events[0], Event::StepScheduled { step: StepRef::Compensation(1), .. })
     ));
+    assert_eq!(
+        s.compensation_step(2),
+        None,
+        "two compensations in the plan"
+    );
+}
+
+fn compensation_ends(ok: bool) -> Decision {
+    let mut h = canned::compensating_halfway();
+    h.push(Event::StepScheduled {
+        step: StepRef::Compensation(1),
+        activity: "traffic.undo".into(),
+        label: "undo traffic".into(),
+        input: Payload("\"A\"".into()),
+        compensation: None,
+    });
+    h.push(Event::AttemptStarted {
+        step: StepRef::Compensation(1),
+        attempt: 1,
+    });
+    h.push(if ok {
+        Event::StepCompleted {
+            step: StepRef::Compensation(1),
+            output: Payload::null(),
+        }
+    } else {
+        Event::StepFailed {
+            step: StepRef::Compensation(1),
+            error: "listener gone".into(),
+        }
+    });
+    state(&h).on_compensations_done()
+}
+
+#[test]
+fn compensations_done_end_the_run_failed_or_compensation_incomplete() {
+    assert_eq!(
+        compensation_ends(true),
+        Decision::Append {
+            events: vec![Event::RunFailed {
+                error: "restart failed".into()
+            }],
+            then: Action::Finish,
+        }
+    );
+    assert_eq!(
+        compensation_ends(false),
+        Decision::Append {
+            events: vec![Event::RunFailed {
+                error: "restart failed; COMPENSATION INCOMPLETE, operator action needed: \
+                        undo traffic: listener gone"
+                    .into()
+            }],
+            then: Action::Finish,
+        }
+    );
 }
 
 #[test]
@@ -183,11 +486,17 @@ fn signals_queue_by_name_and_replay_in_order() {
     let s = state(&h);
     assert_eq!(
         s.decide_signal(0, "approve"),
-        SignalDecision::Replay(Payload("\"first\"".into()))
+        Decision::Replay(Answer::Signal(Payload("\"first\"".into())))
     );
     assert_eq!(
         s.decide_signal(1, "approve"),
-        SignalDecision::Consume(Payload("\"second\"".into()))
+        Decision::Append {
+            events: vec![Event::SignalConsumed {
+                position: 1,
+                name: "approve".into()
+            }],
+            then: Action::Answer(Answer::Signal(Payload("\"second\"".into()))),
+        }
     );
     h.push(Event::SignalConsumed {
         position: 1,
@@ -195,7 +504,10 @@ fn signals_queue_by_name_and_replay_in_order() {
     });
     assert_eq!(
         state(&h).decide_signal(2, "approve"),
-        SignalDecision::Wait,
+        Decision::Append {
+            events: vec![],
+            then: Action::WaitForSignal
+        },
         "both consumed"
     );
 }
@@ -293,18 +605,21 @@ fn a_step_failing_under_hold_is_journaled_but_compensation_waits_until_resume() 
     let failed = Returned::Failed("step \"a\" (a) failed: boom".into());
     assert_eq!(
         state(&h).on_workflow_returned(&failed),
-        Ending::Held,
+        Decision::Append {
+            events: vec![],
+            then: Action::WaitWhileHeld
+        },
         "no CompensationStarted while held"
     );
     h.push(signal("resume", "null", "bob"));
     assert_eq!(
         state(&h).on_workflow_returned(&failed),
-        Ending::Append {
+        Decision::Append {
             events: vec![Event::CompensationStarted {
                 reason: "step \"a\" (a) failed: boom".into(),
                 cancelled: false,
             }],
-            compensate: true,
+            then: Action::Compensate,
         },
         "resume begins the compensation the run was about to begin"
     );
@@ -319,12 +634,12 @@ fn cancel_lifts_a_hold_and_compensates_as_cancelled() {
     assert!(!s.attempts_on_hold());
     assert_eq!(
         s.on_workflow_returned(&Returned::Failed("cancelled".into())),
-        Ending::Append {
+        Decision::Append {
             events: vec![Event::CompensationStarted {
                 reason: "cancelled by carol: window closed".into(),
                 cancelled: true,
             }],
-            compensate: true,
+            then: Action::Compensate,
         }
     );
 }
@@ -337,15 +652,21 @@ fn a_held_run_whose_code_completed_ends_only_after_resume() {
     let done = Returned::Completed(Payload("10".into()));
     let s = state(&h);
     assert_eq!(s.held, Some(("alice".to_owned(), String::new())));
-    assert_eq!(s.on_workflow_returned(&done), Ending::Held);
+    assert_eq!(
+        s.on_workflow_returned(&done),
+        Decision::Append {
+            events: vec![],
+            then: Action::WaitWhileHeld
+        }
+    );
     h.push(signal("resume", "null", "alice"));
     assert_eq!(
         state(&h).on_workflow_returned(&done),
-        Ending::Append {
+        Decision::Append {
             events: vec![Event::RunCompleted {
                 output: Payload("10".into())
             }],
-            compensate: false,
+            then: Action::Finish,
         }
     );
 }
@@ -359,10 +680,10 @@ fn a_refusal_before_any_change_ends_refused_without_compensation_and_frees_the_c
         "MirrorMaker2 has 0 replicas".to_owned(),
     ];
     let ending = state(&h).on_workflow_returned(&Returned::Refused(reasons.clone()));
-    let Ending::Append { events, compensate } = ending else {
+    let Decision::Append { events, then } = ending else {
         panic!("expected an ending, got {ending:?}");
     };
-    assert!(!compensate, "a refusal runs no compensation");
+    assert_eq!(then, Action::Finish, "a refusal runs no compensation");
     assert_eq!(
         events,
         vec![Event::RunRefused {
@@ -395,10 +716,10 @@ fn a_refusal_after_registering_a_compensation_is_a_workflow_bug_and_compensates(
         .completed(0, "null");
     let ending =
         state(&h).on_workflow_returned(&Returned::Refused(vec!["approval timed out".into()]));
-    let Ending::Append { events, compensate } = ending else {
+    let Decision::Append { events, then } = ending else {
         panic!("expected an ending, got {ending:?}");
     };
-    assert!(compensate, "registered compensations run");
+    assert_eq!(then, Action::Compensate, "registered compensations run");
     let [Event::CompensationStarted { reason, cancelled }] = events.as_slice() else {
         panic!("expected CompensationStarted alone, got {events:?}");
     };
@@ -406,5 +727,31 @@ fn a_refusal_after_registering_a_compensation_is_a_workflow_bug_and_compensates(
     assert!(
         reason.contains("approval timed out") && reason.contains("bug in the workflow"),
         "{reason}"
+    );
+}
+
+#[test]
+fn no_new_attempt_starts_while_held_or_paused() {
+    let mut h = canned::second_step_in_flight();
+    h.push(signal("hold", "null", "alice"));
+    let waits = Decision::Append {
+        events: vec![],
+        then: Action::WaitWhileHeld,
+    };
+    assert_eq!(
+        state(&h).step_next(w(2), &spec("c", "3"), h.time(9), true),
+        waits,
+        "no new step"
+    );
+    assert_eq!(
+        state(&h).step_next(w(1), &spec("b", "2"), h.time(9), true),
+        waits,
+        "no new attempt"
+    );
+    h.push(signal("resume", "null", "alice"));
+    h.push(signal("pause", "null", "alice"));
+    assert_eq!(
+        state(&h).step_next(w(2), &spec("c", "3"), h.time(9), true),
+        waits
     );
 }

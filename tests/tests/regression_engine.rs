@@ -616,8 +616,20 @@ async fn attempt_failed_without_next_attempt_is_final_after_a_crash() {
     let canned = waymark_engine::testing::canned::gave_up_without_step_failed();
     let state = RunState::from_records(&canned.build()).unwrap();
     assert_eq!(
-        state.decide_step(0, "restart", &Payload("\"n1\"".into())),
-        waymark_engine::core::StepDecision::Replay(Err("permission denied".into()))
+        state.step_next(
+            StepRef::Workflow(0),
+            &waymark_engine::core::StepSpec {
+                activity: "restart".into(),
+                label: "restart".into(),
+                input: Payload("\"n1\"".into()),
+                compensation: None,
+            },
+            state.updated_at,
+            true
+        ),
+        waymark_engine::core::Decision::Replay(waymark_engine::core::Answer::Step(Err(
+            "permission denied".into()
+        )))
     );
 
     let log = waymark_engine::memory_log();
@@ -662,8 +674,15 @@ fn huge_retry_delays_and_timers_saturate() {
     let next = state.decide_retry(StepRef::Workflow(0), &policy, 2, true, now, Duration::MAX);
     assert_eq!(next, Some(chrono::DateTime::<chrono::Utc>::MAX_UTC));
     let big = Duration::from_secs(u64::MAX / 4);
+    let max = chrono::DateTime::<chrono::Utc>::MAX_UTC;
     assert_eq!(
-        state.decide_timer(7, big, now),
-        waymark_engine::core::TimerDecision::Start(chrono::DateTime::<chrono::Utc>::MAX_UTC)
+        state.decide_sleep(7, big, now),
+        waymark_engine::core::Decision::Append {
+            events: vec![Event::TimerStarted {
+                position: 7,
+                fire_at: max
+            }],
+            then: waymark_engine::core::Action::WaitUntil(max),
+        }
     );
 }

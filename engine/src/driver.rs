@@ -1,0 +1,849 @@
+//! The driver: runs one run's workflow code on tokio, asks the core what each request means
+//! against the history, appends the events the core decides and carries out its actions (calls
+//! activities with their timeouts, heartbeats and cancellation, waits, compensates). It builds
+//! no event itself.
+//!
+//! Invariants kept here: an attempt's activity is called only after the append that starts it
+//! (`AttemptStarted`) is durable; a run's records reach its state and its followers in sequence
+//! order, only once durable; a step with a recorded result is never called again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{broadcast, watch};
+
+use crate::activity::{self, DynActivity};
+use crate::clock::{self, SharedClock};
+use crate::context::{compensation_options, Commands, Request, StepOptions, WorkflowContext};
+use crate::core::{
+    Action, Answer, AttemptResult, Command, Decision, ResumeAction, Returned, RunState, RunStatus,
+    StepSpec,
+};
+use crate::event::{Event, Payload, Record, RunId, StepRef, SuspendReason};
+use crate::log::SharedLog;
+use crate::workflow::{self, DynWorkflow};
+
+/// How a run's driver stopped.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    /// The workflow returned this.
+    Completed(Payload),
+    /// It failed; compensations ran.
+    Failed(String),
+    /// It was cancelled; compensations ran.
+    Cancelled(String),
+    /// It ended before it changed anything (the workflow refused, with these reasons); no
+    /// compensation ran.
+    Refused(Vec<String>),
+    /// It needs an operator (non-determinism).
+    Suspended(SuspendReason),
+    /// The driver stopped without finishing (shutdown, or the log failed); resumes on next start.
+    Stopped(String),
+}
+
+impl RunOutcome {
+    pub(crate) fn from_status(status: &RunStatus) -> Option<Self> {
+        match status {
+            RunStatus::Completed(p) => Some(RunOutcome::Completed(p.clone())),
+            RunStatus::Failed(e) => Some(RunOutcome::Failed(e.clone())),
+            RunStatus::Cancelled(e) => Some(RunOutcome::Cancelled(e.clone())),
+            RunStatus::Refused(r) => Some(RunOutcome::Refused(r.clone())),
+            RunStatus::Suspended(r) => Some(RunOutcome::Suspended(r.clone())),
+            RunStatus::Running | RunStatus::Compensating { .. } => None,
+        }
+    }
+}
+
+/// What every driver of an engine uses: the log, the clock, the registered activities.
+pub(crate) struct Services {
+    pub(crate) log: SharedLog,
+    pub(crate) clock: SharedClock,
+    pub(crate) activities: HashMap<String, Arc<dyn DynActivity>>,
+}
+
+pub(crate) enum Fatal {
+    /// The run must wait for an operator: non-determinism, or the workflow code panicked.
+    Suspend(SuspendReason),
+    Engine(String),
+    /// Replay-only mode: the code asked for something the history does not hold.
+    ReplayEnd(String),
+}
+
+/// What one run's driver and its workflow code share.
+pub(crate) struct RunShared {
+    pub(crate) run: RunId,
+    services: Arc<Services>,
+    pub(crate) state: Mutex<RunState>,
+    pub(crate) next_position: AtomicU32,
+    pub(crate) fatal: Mutex<Option<Fatal>>,
+    changed: watch::Sender<u64>,
+    cancel: watch::Sender<bool>,
+    /// Followers of this run; created on the first `subscribe` (a broadcast buffer per run would
+    /// cost memory for every resumed run).
+    pub(crate) records: Mutex<Option<broadcast::Sender<Record>>>,
+    replay_only: bool,
+    pub(crate) progress: watch::Sender<Option<activity::Progress>>,
+    /// Records acknowledged by the log but not folded yet, because an earlier one of the run is
+    /// still on its way: appends of parallel steps are acknowledged together and their tasks wake
+    /// in any order, but the state and the followers get records in sequence order.
+    delivery: Mutex<Delivery>,
+    /// The next sequence number to fold, and whether delivery broke (an append failed).
+    folded: watch::Sender<(u64, bool)>,
+    /// Appends sent to the log whose records are not delivered yet.
+    appends_in_flight: watch::Sender<usize>,
+    /// Replay only: context calls so far, and 1 + the position of the last step waiting forever
+    /// because the history says the code abandoned it (0: none), to tell a code that waits for
+    /// such a step from one that drops it.
+    replay_calls: AtomicU64,
+    replay_abandoned_waiting: AtomicU32,
+}
+
+struct Delivery {
+    next_seq: u64,
+    pending: BTreeMap<u64, Record>,
+}
+
+/// The text of a panic's payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned())
+}
+
+/// What a replay would have appended next, for the replay report.
+fn describe_events(events: &[Event]) -> String {
+    match events
+        .iter()
+        .find(|e| !matches!(e, Event::AttemptInterrupted { .. }))
+    {
+        Some(Event::StepScheduled {
+            activity, input, ..
+        }) => format!("step {activity}({input})"),
+        Some(Event::AttemptStarted { step, attempt }) => format!("attempt {attempt} of {step}"),
+        Some(Event::TimerStarted { fire_at, .. }) => {
+            format!("sleep until {}", fire_at.to_rfc3339())
+        }
+        Some(Event::TimerFired { position }) => format!("fire the timer at position {position}"),
+        Some(Event::ValueRecorded { kind, .. }) => format!("{kind:?}()").to_lowercase(),
+        Some(Event::SignalConsumed { name, .. }) => format!("consume signal {name:?}"),
+        Some(Event::CompensationRegistered { compensation, .. }) => {
+            format!(
+                "register compensation {}({})",
+                compensation.activity, compensation.input
+            )
+        }
+        Some(other) => other.kind().to_owned(),
+        None => "nothing".to_owned(),
+    }
+}
+
+/// What the driver does after a decision's events are appended.
+enum Next {
+    Answer(Answer),
+    AskAgain,
+    Attempt(u32),
+    Compensate,
+    Finish,
+}
+
+impl RunShared {
+    pub(crate) fn new(services: Arc<Services>, state: RunState, replay_only: bool) -> Arc<Self> {
+        let next_seq = state.events;
+        Arc::new(RunShared {
+            run: state.run,
+            services,
+            cancel: watch::channel(state.cancel_requested.is_some()).0,
+            state: Mutex::new(state),
+            next_position: AtomicU32::new(0),
+            fatal: Mutex::new(None),
+            changed: watch::channel(0).0,
+            records: Mutex::new(None),
+            replay_only,
+            progress: watch::channel(None).0,
+            delivery: Mutex::new(Delivery {
+                next_seq,
+                pending: BTreeMap::new(),
+            }),
+            folded: watch::channel((next_seq, false)).0,
+            appends_in_flight: watch::channel(0).0,
+            replay_calls: AtomicU64::new(0),
+            replay_abandoned_waiting: AtomicU32::new(0),
+        })
+    }
+
+    pub(crate) fn set_fatal(&self, f: Fatal) {
+        let mut slot = self.fatal.lock().expect("fatal lock");
+        if slot.is_none() {
+            *slot = Some(f);
+        }
+    }
+
+    fn check_fatal(&self) -> Result<(), workflow::Error> {
+        match &*self.fatal.lock().expect("fatal lock") {
+            None => Ok(()),
+            Some(Fatal::Suspend(r)) => Err(workflow::Error::Nondeterminism(r.clone())),
+            Some(Fatal::Engine(e) | Fatal::ReplayEnd(e)) => Err(workflow::Error::Engine(e.clone())),
+        }
+    }
+
+    fn cancel_reason(&self) -> Option<String> {
+        self.state
+            .lock()
+            .expect("state lock")
+            .cancel_requested
+            .clone()
+    }
+
+    /// Asks the core with the run's state as folded so far.
+    fn decide<T>(&self, f: impl FnOnce(&RunState) -> T) -> T {
+        f(&self.state.lock().expect("state lock"))
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.services.clock.now()
+    }
+
+    /// Appends durably, folds into the state, wakes waiters, publishes to followers. Records are
+    /// folded and published in sequence order, whatever order the appends' tasks wake in; the
+    /// delivery runs in its own task, so a caller dropped mid-append (a `join` that dropped a
+    /// sibling) cannot leave a hole that would stall the run's later records.
+    pub(crate) async fn append(
+        self: &Arc<Self>,
+        events: Vec<Event>,
+    ) -> Result<Vec<Record>, workflow::Error> {
+        if self.replay_only {
+            let what = events.first().map_or("nothing", Event::kind);
+            let msg = format!(
+                "replay reached the end of the recorded history (the code would now record {what})"
+            );
+            self.set_fatal(Fatal::ReplayEnd(describe_events(&events)));
+            return Err(workflow::Error::Engine(msg));
+        }
+        let written = self.services.log.append(self.run, events);
+        self.appends_in_flight.send_modify(|n| *n += 1);
+        let me = self.clone();
+        let delivered = tokio::spawn(async move {
+            let result = match written.await {
+                Ok(records) => me.deliver(&records).map(|()| records),
+                Err(e) => {
+                    me.folded.send_modify(|(_, broken)| *broken = true);
+                    Err(e.to_string())
+                }
+            };
+            let mut last = false;
+            me.appends_in_flight.send_modify(|n| {
+                *n -= 1;
+                last = *n == 0;
+            });
+            if last && result.is_ok() {
+                me.fill_gap();
+            }
+            result
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the append task of run {} failed: {e}", self.run)));
+        let records = match delivered {
+            Ok(r) => r,
+            Err(msg) => {
+                self.set_fatal(Fatal::Engine(msg.clone()));
+                return Err(workflow::Error::Engine(msg));
+            }
+        };
+        if let Some(last) = records.last() {
+            let mut rx = self.folded.subscribe();
+            let waited = rx
+                .wait_for(|(next, broken)| *next > last.seq || *broken)
+                .await;
+            if waited.map_or(true, |v| v.1 && v.0 <= last.seq) {
+                let msg = format!(
+                    "run {}: event #{} was written but an earlier event of the run never came back \
+                     from the log; restart the engine to resume the run from its history",
+                    self.run, last.seq
+                );
+                self.set_fatal(Fatal::Engine(msg.clone()));
+                return Err(workflow::Error::Engine(msg));
+            }
+        }
+        Ok(records)
+    }
+
+    /// Folds and publishes, in sequence order, every record that is now contiguous.
+    fn deliver(&self, records: &[Record]) -> Result<(), String> {
+        let mut d = self.delivery.lock().expect("delivery lock");
+        for r in records {
+            if r.seq >= d.next_seq {
+                d.pending.insert(r.seq, r.clone());
+            }
+        }
+        let mut ready = Vec::new();
+        loop {
+            let next = d.next_seq;
+            let Some(r) = d.pending.remove(&next) else {
+                break;
+            };
+            d.next_seq += 1;
+            ready.push(r);
+        }
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let cancel = {
+            let mut st = self.state.lock().expect("state lock");
+            for r in &ready {
+                if let Err(e) = st.apply(r) {
+                    drop(st);
+                    self.folded.send_modify(|(_, broken)| *broken = true);
+                    return Err(e.to_string());
+                }
+            }
+            st.cancel_requested.is_some()
+        };
+        if cancel {
+            self.cancel.send_replace(true);
+        }
+        if let Some(tx) = &*self.records.lock().expect("records lock") {
+            for r in &ready {
+                let _ = tx.send(r.clone());
+            }
+        }
+        let next = d.next_seq;
+        self.folded.send_modify(|(n, _)| *n = next);
+        drop(d);
+        self.changed.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// With no append of ours in flight, records still waiting behind a hole come after records
+    /// someone appended to the log directly (not through this run's driver): read those back
+    /// from the log, so that the run never stalls on them.
+    fn fill_gap(&self) {
+        let missing = {
+            let d = self.delivery.lock().expect("delivery lock");
+            match d.pending.keys().next() {
+                Some(first) => d.next_seq..*first,
+                None => return,
+            }
+        };
+        let result = self
+            .services
+            .log
+            .read(self.run)
+            .map_err(|e| e.to_string())
+            .and_then(|all| {
+                let found: Vec<Record> = all
+                    .into_iter()
+                    .filter(|r| missing.contains(&r.seq))
+                    .collect();
+                self.deliver(&found)
+            });
+        if result.is_err()
+            || !self
+                .delivery
+                .lock()
+                .expect("delivery lock")
+                .pending
+                .is_empty()
+        {
+            self.folded.send_modify(|(_, broken)| *broken = true);
+        }
+    }
+
+    /// Waits until every append sent has been delivered (folded), so that the state holds
+    /// everything the log has for the run.
+    async fn quiesce(&self) {
+        let mut rx = self.appends_in_flight.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    async fn cancelled(&self) {
+        let mut rx = self.cancel.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    fn nondeterminism(&self, reason: SuspendReason) -> workflow::Error {
+        self.set_fatal(Fatal::Suspend(reason.clone()));
+        workflow::Error::Nondeterminism(reason)
+    }
+
+    /// Appends a decision's events and carries out its wait, if it has one. `rx` was subscribed
+    /// to the run's changes before the decision was taken, so no change is missed; `what` names
+    /// the request for a replay that ends at a wait.
+    async fn settle(
+        self: &Arc<Self>,
+        decision: Decision,
+        rx: &mut watch::Receiver<u64>,
+        what: &(dyn Fn() -> String + Sync),
+    ) -> Result<Next, workflow::Error> {
+        let (events, then) = match decision {
+            Decision::Replay(answer) => return Ok(Next::Answer(answer)),
+            Decision::Suspend(reason) => return Err(self.nondeterminism(reason)),
+            Decision::Append { events, then } => (events, then),
+        };
+        let waits = matches!(
+            then,
+            Action::WaitUntil(_) | Action::WaitWhileHeld | Action::WaitForSignal
+        );
+        if self.replay_only && events.is_empty() && waits {
+            self.set_fatal(Fatal::ReplayEnd(what()));
+            return Err(workflow::Error::Engine(
+                "replay reached the end of the recorded history".into(),
+            ));
+        }
+        if !events.is_empty() {
+            self.append(events).await?;
+        }
+        Ok(match then {
+            Action::Answer(answer) => Next::Answer(answer),
+            Action::RunAttempt { attempt } => Next::Attempt(attempt),
+            Action::Compensate => Next::Compensate,
+            Action::Finish => Next::Finish,
+            Action::WaitUntil(t) => {
+                tokio::select! {
+                    () = clock::sleep_until(self.services.clock.as_ref(), t) => {}
+                    _ = rx.changed() => {}
+                }
+                Next::AskAgain
+            }
+            Action::WaitWhileHeld | Action::WaitForSignal => {
+                let _ = rx.changed().await;
+                Next::AskAgain
+            }
+        })
+    }
+
+    /// Asks the core (`decide`) until it gives an answer, carrying out its waits.
+    async fn answer(
+        self: &Arc<Self>,
+        what: &(dyn Fn() -> String + Sync),
+        decide: &(dyn Fn(&RunState, DateTime<Utc>) -> Decision + Sync),
+    ) -> Result<Answer, workflow::Error> {
+        loop {
+            let mut rx = self.changed.subscribe();
+            self.check_fatal()?;
+            let decision = self.decide(|st| decide(st, self.now()));
+            match self.settle(decision, &mut rx, what).await? {
+                Next::Answer(a) => return Ok(a),
+                Next::AskAgain => {}
+                Next::Attempt(_) | Next::Compensate | Next::Finish => {
+                    return Err(workflow::Error::Engine(
+                        "the core asked for an attempt outside a step".into(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+impl Commands for RunShared {
+    fn run_id(&self) -> RunId {
+        self.run
+    }
+
+    fn take_position(&self) -> u32 {
+        self.replay_calls.fetch_add(1, Ordering::SeqCst);
+        self.next_position.fetch_add(1, Ordering::SeqCst)
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.services.clock.now()
+    }
+
+    fn cancel_requested(&self) -> bool {
+        self.cancel_reason().is_some()
+    }
+
+    fn issue(
+        self: Arc<Self>,
+        position: u32,
+        request: Request,
+    ) -> BoxFuture<'static, Result<Answer, workflow::Error>> {
+        Box::pin(async move {
+            let answer = match request {
+                Request::Step { spec, options } => {
+                    return execute(&self, StepRef::Workflow(position), &spec, &options, true)
+                        .await
+                        .map(|output| Answer::Step(Ok(output)));
+                }
+                Request::Sleep(duration) => {
+                    self.answer(&|| Command::Sleep.describe(), &|st, now| {
+                        st.decide_sleep(position, duration, now)
+                    })
+                    .await?
+                }
+                Request::Record { kind, fresh } => {
+                    let fresh = Mutex::new(Some(fresh));
+                    self.answer(&|| Command::Record(kind).describe(), &|st, _| {
+                        st.decide_value(position, kind, || {
+                            fresh
+                                .lock()
+                                .expect("fresh lock")
+                                .take()
+                                .map_or_else(String::new, |f| f())
+                        })
+                    })
+                    .await?
+                }
+                Request::Register(spec) => {
+                    self.answer(
+                        &|| Command::RegisterCompensation(spec.clone()).describe(),
+                        &|st, _| st.decide_registration(position, &spec),
+                    )
+                    .await?
+                }
+                Request::Signal(name) => {
+                    self.answer(
+                        &|| Command::WaitForSignal(name.clone()).describe(),
+                        &|st, _| st.decide_signal(position, &name),
+                    )
+                    .await?
+                }
+            };
+            match answer {
+                Answer::Cancelled(why) => Err(workflow::Error::Cancelled(why)),
+                other => Ok(other),
+            }
+        })
+    }
+}
+
+/// Runs one step to its end: replays it, or starts (or resumes) its attempts, each decided by the
+/// core, with retries.
+async fn execute(
+    s: &Arc<RunShared>,
+    step: StepRef,
+    spec: &StepSpec,
+    options: &StepOptions,
+    cancellable: bool,
+) -> Result<Payload, workflow::Error> {
+    let what = || {
+        Command::Step {
+            activity: spec.activity.clone(),
+            input: spec.input.clone(),
+        }
+        .describe()
+    };
+    loop {
+        let mut rx = s.changed.subscribe();
+        s.check_fatal()?;
+        let mut decision = s.decide(|st| st.step_next(step, spec, s.now(), cancellable));
+        loop {
+            match s.settle(decision, &mut rx, &what).await? {
+                Next::AskAgain => break,
+                Next::Answer(answer) => return step_answer(s, step, spec, answer).await,
+                Next::Attempt(attempt) => {
+                    let scheduled_at = s.decide(|st| st.step(step).map(|x| x.scheduled_at));
+                    let result = run_attempt(
+                        s,
+                        step,
+                        spec,
+                        options,
+                        attempt,
+                        scheduled_at.unwrap_or_else(|| s.now()),
+                        cancellable,
+                    )
+                    .await;
+                    rx = s.changed.subscribe();
+                    let now = s.now();
+                    decision = s.decide(|st| {
+                        let failures = st.step(step).map_or(0, |x| x.failures) + 1;
+                        let delay = options.retry.delay_after(failures);
+                        st.on_attempt_end(step, attempt, result, &options.retry, now, delay)
+                    });
+                }
+                Next::Compensate | Next::Finish => {
+                    return Err(workflow::Error::Engine(format!(
+                        "the core ended the run in the middle of {step}"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// What the code gets for a step's answer: its output, the step's failure, or the cancellation; a
+/// step the recorded run went on without never resolves.
+async fn step_answer(
+    s: &Arc<RunShared>,
+    step: StepRef,
+    spec: &StepSpec,
+    answer: Answer,
+) -> Result<Payload, workflow::Error> {
+    match answer {
+        Answer::Step(Ok(output)) => Ok(output),
+        Answer::Step(Err(error)) => Err(workflow::Error::StepFailed {
+            label: spec.label.clone(),
+            activity: spec.activity.clone(),
+            error,
+        }),
+        Answer::Cancelled(why) => Err(workflow::Error::Cancelled(why)),
+        Answer::Never => {
+            // The code that recorded this history went on without the step: so does this one.
+            if let (true, StepRef::Workflow(p)) = (s.replay_only, step) {
+                s.replay_abandoned_waiting.store(p + 1, Ordering::SeqCst);
+            }
+            futures::future::pending().await
+        }
+        other => Err(workflow::Error::Engine(format!(
+            "unexpected answer for {step}: {other:?}"
+        ))),
+    }
+}
+
+async fn run_attempt(
+    s: &Arc<RunShared>,
+    step: StepRef,
+    spec: &StepSpec,
+    options: &StepOptions,
+    attempt: u32,
+    scheduled_at: DateTime<Utc>,
+    cancellable: bool,
+) -> AttemptResult {
+    let Some(act) = s.services.activities.get(&spec.activity).cloned() else {
+        return AttemptResult::Failed {
+            message: format!(
+                "no activity named {:?} is registered in this binary",
+                spec.activity
+            ),
+            retryable: false,
+        };
+    };
+    let heartbeat = Arc::new(activity::Heartbeat {
+        sink: Some((step, spec.label.clone(), s.progress.clone())),
+        ..activity::Heartbeat::new()
+    });
+    let ctx = activity::Context {
+        run: s.run,
+        step,
+        attempt,
+        scheduled_at,
+        heartbeat: heartbeat.clone(),
+        cancelled: s.cancel.subscribe(),
+    };
+    let input = spec.input.clone();
+    let activity_name = spec.activity.as_str();
+    // A panicking activity is a bug no retry fixes: a non-retryable failure of this attempt with
+    // the panic's message, and the run goes on (compensates) like after any failure.
+    let call = async move {
+        let panicked = |p: Box<dyn std::any::Any + Send>| {
+            activity::Error::fatal(format!(
+                "{activity_name}: attempt {attempt} panicked: {} (a bug in the activity; not retried)",
+                panic_message(p.as_ref())
+            ))
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| act.call(ctx, input))) {
+            Ok(fut) => AssertUnwindSafe(fut)
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|p| Err(panicked(p))),
+            Err(p) => Err(panicked(p)),
+        }
+    };
+    let timed = async {
+        match options.start_to_close {
+            Some(d) => tokio::time::timeout(d, call).await.unwrap_or_else(|_| {
+                Err(activity::Error::retryable(format!(
+                    "{}: attempt {attempt} timed out after {d:?} (start-to-close limit)",
+                    spec.activity
+                )))
+            }),
+            None => call.await,
+        }
+    };
+    let watchdog = async {
+        let Some(limit) = options.heartbeat_timeout else {
+            return futures::future::pending::<activity::Error>().await;
+        };
+        loop {
+            let last = heartbeat.last.lock().expect("heartbeat lock").0;
+            let Some(deadline) = last.checked_add(limit) else {
+                return futures::future::pending::<activity::Error>().await;
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return activity::Error::retryable(format!(
+                    "{}: attempt {attempt} sent no heartbeat for {limit:?} (heartbeat limit)",
+                    spec.activity
+                ));
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let cancelled = async {
+        if cancellable {
+            s.cancelled().await;
+        } else {
+            futures::future::pending::<()>().await;
+        }
+    };
+    let failed = |e: activity::Error| AttemptResult::Failed {
+        message: e.message,
+        retryable: e.retryable,
+    };
+    tokio::select! {
+        r = timed => r.map_or_else(failed, AttemptResult::Completed),
+        e = watchdog => failed(e),
+        () = cancelled => AttemptResult::Cancelled,
+    }
+}
+
+/// Replay only: resolves (with the step's position) when the workflow code makes no progress any
+/// more while a step that the history records as abandoned waits: the code waits for a result the
+/// recorded run went on without. Replay does no IO, so a code that still runs makes calls or
+/// returns within a few polls.
+pub(crate) async fn waits_for_an_abandoned_step(s: &RunShared) -> u32 {
+    loop {
+        let waiting = s.replay_abandoned_waiting.load(Ordering::SeqCst);
+        let calls = s.replay_calls.load(Ordering::SeqCst);
+        for _ in 0..64 {
+            tokio::task::yield_now().await;
+        }
+        if waiting != 0
+            && s.replay_abandoned_waiting.load(Ordering::SeqCst) == waiting
+            && s.replay_calls.load(Ordering::SeqCst) == calls
+        {
+            return waiting - 1;
+        }
+    }
+}
+
+/// Calls the workflow code, turning a panic (while creating or polling its future) into `Err`
+/// with the panic's message.
+pub(crate) async fn call_catching_panics(
+    wf: Arc<dyn DynWorkflow>,
+    ctx: WorkflowContext,
+    input: Payload,
+) -> Result<Result<Payload, workflow::Error>, String> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| wf.call(ctx, input))) {
+        Ok(fut) => AssertUnwindSafe(fut)
+            .catch_unwind()
+            .await
+            .map_err(|p| panic_message(p.as_ref())),
+        Err(p) => Err(panic_message(p.as_ref())),
+    }
+}
+
+/// Appends what the core decides (`decide`) for the end of a phase, waiting while it says so
+/// (a hold), and says whether compensations follow.
+async fn conclude(
+    s: &Arc<RunShared>,
+    decide: &(dyn Fn(&RunState) -> Decision + Sync),
+) -> Result<bool, RunOutcome> {
+    loop {
+        let mut rx = s.changed.subscribe();
+        let decision = s.decide(decide);
+        match s
+            .settle(decision, &mut rx, &|| "end the run".to_owned())
+            .await
+        {
+            Ok(Next::Compensate) => return Ok(true),
+            Ok(Next::Finish) => return Ok(false),
+            Ok(Next::AskAgain) => {}
+            Ok(Next::Answer(_) | Next::Attempt(_)) => {
+                return Err(RunOutcome::Stopped(
+                    "the core answered the end of a run with a step".into(),
+                ))
+            }
+            Err(e) => return Err(RunOutcome::Stopped(e.to_string())),
+        }
+    }
+}
+
+fn outcome_now(s: &RunShared) -> RunOutcome {
+    let st = s.state.lock().expect("state lock");
+    RunOutcome::from_status(&st.status).unwrap_or(RunOutcome::Stopped("not finished".into()))
+}
+
+/// Drives one run until it ends or cannot go on. `wf` is `None` when this binary lacks the run's
+/// workflow version: only a cancel (compensations without the code) or the rest of a compensation
+/// can then be driven.
+pub(crate) async fn drive(s: Arc<RunShared>, wf: Option<Arc<dyn DynWorkflow>>) -> RunOutcome {
+    let mut action = s.decide(RunState::resume_action);
+    if action == ResumeAction::ReplayWorkflow && wf.is_none() {
+        action = ResumeAction::CancelWithoutCode;
+    }
+    match action {
+        ResumeAction::Finished => return outcome_now(&s),
+        ResumeAction::CancelWithoutCode => {
+            let Some(events) = s.decide(RunState::cancel_without_code_events) else {
+                return RunOutcome::Stopped(format!(
+                    "run {} cannot be driven without its workflow code unless it is cancelled",
+                    s.run
+                ));
+            };
+            if let Err(e) = s.append(events).await {
+                return RunOutcome::Stopped(e.to_string());
+            }
+        }
+        ResumeAction::ReplayWorkflow => {
+            let Some(wf) = wf else {
+                return RunOutcome::Stopped("no workflow code".into());
+            };
+            let input = s.decide(|st| st.input.clone());
+            let ctx = WorkflowContext::new(s.clone());
+            let result = match call_catching_panics(wf, ctx, input).await {
+                Ok(r) => r,
+                Err(message) => {
+                    s.set_fatal(Fatal::Suspend(SuspendReason::WorkflowPanicked { message }));
+                    Err(workflow::Error::Engine("the workflow code panicked".into()))
+                }
+            };
+            let issued = s.next_position.load(Ordering::SeqCst);
+            if s.check_fatal().is_ok() {
+                if let Err(r) = s.decide(|st| st.check_finished(issued)) {
+                    s.set_fatal(Fatal::Suspend(r));
+                }
+            }
+            // Steps whose appends were dropped with them (a `join` that failed on a sibling)
+            // still deliver their records: wait for them before reading the state.
+            s.quiesce().await;
+            let fatal = s.fatal.lock().expect("fatal lock").take();
+            match fatal {
+                Some(Fatal::Engine(e) | Fatal::ReplayEnd(e)) => return RunOutcome::Stopped(e),
+                Some(Fatal::Suspend(reason)) => {
+                    return match conclude(&s, &|st| st.on_suspended(reason.clone())).await {
+                        Ok(_) => RunOutcome::Suspended(reason),
+                        Err(_) => RunOutcome::Stopped("could not record the suspension".into()),
+                    };
+                }
+                None => {}
+            }
+            let returned = match result {
+                Ok(output) => Returned::Completed(output),
+                Err(workflow::Error::Refused(reasons)) => Returned::Refused(reasons),
+                Err(e) => Returned::Failed(e.to_string()),
+            };
+            match conclude(&s, &|st| st.on_workflow_returned(&returned)).await {
+                Ok(true) => {}
+                Ok(false) => return outcome_now(&s),
+                Err(stopped) => return stopped,
+            }
+        }
+        ResumeAction::Compensate => {}
+    }
+    compensate(&s).await
+}
+
+/// Runs the compensation plan (newest registration first), then ends the run as the core
+/// decides.
+async fn compensate(s: &Arc<RunShared>) -> RunOutcome {
+    let options = compensation_options();
+    let mut index = 0;
+    while let Some(spec) = s.decide(|st| st.compensation_step(index)) {
+        let step = StepRef::Compensation(u32::try_from(index).unwrap_or(u32::MAX));
+        match execute(s, step, &spec, &options, false).await {
+            Ok(_) | Err(workflow::Error::StepFailed { .. }) => {}
+            Err(e) => return RunOutcome::Stopped(e.to_string()),
+        }
+        index += 1;
+    }
+    match conclude(s, &RunState::on_compensations_done).await {
+        Ok(_) => outcome_now(s),
+        Err(stopped) => stopped,
+    }
+}
