@@ -394,6 +394,45 @@ mod tests {
         );
     }
 
+    /// Over one SSH session, only what another command may fix is a look: a lost connection
+    /// ends the attempt (the engine's retry opens a new session) instead of spinning to the
+    /// deadline on a dead one.
+    #[test]
+    fn ssh_errors_are_transient_only_when_the_session_may_still_serve() {
+        use crate::ssh::Error;
+        let addr = || "h:22".to_owned();
+        let timeout = Error::CommandTimeout {
+            addr: addr(),
+            command: "systemctl show".into(),
+            ms: 1,
+        };
+        let lost = Error::ConnectionLost {
+            addr: addr(),
+            command: "systemctl show".into(),
+            reason: "eof".into(),
+        };
+        let failed = |retryable| Error::CommandFailed {
+            addr: addr(),
+            command: "yb-ts-cli is_server_ready".into(),
+            exit_status: 1,
+            signal: String::new(),
+            stderr: String::new(),
+            retryable,
+        };
+        assert!(timeout.is_transient());
+        assert!(failed(true).is_transient());
+        assert!(!failed(false).is_transient());
+        assert!(!lost.is_transient());
+        assert!(lost.is_retryable(), "the engine still retries the attempt");
+        let yb_lost = crate::yb::Error::Ssh(Error::ConnectionLost {
+            addr: addr(),
+            command: "x".into(),
+            reason: "eof".into(),
+        });
+        assert!(!yb_lost.is_transient());
+        assert!(crate::yb::Error::NoLeader(vec!["m1".into()]).is_transient());
+    }
+
     /// One deadline per wait: an attempt that starts after the deadline passed (a retry, a
     /// resume) looks once and times out; it does not wait a whole timeout again.
     #[tokio::test(start_paused = true)]
