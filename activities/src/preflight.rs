@@ -109,6 +109,8 @@ pub struct PreflightInput {
     pub use_sudo: bool,
     /// `yb-admin` and `yb-ts-cli` as the run calls them.
     pub tools: ToolsCheckInput,
+    /// The inventory's name of the node they run on.
+    pub tools_node: String,
     /// The yb-masters' web API.
     pub masters: Masters,
     /// Every Deployment the run reads, patches or scales.
@@ -172,7 +174,7 @@ impl Activity for Preflight {
         );
         let node = i.tools.admin.ssh.addr();
         report.push(
-            "yb tools",
+            format!("yb tools on {}", i.tools_node),
             match ToolsCheck.run(ctx.clone(), i.tools.clone()).await {
                 Ok(problems) if problems.is_empty() => Ok(format!(
                     "yb-admin list_all_masters and yb-ts-cli answer on {node} with the inventory's flags{}",

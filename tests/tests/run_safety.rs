@@ -504,7 +504,7 @@ async fn preflight_tls_certs_missing_refuses_before_any_change() {
     refused_before_any_change(
         dir.path(),
         &[
-            "pre-flight yb tools",
+            "pre-flight yb tools on yb-a-1",
             "certs_dir_name",
             "yugabyte.certs_dir",
         ],

@@ -61,6 +61,7 @@ pub fn input(inv: &Inventory) -> Result<PreflightInput, Error> {
             yb_ts_cli: inv.yb_ts_cli(),
             tserver_host: admin_node.tserver.then(|| admin_node.address.clone()),
         },
+        tools_node: admin_node.name.clone(),
         masters: inv.masters(),
         deployments,
         mirrormaker: inv
