@@ -1,7 +1,8 @@
 //! The waymark CLI's library: everything but the command line itself, in layers that point one
 //! way (each module uses only those listed before it):
 //!
-//! 1. [`schedule`] (the pure schedule core), [`exit`] (exit statuses), [`view`] (pure
+//! 1. [`notify`] (webhook notifications: targets, transitions, payloads, the delivery
+//!    journal and the notifier), [`schedule`] (the pure schedule core), [`exit`] (exit statuses), [`view`] (pure
 //!    rendering of runs), [`paths`] (the data directory, its files, the operator);
 //! 2. [`follow`] and [`api`]: the API types and the data of every listing, shared by the daemon
 //!    and direct mode;
@@ -10,6 +11,7 @@
 //!
 //! The `waymark` binary (`main.rs`, `args.rs`, `commands/`) sits on top.
 
+pub mod notify;
 pub mod schedule;
 
 pub mod exit;

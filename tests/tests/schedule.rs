@@ -1208,3 +1208,207 @@ fn a_start_that_failed_is_kept_until_it_starts_or_its_window_closes() {
     );
     assert!(book.queued.is_empty());
 }
+
+// ---- Local time (issue 14): schedules read in an IANA zone, DST rules ----
+
+fn in_zone(name: &str, cluster: &str, cron: &str, zone: &str) -> NewSchedule {
+    NewSchedule {
+        timezone: Some(waymark_cli::schedule::parse_timezone(zone).unwrap()),
+        ..new(name, cluster, cron)
+    }
+}
+
+/// Ticks the book every minute from `from` to `to` (a daemon that never missed a tick) and
+/// returns the fire times started.
+fn minute_ticks(book: &mut ScheduleBook, from: &str, to: &str) -> Vec<DateTime<Utc>> {
+    let mut now = at(from);
+    let mut started = Vec::new();
+    while now <= at(to) {
+        started.extend(starts(&book.tick(now, &idle())).into_iter().map(|(_, f)| f));
+        now += minutes(1);
+    }
+    started
+}
+
+#[test]
+fn a_local_schedule_fires_at_its_wall_clock_time_in_winter_and_in_summer() {
+    let mut book = ScheduleBook::default();
+    // Tuesdays 03:00 Pacific: 11:00 UTC in PST (UTC-8), 10:00 UTC in PDT (UTC-7).
+    let s = book
+        .add(
+            in_zone("tue", "yb-1", "0 3 * * 2", "America/Los_Angeles"),
+            at("2025-01-01T00:00:00Z"),
+        )
+        .unwrap()
+        .clone();
+    assert_eq!(
+        s.next_fire_time(at("2025-01-01T00:00:00Z")),
+        Some(at("2025-01-07T11:00:00Z"))
+    );
+    assert_eq!(
+        s.next_fire_time(at("2025-07-01T00:00:00Z")),
+        Some(at("2025-07-01T10:00:00Z"))
+    );
+    // The same expression without a zone is UTC, as before.
+    let utc = CronExpr::parse("0 3 * * 2").unwrap();
+    assert_eq!(
+        utc.next_after(at("2025-07-01T00:00:00Z")),
+        Some(at("2025-07-01T03:00:00Z"))
+    );
+}
+
+/// Spring forward: on 2025-03-09 America/Los_Angeles goes from 01:59:59 PST to 03:00 PDT, so
+/// 02:30 does not happen that day. It fires once, at 03:00 PDT (10:00 UTC), and the day before
+/// and after at 02:30 as usual.
+#[test]
+fn spring_forward_a_0230_fire_time_fires_once_at_0300() {
+    let mut book = ScheduleBook::default();
+    book.add(
+        in_zone("nightly", "yb-1", "30 2 * * *", "America/Los_Angeles"),
+        at("2025-03-08T00:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(
+        minute_ticks(&mut book, "2025-03-08T00:00:00Z", "2025-03-11T00:00:00Z"),
+        vec![
+            at("2025-03-08T10:30:00Z"), // 02:30 PST
+            at("2025-03-09T10:00:00Z"), // 03:00 PDT: the end of the skipped hour
+            at("2025-03-10T09:30:00Z"), // 02:30 PDT
+        ]
+    );
+    // Europe/Berlin, 2025-03-30: 02:00 CET -> 03:00 CEST; 02:30 fires at 03:00 CEST.
+    let cron = CronExpr::parse("30 2 * * *").unwrap();
+    let berlin = waymark_cli::schedule::parse_timezone("Europe/Berlin").unwrap();
+    assert_eq!(
+        cron.fire_times_in(
+            berlin,
+            at("2025-03-29T12:00:00Z"),
+            at("2025-03-31T12:00:00Z")
+        ),
+        vec![at("2025-03-30T01:00:00Z"), at("2025-03-31T00:30:00Z")]
+    );
+    // Two local times that become one instant fire once: 02:30 and 03:00 on that day.
+    let two = CronExpr::parse("30 2,3 * * *").unwrap();
+    let la = waymark_cli::schedule::parse_timezone("America/Los_Angeles").unwrap();
+    assert_eq!(
+        two.fire_times_in(la, at("2025-03-09T08:00:00Z"), at("2025-03-09T12:00:00Z")),
+        vec![at("2025-03-09T10:00:00Z"), at("2025-03-09T10:30:00Z")]
+    );
+}
+
+/// Fall back: on 2025-10-26 Europe/Berlin goes from 02:59:59 CEST back to 02:00 CET, so 02:30
+/// happens twice. It fires once, at the first 02:30 (CEST, 00:30 UTC), never at 02:30 CET.
+#[test]
+fn fall_back_a_0230_fire_time_fires_once_at_the_first_0230() {
+    let mut book = ScheduleBook::default();
+    book.add(
+        in_zone("nightly", "yb-1", "30 2 * * *", "Europe/Berlin"),
+        at("2025-10-25T00:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(
+        minute_ticks(&mut book, "2025-10-25T00:00:00Z", "2025-10-27T12:00:00Z"),
+        vec![
+            at("2025-10-25T00:30:00Z"), // 02:30 CEST
+            at("2025-10-26T00:30:00Z"), // the first 02:30 (CEST); not 01:30 UTC (CET)
+            at("2025-10-27T01:30:00Z"), // 02:30 CET
+        ]
+    );
+    // America/Los_Angeles repeats 01:00-01:59 on 2025-11-02: 01:30 fires at 01:30 PDT only.
+    let mut book = ScheduleBook::default();
+    book.add(
+        in_zone("la", "yb-1", "30 1 * * *", "America/Los_Angeles"),
+        at("2025-11-02T00:00:00Z"),
+    )
+    .unwrap();
+    assert_eq!(
+        minute_ticks(&mut book, "2025-11-02T00:00:00Z", "2025-11-02T23:00:00Z"),
+        vec![at("2025-11-02T08:30:00Z")]
+    );
+}
+
+#[test]
+fn an_unknown_time_zone_is_refused_naming_it() {
+    let e = waymark_cli::schedule::parse_timezone("Pacific/Nowhere").unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("Pacific/Nowhere"), "{text}");
+    assert!(text.contains("America/Los_Angeles"), "{text}");
+}
+
+/// Books written before zones existed (version 1, no `timezone`) read as UTC; a book with a
+/// zone is written as version 2 (an older waymark refuses it rather than firing in UTC) and
+/// keeps the zone.
+#[test]
+fn old_books_read_as_utc_and_zones_are_saved() {
+    let dir = temp_dir();
+    let path = dir.path().join("schedules.json");
+    std::fs::write(
+        &path,
+        r#"{"version": 1, "schedules": {"nightly": {"name": "nightly", "workflow": "yb-maintenance",
+            "inventory": "/etc/waymark/yb-1.toml", "cluster": "yb-1", "cron": "0 3 * * *",
+            "window": "1h", "overlap": "skip", "catch_up": "none", "paused": false,
+            "last_considered": "2025-07-01T00:00:00Z"}}, "queued": []}"#,
+    )
+    .unwrap();
+    let mut book = ScheduleBook::load(&path).unwrap();
+    assert_eq!(book.schedules["nightly"].timezone, None);
+    assert_eq!(
+        book.schedules["nightly"].next_fire_time(at("2025-07-01T00:00:00Z")),
+        Some(at("2025-07-01T03:00:00Z"))
+    );
+    book.add(
+        in_zone("pacific", "yb-2", "0 3 * * 2", "America/Los_Angeles"),
+        at("2025-07-01T00:00:00Z"),
+    )
+    .unwrap();
+    book.save(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"version\": 2"), "{text}");
+    assert!(
+        text.contains("\"timezone\": \"America/Los_Angeles\""),
+        "{text}"
+    );
+    assert_eq!(ScheduleBook::load(&path).unwrap(), book);
+}
+
+/// `schedule ls` shows the zone and the next fire time in it and in UTC (text and JSON).
+#[test]
+fn schedule_ls_shows_next_fire_times_in_the_zone_and_in_utc() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let mut book = ScheduleBook::default();
+    book.add(
+        in_zone("pacific", "yb-1", "0 3 * * 2", "America/Los_Angeles"),
+        Utc::now(),
+    )
+    .unwrap();
+    book.save(&waymark_cli::paths::schedules_path(&data))
+        .unwrap();
+    let rows = waymark_cli::api::schedule_rows(&book);
+    let next_utc: DateTime<Utc> = rows[0]["next"].as_str().unwrap().parse().unwrap();
+    let next_local =
+        chrono::DateTime::parse_from_rfc3339(rows[0]["next_local"].as_str().unwrap()).unwrap();
+    assert_eq!(next_local.with_timezone(&Utc), next_utc, "{rows:?}");
+    assert!(
+        [-7 * 3600, -8 * 3600].contains(&next_local.offset().local_minus_utc()),
+        "{rows:?}"
+    );
+    assert_eq!(next_local.format("%H:%M %a").to_string(), "03:00 Tue");
+    assert_eq!(rows[0]["timezone"], "America/Los_Angeles");
+
+    let out = crate::util::waymark(&data)
+        .args(["schedule", "ls"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("America/Los_Angeles"), "{text}");
+    assert!(
+        text.contains(&next_local.format("%Y-%m-%d %H:%M %:z").to_string()),
+        "{text}"
+    );
+    assert!(
+        text.contains(&next_utc.format("%Y-%m-%d %H:%M +00:00").to_string()),
+        "{text}"
+    );
+}

@@ -26,6 +26,8 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
             window,
             overlap,
             catch_up,
+            timezone,
+            notify,
         } => {
             let inventory = std::path::absolute(&inventory)?;
             let body = ScheduleAddRequest {
@@ -36,6 +38,8 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
                 window,
                 overlap,
                 catch_up,
+                timezone,
+                notify,
             };
             if let Some(c) = client {
                 let _: serde_json::Value = c
@@ -64,34 +68,7 @@ pub async fn command(data_dir: &Path, command: ScheduleCommand) -> anyhow::Resul
             };
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&list)?),
-                Output::Text => {
-                    println!(
-                        "{:<16} {:<16} {:<14} {:<6} {:<6} {:<7} {:<7} NEXT",
-                        "NAME", "WORKFLOW", "CRON", "WINDOW", "OVERLAP", "CATCHUP", "PAUSED"
-                    );
-                    for s in list {
-                        let t = |k: &str| s[k].as_str().unwrap_or_default().to_owned();
-                        println!(
-                            "{:<16} {:<16} {:<14} {:<6} {:<6} {:<7} {:<7} {}",
-                            t("name"),
-                            t("workflow"),
-                            t("cron"),
-                            t("window"),
-                            t("overlap"),
-                            t("catch_up"),
-                            s["paused"],
-                            t("next")
-                        );
-                        let f = &s["last_failure"];
-                        if let Some(message) = f["message"].as_str() {
-                            println!(
-                                "  last failure at {} (fire time {}): {message}",
-                                f["at"].as_str().unwrap_or_default(),
-                                f["fire_time"].as_str().unwrap_or_default()
-                            );
-                        }
-                    }
-                }
+                Output::Text => print!("{}", schedule_table(&list)),
             }
         }
         ScheduleCommand::Rm { name } => {
@@ -130,4 +107,67 @@ async fn set_paused(
     }
     println!("schedule {name} {verb}d");
     Ok(())
+}
+
+/// `schedule ls` as a table: the next fire time in the schedule's zone and in UTC, then each
+/// schedule's last failure and webhooks under the table.
+fn schedule_table(list: &[serde_json::Value]) -> String {
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+    let t = |s: &serde_json::Value, k: &str| s[k].as_str().unwrap_or_default().to_owned();
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header([
+            "NAME",
+            "WORKFLOW",
+            "CRON",
+            "ZONE",
+            "NEXT (ZONE)",
+            "NEXT (UTC)",
+            "WINDOW",
+            "OVERLAP",
+            "CATCH-UP",
+            "PAUSED",
+        ]);
+    let when = |text: String| {
+        chrono::DateTime::parse_from_rfc3339(&text)
+            .map_or(text, |t| t.format("%a %Y-%m-%d %H:%M %:z").to_string())
+    };
+    let mut notes = String::new();
+    for s in list {
+        table.add_row([
+            t(s, "name"),
+            t(s, "workflow"),
+            t(s, "cron"),
+            s["timezone"].as_str().unwrap_or("UTC").to_owned(),
+            when(t(s, "next_local")),
+            when(t(s, "next")),
+            t(s, "window"),
+            t(s, "overlap"),
+            t(s, "catch_up"),
+            if s["paused"].as_bool() == Some(true) {
+                "yes".to_owned()
+            } else {
+                "no".to_owned()
+            },
+        ]);
+        let f = &s["last_failure"];
+        if let Some(message) = f["message"].as_str() {
+            notes.push_str(&format!(
+                "{}: last failure at {} (fire time {}): {message}\n",
+                t(s, "name"),
+                f["at"].as_str().unwrap_or_default(),
+                f["fire_time"].as_str().unwrap_or_default()
+            ));
+        }
+        for w in s["notify"].as_array().into_iter().flatten() {
+            notes.push_str(&format!(
+                "{}: notifies {}\n",
+                t(s, "name"),
+                w.as_str().unwrap_or_default()
+            ));
+        }
+    }
+    format!("{table}\n{notes}")
 }

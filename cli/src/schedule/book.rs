@@ -12,12 +12,19 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
+use chrono_tz::Tz;
+
 use super::cron::CronExpr;
 use super::duration::{optional_duration, validate_window, DEFAULT_WINDOW};
 use super::error::Error;
+use crate::notify::Webhook;
 
-/// The version of the schedule file format written by [`ScheduleBook::save`].
-const FORMAT_VERSION: u32 = 1;
+/// The version of the schedule file format written by [`ScheduleBook::save`] when a schedule
+/// has a time zone or webhooks (an older waymark must refuse such a book rather than fire it in
+/// UTC); a book without either is still written as version 1.
+const FORMAT_VERSION: u32 = 2;
+/// Books without time zones or webhooks: read as UTC, no notifications.
+const FORMAT_VERSION_UTC_ONLY: u32 = 1;
 
 /// What to do when a fire time comes while its cluster has a run going.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,8 +123,15 @@ pub struct Schedule {
     pub inventory: PathBuf,
     /// The lock key: the inventory's cluster. Two runs on one cluster never overlap.
     pub cluster: String,
-    /// When it fires (UTC).
+    /// When it fires: wall-clock times of [`Schedule::timezone`].
     pub cron: CronExpr,
+    /// The IANA zone its cron expression is read in (`None`, as in books written before zones
+    /// existed: UTC). DST rules: [`crate::schedule::local_instant`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<Tz>,
+    /// Webhooks told about its runs' transitions (besides the daemon's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Webhook>,
     /// How long after a fire time its run may still start; `None` is [`DEFAULT_WINDOW`].
     #[serde(default, with = "optional_duration")]
     pub window: Option<Duration>,
@@ -163,9 +177,19 @@ impl Schedule {
             .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
+    /// The zone its cron expression is read in (UTC when none was given).
+    pub fn zone(&self) -> Tz {
+        self.timezone.unwrap_or(chrono_tz::UTC)
+    }
+
     /// The next fire time strictly after `after` (for listings; pausing is not considered).
     pub fn next_fire_time(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        self.cron.next_after(after)
+        self.cron.next_after_in(self.zone(), after)
+    }
+
+    /// Its fire times in `(after, until]`, oldest first, in its zone.
+    pub fn fire_times(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        self.cron.fire_times_in(self.zone(), after, until)
     }
 }
 
@@ -181,8 +205,12 @@ pub struct NewSchedule {
     pub inventory: PathBuf,
     /// The inventory's cluster name (the lock key).
     pub cluster: String,
-    /// A 5-field cron expression (UTC).
+    /// A 5-field cron expression (wall-clock times of `timezone`).
     pub cron: String,
+    /// The IANA zone of the cron expression; `None`: UTC.
+    pub timezone: Option<Tz>,
+    /// Webhooks told about its runs' transitions.
+    pub notify: Vec<Webhook>,
     /// The start window; `None` is [`DEFAULT_WINDOW`].
     pub window: Option<Duration>,
     /// What to do when the cluster is busy at a fire time.
@@ -385,7 +413,7 @@ impl ScheduleBook {
             problem,
         };
         let file: BookFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if file.version != FORMAT_VERSION {
+        if file.version != FORMAT_VERSION && file.version != FORMAT_VERSION_UTC_ONLY {
             return Err(corrupt(format!(
                 "format version {} (this waymark reads version {FORMAT_VERSION})",
                 file.version
@@ -430,8 +458,16 @@ impl ScheduleBook {
                 source,
             }
         };
+        let plain = self
+            .schedules
+            .values()
+            .all(|s| s.timezone.is_none() && s.notify.is_empty());
         let mut json = serde_json::to_vec_pretty(&BookFileRef {
-            version: FORMAT_VERSION,
+            version: if plain {
+                FORMAT_VERSION_UTC_ONLY
+            } else {
+                FORMAT_VERSION
+            },
             schedules: &self.schedules,
             queued: &self.queued,
         })
@@ -495,6 +531,8 @@ impl ScheduleBook {
             inventory: new.inventory,
             cluster: new.cluster,
             cron,
+            timezone: new.timezone,
+            notify: new.notify,
             window: new.window,
             overlap: new.overlap,
             catch_up: new.catch_up,
@@ -622,7 +660,7 @@ impl ScheduleBook {
                 schedule.last_considered = Some(now);
                 continue;
             };
-            let fire_times = schedule.cron.fire_times(after, now);
+            let fire_times = schedule.fire_times(after, now);
             let Some(&newest) = fire_times.last() else {
                 continue;
             };

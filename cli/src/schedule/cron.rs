@@ -3,7 +3,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, LocalResult, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::Error;
@@ -268,6 +269,93 @@ impl CronExpr {
         times.sort_unstable();
         times.dedup();
         times
+    }
+}
+
+/// The instant a local wall-clock time of `zone` stands for, by the DST rules of schedules:
+///
+/// - a local time that happens once is that instant;
+/// - a local time that happens twice (the hour repeated when clocks go back) is its *first*
+///   occurrence, so a fire time in the repeated hour fires once;
+/// - a local time that does not happen (the hour skipped when clocks go forward) is the first
+///   local time after it that does: 02:30 on the spring-forward day of `America/Los_Angeles`
+///   (02:00 -> 03:00) is 03:00 local. A fire time in the skipped hour fires once, at the end of
+///   the gap (as Vixie cron runs such jobs right after the change).
+///
+/// `None` only for a gap longer than a day (no real zone has one).
+pub fn local_instant(zone: Tz, local: NaiveDateTime) -> Option<DateTime<Utc>> {
+    match zone.from_local_datetime(&local) {
+        LocalResult::Single(t) | LocalResult::Ambiguous(t, _) => Some(t.with_timezone(&Utc)),
+        LocalResult::None => {
+            // Transitions fall on whole minutes: the first minute that exists ends the gap.
+            let start = local.checked_sub_signed(TimeDelta::seconds(i64::from(
+                chrono::Timelike::second(&local),
+            )))?;
+            (1..=24 * 60).find_map(|m| {
+                let t = start.checked_add_signed(TimeDelta::minutes(m))?;
+                zone.from_local_datetime(&t)
+                    .earliest()
+                    .map(|t| t.with_timezone(&Utc))
+            })
+        }
+    }
+}
+
+impl CronExpr {
+    /// The fire times of the expression read as wall-clock times of `zone`, in `(after, until]`
+    /// (instants, oldest first, each once), by the DST rules of [`local_instant`]. With
+    /// `chrono_tz::UTC` this is [`CronExpr::fire_times`].
+    pub fn fire_times_in(
+        &self,
+        zone: Tz,
+        after: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Vec<DateTime<Utc>> {
+        if zone == chrono_tz::UTC {
+            return self.fire_times(after, until);
+        }
+        let Some(start) = Self::local_start(zone, after) else {
+            return Vec::new();
+        };
+        // Local times map to instants in order (a repeated hour maps to its first pass, a
+        // skipped one to its end), so each stream can stop at the first instant past `until`.
+        let mut times: Vec<DateTime<Utc>> = self
+            .schedules
+            .iter()
+            .flat_map(|s| {
+                s.after(&start)
+                    .map_while(|local| local_instant(zone, local.naive_utc()))
+                    .take_while(|t| *t <= until)
+            })
+            .filter(|t| *t > after)
+            .collect();
+        times.sort_unstable();
+        times.dedup();
+        times
+    }
+
+    /// The first fire time strictly after `after`, the expression read in `zone`.
+    pub fn next_after_in(&self, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if zone == chrono_tz::UTC {
+            return self.next_after(after);
+        }
+        let start = Self::local_start(zone, after)?;
+        self.schedules
+            .iter()
+            .filter_map(|s| {
+                s.after(&start)
+                    .map_while(|local| local_instant(zone, local.naive_utc()))
+                    .find(|t| *t > after)
+            })
+            .min()
+    }
+
+    /// Where to begin reading local fire times so that none after `after` is missed: its local
+    /// time, less three hours (more than any zone's DST shift), as a naive (UTC-typed) time.
+    fn local_start(zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let local = after.with_timezone(&zone).naive_local();
+        let early = local.checked_sub_signed(TimeDelta::hours(3))?;
+        Some(Utc.from_utc_datetime(&early))
     }
 }
 

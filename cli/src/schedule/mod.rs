@@ -1,7 +1,16 @@
 //! Schedules of `waymark daemon`: when a workflow starts on its own, decided by a pure function.
 //!
 //! A [`Schedule`] runs one workflow on one inventory at the fire times of a 5-field cron
-//! expression (UTC). [`ScheduleBook::tick`] is the whole decision: given `now` and the clusters
+//! expression, read as wall-clock times of its IANA time zone (UTC when it has none, as every
+//! schedule written before zones existed).
+//!
+//! **Local time and DST** ([`local_instant`]): a fire time is a local wall-clock time turned
+//! into an instant. One that falls in the hour skipped when clocks go forward fires once, at
+//! the end of the gap (02:30 on the spring-forward day of `America/Los_Angeles` fires at 03:00
+//! PDT); one that falls in the hour repeated when clocks go back fires once, at its first
+//! occurrence (02:30 on the fall-back day of Europe/Berlin fires at 02:30 CEST, not again at
+//! 02:30 CET). Two local times that become the same instant fire once. Windows are durations
+//! from the fire time, in real time. [`ScheduleBook::tick`] is the whole decision: given `now` and the clusters
 //! that have a run going, it says which fire times start, which are queued, skipped or dropped,
 //! and why. It reads no clock, does no IO and draws no random number; the daemon owns the clock,
 //! the cluster locks and the journal, and calls it periodically. Only [`ScheduleBook::load`] and
@@ -41,8 +50,17 @@ mod error;
 pub use book::{
     CatchUp, Decision, NewSchedule, Overlap, Queued, Reason, Schedule, ScheduleBook, StartFailure,
 };
-pub use cron::CronExpr;
+pub use cron::{local_instant, CronExpr};
 pub use duration::{
     format_duration, parse_duration, validate_window, DEFAULT_WINDOW, MAX_WINDOW, MIN_WINDOW,
 };
 pub use error::Error;
+
+/// Parses an IANA time zone name (`America/Los_Angeles`, `Europe/Berlin`, `UTC`).
+pub fn parse_timezone(name: &str) -> Result<chrono_tz::Tz, Error> {
+    name.parse::<chrono_tz::Tz>().map_err(|_| Error::InvalidValue {
+        what: "timezone",
+        text: name.to_owned(),
+        problem: "not an IANA time zone name; use a name like America/Los_Angeles, Europe/Berlin or UTC (see `timedatectl list-timezones`)".to_owned(),
+    })
+}
