@@ -399,6 +399,12 @@ pub struct ScheduleAddRequest {
     pub overlap: String,
     /// `none` or `latest`.
     pub catch_up: String,
+    /// The IANA zone the cron expression is read in (`America/Los_Angeles`); none: UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Webhooks told about the runs it starts (`FORMAT:file:PATH` or `FORMAT:env:VAR`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<crate::notify::Webhook>,
 }
 
 /// Turns an `add` request into the schedule core's input, checking the inventory (its cluster
@@ -422,6 +428,12 @@ pub fn new_schedule(b: &ScheduleAddRequest) -> anyhow::Result<NewSchedule> {
         window,
         overlap: b.overlap.parse()?,
         catch_up: b.catch_up.parse()?,
+        timezone: b
+            .timezone
+            .as_deref()
+            .map(crate::schedule::parse_timezone)
+            .transpose()?,
+        notify: b.notify.clone(),
     })
 }
 
@@ -435,7 +447,10 @@ pub fn schedule_rows(book: &ScheduleBook) -> Vec<serde_json::Value> {
                 "name": s.name, "workflow": s.workflow, "inventory": s.inventory, "cluster": s.cluster,
                 "cron": s.cron.as_str(), "window": crate::schedule::format_duration(s.effective_window()),
                 "overlap": s.overlap.as_str(), "catch_up": s.catch_up.as_str(), "paused": s.paused,
+                "timezone": s.zone().name(),
                 "next": s.next_fire_time(now).map(|t| t.to_rfc3339()),
+                "next_local": s.next_fire_time(now).map(|t| t.with_timezone(&s.zone()).to_rfc3339()),
+                "notify": s.notify,
                 "queued": book.queued.iter().filter(|q| q.schedule == s.name).count(),
                 "last_failure": s.last_failure.as_ref().map(|f| serde_json::json!({
                     "at": f.at.to_rfc3339(), "fire_time": f.fire_time.to_rfc3339(), "message": f.message,

@@ -227,8 +227,13 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum ScheduleCommand {
-    /// Add a schedule: runs WORKFLOW on INVENTORY at each CRON time (5 fields, UTC), starting
-    /// only within WINDOW of that time and never while its cluster has a run going.
+    /// Add a schedule: runs WORKFLOW on INVENTORY at each CRON time (5 fields, in --timezone,
+    /// default UTC), starting only within WINDOW of that time and never while its cluster has a
+    /// run going.
+    ///
+    /// DST: a time in the hour skipped when clocks go forward fires once, when that hour ends
+    /// (02:30 on the spring-forward day of Europe/Berlin fires at 03:00); a time in the
+    /// hour repeated when clocks go back fires once, at its first occurrence.
     Add {
         /// Schedule name.
         name: String,
@@ -238,9 +243,18 @@ pub enum ScheduleCommand {
         /// Inventory file.
         #[arg(long, value_name = "FILE")]
         inventory: PathBuf,
-        /// Cron expression, e.g. "0 3 * * 2" (Tuesdays 03:00 UTC).
+        /// Cron expression, e.g. "0 3 * * 2" (Tuesdays 03:00 in --timezone).
         #[arg(long)]
         cron: String,
+        /// The IANA time zone the cron expression is read in, e.g. Europe/Berlin or
+        /// US/Pacific [default: UTC].
+        #[arg(long, value_name = "ZONE")]
+        timezone: Option<String>,
+        /// Tell a webhook about the transitions of the runs this schedule starts:
+        /// FORMAT:file:PATH or FORMAT:env:VAR (FORMAT slack or json; the daemon reads the URL
+        /// there). Repeatable.
+        #[arg(long, value_name = "WEBHOOK")]
+        notify: Vec<waymark_cli::notify::Webhook>,
         /// How long after its time a run may still start, e.g. 30m, 2h [default: 1h].
         #[arg(long)]
         window: Option<String>,

@@ -930,6 +930,8 @@ async fn a_scheduled_run_must_finish_by_the_end_of_its_window() {
             window: Some(Duration::from_secs(30 * 60)),
             overlap: Overlap::Skip,
             catch_up: CatchUp::None,
+            timezone: None,
+            notify: Vec::new(),
         },
         chrono::Utc::now() - chrono::TimeDelta::minutes(2),
     )

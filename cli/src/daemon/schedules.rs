@@ -139,6 +139,28 @@ pub(super) fn routes() -> axum::Router<Arc<Daemon>> {
         .route("/v1/schedules/{name}/{verb}", post(pause))
 }
 
+/// The daemon's notifier ([`crate::notify::run_notifier`]): its own webhooks for every run, and
+/// a schedule's for the runs that schedule started; journal `DATA_DIR/notifications.jsonl`.
+pub(super) async fn notifier(
+    d: Arc<Daemon>,
+    webhooks: Vec<crate::notify::Webhook>,
+    tick: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::notify::{run_notifier, RetrySettings, RunFacts, RunTargets, Settings};
+    let journal = d.schedules_path.with_file_name("notifications.jsonl");
+    let book = d.clone();
+    let targets: RunTargets =
+        Arc::new(move |facts: &RunFacts| book.schedule_webhooks(&facts.started_by));
+    let settings = Settings {
+        webhooks,
+        journal,
+        tick: tick.min(Duration::from_secs(1)),
+        retry: RetrySettings::default(),
+    };
+    run_notifier(d.log.clone(), settings, targets, stop).await;
+}
+
 /// Every `tick`: asks the schedule core what to do now and starts what is due. A fire time is
 /// saved as handled only after its run started; a failed start is recorded on its schedule and
 /// kept (see `ScheduleBook::start_failed`).

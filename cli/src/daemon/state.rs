@@ -105,6 +105,26 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// The webhooks of the schedule that started a run (`started_by` is `schedule NAME (fire
+    /// time ...)` for those), if it still exists; none for other runs.
+    pub(super) fn schedule_webhooks(&self, started_by: &str) -> Vec<crate::notify::Webhook> {
+        let Some(name) = started_by
+            .strip_prefix("schedule ")
+            .and_then(|rest| rest.split(' ').next())
+        else {
+            return Vec::new();
+        };
+        self.schedules
+            .lock()
+            .expect("schedules lock")
+            .schedules
+            .get(name)
+            .map(|s| s.notify.clone())
+            .unwrap_or_default()
+    }
+}
+
 /// A run started by `by` (a schedule's fire time) at or after `fire_time`, if any: run ids are
 /// UUID v7, so only runs created since then are read.
 fn started_for(
