@@ -473,7 +473,7 @@ fn node_ssh(dir: &Path, node: &str) -> String {
 }
 
 /// Pre-flight: a node whose host key `known_hosts` lacks is found before step 1 (the old run
-/// found it at step 3 or 4, with traffic in zone A and MirrorMaker2 off).
+/// found it at step 3 or 4, with traffic in zone A and `MirrorMaker2` off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_host_key_unknown_refuses_before_any_change() {
     let (dir, _sb) = lagging(0.05).await;
@@ -484,7 +484,7 @@ async fn preflight_host_key_unknown_refuses_before_any_change() {
     let kept: String = text
         .lines()
         .filter(|l| !l.starts_with(&format!("[{ip}]:{port} ")))
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     assert!(kept.len() < text.len(), "the line of yb-b-3 was in {text}");
     std::fs::write(&path, kept).unwrap();
@@ -512,7 +512,7 @@ async fn preflight_tls_certs_missing_refuses_before_any_change() {
     .await;
 }
 
-/// Pre-flight: Kubernetes RBAC does not let the run scale MirrorMaker2 (step 2 would fail after
+/// Pre-flight: Kubernetes RBAC does not let the run scale `MirrorMaker2` (step 2 would fail after
 /// traffic moved; step 2's compensation would fail the same way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_rbac_denied_refuses_before_any_change_and_plan_shows_it() {
@@ -552,7 +552,7 @@ async fn preflight_register_target_not_a_tserver_refuses_before_any_change() {
     let without: String = text
         .lines()
         .filter(|l| !l.starts_with("node = "))
-        .map(|l| format!("{l}\n"))
+        .flat_map(|l| [l, "\n"])
         .collect();
     assert!(without.len() < text.len(), "register.node was set: {text}");
     std::fs::write(&path, without).unwrap();
@@ -563,7 +563,7 @@ async fn preflight_register_target_not_a_tserver_refuses_before_any_change() {
     .await;
 }
 
-/// Pre-flight: MirrorMaker2 already at 0 replicas (0 would be recorded as the state to restore).
+/// Pre-flight: `MirrorMaker2` already at 0 replicas (0 would be recorded as the state to restore).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preflight_mirrormaker_already_at_zero_refuses_before_any_change() {
     let (dir, sb) = lagging(0.05).await;
@@ -597,7 +597,7 @@ async fn approval_not_given_in_time_refuses_the_run() {
 
 /// The run's overall deadline (`run.finish_by`, as a schedule's window sets it) passes while
 /// yb-a-2 bootstraps far longer: the wait, cut to what is left of the run, fails once at the
-/// deadline (not after `node_timeout_secs` = 600 s), and the run compensates: MirrorMaker2 back,
+/// deadline (not after `node_timeout_secs` = 600 s), and the run compensates: `MirrorMaker2` back,
 /// the blacklist empty, never a forward to a group without a healthy target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runs_deadline_stops_it_and_it_compensates() {
