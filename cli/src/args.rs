@@ -69,6 +69,15 @@ pub enum Command {
         /// only unix-socket clients may add schedules).
         #[arg(long, value_name = "DIR")]
         inventory_dir: Option<PathBuf>,
+        /// Serve the web UI (runs, live timelines, approve/hold/resume/cancel) here: a port
+        /// (bound on 127.0.0.1) or an address. The daemon prints a one-time login URL
+        /// (`http://ADDR/?token=...`) on stdout; from a laptop or phone, use an SSH tunnel.
+        #[arg(long, value_name = "PORT|ADDR", value_parser = waymark_cli::daemon::parse_listen)]
+        http: Option<std::net::SocketAddr>,
+        /// Allow --http on an address other than loopback (plain HTTP: only behind TLS
+        /// termination).
+        #[arg(long, requires = "http")]
+        http_allow_remote: bool,
     },
     /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
     /// run goes on).

@@ -595,6 +595,21 @@ async fn approval_not_given_in_time_refuses_the_run() {
     .await;
 }
 
+/// `run.approver_must_differ` cannot be checked yet (the workflow is not told who sent
+/// `approve`): the run fails closed, refused before any change, instead of accepting any
+/// approver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approver_must_differ_fails_closed_until_the_engine_names_the_approver() {
+    let (dir, _sb) = lagging(0.05).await;
+    set_inventory_key(dir.path(), "gates", "require_approval", "true");
+    set_inventory_key(dir.path(), "run", "approver_must_differ", "true");
+    refused_before_any_change(
+        dir.path(),
+        &["run.approver_must_differ is set", "cannot enforce"],
+    )
+    .await;
+}
+
 /// The run's overall deadline (`run.finish_by`, as a schedule's window sets it) passes while
 /// yb-a-2 bootstraps far longer: the wait, cut to what is left of the run, fails once at the
 /// deadline (not after `node_timeout_secs` = 600 s), and the run compensates: `MirrorMaker2` back,

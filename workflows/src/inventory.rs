@@ -236,8 +236,9 @@ pub struct RunLimits {
     /// With `gates.require_approval`: how long the run waits for `approve`, seconds; then it
     /// ends `refused`, nothing changed.
     pub approval_timeout_secs: u64,
-    /// With `gates.require_approval`: an `approve` sent by the operator who started the run is
-    /// refused (journaled; the run keeps waiting for another operator's).
+    /// With `gates.require_approval`: the approver must be another operator than the one who
+    /// started the run. Not enforceable yet (the engine does not pass a signal's sender to the
+    /// workflow): a run with it set is refused before any change rather than run unchecked.
     #[serde(skip_serializing_if = "is_false")]
     pub approver_must_differ: bool,
 }

@@ -500,6 +500,14 @@ impl Maintenance {
         if !self.inv.gates.require_approval {
             return Ok(false);
         }
+        if self.inv.run.approver_must_differ {
+            // Fails closed: the engine does not yet tell a workflow who sent a signal (nor who
+            // started the run), so the rule cannot be checked; a run that relied on it must not
+            // take any approval.
+            return Err(refuse(vec![
+                "run.approver_must_differ is set, but this version cannot tell the workflow who sent `approve` (the engine journals the sender, and does not pass it to workflows yet), so it cannot enforce that the approver differs from the operator who started the run; nothing was changed: unset run.approver_must_differ to accept any operator's approval".to_owned(),
+            ]));
+        }
         let secs = self.inv.run.approval_timeout_secs;
         let signal = self.ctx.wait_for_signal::<serde_json::Value>("approve");
         let timer = self.ctx.sleep(Duration::from_secs(secs));

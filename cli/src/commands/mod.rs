@@ -57,12 +57,16 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             listen_tcp,
             token_file,
             inventory_dir,
+            http,
+            http_allow_remote,
         } => {
             waymark_cli::daemon::run(waymark_cli::daemon::Options {
                 data_dir,
                 tcp: listen_tcp,
                 token_file,
                 inventory_dir,
+                http,
+                http_allow_remote,
                 tick: std::time::Duration::from_secs(5),
             })
             .await

@@ -12,6 +12,7 @@ pub mod peer;
 mod routes;
 mod schedules;
 mod state;
+pub mod web;
 
 use std::collections::BTreeSet;
 use std::future::{Future, IntoFuture};
@@ -45,6 +46,10 @@ pub struct Options {
     pub tick: Duration,
     /// The folder TCP clients may name inventories in (`schedule add`); none: they may not.
     pub inventory_dir: Option<PathBuf>,
+    /// Serve the web UI here (`--http`; loopback unless `http_allow_remote`).
+    pub http: Option<SocketAddr>,
+    /// Allow `--http` on an address other than loopback (behind TLS termination).
+    pub http_allow_remote: bool,
 }
 
 /// Where the daemon serves: its unix socket (and the path, named in errors), and TCP.
@@ -54,6 +59,8 @@ pub struct Listeners {
     pub unix: (UnixListener, PathBuf),
     /// TCP (every request then needs the bearer token of [`Config::token`]).
     pub tcp: Option<TcpListener>,
+    /// The web UI's listener (`--http`).
+    pub http: Option<TcpListener>,
 }
 
 /// What the daemon needs besides its listeners and engine.
@@ -68,6 +75,8 @@ pub struct Config {
     pub inventory_dir: Option<PathBuf>,
     /// The counters of the engine's log ([`MeteredLog::wrap`]).
     pub metrics: Arc<Metrics>,
+    /// The web UI's login token and sessions, when it is served ([`web::Access::login_url`]).
+    pub web: Option<Arc<web::Access>>,
 }
 
 /// `--listen-tcp`: a bare port binds loopback only; otherwise an address like `0.0.0.0:7233`.
@@ -91,9 +100,12 @@ pub struct Prepared {
 }
 
 /// Checks every setting and binds every listener, in this order: token file, inventory folder,
-/// the data directory's log (its lock), the schedules file, the socket, TCP. A bad setting
-/// fails here, before any run is resumed.
+/// the web UI's address, the data directory's log (its lock), the schedules file, the socket,
+/// TCP, the web UI. A bad setting fails here, before any run is resumed.
 pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
+    if let Some(addr) = opts.http {
+        web::check_bind(addr, opts.http_allow_remote).map_err(usage)?;
+    }
     if opts.tcp.is_some() && opts.token_file.is_none() {
         return Err(usage(
             "--listen-tcp needs --token-file: TCP clients must present a bearer token",
@@ -126,12 +138,24 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
         ),
         None => None,
     };
+    let (http, web) = match opts.http {
+        Some(addr) => {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--http)"))?;
+            let access = web::Access::new(l.local_addr()?, opts.http_allow_remote)
+                .context("drawing the web UI's login token from /dev/urandom")?;
+            (Some(l), Some(Arc::new(access)))
+        }
+        None => (None, None),
+    };
     let (log, metrics) = MeteredLog::wrap(durable);
     let engine = waymark_workflows::register(Engine::builder(log)).build();
     Ok(Prepared {
         listeners: Listeners {
             unix: (unix, sock),
             tcp,
+            http,
         },
         engine,
         config: Config {
@@ -140,6 +164,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
             tick: opts.tick,
             inventory_dir,
             metrics,
+            web,
         },
     })
 }
@@ -152,6 +177,15 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitStatus> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let prepared = prepare(&opts).await?;
+    if let Some(url) = prepared.config.web.as_ref().and_then(|w| w.login_url()) {
+        // The one place the login token appears: on the daemon's stdout, for its owner. It
+        // works once; the browser that opens it keeps a session cookie.
+        println!("{url}");
+        eprintln!(
+            "waymark: web UI: open the URL above once in your browser (it logs one browser in, \
+             then is used up)"
+        );
+    }
     let shutdown = async move {
         tokio::select! {
             _ = interrupt.recv() => {}
@@ -180,6 +214,7 @@ pub async fn serve(
     let Listeners {
         unix: (unix, sock),
         tcp,
+        http,
     } = listeners;
     if let Some(l) = &tcp {
         let local = l.local_addr()?;
@@ -234,6 +269,24 @@ pub async fn serve(
             .into_future(),
         )
     });
+    let http_task = match (http, config.web) {
+        (Some(l), Some(access)) => {
+            tracing::info!(
+                "web UI on http://{} (log in with the URL printed at start)",
+                access.addr()
+            );
+            Some(tokio::spawn(
+                axum::serve(
+                    l,
+                    web::app(d.clone(), access, stop_rx.clone())
+                        .into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped(stop_rx.clone()))
+                .into_future(),
+            ))
+        }
+        _ => None,
+    };
     let sched = tokio::spawn(schedules::scheduler(
         d.clone(),
         config.tick,
@@ -249,6 +302,9 @@ pub async fn serve(
     let _ = sched.await;
     let _ = unix_task.await;
     if let Some(t) = tcp_task {
+        let _ = t.await;
+    }
+    if let Some(t) = http_task {
         let _ = t.await;
     }
     let _ = std::fs::remove_file(&sock);
