@@ -78,6 +78,12 @@ pub enum Command {
         /// termination).
         #[arg(long, requires = "http")]
         http_allow_remote: bool,
+        /// Tell a webhook about every run's transitions (approval needed, failed, compensated,
+        /// needs-operator, suspended, refused, completed): FORMAT:file:PATH or FORMAT:env:VAR,
+        /// FORMAT slack or json; the URL is read from that file or variable, never given here.
+        /// Repeatable. Deliveries are journaled in the data directory (notifications.jsonl).
+        #[arg(long, value_name = "WEBHOOK")]
+        notify: Vec<waymark_cli::notify::Webhook>,
     },
     /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
     /// run goes on).

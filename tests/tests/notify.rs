@@ -1,1 +1,339 @@
-//! (being written)
+//! Webhook notifications (issue 14): a local HTTP receiver sees each transition's payload, in
+//! order, exactly once, across daemon SIGKILLs (one while a delivery was being refused); the
+//! webhook URL (a secret) never reaches the journal, the event log or the daemon's output.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use waymark_workflows::Inventory;
+
+use crate::util::{
+    eventually_blocking, http_unix, temp_dir, waymark, DaemonProcess, SandboxProcess,
+};
+
+/// What the receiver saw: the path, the `Idempotency-Key` header, the body, and whether it
+/// accepted it (200) or refused it (503).
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    key: String,
+    body: serde_json::Value,
+    accepted: bool,
+}
+
+/// A webhook receiver on loopback: answers 200 while `accept` is true, 503 otherwise, and
+/// records every request.
+struct Receiver {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    accept: Arc<Mutex<bool>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let accept = Arc::new(Mutex::new(true));
+        let (s, a) = (seen.clone(), accept.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                    continue;
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let (mut length, mut key) = (0usize, String::new());
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let line = line.trim_end();
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':') {
+                        match name.to_ascii_lowercase().as_str() {
+                            "content-length" => length = value.trim().parse().unwrap(),
+                            "idempotency-key" => value.trim().clone_into(&mut key),
+                            _ => {}
+                        }
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let accepted = *a.lock().unwrap();
+                s.lock().unwrap().push(Seen {
+                    path,
+                    key,
+                    body: serde_json::from_slice(&body).unwrap_or_default(),
+                    accepted,
+                });
+                let status = if accepted {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            }
+        });
+        Receiver { port, seen, accept }
+    }
+
+    fn set_accept(&self, accept: bool) {
+        *self.accept.lock().unwrap() = accept;
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The accepted deliveries to `path`: (idempotency key, transition name).
+    fn accepted(&self, path: &str) -> Vec<(String, String)> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.accepted && s.path == path)
+            .map(|s| {
+                let kind = s.key.rsplit('/').next().unwrap_or_default().to_owned();
+                (s.key, kind)
+            })
+            .collect()
+    }
+}
+
+/// The secret part of the webhook URLs: must never appear outside the URL file and variable.
+const SECRET: &str = "T0KEN-b9e1f0c2-never-logged";
+
+struct Daemon {
+    process: DaemonProcess,
+    stderr: PathBuf,
+}
+
+fn start_daemon(data: &Path, url_file: &Path, port: u16, n: u32) -> Daemon {
+    let stderr = data.with_file_name(format!("daemon-{n}.stderr"));
+    let child = waymark(data)
+        .arg("daemon")
+        .arg("--notify")
+        .arg(format!("json:file:{}", url_file.display()))
+        .args(["--notify", "slack:env:WAYMARK_TEST_SLACK_HOOK"])
+        .env(
+            "WAYMARK_TEST_SLACK_HOOK",
+            format!("http://127.0.0.1:{port}/slack/{SECRET}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .expect("spawn waymark daemon");
+    let sock = data.join("waymark.sock");
+    eventually_blocking(
+        Duration::from_secs(30),
+        "the daemon answering on its socket",
+        || std::os::unix::net::UnixStream::connect(&sock).ok(),
+    );
+    Daemon {
+        process: DaemonProcess { child },
+        stderr,
+    }
+}
+
+fn journal(data: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data.join("notifications.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn journaled(data: &Path, entry: &str, transition: &str) -> usize {
+    journal(data)
+        .iter()
+        .filter(|e| {
+            e["entry"] == entry
+                && e["delivery"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("/{transition} ")))
+        })
+        .count()
+}
+
+#[test]
+fn each_transition_reaches_the_receiver_once_in_order_across_daemon_sigkills() {
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let receiver = Receiver::start();
+    let url_file = dir.path().join("hook-url");
+    std::fs::write(
+        &url_file,
+        format!("http://127.0.0.1:{}/json/{SECRET}\n", receiver.port),
+    )
+    .unwrap();
+    let json_path = format!("/json/{SECRET}");
+    let slack_path = format!("/slack/{SECRET}");
+
+    // A run that waits for approval: "approval-needed" goes to both webhooks.
+    let daemon = start_daemon(&data, &url_file, receiver.port, 1);
+    let mut inv = Inventory::load(&sb.dir.join("inventory.toml")).unwrap();
+    inv.gates.require_approval = true;
+    let body = serde_json::json!({ "workflow": "yb-maintenance", "inventory": inv }).to_string();
+    let (code, answer) = http_unix(&data.join("waymark.sock"), "POST", "/v1/runs", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    let run = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually_blocking(
+        Duration::from_secs(60),
+        "approval-needed delivered to both webhooks and journaled",
+        || (journaled(&data, "delivered", "approval-needed") == 2).then_some(()),
+    );
+    // Killed after those deliveries were journaled: they must not be sent again.
+    receiver.set_accept(false);
+    daemon.process.sigkill();
+
+    // Restarted, the run is cancelled while the receiver refuses: the "compensated"
+    // deliveries fail (journaled), and the daemon is killed again before any succeeds.
+    let daemon = start_daemon(&data, &url_file, receiver.port, 2);
+    let cancel = waymark(&data)
+        .args(["signal", &run, "cancel", "--reason", "notification test"])
+        .output()
+        .unwrap();
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    eventually_blocking(
+        Duration::from_secs(60),
+        "refused attempts of the compensated notification on both webhooks",
+        || {
+            let refused = |p: &str| {
+                receiver
+                    .seen()
+                    .iter()
+                    .any(|s| !s.accepted && s.path == p && s.key.ends_with("/compensated"))
+            };
+            (refused(&json_path) && refused(&slack_path)).then_some(())
+        },
+    );
+    daemon.process.sigkill();
+    assert_eq!(
+        journaled(&data, "delivered", "compensated"),
+        0,
+        "nothing was accepted yet"
+    );
+    assert!(journaled(&data, "attempt_failed", "compensated") >= 2);
+
+    // Restarted with the receiver accepting: the pending deliveries go out, once.
+    receiver.set_accept(true);
+    let daemon = start_daemon(&data, &url_file, receiver.port, 3);
+    eventually_blocking(
+        Duration::from_secs(60),
+        "the run settled in the journal (every delivery done)",
+        || {
+            journal(&data)
+                .iter()
+                .any(|e| e["entry"] == "settled" && e["run"] == run.as_str())
+                .then_some(())
+        },
+    );
+    let stderr3 = daemon.stderr.clone();
+    drop(daemon);
+
+    for path in [&json_path, &slack_path] {
+        let accepted = receiver.accepted(path);
+        let kinds: Vec<&str> = accepted.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["approval-needed", "compensated"],
+            "{path}: each transition once, in order: {accepted:?}"
+        );
+        assert!(accepted.iter().all(|(key, _)| key.starts_with(&run)));
+    }
+    // The two shapes.
+    let seen = receiver.seen();
+    let json = seen
+        .iter()
+        .find(|s| s.accepted && s.path == json_path && s.key.ends_with("/compensated"))
+        .unwrap();
+    assert_eq!(json.body["transition"], "compensated", "{:?}", json.body);
+    assert_eq!(json.body["run"], run.as_str());
+    assert_eq!(json.body["idempotency_key"], json.key.as_str());
+    assert_eq!(json.body["cluster"], inv.cluster.name.as_str());
+    assert!(json.body["detail"]
+        .as_str()
+        .unwrap()
+        .contains("notification test"));
+    let slack = seen
+        .iter()
+        .find(|s| s.accepted && s.path == slack_path && s.key.ends_with("/approval-needed"))
+        .unwrap();
+    assert!(
+        slack.body["text"]
+            .as_str()
+            .unwrap()
+            .contains("needs approval"),
+        "{:?}",
+        slack.body
+    );
+    assert!(slack.body["blocks"].is_array());
+
+    // The secret stays in its file and variable.
+    let journal_text = std::fs::read_to_string(data.join("notifications.jsonl")).unwrap();
+    assert!(!journal_text.contains(SECRET), "{journal_text}");
+    let history = waymark(&data)
+        .args(["history", &run, "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&history.stdout).contains(SECRET));
+    for n in 1..=3 {
+        let err =
+            std::fs::read_to_string(data.with_file_name(format!("daemon-{n}.stderr"))).unwrap();
+        assert!(!err.contains(SECRET), "daemon {n} logged the URL: {err}");
+    }
+    assert!(std::fs::read_to_string(stderr3)
+        .unwrap()
+        .contains("notification delivered"));
+}
+
+/// A webhook URL on the command line is refused (it would land in shell history and `ps`),
+/// and a daemon whose webhook URL cannot be read does not start.
+#[test]
+fn webhook_urls_never_come_from_the_command_line_and_bad_ones_stop_the_daemon() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let out = waymark(&data)
+        .args(["daemon", "--notify", "https://hooks.example/T0/B0/secret"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("looks like a URL"), "{err}");
+
+    let out = waymark(&data)
+        .args([
+            "daemon",
+            "--notify",
+            "json:env:WAYMARK_TEST_NO_SUCH_VARIABLE",
+        ])
+        .env_remove("WAYMARK_TEST_NO_SUCH_VARIABLE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("WAYMARK_TEST_NO_SUCH_VARIABLE"), "{err}");
+    assert!(!data.join("waymark.sock").exists());
+}

@@ -848,8 +848,8 @@ fn load_refuses_a_damaged_schedule_file() {
     let cases = [
         ("{not json".to_owned(), "key must be a string"),
         (
-            good.replace("\"version\": 1", "\"version\": 2"),
-            "format version 2 (this waymark reads version 1)",
+            good.replace("\"version\": 1", "\"version\": 3"),
+            "format version 3 (this waymark reads versions 1 and 2)",
         ),
         (
             good.replace("0 3 * * *", "0 3 * * 8"),

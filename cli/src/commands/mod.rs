@@ -59,6 +59,7 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             inventory_dir,
             http,
             http_allow_remote,
+            notify,
         } => {
             waymark_cli::daemon::run(waymark_cli::daemon::Options {
                 data_dir,
@@ -67,6 +68,7 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
                 inventory_dir,
                 http,
                 http_allow_remote,
+                notify,
                 tick: std::time::Duration::from_secs(5),
             })
             .await

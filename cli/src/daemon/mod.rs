@@ -50,6 +50,8 @@ pub struct Options {
     pub http: Option<SocketAddr>,
     /// Allow `--http` on an address other than loopback (behind TLS termination).
     pub http_allow_remote: bool,
+    /// Webhooks told about every run's transitions (`--notify`; [`crate::notify`]).
+    pub notify: Vec<crate::notify::Webhook>,
 }
 
 /// Where the daemon serves: its unix socket (and the path, named in errors), and TCP.
@@ -77,6 +79,8 @@ pub struct Config {
     pub metrics: Arc<Metrics>,
     /// The web UI's login token and sessions, when it is served ([`web::Access::login_url`]).
     pub web: Option<Arc<web::Access>>,
+    /// Webhooks told about every run's transitions (their URLs checked readable).
+    pub notify: Vec<crate::notify::Webhook>,
 }
 
 /// `--listen-tcp`: a bare port binds loopback only; otherwise an address like `0.0.0.0:7233`.
@@ -112,6 +116,11 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
         ));
     }
     let token = opts.token_file.as_deref().map(read_token).transpose()?;
+    for webhook in &opts.notify {
+        webhook
+            .read_url()
+            .map_err(|e| usage(format!("--notify: {e}")))?;
+    }
     let inventory_dir = match &opts.inventory_dir {
         Some(dir) => Some(std::fs::canonicalize(dir).with_context(|| {
             format!("--inventory-dir {}: not a readable folder", dir.display())
@@ -165,6 +174,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
             inventory_dir,
             metrics,
             web,
+            notify: opts.notify.clone(),
         },
     })
 }
@@ -287,6 +297,12 @@ pub async fn serve(
         }
         _ => None,
     };
+    let notifier = tokio::spawn(schedules::notifier(
+        d.clone(),
+        config.notify,
+        config.tick,
+        stop_rx.clone(),
+    ));
     let sched = tokio::spawn(schedules::scheduler(
         d.clone(),
         config.tick,
@@ -300,6 +316,7 @@ pub async fn serve(
     stop_tx.send_replace(true);
     engine.shutdown().await;
     let _ = sched.await;
+    let _ = notifier.await;
     let _ = unix_task.await;
     if let Some(t) = tcp_task {
         let _ = t.await;

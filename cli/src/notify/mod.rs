@@ -25,8 +25,9 @@
 //! "at most once" (journal before sending) would lose a transition a crash interrupts.
 //!
 //! Which webhooks hear about a run: the daemon's (`waymark daemon --notify WEBHOOK`) for every
-//! run, and a schedule's (`schedule add --notify WEBHOOK`) for the runs it starts. A webhook is
-//! served from the first time the journal sees it: older transitions are history, not sent.
+//! run, and a schedule's (`schedule add --notify WEBHOOK`) for every transition of the runs it
+//! starts. A daemon webhook is served from the first daemon start that names it (journaled
+//! `since`): older transitions are history, not sent.
 
 pub mod journal;
 pub mod spec;
@@ -329,10 +330,17 @@ impl Notifier {
                 || matches!(r.event, waymark_engine::event::Event::RunResolved { .. })
         });
         let facts = RunFacts::of(records);
-        let mut webhooks = self.settings.webhooks.clone();
+        // The daemon's webhooks (served since they were first configured), then the
+        // schedule's (every transition of the runs it starts).
+        let mut webhooks: Vec<(Webhook, bool)> = self
+            .settings
+            .webhooks
+            .iter()
+            .map(|w| (w.clone(), true))
+            .collect();
         for w in (self.targets)(&facts) {
-            if !webhooks.contains(&w) {
-                webhooks.push(w);
+            if !webhooks.iter().any(|(known, _)| *known == w) {
+                webhooks.push((w, false));
             }
         }
         if webhooks.is_empty() {
@@ -343,13 +351,15 @@ impl Notifier {
         }
         let mut all_done = true;
         for t in transitions(records) {
-            for w in &webhooks {
-                let Some(since) = self.since(w) else {
-                    all_done = false;
-                    continue;
-                };
-                if t.at < since {
-                    continue;
+            for (w, daemon_wide) in &webhooks {
+                if *daemon_wide {
+                    let Some(since) = self.since(w) else {
+                        all_done = false;
+                        continue;
+                    };
+                    if t.at < since {
+                        continue;
+                    }
                 }
                 let delivery = delivery_name(&t, w);
                 if self
@@ -407,6 +417,11 @@ pub async fn run_notifier(
         handed: BTreeSet::new(),
         quiet: BTreeSet::new(),
     };
+    // A daemon webhook is served from its first start on: the transitions before it (the
+    // history of earlier runs) are not sent.
+    for w in n.settings.webhooks.clone() {
+        n.since(&w);
+    }
     loop {
         n.look();
         tokio::select! {
