@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use waymark_engine::activity::{self, Activity, Context};
 
@@ -138,6 +139,9 @@ pub const DEPLOYMENT_ACCESS: [(&str, Option<&str>); 4] = [
     ("patch", Some("scale")),
 ];
 
+/// How many nodes the pre-flight logs in to at once.
+const NODES_AT_ONCE: usize = 16;
+
 /// `preflight.check`: see the module documentation.
 pub struct Preflight;
 
@@ -148,13 +152,13 @@ impl Activity for Preflight {
 
     async fn run(&self, ctx: Context, i: PreflightInput) -> Result<Report, activity::Error> {
         let mut report = Report::default();
-        let nodes = futures::future::join_all(
-            i.nodes
-                .iter()
-                .map(|n| check_node(n, i.use_sudo))
-                .collect::<Vec<_>>(),
-        )
-        .await;
+        // A few nodes at a time (an estate may have hundreds), reported in the inventory's order.
+        let use_sudo = i.use_sudo;
+        let nodes: Vec<Vec<Check>> = futures::stream::iter(i.nodes.clone())
+            .map(|n| async move { check_node(&n, use_sudo).await })
+            .buffered(NODES_AT_ONCE)
+            .collect()
+            .await;
         for checks in nodes {
             report.checks.extend(checks);
         }
