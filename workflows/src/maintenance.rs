@@ -128,23 +128,23 @@ impl Workflow for YbMaintenance {
         let normal = m.estate_looks_normal_before_any_change().await?;
         m.within_deadline_before_any_change().await?;
         let traffic_before = m.step1_switch_traffic_to_zone_a(normal.traffic).await?;
-        m.within_deadline("2").await?;
+        m.within_deadline(STOP_MIRRORMAKER).await?;
         let r = m.step2_stop_mirrormaker(&normal.mirrormaker).await;
         let mirrormaker_replicas = m.deadline_as_cause(r).await?;
         let r = m.step3_restart_masters_one_at_a_time_leader_last().await;
         let masters_restarted = m.deadline_as_cause(r).await?;
         let r = m.step4_restart_tservers_one_at_a_time().await;
         let tservers_restarted = m.deadline_as_cause(r).await?;
-        m.within_deadline("5").await?;
+        m.within_deadline(WAIT_FOR_LOAD_BALANCING).await?;
         let r = m.step5_wait_for_load_balancing().await;
         m.deadline_as_cause(r).await?;
-        m.within_deadline("6").await?;
+        m.within_deadline(REGISTER_NEW_NODE).await?;
         let r = m.step6_register_new_node_in_target_group().await;
         let registered = m.deadline_as_cause(r).await?;
-        m.within_deadline("7").await?;
+        m.within_deadline(RESTART_SERVICES).await?;
         let r = m.step7_restart_fp_and_fp_async().await;
         m.deadline_as_cause(r).await?;
-        m.within_deadline("8").await?;
+        m.within_deadline(START_MIRRORMAKER).await?;
         let r = m
             .step8_start_mirrormaker_at_recorded_replicas(&mirrormaker_replicas)
             .await;
@@ -165,21 +165,96 @@ impl Workflow for YbMaintenance {
     }
 }
 
-/// Step labels, shared with the plan and the demo's `--fail-at`.
+/// The runbook's steps, numbered as in the runbook: the one table the step labels, `waymark
+/// plan` and the demo's `--fail-at` use.
 pub mod steps {
-    /// Every runbook step, numbered as in the runbook.
-    pub const ALL: [(&str, &str); 9] = [
-        ("1", "switch traffic to zone A"),
-        ("2", "stop MirrorMaker2"),
-        ("3", "restart yb-master on every node"),
-        ("4", "restart yb-tserver on every node"),
-        ("5", "wait for load balancing"),
-        ("6", "register the new node in the target group"),
-        ("7", "restart fp and fp-async"),
-        ("8", "start MirrorMaker2 at the recorded replicas"),
-        ("9", "switch traffic back to zone B"),
+    use std::fmt;
+
+    /// One runbook step. Displays as its number (labels read `"{STEP}. what"`).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Step {
+        /// Its number in the runbook (1 to 9).
+        pub number: u8,
+        /// What it does.
+        pub title: &'static str,
+    }
+
+    impl fmt::Display for Step {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{}", self.number)
+        }
+    }
+
+    /// 1.
+    pub const SWITCH_TO_ZONE_A: Step = Step {
+        number: 1,
+        title: "switch traffic to zone A",
+    };
+    /// 2.
+    pub const STOP_MIRRORMAKER: Step = Step {
+        number: 2,
+        title: "stop MirrorMaker2",
+    };
+    /// 3.
+    pub const RESTART_MASTERS: Step = Step {
+        number: 3,
+        title: "restart yb-master on every node",
+    };
+    /// 4.
+    pub const RESTART_TSERVERS: Step = Step {
+        number: 4,
+        title: "restart yb-tserver on every node",
+    };
+    /// 5.
+    pub const WAIT_FOR_LOAD_BALANCING: Step = Step {
+        number: 5,
+        title: "wait for load balancing",
+    };
+    /// 6.
+    pub const REGISTER_NEW_NODE: Step = Step {
+        number: 6,
+        title: "register the new node in the target group",
+    };
+    /// 7.
+    pub const RESTART_SERVICES: Step = Step {
+        number: 7,
+        title: "restart fp and fp-async",
+    };
+    /// 8.
+    pub const START_MIRRORMAKER: Step = Step {
+        number: 8,
+        title: "start MirrorMaker2 at the recorded replicas",
+    };
+    /// 9.
+    pub const SWITCH_BACK_TO_ZONE_B: Step = Step {
+        number: 9,
+        title: "switch traffic back to zone B",
+    };
+
+    /// Every runbook step, in order.
+    pub const ALL: [Step; 9] = [
+        SWITCH_TO_ZONE_A,
+        STOP_MIRRORMAKER,
+        RESTART_MASTERS,
+        RESTART_TSERVERS,
+        WAIT_FOR_LOAD_BALANCING,
+        REGISTER_NEW_NODE,
+        RESTART_SERVICES,
+        START_MIRRORMAKER,
+        SWITCH_BACK_TO_ZONE_B,
     ];
+
+    /// The step numbered `number`.
+    pub fn by_number(number: u8) -> Option<Step> {
+        ALL.into_iter().find(|s| s.number == number)
+    }
 }
+
+use steps::{
+    Step, REGISTER_NEW_NODE, RESTART_MASTERS, RESTART_SERVICES, RESTART_TSERVERS,
+    START_MIRRORMAKER, STOP_MIRRORMAKER, SWITCH_BACK_TO_ZONE_B, SWITCH_TO_ZONE_A,
+    WAIT_FOR_LOAD_BALANCING,
+};
 
 struct Maintenance {
     ctx: WorkflowContext,
@@ -332,7 +407,7 @@ impl Maintenance {
     /// Before runbook step `n` (and before each node of steps 3 and 4): once the run's deadline
     /// passed, the run fails here and compensates (durable: the deadline comes from the recorded
     /// start, each look from the recorded clock).
-    async fn within_deadline(&self, n: &str) -> Result<(), workflow::Error> {
+    async fn within_deadline(&self, n: impl std::fmt::Display) -> Result<(), workflow::Error> {
         self.left_before_deadline(&format!("step {n}"))
             .await
             .map(|_| ())
@@ -437,7 +512,9 @@ impl Maintenance {
                     conn: self.elb.clone(),
                     target_group_arn: arn.clone(),
                 })
-                .label(format!("1. read zone {zone}'s target health"))
+                .label(format!(
+                    "{SWITCH_TO_ZONE_A}. read zone {zone}'s target health"
+                ))
                 .await?;
             if !states.iter().any(|t| t.state == "healthy") {
                 problems.push(format!(
@@ -552,7 +629,10 @@ impl Maintenance {
                     conn: self.elb.clone(),
                     source: source.clone(),
                 })
-                .label(format!("1. read traffic weights of {}", source.label()))
+                .label(format!(
+                    "{SWITCH_TO_ZONE_A}. read traffic weights of {}",
+                    source.label()
+                ))
                 .await?;
             traffic.push((source.clone(), weights));
         }
@@ -560,7 +640,7 @@ impl Maintenance {
         for name in &self.inv.mirrormaker.deployments {
             let replicas: i32 = self
                 .step::<ReadReplicas>(&self.inv.deployment(name))
-                .label(format!("2. record {name} replicas"))
+                .label(format!("{STOP_MIRRORMAKER}. record {name} replicas"))
                 .await?;
             mirrormaker.insert(name.clone(), replicas);
         }
@@ -629,7 +709,7 @@ impl Maintenance {
                     source: source.clone(),
                     weights: zone_a.clone(),
                 })
-                .label(format!("1. switch traffic to zone A on {}", source.label()))
+                .label(format!("{SWITCH_TO_ZONE_A}. switch traffic to zone A on {}", source.label()))
                 .compensate_with(
                     RestoreTrafficIfSafe::NAME,
                     &restore,
@@ -656,7 +736,7 @@ impl Maintenance {
             let _: waymark_activities::k8s::ScaleOutput = self
                 .step::<ScaleAndWait>(&self.scale_and_wait(d.clone(), 0))
                 .label(format!(
-                    "2. scale {name} to 0 and wait until its pods are gone"
+                    "{STOP_MIRRORMAKER}. scale {name} to 0 and wait until its pods are gone"
                 ))
                 .start_to_close(limit)
                 .heartbeat_timeout(beat)
@@ -694,7 +774,7 @@ impl Maintenance {
     ) -> Result<Vec<String>, workflow::Error> {
         let leader: String = self
             .step::<FindLeader>(&self.inv.masters())
-            .label("3. find the leader master")
+            .label(format!("{RESTART_MASTERS}. find the leader master"))
             .await?;
         let mut order: Vec<&Node> = self
             .inv
@@ -706,7 +786,7 @@ impl Maintenance {
         order.sort_by_key(|n| n.master_http.as_deref() == Some(leader.as_str()));
         let mut done = Vec::new();
         for node in order {
-            self.restart_node(node, "3", "yb-master", ServerKind::Master)
+            self.restart_node(node, RESTART_MASTERS, "yb-master", ServerKind::Master)
                 .await?;
             done.push(node.name.clone());
         }
@@ -722,7 +802,7 @@ impl Maintenance {
             .iter()
             .filter(|n| n.tserver && self.inv.restarts(n))
         {
-            self.restart_node(node, "4", "yb-tserver", ServerKind::TServer)
+            self.restart_node(node, RESTART_TSERVERS, "yb-tserver", ServerKind::TServer)
                 .await?;
             done.push(node.name.clone());
         }
@@ -732,11 +812,11 @@ impl Maintenance {
     async fn restart_node(
         &self,
         node: &Node,
-        n: &str,
+        n: Step,
         unit: &str,
         kind: ServerKind,
     ) -> Result<(), workflow::Error> {
-        self.within_deadline(&format!("{n} ({unit} on {})", node.name))
+        self.within_deadline(format!("{n} ({unit} on {})", node.name))
             .await?;
         if self.legacy() {
             self.legacy_restart_on_node(node, n, unit, kind).await
@@ -758,7 +838,7 @@ impl Maintenance {
     async fn gated_restart_on_node(
         &self,
         node: &Node,
-        n: &str,
+        n: Step,
         unit: &str,
         kind: ServerKind,
     ) -> Result<(), workflow::Error> {
@@ -916,7 +996,7 @@ impl Maintenance {
     async fn legacy_restart_on_node(
         &self,
         node: &Node,
-        n: &str,
+        n: Step,
         unit: &str,
         kind: ServerKind,
     ) -> Result<(), workflow::Error> {
@@ -974,9 +1054,9 @@ impl Maintenance {
             .iter()
             .find(|n| n.master_http.is_some())
             .ok_or_else(|| {
-                workflow::Error::failed(
-                    "5. no node of the inventory runs a yb-master: give master_http and master_rpc on the master nodes",
-                )
+                workflow::Error::failed(format!(
+                    "{WAIT_FOR_LOAD_BALANCING}. no node of the inventory runs a yb-master: give master_http and master_rpc on the master nodes",
+                ))
             })?;
         let (limit, beat) = self.wait_limits(self.gates().load_balancer_timeout_secs);
         let legacy = self.legacy();
@@ -995,7 +1075,9 @@ impl Maintenance {
                 },
                 masters: (!legacy).then(|| self.inv.masters()),
             })
-            .label("5. wait for load balancing to finish")
+            .label(format!(
+                "{WAIT_FOR_LOAD_BALANCING}. wait for load balancing to finish"
+            ))
             .start_to_close(limit)
             .heartbeat_timeout(beat)
             .await?;
@@ -1015,7 +1097,10 @@ impl Maintenance {
                 healthy_timeout_secs: self.gates().target_healthy_timeout_secs,
                 poll_interval_ms: self.gates().poll_ms,
             })
-            .label(format!("6. register {} in the target group", r.target_id))
+            .label(format!(
+                "{REGISTER_NEW_NODE}. register {} in the target group",
+                r.target_id
+            ))
             .start_to_close(limit)
             .heartbeat_timeout(beat)
             .compensate_with(
@@ -1048,7 +1133,7 @@ impl Maintenance {
                     deployment: self.inv.deployment(name),
                     restarted_at: restarted_at.clone(),
                 })
-                .label(format!("7. rollout restart {name}"))
+                .label(format!("{RESTART_SERVICES}. rollout restart {name}"))
                 .await?;
         }
         let (limit, beat) = self.wait_limits(self.gates().rollout_timeout_secs);
@@ -1058,7 +1143,7 @@ impl Maintenance {
                 timeout_secs: self.gates().rollout_timeout_secs,
                 poll_ms: self.gates().poll_ms,
             })
-            .label(format!("7. wait for the {name} rollout"))
+            .label(format!("{RESTART_SERVICES}. wait for the {name} rollout"))
             .start_to_close(limit)
             .heartbeat_timeout(beat)
             .into_future()
@@ -1076,7 +1161,7 @@ impl Maintenance {
             let _: waymark_activities::k8s::ScaleOutput = self
                 .step::<ScaleAndWait>(&self.scale_and_wait(self.inv.deployment(name), *replicas))
                 .label(format!(
-                    "8. scale {name} back to {replicas} and wait until Available"
+                    "{START_MIRRORMAKER}. scale {name} back to {replicas} and wait until Available"
                 ))
                 .start_to_close(limit)
                 .heartbeat_timeout(beat)
@@ -1097,7 +1182,7 @@ impl Maintenance {
                     weights: weights.by_target_group.clone(),
                 })
                 .label(format!(
-                    "9. switch traffic back to zone B on {}",
+                    "{SWITCH_BACK_TO_ZONE_B}. switch traffic back to zone B on {}",
                     source.label()
                 ))
                 .retry(RetryPolicy {
@@ -1182,4 +1267,21 @@ pub fn abnormal_mirrormaker(mirrormaker: &BTreeMap<String, i32>) -> Vec<String> 
             format!("MirrorMaker2 Deployment {name} has {replicas} replicas (expected more than 0)")
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::steps;
+
+    #[test]
+    fn the_step_table_numbers_the_runbook_once_in_order() {
+        let numbers: Vec<u8> = steps::ALL.iter().map(|s| s.number).collect();
+        assert_eq!(numbers, (1..=9).collect::<Vec<u8>>());
+        for s in steps::ALL {
+            assert_eq!(steps::by_number(s.number), Some(s));
+            assert_eq!(format!("{s}. x"), format!("{}. x", s.number));
+        }
+        assert_eq!(steps::by_number(0), None);
+        assert_eq!(steps::by_number(10), None);
+    }
 }

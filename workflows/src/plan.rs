@@ -17,6 +17,10 @@ use waymark_engine::activity::{self, Context};
 use waymark_engine::{Activity, RunId, StepRef};
 
 use crate::inventory::Inventory;
+use crate::maintenance::steps::{
+    REGISTER_NEW_NODE, RESTART_MASTERS, RESTART_SERVICES, RESTART_TSERVERS, START_MIRRORMAKER,
+    STOP_MIRRORMAKER, SWITCH_BACK_TO_ZONE_B, SWITCH_TO_ZONE_A, WAIT_FOR_LOAD_BALANCING,
+};
 
 /// One action of the plan.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,8 +159,8 @@ pub async fn plan(inv: &Inventory) -> Plan {
         };
         push(
             &mut actions,
-            "1",
-            format!("switch traffic to zone A on {}", source.label()),
+            &SWITCH_TO_ZONE_A.to_string(),
+            format!("{} on {}", SWITCH_TO_ZONE_A.title, source.label()),
             current.clone(),
             "A=100 B=0".into(),
         );
@@ -170,7 +174,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
         };
         push(
             &mut actions,
-            "2",
+            &STOP_MIRRORMAKER.to_string(),
             format!(
                 "scale {}/{name} to 0 (recording its replicas)",
                 inv.kubernetes.namespace
@@ -198,7 +202,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
             .is_ok_and(|l| n.master_http.as_deref() == Some(l.as_str()));
         push(
             &mut actions,
-            "3",
+            &RESTART_MASTERS.to_string(),
             format!(
                 "restart yb-master on {} ({}): node gate, --no-block restart, new process serving, settle",
                 n.name, n.ssh
@@ -233,7 +237,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
         };
         push(
             &mut actions,
-            "4",
+            &RESTART_TSERVERS.to_string(),
             format!(
                 "restart yb-tserver on {} ({}): node gate, leader blacklist and drain, --no-block restart, new process serving, is_server_ready and follower lag, blacklist removed, settle",
                 n.name, n.ssh
@@ -244,9 +248,10 @@ pub async fn plan(inv: &Inventory) -> Plan {
     }
     push(
         &mut actions,
-        "5",
+        &WAIT_FOR_LOAD_BALANCING.to_string(),
         format!(
-            "wait for load balancing (yb-admin via {})",
+            "{} (yb-admin via {})",
+            WAIT_FOR_LOAD_BALANCING.title,
             inv.yugabyte
                 .nodes
                 .iter()
@@ -258,7 +263,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
     );
     push(
         &mut actions,
-        "6",
+        &REGISTER_NEW_NODE.to_string(),
         format!(
             "register {} in {}",
             inv.register.target_id, inv.register.target_group_arn
@@ -269,7 +274,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
     for name in &inv.services.deployments {
         push(
             &mut actions,
-            "7",
+            &RESTART_SERVICES.to_string(),
             format!(
                 "rollout restart {}/{name} and wait",
                 inv.kubernetes.namespace
@@ -281,7 +286,7 @@ pub async fn plan(inv: &Inventory) -> Plan {
     for (name, n) in replicas {
         push(
             &mut actions,
-            "8",
+            &START_MIRRORMAKER.to_string(),
             format!("scale {}/{name} back", inv.kubernetes.namespace),
             "0".into(),
             n,
@@ -290,15 +295,15 @@ pub async fn plan(inv: &Inventory) -> Plan {
     for (source, current) in traffic {
         push(
             &mut actions,
-            "9",
-            format!("switch traffic back to zone B on {}", source.label()),
+            &SWITCH_BACK_TO_ZONE_B.to_string(),
+            format!("{} on {}", SWITCH_BACK_TO_ZONE_B.title, source.label()),
             "A=100 B=0".into(),
             current,
         );
     }
     let order: Vec<String> = actions
         .iter()
-        .filter(|a| a.step == "3" || a.step == "4")
+        .filter(|a| a.step == RESTART_MASTERS.to_string() || a.step == RESTART_TSERVERS.to_string())
         .filter_map(|a| {
             let rest = a.action.strip_prefix("restart ")?;
             let (what, _) = rest.split_once(" (")?;
