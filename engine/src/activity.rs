@@ -89,7 +89,7 @@ impl Context {
             run,
             step,
             attempt,
-            scheduled_at: Utc::now(),
+            scheduled_at: crate::clock::Clock::now(&crate::clock::SystemClock),
             heartbeat: Arc::new(Heartbeat::new()),
             cancelled: watch::channel(false).1,
         }

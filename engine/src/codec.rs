@@ -165,7 +165,13 @@ mod tests {
 
     #[test]
     fn flipped_bit_is_a_checksum_error() {
-        let (mut bytes, _) = encode(0, Utc::now(), &[0; 32], &sample()).unwrap();
+        let (mut bytes, _) = encode(
+            0,
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+            &[0; 32],
+            &sample(),
+        )
+        .unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         assert!(matches!(
@@ -176,14 +182,26 @@ mod tests {
 
     #[test]
     fn cut_record_is_truncated() {
-        let (bytes, _) = encode(0, Utc::now(), &[0; 32], &sample()).unwrap();
+        let (bytes, _) = encode(
+            0,
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+            &[0; 32],
+            &sample(),
+        )
+        .unwrap();
         let err = decode(RunId::new(), 0, &bytes[..bytes.len() - 3]).unwrap_err();
         assert!(matches!(err, Error::Truncated { .. }), "{err}");
     }
 
     #[test]
     fn unknown_version_is_named() {
-        let (mut bytes, _) = encode(0, Utc::now(), &[0; 32], &sample()).unwrap();
+        let (mut bytes, _) = encode(
+            0,
+            crate::clock::Clock::now(&crate::clock::SystemClock),
+            &[0; 32],
+            &sample(),
+        )
+        .unwrap();
         bytes[0] = 99;
         assert_eq!(
             decode(RunId::new(), 0, &bytes),
@@ -193,7 +211,7 @@ mod tests {
 
     #[test]
     fn same_body_different_seq_hashes_differently() {
-        let at = Utc::now();
+        let at = crate::clock::Clock::now(&crate::clock::SystemClock);
         let (b1, h1) = encode(1, at, &[0; 32], &sample()).unwrap();
         let (b2, h2) = encode(2, at, &[0; 32], &sample()).unwrap();
         assert_eq!(b1, b2, "the body does not carry the sequence number");

@@ -487,16 +487,40 @@ impl RunState {
     }
 
     /// Folds one more event.
-    #[allow(clippy::too_many_lines)]
     pub fn apply(&mut self, record: &Record) -> Result<(), Error> {
-        let invalid = |detail: String| Error::InvalidHistory {
-            run: record.run,
-            seq: record.seq,
-            detail,
-        };
+        self.fold(record.run, record.seq, record.at, &record.event)
+    }
+
+    /// Folds an event the core has just decided, before the log has stored it (the driver
+    /// decides the next request on everything decided so far); `at` is the driver's clock. Its
+    /// record, once durable, is passed to [`Self::confirm`].
+    pub fn apply_decided(&mut self, at: DateTime<Utc>, event: &Event) -> Result<(), Error> {
+        self.fold(self.run, self.events, at, event)
+    }
+
+    /// A record of an event folded earlier by [`Self::apply_decided`] is durable: the times
+    /// become the log's (a step's `scheduled_at` is the one a resumed run will read).
+    pub fn confirm(&mut self, record: &Record) {
+        self.updated_at = self.updated_at.max(record.at);
+        if let Event::StepScheduled { step, .. } = &record.event {
+            if let Some(s) = self.steps.get_mut(step) {
+                s.scheduled_at = record.at;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_lines)]
+    fn fold(
+        &mut self,
+        run: RunId,
+        seq: u64,
+        at: DateTime<Utc>,
+        event: &Event,
+    ) -> Result<(), Error> {
+        let invalid = |detail: String| Error::InvalidHistory { run, seq, detail };
         self.events += 1;
-        self.updated_at = record.at;
-        match &record.event {
+        self.updated_at = at;
+        match event {
             Event::RunStarted { .. } => return Err(invalid("a second RunStarted".into())),
             Event::StepScheduled {
                 step,
@@ -527,7 +551,7 @@ impl RunState {
                         label: label.clone(),
                         input: input.clone(),
                         compensation: compensation.clone(),
-                        scheduled_at: record.at,
+                        scheduled_at: at,
                         attempts_started: 0,
                         failures: 0,
                         open_attempt: None,

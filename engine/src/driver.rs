@@ -8,6 +8,7 @@
 //! order, only once durable; a step with a recorded result is never called again.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,7 +79,13 @@ pub(crate) enum Fatal {
 pub(crate) struct RunShared {
     pub(crate) run: RunId,
     services: Arc<Services>,
+    /// Everything decided so far, durable or not: the core decides each request on it. Lock
+    /// order: `state`, then `pending`.
     pub(crate) state: Mutex<RunState>,
+    /// Events decided (and folded into `state`) but not sent to the log yet: they go with the
+    /// next append that must be durable (the one that starts an attempt, waits, or ends the run),
+    /// or when the workflow code waits without asking for anything.
+    pending: Mutex<Vec<Event>>,
     pub(crate) next_position: AtomicU32,
     pub(crate) fatal: Mutex<Option<Fatal>>,
     changed: watch::Sender<u64>,
@@ -161,6 +168,7 @@ impl RunShared {
             services,
             cancel: watch::channel(state.cancel_requested.is_some()).0,
             state: Mutex::new(state),
+            pending: Mutex::new(Vec::new()),
             next_position: AtomicU32::new(0),
             fatal: Mutex::new(None),
             changed: watch::channel(0).0,
@@ -210,26 +218,70 @@ impl RunShared {
         self.services.clock.now()
     }
 
-    /// Appends durably, folds into the state, wakes waiters, publishes to followers. Records are
-    /// folded and published in sequence order, whatever order the appends' tasks wake in; the
-    /// delivery runs in its own task, so a caller dropped mid-append (a `join` that dropped a
-    /// sibling) cannot leave a hole that would stall the run's later records.
-    pub(crate) async fn append(
-        self: &Arc<Self>,
-        events: Vec<Event>,
-    ) -> Result<Vec<Record>, workflow::Error> {
+    /// Replay only: what the code would record next ends the replay.
+    fn replay_end(&self, events: &[Event]) -> workflow::Error {
+        let what = events.first().map_or("nothing", Event::kind);
+        self.set_fatal(Fatal::ReplayEnd(describe_events(events)));
+        workflow::Error::Engine(format!(
+            "replay reached the end of the recorded history (the code would now record {what})"
+        ))
+    }
+
+    /// Folds decided events into the state (under its lock) and queues them as pending.
+    fn decided(&self, st: &mut RunState, events: Vec<Event>) -> Result<(), workflow::Error> {
+        let at = self.now();
+        for e in &events {
+            if let Err(err) = st.apply_decided(at, e) {
+                let msg = err.to_string();
+                self.set_fatal(Fatal::Engine(msg.clone()));
+                return Err(workflow::Error::Engine(msg));
+            }
+        }
+        self.pending.lock().expect("pending lock").extend(events);
+        Ok(())
+    }
+
+    /// Wakes whoever waits for the run's state to change (and its activities, on a cancel).
+    fn notify(&self) {
+        if self.cancel_reason().is_some() {
+            self.cancel.send_replace(true);
+        }
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    /// Decides events without making them durable yet: folded now, sent to the log with the
+    /// next append. For what does not leave the process (a step's result the code goes on with,
+    /// a recorded value, a consumed signal): a crash before the flush that covers them loses
+    /// them with everything decided after them, and nothing of that was seen outside.
+    fn buffer(&self, events: Vec<Event>) -> Result<(), workflow::Error> {
+        if events.is_empty() {
+            return Ok(());
+        }
         if self.replay_only {
-            let what = events.first().map_or("nothing", Event::kind);
-            let msg = format!(
-                "replay reached the end of the recorded history (the code would now record {what})"
-            );
-            self.set_fatal(Fatal::ReplayEnd(describe_events(&events)));
-            return Err(workflow::Error::Engine(msg));
+            return Err(self.replay_end(&events));
+        }
+        {
+            let mut st = self.state.lock().expect("state lock");
+            self.decided(&mut st, events)?;
+        }
+        self.notify();
+        Ok(())
+    }
+
+    /// Sends everything pending to the log (one append: one group commit). Called with the state
+    /// lock held, so that appends reach the writer in the order they were decided.
+    fn submit(
+        self: &Arc<Self>,
+        _st: &RunState,
+    ) -> Option<tokio::task::JoinHandle<Result<Vec<Record>, String>>> {
+        let events = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        if events.is_empty() {
+            return None;
         }
         let written = self.services.log.append(self.run, events);
         self.appends_in_flight.send_modify(|n| *n += 1);
         let me = self.clone();
-        let delivered = tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let result = match written.await {
                 Ok(records) => me.deliver(&records).map(|()| records),
                 Err(e) => {
@@ -237,6 +289,9 @@ impl RunShared {
                     Err(e.to_string())
                 }
             };
+            if let Err(msg) = &result {
+                me.set_fatal(Fatal::Engine(msg.clone()));
+            }
             let mut last = false;
             me.appends_in_flight.send_modify(|n| {
                 *n -= 1;
@@ -246,9 +301,46 @@ impl RunShared {
                 me.fill_gap();
             }
             result
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the append task of run {} failed: {e}", self.run)));
+        }))
+    }
+
+    /// Sends what is pending without waiting for it: the workflow code waits for something else
+    /// (a sibling step in flight), so nothing it decided should wait in memory.
+    fn flush_in_background(self: &Arc<Self>) {
+        if self.replay_only {
+            return;
+        }
+        let st = self.state.lock().expect("state lock");
+        drop(self.submit(&st));
+    }
+
+    /// Appends durably (with everything pending before them), folds into the state, wakes
+    /// waiters; the records reach the followers once durable. Records are delivered in sequence
+    /// order, whatever order the appends' tasks wake in; the delivery runs in its own task, so a
+    /// caller dropped mid-append (a `join` that dropped a sibling) cannot leave a hole that would
+    /// stall the run's later records.
+    pub(crate) async fn append(
+        self: &Arc<Self>,
+        events: Vec<Event>,
+    ) -> Result<Vec<Record>, workflow::Error> {
+        if self.replay_only {
+            if events.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(self.replay_end(&events));
+        }
+        let handle = {
+            let mut st = self.state.lock().expect("state lock");
+            self.decided(&mut st, events)?;
+            self.submit(&st)
+        };
+        self.notify();
+        let Some(handle) = handle else {
+            return Ok(Vec::new());
+        };
+        let delivered = handle
+            .await
+            .unwrap_or_else(|e| Err(format!("the append task of run {} failed: {e}", self.run)));
         let records = match delivered {
             Ok(r) => r,
             Err(msg) => {
@@ -294,18 +386,21 @@ impl RunShared {
         if ready.is_empty() {
             return Ok(());
         }
-        let cancel = {
+        {
+            // Our own events were folded when decided; a record beyond them was appended to the
+            // log by someone else (not through this driver) and is folded now.
             let mut st = self.state.lock().expect("state lock");
             for r in &ready {
-                if let Err(e) = st.apply(r) {
+                if r.seq < st.events {
+                    st.confirm(r);
+                } else if let Err(e) = st.apply(r) {
                     drop(st);
                     self.folded.send_modify(|(_, broken)| *broken = true);
                     return Err(e.to_string());
                 }
             }
-            st.cancel_requested.is_some()
-        };
-        if cancel {
+        }
+        if self.cancel_reason().is_some() {
             self.cancel.send_replace(true);
         }
         if let Some(tx) = &*self.records.lock().expect("records lock") {
@@ -396,7 +491,13 @@ impl RunShared {
                 "replay reached the end of the recorded history".into(),
             ));
         }
-        if !events.is_empty() {
+        if matches!(then, Action::Answer(_)) {
+            // The code goes on with the answer at once: the events go with the next append that
+            // must be durable (one flush per step: a step's result shares the next step's).
+            self.buffer(events)?;
+        } else {
+            // Starting an attempt, waiting, compensating or ending: durable first, with
+            // everything pending.
             self.append(events).await?;
         }
         Ok(match then {
@@ -786,7 +887,17 @@ pub(crate) async fn drive(s: Arc<RunShared>, wf: Option<Arc<dyn DynWorkflow>>) -
             };
             let input = s.decide(|st| st.input.clone());
             let ctx = WorkflowContext::new(s.clone());
-            let result = match call_catching_panics(wf, ctx, input).await {
+            let mut code = std::pin::pin!(call_catching_panics(wf, ctx, input));
+            // Whenever the code waits for something other than an append of its own (a sibling
+            // step in flight), what it decided so far goes to the log.
+            let code = futures::future::poll_fn(|cx| {
+                let polled = code.as_mut().poll(cx);
+                if polled.is_pending() {
+                    s.flush_in_background();
+                }
+                polled
+            });
+            let result = match code.await {
                 Ok(r) => r,
                 Err(message) => {
                     s.set_fatal(Fatal::Suspend(SuspendReason::WorkflowPanicked { message }));
@@ -845,5 +956,97 @@ async fn compensate(s: &Arc<RunShared>) -> RunOutcome {
     match conclude(s, &RunState::on_compensations_done).await {
         Ok(_) => outcome_now(s),
         Err(stopped) => stopped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    use futures::future::BoxFuture;
+
+    use crate::event::{Event, Payload, Record, RunId};
+    use crate::log::{self, EventLog, SharedLog};
+    use crate::workflow::{self, Workflow};
+    use crate::{Engine, RunOutcome, WorkflowContext};
+
+    struct Counting {
+        inner: SharedLog,
+        appends: Arc<AtomicU64>,
+    }
+
+    impl EventLog for Counting {
+        fn append(
+            &self,
+            run: RunId,
+            events: Vec<Event>,
+        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            self.inner.append(run, events)
+        }
+        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
+            self.inner.read(run)
+        }
+        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.open_runs()
+        }
+        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.runs()
+        }
+    }
+
+    struct Steps;
+
+    impl Workflow for Steps {
+        const NAME: &'static str = "steps";
+        const VERSION: u32 = 1;
+        type Input = u32;
+        type Output = u32;
+        async fn run(&self, ctx: WorkflowContext, n: u32) -> Result<u32, workflow::Error> {
+            for i in 0..n {
+                let _: u32 = ctx.step("noop", &i).await?;
+            }
+            Ok(n)
+        }
+    }
+
+    /// Issue 10: a step's result shares its flush with the next step's scheduling: a run of `n`
+    /// steps makes `n + 2` appends (`RunStarted`; each step's start carrying the previous step's
+    /// result; `RunCompleted` with the last result), where two flushes per step made `2n + 2`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_append_per_step_and_every_event_in_order() {
+        let appends = Arc::new(AtomicU64::new(0));
+        let memory: SharedLog = crate::memory_log();
+        let log: SharedLog = Arc::new(Counting {
+            inner: memory.clone(),
+            appends: appends.clone(),
+        });
+        let engine = Engine::builder(log)
+            .workflow(Steps)
+            .activity_fn("noop", |_, input| async move { Ok(input) })
+            .build();
+        let run = engine.start::<Steps>(&50, "t").await.unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait(run))
+            .await
+            .expect("the run finishes")
+            .unwrap();
+        assert_eq!(out, RunOutcome::Completed(Payload("50".into())));
+        assert_eq!(appends.load(Ordering::SeqCst), 52);
+        let kinds: Vec<&str> = memory
+            .read(run)
+            .unwrap()
+            .iter()
+            .map(|r| r.event.kind())
+            .collect();
+        assert_eq!(kinds.len(), 2 + 3 * 50);
+        for (i, w) in kinds[1..151].chunks(3).enumerate() {
+            assert_eq!(
+                w,
+                ["StepScheduled", "AttemptStarted", "StepCompleted"],
+                "step {i}"
+            );
+        }
+        assert_eq!(kinds.last(), Some(&"RunCompleted"));
     }
 }

@@ -143,6 +143,8 @@ impl EngineBuilder {
 
     /// The engine.
     pub fn build(self) -> Engine {
+        // The log stamps its records with the engine's clock.
+        self.log.use_clock(self.clock.clone());
         Engine {
             inner: Arc::new(Inner {
                 services: Arc::new(Services {

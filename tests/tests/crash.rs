@@ -15,8 +15,10 @@ use waymark_tests::{crash_effects_per_run, CrashInput, EffectSink, SplitMix};
 use crate::util::{crash_child, temp_dir};
 
 const RUNS: usize = 2;
+/// Six steps per run: since a step's result shares its append with the next step's start (one
+/// flush per step), two steps made only 18 append boundaries and four 26; six make 30 and more.
 const INPUT: CrashInput = CrashInput {
-    steps: 2,
+    steps: 6,
     work_ms: 3,
     sleep_ms: 20,
 };

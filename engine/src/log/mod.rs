@@ -13,13 +13,14 @@ pub mod sled;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::thread;
 
 use chrono::{SubsecRound, Utc};
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
+use crate::clock::{SharedClock, SystemClock};
 use crate::codec;
 use crate::event::{Event, Record, RunId};
 
@@ -101,6 +102,13 @@ pub trait EventLog: Send + Sync + 'static {
     fn damage(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The clock that stamps records from now on (the engine's: `EngineBuilder::build` passes
+    /// its clock in, so a test on paused time gets paused timestamps). A log that stamps nothing
+    /// ignores it.
+    fn use_clock(&self, clock: SharedClock) {
+        let _ = clock;
+    }
 }
 
 /// What a backend must apply atomically and durably.
@@ -148,22 +156,27 @@ struct AppendRequest {
 /// The event log over a backend, with its group-commit writer thread.
 pub struct Log<B: Backend> {
     backend: B,
+    clock: Arc<RwLock<SharedClock>>,
     tx: mpsc::Sender<AppendRequest>,
     in_flight: Arc<AtomicUsize>,
     writer: Option<thread::JoinHandle<()>>,
 }
 
 impl<B: Backend> Log<B> {
-    /// Starts the writer thread over `backend`.
+    /// Starts the writer thread over `backend`; records are stamped by the system clock until
+    /// [`EventLog::use_clock`] says otherwise.
     pub fn new(backend: B) -> Self {
         let (tx, rx) = mpsc::channel();
         let writer_backend = backend.clone();
+        let clock: Arc<RwLock<SharedClock>> = Arc::new(RwLock::new(Arc::new(SystemClock)));
+        let writer_clock = clock.clone();
         let writer = thread::Builder::new()
             .name("waymark-log-writer".into())
-            .spawn(move || writer_loop(&writer_backend, &rx))
+            .spawn(move || writer_loop(&writer_backend, &writer_clock, &rx))
             .expect("spawn the log writer thread");
         Log {
             backend,
+            clock,
             tx,
             in_flight: Arc::new(AtomicUsize::new(0)),
             writer: Some(writer),
@@ -238,6 +251,10 @@ impl<B: Backend> EventLog for Log<B> {
 
     fn damage(&self) -> Vec<String> {
         self.backend.damage()
+    }
+
+    fn use_clock(&self, clock: SharedClock) {
+        *self.clock.write().expect("log clock lock") = clock;
     }
 }
 
@@ -347,7 +364,11 @@ const SPIN_TRIES: u32 = 20_000;
 /// Largest number of append requests committed with one flush.
 const MAX_BATCH: usize = 8192;
 
-fn writer_loop<B: Backend>(backend: &B, rx: &mpsc::Receiver<AppendRequest>) {
+fn writer_loop<B: Backend>(
+    backend: &B,
+    clock: &RwLock<SharedClock>,
+    rx: &mpsc::Receiver<AppendRequest>,
+) {
     let mut tails: HashMap<RunId, Tail> = HashMap::new();
     while let Some(first) = next_request(rx) {
         let mut requests = vec![first];
@@ -358,7 +379,7 @@ fn writer_loop<B: Backend>(backend: &B, rx: &mpsc::Receiver<AppendRequest>) {
             }
         }
         // Stored with millisecond precision; the records handed back carry the same value.
-        let now = Utc::now().trunc_subsecs(3);
+        let now = clock.read().expect("log clock lock").now().trunc_subsecs(3);
         let mut batch = WriteBatch::default();
         let mut replies: Vec<(Ack, Result<Vec<Record>, Error>)> =
             Vec::with_capacity(requests.len());
