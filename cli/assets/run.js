@@ -56,6 +56,11 @@
       } else if (kind === "TimerFired") {
         const w = waits.get(e.position);
         if (w) w.end = at;
+      } else if (kind === "SignalConsumed") {
+        // A wait that raced this signal (an approval with a timeout) ended with it.
+        for (const w of waits.values()) {
+          if (!w.end && w.start <= at) { w.end = at; w.endedBy = e.name; }
+        }
       } else if (kind === "SignalReceived") {
         let reason = "";
         try { reason = JSON.parse(e.payload); } catch (_) { reason = e.payload; }
@@ -79,6 +84,83 @@
     return b;
   }
 
+  // The runbook's steps: sub-steps whose labels start with "N." are grouped under step N (the
+  // group open while it runs or failed); other steps stand alone. Waits, signals and the run's
+  // turning points are placed among them by time.
+  function groupsOf(steps) {
+    const groups = [];
+    const byKey = new Map();
+    for (const s of steps) {
+      const n = s.compensation ? null : (s.label.match(/^(\d+)\.\s/) || [])[1];
+      const key = n ? "step " + n : "single " + s.key;
+      let g = byKey.get(key);
+      if (!g) {
+        g = { key, number: n, steps: [] };
+        byKey.set(key, g);
+        groups.push(g);
+      }
+      g.steps.push(s);
+    }
+    return groups;
+  }
+
+  function stepRow(s, t0, span, now) {
+    const cls = s.compensation ? "b-comp" : s.status === "completed" ? "b-done" : s.status === "failed" ? "b-fail" : "b-run";
+    const track = el("div", { class: "track" }, bar(cls, s.start, s.end || now, t0, span, s.activity));
+    for (const a of s.attempts.filter((x) => x.error)) {
+      const tick = el("span", { class: "tick", title: "attempt " + a.n + ": " + a.error });
+      tick.style.left = pct(a.end || a.start, t0, span) + "%";
+      track.append(tick);
+    }
+    const took = ((s.end || now) - s.start) / 1000;
+    const details = [el("span", { class: "muted", text: (s.end ? "" : "running · ") + waymark.duration(took) + (s.attempts.length > 1 ? " · " + s.attempts.length + " attempts" : "") })];
+    const failed = s.attempts.filter((a) => a.error);
+    const errs = failed.length ? el("ul", { class: "errors" }, ...failed.map((a) =>
+      el("li", {}, "attempt " + a.n + (a.next ? " (retried)" : "") + ": ", el("span", { class: "err", text: a.error })))) : null;
+    if (s.error && !failed.some((a) => a.error === s.error)) details.push(el("div", { class: "err", text: s.error }));
+    return el("div", { class: "row" + (s.compensation ? " comp" : "") + " st-" + s.status, "data-step": s.key },
+      el("div", { class: "name" }, el("span", { class: "step-label", text: (s.compensation ? "↩ " : "") + s.label }), el("br"), ...details, errs),
+      track);
+  }
+
+  function waitRow(w, t0, span, now) {
+    const end = w.end || Math.min(now, w.fireAt);
+    const finished = ended || (summary && summary.finished);
+    const what = w.endedBy
+      ? "waited for " + w.endedBy + " (until " + new Date(w.fireAt).toLocaleTimeString() + " at most)"
+      : "wait until " + new Date(w.fireAt).toLocaleTimeString();
+    const left = w.end || finished ? " · " + waymark.duration((end - w.start) / 1000)
+      : " · " + waymark.duration(Math.max(0, (w.fireAt - Date.now()) / 1000)) + " left";
+    return el("div", { class: "row wait" },
+      el("div", { class: "name" }, el("span", { text: what + left })),
+      el("div", { class: "track" }, bar("b-wait", w.start, end, t0, span, "timer")));
+  }
+
+  const openGroups = new Map(); // the operator's choice, kept across renders
+  function groupNode(g, t0, span, now) {
+    if (g.steps.length === 1) return stepRow(g.steps[0], t0, span, now);
+    const start = Math.min(...g.steps.map((s) => s.start));
+    const done = g.steps.every((s) => s.end) && (g.waits || []).every((w) => w.end);
+    const end = done ? Math.max(...g.steps.map((s) => s.end), ...(g.waits || []).map((w) => w.end)) : now;
+    const failed = g.steps.some((s) => s.status === "failed");
+    const retries = g.steps.reduce((n, s) => n + Math.max(0, s.attempts.length - 1), 0);
+    const cls = failed ? "b-fail" : done ? "b-done" : "b-run";
+    const waits = (g.waits || []).length;
+    const title = "Step " + g.number + " · " + g.steps.length + " sub-steps" + (waits ? " · " + waits + " waits" : "") + (retries ? " · " + retries + " retries" : "");
+    const summaryRow = el("summary", { class: "row group-row" },
+      el("div", { class: "name" }, el("strong", { text: title }), el("br"),
+        el("span", { class: "muted", text: (done ? "" : "running · ") + waymark.duration((end - start) / 1000) + " · " + g.steps[g.steps.length - 1].label })),
+      el("div", { class: "track" }, bar(cls, start, end, t0, span, title)));
+    const rows = g.steps.map((s) => ({ at: s.start, node: stepRow(s, t0, span, now) }))
+      .concat((g.waits || []).map((w) => ({ at: w.start, node: waitRow(w, t0, span, now) })))
+      .sort((a, b) => a.at - b.at);
+    const d = el("details", { class: "group", "data-group": g.key }, summaryRow, ...rows.map((r) => r.node));
+    d.open = openGroups.has(g.key) ? openGroups.get(g.key) : (!done || failed);
+    // Only the operator's clicks are remembered (setting `open` above fires "toggle" too).
+    summaryRow.addEventListener("click", () => openGroups.set(g.key, !d.open));
+    return d;
+  }
+
   function renderTimeline(m) {
     const box = $("timeline");
     if (!m.rows.length) { box.replaceChildren(el("p", { class: "muted", text: "no events yet" })); return; }
@@ -86,51 +168,37 @@
     const last = Date.parse(m.rows[m.rows.length - 1].at);
     const now = ended || (summary && summary.finished) ? last : Math.max(last, Date.now());
     const span = Math.max(1000, now - t0);
-    const out = [];
-    for (const s of m.steps) {
-      const cls = s.compensation ? "b-comp" : s.status === "completed" ? "b-done" : s.status === "failed" ? "b-fail" : "b-run";
-      const track = el("div", { class: "track" }, bar(cls, s.start, s.end || now, t0, span, s.activity));
-      for (const a of s.attempts.filter((x) => x.error)) {
-        const tick = el("span", { class: "tick", title: "attempt " + a.n + ": " + a.error });
-        tick.style.left = pct(a.end || a.start, t0, span) + "%";
-        track.append(tick);
-      }
-      const details = [];
-      const took = ((s.end || now) - s.start) / 1000;
-      details.push(el("span", { class: "muted", text: (s.end ? "" : "running · ") + waymark.duration(took) + (s.attempts.length > 1 ? " · " + s.attempts.length + " attempts" : "") }));
-      const failed = s.attempts.filter((a) => a.error);
-      const errs = failed.length ? el("ul", { class: "errors" }, ...failed.map((a) =>
-        el("li", {}, "attempt " + a.n + (a.next ? " (retried)" : "") + ": ", el("span", { class: "err", text: a.error })))) : null;
-      if (s.error && !failed.some((a) => a.error === s.error)) details.push(el("div", { class: "err", text: s.error }));
-      out.push(el("div", { class: "row" + (s.compensation ? " comp" : "") + " st-" + s.status, "data-step": s.key },
-        el("div", { class: "name" }, el("span", { class: "step-label", text: (s.compensation ? "↩ " : "") + s.label }), el("br"), ...details, errs),
-        track));
-    }
+    const items = [];
+    const groups = groupsOf(m.steps);
+    // A timer belongs to the step group that was going on when it started (a settle wait).
     for (const w of m.waits) {
-      const end = w.end || Math.min(now, w.fireAt);
-      const left = w.end ? "" : " · " + waymark.duration(Math.max(0, (w.fireAt - Date.now()) / 1000)) + " left";
-      out.push(el("div", { class: "row wait" },
-        el("div", { class: "name" }, el("span", { text: "wait until " + new Date(w.fireAt).toLocaleTimeString() + left })),
-        el("div", { class: "track" }, bar("b-wait", w.start, end, t0, span, "timer"))));
+      const before = m.steps.filter((st) => st.start <= w.start).pop();
+      const g = before && groups.find((x) => x.number && x.steps.includes(before));
+      if (g) (g.waits = g.waits || []).push(w);
+      else items.push({ at: w.start, node: waitRow(w, t0, span, now) });
+    }
+    for (const g of groups) {
+      items.push({ at: Math.min(...g.steps.map((st) => st.start)), node: groupNode(g, t0, span, now) });
     }
     for (const s of m.signals) {
       const track = el("div", { class: "track" });
       const mark = el("span", { class: "signal-mark", title: s.name + " by " + s.by });
       mark.style.left = pct(s.at, t0, span) + "%";
       track.append(mark);
-      out.push(el("div", { class: "row signal", "data-signal": s.name },
+      items.push({ at: s.at, node: el("div", { class: "row signal", "data-signal": s.name },
         el("div", { class: "name" }, el("strong", { text: s.name }), " by ", el("span", { class: "by", text: s.by }),
           s.reason ? el("div", { class: "muted", text: "“" + s.reason + "”" }) : null),
-        track));
+        track) });
     }
     for (const k of m.marks) {
       const track = el("div", { class: "track" });
       const mark = el("span", { class: "signal-mark " + k.cls });
       mark.style.left = pct(k.at, t0, span) + "%";
       track.append(mark);
-      out.push(el("div", { class: "row mark" }, el("div", { class: "name", text: k.text }), track));
+      items.push({ at: k.at, node: el("div", { class: "row mark" }, el("div", { class: "name", text: k.text }), track) });
     }
-    box.replaceChildren(...out);
+    items.sort((a, b) => a.at - b.at);
+    box.replaceChildren(...items.map((i) => i.node));
   }
 
   function renderCurrent(m) {
@@ -177,8 +245,8 @@
     const box = $("sequence");
     if (!parts.length) { box.replaceChildren(el("p", { class: "muted", text: "nothing yet" })); return; }
     const colW = 190, rowH = 26, top = 44;
-    const x = (id) => 95 + Math.max(0, parts.findIndex((p) => p.id === id)) * colW;
-    const width = 95 * 2 + (parts.length - 1) * colW;
+    const x = (id) => 170 + Math.max(0, parts.findIndex((p) => p.id === id)) * colW;
+    const width = 170 * 2 + (parts.length - 1) * colW;
     const height = top + lines.length * rowH + 20;
     const svg = document.createElementNS(NS, "svg");
     svg.setAttribute("viewBox", "0 0 " + width + " " + height);
@@ -210,8 +278,9 @@
       const y = top + i * rowH + 14;
       const short = (t) => (t.length > 46 ? t.slice(0, 45) + "…" : t);
       if (l.note) {
-        add("rect", { x: x(l.at) - 90, y: y - 13, width: 180, height: 19, rx: 3, class: "seq-note" });
-        add("text", { x: x(l.at) + 4, y: y, "text-anchor": "start", class: "seq-note-text" }, short(l.text)).append(
+        const w = Math.max(150, short(l.text).length * 6.6 + 16);
+        add("rect", { x: x(l.at) - w / 2, y: y - 13, width: w, height: 19, rx: 3, class: "seq-note" });
+        add("text", { x: x(l.at), y: y, "text-anchor": "middle", class: "seq-note-text" }, short(l.text)).append(
           Object.assign(document.createElementNS(NS, "title"), { textContent: l.text }));
         return;
       }
@@ -236,10 +305,13 @@
     $("run-cluster").textContent = s.cluster || "–";
     $("run-operator").textContent = s.started_by;
     $("run-started").textContent = waymark.time(s.started_at);
-    $("run-duration").textContent = waymark.duration(s.duration_s);
     $("run-reason").hidden = !s.reason;
     $("run-reason").textContent = s.reason || "";
-    $("outcome").textContent = s.finished ? (s.state + (s.outcome ? ": " + s.outcome : "")) : (ended ? ended.outcome : "not finished");
+    $("outcome").textContent = s.finished ? s.state : "not finished";
+    let detail = s.finished ? (s.outcome || "") : "";
+    try { detail = JSON.stringify(JSON.parse(detail), null, 2); } catch (_) { /* plain text */ }
+    $("outcome-detail").hidden = !detail;
+    $("outcome-detail").textContent = detail;
     $("outcome-card").className = "card outcome-" + (s.finished ? s.state : "open");
     $("input").textContent = JSON.stringify(s.input, null, 2);
     renderSequence(s.mermaid);
@@ -247,6 +319,11 @@
   }
 
   function render() {
+    if (summary) {
+      const open = !ended && !summary.finished;
+      const took = open ? (Date.now() - Date.parse(summary.started_at)) / 1000 : summary.duration_s;
+      $("run-duration").textContent = waymark.duration(took);
+    }
     const m = fold();
     renderTimeline(m);
     renderCurrent(m);
@@ -284,7 +361,7 @@
         render();
       } else if (line.type === "end") {
         ended = { outcome: line.outcome, code: line.code };
-        $("live-status").textContent = "ended: " + line.outcome;
+        $("live-status").textContent = line.code === 0 ? "ended" : "ended (exit status " + line.code + ")";
         source.close();
         loadSummary();
       }

@@ -1,4 +1,4 @@
-//! The web UI (`waymark daemon --http`), in a real browser (headless chromium over WebDriver,
+//! The web UI (`waymark daemon --http`), in a real browser (headless chromium over `WebDriver`,
 //! `fixtures/browser.rs`) and over raw HTTP: the one-time login URL, the run list, a run page
 //! following its run live, approving from the page, and the refusals (no session: 401 for every
 //! page and API call; a cross-site POST: 403). The daemon runs in-process with a test engine
@@ -244,7 +244,16 @@ fn csrf_of(addr: SocketAddr, cookie: &str) -> String {
 }
 
 /// Polls an async probe every 100 ms until it returns something (failing after [`LIMIT`]).
-async fn until<T, F, Fut>(what: &str, mut probe: F) -> T
+async fn until<T, F, Fut>(what: &str, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    until_within(LIMIT, what, probe).await
+}
+
+/// [`until`] with its own safety net (a whole maintenance run takes minutes).
+async fn until_within<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -254,7 +263,7 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(start.elapsed() < LIMIT, "gave up waiting for {what}");
+        assert!(start.elapsed() < limit, "gave up waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -273,7 +282,7 @@ fn artifact(name: &str) -> std::path::PathBuf {
 async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
     let d = WebDaemon::start();
     let run = d.start_run();
-    let browser = Browser::start(1280, 900).await;
+    let browser = Browser::start(1280, 1500).await;
     let c = &browser.client;
 
     // The login URL sets the cookie and drops the token from the address bar.
@@ -645,4 +654,176 @@ fn the_web_ui_binds_loopback_unless_allowed_otherwise() {
         err.contains("--http-allow-remote") && err.contains("SSH tunnel"),
         "{err}"
     );
+}
+
+/// `waymark daemon --http 127.0.0.1:0` prints the login URL (with the port it bound) on stdout,
+/// and that URL logs a browser in once.
+#[test]
+fn the_daemon_binary_prints_a_login_url_that_works_once() {
+    use std::io::BufRead as _;
+    let dir = temp_dir();
+    let mut child = crate::util::waymark(&dir.path().join("data"))
+        .args(["daemon", "--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn waymark daemon");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line.trim().to_owned();
+    let addr: SocketAddr = url
+        .strip_prefix("http://")
+        .and_then(|r| r.split_once("/?token="))
+        .map(|(a, _)| a.parse().unwrap())
+        .unwrap_or_else(|| panic!("the daemon's first stdout line is its login URL: {line:?}"));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{url}");
+    let cookie = login(addr, &url);
+    let (code, _, _) = http(addr, "GET", "/web/api/runs", &[("Cookie", &cookie)], "");
+    assert_eq!(code, 200);
+    let path = url.split_once(&addr.to_string()).unwrap().1;
+    let (code, _, _) = http(addr, "GET", path, &[], "");
+    assert_eq!(code, 401, "the login URL works once");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The daemon process on `data` serving the web UI on a free loopback port; its login URL.
+fn daemon_with_web(data: &std::path::Path) -> (crate::fixtures::daemon::DaemonProcess, String) {
+    use std::io::BufRead as _;
+    let mut child = crate::util::waymark(data)
+        .args(["daemon", "--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn waymark daemon");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("http://127.0.0.1:"),
+        "the daemon's first stdout line is its login URL: {line:?}"
+    );
+    (
+        crate::fixtures::daemon::DaemonProcess { child },
+        line.trim().to_owned(),
+    )
+}
+
+/// The real runbook against the sandbox: the page shows the run waiting for its approval, the
+/// operator approves it there, and the current step moves on through the runbook without a
+/// reload until the run completes. Its screenshot is the README's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
+    let dir = temp_dir();
+    let sb = crate::util::SandboxProcess::start(&dir.path().join("estate"), 10);
+    let inventory = sb.dir.join("inventory.toml");
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    assert!(text.contains("require_approval = false"), "{text}");
+    std::fs::write(
+        &inventory,
+        text.replace("require_approval = false", "require_approval = true"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (_daemon, url) = daemon_with_web(&data);
+    let out = crate::util::waymark(&data)
+        .args(["start", "yb-maintenance", "--detach", "--inventory"])
+        .arg(&inventory)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let run = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+
+    let browser = Browser::start(1280, 2200).await;
+    let c = &browser.client;
+    c.goto(&url).await.unwrap();
+    let row = format!("tr[data-run='{run}'] a.run-link");
+    until("the run in the list", || async {
+        c.find(Locator::Css(&row)).await.ok()
+    })
+    .await
+    .click()
+    .await
+    .unwrap();
+    until_within(
+        Duration::from_secs(300),
+        "the run waiting for its approval",
+        || async {
+            let wait = text_of(c, "#timeline").await?;
+            let now = text_of(c, "#current-step .label").await?;
+            (wait.contains("wait until") && now.starts_with("waiting")).then_some(())
+        },
+    )
+    .await;
+    c.execute("window.__sameDocument = true", vec![])
+        .await
+        .unwrap();
+    c.find(Locator::Css("button[data-signal='approve']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#reason"))
+        .await
+        .unwrap()
+        .send_keys("change window CHG-1234 approved")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#send-signal"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The current step changes as the runbook goes on, in the same document.
+    let first = until_within(
+        Duration::from_secs(300),
+        "a step of the runbook running",
+        || async {
+            text_of(c, "#current-step .label")
+                .await
+                .filter(|t| !t.starts_with("waiting") && t != "–" && t != "finished")
+        },
+    )
+    .await;
+    let second = until_within(Duration::from_secs(300), "the next step", || async {
+        text_of(c, "#current-step .label")
+            .await
+            .filter(|t| *t != first && !t.starts_with("waiting"))
+    })
+    .await;
+    assert_ne!(first, second);
+    let outcome = until_within(Duration::from_secs(900), "the run's outcome", || async {
+        text_of(c, "#outcome").await.filter(|t| t != "not finished")
+    })
+    .await;
+    assert!(outcome.starts_with("completed"), "{outcome}");
+    let same = c
+        .execute("return window.__sameDocument === true", vec![])
+        .await
+        .unwrap();
+    assert_eq!(same, serde_json::json!(true), "the page was reloaded");
+    let timeline = text_of(c, "#timeline").await.unwrap();
+    assert!(
+        timeline.contains("approve by") && timeline.contains("via web session 1"),
+        "{timeline}"
+    );
+    let sequence = text_of(c, "#sequence").await.unwrap();
+    for system in ["AWS ELBv2", "Kubernetes", "yb-master API"] {
+        assert!(
+            sequence.contains(system),
+            "{system} in the picture: {sequence}"
+        );
+    }
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(artifact("sandbox-run-page-1280.png"), png).unwrap();
+    // The README's picture: the top of the page (run, now, timeline).
+    c.set_window_size(1280, 1500).await.unwrap();
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(artifact("sandbox-run-page-readme.png"), png).unwrap();
+    browser.close().await;
 }
