@@ -96,11 +96,17 @@ pub enum Command {
         /// Print the run id and return at once.
         #[arg(long)]
         detach: bool,
+        /// One line per event instead of the live checklist (the default on a terminal).
+        #[arg(long)]
+        events: bool,
     },
     /// Show a run's history so far, then follow it live (through the daemon).
     Attach {
         /// Run id (a unique prefix is enough).
         run: String,
+        /// One line per event instead of the live checklist (the default on a terminal).
+        #[arg(long)]
+        events: bool,
     },
     /// Scheduled maintenance (kept by the daemon).
     Schedule {
@@ -115,11 +121,17 @@ pub enum Command {
         /// Inventory file describing the estate.
         #[arg(long, value_name = "FILE")]
         inventory: PathBuf,
+        /// One line per event instead of the live checklist (the default on a terminal).
+        #[arg(long)]
+        events: bool,
     },
     /// Continue runs left unfinished (all of them, or one), following them to the end.
     Resume {
         /// Run id (default: every unfinished run).
         run: Option<String>,
+        /// One line per event instead of the live checklist (the default on a terminal).
+        #[arg(long)]
+        events: bool,
     },
     /// Read the live estate and print every action a run would take; changes nothing.
     Plan {
@@ -146,6 +158,9 @@ pub enum Command {
         /// heartbeat timeout lasts 60 s); default 0.02 divided by --faster.
         #[arg(long, value_name = "F")]
         time_scale: Option<f64>,
+        /// One line per event instead of the live checklist (the default on a terminal).
+        #[arg(long)]
+        events: bool,
     },
     /// List runs.
     Ls {

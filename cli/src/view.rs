@@ -13,6 +13,8 @@ use waymark_engine::{RunId, RunOutcome};
 
 use crate::exit::ExitStatus;
 
+pub mod checklist;
+
 /// Step labels seen so far in a history (for lines about attempts and results).
 #[derive(Default)]
 pub struct Labels(BTreeMap<StepRef, String>);
@@ -106,8 +108,11 @@ pub fn line(
             )
         }
         Event::StepCompleted { step, output } => {
-            let out = output.0.chars().take(120).collect::<String>();
-            format!("{}: completed -> {out}", labels.get(*step))
+            format!(
+                "{}: completed -> {}",
+                labels.get(*step),
+                summarise(&output.0)
+            )
         }
         Event::StepFailed { step, error } => format!("{}: FAILED: {error}", labels.get(*step)),
         Event::TimerStarted { fire_at, .. } => {
@@ -141,15 +146,68 @@ pub fn line(
     format!("{} #{:<4} {what}", at.format("%H:%M:%S%.3f"), seq)
 }
 
+/// The longest step output an event line shows whole.
+const WHOLE_OUTPUT: usize = 160;
+
+/// A step's output (JSON text) for an event line: whole when short; else summarised, never cut
+/// in the middle of a value: an object shows its keys with their short scalar values (longer
+/// ones and nested values as their kind and size), an array its length, a long string its
+/// length. `waymark history RUN --output json` has every output whole.
+pub fn summarise(json: &str) -> String {
+    if json.chars().count() <= WHOLE_OUTPUT {
+        return json.to_owned();
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
+        return format!("<{} characters>", json.chars().count());
+    };
+    let brief = |v: &serde_json::Value| -> String {
+        match v {
+            serde_json::Value::Array(a) => format!("[{} items]", a.len()),
+            serde_json::Value::Object(o) => format!("{{{} keys}}", o.len()),
+            serde_json::Value::String(s) if s.chars().count() > 40 => {
+                format!("<text, {} characters>", s.chars().count())
+            }
+            other => other.to_string(),
+        }
+    };
+    match &value {
+        serde_json::Value::Object(o) => {
+            let mut parts = Vec::new();
+            let mut used = 0;
+            for (k, v) in o {
+                let part = format!("{k}: {}", brief(v));
+                if used + part.len() > WHOLE_OUTPUT && !parts.is_empty() {
+                    parts.push(format!("… {} more keys", o.len() - parts.len()));
+                    break;
+                }
+                used += part.len() + 2;
+                parts.push(part);
+            }
+            format!("{{{}}}", parts.join(", "))
+        }
+        other => brief(other),
+    }
+}
+
 /// The run summary for `show`.
 pub fn summary(state: &RunState, records: &[Record]) -> serde_json::Value {
     let mut steps = Vec::new();
     let mut started: BTreeMap<StepRef, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
     let mut ended: BTreeMap<StepRef, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    // Each step's runbook step (checklist group): the compensation's are those scheduled after
+    // the compensation started.
+    let titles = checklist::titles(&state.workflow);
+    let mut groups: BTreeMap<StepRef, usize> = BTreeMap::new();
+    let mut compensating = false;
     for r in records {
         match &r.event {
-            Event::StepScheduled { step, .. } => {
+            Event::CompensationStarted { .. } => compensating = true,
+            Event::StepScheduled { step, label, .. } => {
                 started.insert(*step, r.at);
+                groups.insert(
+                    *step,
+                    checklist::group_of(label, compensating, titles.len()),
+                );
             }
             Event::StepCompleted { step, .. } | Event::StepFailed { step, .. } => {
                 ended.insert(*step, r.at);
@@ -174,6 +232,7 @@ pub fn summary(state: &RunState, records: &[Record]) -> serde_json::Value {
         };
         steps.push(serde_json::json!({
             "step": step.to_string(),
+            "group": groups.get(step).and_then(|g| titles.get(*g)),
             "label": s.label,
             "activity": s.activity,
             "status": status,
@@ -205,6 +264,7 @@ pub fn summary(state: &RunState, records: &[Record]) -> serde_json::Value {
         "current_step": current,
         "outcome": outcome,
         "events": state.events,
+        "groups": titles,
         "steps": steps,
     })
 }

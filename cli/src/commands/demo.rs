@@ -13,7 +13,7 @@ use waymark_cli::paths::{open_log, operator};
 use waymark_cli::view::{outcome_line, outcome_status};
 
 use super::target::engine;
-use super::watch::follow;
+use super::watch::{follow, Display};
 
 /// The fault that makes runbook step `step` fail, and how long it lasts.
 fn fault_for_step(step: u8) -> Option<Fault> {
@@ -75,6 +75,7 @@ pub async fn demo(
     fail_at: Option<u8>,
     faster: u64,
     time_scale: Option<f64>,
+    display: Display,
 ) -> anyhow::Result<ExitStatus> {
     let spec = super::sandbox::spec(faster, time_scale)?;
     let fault = match fail_at {
@@ -120,7 +121,7 @@ pub async fn demo(
         )
         .await?;
     println!("{run}");
-    let outcome = follow(&engine, run).await?;
+    let outcome = follow(&engine, run, display).await?;
     println!("{}", outcome_line(run, &outcome));
 
     let effects = read_effects(&sandbox_dir);
@@ -164,11 +165,54 @@ pub async fn demo(
     for ((system, action), n) in counts {
         eprintln!("    {system:<4} {action:<18} {n}");
     }
-    let dd = data_dir.display();
-    eprintln!(
-        "\nhistory: {dd} (run {run})\n  waymark --data-dir {dd} show {run}\n  waymark --data-dir {dd} history {run}\n  \
-         waymark --data-dir {dd} history {run} --output mermaid\n  waymark --data-dir {dd} replay {run}\n  waymark --data-dir {dd} verify"
-    );
+    let w = invocation();
+    let dd = shell_word(&data_dir.display().to_string());
+    eprintln!("\nhistory: {dd} (run {run})");
+    if w != "waymark" {
+        eprintln!(
+            "(`waymark` is not on your PATH: the commands name this binary; \
+             `cargo install --path cli --locked` installs it)"
+        );
+    }
+    for args in [
+        format!("show {run}"),
+        format!("history {run}"),
+        format!("history {run} --output mermaid"),
+        format!("replay {run}"),
+        "verify".to_owned(),
+    ] {
+        eprintln!("  {w} --data-dir {dd} {args}");
+    }
     sb.stop();
     Ok(outcome_status(&outcome))
+}
+
+/// How to run this binary in a printed command: `waymark` when that name on the PATH is this
+/// binary, else its own path (`cargo run` leaves it in `target/`), quoted for a POSIX shell.
+fn invocation() -> String {
+    let Ok(me) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+        return "waymark".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .any(|dir| std::fs::canonicalize(dir.join("waymark")).is_ok_and(|found| found == me))
+    });
+    if on_path {
+        "waymark".to_owned()
+    } else {
+        shell_word(&me.display().to_string())
+    }
+}
+
+/// `text` as one word for a POSIX shell: as it is when it needs no quoting, else single-quoted.
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c));
+    if plain {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }

@@ -118,24 +118,75 @@ pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<
             if let Some(o) = v["outcome"].as_str() {
                 println!("outcome   {o}");
             }
-            println!("steps:");
-            for st in v["steps"].as_array().into_iter().flatten() {
-                println!(
-                    "  {:<10} {:<60} attempts {:<2} {}{}",
-                    st["status"].as_str().unwrap_or_default(),
-                    st["label"].as_str().unwrap_or_default(),
-                    st["attempts"],
-                    st["duration_s"]
-                        .as_f64()
-                        .map_or(String::new(), |d| format!("{d:.2} s")),
-                    st["error"]
-                        .as_str()
-                        .map_or(String::new(), |e| format!("  error: {e}")),
-                );
-            }
+            print!("{}", steps_table(&v));
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// `show`'s steps as a table, grouped under their runbook step (the checks before any change,
+/// the nine steps, the compensation), each step's error under the table.
+fn steps_table(v: &serde_json::Value) -> String {
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Attribute, Cell, ContentArrangement, Table};
+    let steps: Vec<&serde_json::Value> = v["steps"].as_array().into_iter().flatten().collect();
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(["STEP", "STATUS", "ATTEMPTS", "TIME"]);
+    let mut groups: Vec<String> = v["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str().map(str::to_owned))
+        .collect();
+    // Steps of an older daemon's answer (no groups) go under one heading.
+    let ungrouped = "steps".to_owned();
+    if steps.iter().any(|s| s["group"].as_str().is_none()) {
+        groups.push(ungrouped.clone());
+    }
+    let mut errors = String::new();
+    for g in &groups {
+        let mine: Vec<&&serde_json::Value> = steps
+            .iter()
+            .filter(|s| s["group"].as_str().map_or(ungrouped.as_str(), |x| x) == g.as_str())
+            .collect();
+        if mine.is_empty() {
+            table.add_row([Cell::new(g), Cell::new("-"), Cell::new(""), Cell::new("")]);
+            continue;
+        }
+        let failed = mine.iter().any(|s| s["status"] == "failed");
+        let done = mine.iter().all(|s| s["status"] == "completed");
+        let status = if failed {
+            "failed"
+        } else if done {
+            "completed"
+        } else {
+            "running"
+        };
+        let total: f64 = mine.iter().filter_map(|s| s["duration_s"].as_f64()).sum();
+        table.add_row([
+            Cell::new(g).add_attribute(Attribute::Bold),
+            Cell::new(status).add_attribute(Attribute::Bold),
+            Cell::new(format!("{} steps", mine.len())),
+            Cell::new(format!("{total:.2} s")),
+        ]);
+        for s in mine {
+            let label = s["label"].as_str().unwrap_or_default();
+            table.add_row([
+                format!("  {label}"),
+                s["status"].as_str().unwrap_or_default().to_owned(),
+                s["attempts"].to_string(),
+                s["duration_s"]
+                    .as_f64()
+                    .map_or(String::new(), |d| format!("{d:.2} s")),
+            ]);
+            if let Some(e) = s["error"].as_str() {
+                errors.push_str(&format!("error in {label}: {e}\n"));
+            }
+        }
+    }
+    format!("{table}\n{errors}")
 }
 
 /// `waymark history RUN`.

@@ -15,6 +15,8 @@ use std::path::PathBuf;
 
 use waymark_cli::exit::ExitStatus;
 
+use self::watch::Display;
+
 #[cfg(feature = "sandbox")]
 use crate::args::SandboxCommand;
 use crate::args::{Cli, Command};
@@ -25,8 +27,11 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
         Command::Run {
             workflow,
             inventory,
-        } => runs::run(&data_dir, &workflow, &inventory).await,
-        Command::Resume { run } => runs::resume(&data_dir, run.as_deref()).await,
+            events,
+        } => runs::run(&data_dir, &workflow, &inventory, Display::choose(events)).await,
+        Command::Resume { run, events } => {
+            runs::resume(&data_dir, run.as_deref(), Display::choose(events)).await
+        }
         Command::Plan {
             workflow,
             inventory,
@@ -37,7 +42,17 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             fail_at,
             faster,
             time_scale,
-        } => demo::demo(&data_dir, fail_at, faster, time_scale).await,
+            events,
+        } => {
+            demo::demo(
+                &data_dir,
+                fail_at,
+                faster,
+                time_scale,
+                Display::choose(events),
+            )
+            .await
+        }
         Command::Ls {
             state,
             workflow,
@@ -51,8 +66,20 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             workflow,
             inventory,
             detach,
-        } => runs::start(&data_dir, &workflow, &inventory, detach).await,
-        Command::Attach { run } => runs::attach(&data_dir, &run).await,
+            events,
+        } => {
+            runs::start(
+                &data_dir,
+                &workflow,
+                &inventory,
+                detach,
+                Display::choose(events),
+            )
+            .await
+        }
+        Command::Attach { run, events } => {
+            runs::attach(&data_dir, &run, Display::choose(events)).await
+        }
         Command::Daemon {
             listen_tcp,
             token_file,

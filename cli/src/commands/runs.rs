@@ -12,7 +12,7 @@ use waymark_cli::paths::{open_log, operator};
 use waymark_cli::view::{outcome_line, outcome_status};
 
 use super::target::engine;
-use super::watch::{attach_daemon, follow};
+use super::watch::{attach_daemon, follow, Display};
 use crate::args::{HistoryOutput, Output};
 
 fn check_workflow(workflow: &str) -> anyhow::Result<()> {
@@ -28,7 +28,12 @@ fn check_workflow(workflow: &str) -> anyhow::Result<()> {
 }
 
 /// `waymark run WORKFLOW --inventory FILE`.
-pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::Result<ExitStatus> {
+pub async fn run(
+    data_dir: &Path,
+    workflow: &str,
+    inventory: &Path,
+    display: Display,
+) -> anyhow::Result<ExitStatus> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
     refuse_if_daemon(
@@ -50,13 +55,17 @@ pub async fn run(data_dir: &Path, workflow: &str, inventory: &Path) -> anyhow::R
     let run = engine.start_named(workflow, input, &operator()).await?;
     println!("{run}");
     eprintln!("run {run} started; history in {}", data_dir.display());
-    let outcome = follow(&engine, run).await?;
+    let outcome = follow(&engine, run, display).await?;
     println!("{}", outcome_line(run, &outcome));
     Ok(outcome_status(&outcome))
 }
 
 /// `waymark resume [RUN]`.
-pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitStatus> {
+pub async fn resume(
+    data_dir: &Path,
+    run: Option<&str>,
+    display: Display,
+) -> anyhow::Result<ExitStatus> {
     refuse_if_daemon(
         data_dir,
         "the daemon resumes unfinished runs itself; `waymark attach RUN` follows one",
@@ -87,7 +96,7 @@ pub async fn resume(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitSt
     for (i, run) in runs.iter().enumerate() {
         eprintln!("resuming run {run} ({} of {})", i + 1, runs.len());
         // Other runs go on meanwhile; this follows them one after the other.
-        let outcome = follow(&engine, *run).await?;
+        let outcome = follow(&engine, *run, display).await?;
         println!("{}", outcome_line(*run, &outcome));
         if outcome_status(&outcome) != ExitStatus::Success {
             code = outcome_status(&outcome);
@@ -135,6 +144,7 @@ pub async fn start(
     workflow: &str,
     inventory: &Path,
     detach: bool,
+    display: Display,
 ) -> anyhow::Result<ExitStatus> {
     check_workflow(workflow)?;
     let inv = Inventory::load(inventory)?;
@@ -161,13 +171,13 @@ pub async fn start(
         eprintln!("run {run} started in the daemon; `waymark attach {run}` follows it");
         return Ok(ExitStatus::Success);
     }
-    attach_daemon(&client, &run).await
+    attach_daemon(&client, &run, display).await
 }
 
 /// `waymark attach RUN`.
-pub async fn attach(data_dir: &Path, run: &str) -> anyhow::Result<ExitStatus> {
+pub async fn attach(data_dir: &Path, run: &str, display: Display) -> anyhow::Result<ExitStatus> {
     if let Some(c) = Client::connect(data_dir).await? {
-        attach_daemon(&c, run).await
+        attach_daemon(&c, run, display).await
     } else {
         eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
         super::inspect::history(data_dir, run, HistoryOutput::Text).await
