@@ -25,7 +25,7 @@
       el("td", { "data-label": "Cluster", text: r.cluster || "–" }),
       el("td", { "data-label": "Operator", text: r.operator }),
       el("td", { "data-label": "Started", text: waymark.time(r.started_at) }),
-      el("td", { "data-label": "Duration", text: waymark.duration(r.duration_s) }),
+      el("td", { "data-label": "Duration", text: waymark.duration(r.finished || !r.started_at ? r.duration_s : (Date.now() - Date.parse(r.started_at)) / 1000) }),
     )));
     f("empty").hidden = shown.length > 0;
   }

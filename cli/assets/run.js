@@ -118,6 +118,7 @@
     const errs = failed.length ? el("ul", { class: "errors" }, ...failed.map((a) =>
       el("li", {}, "attempt " + a.n + (a.next ? " (retried)" : "") + ": ", el("span", { class: "err", text: a.error })))) : null;
     if (s.error && !failed.some((a) => a.error === s.error)) details.push(el("div", { class: "err", text: s.error }));
+    if (!s.end && progress && progress.label === s.label) details.push(el("div", { class: "progress-line", text: progress.message }));
     return el("div", { class: "row" + (s.compensation ? " comp" : "") + " st-" + s.status, "data-step": s.key },
       el("div", { class: "name" }, el("span", { class: "step-label", text: (s.compensation ? "↩ " : "") + s.label }), el("br"), ...details, errs),
       track);

@@ -459,6 +459,68 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         .map(|png| std::fs::write(artifact("run-page-completed-1280.png"), png).unwrap())
         .unwrap();
 
+    // Cancel from the page: a second run, cancelled while it drains; its compensation runs and
+    // is drawn as one.
+    let second = d.start_run();
+    c.goto(&format!("http://{}/runs/{second}", d.addr()))
+        .await
+        .unwrap();
+    until("the second run draining", || async {
+        text_of(c, "#current-step .label")
+            .await
+            .filter(|t| t == "drain node n1")
+    })
+    .await;
+    c.find(Locator::Css("button[data-signal='cancel']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.find(Locator::Css("#reason"))
+        .await
+        .unwrap()
+        .send_keys("the change window was cancelled")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#send-signal"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until("the cancel journaled", || async {
+        d.history(second)
+            .iter()
+            .any(|e| matches!(e, Event::SignalReceived { name, .. } if name == "cancel"))
+            .then_some(())
+    })
+    .await;
+    d.estate.drain.add_permits(1);
+    let undo = until("the compensation on the timeline", || async {
+        text_of(c, "#timeline .row.comp")
+            .await
+            .filter(|t| t.contains("undrain node n1"))
+    })
+    .await;
+    let bar_colour = c
+        .execute(
+            "return getComputedStyle(document.querySelector('#timeline .row.comp .bar')).backgroundColor \
+             !== getComputedStyle(document.querySelector('#timeline .row.st-completed:not(.comp) .bar')).backgroundColor",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bar_colour,
+        serde_json::json!(true),
+        "a compensation has its own colour: {undo}"
+    );
+    until("the cancelled outcome", || async {
+        text_of(c, "#outcome").await.filter(|t| t == "cancelled")
+    })
+    .await;
+
     // A phone's width: one column, nothing wider than the screen.
     c.set_window_size(390, 844).await.unwrap();
     let overflow = c
@@ -676,8 +738,10 @@ fn the_daemon_binary_prints_a_login_url_that_works_once() {
     let addr: SocketAddr = url
         .strip_prefix("http://")
         .and_then(|r| r.split_once("/?token="))
-        .map(|(a, _)| a.parse().unwrap())
-        .unwrap_or_else(|| panic!("the daemon's first stdout line is its login URL: {line:?}"));
+        .map_or_else(
+            || panic!("the daemon's first stdout line is its login URL: {line:?}"),
+            |(a, _)| a.parse().unwrap(),
+        );
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{url}");
     let cookie = login(addr, &url);
     let (code, _, _) = http(addr, "GET", "/web/api/runs", &[("Cookie", &cookie)], "");
@@ -826,4 +890,40 @@ async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
     let png = c.screenshot().await.unwrap();
     std::fs::write(artifact("sandbox-run-page-readme.png"), png).unwrap();
     browser.close().await;
+}
+
+/// The theme follows the browser's `prefers-color-scheme`: light by default, dark when the
+/// browser asks for dark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_theme_follows_the_browser() {
+    let mut luminance = Vec::new();
+    for (flags, name) in [(&[][..], "light"), (&["--force-dark-mode"][..], "dark")] {
+        // One daemon per browser: a login URL logs one browser in.
+        let d = WebDaemon::start();
+        let _run = d.start_run();
+        let browser = Browser::start_with(1280, 900, flags).await;
+        let c = &browser.client;
+        c.goto(&d.login_url()).await.unwrap();
+        until("the run list", || async {
+            text_of(c, "#runs tbody tr").await
+        })
+        .await;
+        let l = c
+            .execute(
+                "const [r, g, b] = getComputedStyle(document.body).backgroundColor \
+                   .match(/\\d+/g).map(Number); return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(artifact(&format!("run-list-{name}.png")), png).unwrap();
+        luminance.push(l.as_f64().unwrap());
+        browser.close().await;
+    }
+    assert!(luminance[0] > 0.8, "light theme by default: {luminance:?}");
+    assert!(
+        luminance[1] < 0.2,
+        "dark theme when the browser prefers dark: {luminance:?}"
+    );
 }
