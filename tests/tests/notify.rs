@@ -337,3 +337,183 @@ fn webhook_urls_never_come_from_the_command_line_and_bad_ones_stop_the_daemon() 
     assert!(err.contains("WAYMARK_TEST_NO_SUCH_VARIABLE"), "{err}");
     assert!(!data.join("waymark.sock").exists());
 }
+
+/// A schedule's webhooks hear about the runs that schedule starts, and only those; the
+/// daemon's hear about every run. (In-process daemon; a `yb-maintenance` that completes at once.)
+#[test]
+fn a_schedules_webhook_hears_about_its_runs_only() {
+    use waymark_cli::schedule::{NewSchedule, ScheduleBook};
+    use waymark_engine::{Engine, Payload};
+
+    use crate::fixtures::daemon::{DaemonSettings, InProcessDaemon};
+
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let receiver = Receiver::start();
+    let hook = |name: &str| {
+        let file = dir.path().join(format!("{name}-url"));
+        std::fs::write(
+            &file,
+            format!("http://127.0.0.1:{}/{name}/{SECRET}", receiver.port),
+        )
+        .unwrap();
+        format!("json:file:{}", file.display())
+            .parse::<waymark_cli::notify::Webhook>()
+            .unwrap()
+    };
+    let inventory = sb.dir.join("inventory.toml");
+    let inv = Inventory::load(&inventory).unwrap();
+    let mut book = ScheduleBook::default();
+    book.add(
+        NewSchedule {
+            name: "every-minute".into(),
+            workflow: "yb-maintenance".into(),
+            inventory: inventory.clone(),
+            cluster: inv.cluster.name.clone(),
+            cron: "* * * * *".into(),
+            window: Some(Duration::from_secs(30 * 60)),
+            notify: vec![hook("schedule")],
+            ..NewSchedule::default()
+        },
+        chrono::Utc::now() - chrono::TimeDelta::minutes(2),
+    )
+    .unwrap();
+    book.save(&waymark_cli::paths::schedules_path(&data))
+        .unwrap();
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            notify: vec![hook("daemon")],
+            engine: Some(Box::new(|log| {
+                Engine::builder(log)
+                    .workflow_dyn(crate::util::wf("yb-maintenance", 5, |_ctx| async move {
+                        Ok(Payload::encode(&"done").unwrap())
+                    }))
+                    .build()
+            })),
+            ..DaemonSettings::default()
+        },
+    );
+    let schedule_path = format!("/schedule/{SECRET}");
+    let daemon_path = format!("/daemon/{SECRET}");
+    let scheduled = eventually_blocking(
+        Duration::from_secs(60),
+        "the scheduled run's completion at the schedule's webhook",
+        || receiver.accepted(&schedule_path).first().cloned(),
+    );
+    assert_eq!(scheduled.1, "completed");
+    let body = serde_json::json!({ "workflow": "yb-maintenance", "inventory": inv }).to_string();
+    let (code, answer) = http_unix(&data.join("waymark.sock"), "POST", "/v1/runs", Some(&body));
+    assert_eq!(code, 200, "{answer}");
+    let by_api = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["run"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let settled = |run: &str| {
+        journal(&data)
+            .iter()
+            .any(|e| e["entry"] == "settled" && e["run"] == run)
+    };
+    let scheduled_run = scheduled.0.split('/').next().unwrap().to_owned();
+    eventually_blocking(
+        Duration::from_secs(60),
+        "both runs settled in the journal",
+        || (settled(&scheduled_run) && settled(&by_api)).then_some(()),
+    );
+    daemon.stop();
+    let runs_of = |path: &str| -> Vec<String> {
+        receiver
+            .accepted(path)
+            .into_iter()
+            .map(|(key, _)| key.split('/').next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        runs_of(&schedule_path),
+        std::slice::from_ref(&scheduled_run)
+    );
+    let mut both = runs_of(&daemon_path);
+    both.sort();
+    let mut expected = vec![scheduled_run, by_api];
+    expected.sort();
+    assert_eq!(both, expected);
+}
+
+/// Which transitions a history holds, from canned histories (pure).
+#[test]
+fn transitions_are_read_from_histories() {
+    use waymark_cli::notify::{transitions, Kind};
+    use waymark_engine::event::{Event, Payload, StepRef};
+    use waymark_engine::testing::{canned, HistoryBuilder};
+
+    let kinds = |h: &HistoryBuilder| -> Vec<(u64, Kind)> {
+        transitions(&h.build())
+            .into_iter()
+            .map(|t| (t.seq, t.kind))
+            .collect()
+    };
+    // Failed at step 2, one of two compensations done: failed, then needs-operator.
+    let mut h = canned::compensating_halfway();
+    let end = h.build().len() as u64;
+    h.push(Event::RunFailed {
+        error: "restart failed".into(),
+    });
+    assert_eq!(kinds(&h), [(11, Kind::Failed), (end, Kind::NeedsOperator)]);
+    // Both compensations done: failed, then compensated.
+    let mut h = canned::compensating_halfway();
+    h.push(Event::StepScheduled {
+        step: StepRef::Compensation(1),
+        activity: "traffic.undo".into(),
+        label: "undo traffic".into(),
+        input: Payload("\"A\"".into()),
+        compensation: None,
+    });
+    h.push(Event::AttemptStarted {
+        step: StepRef::Compensation(1),
+        attempt: 1,
+    });
+    h.push(Event::StepCompleted {
+        step: StepRef::Compensation(1),
+        output: Payload("null".into()),
+    });
+    let end = h.build().len() as u64;
+    h.push(Event::RunFailed {
+        error: "restart failed".into(),
+    });
+    assert_eq!(kinds(&h), [(11, Kind::Failed), (end, Kind::Compensated)]);
+    // With require_approval: the first timer is the approval's; later ones (settle) are not.
+    let mut h = HistoryBuilder::new(
+        "yb-maintenance",
+        5,
+        r#"{"cluster":{"name":"yb-1"},"gates":{"require_approval":true}}"#,
+    );
+    let t = h.time(9);
+    h.push(Event::TimerStarted {
+        position: 1,
+        fire_at: t,
+    });
+    h.push(Event::SignalConsumed {
+        position: 0,
+        name: "approve".into(),
+    });
+    h.push(Event::TimerStarted {
+        position: 2,
+        fire_at: t,
+    });
+    h.push(Event::RunCompleted {
+        output: Payload("null".into()),
+    });
+    assert_eq!(kinds(&h), [(1, Kind::ApprovalNeeded), (4, Kind::Completed)]);
+    // Without it, a timer is only a timer; a refusal is told.
+    let mut h = HistoryBuilder::new("yb-maintenance", 5, r#"{"cluster":{"name":"yb-1"}}"#);
+    h.push(Event::TimerStarted {
+        position: 1,
+        fire_at: t,
+    });
+    h.push(Event::RunRefused {
+        reasons: vec!["pre-flight: ssh".into()],
+    });
+    assert_eq!(kinds(&h), [(2, Kind::Refused)]);
+}

@@ -1257,7 +1257,7 @@ fn a_local_schedule_fires_at_its_wall_clock_time_in_winter_and_in_summer() {
     );
 }
 
-/// Spring forward: on 2025-03-09 America/Los_Angeles goes from 01:59:59 PST to 03:00 PDT, so
+/// Spring forward: on 2025-03-09 `America/Los_Angeles` goes from 01:59:59 PST to 03:00 PDT, so
 /// 02:30 does not happen that day. It fires once, at 03:00 PDT (10:00 UTC), and the day before
 /// and after at 02:30 as usual.
 #[test]
@@ -1296,7 +1296,7 @@ fn spring_forward_a_0230_fire_time_fires_once_at_0300() {
     );
 }
 
-/// Fall back: on 2025-10-26 Europe/Berlin goes from 02:59:59 CEST back to 02:00 CET, so 02:30
+/// Fall back: on 2025-10-26 `Europe/Berlin` goes from 02:59:59 CEST back to 02:00 CET, so 02:30
 /// happens twice. It fires once, at the first 02:30 (CEST, 00:30 UTC), never at 02:30 CET.
 #[test]
 fn fall_back_a_0230_fire_time_fires_once_at_the_first_0230() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use waymark_cli::view::checklist::{fraction, Checklist};
 use waymark_cli::view::summarise;
+use waymark_engine::event::{Event, StepRef};
 
 use crate::util::{temp_dir, wait_exit, waymark_bin};
 
@@ -244,7 +245,6 @@ fn a_wait_reports_its_fraction_and_retries_show_in_place() {
     );
     assert_eq!(fraction("waiting for the leader"), None);
 
-    use waymark_engine::event::{Event, StepRef};
     let at = chrono::Utc::now();
     let mut c = Checklist::new("yb-maintenance");
     let step = StepRef::Workflow(4);

@@ -49,30 +49,33 @@ pub async fn ls(
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.runs)?),
         Output::Text => {
-            println!(
-                "{:<36}  {:<18} {:<14} {:<20} STARTED BY",
-                "RUN", "WORKFLOW", "STATE", "STARTED"
-            );
+            use comfy_table::{presets::UTF8_FULL_CONDENSED, ContentArrangement, Table};
+            let mut table = Table::new();
+            table
+                .load_preset(UTF8_FULL_CONDENSED)
+                .set_content_arrangement(ContentArrangement::Dynamic)
+                .set_header(["RUN", "WORKFLOW", "STATE", "STARTED", "STARTED BY"]);
+            let mut reasons = String::new();
             for r in &list.runs {
                 if r.state == api::DAMAGED {
-                    println!("{:<36}  {:<18} {:<14} {:<20} -", r.run, "-", r.state, "-");
+                    table.add_row([r.run.as_str(), "-", r.state.as_str(), "-", "-"]);
                     continue;
                 }
-                println!(
-                    "{:<36}  {:<18} {:<14} {:<20} {}",
-                    r.run,
+                table.add_row([
+                    r.run.clone(),
                     format!("{} v{}", r.workflow, r.version),
-                    r.state,
+                    r.state.clone(),
                     r.started_at
                         .get(..19)
                         .unwrap_or(&r.started_at)
                         .replace('T', " "),
-                    r.started_by
-                );
+                    r.started_by.clone(),
+                ]);
                 if let Some(reason) = &r.reason {
-                    println!("    {}: {reason}", r.state);
+                    reasons.push_str(&format!("{} {}: {reason}\n", r.run, r.state));
                 }
             }
+            print!("{table}\n{reasons}");
         }
     }
     Ok(ExitStatus::success_if(list.damaged.is_empty()))
