@@ -71,7 +71,7 @@ pub enum Command {
         inventory_dir: Option<PathBuf>,
         /// Serve the web UI (runs, live timelines, approve/hold/resume/cancel) here: a port
         /// (bound on 127.0.0.1) or an address. The daemon prints a one-time login URL
-        /// (`http://ADDR/?token=...`) on stdout; from a laptop or phone, use an SSH tunnel.
+        /// (http://ADDR/?token=...) on stdout; from a laptop or phone, use an SSH tunnel.
         #[arg(long, value_name = "PORT|ADDR", value_parser = waymark_cli::daemon::parse_listen)]
         http: Option<std::net::SocketAddr>,
         /// Allow --http on an address other than loopback (plain HTTP: only behind TLS

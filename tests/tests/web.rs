@@ -293,6 +293,14 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         url.query().is_none(),
         "the token is dropped from the URL: {url}"
     );
+    // Opened again in the same browser, the (used) login URL leads to the list, not an error.
+    c.goto(&d.login_url()).await.unwrap();
+    let again = c.current_url().await.unwrap();
+    assert!(again.query().is_none() && again.path() == "/", "{again}");
+    until("the list after the second visit", || async {
+        text_of(c, "#runs thead").await
+    })
+    .await;
     let cookie = c.get_named_cookie("waymark_session").await.unwrap();
     assert_eq!(cookie.http_only(), Some(true));
     assert_eq!(

@@ -107,6 +107,13 @@ fn admit(w: &Web, req: &Request, from: SocketAddr) -> Result<Pass, Refusal> {
     w.access.check_host(req.headers())?;
     if req.uri().path() == "/" {
         if let Some(token) = query_param(req.uri().query(), "token") {
+            // A browser with a session that opens the login URL again (a bookmark, the
+            // terminal's link) just goes to the list.
+            if w.access.authorize(req.method(), req.headers()).is_ok() {
+                return Ok(Pass::Login(
+                    (StatusCode::SEE_OTHER, [(header::LOCATION, "/")]).into_response(),
+                ));
+            }
             let (id, session) = w.access.login(&token, from)?;
             tracing::info!(
                 session = session.number,
