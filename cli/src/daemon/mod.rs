@@ -350,8 +350,8 @@ pub fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
         })?;
     let bound = (|| {
         let inside = folder.join("waymark.sock");
-        let l = UnixListener::bind(&inside)
-            .with_context(|| format!("binding {}", inside.display()))?;
+        let l =
+            UnixListener::bind(&inside).with_context(|| format!("binding {}", inside.display()))?;
         std::fs::set_permissions(&inside, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("making {} owner-only", inside.display()))?;
         std::fs::rename(&inside, path)
