@@ -935,3 +935,33 @@ async fn the_theme_follows_the_browser() {
         "dark theme when the browser prefers dark: {luminance:?}"
     );
 }
+
+/// A second browser (a phone after the laptop) gets its own login URL from the owner-only unix
+/// socket; the new URL works once, the first browser keeps its session.
+#[test]
+fn a_second_browser_gets_a_new_login_url_over_the_unix_socket() {
+    let d = WebDaemon::start();
+    let addr = d.addr();
+    let first = login(addr, &d.login_url());
+    let (code, body) = crate::util::http_unix(&d.daemon.socket, "POST", "/v1/web/login-url", None);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let url = v["url"].as_str().unwrap().to_owned();
+    assert_ne!(url, d.login_url());
+    assert!(url.starts_with(&format!("http://{addr}/?token=")), "{url}");
+    let second = login(addr, &url);
+    assert_ne!(first, second);
+    for cookie in [&first, &second] {
+        let (code, _, _) = http(addr, "GET", "/web/api/runs", &[("Cookie", cookie)], "");
+        assert_eq!(code, 200, "both sessions work");
+    }
+    let path = url.split_once(&addr.to_string()).unwrap().1;
+    let (code, _, _) = http(addr, "GET", path, &[], "");
+    assert_eq!(code, 401, "the new URL works once too");
+    // Without --http, the socket says so.
+    let dir = temp_dir();
+    let plain = InProcessDaemon::start(&dir.path().join("data"));
+    let (code, body) = crate::util::http_unix(&plain.socket, "POST", "/v1/web/login-url", None);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("--http"), "{body}");
+}

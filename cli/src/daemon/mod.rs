@@ -264,7 +264,8 @@ pub async fn serve(
     let unix_task = tokio::spawn(
         axum::serve(
             unix,
-            routes::unix_app(d.clone()).into_make_service_with_connect_info::<Peer>(),
+            routes::unix_app(d.clone(), config.web.clone())
+                .into_make_service_with_connect_info::<Peer>(),
         )
         .with_graceful_shutdown(stopped(stop_rx.clone()))
         .into_future(),

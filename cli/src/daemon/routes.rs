@@ -294,9 +294,36 @@ fn router(d: Shared) -> axum::Router<Shared> {
         .route_layer(axum::middleware::from_fn_with_state(d, owner_only))
 }
 
-/// The API as served on the unix socket (owner-only).
-pub(super) fn unix_app(d: Shared) -> axum::Router {
-    router(d.clone()).with_state(d)
+/// A new one-time login URL of the web UI (`--http`), for another browser: only over the
+/// owner-only unix socket, whose peer is the daemon's user.
+async fn web_login_url(
+    axum::Extension(web): axum::Extension<Option<Arc<super::web::Access>>>,
+) -> Result<Response, ApiError> {
+    let Some(web) = web else {
+        return Err(bad_request(
+            "this daemon serves no web UI: start it with --http PORT".into(),
+        ));
+    };
+    let url = web.renew_login_url().map_err(|e| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ExitStatus::Unusable,
+            format!("cannot draw a login token from /dev/urandom: {e}"),
+        )
+    })?;
+    Ok(Json(serde_json::json!({ "url": url })).into_response())
+}
+
+/// The API as served on the unix socket (owner-only), with the web UI's login URLs.
+pub(super) fn unix_app(d: Shared, web: Option<Arc<super::web::Access>>) -> axum::Router {
+    router(d.clone())
+        .merge(
+            axum::Router::new()
+                .route("/v1/web/login-url", post(web_login_url))
+                .route_layer(axum::middleware::from_fn_with_state(d.clone(), owner_only)),
+        )
+        .layer(axum::Extension(web))
+        .with_state(d)
 }
 
 /// The API as served on TCP: every request needs the bearer token.

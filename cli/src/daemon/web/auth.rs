@@ -116,6 +116,15 @@ impl Access {
             .map(|t| format!("http://{}/?token={t}", self.addr))
     }
 
+    /// A new login URL (the previous one, used or not, stops working; sessions stay): for a
+    /// second browser, asked for over the owner-only unix socket (`POST /v1/web/login-url`).
+    pub fn renew_login_url(&self) -> std::io::Result<String> {
+        let token = random_hex()?;
+        let url = format!("http://{}/?token={token}", self.addr);
+        *self.login_token.lock().expect("login token lock") = Some(token);
+        Ok(url)
+    }
+
     /// Checks the `Host` header (any request): a loopback name unless remote access was
     /// allowed, so that a page of another site whose name resolves to 127.0.0.1 (DNS
     /// rebinding) reaches nothing.
