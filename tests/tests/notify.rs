@@ -254,6 +254,13 @@ fn each_transition_reaches_the_receiver_once_in_order_across_daemon_sigkills() {
     drop(daemon);
 
     for path in [&json_path, &slack_path] {
+        // Journaled as delivered before the first kill: never even attempted again.
+        let approval_requests = receiver
+            .seen()
+            .iter()
+            .filter(|s| s.path == *path && s.key.ends_with("/approval-needed"))
+            .count();
+        assert_eq!(approval_requests, 1, "{path}");
         let accepted = receiver.accepted(path);
         let kinds: Vec<&str> = accepted.iter().map(|(_, k)| k.as_str()).collect();
         assert_eq!(
