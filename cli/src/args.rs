@@ -70,8 +70,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         inventory_dir: Option<PathBuf>,
         /// Serve the web UI (runs, live timelines, approve/hold/resume/cancel) here: a port
-        /// (bound on 127.0.0.1) or an address. The daemon prints a one-time login URL
-        /// (http://ADDR/?token=...) on stdout; from a laptop or phone, use an SSH tunnel.
+        /// (bound on 127.0.0.1) or an address. The daemon prints a one-time login URL (the
+        /// address with a token) on stdout; from a laptop or phone, use an SSH tunnel.
         #[arg(long, value_name = "PORT|ADDR", value_parser = waymark_cli::daemon::parse_listen)]
         http: Option<std::net::SocketAddr>,
         /// Allow --http on an address other than loopback (plain HTTP: only behind TLS
