@@ -524,3 +524,64 @@ fn transitions_are_read_from_histories() {
     });
     assert_eq!(kinds(&h), [(2, Kind::Refused)]);
 }
+
+/// `schedule add --notify`: the webhook is checked where the daemon will read it (its files, its
+/// environment), and TCP clients may not name one at all (they would pick the daemon's files).
+#[test]
+fn schedule_webhooks_are_checked_by_the_daemon_and_refused_over_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::fixtures::daemon::{DaemonSettings, InProcessDaemon};
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-token-for-notify-tests").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The inventory inside --inventory-dir, so that only the webhook is in question.
+    let inventories = dir.path().join("inventories");
+    std::fs::create_dir_all(&inventories).unwrap();
+    let inventory = inventories.join("inv.toml");
+    std::fs::write(&inventory, "").unwrap();
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            inventory_dir: Some(inventories.clone()),
+            ..DaemonSettings::tcp(&token)
+        },
+    );
+    let missing = dir.path().join("no-such-hook-url");
+    let body = serde_json::json!({
+        "name": "nightly", "workflow": "yb-maintenance", "inventory": inventory,
+        "cron": "0 3 * * 2", "window": null, "overlap": "skip", "catch_up": "none",
+        "timezone": "America/Los_Angeles",
+        "notify": [format!("json:file:{}", missing.display())],
+    })
+    .to_string();
+    let (code, answer) = http_unix(
+        &data.join("waymark.sock"),
+        "POST",
+        "/v1/schedules",
+        Some(&body),
+    );
+    assert_eq!(code, 400, "{answer}");
+    assert!(answer.contains(&missing.display().to_string()), "{answer}");
+
+    let mut tcp = std::net::TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+    write!(
+        tcp,
+        "POST /v1/schedules HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer s3cr3t-token-for-notify-tests\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("TCP clients may not name webhooks"),
+        "{answer}"
+    );
+    daemon.stop();
+}

@@ -86,6 +86,23 @@ async fn add(
     if let Err(r) = check_inventory_path(&d, &p, &b.inventory) {
         return r;
     }
+    if !p.unix && !b.notify.is_empty() {
+        // A webhook names a file or a variable of the daemon's: not for TCP clients to pick.
+        return (
+            StatusCode::FORBIDDEN,
+            Json(serde_json::json!({
+                "error": "TCP clients may not name webhooks (their URL files and variables are the daemon's): add the schedule through the unix socket",
+                "code": ExitStatus::Usage.code(),
+            })),
+        )
+            .into_response();
+    }
+    // Checked where it will be read: the daemon's files and environment.
+    for webhook in &b.notify {
+        if let Err(e) = webhook.read_url() {
+            return bad(format!("--notify: {e}"));
+        }
+    }
     let new = match new_schedule(&b) {
         Ok(n) => n,
         Err(e) => return bad(format!("{e:#}")),
