@@ -162,8 +162,15 @@ pub async fn demo(
         eprintln!("  deployment {name}: {r} replicas");
     }
     eprintln!("  effects on the estate (sandbox/effects.jsonl):");
+    let mut table = comfy_table::Table::new();
+    table
+        .load_preset(comfy_table::presets::UTF8_FULL_CONDENSED)
+        .set_header(["SYSTEM", "ACTION", "CALLS"]);
     for ((system, action), n) in counts {
-        eprintln!("    {system:<4} {action:<18} {n}");
+        table.add_row([system, action, n.to_string()]);
+    }
+    for line in table.lines() {
+        eprintln!("    {line}");
     }
     let w = invocation();
     let dd = shell_word(&data_dir.display().to_string());
