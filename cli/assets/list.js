@@ -48,5 +48,7 @@
   f("filters").addEventListener("input", render);
   f("filters").addEventListener("submit", (e) => e.preventDefault());
   load();
-  setInterval(load, 3000);
+  // A tab in the background asks nothing; it catches up when shown again.
+  setInterval(() => { if (!document.hidden) load(); }, 3000);
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) load(); });
 })();

@@ -70,8 +70,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         inventory_dir: Option<PathBuf>,
         /// Serve the web UI (runs, live timelines, approve/hold/resume/cancel) here: a port
-        /// (bound on 127.0.0.1) or an address. The daemon prints a one-time login URL (the
-        /// address with a token) on stdout; from a laptop or phone, use an SSH tunnel.
+        /// (bound on 127.0.0.1) or an address. The one-time login URL (the address with a
+        /// token) is printed on stdout when it is a terminal, else written to the owner-only
+        /// file web-login-url in the data directory; waymark web-login prints a new one. From a
+        /// laptop or phone, use an SSH tunnel.
         #[arg(long, value_name = "PORT|ADDR", value_parser = waymark_cli::daemon::parse_listen)]
         http: Option<std::net::SocketAddr>,
         /// Allow --http on an address other than loopback (plain HTTP: only behind TLS
@@ -162,6 +164,10 @@ pub enum Command {
         #[arg(long)]
         events: bool,
     },
+    /// Print a new one-time login URL of the daemon's web UI (daemon --http), asked of the
+    /// daemon over its owner-only socket: it logs one browser in; the previous URL stops
+    /// working, sessions stay.
+    WebLogin,
     /// List runs.
     Ls {
         /// Only runs in this state (running, held, compensating, suspended, completed, failed,

@@ -63,6 +63,12 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("waymark.sock")
 }
 
+/// Where `waymark daemon --http` leaves its one-time web login URL when its stdout is not a
+/// terminal (owner-only; a journal is no place for it).
+pub fn web_login_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("web-login-url")
+}
+
 /// The daemon's schedules in a data directory.
 pub fn schedules_path(data_dir: &Path) -> PathBuf {
     data_dir.join("schedules.json")

@@ -116,6 +116,12 @@ impl Receiver {
 /// The secret part of the webhook URLs: must never appear outside the URL file and variable.
 const SECRET: &str = "T0KEN-b9e1f0c2-never-logged";
 
+/// Makes a webhook URL file owner-only, as the daemon requires of it.
+fn owner_only(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 struct Daemon {
     process: DaemonProcess,
     stderr: PathBuf,
@@ -181,6 +187,7 @@ fn each_transition_reaches_the_receiver_once_in_order_across_daemon_sigkills() {
         format!("http://127.0.0.1:{}/json/{SECRET}\n", receiver.port),
     )
     .unwrap();
+    owner_only(&url_file);
     let json_path = format!("/json/{SECRET}");
     let slack_path = format!("/slack/{SECRET}");
 
@@ -343,6 +350,32 @@ fn webhook_urls_never_come_from_the_command_line_and_bad_ones_stop_the_daemon() 
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("WAYMARK_TEST_NO_SUCH_VARIABLE"), "{err}");
     assert!(!data.join("waymark.sock").exists());
+
+    // A URL file others may read gets the token file's check and its wording; the URL is
+    // never in the message.
+    let url_file = dir.path().join("hook-url");
+    std::fs::write(&url_file, format!("https://hooks.example/{SECRET}\n")).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = waymark(&data)
+        .args(["daemon", "--notify"])
+        .arg(format!("json:file:{}", url_file.display()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the webhook URL file {} is readable by others (mode 644): `chmod 600 {}`",
+            url_file.display(),
+            url_file.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains(SECRET), "{err}");
+    assert!(!data.join("waymark.sock").exists());
 }
 
 /// A schedule's webhooks hear about the runs that schedule starts, and only those; the
@@ -366,6 +399,7 @@ fn a_schedules_webhook_hears_about_its_runs_only() {
             format!("http://127.0.0.1:{}/{name}/{SECRET}", receiver.port),
         )
         .unwrap();
+        owner_only(&file);
         format!("json:file:{}", file.display())
             .parse::<waymark_cli::notify::Webhook>()
             .unwrap()

@@ -172,14 +172,20 @@ pub async fn demo(
     for line in table.lines() {
         eprintln!("    {line}");
     }
-    let w = invocation();
+    let found = std::env::var_os("PATH").and_then(|p| first_on_path(&p, "waymark"));
+    let w = invocation(std::env::current_exe().ok().as_deref(), found.as_deref());
     let dd = shell_word(&data_dir.display().to_string());
     eprintln!("\nhistory: {dd} (run {run})");
-    if w != "waymark" {
-        eprintln!(
+    match (&found, w == "waymark") {
+        (_, true) => {}
+        (Some(other), false) => eprintln!(
+            "(`waymark` on your PATH is {}, not this binary: the commands name this binary)",
+            other.display()
+        ),
+        (None, false) => eprintln!(
             "(`waymark` is not on your PATH: the commands name this binary; \
              `cargo install --path cli --locked` installs it)"
-        );
+        ),
     }
     for args in [
         format!("show {run}"),
@@ -194,17 +200,32 @@ pub async fn demo(
     Ok(outcome_status(&outcome))
 }
 
-/// How to run this binary in a printed command: `waymark` when that name on the PATH is this
-/// binary, else its own path (`cargo run` leaves it in `target/`), quoted for a POSIX shell.
-fn invocation() -> String {
-    let Ok(me) = std::env::current_exe().and_then(std::fs::canonicalize) else {
+/// The file a POSIX shell runs for `name`: the first executable regular file of that name in
+/// the `PATH` folders, in order (an empty entry is the working folder).
+fn first_on_path(path: &std::ffi::OsStr, name: &str) -> Option<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::env::split_paths(path).find_map(|dir| {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::PathBuf::from(".")
+        } else {
+            dir
+        };
+        let candidate = dir.join(name);
+        std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .then_some(candidate)
+    })
+}
+
+/// How to run this binary (`me`) in a printed command: `waymark` when the `waymark` the shell
+/// would run (`found`, [`first_on_path`]) is this binary, else this binary's own path (`cargo
+/// run` leaves it in `target/`; an older install may come first on the PATH), quoted for a
+/// POSIX shell.
+fn invocation(me: Option<&std::path::Path>, found: Option<&std::path::Path>) -> String {
+    let Some(me) = me.and_then(|m| std::fs::canonicalize(m).ok()) else {
         return "waymark".to_owned();
     };
-    let on_path = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path)
-            .any(|dir| std::fs::canonicalize(dir.join("waymark")).is_ok_and(|found| found == me))
-    });
-    if on_path {
+    if found.is_some_and(|f| std::fs::canonicalize(f).is_ok_and(|f| f == me)) {
         "waymark".to_owned()
     } else {
         shell_word(&me.display().to_string())
@@ -221,5 +242,58 @@ fn shell_word(text: &str) -> String {
         text.to_owned()
     } else {
         format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+
+    use super::{first_on_path, invocation};
+
+    fn executable(path: &Path) {
+        std::fs::write(path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// The shell runs the first `waymark` on the PATH: when that one is another binary (an
+    /// older install), the printed commands name this one, even if a later PATH folder holds
+    /// it too.
+    #[test]
+    fn the_first_waymark_on_the_path_decides_and_another_one_gets_this_binarys_path() {
+        let root =
+            std::env::temp_dir().join(format!("waymark-demo-invocation-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (old, mine, plain, me_dir) = (
+            root.join("old"),
+            root.join("mine"),
+            root.join("plain"),
+            root.join("build dir"),
+        );
+        for d in [&old, &mine, &plain, &me_dir] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let me = me_dir.join("waymark");
+        executable(&me);
+        executable(&old.join("waymark"));
+        std::os::unix::fs::symlink(&me, mine.join("waymark")).unwrap();
+        // Not executable: the shell passes it by.
+        std::fs::write(plain.join("waymark"), "").unwrap();
+        let path = |dirs: &[&Path]| std::env::join_paths(dirs).unwrap();
+
+        let found = first_on_path(&path(&[&plain, &old, &mine]), "waymark");
+        assert_eq!(found.as_deref(), Some(old.join("waymark").as_path()));
+        let w = invocation(Some(&me), found.as_deref());
+        let canonical = std::fs::canonicalize(&me).unwrap().display().to_string();
+        assert_eq!(w, format!("'{canonical}'"), "this binary's path, quoted");
+
+        let found = first_on_path(&path(&[&plain, &mine, &old]), "waymark");
+        assert_eq!(found.as_deref(), Some(mine.join("waymark").as_path()));
+        assert_eq!(invocation(Some(&me), found.as_deref()), "waymark");
+
+        assert_eq!(first_on_path(&path(&[&plain]), "waymark"), None);
+        assert_eq!(invocation(Some(&me), None), format!("'{canonical}'"));
+        let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -10,6 +10,7 @@ mod sandbox;
 mod schedules;
 mod target;
 mod watch;
+mod web;
 
 use std::path::PathBuf;
 
@@ -121,6 +122,7 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
         }
         Command::Resolve { run, note } => inspect::resolve(&data_dir, &run, &note).await,
         Command::Recover => recover::recover(&data_dir),
+        Command::WebLogin => web::login(&data_dir).await,
         #[cfg(feature = "sandbox")]
         Command::Sandbox {
             command:

@@ -1,21 +1,26 @@
 //! What `/metrics` exports: runs by state (also `held`, `refused`, `needs-operator`, `damaged`),
 //! step, retry and compensation counters, and the latency of durable appends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
+use waymark_engine::clock::SharedClock;
 use waymark_engine::event::{Event, Record};
 use waymark_engine::log::{self, EventLog};
 use waymark_engine::RunId;
 
 use crate::api;
 
-/// Counters for `/metrics`, fed by [`MeteredLog`].
+/// Counters for `/metrics`, and each run's last appended sequence number, fed by
+/// [`MeteredLog`].
 #[derive(Default)]
 pub struct Metrics {
+    /// The sequence number of each run's last record appended since the daemon started (every
+    /// append of the daemon goes through its [`MeteredLog`]: it holds the data directory's lock).
+    last_seq: Mutex<HashMap<RunId, u64>>,
     appends: AtomicU64,
     append_micros: AtomicU64,
     append_buckets: [AtomicU64; 6],
@@ -56,6 +61,11 @@ impl EventLog for MeteredLog {
         Box::pin(async move {
             let start = Instant::now();
             let r = fut.await;
+            if let Some(last) = r.as_ref().ok().and_then(|records| records.last()) {
+                let mut seqs = m.last_seq.lock().expect("last_seq lock");
+                let seq = seqs.entry(last.run).or_insert(last.seq);
+                *seq = (*seq).max(last.seq);
+            }
             let us = start.elapsed().as_micros() as u64;
             m.appends.fetch_add(1, Ordering::Relaxed);
             m.append_micros.fetch_add(us, Ordering::Relaxed);
@@ -75,6 +85,27 @@ impl EventLog for MeteredLog {
     }
     fn runs(&self) -> Result<Vec<RunId>, log::Error> {
         self.inner.runs()
+    }
+    fn damage(&self) -> Vec<String> {
+        self.inner.damage()
+    }
+    fn use_clock(&self, clock: SharedClock) {
+        // The engine's clock stamps the records (a default no-op here would silently keep the
+        // system clock under a test's paused time).
+        self.inner.use_clock(clock);
+    }
+}
+
+impl Metrics {
+    /// The sequence number of `run`'s last record appended since the daemon started; `None`:
+    /// none was, so the run is as the daemon found it. Read it before reading the run: an
+    /// append in between then only makes the value stale, never the history.
+    pub fn last_appended(&self, run: RunId) -> Option<u64> {
+        self.last_seq
+            .lock()
+            .expect("last_seq lock")
+            .get(&run)
+            .copied()
     }
 }
 
@@ -173,4 +204,64 @@ fn label_value(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{DateTime, TimeZone, Utc};
+    use waymark_engine::clock::Clock;
+    use waymark_engine::event::Event;
+    use waymark_engine::log::memory::MemoryBackend;
+    use waymark_engine::log::{EventLog, Log};
+    use waymark_engine::{Payload, RunId};
+
+    use super::MeteredLog;
+
+    struct Fixed(DateTime<Utc>);
+    impl Clock for Fixed {
+        fn now(&self) -> DateTime<Utc> {
+            self.0
+        }
+    }
+
+    fn started() -> Event {
+        Event::RunStarted {
+            workflow: "w".into(),
+            version: 1,
+            input: Payload("{}".into()),
+            started_by: "test".into(),
+        }
+    }
+
+    /// The engine hands its clock to the log it was built on; through the daemon's wrapper it
+    /// must reach the log that stamps the records.
+    #[tokio::test]
+    async fn the_metered_log_passes_the_engines_clock_to_the_log_it_wraps() {
+        let (log, _) = MeteredLog::wrap(Arc::new(Log::new(MemoryBackend::new())));
+        let then = Utc.with_ymd_and_hms(2001, 2, 3, 4, 5, 6).unwrap();
+        log.use_clock(Arc::new(Fixed(then)));
+        let records = log.append(RunId::new(), vec![started()]).await.unwrap();
+        assert_eq!(records[0].at, then);
+    }
+
+    #[tokio::test]
+    async fn the_metered_log_knows_each_runs_last_appended_sequence_number() {
+        let (log, metrics) = MeteredLog::wrap(Arc::new(Log::new(MemoryBackend::new())));
+        let (a, b) = (RunId::new(), RunId::new());
+        assert_eq!(metrics.last_appended(a), None);
+        log.append(a, vec![started()]).await.unwrap();
+        log.append(b, vec![started()]).await.unwrap();
+        log.append(
+            a,
+            vec![Event::RunCompleted {
+                output: Payload("null".into()),
+            }],
+        )
+        .await
+        .unwrap();
+        assert_eq!(metrics.last_appended(a), Some(1));
+        assert_eq!(metrics.last_appended(b), Some(0));
+    }
 }

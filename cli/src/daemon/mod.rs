@@ -187,15 +187,10 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitStatus> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let prepared = prepare(&opts).await?;
-    if let Some(url) = prepared.config.web.as_ref().and_then(|w| w.login_url()) {
-        // The one place the login token appears: on the daemon's stdout, for its owner. It
-        // works once; the browser that opens it keeps a session cookie.
-        println!("{url}");
-        eprintln!(
-            "waymark: web UI: open the URL above once in your browser (it logs one browser in, \
-             then is used up)"
-        );
-    }
+    let login_file = match prepared.config.web.as_ref().and_then(|w| w.login_url()) {
+        Some(url) => hand_out_login_url(&opts.data_dir, &url)?,
+        None => None,
+    };
     let shutdown = async move {
         tokio::select! {
             _ = interrupt.recv() => {}
@@ -209,7 +204,45 @@ pub async fn run(opts: Options) -> anyhow::Result<ExitStatus> {
         shutdown,
     )
     .await?;
+    if let Some(file) = login_file {
+        // Its token died with this process.
+        let _ = std::fs::remove_file(file);
+    }
     Ok(ExitStatus::Success)
+}
+
+/// Gives the web UI's first login URL to the daemon's owner, and to nobody else. On a
+/// terminal (the owner started the daemon by hand), printed on stdout. Otherwise stdout may be
+/// a journal that others read (systemd's is readable by `adm` and `systemd-journal`), and
+/// whoever opens the URL first gets the session: it goes to an owner-only file in the data
+/// directory, whose path (never the token) is said on stderr, with `waymark web-login`, which
+/// asks the daemon for a new URL over its owner-only socket. Returns the file written, if any.
+fn hand_out_login_url(data_dir: &Path, url: &str) -> anyhow::Result<Option<PathBuf>> {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        println!("{url}");
+        eprintln!(
+            "waymark: web UI: open the URL above once in your browser (it logs one browser in, \
+             then is used up; `waymark web-login` prints a new one)"
+        );
+        return Ok(None);
+    }
+    let file = crate::paths::web_login_path(data_dir);
+    crate::secret_file::write_owner_only(&file, &format!("{url}\n")).with_context(|| {
+        format!(
+            "writing the web UI's login URL to {} (owner-only); check that the data directory \
+             is writable",
+            file.display()
+        )
+    })?;
+    let addr = url.split("/?").next().unwrap_or(url);
+    eprintln!(
+        "waymark: web UI on {addr}: its one-time login URL is in {} (owner-only, not printed: \
+         stdout is not a terminal); `waymark web-login` (POST /v1/web/login-url on the \
+         owner-only socket) prints a new one",
+        file.display()
+    );
+    Ok(Some(file))
 }
 
 /// Resumes every unfinished run of `engine`, then serves the API on `listeners` and runs the
@@ -283,7 +316,8 @@ pub async fn serve(
     let http_task = match (http, config.web) {
         (Some(l), Some(access)) => {
             tracing::info!(
-                "web UI on http://{} (log in with the URL printed at start)",
+                "web UI on http://{} (log in with the one-time URL given at start; \
+                 `waymark web-login` prints a new one)",
                 access.addr()
             );
             Some(tokio::spawn(
@@ -366,29 +400,7 @@ pub fn bind_owner_only(path: &Path) -> anyhow::Result<UnixListener> {
 /// Reads the bearer token, refusing a file others could read or that another user owns (as ssh
 /// does for private keys).
 pub fn read_token(file: &Path) -> anyhow::Result<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(file)
-        .with_context(|| format!("reading the token file {}", file.display()))?;
-    #[allow(unsafe_code)]
-    // SAFETY: geteuid(2) has no preconditions.
-    let own = unsafe { libc::geteuid() };
-    anyhow::ensure!(
-        meta.uid() == own,
-        "the token file {} belongs to uid {}, not to the daemon's user (uid {own}): \
-         `chown {own} {}` and `chmod 600 {}`",
-        file.display(),
-        meta.uid(),
-        file.display(),
-        file.display()
-    );
-    let group_and_others = meta.mode() & 0o077;
-    anyhow::ensure!(
-        group_and_others == 0,
-        "the token file {} is readable by others (mode {:o}): `chmod 600 {}`",
-        file.display(),
-        meta.mode() & 0o777,
-        file.display()
-    );
+    crate::secret_file::check_owner_only(file, "token file").map_err(anyhow::Error::msg)?;
     let t = std::fs::read_to_string(file)
         .with_context(|| format!("reading the token file {}", file.display()))?;
     let t = t.trim().to_owned();

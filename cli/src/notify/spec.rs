@@ -58,16 +58,22 @@ pub enum Error {
 }
 
 impl Webhook {
-    /// Reads the URL now (a file may be rotated, a variable set, while the daemon runs). The
-    /// URL must be `http://` or `https://`.
+    /// Reads the URL now (a file may be rotated, a variable set, while the daemon runs). A file
+    /// must be the daemon's user's and owner-only (as the token file,
+    /// [`crate::secret_file::check_owner_only`]); the URL must be `http://` or `https://`.
     pub fn read_url(&self) -> Result<String, Error> {
         let fail = |problem: String| Error::Url {
             webhook: self.to_string(),
             problem,
         };
         let url = match &self.url {
-            UrlSource::File(path) => std::fs::read_to_string(path)
-                .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?,
+            UrlSource::File(path) => {
+                // A webhook URL is a secret (whoever has it may post to the channel): its file
+                // gets the token file's checks.
+                crate::secret_file::check_owner_only(path, "webhook URL file").map_err(fail)?;
+                std::fs::read_to_string(path)
+                    .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?
+            }
             UrlSource::Env(name) => std::env::var(name).map_err(|_| {
                 fail(format!(
                     "the daemon's environment has no variable {name} (set it before starting the daemon)"

@@ -35,6 +35,8 @@ struct Web {
     /// The daemon's user, as histories name the operator of a web session.
     owner: String,
     stop: tokio::sync::watch::Receiver<bool>,
+    /// The list page's rows, read again only for runs that changed.
+    rows: Arc<data::RunRows>,
 }
 
 const INDEX_HTML: &str = include_str!("../../../assets/index.html");
@@ -189,8 +191,16 @@ fn run_id(d: &Daemon, text: &str) -> Result<RunId, ApiError> {
     api::find_run(d.log.as_ref(), text).map_err(ApiError::from)
 }
 
+/// The list page's data (every open tab asks every few seconds): computed on a blocking
+/// thread (the log is read synchronously), rereading only the runs appended to since.
 async fn runs(State(w): State<Web>) -> Result<Response, ApiError> {
-    Ok(Json(data::runs(w.d.log.as_ref())?).into_response())
+    let rows = tokio::task::spawn_blocking(move || {
+        w.rows
+            .runs(w.d.log.as_ref(), |run| w.d.metrics.last_appended(run))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("listing the runs stopped: {e}"))??;
+    Ok(Json(rows).into_response())
 }
 
 async fn run(State(w): State<Web>, AxPath(run): AxPath<String>) -> Result<Response, ApiError> {
@@ -310,6 +320,7 @@ pub(in crate::daemon) fn app(
         access,
         owner,
         stop,
+        rows: Arc::default(),
     };
     axum::Router::new()
         .route("/", get(index))
