@@ -329,12 +329,17 @@ impl RunShared {
             }
             return Err(self.replay_end(&events));
         }
+        let decided_any = !events.is_empty();
         let handle = {
             let mut st = self.state.lock().expect("state lock");
             self.decided(&mut st, events)?;
             self.submit(&st)
         };
-        self.notify();
+        // Only a change wakes the waiters: two waits in parallel (a signal and a timer) that
+        // woke each other on every empty append would never sleep.
+        if decided_any {
+            self.notify();
+        }
         let Some(handle) = handle else {
             return Ok(Vec::new());
         };
@@ -961,6 +966,7 @@ async fn compensate(s: &Arc<RunShared>) -> RunOutcome {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
@@ -1009,6 +1015,52 @@ mod tests {
             }
             Ok(n)
         }
+    }
+
+    struct SignalOrTimer(Arc<AtomicU64>);
+
+    impl Workflow for SignalOrTimer {
+        const NAME: &'static str = "signal-or-timer";
+        const VERSION: u32 = 1;
+        type Input = ();
+        type Output = bool;
+        async fn run(&self, ctx: WorkflowContext, (): ()) -> Result<bool, workflow::Error> {
+            let polls = self.0.clone();
+            let signal = ctx.wait_for_signal::<Payload>("approve");
+            let timer = ctx.sleep(std::time::Duration::from_millis(200));
+            let mut signal = std::pin::pin!(signal);
+            let mut timer = std::pin::pin!(timer);
+            std::future::poll_fn(|cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                match (signal.as_mut().poll(cx), timer.as_mut().poll(cx)) {
+                    (std::task::Poll::Ready(r), _) => std::task::Poll::Ready(r.map(|_| true)),
+                    (_, std::task::Poll::Ready(r)) => std::task::Poll::Ready(r.map(|()| false)),
+                    _ => std::task::Poll::Pending,
+                }
+            })
+            .await
+        }
+    }
+
+    /// Two waits in parallel (an approval with a timeout) sleep until one of them ends: the
+    /// empty appends of their waits wake nobody (they woke each other in a busy loop).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_waits_sleep_until_one_ends() {
+        let polls = Arc::new(AtomicU64::new(0));
+        let engine = Engine::builder(crate::memory_log())
+            .workflow(SignalOrTimer(polls.clone()))
+            .build();
+        let run = engine.start::<SignalOrTimer>(&(), "t").await.unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait(run))
+            .await
+            .expect("the run finishes")
+            .unwrap();
+        assert_eq!(out, RunOutcome::Completed(Payload("false".into())));
+        let polls = polls.load(Ordering::SeqCst);
+        assert!(
+            polls < 50,
+            "the workflow was polled {polls} times in 200 ms of waiting"
+        );
     }
 
     /// Issue 10: a step's result shares its flush with the next step's scheduling: a run of `n`
