@@ -293,3 +293,46 @@ fn a_wait_reports_its_fraction_and_retries_show_in_place() {
         .iter()
         .any(|l| l.starts_with("· 9. switch traffic back to zone B")));
 }
+
+/// `waymark daemon --http` started by hand on a terminal prints its one-time login URL there
+/// (and leaves no file of it: only a stdout that is not a terminal gets the file).
+#[test]
+fn on_a_terminal_the_daemon_prints_its_login_url_and_writes_no_file() {
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let (master, slave) = openpty();
+    let child = crate::util::waymark(&data)
+        .args(["daemon", "--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn waymark daemon");
+    let daemon = crate::fixtures::daemon::DaemonProcess { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The reader ends when the daemon is gone (EIO on the terminal's side).
+    std::thread::spawn(move || {
+        let mut master = std::fs::File::from(master);
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = master.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            if let Some(line) = seen.lines().find(|l| l.contains("/?token=")) {
+                let _ = tx.send(line.trim().to_owned());
+                return;
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the login URL on the terminal (safety limit)");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(
+        !data.join("web-login-url").exists(),
+        "no file when the URL went to a terminal"
+    );
+    daemon.sigkill();
+}

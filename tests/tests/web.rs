@@ -726,30 +726,53 @@ fn the_web_ui_binds_loopback_unless_allowed_otherwise() {
     );
 }
 
-/// `waymark daemon --http 127.0.0.1:0` prints the login URL (with the port it bound) on stdout,
-/// and that URL logs a browser in once.
-#[test]
-fn the_daemon_binary_prints_a_login_url_that_works_once() {
-    use std::io::BufRead as _;
-    let dir = temp_dir();
-    let mut child = crate::util::waymark(&dir.path().join("data"))
-        .args(["daemon", "--http", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn waymark daemon");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line.trim().to_owned();
-    let addr: SocketAddr = url
-        .strip_prefix("http://")
+/// The login URL the daemon left in `data`'s owner-only file (its stdout not a terminal).
+fn login_url_from_file(data: &std::path::Path) -> String {
+    let file = data.join("web-login-url");
+    // Written whole (renamed into place), so any content read is the whole URL.
+    crate::util::eventually_blocking(
+        LIMIT,
+        &format!("the daemon's login URL in {}", file.display()),
+        || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .map(|t| t.trim().to_owned())
+                .filter(|t| !t.is_empty())
+        },
+    )
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    url.strip_prefix("http://")
         .and_then(|r| r.split_once("/?token="))
         .map_or_else(
-            || panic!("the daemon's first stdout line is its login URL: {line:?}"),
+            || panic!("a login URL http://ADDR/?token=...: {url:?}"),
             |(a, _)| a.parse().unwrap(),
-        );
+        )
+}
+
+/// `waymark daemon --http 127.0.0.1:0` with its stdout not a terminal (a service manager's
+/// journal, which others may read): the login URL never goes to stdout or stderr; it is in an
+/// owner-only file of the data directory, whose path stderr names; it works once;
+/// `waymark web-login` prints a new one over the socket; the file goes when the daemon stops.
+#[test]
+fn piped_the_daemon_leaves_its_login_url_in_an_owner_only_file_not_on_stdout() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let mut child = crate::util::waymark(&data)
+        .args(["daemon", "--http", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn waymark daemon");
+    let mut stdout = child.stdout.take().unwrap();
+    let daemon = crate::fixtures::daemon::DaemonProcess { child };
+    let url = login_url_from_file(&data);
+    let file = data.join("web-login-url");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the login URL file is owner-only");
+    let addr = addr_of(&url);
     assert!(addr.ip().is_loopback() && addr.port() != 0, "{url}");
     let cookie = login(addr, &url);
     let (code, _, _) = http(addr, "GET", "/web/api/runs", &[("Cookie", &cookie)], "");
@@ -757,31 +780,54 @@ fn the_daemon_binary_prints_a_login_url_that_works_once() {
     let path = url.split_once(&addr.to_string()).unwrap().1;
     let (code, _, _) = http(addr, "GET", path, &[], "");
     assert_eq!(code, 401, "the login URL works once");
-    let _ = child.kill();
-    let _ = child.wait();
+
+    // A second browser: `waymark web-login` asks the daemon for a new URL.
+    let out = crate::util::waymark(&data)
+        .arg("web-login")
+        .output()
+        .unwrap();
+    let again = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(again, url);
+    assert_eq!(addr_of(&again), addr);
+    let second = login(addr, &again);
+    assert_ne!(second, cookie);
+
+    let err = daemon.sigterm();
+    let mut out = String::new();
+    stdout.read_to_string(&mut out).unwrap();
+    let token = |u: &str| u.split("token=").nth(1).unwrap().to_owned();
+    for secret in [token(&url), token(&again)] {
+        assert!(!out.contains(&secret), "a login token on stdout: {out}");
+        assert!(!err.contains(&secret), "a login token on stderr: {err}");
+    }
+    assert!(
+        err.contains(&file.display().to_string()) && err.contains("waymark web-login"),
+        "stderr says where the URL is: {err}"
+    );
+    assert!(!file.exists(), "the dead URL's file is removed at stop");
+    // Without a daemon, web-login says what to start.
+    let out = crate::util::waymark(&data)
+        .arg("web-login")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--http"), "{err}");
 }
 
 /// The daemon process on `data` serving the web UI on a free loopback port; its login URL.
 fn daemon_with_web(data: &std::path::Path) -> (crate::fixtures::daemon::DaemonProcess, String) {
-    use std::io::BufRead as _;
-    let mut child = crate::util::waymark(data)
+    let child = crate::util::waymark(data)
         .args(["daemon", "--http", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("spawn waymark daemon");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("http://127.0.0.1:"),
-        "the daemon's first stdout line is its login URL: {line:?}"
-    );
-    (
-        crate::fixtures::daemon::DaemonProcess { child },
-        line.trim().to_owned(),
-    )
+    let daemon = crate::fixtures::daemon::DaemonProcess { child };
+    let url = login_url_from_file(data);
+    assert!(url.starts_with("http://127.0.0.1:"), "{url:?}");
+    (daemon, url)
 }
 
 /// The real runbook against the sandbox: the page shows the run waiting for its approval, the
