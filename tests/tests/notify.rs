@@ -359,13 +359,16 @@ fn webhook_urls_never_come_from_the_command_line_and_bad_ones_stop_the_daemon() 
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&url_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let out = waymark(&data)
+    // (A daemon that took the file would serve on: the safety limit ends it as a failure.)
+    let child = waymark(&data)
         .args(["daemon", "--notify"])
         .arg(format!("json:file:{}", url_file.display()))
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (status, _, err) = crate::util::wait_exit(child, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2), "{err}");
     assert!(
         err.contains(&format!(
             "the webhook URL file {} is readable by others (mode 644): `chmod 600 {}`",
