@@ -16,7 +16,7 @@ use waymark_engine::activity::{self, Activity, Context};
 use crate::elb::{ElbClient, ElbConnection, TrafficSource};
 use crate::k8s::{DeploymentRef, ReadReplicas};
 use crate::ssh::{self, shell_quote, SshSession, SshTarget};
-use crate::yb::{Masters, ToolsCheck, ToolsCheckInput};
+use crate::yb::{yb_ts_cli_ready_line, Masters, ToolsCheck, ToolsCheckInput};
 
 /// One check: what, whether it passed, and what was seen (when failed: what to fix).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +88,22 @@ pub struct NodeAccess {
     pub ssh: SshTarget,
     /// The systemd units the run restarts there (`yb-master`, `yb-tserver`).
     pub units: Vec<String>,
+    /// `yb-ts-cli is_server_ready` as the run calls it on this node after restarting its
+    /// tserver (the node's own tools and certificates); `None`: no tserver restarted here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts_cli: Option<TsCliCheck>,
+}
+
+/// `yb-ts-cli` on a tserver's own node, with the inventory's flags.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TsCliCheck {
+    /// Path of `yb-ts-cli` on the node.
+    pub yb_ts_cli: String,
+    /// `-certs_dir_name` (the cluster uses TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certs_dir: Option<String>,
+    /// The tserver's host as the cluster knows it.
+    pub host: String,
 }
 
 /// The target step 6 registers, and the tserver it must be.
@@ -181,7 +197,12 @@ impl Activity for Preflight {
             format!("yb tools on {}", i.tools_node),
             match ToolsCheck.run(ctx.clone(), i.tools.clone()).await {
                 Ok(problems) if problems.is_empty() => Ok(format!(
-                    "yb-admin list_all_masters and yb-ts-cli answer on {node} with the inventory's flags{}",
+                    "yb-admin list_all_masters{} answered on {node} with the inventory's flags{}",
+                    if i.tools.tserver_host.is_some() {
+                        " and yb-ts-cli is_server_ready"
+                    } else {
+                        ""
+                    },
                     i.tools
                         .admin
                         .certs_dir
@@ -275,8 +296,36 @@ async fn check_node(n: &NodeAccess, use_sudo: bool) -> Vec<Check> {
             },
         );
     }
+    if let Some(t) = &n.ts_cli {
+        // The very line step 4/5 runs there (`yb.wait_server_ready`): a missing tool or
+        // certificates directory on this node is found now, not after traffic moved.
+        let line = yb_ts_cli_ready_line(&t.yb_ts_cli, t.certs_dir.as_deref(), &t.host);
+        report.push(
+            format!("yb-ts-cli on {}", n.name),
+            match session.exec(&line).await {
+                Ok(out) if out.exit_status == 0 => Ok(format!("`{line}` exited 0 on {}", n.ssh.addr())),
+                Ok(out) => Err(format!(
+                    "`{line}` exited {} on {}: {}; the run calls it there after restarting the tserver: check yugabyte.yb_ts_cli and, on a TLS cluster, yugabyte.certs_dir (the directory must exist on every tserver node)",
+                    out.exit_status,
+                    n.ssh.addr(),
+                    first_line(&out.stderr, &out.stdout)
+                )),
+                Err(e) => Err(e.to_string()),
+            },
+        );
+    }
     session.close().await;
     report.checks
+}
+
+/// The first non-empty line of `a`, else of `b`.
+fn first_line(a: &str, b: &str) -> String {
+    let text = if a.trim().is_empty() { b } else { a };
+    text.lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("(no output)")
+        .trim()
+        .to_owned()
 }
 
 /// Every permission of [`DEPLOYMENT_ACCESS`] on `d`.

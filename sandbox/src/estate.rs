@@ -95,6 +95,13 @@ impl Estate {
                 self.yb.tls_certs_dir = Some(certs_dir.clone());
                 Ok(())
             }
+            Scenario::CertsMissing { node } => {
+                if !self.yb.servers.iter().any(|s| &s.node == node) {
+                    return Err(format!("no yb server on node {node:?}"));
+                }
+                self.yb.certs_missing_on.insert(node.clone());
+                Ok(())
+            }
             Scenario::RbacDenied {
                 verb,
                 deployment,
@@ -150,6 +157,12 @@ pub enum Scenario {
     Tls {
         /// The directory clients must name.
         certs_dir: String,
+    },
+    /// The TLS certificates directory is missing on `node`: a yb tool run there with
+    /// `-certs_dir_name` fails to load the CA certificate (other nodes are fine).
+    CertsMissing {
+        /// Node name.
+        node: String,
     },
     /// Kubernetes RBAC does not let the run's user `verb` Deployment `deployment` (its
     /// `subresource`, e.g. `scale`): access reviews answer `allowed: false`, calls get 403.

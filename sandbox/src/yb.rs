@@ -178,6 +178,10 @@ pub struct State {
     /// The cluster uses TLS: clients need `-certs_dir_name` (scenario knob).
     #[serde(default)]
     pub tls_certs_dir: Option<String>,
+    /// Nodes where the TLS certificates directory is missing (scenario knob): a yb tool run
+    /// there with `-certs_dir_name` cannot read its CA certificate.
+    #[serde(default)]
+    pub certs_missing_on: BTreeSet<String>,
     /// The durations in effect (already scaled).
     #[serde(default)]
     pub timing: Timing,
@@ -363,6 +367,7 @@ impl State {
             lb_next_move_ms: 0,
             lb_moves_done: 0,
             tls_certs_dir: None,
+            certs_missing_on: BTreeSet::new(),
             timing: spec.scaled(),
             next_pid: pid + 1,
         }
@@ -927,8 +932,8 @@ pub fn exec_nowait(shared: &Shared, node: &str, command: &str) -> (ExecOutput, u
     let program = words.first().map(|p| p.rsplit('/').next().unwrap_or(p));
     match program {
         Some("systemctl") => systemctl(shared, node, &words[1..]),
-        Some("yb-admin") => (yb_admin(shared, &words[1..]), 0),
-        Some("yb-ts-cli") => (yb_ts_cli(shared, &words[1..]), 0),
+        Some("yb-admin") => (yb_admin(shared, node, &words[1..]), 0),
+        Some("yb-ts-cli") => (yb_ts_cli(shared, node, &words[1..]), 0),
         Some("curl") => (curl(shared, &words[1..]), 0),
         Some(other) => (
             ExecOutput::fail(127, format!("bash: line 1: {other}: command not found\n")),
@@ -1139,8 +1144,25 @@ fn tool_args<'a>(args: &[&'a str]) -> (BTreeMap<String, String>, Vec<&'a str>) {
     (flags, rest)
 }
 
-/// A TLS cluster refuses a client without the right `-certs_dir_name`.
-fn tls_refusal(st: &State, flags: &BTreeMap<String, String>, peer: &str) -> Option<ExecOutput> {
+/// A TLS cluster refuses a client without the right `-certs_dir_name`; on a node whose
+/// certificates directory is missing, the tool cannot even load it.
+fn tls_refusal(
+    st: &State,
+    node: &str,
+    flags: &BTreeMap<String, String>,
+    peer: &str,
+) -> Option<ExecOutput> {
+    if let Some(d) = flags.get("certs_dir_name") {
+        if st.certs_missing_on.contains(node) {
+            return Some(ExecOutput::fail(
+                1,
+                format!(
+                    "Error: IO error (yb/rpc/secure_stream.cc:112): {d}/ca.crt: \
+                     No such file or directory (system error 2)\n"
+                ),
+            ));
+        }
+    }
     let wanted = st.tls_certs_dir.as_deref()?;
     match flags.get("certs_dir_name").map(String::as_str) {
         Some(d) if d == wanted => None,
@@ -1163,7 +1185,7 @@ fn tls_refusal(st: &State, flags: &BTreeMap<String, String>, peer: &str) -> Opti
     }
 }
 
-fn yb_admin(shared: &Shared, args: &[&str]) -> ExecOutput {
+fn yb_admin(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
     let now = now_ms();
     let (flags, rest) = tool_args(args);
     let Some(cmd) = rest.first().copied() else {
@@ -1174,7 +1196,7 @@ fn yb_admin(shared: &Shared, args: &[&str]) -> ExecOutput {
         .cloned()
         .unwrap_or_else(|| "localhost:7100".into());
     let check = shared.read(|st| {
-        if let Some(refused) = tls_refusal(&st.yb, &flags, &addresses) {
+        if let Some(refused) = tls_refusal(&st.yb, node, &flags, &addresses) {
             return Err(refused);
         }
         let reachable = addresses.split(',').any(|a| {
@@ -1338,7 +1360,7 @@ fn yb_admin(shared: &Shared, args: &[&str]) -> ExecOutput {
     }
 }
 
-fn yb_ts_cli(shared: &Shared, args: &[&str]) -> ExecOutput {
+fn yb_ts_cli(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
     let now = now_ms();
     let (flags, rest) = tool_args(args);
     let address = flags
@@ -1351,7 +1373,7 @@ fn yb_ts_cli(shared: &Shared, args: &[&str]) -> ExecOutput {
         .to_owned();
     match rest.first().copied() {
         Some("is_server_ready") => shared.read(|st| {
-            if let Some(refused) = tls_refusal(&st.yb, &flags, &address) {
+            if let Some(refused) = tls_refusal(&st.yb, node, &flags, &address) {
                 return refused;
             }
             let Some(s) = st.yb.server(&host, Kind::TServer) else {

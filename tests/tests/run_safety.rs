@@ -512,6 +512,54 @@ async fn preflight_tls_certs_missing_refuses_before_any_change() {
     .await;
 }
 
+/// Pre-flight: a TLS cluster whose inventory names `certs_dir`, but the directory is missing on
+/// one tserver node other than yb-admin's (yb-b-3, a tserver only). The run calls `yb-ts-cli`
+/// there after restarting its tserver; the pre-flight runs that very line on that node (the old
+/// pre-flight asked only yb-admin's node and passed; the run then stopped at yb-b-3 with traffic
+/// moved). Every other node's yb-ts-cli check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_certs_missing_on_one_tserver_refuses_before_any_change() {
+    let (dir, sb) = lagging(0.05).await;
+    let certs = "/home/yugabyte/yugabyte-tls-config";
+    sb.shared()
+        .apply(&Scenario::Tls {
+            certs_dir: certs.into(),
+        })
+        .unwrap();
+    sb.shared()
+        .apply(&Scenario::CertsMissing {
+            node: "yb-b-3".into(),
+        })
+        .unwrap();
+    set_inventory_key(dir.path(), "yugabyte", "certs_dir", &format!("\"{certs}\""));
+    let reasons = refused_before_any_change(
+        dir.path(),
+        &[
+            "pre-flight yb-ts-cli on yb-b-3",
+            "-certs_dir_name",
+            "No such file or directory",
+            "yugabyte.certs_dir",
+        ],
+    )
+    .await;
+    assert_eq!(
+        reasons.lines().count(),
+        1,
+        "only yb-b-3 fails (the other tservers' yb-ts-cli and yb-admin answer with the certificates):\n{reasons}"
+    );
+    let report = plan(dir.path()).await;
+    for node in ["yb-a-1", "yb-a-2", "yb-a-3", "yb-b-1", "yb-b-2"] {
+        assert!(
+            report.contains(&format!("PASS yb-ts-cli on {node}")),
+            "plan shows yb-ts-cli checked on {node}:\n{report}"
+        );
+    }
+    assert!(
+        report.contains("FAIL yb-ts-cli on yb-b-3"),
+        "plan shows the failure:\n{report}"
+    );
+}
+
 /// Pre-flight: Kubernetes RBAC does not let the run scale `MirrorMaker2` (step 2 would fail after
 /// traffic moved; step 2's compensation would fail the same way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

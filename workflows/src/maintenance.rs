@@ -84,7 +84,11 @@ impl Workflow for YbMaintenance {
     /// step each, each with its own compensation); the read-only pre-flight before step 1 (a
     /// failure ends the run `refused`); the run's overall deadline (`[run]`); the approval's
     /// timeout and approver check. Version 4 histories are refused.
-    const VERSION: u32 = 5;
+    ///
+    /// 6: the pre-flight runs `yb-ts-cli is_server_ready` on every node whose tserver the run
+    /// restarts, with the inventory's flags (the pre-flight's input changed). Version 5
+    /// histories are refused.
+    const VERSION: u32 = 6;
     type Input = Inventory;
     type Output = Summary;
 

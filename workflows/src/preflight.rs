@@ -1,14 +1,15 @@
 //! The pre-flight's input from an inventory (`waymark_activities::preflight`): what a run of
 //! `yb-maintenance` touches, for the run (before step 1) and for `waymark plan` alike.
 
-use waymark_activities::preflight::{NodeAccess, PreflightInput, RegisterCheck};
+use waymark_activities::preflight::{NodeAccess, PreflightInput, RegisterCheck, TsCliCheck};
 use waymark_activities::yb::ToolsCheckInput;
 
 use crate::inventory::{Error, Inventory};
 
 /// Every node the run logs in to (those it restarts, with their units, and the node `yb-admin`
-/// runs on), the yb tools as the run calls them, every Deployment, every traffic forward, zone
-/// A's target group and step 6's target.
+/// runs on), the yb tools as the run calls them (`yb-admin` on its node; `yb-ts-cli` on every
+/// node whose tserver it restarts, where it calls it), every Deployment, every traffic forward,
+/// zone A's target group and step 6's target.
 pub fn input(inv: &Inventory) -> Result<PreflightInput, Error> {
     let sources = inv.traffic_sources()?;
     let (admin_node, admin) = inv.yb_admin().ok_or_else(|| Error {
@@ -31,13 +32,24 @@ pub fn input(inv: &Inventory) -> Result<PreflightInput, Error> {
                     units.push("yb-tserver".to_owned());
                 }
             }
+            let ts_cli = units.iter().any(|u| u == "yb-tserver").then(|| TsCliCheck {
+                yb_ts_cli: inv.yb_ts_cli(),
+                certs_dir: inv.yugabyte.certs_dir.clone(),
+                host: n.address.clone(),
+            });
             (!units.is_empty() || n.name == admin_node.name).then(|| NodeAccess {
                 name: n.name.clone(),
                 ssh: inv.ssh_target(n),
                 units,
+                ts_cli,
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // The admin node's tserver is asked through the tools check only when the per-node check
+    // does not already run yb-ts-cli there.
+    let admin_ts_checked = nodes
+        .iter()
+        .any(|n| n.name == admin_node.name && n.ts_cli.is_some());
     let register_node = inv
         .yugabyte
         .nodes
@@ -59,7 +71,8 @@ pub fn input(inv: &Inventory) -> Result<PreflightInput, Error> {
         tools: ToolsCheckInput {
             admin,
             yb_ts_cli: inv.yb_ts_cli(),
-            tserver_host: admin_node.tserver.then(|| admin_node.address.clone()),
+            tserver_host: (admin_node.tserver && !admin_ts_checked)
+                .then(|| admin_node.address.clone()),
         },
         tools_node: admin_node.name.clone(),
         masters: inv.masters(),
