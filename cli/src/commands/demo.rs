@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use waymark_engine::Payload;
 use waymark_sandbox::{read_effects, Fault, FaultKind, Faults, Sandbox};
+use waymark_workflows::maintenance::steps::{self, Step};
 use waymark_workflows::Inventory;
 
 use waymark_cli::exit::{usage, ExitStatus};
@@ -15,8 +16,9 @@ use waymark_cli::view::{outcome_line, outcome_status};
 use super::target::engine;
 use super::watch::{follow, Display};
 
-/// The fault that makes runbook step `step` fail, and how long it lasts.
-fn fault_for_step(step: u8) -> Option<Fault> {
+/// The fault that makes runbook step `step` fail, and how long it lasts (`None` only for a
+/// step the demo has no fault for: the unit test checks every step of the runbook has one).
+fn fault_for_step(step: Step) -> Option<Fault> {
     let f = |system: &str, matching: &str, kind: FaultKind, remaining: Option<u32>| Fault {
         system: system.into(),
         matching: matching.into(),
@@ -24,8 +26,8 @@ fn fault_for_step(step: u8) -> Option<Fault> {
         remaining,
     };
     Some(match step {
-        1 => f("elb", "offerup-zone-a=100", FaultKind::Throttle, None),
-        2 => f(
+        steps::SWITCH_TO_ZONE_A => f("elb", "offerup-zone-a=100", FaultKind::Throttle, None),
+        steps::STOP_MIRRORMAKER => f(
             "k8s",
             "PATCH prod/mirrormaker2/scale",
             FaultKind::Status(500),
@@ -34,13 +36,13 @@ fn fault_for_step(step: u8) -> Option<Fault> {
         // The connection drops on the restart command (the restart never runs): retried, then
         // compensated. A `Job ... failed` exit is not retried (the activity treats it as final).
         // (`sudo systemctl`: the pre-flight's `sudo -n -l systemctl restart ...` only lists.)
-        3 => f(
+        steps::RESTART_MASTERS => f(
             "ssh",
             "sudo systemctl restart yb-master",
             FaultKind::Drop,
             None,
         ),
-        4 => f(
+        steps::RESTART_TSERVERS => f(
             "ssh",
             "sudo systemctl restart yb-tserver",
             FaultKind::Drop,
@@ -48,23 +50,25 @@ fn fault_for_step(step: u8) -> Option<Fault> {
         ),
         // Step 5's own yb-admin call (steps 1 and 4 run yb-admin too: the tools check and the
         // leader blacklist).
-        5 => f(
+        steps::WAIT_FOR_LOAD_BALANCING => f(
             "ssh",
             "get_is_load_balancer_idle",
             FaultKind::Exit(1, "Error: Timed out waiting for the master leader\n".into()),
             None,
         ),
-        6 => f("elb", "RegisterTargets", FaultKind::Status(500), None),
-        7 => f("k8s", "stuck prod/fp", FaultKind::Status(500), None),
+        steps::REGISTER_NEW_NODE => f("elb", "RegisterTargets", FaultKind::Status(500), None),
+        steps::RESTART_SERVICES => f("k8s", "stuck prod/fp", FaultKind::Status(500), None),
         // Steps 8 and 9 fail for all their attempts; the compensation, which makes the same kind
         // of call, then gets through.
-        8 => f(
+        steps::START_MIRRORMAKER => f(
             "k8s",
             "PATCH prod/mirrormaker2/scale replicas=2",
             FaultKind::Status(500),
             Some(4),
         ),
-        9 => f("elb", "offerup-zone-b=100", FaultKind::Throttle, Some(5)),
+        steps::SWITCH_BACK_TO_ZONE_B => {
+            f("elb", "offerup-zone-b=100", FaultKind::Throttle, Some(5))
+        }
         _ => return None,
     })
 }
@@ -78,11 +82,26 @@ pub async fn demo(
     display: Display,
 ) -> anyhow::Result<ExitStatus> {
     let spec = super::sandbox::spec(faster, time_scale)?;
+    // The runbook's one step table (`maintenance::steps`) says which steps exist.
+    let fail_at = match fail_at {
+        None => None,
+        Some(s) => Some(steps::by_number(s).ok_or_else(|| {
+            usage(format!(
+                "--fail-at takes a step of the runbook, not {s}: {}",
+                steps::ALL
+                    .iter()
+                    .map(|st| format!("{st} ({})", st.title))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?),
+    };
     let fault = match fail_at {
         None => None,
-        Some(s) => Some(fault_for_step(s).ok_or_else(|| {
+        Some(step) => Some(fault_for_step(step).ok_or_else(|| {
             usage(format!(
-                "--fail-at takes a runbook step from 1 to 9, not {s}"
+                "--fail-at {step}: the demo has no fault for step {step} ({})",
+                step.title
             ))
         })?),
     };
@@ -93,7 +112,7 @@ pub async fn demo(
     if let Some(f) = &fault {
         eprintln!(
             "demo: the sandbox will fail runbook step {} ({} fault on {:?})",
-            fail_at.unwrap_or(0),
+            fail_at.map_or_else(String::new, |s| format!("{s}, {}", s.title)),
             f.system,
             f.matching
         );
@@ -250,7 +269,21 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::Path;
 
-    use super::{first_on_path, invocation};
+    use waymark_workflows::maintenance::steps;
+
+    use super::{fault_for_step, first_on_path, invocation};
+
+    /// `--fail-at` takes exactly the runbook's steps (its one step table), and each has a fault.
+    #[test]
+    fn every_runbook_step_has_a_fault() {
+        for step in steps::ALL {
+            assert!(
+                fault_for_step(step).is_some(),
+                "no demo fault for step {step} ({})",
+                step.title
+            );
+        }
+    }
 
     fn executable(path: &Path) {
         std::fs::write(path, "#!/bin/sh\n").unwrap();
