@@ -86,6 +86,10 @@ pub(crate) struct RunShared {
     /// next append that must be durable (the one that starts an attempt, waits, or ends the run),
     /// or when the workflow code waits without asking for anything.
     pending: Mutex<Vec<Event>>,
+    /// Every event decided and not delivered yet, by the sequence number this driver folded it
+    /// at (locked only under `state`): a record delivered at such a number must be that event,
+    /// else someone else wrote to the run and the driver's state is wrong.
+    undelivered: Mutex<BTreeMap<u64, Event>>,
     pub(crate) next_position: AtomicU32,
     pub(crate) fatal: Mutex<Option<Fatal>>,
     changed: watch::Sender<u64>,
@@ -169,6 +173,7 @@ impl RunShared {
             cancel: watch::channel(state.cancel_requested.is_some()).0,
             state: Mutex::new(state),
             pending: Mutex::new(Vec::new()),
+            undelivered: Mutex::new(BTreeMap::new()),
             next_position: AtomicU32::new(0),
             fatal: Mutex::new(None),
             changed: watch::channel(0).0,
@@ -230,13 +235,17 @@ impl RunShared {
     /// Folds decided events into the state (under its lock) and queues them as pending.
     fn decided(&self, st: &mut RunState, events: Vec<Event>) -> Result<(), workflow::Error> {
         let at = self.now();
+        let mut undelivered = self.undelivered.lock().expect("undelivered lock");
         for e in &events {
+            let seq = st.events;
             if let Err(err) = st.apply_decided(at, e) {
                 let msg = err.to_string();
                 self.set_fatal(Fatal::Engine(msg.clone()));
                 return Err(workflow::Error::Engine(msg));
             }
+            undelivered.insert(seq, e.clone());
         }
+        drop(undelivered);
         self.pending.lock().expect("pending lock").extend(events);
         Ok(())
     }
@@ -395,13 +404,35 @@ impl RunShared {
             // Our own events were folded when decided; a record beyond them was appended to the
             // log by someone else (not through this driver) and is folded now.
             let mut st = self.state.lock().expect("state lock");
+            let mut undelivered = self.undelivered.lock().expect("undelivered lock");
             for r in &ready {
-                if r.seq < st.events {
-                    st.confirm(r);
-                } else if let Err(e) = st.apply(r) {
+                let failed = if r.seq < st.events {
+                    match undelivered.remove(&r.seq) {
+                        Some(decided) if decided == r.event => {
+                            st.confirm(r);
+                            None
+                        }
+                        decided => Some(format!(
+                            "run {}: the log holds {} at #{}, where this driver decided {}: \
+                             something appended to the run beside its driver, so the driver's \
+                             state is not the log's; the run stops here, resume it to go on \
+                             from its history",
+                            self.run,
+                            r.event.kind(),
+                            r.seq,
+                            decided.as_ref().map_or("nothing", Event::kind),
+                        )),
+                    }
+                } else {
+                    st.apply(r).err().map(|e| e.to_string())
+                };
+                if let Some(msg) = failed {
+                    drop(undelivered);
                     drop(st);
+                    // Before waking the waiters: this is why the run stops.
+                    self.set_fatal(Fatal::Engine(msg.clone()));
                     self.folded.send_modify(|(_, broken)| *broken = true);
-                    return Err(e.to_string());
+                    return Err(msg);
                 }
             }
         }
@@ -1000,6 +1031,71 @@ mod tests {
         fn runs(&self) -> Result<Vec<RunId>, log::Error> {
             self.inner.runs()
         }
+    }
+
+    /// A log that, on the run's first append after `RunStarted`, first appends a signal of its
+    /// own: a writer beside the driver, taking the number the driver decided its next event at.
+    struct Intruding {
+        inner: SharedLog,
+        appends: Arc<AtomicU64>,
+    }
+
+    impl EventLog for Intruding {
+        fn append(
+            &self,
+            run: RunId,
+            events: Vec<Event>,
+        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
+            if self.appends.fetch_add(1, Ordering::SeqCst) != 1 {
+                return self.inner.append(run, events);
+            }
+            let inner = self.inner.clone();
+            let foreign = crate::core::signal_received("note", Payload::null(), "intruder");
+            Box::pin(async move {
+                inner.append(run, vec![foreign]).await?;
+                inner.append(run, events).await
+            })
+        }
+        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
+            self.inner.read(run)
+        }
+        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.open_runs()
+        }
+        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.runs()
+        }
+    }
+
+    /// A record at a number the driver decided one of its events at must be that event: a
+    /// record appended beside the driver there stops the run loudly, naming both, instead of
+    /// being skipped as the driver's own (which applied the driver's own event twice).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_foreign_record_where_the_driver_decided_stops_the_run_loudly() {
+        let memory: SharedLog = crate::memory_log();
+        let log: SharedLog = Arc::new(Intruding {
+            inner: memory.clone(),
+            appends: Arc::new(AtomicU64::new(0)),
+        });
+        let engine = Engine::builder(log)
+            .workflow(Steps)
+            .activity_fn("noop", |_, input| async move { Ok(input) })
+            .build();
+        let run = engine.start::<Steps>(&2, "t").await.unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait(run))
+            .await
+            .expect("the driver stops")
+            .unwrap();
+        let RunOutcome::Stopped(why) = &out else {
+            panic!("the run stops for an engine error: {out:?}")
+        };
+        assert!(
+            why.contains("SignalReceived at #1, where this driver decided StepScheduled")
+                && why.contains("resume it"),
+            "{why}"
+        );
+        let records = memory.read(run).unwrap();
+        crate::core::RunState::from_records(&records).expect("the log's history stays valid");
     }
 
     struct Steps;

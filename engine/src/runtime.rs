@@ -86,10 +86,49 @@ struct ActiveRun {
     outcome: watch::Receiver<Option<RunOutcome>>,
 }
 
+/// Direct writes of signals to one run in flight, and whether a resume waits for them.
+#[derive(Default)]
+struct DirectWrites {
+    writers: usize,
+    resume_wanted: bool,
+}
+
+/// One signal written directly: when the last of a run's ends (written, failed or dropped), the
+/// resume asked meanwhile starts the driver, from the log as it is then.
+struct DirectWrite {
+    engine: Engine,
+    run: RunId,
+}
+
+impl Drop for DirectWrite {
+    fn drop(&mut self) {
+        let resume = {
+            let mut direct = self.engine.inner.direct.lock().expect("direct lock");
+            let entry = direct.entry(self.run).or_default();
+            entry.writers = entry.writers.saturating_sub(1);
+            if entry.writers == 0 {
+                direct.remove(&self.run).is_some_and(|e| e.resume_wanted)
+            } else {
+                false
+            }
+        };
+        if resume {
+            if let Err(e) = self.engine.resume(self.run) {
+                tracing::warn!(run = %self.run, error = %e,
+                    "a resume asked while a signal was being written could not start the run");
+            }
+        }
+    }
+}
+
 struct Inner {
     services: Arc<Services>,
     workflows: HashMap<(String, u32), Arc<dyn DynWorkflow>>,
+    /// Runs driven by this engine. Lock order: `active`, then `direct`.
     active: Mutex<HashMap<RunId, ActiveRun>>,
+    /// Signals being written to the log directly (their run had no driver when they were sent),
+    /// per run; no driver of that run starts before they are durable (see [`Engine::resume`]).
+    direct: Mutex<HashMap<RunId, DirectWrites>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -154,6 +193,7 @@ impl EngineBuilder {
                 }),
                 workflows: self.workflows,
                 active: Mutex::new(HashMap::new()),
+                direct: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
             }),
         }
@@ -304,15 +344,13 @@ impl Engine {
         Ok(report)
     }
 
-    /// Resumes one unfinished run (a no-op if this engine already drives it).
+    /// Resumes one unfinished run (a no-op if this engine already drives it). The run's state is
+    /// read from the log under the engine's lock of its runs, so no signal written directly can
+    /// land between that read and the driver's start; while such a write is in flight, the driver
+    /// starts once it is durable (and its read includes it).
     pub fn resume(&self, run: RunId) -> Result<(), Error> {
-        if self
-            .inner
-            .active
-            .lock()
-            .expect("active lock")
-            .contains_key(&run)
-        {
+        let mut active = self.inner.active.lock().expect("active lock");
+        if active.contains_key(&run) {
             return Ok(());
         }
         let state = self.unfinished_state(run)?;
@@ -326,15 +364,32 @@ impl Engine {
             },
             _ => self.workflow_for(&state).ok(),
         };
-        self.spawn(state, wf);
+        {
+            let mut direct = self.inner.direct.lock().expect("direct lock");
+            if let Some(writes) = direct.get_mut(&run) {
+                writes.resume_wanted = true;
+                return Ok(());
+            }
+        }
+        self.spawn_locked(&mut active, state, wf);
         Ok(())
     }
 
     fn spawn(&self, state: RunState, wf: Option<Arc<dyn DynWorkflow>>) {
+        let mut active = self.inner.active.lock().expect("active lock");
+        self.spawn_locked(&mut active, state, wf);
+    }
+
+    fn spawn_locked(
+        &self,
+        active: &mut HashMap<RunId, ActiveRun>,
+        state: RunState,
+        wf: Option<Arc<dyn DynWorkflow>>,
+    ) {
         let run = state.run;
         let shared = RunShared::new(self.inner.services.clone(), state, false);
         let (outcome_tx, outcome_rx) = watch::channel(None);
-        self.inner.active.lock().expect("active lock").insert(
+        active.insert(
             run,
             ActiveRun {
                 shared: shared.clone(),
@@ -370,13 +425,28 @@ impl Engine {
         sent_by: &str,
     ) -> Result<(), Error> {
         let event = core::signal_received(name, payload, sent_by);
-        let shared = self
-            .inner
-            .active
-            .lock()
-            .expect("active lock")
-            .get(&run)
-            .map(|a| a.shared.clone());
+        // Whether a driver takes the signal, or it is written directly, is decided under the
+        // lock of the engine's runs: a driver starting meanwhile would decide its own events at
+        // the sequence number the direct write takes.
+        let (shared, _direct) = {
+            let active = self.inner.active.lock().expect("active lock");
+            if let Some(a) = active.get(&run) {
+                (Some(a.shared.clone()), None)
+            } else {
+                self.inner
+                    .direct
+                    .lock()
+                    .expect("direct lock")
+                    .entry(run)
+                    .or_default()
+                    .writers += 1;
+                let write = DirectWrite {
+                    engine: self.clone(),
+                    run,
+                };
+                (None, Some(write))
+            }
+        };
         if let Some(shared) = shared {
             shared
                 .append(vec![event])
@@ -389,6 +459,7 @@ impl Engine {
         if name == core::signals::CANCEL {
             // A run no driver can take any further (suspended, or of a version this binary
             // lacks) is cancelled without its code: its compensations run from the history.
+            // Its driver starts when this write (and any other direct one) has ended.
             let state = self.unfinished_state(run)?;
             let stuck = matches!(state.status, RunStatus::Suspended(_))
                 || self.workflow_for(&state).is_err();

@@ -686,3 +686,80 @@ fn huge_retry_delays_and_timers_saturate() {
         }
     );
 }
+
+/// Review finding after one flush per step: two operators cancelling a suspended run at once
+/// (the web page and the CLI). The first cancel's write starts the run's driver; the second,
+/// having found no driver, wrote to the log directly and took a sequence number the new driver
+/// had decided one of its own events at: the driver skipped the cancel as its own, applied its
+/// own event twice and the run stopped with an invalid history. Looped to hit the window; each
+/// run must end cancelled with each compensation run once and a history that folds and replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cancels_of_a_suspended_run_keep_the_history_valid() {
+    let log = waymark_engine::memory_log();
+    let undone = Arc::new(Mutex::new(Vec::new()));
+    let u = undone.clone();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("buggy", 1, |ctx| async move {
+            ctx.step::<_, ()>("do", &1)
+                .compensate_with("undo", &1, "undo 1")
+                .await?;
+            ctx.register_compensation("undo", &2, "undo 2").await?;
+            let weights: Vec<u32> = ctx.step("read", &()).await?;
+            Ok(Payload::encode(&weights[3]).unwrap())
+        }))
+        .activity_fn("do", |_, _| async { Ok(Payload::null()) })
+        .activity_fn("read", |_, _| async { Ok(Payload("[100,0]".into())) })
+        .activity_fn("undo", move |_, input| {
+            u.lock().unwrap().push(input.0.clone());
+            async { Ok(Payload::null()) }
+        })
+        .build();
+    for round in 0..40 {
+        undone.lock().unwrap().clear();
+        let run = engine
+            .start_named("buggy", Payload::null(), "t")
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome(&engine, run).await, RunOutcome::Suspended(_)),
+            "round {round}: the run is suspended"
+        );
+        let (e1, e2) = (engine.clone(), engine.clone());
+        let web = tokio::spawn(async move {
+            e1.signal(run, "cancel", Payload::encode("web").unwrap(), "alice")
+                .await
+        });
+        let cli = tokio::spawn(async move {
+            e2.signal(run, "cancel", Payload::encode("cli").unwrap(), "bob")
+                .await
+        });
+        for sent in [web.await.unwrap(), cli.await.unwrap()] {
+            // The second may come after the run has ended: refused as finished, never lost.
+            if let Err(e) = sent {
+                assert!(
+                    matches!(e, runtime::Error::Finished { .. }),
+                    "round {round}: {e}"
+                );
+            }
+        }
+        let end = outcome(&engine, run).await;
+        let records = log.read(run).unwrap();
+        let state = RunState::from_records(&records)
+            .unwrap_or_else(|e| panic!("round {round}: the history of {run} is invalid: {e}"));
+        assert!(
+            matches!(end, RunOutcome::Cancelled(_)),
+            "round {round}: {end:?}; history {:?}",
+            kinds(log.as_ref(), run)
+        );
+        assert_eq!(state.status.name(), "cancelled", "round {round}");
+        assert_eq!(
+            *undone.lock().unwrap(),
+            vec!["2", "1"],
+            "round {round}: each compensation once, newest first"
+        );
+        engine
+            .replay(run)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the history of {run} replays: {e}"));
+    }
+}
