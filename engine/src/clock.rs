@@ -22,26 +22,37 @@ impl Clock for SystemClock {
 
 /// Wall time that advances with tokio's clock, so that `tokio::time::pause()` and
 /// `tokio::time::advance()` move it too: durable timers and retry deadlines can be tested without
-/// waiting.
-#[derive(Clone, Copy, Debug)]
+/// waiting. Read outside the runtime (the log's writer thread stamps records with the engine's
+/// clock), it reads the clock of the runtime it was made in: else it would read real time there
+/// and paused time everywhere else.
+#[derive(Clone, Debug)]
 pub struct TokioClock {
     origin_wall: DateTime<Utc>,
     origin: tokio::time::Instant,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl TokioClock {
-    /// Starts at `origin_wall` now.
+    /// Starts at `origin_wall` now (made inside a tokio runtime, it follows that runtime's clock).
     pub fn starting_at(origin_wall: DateTime<Utc>) -> Self {
         TokioClock {
             origin_wall,
             origin: tokio::time::Instant::now(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 }
 
 impl Clock for TokioClock {
     fn now(&self) -> DateTime<Utc> {
-        let elapsed = tokio::time::Instant::now() - self.origin;
+        let now = match (&self.runtime, tokio::runtime::Handle::try_current()) {
+            (Some(runtime), Err(_)) => {
+                let _inside = runtime.enter();
+                tokio::time::Instant::now()
+            }
+            _ => tokio::time::Instant::now(),
+        };
+        let elapsed = now - self.origin;
         self.origin_wall + chrono::Duration::from_std(elapsed).unwrap_or(chrono::Duration::MAX)
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use waymark_engine::activity;
+use waymark_engine::clock::{SharedClock, TokioClock};
 use waymark_engine::event::{Event, Payload, StepRef, SuspendReason};
 use waymark_engine::log::memory::MemoryBackend;
 use waymark_engine::log::{EventLog, Log};
@@ -67,6 +68,17 @@ fn gated(b: EngineBuilder, name: &'static str, calls: &Calls, gate: &Arc<Notify>
             Ok(input)
         }
     })
+}
+
+/// The engine's clock for the tests on paused time (`start_paused`): wall time that moves only
+/// with tokio's clock, so timers, timeouts, heartbeats and retry delays pass without waiting and
+/// the journaled times are exact.
+fn paused_clock() -> SharedClock {
+    Arc::new(TokioClock::starting_at(
+        chrono::DateTime::parse_from_rfc3339("2026-01-05T02:00:00Z")
+            .unwrap()
+            .to_utc(),
+    ))
 }
 
 fn kinds(log: &dyn EventLog, run: RunId) -> Vec<&'static str> {
@@ -136,12 +148,13 @@ async fn steps_run_once_in_order_and_the_run_completes() {
     assert_eq!(started_by, "alice");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn retryable_failures_are_retried_with_journaled_deadlines() {
     let log = waymark_engine::memory_log();
     let tries = Arc::new(AtomicU32::new(0));
     let t = tries.clone();
     let engine = Engine::builder(log.clone())
+        .clock(paused_clock())
         .workflow_dyn(wf("flaky", 1, |ctx| async move {
             let v: String = ctx.step("flaky", &()).retry(fast_retry()).await?;
             Ok(Payload::encode(&v).unwrap())
@@ -234,10 +247,11 @@ async fn non_retryable_failure_stops_at_once_and_compensates_in_reverse() {
     assert!(h.contains(&"CompensationStarted"));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn start_to_close_timeout_fails_the_attempt_as_retryable() {
     let log = waymark_engine::memory_log();
     let engine = Engine::builder(log.clone())
+        .clock(paused_clock())
         .workflow_dyn(wf("slow", 1, |ctx| async move {
             ctx.step::<_, ()>("hang", &())
                 .start_to_close(Duration::from_millis(30))
@@ -268,10 +282,11 @@ async fn start_to_close_timeout_fails_the_attempt_as_retryable() {
     assert_eq!(errors, vec![true, true], "two attempts, both timed out");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn missing_heartbeats_fail_the_attempt_and_steady_heartbeats_keep_it_alive() {
     let log = waymark_engine::memory_log();
     let engine = Engine::builder(log.clone())
+        .clock(paused_clock())
         .workflow_dyn(wf("beats", 1, |ctx| async move {
             ctx.step::<_, ()>("beating", &())
                 .heartbeat_timeout(Duration::from_millis(200))
@@ -563,9 +578,10 @@ async fn restart_retries_the_in_flight_step_with_the_same_key_and_keeps_recorded
     assert!(out.0.contains(&recorded(&h)[1]));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn durable_timer_keeps_its_deadline_across_restart() {
     let backend = MemoryBackend::new();
+    let clock = paused_clock();
     let body = || {
         wf("sleeper", 1, |ctx| async move {
             ctx.sleep(Duration::from_millis(300)).await?;
@@ -573,43 +589,58 @@ async fn durable_timer_keeps_its_deadline_across_restart() {
         })
     };
     let engine1 = Engine::builder(restart(&backend))
+        .clock(clock.clone())
         .workflow_dyn(body())
         .build();
     let run = engine1
         .start_named("sleeper", Payload::null(), "t")
         .await
         .unwrap();
-    wait_until(Duration::from_secs(10), "timer started", || {
-        kinds(engine1.log().as_ref(), run).contains(&"TimerStarted")
-    })
-    .await;
+    // Followed, not polled: a poll's sleeps would move paused time on while the timer's append
+    // is with the log's writer thread. The driver has not run yet (one thread, no await since
+    // the start), so no record is missed.
+    let mut records = engine1.subscribe(run).expect("the run is driven");
+    while !matches!(
+        records.recv().await.expect("the run's records").event,
+        Event::TimerStarted { .. }
+    ) {}
     engine1.shutdown().await;
+    assert!(
+        !kinds(engine1.log().as_ref(), run).contains(&"TimerFired"),
+        "the timer has not fired before the restart"
+    );
     let log2 = restart(&backend);
-    let engine2 = Engine::builder(log2.clone()).workflow_dyn(body()).build();
+    let engine2 = Engine::builder(log2.clone())
+        .clock(clock)
+        .workflow_dyn(body())
+        .build();
     engine2.resume_all().unwrap();
     assert!(matches!(
         engine2.wait(run).await.unwrap(),
         RunOutcome::Completed(_)
     ));
-    let h = history(log2.as_ref(), run);
-    let started: Vec<_> = h
+    let records = log2.read(run).unwrap();
+    let started: Vec<_> = records
         .iter()
-        .filter(|e| matches!(e, Event::TimerStarted { .. }))
+        .filter(|r| matches!(r.event, Event::TimerStarted { .. }))
         .collect();
     assert_eq!(started.len(), 1, "the timer was not started again");
-    let fired_at = log2
-        .read(run)
-        .unwrap()
-        .into_iter()
+    let Event::TimerStarted { fire_at, .. } = &started[0].event else {
+        panic!()
+    };
+    assert_eq!(
+        *fire_at - started[0].at,
+        chrono::Duration::milliseconds(300),
+        "the deadline is journaled when the timer starts"
+    );
+    let fired_at = records
+        .iter()
         .find(|r| matches!(r.event, Event::TimerFired { .. }))
         .unwrap()
         .at;
-    let Event::TimerStarted { fire_at, .. } = started[0] else {
-        panic!()
-    };
     assert!(
-        fired_at >= *fire_at - chrono::Duration::milliseconds(1),
-        "fired at {fired_at}, deadline {fire_at}"
+        fired_at >= *fire_at,
+        "fired at {fired_at}, before its deadline {fire_at}"
     );
 }
 
