@@ -138,6 +138,8 @@ pub(crate) trait Commands: Send + Sync + 'static {
     fn now(&self) -> DateTime<Utc>;
     /// Whether an operator has asked to cancel the run.
     fn cancel_requested(&self) -> bool;
+    /// Who started the run (its `RunStarted`).
+    fn started_by(&self) -> String;
     /// Carries out a request at `position`.
     fn issue(
         self: Arc<Self>,
@@ -379,5 +381,11 @@ impl WorkflowContext {
     /// Whether an operator has asked to cancel the run.
     pub fn is_cancel_requested(&self) -> bool {
         self.commands.cancel_requested()
+    }
+
+    /// Who started the run, as its `RunStarted` records it: the same on every replay, so code may
+    /// decide on it (e.g. an approval that must come from someone else). Takes no position.
+    pub fn started_by(&self) -> String {
+        self.commands.started_by()
     }
 }

@@ -596,6 +596,10 @@ impl Commands for RunShared {
         self.cancel_reason().is_some()
     }
 
+    fn started_by(&self) -> String {
+        self.state.lock().expect("state lock").started_by.clone()
+    }
+
     fn issue(
         self: Arc<Self>,
         position: u32,

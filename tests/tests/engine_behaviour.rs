@@ -148,6 +148,31 @@ async fn steps_run_once_in_order_and_the_run_completes() {
     assert_eq!(started_by, "alice");
 }
 
+/// Issue 12: the workflow code knows who started its run (to require a different approver),
+/// from the history, so a replay sees the same starter.
+#[tokio::test]
+async fn the_workflow_sees_who_started_the_run_also_on_replay() {
+    let log = waymark_engine::memory_log();
+    let engine = Engine::builder(log.clone())
+        .workflow_dyn(wf("starter", 1, |ctx| async move {
+            let by = ctx.started_by();
+            ctx.step::<_, String>("echo", &by).await?;
+            Ok(Payload::encode(&by).unwrap())
+        }))
+        .activity_fn("echo", |_, input| async move { Ok(input) })
+        .build();
+    let run = engine
+        .start_named("starter", Payload::null(), "alice")
+        .await
+        .unwrap();
+    assert_eq!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(Payload("\"alice\"".into()))
+    );
+    let report = engine.replay(run).await.unwrap();
+    assert_eq!(report.verdict, runtime::ReplayVerdict::Deterministic);
+}
+
 #[tokio::test(start_paused = true)]
 async fn retryable_failures_are_retried_with_journaled_deadlines() {
     let log = waymark_engine::memory_log();
