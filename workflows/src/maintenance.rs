@@ -1288,4 +1288,26 @@ mod tests {
         assert_eq!(steps::by_number(0), None);
         assert_eq!(steps::by_number(10), None);
     }
+
+    /// `run.finish_by` (a schedule's window) wins when it is earlier than the start plus
+    /// `run.max_duration_secs`, and the deadline names which of the two it is.
+    #[test]
+    fn the_run_deadline_is_the_earlier_of_finish_by_and_max_duration() {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inventory.toml"),
+        )
+        .unwrap();
+        let mut inv =
+            crate::inventory::Inventory::parse(std::path::Path::new("inv.toml"), &text).unwrap();
+        let start: chrono::DateTime<chrono::Utc> = "2026-12-01T02:00:00Z".parse().unwrap();
+        inv.run.max_duration_secs = Some(600);
+        inv.run.finish_by = Some("2026-12-01T02:05:00Z".parse().unwrap());
+        let d = super::RunDeadline::new(&inv, start);
+        assert_eq!(d.at.to_rfc3339(), "2026-12-01T02:05:00+00:00");
+        assert!(d.why.contains("run.finish_by"), "{}", d.why);
+        inv.run.finish_by = Some("2026-12-01T03:00:00Z".parse().unwrap());
+        let d = super::RunDeadline::new(&inv, start);
+        assert_eq!(d.at.to_rfc3339(), "2026-12-01T02:10:00+00:00");
+        assert!(d.why.contains("run.max_duration_secs = 600"), "{}", d.why);
+    }
 }
