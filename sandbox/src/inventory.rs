@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use waymark_workflows::inventory::{
-    Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Register, RunLimits, Ssh,
-    Traffic, Yugabyte,
+    Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Notify, Register, RunLimits,
+    Ssh, Traffic, Yugabyte,
 };
 
 use crate::elb;
@@ -134,6 +134,7 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             legacy_unsafe_gates_for_tests: false,
         },
         run: RunLimits::default(),
+        notify: Notify::default(),
     }
 }
 

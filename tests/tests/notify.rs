@@ -485,6 +485,110 @@ fn a_schedules_webhook_hears_about_its_runs_only() {
     assert_eq!(both, expected);
 }
 
+/// An inventory's `[notify] webhooks` hear about the runs of that inventory, and only those
+/// (issue 14: per inventory); the daemon's hear about the others too. An inventory naming a URL
+/// instead of a file or a variable is refused, and the URL appears nowhere in the answer.
+#[test]
+fn an_inventorys_webhook_hears_about_its_runs_only() {
+    use waymark_engine::{Engine, Payload};
+
+    use crate::fixtures::daemon::{DaemonSettings, InProcessDaemon};
+
+    let dir = temp_dir();
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let receiver = Receiver::start();
+    let hook_file = |name: &str| {
+        let file = dir.path().join(format!("{name}-url"));
+        std::fs::write(
+            &file,
+            format!("http://127.0.0.1:{}/{name}/{SECRET}", receiver.port),
+        )
+        .unwrap();
+        owner_only(&file);
+        format!("json:file:{}", file.display())
+    };
+    let inv = Inventory::load(&sb.dir.join("inventory.toml")).unwrap();
+    let mut with_hook = inv.clone();
+    with_hook.notify.webhooks = vec![hook_file("inventory")];
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            notify: vec![hook_file("daemon").parse().unwrap()],
+            engine: Some(Box::new(|log| {
+                Engine::builder(log)
+                    .workflow_dyn(crate::util::wf("yb-maintenance", 5, |_ctx| async move {
+                        Ok(Payload::encode(&"done").unwrap())
+                    }))
+                    .build()
+            })),
+            ..DaemonSettings::default()
+        },
+    );
+    let socket = data.join("waymark.sock");
+    let start = |inv: &Inventory| {
+        let body =
+            serde_json::json!({ "workflow": "yb-maintenance", "inventory": inv }).to_string();
+        let (code, answer) = http_unix(&socket, "POST", "/v1/runs", Some(&body));
+        assert_eq!(code, 200, "{answer}");
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["run"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let settled = |run: &str| {
+        journal(&data)
+            .iter()
+            .any(|e| e["entry"] == "settled" && e["run"] == run)
+    };
+    let with = start(&with_hook);
+    eventually_blocking(Duration::from_secs(60), "the first run settled", || {
+        settled(&with).then_some(())
+    });
+    let without = start(&inv);
+    eventually_blocking(Duration::from_secs(60), "the second run settled", || {
+        settled(&without).then_some(())
+    });
+
+    let mut with_url = inv.clone();
+    with_url.notify.webhooks = vec![format!("https://hooks.example.com/{SECRET}")];
+    let body =
+        serde_json::json!({ "workflow": "yb-maintenance", "inventory": with_url }).to_string();
+    let (code, answer) = http_unix(&socket, "POST", "/v1/runs", Some(&body));
+    daemon.stop();
+    assert_ne!(
+        code, 200,
+        "an inventory with a webhook URL is refused: {answer}"
+    );
+    assert!(answer.contains("notify.webhooks"), "{answer}");
+    assert!(
+        !answer.contains(SECRET),
+        "the URL is not repeated: {answer}"
+    );
+
+    let runs_of = |path: &str| -> Vec<(String, String)> {
+        receiver
+            .accepted(path)
+            .into_iter()
+            .map(|(key, kind)| (key.split('/').next().unwrap().to_owned(), kind))
+            .collect()
+    };
+    let inventory_hook = runs_of(&format!("/inventory/{SECRET}"));
+    assert_eq!(
+        inventory_hook,
+        vec![(with.clone(), "completed".to_owned())],
+        "the inventory's webhook hears its run's transitions only"
+    );
+    // The daemon's webhook (served from the daemon's start; the first run may end before the
+    // notifier journals that start) hears the run without `[notify]`.
+    let daemon_runs: Vec<String> = runs_of(&format!("/daemon/{SECRET}"))
+        .into_iter()
+        .map(|(run, _)| run)
+        .collect();
+    assert!(daemon_runs.contains(&without), "{daemon_runs:?}");
+}
+
 /// Which transitions a history holds, from canned histories (pure).
 #[test]
 fn transitions_are_read_from_histories() {

@@ -52,6 +52,9 @@ pub struct Inventory {
     /// Limits of the run as a whole: its deadline, the approval wait, who may approve.
     #[serde(default)]
     pub run: RunLimits,
+    /// `[notify]`: webhooks the daemon tells about this inventory's runs.
+    #[serde(default, skip_serializing_if = "Notify::is_empty")]
+    pub notify: Notify,
 }
 
 /// `[cluster]`.
@@ -299,6 +302,64 @@ pub struct Gates {
     /// that; never set it on a real estate.
     #[serde(skip_serializing_if = "is_false")]
     pub legacy_unsafe_gates_for_tests: bool,
+}
+
+/// `[notify]`: the webhooks the daemon tells about every transition of a run of this
+/// inventory (besides its own `--notify` and a schedule's). Each is named as the daemon's
+/// `--notify` names one, `FORMAT:file:PATH` or `FORMAT:env:VARIABLE` (FORMAT `slack` or
+/// `json`), never the URL itself: the inventory is journaled as the run's input.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// The webhooks; a relative `file:` path is resolved against the inventory's folder.
+    #[serde(default)]
+    pub webhooks: Vec<String>,
+}
+
+impl Notify {
+    /// The most webhooks an inventory names.
+    pub const MAX_WEBHOOKS: usize = 16;
+
+    fn is_empty(&self) -> bool {
+        self.webhooks.is_empty()
+    }
+}
+
+/// One `[notify] webhooks` entry: `FORMAT:file:PATH` or `FORMAT:env:VARIABLE`.
+fn check_webhook(file: &Path, w: &str) -> Result<(), Error> {
+    let key = "notify.webhooks";
+    if w.contains("://") {
+        return Err(err(
+            file,
+            key,
+            "an entry holds a URL: a webhook URL is a secret and the inventory is journaled as the run's input; put the URL in an owner-only file of the daemon's user and write json:file:PATH (or slack:file:PATH), or in the daemon's environment and write json:env:VARIABLE",
+        ));
+    }
+    let mut parts = w.splitn(3, ':');
+    let (format, kind, rest) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    if !matches!(format, Some("slack" | "json")) {
+        return Err(err(
+            file,
+            key,
+            format!(
+                "{w:?}: write FORMAT:file:PATH or FORMAT:env:VARIABLE with FORMAT slack or json"
+            ),
+        ));
+    }
+    match kind {
+        Some("file") if !rest.is_empty() && !rest.contains(char::is_control) => Ok(()),
+        Some("env")
+            if rest.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            Ok(())
+        }
+        _ => Err(err(
+            file,
+            key,
+            format!("{w:?}: write FORMAT:file:PATH or FORMAT:env:VARIABLE (a variable name of letters, digits and _)"),
+        )),
+    }
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -612,6 +673,14 @@ impl Inventory {
             resolve(k);
         }
         resolve(&mut inv.ssh.known_hosts);
+        // A webhook's URL file, as the daemon (cwd `/`) must find it.
+        for w in &mut inv.notify.webhooks {
+            if let Some((format, path)) = w.split_once(":file:") {
+                if Path::new(path).is_relative() {
+                    *w = format!("{format}:file:{}", base.join(path).display());
+                }
+            }
+        }
         for (key, p) in [
             ("ssh.known_hosts", Some(&inv.ssh.known_hosts)),
             ("ssh.key_file", inv.ssh.key_file.as_ref()),
@@ -648,6 +717,20 @@ impl Inventory {
     pub fn validate(&self, file: &Path) -> Result<(), Error> {
         if self.cluster.name.trim().is_empty() {
             return Err(err(file, "cluster.name", "must not be empty"));
+        }
+        if self.notify.webhooks.len() > Notify::MAX_WEBHOOKS {
+            return Err(err(
+                file,
+                "notify.webhooks",
+                format!(
+                    "{} webhooks: name at most {}",
+                    self.notify.webhooks.len(),
+                    Notify::MAX_WEBHOOKS
+                ),
+            ));
+        }
+        for w in &self.notify.webhooks {
+            check_webhook(file, w)?;
         }
         for (key, value, min, max, unit) in numeric_bounds(self) {
             if value < min || value > max {
@@ -1067,6 +1150,39 @@ mod tests {
             inv.traffic_sources().unwrap()[..],
             [TrafficSource::Rule(_)]
         ));
+    }
+
+    #[test]
+    fn notify_webhooks_are_named_never_given_as_urls() {
+        let base = example();
+        // The example ends with a commented `[notify]` section.
+        let base = base.split("\n[notify]").next().unwrap().to_owned();
+        let with = |lines: &str| parse(&format!("{base}\n[notify]\n{lines}\n"));
+        assert_eq!(parse(&example()).unwrap().notify, Notify::default());
+        let inv =
+            with("webhooks = [\"slack:file:/etc/waymark/hook\", \"json:env:OPS_HOOK\"]").unwrap();
+        assert_eq!(inv.notify.webhooks.len(), 2);
+        let e = with("webhooks = [\"https://hooks.slack.com/services/T0/B0/xyzzy\"]").unwrap_err();
+        assert_eq!(e.key, "notify.webhooks", "{e}");
+        assert!(e.to_string().contains("holds a URL"), "{e}");
+        assert!(
+            !e.to_string().contains("xyzzy"),
+            "the URL is not repeated: {e}"
+        );
+        let e = with("webhooks = [\"json:file:http://x\"]").unwrap_err();
+        assert!(e.to_string().contains("holds a URL"), "{e}");
+        for bad in [
+            "xml:file:/a",
+            "json:url:/a",
+            "json:env:1X",
+            "json:env:",
+            "json:file:",
+        ] {
+            let e = with(&format!("webhooks = [\"{bad}\"]")).unwrap_err();
+            assert_eq!(e.key, "notify.webhooks", "{bad}: {e}");
+        }
+        let e = with("hooks = []").unwrap_err();
+        assert!(e.to_string().contains("hooks"), "{e}");
     }
 
     #[test]

@@ -25,8 +25,8 @@
 //! "at most once" (journal before sending) would lose a transition a crash interrupts.
 //!
 //! Which webhooks hear about a run: the daemon's (`waymark daemon --notify WEBHOOK`) for every
-//! run, and a schedule's (`schedule add --notify WEBHOOK`) for every transition of the runs it
-//! starts. A daemon webhook is served from the first daemon start that names it (journaled
+//! run, a schedule's (`schedule add --notify WEBHOOK`) and the run's inventory's (`[notify]
+//! webhooks`, read from the run's input) for every transition of that run. A daemon webhook is served from the first daemon start that names it (journaled
 //! `since`): older transitions are history, not sent.
 
 pub mod journal;
@@ -252,6 +252,34 @@ async fn lane(
     }
 }
 
+/// The webhooks a run's own input names (an inventory's `[notify] webhooks`, validated when
+/// the run started); an entry that does not parse is skipped with a warning.
+fn inventory_webhooks(run: RunId, records: &[Record]) -> Vec<Webhook> {
+    let Some(waymark_engine::event::Event::RunStarted { input, .. }) =
+        records.first().map(|r| &r.event)
+    else {
+        return Vec::new();
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&input.0) else {
+        return Vec::new();
+    };
+    value["notify"]["webhooks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| {
+            let text = w.as_str()?;
+            match text.parse::<Webhook>() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("notifications: run {run}: its inventory's {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
 /// The notifier's memory between ticks.
 struct Notifier {
     log: SharedLog,
@@ -338,7 +366,10 @@ impl Notifier {
             .iter()
             .map(|w| (w.clone(), true))
             .collect();
-        for w in (self.targets)(&facts) {
+        for w in (self.targets)(&facts)
+            .into_iter()
+            .chain(inventory_webhooks(run, records))
+        {
             if !webhooks.iter().any(|(known, _)| *known == w) {
                 webhooks.push((w, false));
             }
