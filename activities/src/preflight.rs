@@ -303,11 +303,33 @@ async fn check_node(n: &NodeAccess, use_sudo: bool) -> Vec<Check> {
         report.push(
             format!("yb-ts-cli on {}", n.name),
             match session.exec(&line).await {
-                Ok(out) if out.exit_status == 0 => Ok(format!("`{line}` exited 0 on {}", n.ssh.addr())),
-                Ok(out) => Err(format!(
-                    "`{line}` exited {} on {}: {}; the run calls it there after restarting the tserver: check yugabyte.yb_ts_cli and, on a TLS cluster, yugabyte.certs_dir (the directory must exist on every tserver node)",
-                    out.exit_status,
+                Ok(out) if out.exit_status == 0 => Ok(format!(
+                    "`{line}` exited 0 on {}: the tool runs with the inventory's flags and the tserver is ready",
+                    n.ssh.addr()
+                )),
+                // The tool itself cannot run here: not installed, or the cluster's certificates
+                // are refused or missing on this node.
+                Ok(out)
+                    if matches!(out.exit_status, 126 | 127)
+                        || crate::yb::is_tls_refusal(&out.stderr)
+                        || t
+                            .certs_dir
+                            .as_deref()
+                            .is_some_and(|d| out.stderr.contains(d)) =>
+                {
+                    Err(format!(
+                        "`{line}` exited {} on {}: {}; the run calls it there after restarting the tserver: check yugabyte.yb_ts_cli and, on a TLS cluster, yugabyte.certs_dir (the directory must exist on every tserver node)",
+                        out.exit_status,
+                        n.ssh.addr(),
+                        first_line(&out.stderr, &out.stdout)
+                    ))
+                }
+                // The tool ran with its flags and reached no ready tserver (down, bootstrapping,
+                // not in the cluster): the node gate judges the tserver, with its own message.
+                Ok(out) => Ok(format!(
+                    "`{line}` ran on {} with the inventory's flags (exit {}: {}); the tserver's state is the node gate's to judge",
                     n.ssh.addr(),
+                    out.exit_status,
                     first_line(&out.stderr, &out.stdout)
                 )),
                 Err(e) => Err(e.to_string()),

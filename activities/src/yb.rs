@@ -1194,7 +1194,7 @@ impl Activity for WaitServerReady {
 }
 
 /// Whether a yb tool's error says the cluster wants TLS client settings.
-fn is_tls_refusal(stderr: &str) -> bool {
+pub(crate) fn is_tls_refusal(stderr: &str) -> bool {
     stderr.contains("TLS") || stderr.contains("certificate") || stderr.contains("Handshake")
 }
 
