@@ -726,3 +726,47 @@ fn schedule_webhooks_are_checked_by_the_daemon_and_refused_over_tcp() {
     );
     daemon.stop();
 }
+
+/// An inventory sent over TCP may not name webhooks either: they name the daemon's files and
+/// environment variables, which a TCP client must not pick (as for a schedule's webhooks).
+#[test]
+fn an_inventory_naming_webhooks_is_refused_over_tcp() {
+    use std::os::unix::fs::PermissionsExt;
+
+    use crate::fixtures::daemon::{DaemonSettings, InProcessDaemon};
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cr3t-token-for-notify-tests").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let daemon = InProcessDaemon::start_with(&data, DaemonSettings::tcp(&token));
+    // A real inventory (its files exist), so that only the webhook is in question.
+    let sb = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let mut inv = Inventory::load(&sb.dir.join("inventory.toml")).unwrap();
+    inv.notify.webhooks = vec!["json:env:HOOK_URL".to_owned()];
+    let body = serde_json::json!({ "workflow": "yb-maintenance", "inventory": inv }).to_string();
+    let mut tcp = std::net::TcpStream::connect(daemon.tcp.unwrap()).unwrap();
+    write!(
+        tcp,
+        "POST /v1/runs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer s3cr3t-token-for-notify-tests\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.contains("TCP clients may not name webhooks"),
+        "{answer}"
+    );
+    let (code, runs) = http_unix(&data.join("waymark.sock"), "GET", "/v1/runs", None);
+    assert_eq!(code, 200, "{runs}");
+    assert!(
+        !runs.contains("yb-maintenance"),
+        "a refused start starts nothing: {runs}"
+    );
+    daemon.stop();
+}

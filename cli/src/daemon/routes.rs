@@ -122,6 +122,17 @@ async fn start(
     Json(b): Json<StartRequest>,
 ) -> Result<Response, ApiError> {
     validate_inventory(&b.inventory, &p.operator)?;
+    if !p.unix && !b.inventory.notify.webhooks.is_empty() {
+        // A webhook names a file or a variable of the daemon's: not for TCP clients to pick (as
+        // for a schedule's webhooks).
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            ExitStatus::Usage,
+            "TCP clients may not name webhooks (their URL files and variables are the daemon's): \
+             start the run through the unix socket, or leave [notify] out of the inventory"
+                .to_owned(),
+        ));
+    }
     let input = Payload::encode(&b.inventory).map_err(|e| bad_request(e.to_string()))?;
     let run = d
         .start_run(&b.workflow, input, &b.inventory.cluster.name, &p.operator)
