@@ -107,11 +107,7 @@ pub fn transitions(records: &[Record]) -> Vec<Transition> {
         };
         match &r.event {
             Event::SignalConsumed { name, .. } if name == "approve" => approval_settled = true,
-            Event::SignalWaitStarted { name, .. } if name != "approve" => {}
-            Event::TimerStarted { fire_at, .. }
-            | Event::SignalWaitStarted {
-                deadline: fire_at, ..
-            } if !approval_settled => {
+            Event::TimerStarted { fire_at, .. } if !approval_settled => {
                 approval_settled = true;
                 push(
                     Kind::ApprovalNeeded,
