@@ -127,6 +127,11 @@ pub fn line(
         }
         Event::SignalReceived { name, sent_by, .. } => format!("signal {name:?} from {sent_by}"),
         Event::SignalConsumed { name, .. } => format!("signal {name:?} taken"),
+        Event::SignalWaitStarted { name, deadline, .. } => format!(
+            "waiting for signal {name:?} until {}",
+            deadline.format("%H:%M:%S")
+        ),
+        Event::SignalWaitTimedOut { .. } => "signal wait timed out".to_owned(),
         Event::CompensationStarted { reason, cancelled } => {
             if *cancelled {
                 format!("CANCELLED, compensating: {reason}")

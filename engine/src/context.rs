@@ -126,6 +126,13 @@ pub(crate) enum Request {
     Register(CompensationSpec),
     /// A signal wait.
     Signal(String),
+    /// A signal wait that gives up at `deadline` (a recorded wait keeps its recorded deadline).
+    SignalUntil {
+        /// Signal name.
+        name: String,
+        /// When a new wait gives up.
+        deadline: DateTime<Utc>,
+    },
 }
 
 /// What the driver of a run offers its workflow code.
@@ -306,6 +313,14 @@ impl WorkflowContext {
         uuid::Uuid::parse_str(&v).map_err(|e| Error::Payload(format!("recorded uuid {v:?}: {e}")))
     }
 
+    /// Journals `text` as a recorded value (`ValueRecorded` of kind `note`): what the workflow
+    /// decided and why, for the operator reading the history. Replay returns the recorded text.
+    pub async fn note(&self, text: impl Into<String>) -> Result<String, Error> {
+        let text = text.into();
+        self.recorded(RecordedKind::Note, Box::new(move || text))
+            .await
+    }
+
     async fn recorded(
         &self,
         kind: RecordedKind,
@@ -349,6 +364,50 @@ impl WorkflowContext {
         {
             Answer::Signal(p) => p
                 .decode()
+                .map_err(|e| Error::Payload(format!("signal {name:?}: {e}"))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Waits for signal `name` at most `timeout`: `Some((payload, sent_by))` for the next signal
+    /// of that name (consumed, in the order they arrived), `None` when the deadline passed
+    /// first. The deadline is journaled when the wait begins (`SignalWaitStarted`), so a restart
+    /// waits only for what is left, and a deadline that passed while the engine was down times
+    /// out at once (unless a signal had arrived: it wins). One command position; replay gives
+    /// the same outcome.
+    pub async fn wait_for_signal_until<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<(T, String)>, Error> {
+        let deadline = crate::core::saturating_add(self.commands.now(), timeout);
+        self.wait_for_signal_by(name, deadline).await
+    }
+
+    /// As [`Self::wait_for_signal_until`], with the deadline as a time (e.g. one computed once
+    /// from `now()` for several waits in a row). A deadline already passed times out at once.
+    pub async fn wait_for_signal_by<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        deadline: DateTime<Utc>,
+    ) -> Result<Option<(T, String)>, Error> {
+        let position = self.commands.take_position();
+        match self
+            .commands
+            .clone()
+            .issue(
+                position,
+                Request::SignalUntil {
+                    name: name.to_owned(),
+                    deadline,
+                },
+            )
+            .await?
+        {
+            Answer::SignalUntil(None) => Ok(None),
+            Answer::SignalUntil(Some((p, sent_by))) => p
+                .decode()
+                .map(|v| Some((v, sent_by)))
                 .map_err(|e| Error::Payload(format!("signal {name:?}: {e}"))),
             other => Err(unexpected(&other)),
         }

@@ -129,6 +129,16 @@ pub enum Entry {
         /// Which one of that name (0-based).
         index: usize,
     },
+    /// A wait for a signal with a deadline.
+    SignalWait {
+        /// Signal name.
+        name: String,
+        /// When it gives up.
+        deadline: DateTime<Utc>,
+        /// How it ended: `Some(Some(index))` the `index`-th signal of that name was consumed,
+        /// `Some(None)` it timed out, `None` still waiting.
+        outcome: Option<Option<usize>>,
+    },
 }
 
 impl Entry {
@@ -143,6 +153,7 @@ impl Entry {
             Entry::Value { kind, .. } => Command::Record(*kind),
             Entry::Compensation(c) => Command::RegisterCompensation(c.clone()),
             Entry::Signal { name, .. } => Command::WaitForSignal(name.clone()),
+            Entry::SignalWait { name, .. } => Command::WaitForSignalUntil(name.clone()),
         }
     }
 
@@ -204,6 +215,8 @@ pub enum Command {
     RegisterCompensation(CompensationSpec),
     /// Wait for (consume) a signal of this name.
     WaitForSignal(String),
+    /// Wait for (consume) a signal of this name, or give up at a deadline.
+    WaitForSignalUntil(String),
 }
 
 impl Command {
@@ -217,6 +230,9 @@ impl Command {
                 format!("register compensation {}({})", c.activity, c.input)
             }
             Command::WaitForSignal(name) => format!("wait for signal {name:?}"),
+            Command::WaitForSignalUntil(name) => {
+                format!("wait for signal {name:?} with a deadline")
+            }
         }
     }
 }
@@ -267,6 +283,9 @@ pub enum Answer {
     Registered,
     /// A signal's payload.
     Signal(Payload),
+    /// The end of a wait with a deadline: the signal's payload and who sent it, or `None` when
+    /// the deadline passed first.
+    SignalUntil(Option<(Payload, String)>),
 }
 
 /// What the driver does once the events of a decision are appended.
@@ -373,7 +392,8 @@ pub struct RunState {
     compensation_started: bool,
     entries: BTreeMap<u32, Entry>,
     steps: BTreeMap<StepRef, StepState>,
-    signals: HashMap<String, Vec<Payload>>,
+    /// Each workflow-defined signal received, by name: its payload and who sent it.
+    signals: HashMap<String, Vec<(Payload, String)>>,
     consumed: HashMap<String, usize>,
     compensations: Vec<(u32, CompensationSpec)>,
 }
@@ -679,19 +699,59 @@ impl RunState {
                     .signals
                     .entry(name.clone())
                     .or_default()
-                    .push(payload.clone()),
+                    .push((payload.clone(), sent_by.clone())),
             },
             Event::SignalConsumed { position, name } => {
                 let index = self.consumed.entry(name.clone()).or_default();
-                self.entries.insert(
-                    *position,
-                    Entry::Signal {
-                        name: name.clone(),
-                        index: *index,
-                    },
-                );
+                match self.entries.get_mut(position) {
+                    Some(Entry::SignalWait {
+                        name: waited,
+                        outcome,
+                        ..
+                    }) => {
+                        if waited != name || outcome.is_some() {
+                            return Err(invalid(format!(
+                                "signal {name:?} consumed at position {position}, whose wait for {waited:?} was already ended or is for another signal"
+                            )));
+                        }
+                        *outcome = Some(Some(*index));
+                    }
+                    _ => {
+                        self.entries.insert(
+                            *position,
+                            Entry::Signal {
+                                name: name.clone(),
+                                index: *index,
+                            },
+                        );
+                    }
+                }
                 *index += 1;
             }
+            Event::SignalWaitStarted {
+                position,
+                name,
+                deadline,
+            } => {
+                self.entries.insert(
+                    *position,
+                    Entry::SignalWait {
+                        name: name.clone(),
+                        deadline: *deadline,
+                        outcome: None,
+                    },
+                );
+            }
+            Event::SignalWaitTimedOut { position } => match self.entries.get_mut(position) {
+                Some(Entry::SignalWait { outcome, .. }) if outcome.is_none() => {
+                    *outcome = Some(None);
+                }
+                _ => {
+                    return Err(invalid(format!(
+                        "the signal wait at position {position} timed out but never started, or had already ended"
+                    )))
+                }
+            },
             Event::CompensationStarted { reason, cancelled } => {
                 self.compensation_started = true;
                 self.status = RunStatus::Compensating {
@@ -1156,7 +1216,7 @@ impl RunState {
             Err(r) => Decision::Suspend(r),
             Ok(Some(Entry::Signal { index, .. })) => {
                 match self.signals.get(name).and_then(|v| v.get(*index)) {
-                    Some(p) => Decision::Replay(Answer::Signal(p.clone())),
+                    Some((p, _)) => Decision::Replay(Answer::Signal(p.clone())),
                     None => Decision::Suspend(SuspendReason::Nondeterminism {
                         position,
                         recorded: format!("signal {name:?} #{index} consumed"),
@@ -1167,7 +1227,7 @@ impl RunState {
             Ok(_) => {
                 let consumed = self.consumed.get(name).copied().unwrap_or(0);
                 match self.signals.get(name).and_then(|v| v.get(consumed)) {
-                    Some(p) => append(
+                    Some((p, _)) => append(
                         vec![Event::SignalConsumed {
                             position,
                             name: name.to_owned(),
@@ -1181,6 +1241,73 @@ impl RunState {
                 }
             }
         }
+    }
+
+    /// A wait for signal `name` at `position` that gives up at a deadline (`deadline` is used
+    /// when the history has no wait there yet; a recorded wait keeps its recorded deadline).
+    /// The replay of how it ended; else the next signal of that name waiting is consumed
+    /// (`SignalConsumed`), even when the deadline has passed too (a signal that arrived wins);
+    /// else a cancel ends it; else wait until the deadline or a change; once the deadline has
+    /// passed, `SignalWaitTimedOut`. A new wait is journaled first (`SignalWaitStarted`), so a
+    /// restart keeps its deadline.
+    pub fn decide_signal_until(
+        &self,
+        position: u32,
+        name: &str,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Decision {
+        let (mut events, deadline) =
+            match self.matches(position, &Command::WaitForSignalUntil(name.to_owned())) {
+                Err(r) => return Decision::Suspend(r),
+                Ok(Some(Entry::SignalWait {
+                    outcome: Some(Some(index)),
+                    ..
+                })) => {
+                    return match self.signals.get(name).and_then(|v| v.get(*index)) {
+                        Some((p, by)) => {
+                            Decision::Replay(Answer::SignalUntil(Some((p.clone(), by.clone()))))
+                        }
+                        None => Decision::Suspend(SuspendReason::Nondeterminism {
+                            position,
+                            recorded: format!("signal {name:?} #{index} consumed"),
+                            new: "that signal is missing from the history".into(),
+                        }),
+                    }
+                }
+                Ok(Some(Entry::SignalWait {
+                    outcome: Some(None),
+                    ..
+                })) => return Decision::Replay(Answer::SignalUntil(None)),
+                Ok(Some(Entry::SignalWait { deadline, .. })) => (Vec::new(), *deadline),
+                Ok(_) => (
+                    vec![Event::SignalWaitStarted {
+                        position,
+                        name: name.to_owned(),
+                        deadline,
+                    }],
+                    deadline,
+                ),
+            };
+        let consumed = self.consumed.get(name).copied().unwrap_or(0);
+        if let Some((p, by)) = self.signals.get(name).and_then(|v| v.get(consumed)) {
+            events.push(Event::SignalConsumed {
+                position,
+                name: name.to_owned(),
+            });
+            return append(
+                events,
+                Action::Answer(Answer::SignalUntil(Some((p.clone(), by.clone())))),
+            );
+        }
+        if let Some(why) = &self.cancel_requested {
+            return Decision::Replay(Answer::Cancelled(why.clone()));
+        }
+        if deadline > now {
+            return append(events, Action::WaitUntil(deadline));
+        }
+        events.push(Event::SignalWaitTimedOut { position });
+        append(events, Action::Answer(Answer::SignalUntil(None)))
     }
 
     /// The compensation plan's step `index`, as the driver runs it.

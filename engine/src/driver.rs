@@ -144,6 +144,12 @@ fn describe_events(events: &[Event]) -> String {
         Some(Event::TimerFired { position }) => format!("fire the timer at position {position}"),
         Some(Event::ValueRecorded { kind, .. }) => format!("{kind:?}()").to_lowercase(),
         Some(Event::SignalConsumed { name, .. }) => format!("consume signal {name:?}"),
+        Some(Event::SignalWaitStarted { name, deadline, .. }) => {
+            format!("wait for signal {name:?} until {}", deadline.to_rfc3339())
+        }
+        Some(Event::SignalWaitTimedOut { position }) => {
+            format!("time out the signal wait at position {position}")
+        }
         Some(Event::CompensationRegistered { compensation, .. }) => {
             format!(
                 "register compensation {}({})",
@@ -642,6 +648,13 @@ impl Commands for RunShared {
                     self.answer(
                         &|| Command::WaitForSignal(name.clone()).describe(),
                         &|st, _| st.decide_signal(position, &name),
+                    )
+                    .await?
+                }
+                Request::SignalUntil { name, deadline } => {
+                    self.answer(
+                        &|| Command::WaitForSignalUntil(name.clone()).describe(),
+                        &|st, now| st.decide_signal_until(position, &name, deadline, now),
                     )
                     .await?
                 }

@@ -119,6 +119,9 @@ pub enum RecordedKind {
     Now,
     /// `ctx.uuid()`: a UUID.
     Uuid,
+    /// `ctx.note(text)`: a decision of the workflow worth journaling (e.g. an approval it
+    /// ignored, naming who and why). Kept last so that stored records keep decoding.
+    Note,
 }
 
 /// Why a run stopped making progress without finishing.
@@ -316,6 +319,22 @@ pub enum Event {
         /// Why, one line per failed check.
         reasons: Vec<String>,
     },
+    /// The workflow began to wait for a signal with a deadline (`wait_for_signal_until`); ended
+    /// by `SignalConsumed` at the same position or by `SignalWaitTimedOut`. Kept after
+    /// `RunRefused` so that stored records keep decoding.
+    SignalWaitStarted {
+        /// Command position.
+        position: u32,
+        /// Signal name.
+        name: String,
+        /// When the wait gives up; survives restarts.
+        deadline: DateTime<Utc>,
+    },
+    /// A wait for a signal reached its deadline with no signal of its name.
+    SignalWaitTimedOut {
+        /// Command position.
+        position: u32,
+    },
 }
 
 impl Event {
@@ -342,6 +361,8 @@ impl Event {
             Event::RunCancelled { .. } => "RunCancelled",
             Event::RunResolved { .. } => "RunResolved",
             Event::RunRefused { .. } => "RunRefused",
+            Event::SignalWaitStarted { .. } => "SignalWaitStarted",
+            Event::SignalWaitTimedOut { .. } => "SignalWaitTimedOut",
         }
     }
 

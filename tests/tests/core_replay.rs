@@ -755,3 +755,180 @@ fn no_new_attempt_starts_while_held_or_paused() {
         waits
     );
 }
+
+fn approve_from(by: &str, payload: &str) -> Event {
+    Event::SignalReceived {
+        name: "approve".into(),
+        payload: Payload(payload.into()),
+        sent_by: by.into(),
+    }
+}
+
+#[test]
+fn signal_wait_with_deadline_starts_journaled_then_waits_until_its_deadline() {
+    let h = HistoryBuilder::new("gate", 1, "null");
+    let deadline = h.time(60);
+    assert_eq!(
+        state(&h).decide_signal_until(0, "approve", deadline, h.time(1)),
+        Decision::Append {
+            events: vec![Event::SignalWaitStarted {
+                position: 0,
+                name: "approve".into(),
+                deadline,
+            }],
+            then: Action::WaitUntil(deadline),
+        }
+    );
+}
+
+#[test]
+fn signal_wait_with_deadline_takes_a_signal_with_its_sender_and_replays_it() {
+    let mut h = HistoryBuilder::new("gate", 1, "null");
+    let deadline = h.time(60);
+    h.push(Event::SignalWaitStarted {
+        position: 0,
+        name: "approve".into(),
+        deadline,
+    });
+    h.push(approve_from("bob", "\"ok\""));
+    // The deadline has passed too (the engine was down): a signal that arrived wins.
+    let later = h.time(120);
+    let asked_deadline = h.time(999);
+    assert_eq!(
+        state(&h).decide_signal_until(0, "approve", asked_deadline, later),
+        Decision::Append {
+            events: vec![Event::SignalConsumed {
+                position: 0,
+                name: "approve".into()
+            }],
+            then: Action::Answer(Answer::SignalUntil(Some((
+                Payload("\"ok\"".into()),
+                "bob".into()
+            )))),
+        }
+    );
+    h.push(Event::SignalConsumed {
+        position: 0,
+        name: "approve".into(),
+    });
+    assert_eq!(
+        state(&h).decide_signal_until(0, "approve", asked_deadline, later),
+        Decision::Replay(Answer::SignalUntil(Some((
+            Payload("\"ok\"".into()),
+            "bob".into()
+        )))),
+        "replay gives the same signal and sender at the same position, nothing appended"
+    );
+}
+
+#[test]
+fn signal_wait_with_deadline_keeps_its_recorded_deadline_and_times_out_once_passed() {
+    let mut h = HistoryBuilder::new("gate", 1, "null");
+    let deadline = h.time(60);
+    h.push(Event::SignalWaitStarted {
+        position: 0,
+        name: "approve".into(),
+        deadline,
+    });
+    // Resumed before the deadline: waits for what is left of the recorded one, not a new one.
+    assert_eq!(
+        state(&h).decide_signal_until(0, "approve", h.time(500), h.time(30)),
+        Decision::Append {
+            events: vec![],
+            then: Action::WaitUntil(deadline),
+        }
+    );
+    // Resumed after it: times out at once.
+    assert_eq!(
+        state(&h).decide_signal_until(0, "approve", h.time(500), h.time(61)),
+        Decision::Append {
+            events: vec![Event::SignalWaitTimedOut { position: 0 }],
+            then: Action::Answer(Answer::SignalUntil(None)),
+        }
+    );
+    h.push(Event::SignalWaitTimedOut { position: 0 });
+    // A signal that arrives after the timeout does not change the replayed outcome.
+    h.push(approve_from("bob", "null"));
+    let s = state(&h);
+    assert_eq!(
+        s.decide_signal_until(0, "approve", h.time(500), h.time(600)),
+        Decision::Replay(Answer::SignalUntil(None))
+    );
+    assert_eq!(s.check_finished(1), Ok(()), "one command position");
+    // The code asking for a plain wait (or a timer) there diverges.
+    assert!(matches!(
+        s.decide_signal(0, "approve"),
+        Decision::Suspend(SuspendReason::Nondeterminism { position: 0, .. })
+    ));
+}
+
+#[test]
+fn signal_waits_with_deadline_consume_signals_in_order_with_their_senders() {
+    let mut h = HistoryBuilder::new("gate", 1, "null");
+    let deadline = h.time(60);
+    h.push(Event::SignalWaitStarted {
+        position: 0,
+        name: "approve".into(),
+        deadline,
+    });
+    h.push(approve_from("alice", "1"));
+    h.push(approve_from("bob", "2"));
+    h.push(Event::SignalConsumed {
+        position: 0,
+        name: "approve".into(),
+    });
+    assert_eq!(
+        state(&h).decide_signal_until(1, "approve", deadline, h.time(10)),
+        Decision::Append {
+            events: vec![
+                Event::SignalWaitStarted {
+                    position: 1,
+                    name: "approve".into(),
+                    deadline,
+                },
+                Event::SignalConsumed {
+                    position: 1,
+                    name: "approve".into()
+                },
+            ],
+            then: Action::Answer(Answer::SignalUntil(Some((
+                Payload("2".into()),
+                "bob".into()
+            )))),
+        }
+    );
+    assert_eq!(
+        state(&h).decide_signal_until(0, "approve", deadline, h.time(10)),
+        Decision::Replay(Answer::SignalUntil(Some((
+            Payload("1".into()),
+            "alice".into()
+        ))))
+    );
+}
+
+#[test]
+fn signal_wait_with_deadline_ends_on_cancel() {
+    let mut h = HistoryBuilder::new("gate", 1, "null");
+    let deadline = h.time(60);
+    h.push(Event::SignalWaitStarted {
+        position: 0,
+        name: "approve".into(),
+        deadline,
+    });
+    h.push(Event::SignalReceived {
+        name: "cancel".into(),
+        payload: Payload("\"window closed\"".into()),
+        sent_by: "carol".into(),
+    });
+    assert!(matches!(
+        state(&h).decide_signal_until(0, "approve", deadline, h.time(10)),
+        Decision::Replay(Answer::Cancelled(why)) if why.contains("carol")
+    ));
+}
+
+#[test]
+fn a_signal_wait_timing_out_where_none_started_is_an_invalid_history() {
+    let mut h = HistoryBuilder::new("gate", 1, "null");
+    h.push(Event::SignalWaitTimedOut { position: 0 });
+    assert!(RunState::from_records(&h.build()).is_err());
+}

@@ -1183,3 +1183,116 @@ async fn a_refusal_ends_the_run_refused_without_compensation() {
         "a refused run is not open"
     );
 }
+
+/// A workflow that waits for `approve` at most `ms` and returns who sent it, or "timed out".
+fn approval_waiter(ms: u64) -> Arc<dyn DynWorkflow> {
+    wf("approval-waiter", 1, move |ctx| async move {
+        let got = ctx
+            .wait_for_signal_until::<String>("approve", Duration::from_millis(ms))
+            .await?;
+        let text = match got {
+            Some((why, by)) => format!("{why} from {by}"),
+            None => "timed out".to_owned(),
+        };
+        Ok(Payload::encode(&text).unwrap())
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn signal_wait_with_deadline_keeps_its_deadline_across_restart_and_times_out_once_passed() {
+    let backend = MemoryBackend::new();
+    let clock = paused_clock();
+    let engine1 = Engine::builder(restart(&backend))
+        .clock(clock.clone())
+        .workflow_dyn(approval_waiter(300))
+        .build();
+    let run = engine1
+        .start_named("approval-waiter", Payload::null(), "alice")
+        .await
+        .unwrap();
+    let mut records = engine1.subscribe(run).expect("the run is driven");
+    while !matches!(
+        records.recv().await.expect("the run's records").event,
+        Event::SignalWaitStarted { .. }
+    ) {}
+    engine1.shutdown().await;
+    // The engine is down past the deadline.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    let log2 = restart(&backend);
+    let engine2 = Engine::builder(log2.clone())
+        .clock(clock)
+        .workflow_dyn(approval_waiter(300))
+        .build();
+    engine2.resume_all().unwrap();
+    let RunOutcome::Completed(out) = engine2.wait(run).await.unwrap() else {
+        panic!("the run completes")
+    };
+    assert_eq!(out.0, "\"timed out\"");
+    let records = log2.read(run).unwrap();
+    let started: Vec<_> = records
+        .iter()
+        .filter(|r| matches!(r.event, Event::SignalWaitStarted { .. }))
+        .collect();
+    assert_eq!(started.len(), 1, "the wait was not started again");
+    let Event::SignalWaitStarted { deadline, .. } = &started[0].event else {
+        panic!()
+    };
+    assert_eq!(
+        *deadline - started[0].at,
+        chrono::Duration::milliseconds(300),
+        "the deadline is journaled when the wait starts"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.event == Event::SignalWaitTimedOut { position: 0 }),
+        "{records:?}"
+    );
+    let report = engine2.replay(run).await.unwrap();
+    assert!(
+        matches!(report.verdict, runtime::ReplayVerdict::Deterministic),
+        "{:?}",
+        report.verdict
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn signal_wait_with_deadline_gives_the_signal_and_its_sender_and_replays_cleanly() {
+    let engine = Engine::builder(Arc::new(Log::new(MemoryBackend::new())))
+        .clock(paused_clock())
+        .workflow_dyn(approval_waiter(3_600_000))
+        .build();
+    let run = engine
+        .start_named("approval-waiter", Payload::null(), "alice")
+        .await
+        .unwrap();
+    let mut records = engine.subscribe(run).expect("the run is driven");
+    while !matches!(
+        records.recv().await.expect("the run's records").event,
+        Event::SignalWaitStarted { .. }
+    ) {}
+    engine
+        .signal(
+            run,
+            "approve",
+            Payload::encode("looks good").unwrap(),
+            "bob",
+        )
+        .await
+        .unwrap();
+    let RunOutcome::Completed(out) = engine.wait(run).await.unwrap() else {
+        panic!("the run completes")
+    };
+    assert_eq!(out.0, "\"looks good from bob\"");
+    assert!(
+        !kinds(engine.log().as_ref(), run).contains(&"SignalWaitTimedOut"),
+        "the signal ended the wait"
+    );
+    let report = engine.replay(run).await.unwrap();
+    assert!(
+        matches!(report.verdict, runtime::ReplayVerdict::Deterministic),
+        "{:?}",
+        report.verdict
+    );
+    assert_eq!(report.positions, 1, "one command position");
+}

@@ -643,19 +643,155 @@ async fn approval_not_given_in_time_refuses_the_run() {
     .await;
 }
 
-/// `run.approver_must_differ` cannot be checked yet (the workflow is not told who sent
-/// `approve`): the run fails closed, refused before any change, instead of accepting any
-/// approver.
+/// `waymark replay RUN` on `data` (no process holds it): succeeds and reports the run
+/// deterministic (no false divergence for the approval's wait, approved or timed out).
+async fn replay_is_deterministic(data: &Path, run: &str) {
+    let (ok, out) = cli(data, &["replay", run]).await;
+    assert!(ok, "replay of {run} reports no divergence:\n{out}");
+    assert!(
+        out.contains("deterministic") && !out.contains("NOT deterministic"),
+        "{out}"
+    );
+}
+
+/// The one run of `data` (no process holds it).
+fn only_run_id(data: &Path) -> String {
+    let log = waymark_engine::open_log(data).unwrap();
+    let runs = log.runs().unwrap();
+    assert_eq!(runs.len(), 1, "one run in {}", data.display());
+    runs[0].to_string()
+}
+
+/// Approval with a deadline, replayed: a run refused because nobody approved in time replays
+/// without divergence (before, `waymark replay` reported the approval's signal wait, which
+/// never ended, as missing from the history).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn approver_must_differ_fails_closed_until_the_engine_names_the_approver() {
+async fn approval_timed_out_run_replays_without_divergence() {
+    let (dir, _sb) = lagging(0.05).await;
+    set_inventory_key(dir.path(), "gates", "require_approval", "true");
+    set_inventory_key(dir.path(), "run", "approval_timeout_secs", "1");
+    let (ok, log, data) = run_to_end(dir.path()).await;
+    assert!(!ok, "the run must be refused:\n{log}");
+    let data = data.path().join("data");
+    let events = history(&data);
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::SignalWaitTimedOut { .. })),
+        "the wait timed out:\n{log}"
+    );
+    assert!(
+        matches!(events.last(), Some(Event::RunRefused { reasons }) if reasons.join(" ").contains("no operator approved the run")),
+        "{:?}",
+        events.last()
+    );
+    replay_is_deterministic(&data, &only_run_id(&data)).await;
+}
+
+/// `run.approver_must_differ`: the run is started by alice (`USER=alice`), which stops at the
+/// approval; alice's own `approve` is journaled as ignored (a recorded note naming her) and the
+/// run waits on; bob's `approve` lets it go on to the end. Both signals are sent while the run's
+/// process is stopped (the direct mode holds the data directory), then `waymark resume`
+/// continues it; `waymark replay` of the approved run reports no divergence. (Before: the run
+/// was refused at once, whoever approved.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approver_must_differ_ignores_the_starters_approve_and_takes_another_operators() {
     let (dir, _sb) = lagging(0.05).await;
     set_inventory_key(dir.path(), "gates", "require_approval", "true");
     set_inventory_key(dir.path(), "run", "approver_must_differ", "true");
-    refused_before_any_change(
-        dir.path(),
-        &["run.approver_must_differ is set", "cannot enforce"],
-    )
-    .await;
+    set_inventory_key(dir.path(), "run", "approval_timeout_secs", "86400");
+    let tmp = temp_dir();
+    let data = tmp.path().join("data");
+    let mut command = waymark(&data);
+    command
+        .env("USER", "alice")
+        .args(["run", "yb-maintenance", "--inventory"])
+        .arg(dir.path().join("inventory.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    // Progress (event lines) goes to stderr.
+    let stdout = child.stderr.take().unwrap();
+    // Until the run says it waits for the approval (the wait and its deadline are durable
+    // before it says so); then its process is stopped.
+    let seen = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead as _;
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap_or_default();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("waiting for signal \"approve\"") {
+                return (true, seen);
+            }
+        }
+        (false, seen)
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.0, "the run waits for approval:\n{}", seen.1);
+    let run = only_run_id(&data);
+    let as_user = |user: &str, args: &[&str]| {
+        let mut c = waymark(&data);
+        c.env("USER", user).args(args);
+        c
+    };
+    for (user, args) in [
+        ("alice", ["signal", run.as_str(), "approve"]),
+        ("bob", ["signal", run.as_str(), "approve"]),
+    ] {
+        let mut c = as_user(user, &args);
+        let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{user}: {out:?}");
+    }
+    let mut c = as_user("alice", &["resume", run.as_str()]);
+    let out = tokio::task::spawn_blocking(move || c.output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the run completes after bob's approve:\n{text}"
+    );
+    let events = history(&data);
+    let notes: Vec<&String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ValueRecorded {
+                kind: waymark_engine::event::RecordedKind::Note,
+                value,
+                ..
+            } => Some(value),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(notes.len(), 1, "one approve ignored: {notes:?}");
+    assert!(
+        notes[0].starts_with("approve from alice (uid ")
+            && notes[0].contains("ignored: run.approver_must_differ is set"),
+        "{}",
+        notes[0]
+    );
+    let taken = events
+        .iter()
+        .filter(|e| matches!(e, Event::SignalConsumed { name, .. } if name == "approve"))
+        .count();
+    assert_eq!(taken, 2, "alice's approve, then bob's");
+    assert!(
+        matches!(events.last(), Some(Event::RunCompleted { .. })),
+        "{:?}\n{text}",
+        events.last()
+    );
+    check_completed_estate(dir.path());
+    replay_is_deterministic(&data, &run).await;
 }
 
 /// The run's overall deadline (`run.max_duration_secs` from the run's recorded start; the

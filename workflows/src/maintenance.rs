@@ -2,9 +2,8 @@
 //! [`YbMaintenance::run`] reads like the runbook; each numbered method is one runbook step.
 
 use std::collections::BTreeMap;
-use std::future::{Future, IntoFuture};
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -88,7 +87,11 @@ impl Workflow for YbMaintenance {
     /// 6: the pre-flight runs `yb-ts-cli is_server_ready` on every node whose tserver the run
     /// restarts, with the inventory's flags (the pre-flight's input changed). Version 5
     /// histories are refused.
-    const VERSION: u32 = 6;
+    ///
+    /// 7: the approval is one engine wait for a signal with a deadline (`SignalWaitStarted`),
+    /// and `run.approver_must_differ` is enforced: the starter's own `approve` is ignored
+    /// (journaled as a note). Version 6 histories are refused.
+    const VERSION: u32 = 7;
     type Input = Inventory;
     type Output = Summary;
 
@@ -573,43 +576,46 @@ impl Maintenance {
     /// `run.approval_timeout_secs`; then the run is refused (nothing was changed). Returns
     /// whether it waited (the caller then looks at the cluster again).
     ///
-    /// The signal wait and a durable timer race; both are polled on every wake-up, the signal
-    /// first, and the signal wins when both are ready. So the two take the same command
-    /// positions on every replay (signal, then timer), and a recorded approval replays as an
-    /// approval even when its timer's deadline has passed by the time of the replay.
+    /// The wait is one engine command (`wait_for_signal_by`): the core decides signal or
+    /// deadline from the history, so replay takes the same path. With
+    /// `run.approver_must_differ`, an `approve` sent by the operator who started the run
+    /// (`started_by()`) is journaled as ignored (a recorded note naming who and why) and the run
+    /// waits on, until the same deadline.
     async fn approval_if_required(&self) -> Result<bool, workflow::Error> {
         if !self.inv.gates.require_approval {
             return Ok(false);
         }
-        if self.inv.run.approver_must_differ {
-            // Fails closed: the engine does not yet tell a workflow who sent a signal (nor who
-            // started the run), so the rule cannot be checked; a run that relied on it must not
-            // take any approval.
-            return Err(refuse(vec![
-                "run.approver_must_differ is set, but this version cannot tell the workflow who sent `approve` (the engine journals the sender, and does not pass it to workflows yet), so it cannot enforce that the approver differs from the operator who started the run; nothing was changed: unset run.approver_must_differ to accept any operator's approval".to_owned(),
-            ]));
-        }
         let secs = self.inv.run.approval_timeout_secs;
-        let signal = self.ctx.wait_for_signal::<serde_json::Value>("approve");
-        let timer = self.ctx.sleep(Duration::from_secs(secs));
-        let mut signal = std::pin::pin!(signal);
-        let mut timer = std::pin::pin!(timer);
-        let approved = std::future::poll_fn(|cx| {
-            let signal = signal.as_mut().poll(cx);
-            let timer = timer.as_mut().poll(cx);
-            match (signal, timer) {
-                (Poll::Ready(r), _) => Poll::Ready(r.map(|_| true)),
-                (Poll::Pending, Poll::Ready(r)) => Poll::Ready(r.map(|()| false)),
-                (Poll::Pending, Poll::Pending) => Poll::Pending,
+        let must_differ = self.inv.run.approver_must_differ;
+        let starter = self.ctx.started_by();
+        let deadline =
+            waymark_engine::core::saturating_add(self.ctx.now().await?, Duration::from_secs(secs));
+        loop {
+            match self
+                .ctx
+                .wait_for_signal_by::<serde_json::Value>("approve", deadline)
+                .await?
+            {
+                Some((_, by)) if must_differ && by == starter => {
+                    self.ctx
+                        .note(format!(
+                            "approve from {by} ignored: run.approver_must_differ is set and {by} started the run; waiting for another operator's approve until {}",
+                            deadline.to_rfc3339()
+                        ))
+                        .await?;
+                }
+                Some(_) => return Ok(true),
+                None => {
+                    let who = if must_differ {
+                        format!(" other than {starter} (run.approver_must_differ)")
+                    } else {
+                        String::new()
+                    };
+                    return Err(refuse(vec![format!(
+                        "no operator{who} approved the run within run.approval_timeout_secs ({secs} s); nothing was changed: start a new run and approve it (`waymark signal RUN approve`) in time"
+                    )]));
+                }
             }
-        })
-        .await?;
-        if approved {
-            Ok(true)
-        } else {
-            Err(refuse(vec![format!(
-                "no operator approved the run within run.approval_timeout_secs ({secs} s); nothing was changed: start a new run and approve it (`waymark signal RUN approve`) in time"
-            )]))
         }
     }
 

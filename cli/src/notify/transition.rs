@@ -107,7 +107,11 @@ pub fn transitions(records: &[Record]) -> Vec<Transition> {
         };
         match &r.event {
             Event::SignalConsumed { name, .. } if name == "approve" => approval_settled = true,
-            Event::TimerStarted { fire_at, .. } if !approval_settled => {
+            Event::SignalWaitStarted { name, .. } if name != "approve" => {}
+            Event::TimerStarted { fire_at, .. }
+            | Event::SignalWaitStarted {
+                deadline: fire_at, ..
+            } if !approval_settled => {
                 approval_settled = true;
                 push(
                     Kind::ApprovalNeeded,

@@ -237,7 +237,15 @@ impl Checklist {
             Event::TimerStarted { fire_at, .. } => {
                 self.waiting_for = Some(format!("waiting until {}", fire_at.format("%H:%M:%S")));
             }
-            Event::TimerFired { .. } | Event::SignalConsumed { .. } => self.waiting_for = None,
+            Event::SignalWaitStarted { name, deadline, .. } => {
+                self.waiting_for = Some(format!(
+                    "waiting for signal {name:?} until {}",
+                    deadline.format("%H:%M:%S")
+                ));
+            }
+            Event::TimerFired { .. }
+            | Event::SignalConsumed { .. }
+            | Event::SignalWaitTimedOut { .. } => self.waiting_for = None,
             Event::CompensationStarted { reason, cancelled } => {
                 self.compensating = true;
                 self.progress = None;
