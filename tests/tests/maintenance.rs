@@ -546,14 +546,14 @@ async fn approval_gate_holds_the_first_change_until_approved() {
     .unwrap();
     assert!(out.status.success(), "{out:?}");
     let run = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    // Waiting for approval: the approval's timer is started once the checks before it passed.
+    // Waiting for approval: its signal wait begins once the checks before it passed.
     wait_until(
         Duration::from_secs(60),
         "the run waits for approval",
         || {
             daemon_history(data.path(), &run)
                 .iter()
-                .any(|e| matches!(e, Event::TimerStarted { .. }))
+                .any(|e| matches!(e, Event::SignalWaitStarted { name, .. } if name == "approve"))
         },
     )
     .await;
