@@ -20,6 +20,7 @@ mod regression_workflow;
 mod run_safety;
 mod sandbox_realism;
 mod schedule;
+mod simulate;
 mod ssh;
 mod terminal;
 mod util;
