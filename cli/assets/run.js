@@ -56,10 +56,21 @@
       } else if (kind === "TimerFired") {
         const w = waits.get(e.position);
         if (w) w.end = at;
+      } else if (kind === "SignalWaitStarted") {
+        // A wait for a signal with a deadline (an approval): ended by the signal or the deadline.
+        waits.set(e.position, { position: e.position, start: at, fireAt: Date.parse(e.deadline), end: null, signal: e.name });
+      } else if (kind === "SignalWaitTimedOut") {
+        const w = waits.get(e.position);
+        if (w) { w.end = at; w.timedOut = true; }
       } else if (kind === "SignalConsumed") {
-        // A wait that raced this signal (an approval with a timeout) ended with it.
-        for (const w of waits.values()) {
-          if (!w.end && w.start <= at) { w.end = at; w.endedBy = e.name; }
+        const own = waits.get(e.position);
+        if (own && own.signal === e.name && !own.end) {
+          own.end = at; own.endedBy = e.name;
+        } else {
+          // A timer that raced this signal (histories before signal waits had deadlines) ended with it.
+          for (const w of waits.values()) {
+            if (!w.end && !w.signal && w.start <= at) { w.end = at; w.endedBy = e.name; }
+          }
         }
       } else if (kind === "SignalReceived") {
         let reason = "";
@@ -127,14 +138,19 @@
   function waitRow(w, t0, span, now) {
     const end = w.end || Math.min(now, w.fireAt);
     const finished = ended || (summary && summary.finished);
+    const until = new Date(w.fireAt).toLocaleTimeString();
     const what = w.endedBy
-      ? "waited for " + w.endedBy + " (until " + new Date(w.fireAt).toLocaleTimeString() + " at most)"
-      : "wait until " + new Date(w.fireAt).toLocaleTimeString();
+      ? "waited for " + w.endedBy + " (until " + until + " at most)"
+      : w.timedOut
+        ? "no " + w.signal + " before " + until + " (timed out)"
+        : w.signal
+          ? "waiting for " + w.signal + " until " + until
+          : "wait until " + until;
     const left = w.end || finished ? " · " + waymark.duration((end - w.start) / 1000)
       : " · " + waymark.duration(Math.max(0, (w.fireAt - Date.now()) / 1000)) + " left";
     return el("div", { class: "row wait" },
       el("div", { class: "name" }, el("span", { text: what + left })),
-      el("div", { class: "track" }, bar("b-wait", w.start, end, t0, span, "timer")));
+      el("div", { class: "track" }, bar("b-wait", w.start, end, t0, span, w.signal ? "waiting for " + w.signal : "timer")));
   }
 
   const openGroups = new Map(); // the operator's choice, kept across renders
@@ -217,7 +233,10 @@
       const tries = cur.attempts.length > 1 ? " · attempt " + cur.attempts.length : "";
       elapsed.textContent = waymark.duration((Date.now() - cur.start) / 1000) + tries;
     } else {
-      label.textContent = summary && summary.state === "held" ? "held" : "waiting (a timer or a signal such as approve)";
+      const signalWait = m.waits.find((w) => w.signal && !w.end);
+      label.textContent = summary && summary.state === "held" ? "held"
+        : signalWait ? "waiting for " + signalWait.signal
+        : "waiting (a timer or a signal such as approve)";
       $("current-step").dataset.step = "";
       elapsed.textContent = "";
     }

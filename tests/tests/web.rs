@@ -872,7 +872,8 @@ async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
         || async {
             let wait = text_of(c, "#timeline").await?;
             let now = text_of(c, "#current-step .label").await?;
-            (wait.contains("wait until") && now.starts_with("waiting")).then_some(())
+            (wait.contains("waiting for approve until") && now == "waiting for approve")
+                .then_some(())
         },
     )
     .await;

@@ -596,10 +596,10 @@ impl Maintenance {
                 .wait_for_signal_by::<serde_json::Value>("approve", deadline)
                 .await?
             {
-                Some((_, by)) if must_differ && by == starter => {
+                Some((_, by)) if must_differ && same_operator(&by, &starter) => {
                     self.ctx
                         .note(format!(
-                            "approve from {by} ignored: run.approver_must_differ is set and {by} started the run; waiting for another operator's approve until {}",
+                            "approve from {by} ignored: run.approver_must_differ is set and the same operator ({starter}) started the run; waiting for another operator's approve until {}",
                             deadline.to_rfc3339()
                         ))
                         .await?;
@@ -1279,9 +1279,53 @@ pub fn abnormal_mirrormaker(mirrormaker: &BTreeMap<String, i32>) -> Vec<String> 
         .collect()
 }
 
+/// Whether two recorded operators are the same person for `run.approver_must_differ`: by uid
+/// when both name one (`alice (uid 1000)` from the CLI is `alice (uid 1000) via web session 3
+/// from 10.0.0.5` on the web page), else by what they are without where they came from (every
+/// holder of the daemon's one TCP token is `token holder`, whatever its address).
+pub fn same_operator(a: &str, b: &str) -> bool {
+    operator_identity(a) == operator_identity(b)
+}
+
+fn operator_identity(operator: &str) -> &str {
+    if let Some(start) = operator.find("(uid ") {
+        let rest = &operator[start + 1..];
+        if let Some(end) = rest.find(')') {
+            return &rest[..end];
+        }
+    }
+    let cut = [" via ", " from ", " at "]
+        .iter()
+        .filter_map(|sep| operator.find(sep))
+        .min()
+        .unwrap_or(operator.len());
+    operator[..cut].trim()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::steps;
+    use super::{same_operator, steps};
+
+    /// One person through the CLI, the web page or another TCP connection is the same approver;
+    /// another uid is not.
+    #[test]
+    fn an_operator_is_the_same_across_cli_web_and_tcp_connections() {
+        assert!(same_operator(
+            "alice (uid 1000)",
+            "alice (uid 1000) via web session 3 from 10.0.0.5"
+        ));
+        assert!(same_operator("uid 1000", "alice (uid 1000)"));
+        assert!(!same_operator("alice (uid 1000)", "bob (uid 1001)"));
+        assert!(same_operator(
+            "token holder from 10.0.0.5:41234",
+            "token holder from 10.0.0.9:50000"
+        ));
+        assert!(!same_operator(
+            "token holder from 10.0.0.5:1",
+            "root (uid 0)"
+        ));
+        assert!(same_operator("scheduler", "scheduler"));
+    }
 
     #[test]
     fn the_step_table_numbers_the_runbook_once_in_order() {

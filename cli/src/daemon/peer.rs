@@ -52,7 +52,7 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
 impl Connected<IncomingStream<'_, TcpListener>> for Peer {
     fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
         Peer {
-            operator: format!("token holder at {}", stream.remote_addr()),
+            operator: format!("token holder from {}", stream.remote_addr()),
             uid: None,
             unix: false,
         }
