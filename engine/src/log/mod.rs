@@ -8,6 +8,7 @@
 
 pub mod memory;
 pub mod segment;
+pub mod sim;
 pub mod sled;
 
 use std::collections::HashMap;
