@@ -12,6 +12,8 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use crate::clock::Clock;
+pub use crate::faults::{Fault, FaultKind, Faults};
 use crate::monitor::{Invariants, Truth};
 pub use crate::spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};
 use crate::{elb, k8s, yb};
@@ -192,83 +194,104 @@ pub struct Effect {
     pub details: serde_json::Value,
 }
 
-/// An injected fault.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Fault {
-    /// `k8s`, `yb`, `ssh`, `elb`.
-    pub system: String,
-    /// Applies when the request (HTTP method and path, AWS action, SSH command, node name) contains
-    /// this text; empty matches everything of the system.
-    pub matching: String,
-    /// What happens.
-    pub kind: FaultKind,
-    /// How many more times it fires; `None`: every time (a persistent fault).
-    pub remaining: Option<u32>,
+/// How a sandbox runs, beside what it simulates ([`Spec`]).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Where every timestamp and the tick come from (the wall clock by default;
+    /// [`Clock::simulated`] for paused tokio time).
+    pub clock: Clock,
+    /// Seeds every random choice that can reach a caller (`ELBv2` request ids, the SSH keys
+    /// when the sandbox creates them): the same seed and the same calls at the same times give
+    /// the same answers and effects. `None`: drawn from the OS.
+    pub seed: Option<u64>,
+    /// Keep the state, the effects, the faults and the monitor's record in memory only: no
+    /// `state.json`, `effects.jsonl`, `faults.json` or `invariants.json` is read or written
+    /// ([`Shared::effects`] and [`Shared::invariants`] answer from memory). The files callers
+    /// need to connect (`kubeconfig`, `known_hosts`, the SSH keys, `inventory.toml`,
+    /// `endpoints.json`) are still written once, at start.
+    pub in_memory: bool,
+    /// How often the estate's clock ticks (the monitor's evaluation between changes), in ms of
+    /// tokio time; `None`: the heartbeat interval clamped to 5..20 ms. A simulation at real
+    /// durations may take a coarser tick (e.g. 250) for speed: the down maxima stay exact
+    /// (evaluated at every change), a forward to an unhealthy group shorter than a tick can be
+    /// missed.
+    pub tick_ms: Option<u64>,
 }
 
-/// How a fault shows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FaultKind {
-    /// Answer with this HTTP status (5xx, or 400 `Throttling` for AWS).
-    Status(u16),
-    /// AWS throttling: 400 with code `Throttling`.
-    Throttle,
-    /// Answer only after this many ms.
-    Delay(u64),
-    /// Close the connection without answering.
-    Drop,
-    /// SSH: the command exits with this status, printing the text on stderr.
-    Exit(u32, String),
-}
-
-/// The injected faults.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Faults {
-    /// Rules, first match wins.
-    pub rules: Vec<Fault>,
+/// Where the effects go.
+enum EffectLog {
+    /// `DIR/effects.jsonl`, appended to.
+    File(std::fs::File),
+    /// In memory ([`Options::in_memory`]).
+    Memory(Vec<Effect>),
 }
 
 /// What the simulated servers share.
 pub struct Shared {
     dir: PathBuf,
+    clock: Clock,
+    in_memory: bool,
     state: Mutex<Estate>,
-    effects: Mutex<std::fs::File>,
+    effects: Mutex<EffectLog>,
     faults: Mutex<Faults>,
+    /// The seeded generator's state (splitmix64), `None` without a seed.
+    random: Mutex<Option<u64>>,
 }
 
 impl Shared {
-    pub(crate) fn open(dir: &Path, spec: &Spec) -> std::io::Result<Self> {
+    pub(crate) fn open(dir: &Path, spec: &Spec, options: &Options) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        let clock = options.clock.clone();
+        let fresh = || Estate {
+            spec: spec.clone(),
+            k8s: k8s::State::from_spec(spec),
+            yb: yb::State::from_spec(spec, clock.now()),
+            elb: elb::State::from_spec(spec, clock.now()),
+            invariants: Invariants::default(),
+        };
         let state_path = dir.join("state.json");
-        let state = match std::fs::read(&state_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                std::io::Error::other(format!(
-                    "{} is not a sandbox state: {e}",
-                    state_path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Estate {
-                spec: spec.clone(),
-                k8s: k8s::State::from_spec(spec),
-                yb: yb::State::from_spec(spec, Utc::now()),
-                elb: elb::State::from_spec(spec),
-                invariants: Invariants::default(),
-            },
-            Err(e) => return Err(e),
+        let state = if options.in_memory {
+            fresh()
+        } else {
+            match std::fs::read(&state_path) {
+                Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::other(format!(
+                        "{} is not a sandbox state: {e}; remove the sandbox directory {} to \
+                         start a new estate",
+                        state_path.display(),
+                        dir.display()
+                    ))
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => fresh(),
+                Err(e) => return Err(e),
+            }
         };
-        let faults = match std::fs::read(dir.join("faults.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
-            Err(_) => Faults::default(),
+        let faults = if options.in_memory {
+            Faults::default()
+        } else {
+            match std::fs::read(dir.join("faults.json")) {
+                Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                Err(_) => Faults::default(),
+            }
         };
-        let effects = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("effects.jsonl"))?;
+        let effects = if options.in_memory {
+            EffectLog::Memory(Vec::new())
+        } else {
+            EffectLog::File(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join("effects.jsonl"))?,
+            )
+        };
         let shared = Shared {
             dir: dir.to_owned(),
+            clock,
+            in_memory: options.in_memory,
             state: Mutex::new(state),
             effects: Mutex::new(effects),
             faults: Mutex::new(faults),
+            random: Mutex::new(options.seed),
         };
         {
             let mut st = shared.state.lock().expect("sandbox state lock");
@@ -283,10 +306,47 @@ impl Shared {
         &self.dir
     }
 
+    /// The sandbox's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The time now on the sandbox's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The time now on the sandbox's clock, ms since the Unix epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Whether the sandbox keeps everything in memory ([`Options::in_memory`]).
+    pub fn in_memory(&self) -> bool {
+        self.in_memory
+    }
+
+    /// 128 random bits: from the seeded generator when the sandbox has a seed (the same sequence
+    /// for the same seed), else from the OS.
+    pub fn random_u128(&self) -> u128 {
+        let mut random = self.random.lock().expect("random lock");
+        match random.as_mut() {
+            Some(state) => (u128::from(splitmix64(state)) << 64) | u128::from(splitmix64(state)),
+            None => uuid::Uuid::new_v4().as_u128(),
+        }
+    }
+
+    /// A request id (UUID v4 form), seeded as [`Shared::random_u128`].
+    pub fn request_id(&self) -> String {
+        uuid::Builder::from_random_bytes(self.random_u128().to_be_bytes())
+            .into_uuid()
+            .to_string()
+    }
+
     /// Reads the state (moved to the present first).
     pub fn read<R>(&self, f: impl FnOnce(&Estate) -> R) -> R {
         let mut st = self.state.lock().expect("sandbox state lock");
-        st.advance(Utc::now().timestamp_millis());
+        st.advance(self.now_ms());
         f(&st)
     }
 
@@ -294,7 +354,7 @@ impl Shared {
     /// persists both before returning.
     pub fn mutate<R>(&self, f: impl FnOnce(&mut Estate) -> R) -> R {
         let mut st = self.state.lock().expect("sandbox state lock");
-        st.advance(Utc::now().timestamp_millis());
+        st.advance(self.now_ms());
         let r = f(&mut st);
         self.observe(&mut st);
         if let Err(e) = self.persist(&st) {
@@ -307,7 +367,7 @@ impl Shared {
     /// (persisting both when the monitor's record changed).
     pub fn tick(&self) {
         let mut st = self.state.lock().expect("sandbox state lock");
-        st.advance(Utc::now().timestamp_millis());
+        st.advance(self.now_ms());
         if self.observe(&mut st) {
             if let Err(e) = self.persist(&st) {
                 tracing::error!("sandbox: cannot persist state: {e}");
@@ -317,7 +377,7 @@ impl Shared {
 
     /// Applies a scenario knob (and records it as an effect-free change of the estate).
     pub fn apply(&self, scenario: &Scenario) -> Result<(), String> {
-        let now = Utc::now().timestamp_millis();
+        let now = self.now_ms();
         self.mutate(|st| st.apply(scenario, now))
     }
 
@@ -331,12 +391,21 @@ impl Shared {
         self.read(|st| st.invariants.clone())
     }
 
+    /// The ground truth now.
+    pub fn truth(&self) -> Truth {
+        let now = self.now_ms();
+        self.read(|st| st.truth(now))
+    }
+
     /// Updates the monitor from the ground truth; writes `invariants.json` when it changed.
     fn observe(&self, st: &mut Estate) -> bool {
-        let now = Utc::now();
+        let now = self.now();
         let truth = st.truth(now.timestamp_millis());
-        let changed =
-            st.invariants.observe(&truth, now) || !self.dir.join("invariants.json").exists();
+        let changed = st.invariants.observe(&truth, now);
+        if self.in_memory {
+            return changed;
+        }
+        let changed = changed || !self.dir.join("invariants.json").exists();
         if changed {
             if let Err(e) = write_atomic(
                 &self.dir.join("invariants.json"),
@@ -349,13 +418,16 @@ impl Shared {
     }
 
     fn persist(&self, st: &Estate) -> std::io::Result<()> {
+        if self.in_memory {
+            return Ok(());
+        }
         write_atomic(
             &self.dir.join("state.json"),
             &serde_json::to_vec_pretty(st)?,
         )
     }
 
-    /// Appends one line to `effects.jsonl`.
+    /// Records one mutating call (appended to `effects.jsonl`, or kept in memory).
     pub fn record_effect(
         &self,
         system: &str,
@@ -364,45 +436,75 @@ impl Shared {
         details: serde_json::Value,
     ) {
         let effect = Effect {
-            time: Utc::now(),
+            time: self.now(),
             system: system.into(),
             target: target.into(),
             action: action.into(),
             details,
         };
-        let mut line = serde_json::to_string(&effect).expect("effect serialises");
-        line.push('\n');
-        let mut f = self.effects.lock().expect("effects lock");
-        if let Err(e) = f.write_all(line.as_bytes()) {
-            tracing::error!("sandbox: cannot record effect: {e}");
+        match &mut *self.effects.lock().expect("effects lock") {
+            EffectLog::Memory(effects) => effects.push(effect),
+            EffectLog::File(f) => {
+                let mut line = serde_json::to_string(&effect).expect("effect serialises");
+                line.push('\n');
+                if let Err(e) = f.write_all(line.as_bytes()) {
+                    tracing::error!("sandbox: cannot record effect: {e}");
+                }
+            }
         }
     }
 
-    /// Every effect recorded so far (across restarts of the sandbox).
+    /// Every effect recorded so far (from `effects.jsonl`: across restarts of the sandbox; in
+    /// memory: since this sandbox started).
     pub fn effects(&self) -> Vec<Effect> {
-        read_effects(&self.dir)
+        match &*self.effects.lock().expect("effects lock") {
+            EffectLog::Memory(effects) => effects.clone(),
+            EffectLog::File(_) => read_effects(&self.dir),
+        }
     }
 
-    /// Replaces the injected faults (persisted as `faults.json`).
+    /// Replaces the injected faults (persisted as `faults.json` unless in memory). Each rule
+    /// fires on the first requests that match it, in the order they reach the sandbox.
     pub fn set_faults(&self, faults: Faults) {
-        let _ = std::fs::write(
-            self.dir.join("faults.json"),
-            serde_json::to_vec_pretty(&faults).expect("faults serialise"),
-        );
+        if !self.in_memory {
+            let _ = std::fs::write(
+                self.dir.join("faults.json"),
+                serde_json::to_vec_pretty(&faults).expect("faults serialise"),
+            );
+        }
         *self.faults.lock().expect("faults lock") = faults;
     }
 
     /// The fault that applies to this request of `system`, if any (counting it down).
     pub fn fault_for(&self, system: &str, request: &str) -> Option<FaultKind> {
-        let mut faults = self.faults.lock().expect("faults lock");
-        let rule = faults.rules.iter_mut().find(|r| {
-            r.system == system && request.contains(&r.matching) && r.remaining != Some(0)
-        })?;
-        if let Some(n) = rule.remaining.as_mut() {
-            *n -= 1;
-        }
-        Some(rule.kind.clone())
+        self.faults
+            .lock()
+            .expect("faults lock")
+            .take(system, request, |_| true)
     }
+
+    /// As [`Shared::fault_for`], among the rules whose kind `applies` (the others are left for
+    /// later requests, their count untouched).
+    pub fn fault_for_kinds(
+        &self,
+        system: &str,
+        request: &str,
+        applies: impl Fn(&FaultKind) -> bool,
+    ) -> Option<FaultKind> {
+        self.faults
+            .lock()
+            .expect("faults lock")
+            .take(system, request, applies)
+    }
+}
+
+/// One step of splitmix64 (the seeded generator: small, and the same on every platform).
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Writes `path` through a temporary file renamed over it (readers see the old or the new

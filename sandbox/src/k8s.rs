@@ -9,10 +9,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path as AxPath, State as AxState};
+use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use crate::conn::Conn;
 use crate::estate::{FaultKind, Shared, Spec};
 
 /// Annotation `kubectl rollout restart` sets.
@@ -389,11 +389,8 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-async fn apply_fault(shared: &Shared, request: &str) -> Option<Response> {
+/// Answers an injected fault, or `None` to go on (after a delay, or to be cut mid-answer).
+async fn apply_fault(shared: &Shared, conn: &Conn, request: &str) -> Option<Response> {
     match shared.fault_for("k8s", request)? {
         FaultKind::Status(code) => Some(status_error(
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -405,33 +402,25 @@ async fn apply_fault(shared: &Shared, request: &str) -> Option<Response> {
             "TooManyRequests",
             "throttled",
         )),
-        FaultKind::Delay(ms) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            None
-        }
-        FaultKind::Drop => {
-            // Hang: the client's timeout ends the request.
-            futures::future::pending::<()>().await;
-            None
-        }
-        FaultKind::Exit(..) => None,
+        other => crate::conn::act_out(&other, conn).await,
     }
 }
 
 async fn deployment(
     AxState(shared): AxState<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     method: Method,
     AxPath((ns, name)): AxPath<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}")).await {
+    if let Some(r) = apply_fault(&shared, &conn, &format!("{method} {ns}/{name}")).await {
         return r;
     }
     if let Some(r) = forbidden(&shared, &method, &ns, &name, None) {
         return r;
     }
     let key = format!("{ns}/{name}");
-    let now = now_ms();
+    let now = shared.now_ms();
     if method == Method::GET {
         return shared.read(|st| match st.k8s.deployments.get(&key) {
             Some(d) => Json(d.to_json(now, st.k8s.step_ms)).into_response(),
@@ -531,6 +520,7 @@ fn not_found(name: &str) -> Response {
 
 async fn scale(
     AxState(shared): AxState<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     method: Method,
     AxPath((ns, name)): AxPath<(String, String)>,
     body: Bytes,
@@ -540,7 +530,12 @@ async fn scale(
         .ok()
         .and_then(|v| v["spec"]["replicas"].as_u64())
         .map_or(String::new(), |n| format!(" replicas={n}"));
-    if let Some(r) = apply_fault(&shared, &format!("{method} {ns}/{name}/scale{wanted_text}")).await
+    if let Some(r) = apply_fault(
+        &shared,
+        &conn,
+        &format!("{method} {ns}/{name}/scale{wanted_text}"),
+    )
+    .await
     {
         return r;
     }
@@ -548,7 +543,7 @@ async fn scale(
         return r;
     }
     let key = format!("{ns}/{name}");
-    let now = now_ms();
+    let now = shared.now_ms();
     if method == Method::GET {
         return shared.read(|st| match st.k8s.deployments.get(&key) {
             Some(d) => Json(d.scale_json(now, st.k8s.step_ms)).into_response(),
@@ -597,8 +592,15 @@ async fn scale(
     }
 }
 
-async fn list(AxState(shared): AxState<Arc<Shared>>, AxPath(ns): AxPath<String>) -> Response {
-    let now = now_ms();
+async fn list(
+    AxState(shared): AxState<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    AxPath(ns): AxPath<String>,
+) -> Response {
+    if let Some(r) = apply_fault(&shared, &conn, &format!("GET {ns}/deployments")).await {
+        return r;
+    }
+    let now = shared.now_ms();
     shared.read(|st| {
         let items: Vec<Value> = st
             .k8s
@@ -645,8 +647,12 @@ fn forbidden(
 /// `POST /apis/authorization.k8s.io/v1/selfsubjectaccessreviews` (what `kubectl auth can-i`
 /// sends): allowed unless a [`Denial`] of the scenario matches (Deployments of `apps` only;
 /// any other resource is allowed).
-async fn access_review(AxState(shared): AxState<Arc<Shared>>, body: Bytes) -> Response {
-    if let Some(r) = apply_fault(&shared, "POST selfsubjectaccessreviews").await {
+async fn access_review(
+    AxState(shared): AxState<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = apply_fault(&shared, &conn, "POST selfsubjectaccessreviews").await {
         return r;
     }
     let mut review: Value = match serde_json::from_slice(&body) {
@@ -705,7 +711,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             }),
         )
         .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = crate::conn::serve(listener, app).await {
         tracing::error!("sandbox Kubernetes API stopped: {e}");
     }
 }

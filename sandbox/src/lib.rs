@@ -17,8 +17,11 @@
 //! [`Shared`], effects, faults, scenario knobs) and [`monitor`]; the servers ([`elb`]'s handlers,
 //! [`k8s`], [`yb`], [`ssh`]); [`server`] ([`Sandbox`]: binds and starts them) and [`inventory`].
 
+pub mod clock;
+pub mod conn;
 pub mod elb;
 pub mod estate;
+pub mod faults;
 pub mod inventory;
 pub mod k8s;
 pub mod monitor;
@@ -27,9 +30,9 @@ pub mod spec;
 pub mod ssh;
 pub mod yb;
 
-pub use estate::{
-    read_effects, read_invariants, Effect, Endpoints, Fault, FaultKind, Faults, Scenario, Shared,
-};
+pub use clock::Clock;
+pub use estate::{read_effects, read_invariants, Effect, Endpoints, Options, Scenario, Shared};
+pub use faults::{catalogue, Fault, FaultKind, Faults};
 pub use monitor::{Invariants, Truth};
 pub use server::Sandbox;
 pub use spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};

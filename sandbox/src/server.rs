@@ -8,10 +8,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::Utc;
 use tokio::net::TcpListener;
 
-use crate::estate::{Endpoints, Faults, Scenario, Shared};
+use crate::estate::{Endpoints, Faults, Options, Scenario, Shared};
 use crate::spec::Spec;
 use crate::{elb, k8s, ssh, yb};
 
@@ -31,12 +30,28 @@ async fn bind(previous: Option<SocketAddr>) -> std::io::Result<TcpListener> {
 
 impl Sandbox {
     /// Starts (or restarts, from `DIR/state.json` and on the ports in `DIR/endpoints.json`) every
-    /// simulated system.
+    /// simulated system, on the wall clock, persisted ([`Options::default`]).
     pub async fn start(dir: &Path, spec: &Spec) -> std::io::Result<Sandbox> {
-        let shared = Arc::new(Shared::open(dir, spec)?);
-        let previous: Option<Endpoints> = std::fs::read(dir.join("endpoints.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        Sandbox::start_with(dir, spec, &Options::default()).await
+    }
+
+    /// Starts every simulated system as `options` say, each server a task of the current tokio
+    /// runtime (no thread of its own, no blocking wait): on a [`crate::Clock::simulated`] clock
+    /// under paused time the whole estate moves only with tokio's time. In memory, the ports are
+    /// new ones (a previous `endpoints.json` is not read).
+    pub async fn start_with(
+        dir: &Path,
+        spec: &Spec,
+        options: &Options,
+    ) -> std::io::Result<Sandbox> {
+        let shared = Arc::new(Shared::open(dir, spec, options)?);
+        let previous: Option<Endpoints> = if options.in_memory {
+            None
+        } else {
+            std::fs::read(dir.join("endpoints.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+        };
         let (nodes, masters): (Vec<String>, Vec<String>) = shared.read(|s| {
             (
                 s.spec.nodes.iter().map(|n| n.name.clone()).collect(),
@@ -62,7 +77,7 @@ impl Sandbox {
         tasks.push(tokio::spawn(k8s::serve(k8s_l, shared.clone())));
         tasks.push(tokio::spawn(elb::serve(elb_l, shared.clone())));
         tasks.push(tokio::spawn(serve_admin(admin_l, shared.clone())));
-        tasks.push(tokio::spawn(tick(shared.clone())));
+        tasks.push(tokio::spawn(tick(shared.clone(), options.tick_ms)));
         for m in masters {
             let l = bind(
                 previous
@@ -73,7 +88,7 @@ impl Sandbox {
             endpoints.yb_masters.insert(m.clone(), l.local_addr()?);
             tasks.push(tokio::spawn(yb::serve_master(l, shared.clone(), m)));
         }
-        let keys = ssh::HostKeys::load_or_create(dir)?;
+        let keys = ssh::HostKeys::load_or_create(dir, options.seed)?;
         for n in nodes {
             let l = bind(previous.as_ref().and_then(|p| p.ssh.get(&n).copied())).await?;
             endpoints.ssh.insert(n.clone(), l.local_addr()?);
@@ -113,10 +128,16 @@ impl Sandbox {
 }
 
 /// Moves the estate's clock: often enough that no transition of the ground truth (heartbeats,
-/// bootstraps, drains, pod terminations) goes unobserved for long.
-async fn tick(shared: Arc<Shared>) {
-    let every = shared.read(|st| st.yb.timing.heartbeat_ms).clamp(5, 20);
-    let mut interval = tokio::time::interval(std::time::Duration::from_millis(every as u64));
+/// bootstraps, drains, pod terminations) goes unobserved for long. On tokio's time, so paused
+/// time moves it too.
+async fn tick(shared: Arc<Shared>, every_ms: Option<u64>) {
+    let every = every_ms.unwrap_or_else(|| {
+        shared
+            .read(|st| st.yb.timing.heartbeat_ms)
+            .clamp(5, 20)
+            .unsigned_abs()
+    });
+    let mut interval = tokio::time::interval(std::time::Duration::from_millis(every.max(1)));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
@@ -160,9 +181,7 @@ async fn serve_admin(listener: TcpListener, shared: Arc<Shared>) {
         )
         .route(
             "/truth",
-            get(|State(s): State<Arc<Shared>>| async move {
-                Json(s.read(|st| st.truth(Utc::now().timestamp_millis())))
-            }),
+            get(|State(s): State<Arc<Shared>>| async move { Json(s.truth()) }),
         )
         .route(
             "/scenario",

@@ -9,12 +9,15 @@
 //!   any@127.0.0.1 systemctl show yb-master` works too. [`HostKeys::write_known_hosts`] writes
 //!   `DIR/known_hosts` with a `[127.0.0.1]:PORT ssh-ed25519 ...` line per node.
 //! - Authentication: public key only, exactly the client key (any user name).
-//! - Faults (`system: "ssh"`): checked once per connection with the node name as the request, and
-//!   once per command with `NODE COMMAND`. `Drop` closes the connection without answering,
-//!   `Delay(ms)` answers that much later; an `Exit` fault matched at connection time applies to
-//!   that connection's first command (at command time `yb::exec` applies it). Note that
-//!   `yb::exec` looks the fault up again for the command, so a counted `Delay` rule matching a
-//!   command is counted twice per command.
+//! - Faults (`system: "ssh"`, and `"yb-admin"` for the `yb-admin` / `yb-ts-cli` commands):
+//!   checked once per connection with the node name as the request (only the kinds a connection
+//!   can show: `Refused` resets it, `Drop` and `Throttle` close it before the banner, `Timeout`
+//!   keeps it silent, `Delay` answers later, an `Exit` applies to its first command), and once
+//!   per command with `NODE COMMAND`: `Refused`/`Drop` disconnect before it runs, `Timeout`
+//!   never answers, `Exit`/`Status` fail it, `WrongAnswer` exits 0 with output that is not the
+//!   command's, `Delay` runs it later, `Cut` runs it and disconnects before its answer; an
+//!   `ssh` `Throttle` disconnects, a `yb-admin` one fails with the RPC layer's `Service
+//!   unavailable`.
 
 use std::fmt::Write as _;
 use std::io::Read as _;
@@ -44,8 +47,13 @@ fn invalid(path: &Path, what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::other(format!("{}: {what}", path.display()))
 }
 
-/// Loads the OpenSSH private key at `path`, or creates a new ed25519 key there (mode 0600).
-fn load_or_generate(path: &Path, comment: &str) -> std::io::Result<PrivateKey> {
+/// Loads the OpenSSH private key at `path`, or creates a new ed25519 key there (mode 0600): from
+/// `seed` when given (the same seed, the same key), else from the OS.
+fn load_or_generate(
+    path: &Path,
+    comment: &str,
+    seed: Option<[u8; 32]>,
+) -> std::io::Result<PrivateKey> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             return PrivateKey::from_openssh(text.trim())
@@ -54,8 +62,13 @@ fn load_or_generate(path: &Path, comment: &str) -> std::io::Result<PrivateKey> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(invalid(path, e)),
     }
-    let mut seed = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+    let seed = if let Some(seed) = seed {
+        seed
+    } else {
+        let mut seed = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut seed)?;
+        seed
+    };
     let mut key = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
     key.set_comment(comment);
     let tmp = path.with_extension("tmp");
@@ -73,12 +86,27 @@ fn openssh_public(key: &PublicKey) -> std::io::Result<String> {
 }
 
 impl HostKeys {
-    /// Loads `DIR/ssh_host_ed25519_key` and `DIR/id_ed25519`, creating them if missing, and
-    /// (re)writes `DIR/id_ed25519.pub`.
-    pub fn load_or_create(dir: &Path) -> std::io::Result<Self> {
+    /// Loads `DIR/ssh_host_ed25519_key` and `DIR/id_ed25519`, creating them if missing (from
+    /// `seed` when given), and (re)writes `DIR/id_ed25519.pub`.
+    pub fn load_or_create(dir: &Path, seed: Option<u64>) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
-        let host = load_or_generate(&dir.join("ssh_host_ed25519_key"), "waymark-sandbox host")?;
-        let client = load_or_generate(&dir.join("id_ed25519"), "waymark-sandbox client")?;
+        let key_seed = |which: u8| {
+            seed.map(|s| {
+                let mut bytes = [which; 32];
+                bytes[..8].copy_from_slice(&s.to_le_bytes());
+                bytes
+            })
+        };
+        let host = load_or_generate(
+            &dir.join("ssh_host_ed25519_key"),
+            "waymark-sandbox host",
+            key_seed(1),
+        )?;
+        let client = load_or_generate(
+            &dir.join("id_ed25519"),
+            "waymark-sandbox client",
+            key_seed(2),
+        )?;
         let client = client.public_key().clone();
         std::fs::write(
             dir.join("id_ed25519.pub"),
@@ -140,8 +168,32 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
         };
         let config = config.clone();
         tokio::spawn(async move {
-            match connection.shared.fault_for("ssh", &connection.node) {
-                Some(FaultKind::Drop) => return,
+            let at_connect = |k: &FaultKind| {
+                matches!(
+                    k,
+                    FaultKind::Refused
+                        | FaultKind::Drop
+                        | FaultKind::Throttle
+                        | FaultKind::Timeout
+                        | FaultKind::Delay(_)
+                        | FaultKind::Exit(..)
+                )
+            };
+            match connection
+                .shared
+                .fault_for_kinds("ssh", &connection.node, at_connect)
+            {
+                Some(FaultKind::Refused) => {
+                    let _ = socket.set_zero_linger();
+                    return;
+                }
+                // sshd's `MaxStartups`: closed right after it was accepted, no banner.
+                Some(FaultKind::Drop | FaultKind::Throttle) => return,
+                Some(FaultKind::Timeout) => {
+                    // Accepted, then silent: the client's own timeout ends it.
+                    let _silent = &socket;
+                    std::future::pending::<()>().await;
+                }
                 Some(FaultKind::Delay(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
                 Some(FaultKind::Exit(code, stderr)) => {
                     connection.pending_exit = Some((code, stderr));
@@ -160,6 +212,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
             }
         });
     }
+}
+
+/// Whether a command line runs `yb-admin` or `yb-ts-cli` (behind `sudo`, by path or not): the
+/// commands faults of system `yb-admin` apply to.
+fn yb_tool(command: &str) -> bool {
+    let words = yb::shell_words(command).unwrap_or_default();
+    let program = words
+        .iter()
+        .find(|w| *w != "sudo" && !w.starts_with('-'))
+        .map_or("", |w| w.rsplit('/').next().unwrap_or(w));
+    program == "yb-admin" || program == "yb-ts-cli"
 }
 
 /// One client connection.
@@ -234,22 +297,47 @@ impl server::Handler for Connection {
                 stderr,
             }
         } else {
-            match self
-                .shared
-                .fault_for("ssh", &format!("{} {command}", self.node))
-            {
+            let request = format!("{} {command}", self.node);
+            let tool = yb_tool(&command);
+            let fault = self.shared.fault_for("ssh", &request).or_else(|| {
+                tool.then(|| self.shared.fault_for("yb-admin", &request))
+                    .flatten()
+            });
+            let failed = |exit: u32, stderr: String| ExecOutput {
+                exit,
+                stdout: String::new(),
+                stderr,
+            };
+            match fault {
+                None => self.run(&command).await,
                 // Returning an error ends the session: the connection closes without an answer.
-                Some(FaultKind::Drop) => return Err(russh::Error::Disconnect),
-                Some(FaultKind::Exit(exit, stderr)) => ExecOutput {
-                    exit,
-                    stdout: String::new(),
-                    stderr,
+                Some(FaultKind::Refused | FaultKind::Drop) => return Err(russh::Error::Disconnect),
+                Some(FaultKind::Throttle) if !tool => return Err(russh::Error::Disconnect),
+                Some(FaultKind::Throttle) => failed(
+                    1,
+                    "Error: Service unavailable (yb-master): the RPC service queue is full, \
+                     try again later\n"
+                        .into(),
+                ),
+                Some(FaultKind::Timeout) => std::future::pending().await,
+                Some(FaultKind::Status(code)) => {
+                    failed(1, format!("injected fault: status {code}\n"))
+                }
+                Some(FaultKind::Exit(exit, stderr)) => failed(exit, stderr),
+                Some(FaultKind::WrongAnswer) => ExecOutput {
+                    exit: 0,
+                    stdout: "\u{1b}[?1049h\u{fffd}\u{fffd} -- MORE -- (garbled terminal output)\n"
+                        .into(),
+                    stderr: String::new(),
                 },
                 Some(FaultKind::Delay(ms)) => {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     self.run(&command).await
                 }
-                _ => self.run(&command).await,
+                Some(FaultKind::Cut) => {
+                    let _carried_out = self.run(&command).await;
+                    return Err(russh::Error::Disconnect);
+                }
             }
         };
         session.channel_success(channel)?;

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path as AxPath, State as AxState};
+use axum::extract::{ConnectInfo, Path as AxPath, State as AxState};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::conn::Conn;
 use crate::estate::{FaultKind, Shared, Spec, Timing};
 
 /// Tablets in the simulated cluster.
@@ -762,10 +763,6 @@ impl State {
     }
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 /// What a command run over SSH printed and returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -993,7 +990,7 @@ fn systemctl(shared: &Shared, node: &str, args: &[&str]) -> (ExecOutput, u64) {
         };
         return (out, 0);
     };
-    let now = now_ms();
+    let now = shared.now_ms();
     match *verb {
         "restart" | "start" | "stop" => {
             let block = shared.mutate(|st| st.yb.systemctl_act(node, kind, verb, now));
@@ -1186,7 +1183,7 @@ fn tls_refusal(
 }
 
 fn yb_admin(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
-    let now = now_ms();
+    let now = shared.now_ms();
     let (flags, rest) = tool_args(args);
     let Some(cmd) = rest.first().copied() else {
         return ExecOutput::fail(1, "yb-admin: no command given\n");
@@ -1361,7 +1358,7 @@ fn yb_admin(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
 }
 
 fn yb_ts_cli(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
-    let now = now_ms();
+    let now = shared.now_ms();
     let (flags, rest) = tool_args(args);
     let address = flags
         .get("server_address")
@@ -1414,7 +1411,7 @@ fn yb_ts_cli(shared: &Shared, node: &str, args: &[&str]) -> ExecOutput {
 /// `curl http://HOST:9000/prometheus-metrics` from a node: the tserver's `follower_lag_ms` for
 /// every tablet it follows (Prometheus text), as its web server exports it.
 fn curl(shared: &Shared, args: &[&str]) -> ExecOutput {
-    let now = now_ms();
+    let now = shared.now_ms();
     let Some(url) = args.iter().find(|a| !a.starts_with('-')) else {
         return ExecOutput::fail(2, "curl: no URL specified!\n");
     };
@@ -1463,7 +1460,11 @@ struct MasterCtx {
     node: String,
 }
 
-async fn api(AxState(m): AxState<MasterCtx>, AxPath(endpoint): AxPath<String>) -> Response {
+async fn api(
+    AxState(m): AxState<MasterCtx>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
+    AxPath(endpoint): AxPath<String>,
+) -> Response {
     match m
         .shared
         .fault_for("yb", &format!("{} GET /api/v1/{endpoint}", m.node))
@@ -1475,10 +1476,22 @@ async fn api(AxState(m): AxState<MasterCtx>, AxPath(endpoint): AxPath<String>) -
             )
                 .into_response();
         }
-        Some(FaultKind::Delay(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
-        _ => {}
+        // The master's web server, overloaded, answers 503 Service Unavailable.
+        Some(FaultKind::Throttle) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable: too many requests in flight",
+            )
+                .into_response();
+        }
+        Some(other) => {
+            if let Some(r) = crate::conn::act_out(&other, &conn).await {
+                return r;
+            }
+        }
+        None => {}
     }
-    let now = now_ms();
+    let now = m.shared.now_ms();
     m.shared.read(|st| {
         let yb = &st.yb;
         let me = yb.server(&m.node, Kind::Master);
@@ -1537,7 +1550,7 @@ pub async fn serve_master(listener: TcpListener, shared: Arc<Shared>, node: Stri
     let app = axum::Router::new()
         .route("/api/v1/{endpoint}", get(api))
         .with_state(MasterCtx { shared, node });
-    if let Err(e) = axum::serve(listener, app).await {
+    if let Err(e) = crate::conn::serve(listener, app).await {
         tracing::error!("sandbox yb-master server stopped: {e}");
     }
 }

@@ -2,45 +2,34 @@
 //! under [`Shared::mutate`] with an effect recorded; faults answered first.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use axum::Form;
-use chrono::{SecondsFormat, Utc};
+use chrono::SecondsFormat;
 use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::model::{
-    arn, hex_id, lb_kind_prefix, now_ms, Action, Draining, Listener, LoadBalancer, Rule, State,
-    Target, TargetGroup, REGION, VPC,
+    arn, hex_id, lb_kind_prefix, Action, Draining, Listener, LoadBalancer, Rule, State, Target,
+    TargetGroup, REGION, VPC,
 };
-use super::wire::{
-    envelope, xml_response, ApiError, ApiResult, Kill, KillableListener, Params, Xml,
-};
+use super::wire::{envelope, xml_response, ApiError, ApiResult, Params, Xml};
+use crate::conn::Conn;
 use crate::estate::{FaultKind, Shared};
 
 /// Answers an injected fault, or `None` to go on (after a delay, if any).
 async fn apply_fault(
     shared: &Shared,
     key: &str,
-    kill: &Kill,
+    conn: &Conn,
     request_id: &str,
 ) -> Option<Response> {
     let (status, code, message) = match shared.fault_for("elb", key)? {
-        FaultKind::Delay(ms) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            return None;
-        }
-        FaultKind::Drop => {
-            kill.0.store(true, Ordering::SeqCst);
-            return Some(StatusCode::INTERNAL_SERVER_ERROR.into_response());
-        }
         FaultKind::Throttle | FaultKind::Status(400 | 429) => {
             (StatusCode::BAD_REQUEST, "Throttling", "Rate exceeded")
         }
@@ -59,7 +48,7 @@ async fn apply_fault(
             "InternalFailure",
             "The request processing has failed because of an unknown error (injected fault)",
         ),
-        FaultKind::Exit(..) => return None,
+        other => return crate::conn::act_out(&other, conn).await,
     };
     Some(ApiError::new(status, code, message).into_response(request_id))
 }
@@ -68,23 +57,22 @@ async fn apply_fault(
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let app = axum::Router::new()
         .route("/", post(handle))
-        .with_state(shared)
-        .into_make_service_with_connect_info::<Kill>();
-    if let Err(e) = axum::serve(KillableListener(listener), app).await {
+        .with_state(shared);
+    if let Err(e) = crate::conn::serve(listener, app).await {
         tracing::error!("sandbox ELBv2 server stopped: {e}");
     }
 }
 
 async fn handle(
     AxState(shared): AxState<Arc<Shared>>,
-    ConnectInfo(kill): ConnectInfo<Kill>,
+    ConnectInfo(conn): ConnectInfo<Conn>,
     headers: HeaderMap,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
+    let request_id = shared.request_id();
     let params = Params(form.into_iter().collect());
     let action = params.get("Action").unwrap_or_default().to_owned();
-    if let Some(r) = apply_fault(&shared, &params.fault_key(&action), &kill, &request_id).await {
+    if let Some(r) = apply_fault(&shared, &params.fault_key(&action), &conn, &request_id).await {
         return r;
     }
     let signed = headers
@@ -126,7 +114,9 @@ fn dispatch(shared: &Shared, action: &str, p: &Params) -> ApiResult {
         "DescribeTargetGroups" => shared.read(|st| describe_target_groups(&st.elb, p)),
         "DescribeListeners" => shared.read(|st| describe_listeners(&st.elb, p)),
         "DescribeRules" => shared.read(|st| describe_rules(&st.elb, p)),
-        "DescribeTargetHealth" => shared.read(|st| describe_target_health(&st.elb, p)),
+        "DescribeTargetHealth" => {
+            shared.read(|st| describe_target_health(&st.elb, p, shared.now_ms()))
+        }
         "RegisterTargets" => register_targets(shared, p),
         "DeregisterTargets" => deregister_targets(shared, p),
         "ModifyListener" => modify_listener(shared, p),
@@ -313,7 +303,7 @@ fn describe_rules(st: &State, p: &Params) -> ApiResult {
     Ok(x)
 }
 
-fn describe_target_health(st: &State, p: &Params) -> ApiResult {
+fn describe_target_health(st: &State, p: &Params, now: i64) -> ApiResult {
     let tg_arn = p.required("TargetGroupArn")?;
     let tg = st
         .target_groups
@@ -321,7 +311,6 @@ fn describe_target_health(st: &State, p: &Params) -> ApiResult {
         .find(|t| t.arn == tg_arn)
         .ok_or_else(ApiError::target_group_not_found)?;
     let asked = p.targets()?;
-    let now = now_ms();
     let targets: Vec<(String, i32, Option<String>)> = if asked.is_empty() {
         tg.targets
             .iter()
@@ -385,7 +374,7 @@ fn register_targets(shared: &Shared, p: &Params) -> ApiResult {
     if targets.is_empty() {
         return Err(ApiError::validation("Targets must not be empty"));
     }
-    let now = now_ms();
+    let now = shared.now_ms();
     let added = shared.mutate(|st| {
         let tg = st
             .elb
@@ -441,7 +430,7 @@ fn deregister_targets(shared: &Shared, p: &Params) -> ApiResult {
     if targets.is_empty() {
         return Err(ApiError::validation("Targets must not be empty"));
     }
-    let now = now_ms();
+    let now = shared.now_ms();
     let removed = shared.mutate(|st| {
         let tg = st
             .elb
@@ -636,7 +625,7 @@ fn create_load_balancer(shared: &Shared, p: &Params) -> ApiResult {
                 })
                 .collect(),
             dns_name: format!("{name}-{}.elb.{REGION}.amazonaws.com", &id[..8]),
-            created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+            created: shared.now().to_rfc3339_opts(SecondsFormat::Millis, true),
         };
         st.elb.load_balancers.push(lb.clone());
         (lb, true)

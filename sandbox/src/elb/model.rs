@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::Spec;
@@ -217,10 +217,6 @@ pub(super) fn arn(resource: &str) -> String {
     format!("arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:{resource}")
 }
 
-pub(super) fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
 pub(super) fn lb_kind_prefix(kind: &str) -> &'static str {
     match kind {
         "application" => "app",
@@ -236,7 +232,7 @@ impl State {
     /// `path-pattern /waymark/*`) with the same weights; and the `YugabyteDB` network load balancer
     /// `yb-ext` with one TCP 5433 IP target group per zone (`aws-useast1-prod-<zone>-yb-ext-prod`)
     /// and a TCP listener forwarding to the last zone's.
-    pub fn from_spec(spec: &Spec) -> Self {
+    pub fn from_spec(spec: &Spec, now: DateTime<Utc>) -> Self {
         let t = spec.scaled();
         let mut zones: Vec<String> = Vec::new();
         for n in &spec.nodes {
@@ -267,7 +263,7 @@ impl State {
                     })
                     .collect(),
                 dns_name: format!("{name}-{}.elb.{REGION}.amazonaws.com", &id[..8]),
-                created: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                created: now.to_rfc3339_opts(SecondsFormat::Millis, true),
             }
         };
         // Zone N's subnet is 10.20.N.0/24: its yb nodes from .11, its application servers

@@ -1,21 +1,11 @@
 //! The AWS query protocol: form parameters in ([`Params`]), XML answers out ([`Xml`],
-//! [`envelope`]), `<ErrorResponse>` answers ([`ApiError`]), and a listener whose connections a
-//! `Drop` fault closes without an answer ([`KillableListener`]).
+//! [`envelope`]), `<ErrorResponse>` answers ([`ApiError`]). The connections are
+//! [`crate::conn`]'s.
 
 use std::collections::BTreeMap;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
-use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
 
 use super::model::{
     Action, Condition, Listener, LoadBalancer, Rule, State, TargetGroup, WeightedTargetGroup,
@@ -467,100 +457,4 @@ pub(super) fn envelope(action: &str, result: &Xml, request_id: &str) -> String {
     x.close("ResponseMetadata");
     x.raw(&format!("</{action}Response>"));
     x.0
-}
-
-/// Set on a connection that must be closed without an answer (`FaultKind::Drop`).
-#[derive(Clone, Debug)]
-pub(super) struct Kill(pub(super) Arc<AtomicBool>);
-
-/// A TCP connection that fails every read and write once killed, so that the server closes it
-/// without writing the answer.
-pub(super) struct KillableStream {
-    inner: TcpStream,
-    killed: Arc<AtomicBool>,
-}
-
-pub(super) fn killed_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionAborted,
-        "sandbox fault: connection dropped",
-    )
-}
-
-impl AsyncRead for KillableStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if me.killed.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut me.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let me = self.get_mut();
-        if me.killed.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut me.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        let me = self.get_mut();
-        if me.killed.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut me.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
-/// A TCP listener whose connections can be killed by their handler.
-pub(super) struct KillableListener(pub(super) TcpListener);
-
-impl axum::serve::Listener for KillableListener {
-    type Io = KillableStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((inner, addr)) => {
-                    return (
-                        KillableStream {
-                            inner,
-                            killed: Arc::new(AtomicBool::new(false)),
-                        },
-                        addr,
-                    )
-                }
-                Err(e) => {
-                    tracing::warn!("sandbox ELBv2: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl Connected<axum::serve::IncomingStream<'_, KillableListener>> for Kill {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, KillableListener>) -> Self {
-        Kill(stream.io().killed.clone())
-    }
 }
