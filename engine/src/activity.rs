@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::clock::{self, SharedClock, SystemClock};
 use crate::event::{Payload, RunId, StepRef};
 
 /// An activity's failure, classified.
@@ -51,6 +52,9 @@ pub struct Context {
     pub attempt: u32,
     /// When the step was first scheduled (engine's clock).
     pub scheduled_at: DateTime<Utc>,
+    /// The engine's clock: activities read the time only from it ([`Context::now`]) and from
+    /// tokio's time, so that a simulation on paused time moves both.
+    pub(crate) clock: SharedClock,
     pub(crate) heartbeat: Arc<Heartbeat>,
     pub(crate) cancelled: watch::Receiver<bool>,
 }
@@ -76,23 +80,36 @@ pub(crate) struct Heartbeat {
 impl Heartbeat {
     pub(crate) fn new() -> Self {
         Heartbeat {
-            last: Mutex::new((tokio::time::Instant::now(), None)),
+            last: Mutex::new((clock::monotonic_now(), None)),
             sink: None,
         }
     }
 }
 
 impl Context {
-    /// A context for calling an activity outside of the engine (tools, conformance tests).
+    /// A context for calling an activity outside of the engine (tools, conformance tests), on
+    /// the system clock, scheduled now.
     pub fn detached(run: RunId, step: StepRef, attempt: u32) -> Self {
+        Self::detached_on(run, step, attempt, Arc::new(SystemClock))
+    }
+
+    /// As [`Context::detached`], on `clock` (e.g. a `TokioClock` in a test on paused time),
+    /// scheduled at `clock`'s now.
+    pub fn detached_on(run: RunId, step: StepRef, attempt: u32, clock: SharedClock) -> Self {
         Context {
             run,
             step,
             attempt,
-            scheduled_at: crate::clock::Clock::now(&crate::clock::SystemClock),
+            scheduled_at: clock.now(),
+            clock,
             heartbeat: Arc::new(Heartbeat::new()),
             cancelled: watch::channel(false).1,
         }
+    }
+
+    /// Now, by the engine's clock (the clock the step's `scheduled_at` was read on).
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     /// Stable across retries and restarts of the same step: `run/step-N` or `run/compensation-N`.
@@ -107,7 +124,7 @@ impl Context {
     /// heartbeat timeout must call this more often than the timeout.
     pub fn heartbeat(&self, progress: Option<String>) {
         *self.heartbeat.last.lock().expect("heartbeat lock") =
-            (tokio::time::Instant::now(), progress.clone());
+            (clock::monotonic_now(), progress.clone());
         if let (Some(message), Some((step, label, tx))) = (progress, &self.heartbeat.sink) {
             tx.send_replace(Some(Progress {
                 step: *step,

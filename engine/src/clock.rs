@@ -57,6 +57,13 @@ impl Clock for TokioClock {
     }
 }
 
+/// Now on tokio's clock: the monotonic time that timers, heartbeats and the activities' waits are
+/// measured on (`tokio::time::pause()` stops it, `advance` and idle auto-advance move it). The
+/// engine and the activities read it only through this function.
+pub fn monotonic_now() -> tokio::time::Instant {
+    tokio::time::Instant::now()
+}
+
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
 

@@ -147,6 +147,8 @@ pub(crate) trait Commands: Send + Sync + 'static {
     fn cancel_requested(&self) -> bool;
     /// Who started the run (its `RunStarted`).
     fn started_by(&self) -> String;
+    /// A new value for `uuid()` at `position` (random, or drawn from the engine's seed).
+    fn fresh_uuid(&self, position: u32) -> uuid::Uuid;
     /// Carries out a request at `position`.
     fn issue(
         self: Arc<Self>,
@@ -304,10 +306,13 @@ impl WorkflowContext {
 
     /// A random UUID, recorded on first execution and replayed after.
     pub async fn uuid(&self) -> Result<uuid::Uuid, Error> {
+        let position = self.commands.take_position();
+        let commands = self.commands.clone();
         let v = self
-            .recorded(
+            .recorded_at(
+                position,
                 RecordedKind::Uuid,
-                Box::new(|| uuid::Uuid::new_v4().to_string()),
+                Box::new(move || commands.fresh_uuid(position).to_string()),
             )
             .await?;
         uuid::Uuid::parse_str(&v).map_err(|e| Error::Payload(format!("recorded uuid {v:?}: {e}")))
@@ -327,6 +332,15 @@ impl WorkflowContext {
         fresh: Box<dyn FnOnce() -> String + Send>,
     ) -> Result<String, Error> {
         let position = self.commands.take_position();
+        self.recorded_at(position, kind, fresh).await
+    }
+
+    async fn recorded_at(
+        &self,
+        position: u32,
+        kind: RecordedKind,
+        fresh: Box<dyn FnOnce() -> String + Send>,
+    ) -> Result<String, Error> {
         match self
             .commands
             .clone()

@@ -25,6 +25,7 @@ use crate::core::{
     Action, Answer, AttemptResult, Command, Decision, ResumeAction, Returned, RunState, RunStatus,
     StepSpec,
 };
+use crate::entropy::Entropy;
 use crate::event::{Event, Payload, Record, RunId, StepRef, SuspendReason};
 use crate::log::SharedLog;
 use crate::workflow::{self, DynWorkflow};
@@ -60,11 +61,79 @@ impl RunOutcome {
     }
 }
 
-/// What every driver of an engine uses: the log, the clock, the registered activities.
+/// What every driver of an engine uses: the log, the clock, the source of random values, the
+/// registered activities and the engine's tasks.
 pub(crate) struct Services {
     pub(crate) log: SharedLog,
     pub(crate) clock: SharedClock,
+    pub(crate) entropy: Entropy,
     pub(crate) activities: HashMap<String, Arc<dyn DynActivity>>,
+    pub(crate) tasks: Tasks,
+}
+
+/// Every task the engine spawns (drivers, deliveries of appends), so that
+/// [`crate::Engine::abort`] can drop them all at once. Finished tasks are forgotten lazily.
+#[derive(Default)]
+pub(crate) struct Tasks {
+    list: Mutex<TaskList>,
+}
+
+#[derive(Default)]
+struct TaskList {
+    handles: Vec<tokio::task::AbortHandle>,
+    /// Length at which finished handles are pruned next (amortised: twice the live ones).
+    prune_at: usize,
+    aborted: bool,
+}
+
+impl Tasks {
+    /// Spawns `task` on the current runtime; after [`Tasks::abort_all`] the task is aborted
+    /// before it is ever polled.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // Under the lock: an `abort_all` on another thread cannot miss a task spawned meanwhile.
+        let mut list = self.list.lock().expect("tasks lock");
+        let handle = tokio::spawn(task);
+        if list.aborted {
+            handle.abort();
+            return handle;
+        }
+        if list.handles.len() >= list.prune_at {
+            list.handles.retain(|h| !h.is_finished());
+            list.prune_at = (list.handles.len() * 2).max(64);
+        }
+        list.handles.push(handle.abort_handle());
+        handle
+    }
+
+    /// Aborts every task spawned so far and every one spawned later. An aborted task is never
+    /// polled again (tokio drops its future, with every activity in flight inside it).
+    pub(crate) fn abort_all(&self) {
+        let mut list = self.list.lock().expect("tasks lock");
+        list.aborted = true;
+        for h in &list.handles {
+            h.abort();
+        }
+    }
+
+    /// Whether [`Tasks::abort_all`] was called.
+    pub(crate) fn aborted(&self) -> bool {
+        self.list.lock().expect("tasks lock").aborted
+    }
+
+    /// Tasks spawned and not finished yet.
+    pub(crate) fn running(&self) -> usize {
+        self.list
+            .lock()
+            .expect("tasks lock")
+            .handles
+            .iter()
+            .filter(|h| !h.is_finished())
+            .count()
+    }
 }
 
 pub(crate) enum Fatal {
@@ -296,7 +365,7 @@ impl RunShared {
         let written = self.services.log.append(self.run, events);
         self.appends_in_flight.send_modify(|n| *n += 1);
         let me = self.clone();
-        Some(tokio::spawn(async move {
+        Some(self.services.tasks.spawn(async move {
             let result = match written.await {
                 Ok(records) => me.deliver(&records).map(|()| records),
                 Err(e) => {
@@ -606,6 +675,10 @@ impl Commands for RunShared {
         self.state.lock().expect("state lock").started_by.clone()
     }
 
+    fn fresh_uuid(&self, position: u32) -> uuid::Uuid {
+        self.services.entropy.uuid(self.run, position, self.now())
+    }
+
     fn issue(
         self: Arc<Self>,
         position: u32,
@@ -707,7 +780,10 @@ async fn execute(
                     let now = s.now();
                     decision = s.decide(|st| {
                         let failures = st.step(step).map_or(0, |x| x.failures) + 1;
-                        let delay = options.retry.delay_after(failures);
+                        let delay = match s.services.entropy.jitter(s.run, step, failures) {
+                            Some(unit) => options.retry.delay_with_jitter(failures, unit),
+                            None => options.retry.delay_after(failures),
+                        };
                         st.on_attempt_end(step, attempt, result, &options.retry, now, delay)
                     });
                 }
@@ -777,6 +853,7 @@ async fn run_attempt(
         step,
         attempt,
         scheduled_at,
+        clock: s.services.clock.clone(),
         heartbeat: heartbeat.clone(),
         cancelled: s.cancel.subscribe(),
     };
@@ -819,7 +896,7 @@ async fn run_attempt(
             let Some(deadline) = last.checked_add(limit) else {
                 return futures::future::pending::<activity::Error>().await;
             };
-            if tokio::time::Instant::now() >= deadline {
+            if clock::monotonic_now() >= deadline {
                 return activity::Error::retryable(format!(
                     "{}: attempt {attempt} sent no heartbeat for {limit:?} (heartbeat limit)",
                     spec.activity

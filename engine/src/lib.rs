@@ -16,6 +16,7 @@ pub mod codec;
 pub mod context;
 pub mod core;
 mod driver;
+mod entropy;
 pub mod event;
 pub mod log;
 pub mod retry;

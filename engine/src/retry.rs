@@ -1,7 +1,8 @@
 //! Retry policy: when a failed attempt may be tried again, and how long to wait first.
 //!
 //! The decision (`allows_another`) is pure and deterministic. The delay (`delay_after`) uses the
-//! `backoff` crate's exponential backoff with jitter, so it is random; the driver calls it and
+//! `backoff` crate's exponential backoff with jitter, so it is random (a seeded engine passes its
+//! own draw to `delay_with_jitter` instead); the driver calls it and
 //! journals the resulting deadline (`next_retry_at`), which is what survives a restart. `backoff`
 //! is used only in this file, so it could be swapped here alone.
 
@@ -101,6 +102,17 @@ impl RetryPolicy {
         Duration::try_from_secs_f64(capped.max(0.0)).unwrap_or(self.max_interval)
     }
 
+    /// The delay before the next attempt, with the jitter given as a uniform draw `unit` in
+    /// `[0, 1)` (a seeded engine's): `base * (1 ± randomization_factor)`, capped. Pure.
+    pub fn delay_with_jitter(&self, failures: u32, unit: f64) -> Duration {
+        let base = self.base_delay(failures);
+        let factor = self.randomization_factor.clamp(0.0, 1.0);
+        let scale = 1.0 - factor + 2.0 * factor * unit.clamp(0.0, 1.0);
+        Duration::try_from_secs_f64(base.as_secs_f64() * scale)
+            .unwrap_or(base)
+            .min(self.max_interval)
+    }
+
     /// The delay before the next attempt, with jitter (from `backoff`). A delay too large for
     /// meaningful jitter is used as it is.
     pub fn delay_after(&self, failures: u32) -> Duration {
@@ -145,6 +157,20 @@ mod tests {
             let d = p.delay_after(3).as_secs_f64();
             assert!((3.2..=4.8).contains(&d), "{d}");
         }
+    }
+
+    #[test]
+    fn given_jitter_is_deterministic_and_within_the_factor() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay_with_jitter(3, 0.0), Duration::from_secs_f64(3.2));
+        assert_eq!(p.delay_with_jitter(3, 0.5), Duration::from_secs(4));
+        assert_eq!(p.delay_with_jitter(3, 0.25), p.delay_with_jitter(3, 0.25));
+        assert!(p.delay_with_jitter(3, 0.999) <= Duration::from_secs_f64(4.8));
+        assert_eq!(
+            p.delay_with_jitter(20, 0.999),
+            Duration::from_secs(60),
+            "capped"
+        );
     }
 
     /// Issue 8, item 2: huge configured delays saturate instead of panicking.

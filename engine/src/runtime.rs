@@ -13,7 +13,8 @@ use tokio::sync::{broadcast, watch};
 use crate::activity::{self, Activity, DynActivity, FnActivity};
 use crate::clock::{SharedClock, SystemClock};
 use crate::core::{self, ResumeAction, RunState, RunStatus};
-use crate::driver::{self, Fatal, RunShared, Services};
+use crate::driver::{self, Fatal, RunShared, Services, Tasks};
+use crate::entropy::Entropy;
 use crate::event::{Event, Payload, Record, RunId, SuspendReason};
 use crate::log::{self, SharedLog};
 use crate::workflow::{self, DynWorkflow, Workflow};
@@ -71,6 +72,12 @@ pub enum Error {
         /// Its state.
         detail: String,
     },
+    /// The engine was aborted ([`Engine::abort`]): it takes no more work.
+    #[error(
+        "this engine was aborted (a simulated process death) and takes no more work; build a new \
+         engine on the log to go on"
+    )]
+    Aborted,
     /// The run has ended; signals no longer apply.
     #[error("run {run} has already ended ({status})")]
     Finished {
@@ -136,6 +143,7 @@ struct Inner {
 pub struct EngineBuilder {
     log: SharedLog,
     clock: SharedClock,
+    seed: Option<u64>,
     workflows: HashMap<(String, u32), Arc<dyn DynWorkflow>>,
     activities: HashMap<String, Arc<dyn DynActivity>>,
 }
@@ -144,6 +152,15 @@ impl EngineBuilder {
     /// Uses `clock` instead of the system clock.
     pub fn clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Draws run ids, `ctx.uuid()` values and retry jitter from `seed` instead of the operating
+    /// system's randomness (UUID v7 whose time part is the engine clock's): two runs with the
+    /// same seed, clock and inputs produce the same history byte for byte (on paused time, with
+    /// a `TokioClock`). For deterministic simulation; never for production runs.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
         self
     }
 
@@ -184,12 +201,21 @@ impl EngineBuilder {
     pub fn build(self) -> Engine {
         // The log stamps its records with the engine's clock.
         self.log.use_clock(self.clock.clone());
+        let entropy = match self.seed {
+            None => Entropy::Random,
+            Some(seed) => {
+                let runs = self.log.runs().map_or(0, |r| r.len() as u64);
+                Entropy::seeded(seed, runs)
+            }
+        };
         Engine {
             inner: Arc::new(Inner {
                 services: Arc::new(Services {
                     log: self.log,
                     clock: self.clock,
+                    entropy,
                     activities: self.activities,
+                    tasks: Tasks::default(),
                 }),
                 workflows: self.workflows,
                 active: Mutex::new(HashMap::new()),
@@ -259,6 +285,7 @@ impl Engine {
         EngineBuilder {
             log,
             clock: Arc::new(SystemClock),
+            seed: None,
             workflows: HashMap::new(),
             activities: HashMap::new(),
         }
@@ -310,8 +337,13 @@ impl Engine {
         input: Payload,
         started_by: &str,
     ) -> Result<RunId, Error> {
+        self.check_not_aborted()?;
         let wf = self.latest(workflow)?;
-        let run = RunId::new();
+        let run = self
+            .inner
+            .services
+            .entropy
+            .run_id(self.inner.services.clock.now());
         let records = self
             .inner
             .services
@@ -334,6 +366,7 @@ impl Engine {
     /// Resumes every run the log has as unfinished (a run that ended, even one that needs an
     /// operator, is not open and is left alone).
     pub fn resume_all(&self) -> Result<ResumeReport, Error> {
+        self.check_not_aborted()?;
         let mut report = ResumeReport::default();
         for run in self.inner.services.log.open_runs()? {
             match self.resume(run) {
@@ -349,6 +382,7 @@ impl Engine {
     /// land between that read and the driver's start; while such a write is in flight, the driver
     /// starts once it is durable (and its read includes it).
     pub fn resume(&self, run: RunId) -> Result<(), Error> {
+        self.check_not_aborted()?;
         let mut active = self.inner.active.lock().expect("active lock");
         if active.contains_key(&run) {
             return Ok(());
@@ -398,7 +432,7 @@ impl Engine {
         );
         let inner = self.inner.clone();
         let mut shutdown = self.inner.shutdown.subscribe();
-        tokio::spawn(async move {
+        self.inner.services.tasks.spawn(async move {
             // The driver catches the workflow's and the activities' panics itself; this is the
             // last guard (a bug in the engine): whatever happens, the run stops being active,
             // so that resume and cancel work on it again, and the engine goes on.
@@ -424,6 +458,7 @@ impl Engine {
         payload: Payload,
         sent_by: &str,
     ) -> Result<(), Error> {
+        self.check_not_aborted()?;
         let event = core::signal_received(name, payload, sent_by);
         // Whether a driver takes the signal, or it is written directly, is decided under the
         // lock of the engine's runs: a driver starting meanwhile would decide its own events at
@@ -474,6 +509,7 @@ impl Engine {
     /// (after checking or repairing the estate by hand), so that its cluster is free again.
     /// Refuses a run that does not need an operator (see [`RunState::needs_operator`]).
     pub async fn resolve(&self, run: RunId, by: &str, note: &str) -> Result<(), Error> {
+        self.check_not_aborted()?;
         let event = self
             .state(run)?
             .resolution(by, note)
@@ -677,10 +713,39 @@ impl Engine {
             })
     }
 
+    /// The simulated death of the process: every driver task and every activity in flight is
+    /// dropped at once (each aborted task is never polled again), nothing is appended or
+    /// journaled (unlike [`Engine::shutdown`]), and the engine refuses further work
+    /// ([`Error::Aborted`]). What the log made durable stays; a new engine on it resumes the runs
+    /// (attempts in flight are re-attempted under their idempotency keys). Tasks the activities
+    /// spawned themselves are theirs to end.
+    pub fn abort(&self) {
+        self.inner.services.tasks.abort_all();
+        self.inner.active.lock().expect("active lock").clear();
+        self.inner.direct.lock().expect("direct lock").clear();
+    }
+
+    /// Tasks of this engine (drivers, deliveries of appends) not finished yet: 0 once every run
+    /// has ended, or after [`Engine::abort`] once the runtime has dropped them.
+    pub fn running_tasks(&self) -> usize {
+        self.inner.services.tasks.running()
+    }
+
+    fn check_not_aborted(&self) -> Result<(), Error> {
+        if self.inner.services.tasks.aborted() {
+            Err(Error::Aborted)
+        } else {
+            Ok(())
+        }
+    }
+
     /// Stops every driver where it stands, then journals each attempt that was in flight as
     /// interrupted (`AttemptInterrupted`), so the history says why it has no result; the next
     /// start resumes those steps with their next attempt, under the same idempotency key.
     pub async fn shutdown(&self) {
+        if self.inner.services.tasks.aborted() {
+            return;
+        }
         // Take the list before signalling: a stopped driver removes itself from `active` at once,
         // and a run missing from the list would not get its in-flight attempt journaled.
         let receivers: Vec<(RunId, watch::Receiver<Option<RunOutcome>>)> = self
