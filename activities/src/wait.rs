@@ -13,12 +13,17 @@
 //!   observation. Activities report it as not retryable (another attempt would only wait again).
 //! - Each pending look heartbeats its observation; a cancelled run ends the wait
 //!   ([`WaitError::Cancelled`]).
+//! - **Time is the engine's**: deadlines are read on the context's clock ([`Context::now`]) and
+//!   waited for on tokio's time (`waymark_engine::clock::monotonic_now`, `tokio::time::sleep`),
+//!   never on the system clock: on paused time (a test, the simulation) an hour's wait passes in
+//!   simulated time.
 
 use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use waymark_engine::activity::Context;
+use waymark_engine::clock::monotonic_now;
 
 /// What one look found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +57,7 @@ impl Deadline {
     /// later gets only what is left of it (nothing once it passed: one last look).
     pub fn after_scheduling(ctx: &Context, timeout: Duration) -> Self {
         let at = add_saturating(ctx.scheduled_at, timeout);
-        let remaining = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let remaining = (at - ctx.now()).to_std().unwrap_or(Duration::ZERO);
         Deadline {
             timeout,
             at,
@@ -60,11 +65,12 @@ impl Deadline {
         }
     }
 
-    /// The deadline `timeout` from now (a wait inside a step that has its own deadline).
-    pub fn after(timeout: Duration) -> Self {
+    /// The deadline `timeout` from now on the context's clock (a wait inside a step that has
+    /// its own deadline).
+    pub fn after(ctx: &Context, timeout: Duration) -> Self {
         Deadline {
             timeout,
-            at: add_saturating(Utc::now(), timeout),
+            at: add_saturating(ctx.now(), timeout),
             remaining: timeout,
         }
     }
@@ -139,7 +145,7 @@ impl PollUntil for Context {
         F: FnMut() -> Fut + Send,
         Fut: Future<Output = Result<Poll<T>, E>> + Send,
     {
-        let start = tokio::time::Instant::now();
+        let start = monotonic_now();
         let end = start + deadline.remaining;
         let interval = interval.max(Duration::from_millis(10));
         loop {
@@ -149,7 +155,7 @@ impl PollUntil for Context {
                 Err(e) if e.is_transient() => format!("{e} (transient; looking again)"),
                 Err(e) => return Err(WaitError::Failed(e)),
             };
-            let now = tokio::time::Instant::now();
+            let now = monotonic_now();
             if now >= end {
                 return Err(WaitError::Timeout(Timeout {
                     what: what.to_owned(),
@@ -221,6 +227,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 
+    use waymark_engine::clock::TokioClock;
     use waymark_engine::event::{RunId, StepRef};
 
     use super::*;
@@ -242,19 +249,25 @@ mod tests {
         }
     }
 
+    /// A context on paused time: its clock moves with tokio's.
     fn ctx() -> Context {
-        Context::detached(RunId::new(), StepRef::Workflow(0), 1)
+        let clock = TokioClock::starting_at(
+            DateTime::parse_from_rfc3339("2026-01-05T02:00:00Z")
+                .unwrap()
+                .to_utc(),
+        );
+        Context::detached_on(RunId::new(), StepRef::Workflow(0), 1, Arc::new(clock))
     }
 
     #[tokio::test(start_paused = true)]
     async fn returns_when_ready_after_pending_looks() {
         let looks = Arc::new(AtomicU32::new(0));
         let l = looks.clone();
-        let start = tokio::time::Instant::now();
+        let start = monotonic_now();
         let got: Result<u32, WaitError<LookError>> = ctx()
             .poll_until(
                 "three looks",
-                Deadline::after(Duration::from_secs(60)),
+                Deadline::after(&ctx(), Duration::from_secs(60)),
                 Duration::from_secs(1),
                 move || {
                     let l = l.clone();
@@ -284,7 +297,7 @@ mod tests {
         let got = ctx()
             .poll_until(
                 "a flaky answer",
-                Deadline::after(Duration::from_secs(10)),
+                Deadline::after(&ctx(), Duration::from_secs(10)),
                 Duration::from_secs(1),
                 move || {
                     let l = l.clone();
@@ -310,7 +323,7 @@ mod tests {
         let got: Result<(), _> = ctx()
             .poll_until(
                 "a broken answer",
-                Deadline::after(Duration::from_secs(10)),
+                Deadline::after(&ctx(), Duration::from_secs(10)),
                 Duration::from_secs(1),
                 move || {
                     let l = l.clone();
@@ -332,8 +345,8 @@ mod tests {
     async fn the_timeout_names_what_the_deadline_and_the_last_observation() {
         let looks = Arc::new(AtomicU32::new(0));
         let l = looks.clone();
-        let deadline = Deadline::after(Duration::from_millis(2500));
-        let start = tokio::time::Instant::now();
+        let deadline = Deadline::after(&ctx(), Duration::from_millis(2500));
+        let start = monotonic_now();
         let got: Result<(), _> = ctx()
             .poll_until(
                 "unit yb-tserver active",
@@ -379,7 +392,7 @@ mod tests {
         let got: Result<(), _> = ctx()
             .poll_until(
                 "target healthy",
-                Deadline::after(Duration::from_secs(1)),
+                Deadline::after(&ctx(), Duration::from_secs(1)),
                 Duration::from_secs(1),
                 || async { Err(LookError { transient: true }) },
             )
@@ -438,7 +451,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_deadline_counted_from_scheduling_is_not_renewed_by_a_later_attempt() {
         let mut late = ctx();
-        late.scheduled_at = Utc::now() - chrono::Duration::seconds(120);
+        late.scheduled_at = late.now() - chrono::Duration::seconds(120);
         let deadline = Deadline::after_scheduling(&late, Duration::from_secs(60));
         assert_eq!(deadline.remaining, Duration::ZERO);
         assert_eq!(
@@ -447,7 +460,7 @@ mod tests {
         );
         let looks = Arc::new(AtomicU32::new(0));
         let l = looks.clone();
-        let start = tokio::time::Instant::now();
+        let start = monotonic_now();
         let got: Result<(), WaitError<LookError>> = late
             .poll_until("rollout", deadline, Duration::from_secs(1), move || {
                 let l = l.clone();
@@ -462,11 +475,12 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO);
 
         let mut midway = ctx();
-        midway.scheduled_at = Utc::now() - chrono::Duration::seconds(45);
+        midway.scheduled_at = midway.now() - chrono::Duration::seconds(45);
         let left = Deadline::after_scheduling(&midway, Duration::from_secs(60)).remaining;
-        assert!(
-            left <= Duration::from_secs(15) && left > Duration::from_secs(14),
-            "{left:?}"
+        assert_eq!(
+            left,
+            Duration::from_secs(15),
+            "on the context's clock, exactly"
         );
     }
 }

@@ -1048,7 +1048,7 @@ impl Activity for WaitNewProcess {
     async fn run(&self, ctx: Context, i: NewProcessInput) -> Result<String, activity::Error> {
         let what = format!("the new {:?} process on {} serving", i.kind, i.host).to_lowercase();
         poll(&ctx, &what, i.timeout_secs, i.poll_ms, || async {
-            let elapsed_ms = (chrono::Utc::now().timestamp_millis() - i.restarted_at_ms).max(0);
+            let elapsed_ms = (ctx.now().timestamp_millis() - i.restarted_at_ms).max(0);
             #[allow(clippy::cast_precision_loss)]
             let since_s = elapsed_ms as f64 / 1000.0;
             match i.kind {

@@ -105,7 +105,7 @@ impl Activity for RestoreTrafficIfSafe {
         // The gate may still be settling after the failure (a server restarting): it is waited
         // for, up to its one deadline (`gate.timeout_secs`), then judged.
         let deadline = Duration::from_secs(input.gate.timeout_secs);
-        let start = tokio::time::Instant::now();
+        let start = waymark_engine::clock::monotonic_now();
         loop {
             let last = match input.gate.masters.node_gate(&input.gate).await {
                 Ok(r) if r.passed => None,
