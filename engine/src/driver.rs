@@ -1221,7 +1221,13 @@ mod tests {
             let mut signal = std::pin::pin!(signal);
             let mut timer = std::pin::pin!(timer);
             std::future::poll_fn(|cx| {
-                polls.fetch_add(1, Ordering::SeqCst);
+                // On paused time a busy loop would never let the clock reach the timer: fail
+                // instead of hanging.
+                if polls.fetch_add(1, Ordering::SeqCst) > 1000 {
+                    return std::task::Poll::Ready(Err(workflow::Error::failed(
+                        "polled over 1000 times: the waits wake each other in a busy loop",
+                    )));
+                }
                 match (signal.as_mut().poll(cx), timer.as_mut().poll(cx)) {
                     (std::task::Poll::Ready(r), _) => std::task::Poll::Ready(r.map(|_| true)),
                     (_, std::task::Poll::Ready(r)) => std::task::Poll::Ready(r.map(|()| false)),
@@ -1233,19 +1239,27 @@ mod tests {
     }
 
     /// Two waits in parallel (an approval with a timeout) sleep until one of them ends: the
-    /// empty appends of their waits wake nobody (they woke each other in a busy loop).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// empty appends of their waits wake nobody (they woke each other in a busy loop). On paused
+    /// time, with the simulation log: the 200 ms timer passes in simulated time.
+    #[tokio::test(start_paused = true)]
     async fn parallel_waits_sleep_until_one_ends() {
         let polls = Arc::new(AtomicU64::new(0));
-        let engine = Engine::builder(crate::memory_log())
+        let log = crate::log::sim::SimLog::new();
+        let engine = Engine::builder(log.clone())
+            .clock(Arc::new(crate::clock::TokioClock::starting_at(
+                chrono::DateTime::UNIX_EPOCH,
+            )))
             .workflow(SignalOrTimer(polls.clone()))
             .build();
+        let start = crate::clock::monotonic_now();
         let run = engine.start::<SignalOrTimer>(&(), "t").await.unwrap();
-        let out = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait(run))
-            .await
-            .expect("the run finishes")
-            .unwrap();
+        let out = engine.wait(run).await.unwrap();
         assert_eq!(out, RunOutcome::Completed(Payload("false".into())));
+        assert_eq!(
+            start.elapsed(),
+            std::time::Duration::from_millis(200),
+            "the timer ended the waits, in simulated time"
+        );
         let polls = polls.load(Ordering::SeqCst);
         assert!(
             polls < 50,

@@ -1296,3 +1296,327 @@ async fn signal_wait_with_deadline_gives_the_signal_and_its_sender_and_replays_c
     );
     assert_eq!(report.positions, 1, "one command position");
 }
+
+// Deterministic simulation (issue 13): the simulation log, crashes at append boundaries, the
+// engine's abort, seeded runs, activities on the engine's time.
+
+use waymark_engine::log::sim::{CrashAt, SimLog};
+
+/// Three echo steps `a`, `b`, `c` on a simulation log. Appends: #0 `RunStarted`, #1 a's start,
+/// #2 a's result + b's start, #3 b's result + c's start, #4 c's result + `RunCompleted`.
+fn sim_engine(log: Arc<SimLog>, calls: &Calls) -> Engine {
+    let b = Engine::builder(log)
+        .clock(paused_clock())
+        .seed(7)
+        .workflow_dyn(three_steps());
+    let b = echo(b, "a", calls);
+    let b = echo(b, "b", calls);
+    echo(b, "c", calls).build()
+}
+
+/// A crash at append #3 (b's result with c's start): lost, b ran but its result is gone and is
+/// re-attempted under its key; durable, b's result survives and c, whose start was durable but
+/// never acknowledged, is called only by the restarted engine. Either way the run completes and
+/// nothing journaled runs twice.
+#[tokio::test(start_paused = true)]
+async fn sim_log_crash_at_an_append_keeps_exactly_the_durable_prefix_and_a_new_engine_resumes() {
+    for durable in [false, true] {
+        let log = SimLog::new();
+        log.set_crash(Some(CrashAt { append: 3, durable }));
+        let calls = Calls::default();
+        let engine1 = sim_engine(log.clone(), &calls);
+        let run = engine1
+            .start_named("three", Payload::null(), "t")
+            .await
+            .unwrap();
+        wait_until(Duration::from_secs(10), "the crash at append #3", || {
+            log.crashed()
+        })
+        .await;
+        engine1.abort();
+        let expected: &[&str] = if durable {
+            &[
+                "RunStarted",
+                "StepScheduled",
+                "AttemptStarted",
+                "StepCompleted",
+                "StepScheduled",
+                "AttemptStarted",
+                "StepCompleted",
+                "StepScheduled",
+                "AttemptStarted",
+            ]
+        } else {
+            &[
+                "RunStarted",
+                "StepScheduled",
+                "AttemptStarted",
+                "StepCompleted",
+                "StepScheduled",
+                "AttemptStarted",
+            ]
+        };
+        assert_eq!(kinds(log.as_ref(), run), expected, "durable: {durable}");
+        assert_eq!(calls.count("c"), 0, "c's start was never acknowledged");
+
+        let log2 = log.restart();
+        assert_eq!(
+            kinds(log2.as_ref(), run),
+            expected,
+            "the restart opens the durable records"
+        );
+        let engine2 = sim_engine(log2.clone(), &calls);
+        assert_eq!(engine2.resume_all().unwrap().resumed, vec![run]);
+        assert_eq!(
+            engine2.wait(run).await.unwrap(),
+            RunOutcome::Completed(Payload("3".into()))
+        );
+        assert_eq!(calls.count("a"), 1, "a journaled step is never re-run");
+        let (b, c) = (calls.get("b"), calls.get("c"));
+        if durable {
+            assert_eq!(b.len(), 1, "b's result was durable");
+            assert_eq!(
+                c,
+                vec![(format!("{run}/step-2"), 2)],
+                "c: its attempt 1 was in flight"
+            );
+        } else {
+            assert_eq!(
+                b,
+                vec![(format!("{run}/step-1"), 1), (format!("{run}/step-1"), 2)],
+                "b re-attempted with its idempotency key"
+            );
+            assert_eq!(c.len(), 1);
+        }
+        assert_eq!(
+            engine2.replay(run).await.unwrap().verdict,
+            runtime::ReplayVerdict::Deterministic
+        );
+    }
+}
+
+/// Drops its flag when the activity's future is dropped.
+struct DropGuard(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// `abort` is the process's death: the activity in flight is dropped (not finished, not
+/// cancelled), no task of the engine runs on, nothing is appended (no `AttemptInterrupted`,
+/// unlike `shutdown`), and the engine takes no more work.
+#[tokio::test(start_paused = true)]
+async fn abort_drops_every_task_and_activity_in_flight_and_appends_nothing() {
+    let log = SimLog::new();
+    let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Arc::new(AtomicU32::new(0));
+    let (d, s) = (dropped.clone(), started.clone());
+    let engine = Engine::builder(log.clone())
+        .clock(paused_clock())
+        .workflow_dyn(wf("hangs", 1, |ctx| async move {
+            let (x, y) = futures::join!(
+                ctx.step::<_, u32>("forever", &1).into_future(),
+                ctx.step::<_, u32>("forever", &2).into_future()
+            );
+            Ok(Payload::encode(&(x? + y?)).unwrap())
+        }))
+        .activity_fn("forever", move |_, _| {
+            let guard = DropGuard(d.clone());
+            s.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok(Payload::null())
+            }
+        })
+        .build();
+    let run = engine
+        .start_named("hangs", Payload::null(), "t")
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "both activities running", || {
+        started.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert!(engine.running_tasks() > 0);
+    let (appends, records) = (log.appends(), log.encoded(run));
+    engine.abort();
+    wait_until(
+        Duration::from_secs(10),
+        "every task of the engine dropped",
+        || engine.running_tasks() == 0,
+    )
+    .await;
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "the activities' futures were dropped"
+    );
+    assert_eq!(log.appends(), appends, "abort appends nothing");
+    assert_eq!(log.encoded(run), records);
+    assert!(engine.active_runs().is_empty());
+    assert!(matches!(
+        engine.start_named("hangs", Payload::null(), "t").await,
+        Err(runtime::Error::Aborted)
+    ));
+    assert!(matches!(engine.resume(run), Err(runtime::Error::Aborted)));
+    assert!(matches!(
+        engine.signal(run, "approve", Payload::null(), "op").await,
+        Err(runtime::Error::Aborted)
+    ));
+    assert_eq!(
+        log.appends(),
+        appends,
+        "refused work appends nothing either"
+    );
+}
+
+/// A run with every source of randomness and time the engine has: `now()`, `uuid()`, a retried
+/// failure (jittered delay), a timer.
+fn seeded_run_body() -> Arc<dyn DynWorkflow> {
+    wf("seeded", 1, |ctx| async move {
+        let t = ctx.now().await?;
+        let id = ctx.uuid().await?;
+        let v: String = ctx.step("flaky", &id).retry(fast_retry()).await?;
+        ctx.sleep(Duration::from_secs(90)).await?;
+        let again = ctx.uuid().await?;
+        Ok(Payload::encode(&format!("{t} {v} {again}")).unwrap())
+    })
+}
+
+async fn seeded_run(seed: Option<u64>) -> (RunId, Vec<Vec<u8>>) {
+    let log = SimLog::new();
+    let tries = Arc::new(AtomicU32::new(0));
+    let t = tries.clone();
+    let mut b = Engine::builder(log.clone())
+        .clock(paused_clock())
+        .workflow_dyn(seeded_run_body())
+        .activity_fn("flaky", move |_, input| {
+            let n = t.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(activity::Error::retryable("503 from upstream"))
+                } else {
+                    Ok(input)
+                }
+            }
+        });
+    if let Some(seed) = seed {
+        b = b.seed(seed);
+    }
+    let engine = b.build();
+    let run = engine
+        .start_named("seeded", Payload::null(), "t")
+        .await
+        .unwrap();
+    assert!(matches!(
+        engine.wait(run).await.unwrap(),
+        RunOutcome::Completed(_)
+    ));
+    (run, log.encoded(run))
+}
+
+/// Same seed, clock and inputs: the same run id and the same history, byte for byte (records as
+/// the codec stores them: timestamps, retry deadlines, uuids, hash chain). Another seed, or none,
+/// draws other values.
+#[tokio::test(start_paused = true)]
+async fn same_seed_gives_a_byte_identical_history_on_paused_time() {
+    let (run1, history1) = seeded_run(Some(42)).await;
+    let (run2, history2) = seeded_run(Some(42)).await;
+    assert_eq!(run1, run2, "the run id is drawn from the seed");
+    assert_eq!(run1.0.get_version_num(), 7);
+    assert!(history1.len() > 10, "{} records", history1.len());
+    let first_difference = history1
+        .iter()
+        .zip(&history2)
+        .position(|(a, b)| a != b)
+        .or((history1.len() != history2.len()).then_some(history1.len().min(history2.len())));
+    assert_eq!(
+        first_difference, None,
+        "the histories differ from record #{first_difference:?} on"
+    );
+    let (run3, history3) = seeded_run(Some(43)).await;
+    assert_ne!(run3, run1);
+    assert_ne!(history3, history1);
+    let (run4, _) = seeded_run(None).await;
+    let (run5, _) = seeded_run(None).await;
+    assert_ne!(run4, run5, "without a seed, ids are random");
+}
+
+/// Activities wait on the engine's time: on paused time, a wait with a one-hour deadline (from
+/// the step's scheduling) looks every 30 s and ends with its `Timeout` one hour of simulated time
+/// later, journaled at exactly that time (no real hour passes).
+#[tokio::test(start_paused = true)]
+async fn an_activitys_one_hour_wait_times_out_after_one_hour_of_simulated_time() {
+    use waymark_activities::wait::{Deadline, Poll, PollUntil, Transient, WaitError};
+
+    #[derive(Debug)]
+    struct Never;
+    impl std::fmt::Display for Never {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("never")
+        }
+    }
+    impl Transient for Never {
+        fn is_transient(&self) -> bool {
+            false
+        }
+    }
+    let looks = Arc::new(AtomicU32::new(0));
+    let l = looks.clone();
+    let log = SimLog::new();
+    let engine = Engine::builder(log.clone())
+        .clock(paused_clock())
+        .workflow_dyn(wf("waits", 1, |ctx| async move {
+            ctx.step::<_, ()>("wait", &())
+                .start_to_close(Duration::from_secs(2 * 3600))
+                .await?;
+            Ok(Payload::null())
+        }))
+        .activity_fn("wait", move |ctx, _| {
+            let l = l.clone();
+            async move {
+                let deadline = Deadline::after_scheduling(&ctx, Duration::from_secs(3600));
+                let got: Result<(), WaitError<Never>> = ctx
+                    .poll_until(
+                        "the node healthy",
+                        deadline,
+                        Duration::from_secs(30),
+                        || {
+                            l.fetch_add(1, Ordering::SeqCst);
+                            async { Ok(Poll::Pending("still unhealthy".into())) }
+                        },
+                    )
+                    .await;
+                match got {
+                    Err(WaitError::Timeout(t)) => Err(activity::Error::fatal(t.to_string())),
+                    other => Err(activity::Error::fatal(format!("not a timeout: {other:?}"))),
+                }
+            }
+        })
+        .build();
+    let run = engine
+        .start_named("waits", Payload::null(), "t")
+        .await
+        .unwrap();
+    let RunOutcome::Failed(why) = engine.wait(run).await.unwrap() else {
+        panic!("the run fails on the wait's timeout")
+    };
+    assert!(
+        why.contains("the node healthy not reached by its deadline 2026-01-05T03:00:00.000Z"),
+        "{why}"
+    );
+    let records = log.records(run);
+    let at = |kind: &str| records.iter().find(|r| r.event.kind() == kind).unwrap().at;
+    assert_eq!(
+        at("AttemptFailed") - at("StepScheduled"),
+        chrono::Duration::hours(1),
+        "one hour of simulated time"
+    );
+    assert_eq!(
+        looks.load(Ordering::SeqCst),
+        121,
+        "a look every 30 s, the last at the deadline"
+    );
+}
