@@ -37,21 +37,18 @@ impl Sandbox {
 
     /// Starts every simulated system as `options` say, each server a task of the current tokio
     /// runtime (no thread of its own, no blocking wait): on a [`crate::Clock::simulated`] clock
-    /// under paused time the whole estate moves only with tokio's time. In memory, the ports are
-    /// new ones (a previous `endpoints.json` is not read).
+    /// under paused time the whole estate moves only with tokio's time. In memory too, the ports
+    /// of a previous `DIR/endpoints.json` are bound again when the folder has one (the simulation
+    /// keeps it so that every execution's inventory, hence its history, names the same ports).
     pub async fn start_with(
         dir: &Path,
         spec: &Spec,
         options: &Options,
     ) -> std::io::Result<Sandbox> {
         let shared = Arc::new(Shared::open(dir, spec, options)?);
-        let previous: Option<Endpoints> = if options.in_memory {
-            None
-        } else {
-            std::fs::read(dir.join("endpoints.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-        };
+        let previous: Option<Endpoints> = std::fs::read(dir.join("endpoints.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let (nodes, masters): (Vec<String>, Vec<String>) = shared.read(|s| {
             (
                 s.spec.nodes.iter().map(|n| n.name.clone()).collect(),

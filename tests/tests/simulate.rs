@@ -1,1 +1,254 @@
 //! Deterministic simulation (issue 13): the explorer over crash points and faults.
+//!
+//! `yb-maintenance` on the in-memory sandbox, in simulated time: every single crash point of a
+//! full run (each append boundary, its records lost or durable) with no fault, and every fault
+//! kind of the sandbox's catalogue at every step that touches its system, transient and
+//! persistent, all invariants green; a known-bad workflow (a restart that does not check before
+//! acting) in which the explorer finds the double restart and shrinks it to one crash; the same
+//! seed twice gives the same history byte for byte. The counts explored are printed.
+
+use std::time::Duration;
+
+use waymark_activities::ssh::{RunCommand, RunInput};
+use waymark_engine::runtime::EngineBuilder;
+use waymark_engine::workflow::{self, Workflow};
+use waymark_engine::{Payload, WorkflowContext};
+use waymark_sim::subject::sandbox_inventory;
+use waymark_sim::{
+    execute, explore, replay, Crashes, End, ExecutionOptions, ExploreOptions, FaultSteps, Faults,
+    Reproduction, Schedule, Subject, World, YbMaintenance,
+};
+use waymark_workflows::Inventory;
+
+use crate::util::temp_dir;
+
+/// The sandbox accepts any AWS credentials; the SDK wants some in the environment (as `waymark
+/// demo` and `waymark simulate` set them).
+fn aws_credentials() {
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "waymark-test"),
+        ("AWS_SECRET_ACCESS_KEY", "waymark-test-not-a-secret"),
+        ("AWS_REGION", "us-east-1"),
+    ] {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
+fn options(seed: u64, dir: &std::path::Path) -> ExploreOptions {
+    aws_credentials();
+    ExploreOptions::new(seed, dir.to_owned())
+}
+
+fn print_progress(e: &waymark_sim::Execution) {
+    if !e.violations.is_empty() {
+        eprintln!(
+            "schedule {} ended {}: {}",
+            e.schedule,
+            e.end.name(),
+            e.violations.join("; ")
+        );
+    }
+}
+
+#[test]
+fn every_crash_point_of_a_full_run_keeps_every_invariant() {
+    let dir = temp_dir();
+    let mut o = options(1, dir.path());
+    o.crashes = Crashes::All;
+    o.faults = Faults::None;
+    let report = explore(&YbMaintenance, &o, &mut print_progress).unwrap();
+    println!("{}", report.render());
+    assert_eq!(report.plain_end, "completed", "{}", report.render());
+    assert!(
+        report.plain_simulated > Duration::from_secs(10 * 60),
+        "a full run at real durations lasts tens of minutes of simulated time: {:?}",
+        report.plain_simulated
+    );
+    assert!(report.plain_appends > 20, "{}", report.render());
+    // Every append boundary, before and after its flush, plus the plain run.
+    assert_eq!(
+        report.crash_schedules.get(&1).copied(),
+        Some(2 * report.plain_appends as usize)
+    );
+    assert_eq!(report.explored, 1 + 2 * report.plain_appends as usize);
+    assert_eq!(report.violations(), 0, "{}", report.render());
+    assert!(report.render().ends_with(&format!(
+        "explored {} schedules, 0 violations\n",
+        report.explored
+    )));
+}
+
+#[test]
+fn every_fault_kind_at_every_step_touching_its_system_keeps_every_invariant() {
+    let dir = temp_dir();
+    let mut o = options(2, dir.path());
+    o.crashes = Crashes::None;
+    o.faults = Faults::All;
+    o.fault_steps = FaultSteps::FirstOfEachActivity;
+    let report = explore(&YbMaintenance, &o, &mut print_progress).unwrap();
+    println!("{}", report.render());
+    assert_eq!(report.violations(), 0, "{}", report.render());
+    // Every kind of every system's catalogue was tried and fired somewhere.
+    for (system, kind) in waymark_sandbox::faults::catalogue() {
+        let key = format!("{system}.{}", kind.name());
+        let c = report.faults.get(&key).copied().unwrap_or_default();
+        assert!(
+            c.schedules > 0 && c.fired > 0,
+            "{key}: {c:?}\n{}",
+            report.render()
+        );
+    }
+}
+
+/// A known-bad variant: restarts one yb-tserver with a bare `ssh.run` (no check of the unit's
+/// `InvocationID` first), so a crash between the restart and its journaled result restarts it
+/// again when the run resumes.
+struct BlindRestart;
+
+const BLIND_NODE: &str = "yb-a-2";
+
+impl Workflow for BlindRestart {
+    const NAME: &'static str = "sim-mutant-blind-restart";
+    const VERSION: u32 = 1;
+    type Input = Inventory;
+    type Output = String;
+
+    async fn run(&self, ctx: WorkflowContext, inv: Inventory) -> Result<String, workflow::Error> {
+        let node = inv
+            .yugabyte
+            .nodes
+            .iter()
+            .find(|n| n.name == BLIND_NODE)
+            .ok_or_else(|| workflow::Error::Engine(format!("no node {BLIND_NODE}")))?;
+        let out = ctx
+            .activity::<RunCommand>(&RunInput {
+                target: inv.ssh_target(node),
+                command: "sudo systemctl restart yb-tserver".into(),
+                retry_on_failure: false,
+            })
+            .await?;
+        ctx.sleep(Duration::from_secs(60)).await?;
+        Ok(format!("{out:?}"))
+    }
+}
+
+struct Mutant;
+
+impl Subject for Mutant {
+    fn workflow(&self) -> &str {
+        BlindRestart::NAME
+    }
+
+    fn register(&self, builder: EngineBuilder) -> EngineBuilder {
+        waymark_workflows::register(builder).workflow(BlindRestart)
+    }
+
+    fn input(&self, world: &World<'_>) -> Result<Payload, String> {
+        Payload::encode(&sandbox_inventory(world)?).map_err(|e| e.to_string())
+    }
+
+    fn check_end(
+        &self,
+        _world: &World<'_>,
+        _end: &End,
+        _before: &serde_json::Value,
+    ) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn the_explorer_finds_a_restart_that_does_not_check_first_and_shrinks_it_to_one_crash() {
+    let dir = temp_dir();
+    let mut o = options(3, dir.path());
+    o.crashes = Crashes::Stacked(2);
+    o.faults = Faults::None;
+    let report = explore(&Mutant, &o, &mut |_| {}).unwrap();
+    let text = report.render();
+    println!("{text}");
+    assert_eq!(report.plain_end, "completed", "{text}");
+    assert!(
+        report.violations() > 0,
+        "the explorer found nothing:\n{text}"
+    );
+    assert!(
+        text.ends_with(&format!(
+            "explored {} schedules, {} violations\n",
+            report.explored,
+            report.violations()
+        )),
+        "{text}"
+    );
+    let finding = report.findings.first().expect("a shrunk finding");
+    assert!(
+        finding
+            .shrunk_violations
+            .iter()
+            .any(|v| v.contains(&format!("{BLIND_NODE}/yb-tserver")) && v.contains("2 times")),
+        "{finding:?}"
+    );
+    // Shrunk to the one crash that matters: after the restart, before its result is durable.
+    assert_eq!(finding.shrunk.schedule.crashes.len(), 1, "{finding:?}");
+    assert!(!finding.shrunk.schedule.crashes[0].durable, "{finding:?}");
+    assert!(finding.shrunk.schedule.faults.is_empty(), "{finding:?}");
+    assert!(
+        text.contains(&format!(
+            "reproduce: waymark simulate {} --seed {} --replay",
+            BlindRestart::NAME,
+            finding.shrunk
+        )),
+        "{text}"
+    );
+    // The reproduction reproduces.
+    let again = replay(
+        &Mutant,
+        &Reproduction::parse(&finding.shrunk.to_string()).unwrap(),
+        &o,
+    )
+    .unwrap();
+    assert_eq!(again.violations, finding.shrunk_violations);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_history_byte_for_byte() {
+    aws_credentials();
+    let dir = temp_dir();
+    let exec = ExecutionOptions {
+        dir: dir.path().join("estate"),
+        run_limit: Duration::from_secs(6 * 3600),
+    };
+    // A crash after a durable append and a transient fault: restarts and retries included.
+    let schedule = Schedule::parse("c9d,elb.5xx@w3x1").unwrap();
+    let first = execute(&YbMaintenance, 11, &schedule, &exec).unwrap();
+    let second = execute(&YbMaintenance, 11, &schedule, &exec).unwrap();
+    assert!(first.violations.is_empty(), "{:?}", first.violations);
+    assert!(first.encoded.len() > 20, "{} records", first.encoded.len());
+    assert_eq!(
+        first.appends.len(),
+        2,
+        "one crash, one restart: {:?}",
+        first.appends
+    );
+    assert_eq!(first.end, second.end);
+    assert_eq!(first.simulated, second.simulated);
+    for (i, (a, b)) in first.encoded.iter().zip(&second.encoded).enumerate() {
+        assert!(
+            a == b,
+            "record #{i} differs: {:?}\nvs {:?}",
+            first.records[i].event,
+            second.records[i].event
+        );
+    }
+    assert_eq!(first.encoded.len(), second.encoded.len());
+    // Another seed: another run id, another history.
+    let other = execute(&YbMaintenance, 12, &schedule, &exec).unwrap();
+    assert_ne!(other.run, first.run);
+    println!(
+        "same seed, same {} records ({} bytes); simulated {:?}",
+        first.encoded.len(),
+        first.encoded.iter().map(Vec::len).sum::<usize>(),
+        first.simulated
+    );
+}

@@ -8,6 +8,8 @@ mod runs;
 #[cfg(feature = "sandbox")]
 mod sandbox;
 mod schedules;
+#[cfg(feature = "sandbox")]
+mod simulate;
 mod target;
 mod watch;
 mod web;
@@ -52,6 +54,27 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
                 time_scale,
                 Display::choose(events),
             )
+            .await
+        }
+        #[cfg(feature = "sandbox")]
+        Command::Simulate {
+            workflow,
+            crashes,
+            faults,
+            seed,
+            budget,
+            replay,
+            work_dir,
+        } => {
+            simulate::simulate(simulate::Request {
+                workflow,
+                crashes,
+                faults,
+                seed,
+                budget,
+                replay,
+                work_dir,
+            })
             .await
         }
         Command::Ls {

@@ -1,0 +1,219 @@
+//! The log the simulated engine writes to: the engine's [`SimLog`] with the explorer's hooks in
+//! front of every append. Before an append reaches the log, the faults planned for a step are
+//! put in the sandbox when its `StepScheduled` goes by and taken out when its `StepCompleted` or
+//! `StepFailed` does (so a fault lasts exactly the step, across its retries and across a crash);
+//! after it, a crash the log took is announced at once (no polling, no timer). The hooks also
+//! trace the run: which step ran which activity, how many appends each incarnation made, whether
+//! each planned fault fired.
+
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use waymark_engine::clock::SharedClock;
+use waymark_engine::log::sim::SimLog;
+use waymark_engine::log::{Error, EventLog};
+use waymark_engine::{Event, Record, RunId, StepRef};
+use waymark_sandbox::{Fault, Faults, Shared};
+
+use crate::schedule::FaultPlan;
+
+/// What the hooks saw, shared across the incarnations of the engine process.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    /// Each step the run scheduled (first time only), in order, with its activity.
+    pub steps: Vec<(StepRef, String)>,
+    /// Appends made by each incarnation of the process (the last one still counting).
+    pub appends: Vec<u64>,
+    /// Per planned fault (in the schedule's order): whether it fired at least once.
+    pub fired: Vec<bool>,
+}
+
+/// The faults of a schedule and which are in the sandbox now.
+pub(crate) struct FaultState {
+    plans: Vec<FaultPlan>,
+    /// Indexes into `plans` of the rules installed, in the order of the sandbox's rules.
+    installed: Vec<usize>,
+}
+
+impl FaultState {
+    pub(crate) fn new(plans: Vec<FaultPlan>) -> FaultState {
+        FaultState {
+            plans,
+            installed: Vec::new(),
+        }
+    }
+}
+
+/// Persistent faults are installed with this many firings left, so that the explorer can see
+/// whether one fired (it lasts the whole step either way).
+const PERSISTENT: u32 = u32::MAX;
+
+/// The hooks, shared by every incarnation's [`HookedLog`].
+pub(crate) struct Hooks {
+    sandbox: Arc<Shared>,
+    faults: Mutex<FaultState>,
+    pub(crate) trace: Mutex<Trace>,
+    crashed: watch::Sender<bool>,
+}
+
+impl Hooks {
+    pub(crate) fn new(sandbox: Arc<Shared>, plans: Vec<FaultPlan>) -> Arc<Hooks> {
+        let fired = vec![false; plans.len()];
+        Arc::new(Hooks {
+            sandbox,
+            faults: Mutex::new(FaultState::new(plans)),
+            trace: Mutex::new(Trace {
+                fired,
+                ..Trace::default()
+            }),
+            crashed: watch::channel(false).0,
+        })
+    }
+
+    /// Resolves once the current incarnation's log took its crash.
+    pub(crate) fn crash_announced(&self) -> watch::Receiver<bool> {
+        self.crashed.subscribe()
+    }
+
+    /// A new incarnation: counts its appends from 0, announces nothing yet.
+    pub(crate) fn new_incarnation(&self) {
+        self.trace.lock().expect("trace lock").appends.push(0);
+        self.crashed.send_replace(false);
+    }
+
+    /// Records which installed faults fired, then takes out those of `step`.
+    fn end_step(&self, step: StepRef) {
+        let mut state = self.faults.lock().expect("faults lock");
+        if !state.installed.iter().any(|&i| state.plans[i].step == step) {
+            return;
+        }
+        let mut rules = self.sandbox.faults();
+        self.note_fired(&state, &rules);
+        let mut kept_rules = Vec::new();
+        let mut kept = Vec::new();
+        for (rule, &plan) in rules.rules.drain(..).zip(state.installed.iter()) {
+            if state.plans[plan].step != step {
+                kept_rules.push(rule);
+                kept.push(plan);
+            }
+        }
+        state.installed = kept;
+        self.sandbox.set_faults(Faults { rules: kept_rules });
+    }
+
+    fn note_fired(&self, state: &FaultState, rules: &Faults) {
+        let mut trace = self.trace.lock().expect("trace lock");
+        for (rule, &plan) in rules.rules.iter().zip(state.installed.iter()) {
+            let first = state.plans[plan].transient.unwrap_or(PERSISTENT);
+            if rule.remaining != Some(first) {
+                trace.fired[plan] = true;
+            }
+        }
+    }
+
+    /// Puts in the faults planned for `step` (unless they are in already: a step scheduled
+    /// again after a crash lost its first `StepScheduled`).
+    fn begin_step(&self, step: StepRef, activity: &str) {
+        {
+            let mut trace = self.trace.lock().expect("trace lock");
+            if !trace.steps.iter().any(|(s, _)| *s == step) {
+                trace.steps.push((step, activity.to_owned()));
+            }
+        }
+        let mut state = self.faults.lock().expect("faults lock");
+        let wanted: Vec<usize> = (0..state.plans.len())
+            .filter(|&i| state.plans[i].step == step && !state.installed.contains(&i))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let mut rules = self.sandbox.faults();
+        for i in wanted {
+            let plan = &state.plans[i];
+            rules.rules.push(Fault {
+                system: plan.system.clone(),
+                matching: String::new(),
+                kind: plan.kind.clone(),
+                remaining: Some(plan.transient.unwrap_or(PERSISTENT)),
+            });
+            state.installed.push(i);
+        }
+        self.sandbox.set_faults(rules);
+    }
+
+    /// Records which faults still installed fired (at the end of the execution).
+    pub(crate) fn finish(&self) {
+        let state = self.faults.lock().expect("faults lock");
+        let rules = self.sandbox.faults();
+        self.note_fired(&state, &rules);
+    }
+
+    fn before_append(&self, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::StepCompleted { step, .. } | Event::StepFailed { step, .. } => {
+                    self.end_step(*step);
+                }
+                Event::StepScheduled { step, activity, .. } => self.begin_step(*step, activity),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// One incarnation's log: the [`SimLog`] it opened, behind the hooks.
+pub(crate) struct HookedLog {
+    pub(crate) inner: Arc<SimLog>,
+    hooks: Arc<Hooks>,
+}
+
+impl HookedLog {
+    pub(crate) fn new(inner: Arc<SimLog>, hooks: Arc<Hooks>) -> Arc<HookedLog> {
+        hooks.new_incarnation();
+        Arc::new(HookedLog { inner, hooks })
+    }
+}
+
+impl EventLog for HookedLog {
+    fn append(
+        &self,
+        run: RunId,
+        events: Vec<Event>,
+    ) -> BoxFuture<'static, Result<Vec<Record>, Error>> {
+        if !self.inner.crashed() {
+            self.hooks.before_append(&events);
+        }
+        let fut = self.inner.append(run, events);
+        {
+            let mut trace = self.hooks.trace.lock().expect("trace lock");
+            if let Some(n) = trace.appends.last_mut() {
+                *n = self.inner.appends();
+            }
+        }
+        if self.inner.crashed() {
+            self.hooks.crashed.send_replace(true);
+        }
+        fut
+    }
+
+    fn read(&self, run: RunId) -> Result<Vec<Record>, Error> {
+        self.inner.read(run)
+    }
+
+    fn open_runs(&self) -> Result<Vec<RunId>, Error> {
+        self.inner.open_runs()
+    }
+
+    fn runs(&self) -> Result<Vec<RunId>, Error> {
+        self.inner.runs()
+    }
+
+    fn damage(&self) -> Vec<String> {
+        self.inner.damage()
+    }
+
+    fn use_clock(&self, clock: SharedClock) {
+        self.inner.use_clock(clock);
+    }
+}

@@ -1,0 +1,303 @@
+//! What one explored execution does differently from a plain run: where the process dies
+//! ([`Crash`], stacked in order) and which fault each external system shows during which step
+//! ([`FaultPlan`]). A [`Schedule`] is plain data with a one-line text form (`c12d,ssh.timeout@w14x1`)
+//! that, with the seed, reproduces the execution (`--seed SEED/SCHEDULE --replay`).
+
+use std::fmt;
+
+use waymark_engine::log::sim::CrashAt;
+use waymark_engine::StepRef;
+use waymark_sandbox::faults::{catalogue, FaultKind};
+
+/// Errors of this module: a schedule text that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// One item of the text is not a crash or a fault.
+    #[error(
+        "schedule item {item:?}: {problem}; items are `cN` (crash at append N, its records lost), \
+         `cNd` (crash right after append N is durable) and `SYSTEM.KIND@STEP[xK]` (a fault of the \
+         sandbox catalogue during step STEP, `wP` for the workflow's step at position P or `cN` for \
+         the N-th compensation; `xK`: it clears after K requests, else it lasts the whole step), \
+         separated by commas, or `none`"
+    )]
+    Item {
+        /// The item.
+        item: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+}
+
+/// One death of the engine process: at the `append`-th append of the log as this incarnation of
+/// the process opened it (counted from 0), its records lost or already durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Crash {
+    /// Index of the append, counted from the (re)start of the process.
+    pub append: u64,
+    /// Whether the append's flush completed before the death.
+    pub durable: bool,
+}
+
+impl From<Crash> for CrashAt {
+    fn from(c: Crash) -> CrashAt {
+        CrashAt {
+            append: c.append,
+            durable: c.durable,
+        }
+    }
+}
+
+/// A fault one system shows while one step of the run is in flight (from its `StepScheduled` to
+/// its `StepCompleted`/`StepFailed`): every request of `system` during the step gets `kind`, for
+/// `transient` requests (then it clears) or, with `None`, for the whole step (persistent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultPlan {
+    /// One of the sandbox's systems (`ssh`, `yb-admin`, `yb`, `k8s`, `elb`).
+    pub system: String,
+    /// What the system does instead of answering.
+    pub kind: FaultKind,
+    /// The step during which it shows.
+    pub step: StepRef,
+    /// `Some(k)`: it clears after `k` requests; `None`: it lasts the whole step.
+    pub transient: Option<u32>,
+}
+
+impl FaultPlan {
+    /// `persistent` or `transient xK`.
+    pub fn duration(&self) -> String {
+        match self.transient {
+            Some(k) => format!("transient x{k}"),
+            None => "persistent".to_owned(),
+        }
+    }
+}
+
+/// Crashes (applied one after the other: the second one counts appends from the first restart)
+/// and faults of one execution.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    /// Deaths of the process, in order.
+    pub crashes: Vec<Crash>,
+    /// Faults, each during its step.
+    pub faults: Vec<FaultPlan>,
+}
+
+impl Schedule {
+    /// The plain run: no crash, no fault.
+    pub fn plain() -> Schedule {
+        Schedule::default()
+    }
+
+    /// How many crashes and faults it has (what shrinking makes smaller).
+    pub fn size(&self) -> usize {
+        self.crashes.len() + self.faults.len()
+    }
+
+    /// Parses the text form ([`fmt::Display`]).
+    pub fn parse(text: &str) -> Result<Schedule, Error> {
+        let mut schedule = Schedule::default();
+        let text = text.trim();
+        if text.is_empty() || text == "none" {
+            return Ok(schedule);
+        }
+        for item in text.split(',').map(str::trim) {
+            let bad = |problem: &str| Error::Item {
+                item: item.to_owned(),
+                problem: problem.to_owned(),
+            };
+            if let Some(rest) = item.strip_prefix('c') {
+                let (digits, durable) = match rest.strip_suffix('d') {
+                    Some(d) => (d, true),
+                    None => (rest, false),
+                };
+                let append = digits
+                    .parse()
+                    .map_err(|_| bad("a crash needs an append number"))?;
+                schedule.crashes.push(Crash { append, durable });
+                continue;
+            }
+            let (what, when) = item
+                .split_once('@')
+                .ok_or_else(|| bad("neither a crash (`cN`) nor a fault (`SYSTEM.KIND@STEP`)"))?;
+            let (system, kind_name) = what
+                .split_once('.')
+                .ok_or_else(|| bad("a fault is SYSTEM.KIND"))?;
+            let kind = catalogue()
+                .into_iter()
+                .find(|(s, k)| s == system && k.name() == kind_name)
+                .map(|(_, k)| k)
+                .ok_or_else(|| {
+                    bad(&format!(
+                        "no fault {kind_name:?} of system {system:?} in the sandbox's catalogue ({})",
+                        catalogue()
+                            .iter()
+                            .map(|(s, k)| format!("{s}.{}", k.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?;
+            let (step_text, transient) = match when.split_once('x') {
+                Some((s, k)) => (s, Some(k.parse().map_err(|_| bad("`xK` needs a number"))?)),
+                None => (when, None),
+            };
+            let step = if let Some(p) = step_text.strip_prefix('w') {
+                StepRef::Workflow(p.parse().map_err(|_| bad("`wP` needs a position"))?)
+            } else if let Some(n) = step_text.strip_prefix('c') {
+                StepRef::Compensation(n.parse().map_err(|_| bad("`cN` needs a number"))?)
+            } else {
+                return Err(bad("the step is `wP` or `cN`"));
+            };
+            schedule.faults.push(FaultPlan {
+                system: system.to_owned(),
+                kind,
+                step,
+                transient,
+            });
+        }
+        Ok(schedule)
+    }
+
+    /// The schedules one item smaller (each crash, then each fault, left out in turn), for
+    /// shrinking.
+    pub fn smaller(&self) -> Vec<Schedule> {
+        let mut out = Vec::new();
+        for i in 0..self.crashes.len() {
+            let mut s = self.clone();
+            s.crashes.remove(i);
+            out.push(s);
+        }
+        for i in 0..self.faults.len() {
+            let mut s = self.clone();
+            s.faults.remove(i);
+            out.push(s);
+        }
+        out
+    }
+}
+
+fn step_text(step: StepRef) -> String {
+    match step {
+        StepRef::Workflow(p) => format!("w{p}"),
+        StepRef::Compensation(n) => format!("c{n}"),
+    }
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}{}", self.append, if self.durable { "d" } else { "" })
+    }
+}
+
+impl fmt::Display for FaultPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}.{}@{}",
+            self.system,
+            self.kind.name(),
+            step_text(self.step)
+        )?;
+        if let Some(k) = self.transient {
+            write!(f, "x{k}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.size() == 0 {
+            return f.write_str("none");
+        }
+        let items: Vec<String> = self
+            .crashes
+            .iter()
+            .map(ToString::to_string)
+            .chain(self.faults.iter().map(ToString::to_string))
+            .collect();
+        f.write_str(&items.join(","))
+    }
+}
+
+/// A seed and a schedule: what `--seed` takes and what a violation prints (`SEED` alone, or
+/// `SEED/SCHEDULE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reproduction {
+    /// The seed of every random choice (run ids, `uuid()`, the sandbox's ids).
+    pub seed: u64,
+    /// The schedule.
+    pub schedule: Schedule,
+}
+
+impl Reproduction {
+    /// Parses `SEED` or `SEED/SCHEDULE`.
+    pub fn parse(text: &str) -> Result<Reproduction, Error> {
+        let (seed_text, schedule) = match text.split_once('/') {
+            Some((s, rest)) => (s, Schedule::parse(rest)?),
+            None => (text, Schedule::plain()),
+        };
+        let seed = seed_text.trim().parse().map_err(|_| Error::Item {
+            item: text.to_owned(),
+            problem: "the seed is a number (`SEED` or `SEED/SCHEDULE`)".into(),
+        })?;
+        Ok(Reproduction { seed, schedule })
+    }
+}
+
+impl fmt::Display for Reproduction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.schedule.size() == 0 {
+            write!(f, "{}", self.seed)
+        } else {
+            write!(f, "{}/{}", self.seed, self.schedule)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_form_reads_back_as_the_same_schedule() {
+        let (system, kind) = catalogue().into_iter().nth(1).unwrap();
+        let s = Schedule {
+            crashes: vec![
+                Crash {
+                    append: 12,
+                    durable: true,
+                },
+                Crash {
+                    append: 3,
+                    durable: false,
+                },
+            ],
+            faults: vec![FaultPlan {
+                system,
+                kind,
+                step: StepRef::Workflow(14),
+                transient: Some(1),
+            }],
+        };
+        let text = s.to_string();
+        assert_eq!(Schedule::parse(&text).unwrap(), s, "{text}");
+        let r = Reproduction {
+            seed: 7,
+            schedule: s,
+        };
+        assert_eq!(Reproduction::parse(&r.to_string()).unwrap(), r);
+        assert_eq!(
+            Reproduction::parse("7").unwrap().schedule,
+            Schedule::plain()
+        );
+        let e = Schedule::parse("ssh.bogus@w1").unwrap_err().to_string();
+        assert!(e.contains("bogus") && e.contains("catalogue"), "{e}");
+    }
+
+    #[test]
+    fn shrinking_steps_leave_out_one_item_each() {
+        let s = Schedule::parse("c1,c2d").unwrap();
+        let smaller: Vec<String> = s.smaller().iter().map(ToString::to_string).collect();
+        assert_eq!(smaller, ["c2d", "c1"]);
+    }
+}
