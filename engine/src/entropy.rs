@@ -32,7 +32,7 @@ const RUN_ID: u64 = 1;
 const UUID: u64 = 2;
 const JITTER: u64 = 3;
 
-/// SplitMix64's finaliser: a well-mixed 64-bit hash of `z`.
+/// The finaliser of `SplitMix64`: a well-mixed 64-bit hash of `z`.
 fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -115,11 +115,11 @@ impl SimLog {
         run: RunId,
         events: &[Event],
     ) -> Result<(Vec<Record>, Vec<Vec<u8>>), Error> {
-        let mut seq = s.records.get(&run).map_or(0, |r| r.len() as u64);
+        let first = s.records.get(&run).map_or(0, |r| r.len() as u64);
         let mut prev = s.tails.get(&run).copied().unwrap_or([0; 32]);
         let mut records = Vec::with_capacity(events.len());
         let mut bytes = Vec::with_capacity(events.len());
-        for event in events {
+        for (seq, event) in (first..).zip(events) {
             let (encoded, hash) =
                 codec::encode(seq, now, &prev, event).map_err(|e| Error::Encode(e.to_string()))?;
             records.push(Record {
@@ -132,7 +132,6 @@ impl SimLog {
             });
             bytes.push(encoded);
             prev = hash;
-            seq += 1;
         }
         Ok((records, bytes))
     }
