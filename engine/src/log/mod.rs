@@ -1,10 +1,14 @@
 //! The event log: an append-only, per-run history of records, durable before it is acknowledged.
 //!
 //! [`EventLog`] is the narrow interface the engine uses. [`Log`] implements it over a storage
-//! [`Backend`] (sled on disk, or memory for tests) with one writer thread that owns every append:
-//! it assigns sequence numbers, links the hash chain, writes a batch of requests at once and makes
-//! it durable with one flush before acknowledging any of them (group commit). One writer is also
-//! what keeps clear of sled's `flush_async` deadlock (upstream issue 1308).
+//! [`Backend`] (segment files, sled, or memory for tests) with one committer at a time: it
+//! assigns sequence numbers, links the hash chain, writes a group of requests at once and makes
+//! it durable with one flush before acknowledging any of them (group commit). A lone append
+//! (no other in flight, nobody committing) is committed inline by its own future when first
+//! polled; requests that arrive while someone commits go, as one group, to the writer thread,
+//! which keeps committing until it finds nothing waiting. One committer at a time is also what
+//! keeps clear of sled's `flush_async` deadlock (upstream issue 1308). The protocol and its
+//! argument: `ARCHITECTURE.md`, "Write protocol".
 
 pub mod memory;
 pub mod segment;
@@ -13,8 +17,7 @@ pub mod sled;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread;
 
 use chrono::{SubsecRound, Utc};
@@ -143,6 +146,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Overwrites (`Some`) or deletes (`None`) one stored record, bypassing every check.
     /// For repair tools and for tests that damage a log on purpose.
     fn raw_put(&self, run: RunId, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), Error>;
+    /// The log's clock, for a backend that reads the time itself (the segment backend names the
+    /// store a salvage moves aside by it). [`Log`] passes its own on.
+    fn use_clock(&self, clock: SharedClock) {
+        let _ = clock;
+    }
 }
 
 /// Where a request's acknowledgement goes.
@@ -151,15 +159,47 @@ type Ack = oneshot::Sender<Result<Vec<Record>, Error>>;
 struct AppendRequest {
     run: RunId,
     events: Vec<Event>,
-    ack: oneshot::Sender<Result<Vec<Record>, Error>>,
+    ack: Ack,
 }
 
-/// The event log over a backend, with its group-commit writer thread.
-pub struct Log<B: Backend> {
+/// Who holds the right to commit. One committer at a time is what lets a crash leave at most
+/// one unfinished batch (the durability argument in `ARCHITECTURE.md`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Committer {
+    /// Nobody: the next append decides.
+    Idle,
+    /// An appender, inline, for the requests it took.
+    Inline,
+    /// The writer thread, until it finds the queue empty.
+    Thread,
+}
+
+struct Queue {
+    /// Requests not yet taken by a committer, in the order they were appended.
+    requests: Vec<AppendRequest>,
+    committer: Committer,
+    /// The log was dropped (or a commit panicked): no further appends; the writer thread
+    /// commits what is queued and ends.
+    closed: bool,
+}
+
+/// What the appenders and the writer thread share.
+struct Shared<B: Backend> {
     backend: B,
-    clock: Arc<RwLock<SharedClock>>,
-    tx: mpsc::Sender<AppendRequest>,
-    in_flight: Arc<AtomicUsize>,
+    clock: RwLock<SharedClock>,
+    queue: Mutex<Queue>,
+    /// Wakes the writer thread when it is handed the queue (or the log closes).
+    writer_wanted: Condvar,
+    /// Where each run's history ends, as committed; used only by the committer of the moment.
+    tails: Mutex<HashMap<RunId, Tail>>,
+    /// Appends whose future has not finished.
+    in_flight: AtomicUsize,
+}
+
+/// The event log over a backend, with its group commit (inline for a lone append, a writer
+/// thread for groups).
+pub struct Log<B: Backend> {
+    shared: Arc<Shared<B>>,
     writer: Option<thread::JoinHandle<()>>,
 }
 
@@ -167,34 +207,47 @@ impl<B: Backend> Log<B> {
     /// Starts the writer thread over `backend`; records are stamped by the system clock until
     /// [`EventLog::use_clock`] says otherwise.
     pub fn new(backend: B) -> Self {
-        let (tx, rx) = mpsc::channel();
-        let writer_backend = backend.clone();
-        let clock: Arc<RwLock<SharedClock>> = Arc::new(RwLock::new(Arc::new(SystemClock)));
-        let writer_clock = clock.clone();
+        let shared = Arc::new(Shared {
+            backend,
+            clock: RwLock::new(Arc::new(SystemClock)),
+            queue: Mutex::new(Queue {
+                requests: Vec::new(),
+                committer: Committer::Idle,
+                closed: false,
+            }),
+            writer_wanted: Condvar::new(),
+            tails: Mutex::new(HashMap::new()),
+            in_flight: AtomicUsize::new(0),
+        });
+        let writer_shared = shared.clone();
         let writer = thread::Builder::new()
             .name("waymark-log-writer".into())
-            .spawn(move || writer_loop(&writer_backend, &writer_clock, &rx))
+            .spawn(move || writer_loop(&writer_shared))
             .expect("spawn the log writer thread");
         Log {
-            backend,
-            clock,
-            tx,
-            in_flight: Arc::new(AtomicUsize::new(0)),
+            shared,
             writer: Some(writer),
         }
     }
 
     /// The backend, for tools that need raw access.
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.shared.backend
     }
 }
 
 impl<B: Backend> Drop for Log<B> {
     fn drop(&mut self) {
-        // Closing the channel ends the writer after it has committed what it already took.
-        let (dead_tx, _) = mpsc::channel();
-        self.tx = dead_tx;
+        // The writer thread commits what is queued (an append whose future was dropped unpolled
+        // is still written, as it would have been by a thread that took it), then ends.
+        {
+            let mut q = self.shared.lock_queue();
+            q.closed = true;
+            if q.committer == Committer::Idle && !q.requests.is_empty() {
+                q.committer = Committer::Thread;
+            }
+        }
+        self.shared.writer_wanted.notify_all();
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -208,22 +261,39 @@ impl<B: Backend> EventLog for Log<B> {
         events: Vec<Event>,
     ) -> BoxFuture<'static, Result<Vec<Record>, Error>> {
         let (ack, rx) = oneshot::channel();
-        let alone = self.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
-        let sent = self.tx.send(AppendRequest { run, events, ack });
-        let in_flight = self.in_flight.clone();
+        let alone = self.shared.in_flight.fetch_add(1, Ordering::SeqCst) == 0;
+        let guard = InFlight {
+            shared: self.shared.clone(),
+        };
+        {
+            let mut q = self.shared.lock_queue();
+            if q.closed {
+                return Box::pin(async move {
+                    drop(guard);
+                    Err(Error::WriterStopped)
+                });
+            }
+            // Queued now, so that appends are committed in the order they were made whoever
+            // commits them.
+            q.requests.push(AppendRequest { run, events, ack });
+            if !alone && q.committer == Committer::Idle {
+                q.committer = Committer::Thread;
+                drop(q);
+                self.shared.writer_wanted.notify_one();
+            }
+        }
         Box::pin(async move {
-            let result = match sent {
-                Err(_) => Err(Error::WriterStopped),
-                Ok(()) if alone => wait_alone(rx).await,
-                Ok(()) => rx.await.map_err(|_| Error::WriterStopped).and_then(|r| r),
-            };
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+            if alone {
+                guard.shared.commit_inline();
+            }
+            let result = rx.await.map_err(|_| Error::WriterStopped).and_then(|r| r);
+            drop(guard);
             result
         })
     }
 
     fn read(&self, run: RunId) -> Result<Vec<Record>, Error> {
-        let raw = self.backend.scan_run(run)?;
+        let raw = self.shared.backend.scan_run(run)?;
         if raw.is_empty() {
             return Err(Error::UnknownRun(run));
         }
@@ -234,8 +304,8 @@ impl<B: Backend> EventLog for Log<B> {
         // A crash in the middle of a commit can leave an open-marker for a run whose first record
         // was lost, or whose terminal record made it: neither is open.
         let mut open = Vec::new();
-        for run in self.backend.open_runs()? {
-            match self.backend.last(run)? {
+        for run in self.shared.backend.open_runs()? {
+            match self.shared.backend.last(run)? {
                 None => {}
                 Some((seq, bytes)) => match codec::decode(run, seq, &bytes) {
                     Ok(rec) if rec.event.is_terminal() => {}
@@ -247,45 +317,170 @@ impl<B: Backend> EventLog for Log<B> {
     }
 
     fn runs(&self) -> Result<Vec<RunId>, Error> {
-        self.backend.all_runs()
+        self.shared.backend.all_runs()
     }
 
     fn damage(&self) -> Vec<String> {
-        self.backend.damage()
+        self.shared.backend.damage()
     }
 
     fn use_clock(&self, clock: SharedClock) {
-        *self.clock.write().expect("log clock lock") = clock;
+        self.shared.backend.use_clock(clock.clone());
+        *self.shared.clock.write().expect("log clock lock") = clock;
     }
 }
 
-/// Waits for the acknowledgement of the only append in flight by polling it for up to
-/// [`ALONE_SPIN`] before parking the task.
-///
-/// With one append in flight nothing else is waiting for this worker thread, and parking it costs
-/// a thread wake-up per append (tens of microseconds on a VM, a sizeable share of a ~130 µs flush):
-/// the difference between a single run reaching 0.55x and 0.7x+ of the raw sled rate (BENCHMARKS.md).
-/// With several appends in flight, producers park as usual so that the worker runs other tasks.
-async fn wait_alone(
-    mut rx: oneshot::Receiver<Result<Vec<Record>, Error>>,
-) -> Result<Vec<Record>, Error> {
-    let start = std::time::Instant::now();
-    loop {
-        match rx.try_recv() {
-            Ok(r) => return r,
-            Err(oneshot::error::TryRecvError::Closed) => return Err(Error::WriterStopped),
-            Err(oneshot::error::TryRecvError::Empty) if start.elapsed() < ALONE_SPIN => {
-                std::hint::spin_loop();
+/// Counts an append as in flight until its future ends (or is dropped). A future dropped
+/// before its request was committed hands the queue to the writer thread, so that no request
+/// waits for an appender that will never come.
+struct InFlight<B: Backend> {
+    shared: Arc<Shared<B>>,
+}
+
+impl<B: Backend> Drop for InFlight<B> {
+    fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let mut q = self.shared.lock_queue();
+        if q.committer == Committer::Idle && !q.requests.is_empty() {
+            q.committer = Committer::Thread;
+            drop(q);
+            self.shared.writer_wanted.notify_one();
+        }
+    }
+}
+
+impl<B: Backend> Shared<B> {
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // A commit that panicked closes the log (below); the queue itself stays consistent.
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lone append's path: if nobody is committing, commit what is queued (its own request,
+    /// and any made since) here, on the appender's thread, and return; the two thread hand-offs
+    /// of the writer thread (wake it, be woken by it) are what a lone append would otherwise
+    /// pay beyond the flush. Whatever was queued meanwhile goes to the writer thread, so an
+    /// appender commits at most one batch.
+    fn commit_inline(&self) {
+        let requests = {
+            let mut q = self.lock_queue();
+            if q.committer != Committer::Idle || q.requests.is_empty() {
+                return;
             }
-            Err(oneshot::error::TryRecvError::Empty) => {
-                return rx.await.map_err(|_| Error::WriterStopped).and_then(|r| r);
+            q.committer = Committer::Inline;
+            std::mem::take(&mut q.requests)
+        };
+        let release = Release { shared: self };
+        // A panic inside closes the log (`CloseOnPanic`); the appender is answered
+        // `WriterStopped`, as the writer thread's appenders are, rather than panicking itself.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.commit_group(requests);
+        }));
+        drop(release);
+    }
+
+    /// Stages every request of the group, commits them with one flush, then acknowledges each.
+    fn commit_group(&self, requests: Vec<AppendRequest>) {
+        let _close_on_panic = CloseOnPanic { shared: self };
+        let mut tails = self
+            .tails
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Stored with millisecond precision; the records handed back carry the same value.
+        let now = self
+            .clock
+            .read()
+            .expect("log clock lock")
+            .now()
+            .trunc_subsecs(3);
+        let mut batch = WriteBatch::default();
+        let mut replies: Vec<(Ack, Result<Vec<Record>, Error>)> =
+            Vec::with_capacity(requests.len());
+        let mut closed_tails = Vec::new();
+        for req in requests {
+            let result = stage(
+                &self.backend,
+                &mut tails,
+                &mut batch,
+                &mut closed_tails,
+                now,
+                req.run,
+                req.events,
+            );
+            replies.push((req.ack, result));
+        }
+        let outcome = if batch.records.is_empty() {
+            Ok(())
+        } else {
+            self.backend.commit(batch)
+        };
+        match outcome {
+            Ok(()) => {
+                for run in closed_tails {
+                    tails.remove(&run);
+                }
+                drop(tails);
+                for (ack, result) in replies {
+                    let _ = ack.send(result);
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch is known to be durable: forget every tail and fail them all.
+                tails.clear();
+                drop(tails);
+                let msg = e.to_string();
+                for (ack, _) in replies {
+                    let _ = ack.send(Err(Error::Storage(msg.clone())));
+                }
             }
         }
     }
 }
 
-/// How long a lone append polls for its acknowledgement before parking (a few flushes' worth).
-const ALONE_SPIN: std::time::Duration = std::time::Duration::from_millis(2);
+/// Gives up the inline commit: hands what was queued meanwhile to the writer thread, or leaves
+/// the log idle.
+struct Release<'a, B: Backend> {
+    shared: &'a Shared<B>,
+}
+
+impl<B: Backend> Drop for Release<'_, B> {
+    fn drop(&mut self) {
+        let mut q = self.shared.lock_queue();
+        q.committer = if q.requests.is_empty() {
+            Committer::Idle
+        } else {
+            Committer::Thread
+        };
+        let wake = q.committer == Committer::Thread || q.closed;
+        drop(q);
+        if wake {
+            self.shared.writer_wanted.notify_one();
+        }
+    }
+}
+
+/// A commit that panics leaves the tails it was changing unknown: the log closes, every request
+/// still queued is answered [`Error::WriterStopped`] (those the commit held were dropped with
+/// it: their appenders get the same), and every later append is refused the same way.
+struct CloseOnPanic<'a, B: Backend> {
+    shared: &'a Shared<B>,
+}
+
+impl<B: Backend> Drop for CloseOnPanic<'_, B> {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            return;
+        }
+        let mut q = self.shared.lock_queue();
+        q.closed = true;
+        for req in q.requests.drain(..) {
+            let _ = req.ack.send(Err(Error::WriterStopped));
+        }
+        drop(q);
+        self.shared.writer_wanted.notify_one();
+    }
+}
 
 /// Decodes raw records and checks sequence continuity and the hash chain.
 pub fn decode_chain(run: RunId, raw: &[(u64, Vec<u8>)]) -> Result<Vec<Record>, Error> {
@@ -345,81 +540,37 @@ fn load_tail<B: Backend>(backend: &B, run: RunId) -> Result<Tail, Error> {
     }
 }
 
-/// Waits for the next request: spins briefly first, because a producer that just got its
-/// acknowledgement usually sends its next append within microseconds, and a sleeping writer
-/// thread costs a futex wake-up per append.
-fn next_request(rx: &mpsc::Receiver<AppendRequest>) -> Option<AppendRequest> {
-    for _ in 0..SPIN_TRIES {
-        match rx.try_recv() {
-            Ok(r) => return Some(r),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => std::hint::spin_loop(),
-        }
-    }
-    rx.recv().ok()
-}
-
-/// Polls before the writer blocks (a few tens of microseconds).
-const SPIN_TRIES: u32 = 20_000;
-
 /// Largest number of append requests committed with one flush.
 const MAX_BATCH: usize = 8192;
 
-fn writer_loop<B: Backend>(
-    backend: &B,
-    clock: &RwLock<SharedClock>,
-    rx: &mpsc::Receiver<AppendRequest>,
-) {
-    let mut tails: HashMap<RunId, Tail> = HashMap::new();
-    while let Some(first) = next_request(rx) {
-        let mut requests = vec![first];
-        while requests.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => requests.push(r),
-                Err(_) => break,
+/// The writer thread: while the queue is handed to it, commits it group by group (each group
+/// what was waiting when the last flush ended); gives it back when it finds it empty.
+fn writer_loop<B: Backend>(shared: &Shared<B>) {
+    loop {
+        let requests = {
+            let mut q = shared.lock_queue();
+            loop {
+                if q.committer == Committer::Thread {
+                    if !q.requests.is_empty() {
+                        break;
+                    }
+                    q.committer = Committer::Idle;
+                }
+                if q.closed && q.committer == Committer::Idle && q.requests.is_empty() {
+                    return;
+                }
+                q = shared
+                    .writer_wanted
+                    .wait(q)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
-        }
-        // Stored with millisecond precision; the records handed back carry the same value.
-        let now = clock.read().expect("log clock lock").now().trunc_subsecs(3);
-        let mut batch = WriteBatch::default();
-        let mut replies: Vec<(Ack, Result<Vec<Record>, Error>)> =
-            Vec::with_capacity(requests.len());
-        let mut closed_tails = Vec::new();
-        for req in requests {
-            let result = stage(
-                backend,
-                &mut tails,
-                &mut batch,
-                &mut closed_tails,
-                now,
-                req.run,
-                &req.events,
-            );
-            replies.push((req.ack, result));
-        }
-        let outcome = if batch.records.is_empty() {
-            Ok(())
-        } else {
-            backend.commit(batch)
+            let n = q.requests.len().min(MAX_BATCH);
+            q.requests.drain(..n).collect::<Vec<_>>()
         };
-        match outcome {
-            Ok(()) => {
-                for run in closed_tails {
-                    tails.remove(&run);
-                }
-                for (ack, result) in replies {
-                    let _ = ack.send(result);
-                }
-            }
-            Err(e) => {
-                // Nothing of this batch is known to be durable: forget every tail and fail them all.
-                tails.clear();
-                let msg = e.to_string();
-                for (ack, _) in replies {
-                    let _ = ack.send(Err(Error::Storage(msg.clone())));
-                }
-            }
-        }
+        // A panic inside closed the log (`CloseOnPanic`): the loop then ends.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            shared.commit_group(requests);
+        }));
     }
 }
 
@@ -431,7 +582,7 @@ fn stage<B: Backend>(
     closed_tails: &mut Vec<RunId>,
     now: chrono::DateTime<Utc>,
     run: RunId,
-    events: &[Event],
+    events: Vec<Event>,
 ) -> Result<Vec<Record>, Error> {
     let mut tail = match tails.get(&run) {
         Some(t) => *t,
@@ -441,7 +592,7 @@ fn stage<B: Backend>(
     let mut records = Vec::with_capacity(events.len());
     let mut encoded = Vec::with_capacity(events.len());
     for event in events {
-        let (bytes, hash) = codec::encode(tail.next_seq, now, &tail.hash, event)
+        let (bytes, hash) = codec::encode(tail.next_seq, now, &tail.hash, &event)
             .map_err(|e| Error::Encode(e.to_string()))?;
         records.push(Record {
             run,
@@ -449,7 +600,7 @@ fn stage<B: Backend>(
             at: now,
             prev_hash: tail.hash,
             hash,
-            event: event.clone(),
+            event,
         });
         encoded.push((run, tail.next_seq, bytes));
         tail = Tail {
@@ -471,3 +622,125 @@ fn stage<B: Backend>(
 
 /// A log shared by the engine and its tools.
 pub type SharedLog = Arc<dyn EventLog>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Payload, StepRef};
+
+    /// The memory backend, recording the thread of each commit; panics on commit when asked.
+    #[derive(Clone, Default)]
+    struct Recording {
+        inner: memory::MemoryBackend,
+        commits: Arc<Mutex<Vec<(String, usize)>>>,
+        panic: bool,
+    }
+
+    impl Backend for Recording {
+        fn scan_run(&self, run: RunId) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+            self.inner.scan_run(run)
+        }
+        fn last(&self, run: RunId) -> Result<Option<(u64, Vec<u8>)>, Error> {
+            self.inner.last(run)
+        }
+        fn open_runs(&self) -> Result<Vec<RunId>, Error> {
+            self.inner.open_runs()
+        }
+        fn all_runs(&self) -> Result<Vec<RunId>, Error> {
+            self.inner.all_runs()
+        }
+        fn commit(&self, batch: WriteBatch) -> Result<(), Error> {
+            assert!(!self.panic, "a backend bug");
+            let name = thread::current().name().unwrap_or("").to_owned();
+            self.commits
+                .lock()
+                .unwrap()
+                .push((name, batch.records.len()));
+            self.inner.commit(batch)
+        }
+        fn raw_put(&self, run: RunId, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), Error> {
+            self.inner.raw_put(run, seq, bytes)
+        }
+    }
+
+    fn value(n: u64) -> Event {
+        Event::StepCompleted {
+            step: StepRef::Workflow(n as u32),
+            output: Payload(n.to_string()),
+        }
+    }
+
+    /// A lone append is committed by its own future, on the appender's thread: no hand-off to
+    /// the writer thread and back (the per-append cost beyond the flush, BENCHMARKS.md).
+    #[test]
+    fn a_lone_append_is_committed_inline_by_its_appender() {
+        let backend = Recording::default();
+        let log = Log::new(backend.clone());
+        let run = RunId::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for n in 0..3 {
+            let records = rt.block_on(log.append(run, vec![value(n)])).unwrap();
+            assert_eq!(records[0].seq, n);
+        }
+        let me = thread::current().name().unwrap_or("").to_owned();
+        let commits = backend.commits.lock().unwrap().clone();
+        assert_eq!(commits, vec![(me.clone(), 1), (me.clone(), 1), (me, 1)]);
+        assert_eq!(log.read(run).unwrap().len(), 3);
+    }
+
+    /// Appends made while others are in flight go to the writer thread as one group, in the
+    /// order they were made; an append whose future is dropped unpolled is still committed
+    /// (by the writer thread), so nothing waits for an appender that never comes.
+    #[test]
+    fn appends_in_flight_together_are_one_group_in_order_and_a_dropped_one_is_still_written() {
+        let backend = Recording::default();
+        let log = Log::new(backend.clone());
+        let run = RunId::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let futures: Vec<_> = (0..5).map(|n| log.append(run, vec![value(n)])).collect();
+        let dropped = log.append(run, vec![value(5)]);
+        drop(dropped);
+        for (n, f) in futures.into_iter().enumerate().rev() {
+            assert_eq!(rt.block_on(f).unwrap()[0].seq, n as u64);
+        }
+        drop(log);
+        // Dropping the log let the writer thread finish what was queued.
+        let commits = backend.commits.lock().unwrap().clone();
+        assert!(
+            commits.iter().all(|(name, _)| name == "waymark-log-writer"),
+            "{commits:?}"
+        );
+        assert_eq!(commits.iter().map(|c| c.1).sum::<usize>(), 6, "{commits:?}");
+        let reopened = Log::new(backend.inner.clone());
+        let values: Vec<Event> = reopened
+            .read(run)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        assert_eq!(values, (0..6).map(value).collect::<Vec<_>>());
+    }
+
+    /// A commit that panics stops the log: that append and every later one are answered
+    /// `WriterStopped`, whichever path committed it; nothing hangs.
+    #[test]
+    fn a_commit_that_panics_stops_the_log_without_hanging() {
+        let backend = Recording {
+            panic: true,
+            ..Recording::default()
+        };
+        let log = Log::new(backend);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let run = RunId::new();
+        let first = rt.block_on(log.append(run, vec![value(0)]));
+        assert!(matches!(first, Err(Error::WriterStopped)), "{first:?}");
+        let later = rt.block_on(log.append(run, vec![value(1)]));
+        assert!(matches!(later, Err(Error::WriterStopped)), "{later:?}");
+    }
+}

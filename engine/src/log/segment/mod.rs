@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::{Backend, Error, WriteBatch};
+use crate::clock::{SharedClock, SystemClock};
 use crate::codec;
 use crate::event::RunId;
 use format::{FrameIn, FLAG_CLOSES_RUN, SEGMENT_HEADER_LEN};
@@ -73,6 +74,9 @@ struct Inner {
     report: RecoveryReport,
     /// A segment is closed once it holds this much ([`SEGMENT_TARGET`] unless a test says).
     segment_target: u64,
+    /// The log's clock (the system clock unless [`Backend::use_clock`] says otherwise): names
+    /// the store [`SegmentBackend::salvage`] moves aside.
+    clock: RwLock<SharedClock>,
     _lock: File,
 }
 
@@ -486,6 +490,7 @@ impl SegmentBackend {
                 writer: Mutex::new(writer),
                 report,
                 segment_target: bytes,
+                clock: RwLock::new(Arc::new(SystemClock)),
                 _lock: lock,
             }),
         };
@@ -981,6 +986,10 @@ impl Backend for SegmentBackend {
         self.write_frames(&frames)
     }
 
+    fn use_clock(&self, clock: SharedClock) {
+        *self.inner.clock.write().expect("log clock lock") = clock;
+    }
+
     fn raw_put(&self, run: RunId, seq: u64, bytes: Option<Vec<u8>>) -> Result<(), Error> {
         match bytes {
             Some(b) => self.write_frames(&[(run, seq, 0, b.as_slice())]),
@@ -1075,9 +1084,13 @@ impl SegmentBackend {
             out.records += kept.len();
         }
         store.finish()?;
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let stamp = self
+            .inner
+            .clock
+            .read()
+            .expect("log clock lock")
+            .now()
+            .timestamp();
         let mut aside = dir.join(format!("log.damaged-{stamp}"));
         let mut n = 1;
         while aside.exists() {
@@ -1099,8 +1112,13 @@ mod tests {
     use super::*;
     use crate::event::{Event, Payload, StepRef};
 
+    /// A fixed time: what the records say is not what these tests look at.
+    fn at() -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp(1_700_000_000, 0).expect("a valid time")
+    }
+
     fn records(run_count: usize, per_run: u64) -> Vec<Vec<(RunId, u64, Vec<u8>)>> {
-        let at = chrono::Utc::now();
+        let at = at();
         let mut out = Vec::new();
         for n in 0..run_count {
             let run = RunId::new();
@@ -1118,6 +1136,38 @@ mod tests {
             out.push(recs);
         }
         out
+    }
+
+    /// `waymark recover` names the store it moves aside by the log's clock, not the machine's:
+    /// a log on simulated time (its engine's clock passed on by `Log::use_clock`) gets a name
+    /// from that time.
+    #[test]
+    fn salvage_names_the_kept_store_by_the_logs_clock() {
+        struct Fixed;
+        impl crate::clock::Clock for Fixed {
+            fn now(&self) -> chrono::DateTime<chrono::Utc> {
+                at()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let runs = records(1, 2);
+        let log = super::super::Log::new(SegmentBackend::open(dir.path()).unwrap());
+        super::super::EventLog::use_clock(&log, Arc::new(Fixed));
+        let backend = log.backend().clone();
+        backend
+            .commit(WriteBatch {
+                records: runs[0].clone(),
+                ..WriteBatch::default()
+            })
+            .unwrap();
+        drop(log);
+        let salvaged = backend.salvage().unwrap();
+        assert_eq!(
+            salvaged.moved_aside,
+            dir.path().join(format!("log.damaged-{}", at().timestamp())),
+            "{salvaged:?}"
+        );
+        assert_eq!((salvaged.runs, salvaged.records), (1, 2), "{salvaged:?}");
     }
 
     /// A record whose frame header is damaged is recognised through the hash chain and kept.
