@@ -155,6 +155,8 @@ impl Context {
         let sleep = tokio::time::sleep(d);
         tokio::pin!(sleep);
         tokio::select! {
+            // In this order, not tokio's random one: a simulation replays the same choice.
+            biased;
             () = &mut sleep => true,
             closed = async { rx.wait_for(|c| *c).await.is_err() } => {
                 if !closed {

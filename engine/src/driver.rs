@@ -618,6 +618,8 @@ impl RunShared {
             Action::Finish => Next::Finish,
             Action::WaitUntil(t) => {
                 tokio::select! {
+                    // In this order, not tokio's random one: a simulation replays the same choice.
+                    biased;
                     () = clock::sleep_until(self.services.clock.as_ref(), t) => {}
                     _ = rx.changed() => {}
                 }
@@ -917,6 +919,8 @@ async fn run_attempt(
         retryable: e.retryable,
     };
     tokio::select! {
+        // In this order, not tokio's random one: a simulation replays the same choice.
+        biased;
         r = timed => r.map_or_else(failed, AttemptResult::Completed),
         e = watchdog => failed(e),
         () = cancelled => AttemptResult::Cancelled,

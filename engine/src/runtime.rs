@@ -438,6 +438,8 @@ impl Engine {
             // so that resume and cancel work on it again, and the engine goes on.
             let driven = AssertUnwindSafe(driver::drive(shared, wf)).catch_unwind();
             let outcome = tokio::select! {
+                // In this order, not tokio's random one: a simulation replays the same choice.
+                biased;
                 o = driven => o.unwrap_or_else(|p| RunOutcome::Stopped(format!(
                     "the driver of run {run} panicked: {}; resume the run to go on",
                     driver::panic_message(p.as_ref())
