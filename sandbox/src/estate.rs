@@ -483,13 +483,13 @@ impl Shared {
             .take(system, request, |_| true)
     }
 
-    /// As [`Shared::fault_for`], among the rules whose kind `applies` (the others are left for
-    /// later requests, their count untouched).
-    pub fn fault_for_kinds(
+    /// As [`Shared::fault_for`], among the rules that `applies` (the others are left for later
+    /// requests, their count untouched).
+    pub fn fault_for_rules(
         &self,
         system: &str,
         request: &str,
-        applies: impl Fn(&FaultKind) -> bool,
+        applies: impl Fn(&Fault) -> bool,
     ) -> Option<FaultKind> {
         self.faults
             .lock()

@@ -98,19 +98,19 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// The first rule of `system` matching `request` whose kind `applies` and that still fires,
-    /// counted down; `None` when no rule applies.
+    /// The first rule of `system` matching `request` that `applies` and still fires, counted
+    /// down; `None` when no rule applies.
     pub fn take(
         &mut self,
         system: &str,
         request: &str,
-        applies: impl Fn(&FaultKind) -> bool,
+        applies: impl Fn(&Fault) -> bool,
     ) -> Option<FaultKind> {
         let rule = self.rules.iter_mut().find(|r| {
             r.system == system
                 && request.contains(&r.matching)
                 && r.remaining != Some(0)
-                && applies(&r.kind)
+                && applies(r)
         })?;
         if let Some(n) = rule.remaining.as_mut() {
             *n -= 1;

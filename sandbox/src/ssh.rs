@@ -11,7 +11,8 @@
 //! - Authentication: public key only, exactly the client key (any user name).
 //! - Faults (`system: "ssh"`, and `"yb-admin"` for the `yb-admin` / `yb-ts-cli` commands):
 //!   checked once per connection with the node name as the request (only the kinds a connection
-//!   can show: `Refused` resets it, `Drop` and `Throttle` close it before the banner, `Timeout`
+//!   can show, and a rule the node name alone matches with such a kind is the connection's, not
+//!   looked at again per command: `Refused` resets it, `Drop` and `Throttle` close it before the banner, `Timeout`
 //!   keeps it silent, `Delay` answers later, an `Exit` applies to its first command), and once
 //!   per command with `NODE COMMAND`: `Refused`/`Drop` disconnect before it runs, `Timeout`
 //!   never answers, `Exit`/`Status` fail it, `WrongAnswer` exits 0 with output that is not the
@@ -33,7 +34,7 @@ use russh::server::{self, Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey}
 use russh::{Channel, ChannelId, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 
-use crate::estate::{FaultKind, Shared};
+use crate::estate::{Fault, FaultKind, Shared};
 use crate::yb::{self, ExecOutput};
 
 /// The sandbox's SSH host key and the client key it authorises.
@@ -168,20 +169,10 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
         };
         let config = config.clone();
         tokio::spawn(async move {
-            let at_connect = |k: &FaultKind| {
-                matches!(
-                    k,
-                    FaultKind::Refused
-                        | FaultKind::Drop
-                        | FaultKind::Throttle
-                        | FaultKind::Timeout
-                        | FaultKind::Delay(_)
-                        | FaultKind::Exit(..)
-                )
-            };
+            let node = connection.node.clone();
             match connection
                 .shared
-                .fault_for_kinds("ssh", &connection.node, at_connect)
+                .fault_for_rules("ssh", &node, |r| at_connect(&r.kind))
             {
                 Some(FaultKind::Refused) => {
                     let _ = socket.set_zero_linger();
@@ -201,7 +192,6 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
                 _ => {}
             }
             let _ = socket.set_nodelay(true);
-            let node = connection.node.clone();
             match server::run_stream(config, socket, connection).await {
                 Ok(session) => {
                     if let Err(e) = session.await {
@@ -212,6 +202,19 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
             }
         });
     }
+}
+
+/// The fault kinds a connection shows (matched at connect, with the node name as the request).
+fn at_connect(kind: &FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::Refused
+            | FaultKind::Drop
+            | FaultKind::Throttle
+            | FaultKind::Timeout
+            | FaultKind::Delay(_)
+            | FaultKind::Exit(..)
+    )
 }
 
 /// Whether a command line runs `yb-admin` or `yb-ts-cli` (behind `sudo`, by path or not): the
@@ -299,10 +302,17 @@ impl server::Handler for Connection {
         } else {
             let request = format!("{} {command}", self.node);
             let tool = yb_tool(&command);
-            let fault = self.shared.fault_for("ssh", &request).or_else(|| {
-                tool.then(|| self.shared.fault_for("yb-admin", &request))
-                    .flatten()
-            });
+            // A rule the node name alone matches, of a kind a connection shows, is the
+            // connection's: it fired (or will fire) at connect, not again per command.
+            let node = &self.node;
+            let per_command = |r: &Fault| !(node.contains(&r.matching) && at_connect(&r.kind));
+            let fault = self
+                .shared
+                .fault_for_rules("ssh", &request, per_command)
+                .or_else(|| {
+                    tool.then(|| self.shared.fault_for("yb-admin", &request))
+                        .flatten()
+                });
             let failed = |exit: u32, stderr: String| ExecOutput {
                 exit,
                 stdout: String::new(),

@@ -4,6 +4,10 @@
 //! the invariant monitor's `invariants.json`, which the sandbox feeds from its own ground truth.
 //! The last tests run today's per-node gate against a lagging sandbox and show it letting two
 //! tservers be down at once (and, as a control, not without the lag).
+//!
+//! issue 13: the sandbox on paused tokio time (`Clock::simulated`, in memory, seeded): real
+//! durations pass in simulated time, every fault kind of every system shows to its client, the
+//! same seed and calls give the same answers and effects.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,7 +26,9 @@ use waymark_activities::yb::{
 };
 use waymark_engine::Activity;
 use waymark_sandbox::elb::{target_group_name, yb_target_group_name, YB_LOAD_BALANCER};
-use waymark_sandbox::{read_invariants, Invariants, Sandbox, Spec, Timing};
+use waymark_sandbox::{
+    read_invariants, Clock, Fault, FaultKind, Faults, Invariants, Options, Sandbox, Spec, Timing,
+};
 use waymark_workflows::inventory::Inventory;
 
 use crate::util::{activity_ctx, temp_dir};
@@ -1085,4 +1091,495 @@ async fn a_restart_retried_while_the_first_still_stops_the_unit_restarts_it_once
         .filter(|e| e.target == "yb-a-2/yb-tserver" && e.action == "restart")
         .count();
     assert_eq!(restarts, 1, "the unit was restarted once");
+}
+
+// ---- issue 13: the sandbox on simulated time, and every fault kind of every system ----
+
+/// The simulated epoch of the paused-time tests.
+fn epoch() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339("2026-03-01T02:00:00Z")
+        .expect("epoch")
+        .with_timezone(&chrono::Utc)
+}
+
+/// A sandbox at real durations (time scale 1.0) on a simulated clock, in memory, seeded, in a
+/// temp dir; and its inventory. Call it on a paused runtime.
+async fn simulated(seed: u64) -> (tempfile::TempDir, Sandbox, Inventory) {
+    let dir = temp_dir();
+    let options = Options {
+        clock: Clock::simulated(epoch()),
+        seed: Some(seed),
+        in_memory: true,
+        tick_ms: Some(100),
+    };
+    let sb = Sandbox::start_with(dir.path(), &Spec::default().with_time_scale(1.0), &options)
+        .await
+        .expect("sandbox starts");
+    let inv = Inventory::load(&dir.path().join("inventory.toml")).expect("sandbox inventory");
+    (dir, sb, inv)
+}
+
+/// Simulated seconds since `since`.
+fn simulated_secs(since: tokio::time::Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+/// A stopped tserver at real durations on paused time: the leader master keeps it ALIVE with a
+/// heartbeat age that grows with simulated time, and calls it DEAD only after 60 s without a
+/// heartbeat; the in-memory sandbox writes no state, effect or monitor file, yet answers both
+/// from memory.
+#[tokio::test(start_paused = true)]
+async fn on_paused_time_a_stopped_tserver_ages_alive_then_is_dead_after_60_simulated_seconds() {
+    let wall = std::time::Instant::now();
+    let (dir, sb, inv) = simulated(7).await;
+    let stop = tokio::time::Instant::now();
+    // Blocks for the graceful stop (5 s, simulated); heartbeats stop when it begins.
+    let out = on(&inv, "yb-a-2", "sudo systemctl stop yb-tserver").await;
+    assert_eq!(out.exit_status, 0, "{out:?}");
+    assert!(
+        simulated_secs(stop) >= 5.0,
+        "the stop blocked for the graceful stop"
+    );
+    let (alive, first_hb, uptime) = tserver_entry(&inv, "yb-a-2").await.expect("listed");
+    assert!(alive, "ALIVE right after the stop");
+    assert!(uptime >= 3600, "with the old process's uptime ({uptime} s)");
+    assert!(
+        first_hb >= 5.0,
+        "heartbeat as old as the stop: {first_hb} s"
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (alive, hb, _) = tserver_entry(&inv, "yb-a-2").await.expect("listed");
+    assert!(alive, "still ALIVE 25 s after the stop began");
+    assert!(
+        hb >= first_hb + 20.0,
+        "the heartbeat age grows with simulated time: {first_hb} s, then {hb} s"
+    );
+    let mut last = (alive, hb);
+    while last.0 {
+        assert!(
+            simulated_secs(stop) < 120.0,
+            "the master never marked yb-a-2 DEAD: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (alive, hb, _) = tserver_entry(&inv, "yb-a-2").await.expect("listed");
+        last = (alive, hb);
+    }
+    let dead_after = simulated_secs(stop);
+    assert!(
+        (60.0..62.0).contains(&dead_after),
+        "DEAD once 60 s passed without a heartbeat, not before: {dead_after} s"
+    );
+    assert!(last.1 >= 60.0, "{last:?}");
+    let health = inv.masters().health(1).await.expect("health");
+    assert_eq!(health.dead_nodes.len(), 1, "{health:?}");
+    // In memory: the monitor and the effects answer, no file is written.
+    let invariants = sb.shared().invariants();
+    assert_eq!(invariants.max_tservers_down, 1, "{invariants:?}");
+    assert_eq!(invariants.now.tservers_down, ["yb-a-2"], "{invariants:?}");
+    let effects = sb.shared().effects();
+    assert!(
+        effects
+            .iter()
+            .any(|e| e.target == "yb-a-2/yb-tserver" && e.action == "stop"),
+        "{effects:?}"
+    );
+    let stamped = effects[0].time.timestamp_millis() - epoch().timestamp_millis();
+    assert!(
+        (0..1_000).contains(&stamped),
+        "effects are stamped on the simulated clock (the stop began at its start): {effects:?}"
+    );
+    for file in [
+        "state.json",
+        "effects.jsonl",
+        "invariants.json",
+        "faults.json",
+    ] {
+        assert!(
+            !dir.path().join(file).exists(),
+            "{file} written in memory mode"
+        );
+    }
+    eprintln!(
+        "a tserver DEAD after {dead_after:.1} s simulated, in {:?} of wall time",
+        wall.elapsed()
+    );
+}
+
+/// What the client of a request saw.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// The connection was reset (RST), nothing answered.
+    Reset,
+    /// Closed without a byte of answer.
+    Closed,
+    /// No answer within the client's timeout.
+    Silent,
+    /// Some bytes, then the connection ended: an incomplete HTTP answer.
+    Cut(usize),
+    /// A complete answer: status and body.
+    Answer(u16, String),
+}
+
+/// The raw HTTP client's timeout (simulated).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One HTTP/1.1 request, classified by what came back (a timeout of [`CLIENT_TIMEOUT`]).
+async fn raw_http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> Seen {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        if method == "PATCH" {
+            req.push_str("Content-Type: application/merge-patch+json\r\n");
+        } else if method == "POST" {
+            req.push_str(
+                "Content-Type: application/x-www-form-urlencoded\r\nAuthorization: \
+                 AWS4-HMAC-SHA256 Credential=AKIDTEST/20260101/us-east-1/elasticloadbalancing/\
+                 aws4_request, SignedHeaders=host, Signature=0\r\n",
+            );
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).await.expect("send");
+        let mut raw = Vec::new();
+        match s.read_to_end(&mut raw).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset && raw.is_empty() => {
+                Seen::Reset
+            }
+            Err(e) => panic!(
+                "{method} {path}: read failed after {} bytes: {e}",
+                raw.len()
+            ),
+            Ok(_) if raw.is_empty() => Seen::Closed,
+            Ok(_) => {
+                let text = String::from_utf8_lossy(&raw).into_owned();
+                let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+                    return Seen::Cut(raw.len());
+                };
+                let lower = head.to_ascii_lowercase();
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let length = lower
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if lower.contains("transfer-encoding: chunked") {
+                    if !rest.ends_with("0\r\n\r\n") {
+                        return Seen::Cut(raw.len());
+                    }
+                    return Seen::Answer(status, dechunk(rest));
+                }
+                match length {
+                    Some(n) if rest.len() < n => Seen::Cut(raw.len()),
+                    _ => Seen::Answer(status, rest.to_owned()),
+                }
+            }
+        }
+    };
+    tokio::time::timeout(CLIENT_TIMEOUT, exchange)
+        .await
+        .unwrap_or(Seen::Silent)
+}
+
+/// One probe of a system: what its client saw, and how long it took (simulated).
+#[derive(Debug)]
+struct Probe {
+    seen: Seen,
+    took: Duration,
+    /// The client's own timeout for what the fault delays (the SSH probe's: to connect, or the
+    /// command's for `yb-admin`).
+    timeout: Duration,
+}
+
+/// What a client sees of one request to `system` (the requests the faults below match).
+async fn probe(sb: &Sandbox, inv: &Inventory, system: &str) -> Probe {
+    let start = tokio::time::Instant::now();
+    let mut timeout = CLIENT_TIMEOUT;
+    let seen = match system {
+        "k8s" => {
+            raw_http(
+                sb.endpoints().k8s,
+                "GET",
+                "/apis/apps/v1/namespaces/prod/deployments/fp",
+                "",
+            )
+            .await
+        }
+        "yb" => {
+            raw_http(
+                sb.endpoints().yb_masters["yb-a-1"],
+                "GET",
+                "/api/v1/tablet-servers",
+                "",
+            )
+            .await
+        }
+        "elb" => {
+            raw_http(
+                sb.endpoints().elb,
+                "POST",
+                "/",
+                "Version=2015-12-01&Action=DescribeLoadBalancers",
+            )
+            .await
+        }
+        "ssh" | "yb-admin" => {
+            let command = if system == "ssh" {
+                "systemctl is-active yb-tserver".to_owned()
+            } else {
+                format!(
+                    "'/home/yugabyte/bin/yb-admin' -master_addresses {} list_all_masters",
+                    inv.master_rpc().join(",")
+                )
+            };
+            let node = &inv
+                .yugabyte
+                .nodes
+                .iter()
+                .find(|n| n.name == "yb-a-1")
+                .expect("yb-a-1");
+            let target = inv.ssh_target(node);
+            timeout = Duration::from_millis(if system == "ssh" {
+                target.connect_timeout_ms
+            } else {
+                target.command_timeout_ms
+            });
+            match ssh::run(&target, &command).await {
+                // An SSH answer: the exit status as the status, stdout and stderr as the body.
+                Ok(out) => Seen::Answer(
+                    u16::try_from(out.exit_status).unwrap_or(u16::MAX),
+                    format!("{}{}", out.stdout, out.stderr),
+                ),
+                Err(ssh::Error::ConnectTimeout { .. } | ssh::Error::CommandTimeout { .. }) => {
+                    Seen::Silent
+                }
+                Err(_) => Seen::Closed,
+            }
+        }
+        other => panic!("no probe for system {other}"),
+    };
+    Probe {
+        seen,
+        took: start.elapsed(),
+        timeout,
+    }
+}
+
+/// The request text each system's probe is matched by.
+fn probe_matching(system: &str) -> &'static str {
+    match system {
+        "k8s" => "GET prod/fp",
+        "yb" => "GET /api/v1/tablet-servers",
+        "elb" => "DescribeLoadBalancers",
+        "ssh" => "yb-a-1",
+        _ => "list_all_masters",
+    }
+}
+
+/// Whether `probe` is a normal answer of `system`.
+fn normal(system: &str, probe: &Probe) -> bool {
+    match (&probe.seen, system) {
+        (Seen::Answer(200, body), "k8s") => body.contains("\"kind\":\"Deployment\""),
+        (Seen::Answer(200, body), "yb") => body.contains("\"status\":\"ALIVE\""),
+        (Seen::Answer(200, body), "elb") => body.contains("<DescribeLoadBalancersResponse"),
+        (Seen::Answer(0, body), "ssh") => body == "active\n",
+        (Seen::Answer(0, body), "yb-admin") => body.matches(":7100").count() == 3,
+        _ => false,
+    }
+}
+
+/// Whether `probe` shows fault `kind` of `system` as its client would see it.
+fn shows(system: &str, kind: &FaultKind, probe: &Probe) -> bool {
+    let ssh_like = system == "ssh" || system == "yb-admin";
+    match kind {
+        FaultKind::Refused | FaultKind::Cut if ssh_like => probe.seen == Seen::Closed,
+        FaultKind::Refused => probe.seen == Seen::Reset,
+        // Silent until the client's own timeout.
+        FaultKind::Timeout => probe.seen == Seen::Silent && probe.took >= probe.timeout,
+        FaultKind::Status(code) => matches!(&probe.seen, Seen::Answer(c, _) if c == code),
+        FaultKind::Exit(code, stderr) => {
+            probe.seen == Seen::Answer(u16::try_from(*code).unwrap_or(0), stderr.clone())
+        }
+        FaultKind::Throttle => match (system, &probe.seen) {
+            ("k8s", Seen::Answer(429, body)) => body.contains("TooManyRequests"),
+            ("elb", Seen::Answer(400, body)) => body.contains("<Code>Throttling</Code>"),
+            ("yb", Seen::Answer(503, _)) | ("ssh", Seen::Closed) => true,
+            ("yb-admin", Seen::Answer(1, body)) => body.contains("Service unavailable"),
+            _ => false,
+        },
+        FaultKind::Cut => matches!(probe.seen, Seen::Cut(n) if n > 0),
+        FaultKind::WrongAnswer if ssh_like => {
+            matches!(&probe.seen, Seen::Answer(0, _)) && !normal(system, probe)
+        }
+        FaultKind::WrongAnswer => {
+            matches!(&probe.seen, Seen::Answer(200, body) if body.starts_with("<html>"))
+        }
+        FaultKind::Delay(ms) => normal(system, probe) && probe.took >= Duration::from_millis(*ms),
+        FaultKind::Drop => matches!(probe.seen, Seen::Closed | Seen::Reset),
+    }
+}
+
+/// Every fault kind of the catalogue, for every system, on paused time: the client sees it
+/// (refused, timeout, 5xx or a failed command, throttle, cut mid-answer, wrong answer, slow)
+/// exactly `k` times for a transient fault of `k`, then the normal answer again; a persistent
+/// fault keeps showing.
+#[tokio::test(start_paused = true)]
+async fn every_fault_kind_of_every_system_shows_to_its_client_and_a_transient_one_clears_after_k() {
+    let (_dir, sb, inv) = simulated(11).await;
+    for system in waymark_sandbox::faults::SYSTEMS {
+        let first = probe(&sb, &inv, system).await;
+        assert!(
+            normal(system, &first),
+            "{system} without a fault: {first:?}"
+        );
+    }
+    let mut shown = Vec::new();
+    for (system, kind) in waymark_sandbox::catalogue() {
+        // Transient: k = 2.
+        sb.shared().set_faults(Faults {
+            rules: vec![Fault {
+                system: system.clone(),
+                matching: probe_matching(&system).into(),
+                kind: kind.clone(),
+                remaining: Some(2),
+            }],
+        });
+        for attempt in 1..=2 {
+            let p = probe(&sb, &inv, &system).await;
+            assert!(
+                shows(&system, &kind, &p),
+                "{system} {kind:?}, attempt {attempt} of 2: the client saw {p:?}"
+            );
+            if !kind.carried_out() {
+                assert!(!normal(&system, &p), "{system} {kind:?}: {p:?}");
+            }
+        }
+        let after = probe(&sb, &inv, &system).await;
+        assert!(
+            normal(&system, &after) && after.took < Duration::from_millis(500),
+            "{system} {kind:?} cleared after 2: {after:?}"
+        );
+        shown.push(format!("{system}:{}", kind.name()));
+    }
+    // Persistent: still there after many requests.
+    sb.shared().set_faults(Faults {
+        rules: vec![Fault {
+            system: "k8s".into(),
+            matching: probe_matching("k8s").into(),
+            kind: FaultKind::Status(500),
+            remaining: None,
+        }],
+    });
+    for _ in 0..5 {
+        let p = probe(&sb, &inv, "k8s").await;
+        assert!(shows("k8s", &FaultKind::Status(500), &p), "{p:?}");
+    }
+    assert_eq!(shown.len(), 35, "{shown:?}");
+    eprintln!("faults shown: {}", shown.join(" "));
+}
+
+/// A cut answer still carries the request out (the effect happens, the answer is lost), for a
+/// Kubernetes scale and for a `systemctl restart` over SSH; a refused one does not.
+#[tokio::test(start_paused = true)]
+async fn a_cut_answer_carries_the_request_out_a_refused_one_does_not() {
+    let (_dir, sb, inv) = simulated(3).await;
+    let k8s = sb.endpoints().k8s;
+    let scale = |n: u32| async move {
+        let body = format!("{{\"spec\":{{\"replicas\":{n}}}}}");
+        raw_http(
+            k8s,
+            "PATCH",
+            "/apis/apps/v1/namespaces/prod/deployments/fp/scale",
+            &body,
+        )
+        .await
+    };
+    let fault = |system: &str, matching: &str, kind: FaultKind| Faults {
+        rules: vec![Fault {
+            system: system.into(),
+            matching: matching.into(),
+            kind,
+            remaining: Some(1),
+        }],
+    };
+    let scales = || {
+        sb.shared()
+            .effects()
+            .iter()
+            .filter(|e| e.system == "k8s" && e.target == "prod/fp")
+            .count()
+    };
+    sb.shared()
+        .set_faults(fault("k8s", "PATCH prod/fp/scale", FaultKind::Refused));
+    assert_eq!(scale(4).await, Seen::Reset);
+    assert_eq!(scales(), 0, "refused: not carried out");
+    sb.shared()
+        .set_faults(fault("k8s", "PATCH prod/fp/scale", FaultKind::Cut));
+    assert!(matches!(scale(4).await, Seen::Cut(_)));
+    assert_eq!(scales(), 1, "cut: carried out, {:?}", sb.shared().effects());
+    let replicas = sb
+        .shared()
+        .read(|st| st.k8s.deployments["prod/fp"].replicas);
+    assert_eq!(replicas, 4);
+
+    let node = inv
+        .yugabyte
+        .nodes
+        .iter()
+        .find(|n| n.name == "yb-a-3")
+        .expect("yb-a-3");
+    let restarts = || {
+        sb.shared()
+            .effects()
+            .iter()
+            .filter(|e| e.target == "yb-a-3/yb-tserver" && e.action == "restart")
+            .count()
+    };
+    sb.shared().set_faults(fault(
+        "ssh",
+        "systemctl restart yb-tserver",
+        FaultKind::Refused,
+    ));
+    let r = ssh::run(&inv.ssh_target(node), "sudo systemctl restart yb-tserver").await;
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(restarts(), 0, "refused: not carried out");
+    sb.shared()
+        .set_faults(fault("ssh", "systemctl restart yb-tserver", FaultKind::Cut));
+    let r = ssh::run(&inv.ssh_target(node), "sudo systemctl restart yb-tserver").await;
+    assert!(r.is_err(), "the answer is lost: {r:?}");
+    assert_eq!(restarts(), 1, "cut: carried out");
+}
+
+/// The same seed and the same calls at the same simulated times give the same answers (the
+/// `ELBv2` request ids included) and the same effects, timestamps and all.
+#[tokio::test(start_paused = true)]
+async fn the_same_seed_and_calls_give_the_same_answers_and_effects() {
+    async fn session(seed: u64) -> (Vec<Seen>, Vec<waymark_sandbox::Effect>) {
+        let (_dir, sb, inv) = simulated(seed).await;
+        let mut answers = vec![probe(&sb, &inv, "elb").await.seen];
+        let out = on(&inv, "yb-b-3", "sudo systemctl restart yb-tserver").await;
+        answers.push(Seen::Answer(0, format!("{out:?}")));
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        answers.push(probe(&sb, &inv, "yb").await.seen);
+        answers.push(probe(&sb, &inv, "elb").await.seen);
+        let effects = sb.shared().effects();
+        sb.stop();
+        (answers, effects)
+    }
+    let one = session(42).await;
+    let two = session(42).await;
+    let three = session(43).await;
+    assert_eq!(one.0, two.0, "same seed, same answers");
+    assert_eq!(one.1.len(), 1, "one restart: {:?}", one.1);
+    assert_eq!(one.1, two.1, "same effects at the same simulated times");
+    assert_ne!(
+        one.0[0], three.0[0],
+        "another seed, other ELBv2 request ids"
+    );
 }
