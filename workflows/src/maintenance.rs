@@ -1279,27 +1279,37 @@ pub fn abnormal_mirrormaker(mirrormaker: &BTreeMap<String, i32>) -> Vec<String> 
         .collect()
 }
 
-/// Whether two recorded operators are the same person for `run.approver_must_differ`: by uid
-/// when both name one (`alice (uid 1000)` from the CLI is `alice (uid 1000) via web session 3
-/// from 10.0.0.5` on the web page), else by what they are without where they came from (every
-/// holder of the daemon's one TCP token is `token holder`, whatever its address).
+/// Whether two recorded operators are the same person for `run.approver_must_differ`: the same
+/// name and uid whether through the CLI or the web page (`alice (uid 1000)` is `alice (uid 1000)
+/// via web session 3 from 10.0.0.5`); a bare `uid N` (no user name known) is anyone of that uid;
+/// every holder of the daemon's one TCP token is `token holder`, whatever its address.
 pub fn same_operator(a: &str, b: &str) -> bool {
-    operator_identity(a) == operator_identity(b)
+    let (a, b) = (operator_identity(a), operator_identity(b));
+    if a == b {
+        return true;
+    }
+    if a.starts_with("uid ") || b.starts_with("uid ") {
+        return uid_of(a).is_some() && uid_of(a) == uid_of(b);
+    }
+    false
 }
 
+/// The operator without where it came from.
 fn operator_identity(operator: &str) -> &str {
-    if let Some(start) = operator.find("(uid ") {
-        let rest = &operator[start + 1..];
-        if let Some(end) = rest.find(')') {
-            return &rest[..end];
-        }
-    }
     let cut = [" via ", " from ", " at "]
         .iter()
         .filter_map(|sep| operator.find(sep))
         .min()
         .unwrap_or(operator.len());
     operator[..cut].trim()
+}
+
+fn uid_of(operator: &str) -> Option<&str> {
+    let rest = operator.strip_prefix("uid ").or_else(|| {
+        let start = operator.find("(uid ")?;
+        operator[start + 5..].strip_suffix(')')
+    })?;
+    Some(rest)
 }
 
 #[cfg(test)]
@@ -1315,7 +1325,13 @@ mod tests {
             "alice (uid 1000) via web session 3 from 10.0.0.5"
         ));
         assert!(same_operator("uid 1000", "alice (uid 1000)"));
+        assert!(!same_operator("uid 1001", "alice (uid 1000)"));
         assert!(!same_operator("alice (uid 1000)", "bob (uid 1001)"));
+        // Two people sharing one account are told apart by their names.
+        assert!(!same_operator(
+            "alice (uid 0)",
+            "bob (uid 0) via web session 1 from ::1"
+        ));
         assert!(same_operator(
             "token holder from 10.0.0.5:41234",
             "token holder from 10.0.0.9:50000"
