@@ -13,10 +13,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 pub use crate::clock::Clock;
+use crate::elb::model as elb;
 pub use crate::faults::{Fault, FaultKind, Faults};
+use crate::k8s::model as k8s;
 use crate::monitor::{Invariants, Truth};
 pub use crate::spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};
-use crate::{elb, k8s, yb};
+use crate::yb::model as yb;
 
 /// Everything the simulated systems hold, persisted as `state.json`.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -37,15 +37,16 @@
 //! looked up with the text `Action ARN [target ids]` (for example
 //! `RegisterTargets arn:aws:...:targetgroup/aws-useast1-prod-a-yb-ext-prod/... 10.20.2.14`):
 //! `Status(5xx)` answers `InternalFailure` (`ServiceUnavailable` for 503), `Status(400)` and
-//! `Throttle` answer 400 `Throttling`, `Status(403)` `AccessDenied`, `Delay(ms)` answers late, and
-//! `Drop` closes the connection without an answer.
+//! `Throttle` answer 400 `Throttling`, `Status(403)` `AccessDenied`; the other kinds (refused,
+//! timeout, cut mid-answer, wrong answer, slow, drop) as every HTTP system
+//! ([`crate::conn::act_out`]).
 //!
 //! Files: `model.rs` (the resources and their health over time: [`State`], below the estate),
-//! `wire.rs` (the query protocol: form parameters, XML answers, error answers, connections a
-//! fault drops) and `handlers.rs` (one function per action, on [`Shared`](crate::Shared)).
+//! `wire.rs` (the query protocol: form parameters, XML answers, error answers; the connections
+//! are [`crate::conn`]'s) and `handlers.rs` (one function per action, on [`Shared`](crate::Shared)).
 
 mod handlers;
-mod model;
+pub mod model;
 mod wire;
 
 pub use handlers::serve;
