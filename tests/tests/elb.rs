@@ -140,8 +140,8 @@ fn register_input(conn: &ElbConnection, tg: &str, target: &str) -> RegisterTarge
         target_id: target.to_owned(),
         port: Some(5433),
         availability_zone: None,
-        healthy_timeout_secs: 30,
-        poll_interval_ms: 20,
+        timeout_secs: 30,
+        poll_ms: 20,
     }
 }
 
@@ -643,8 +643,8 @@ async fn a_target_that_stays_unhealthy_fails_without_retry_with_the_reason() {
         st.elb.failing_targets.insert(TARGET.to_owned());
     });
     let input = RegisterTargetInput {
-        healthy_timeout_secs: 1,
-        poll_interval_ms: 50,
+        timeout_secs: 1,
+        poll_ms: 50,
         ..register_input(&env.conn, &env.arns.tg_a, TARGET)
     };
     let ctx = activity_ctx();
@@ -680,7 +680,7 @@ async fn the_healthy_wait_has_one_deadline_from_the_first_scheduling() {
     let mut ctx = activity_ctx();
     ctx.scheduled_at = chrono::Utc::now() - chrono::Duration::seconds(60);
     let input = RegisterTargetInput {
-        healthy_timeout_secs: 30,
+        timeout_secs: 30,
         ..register_input(&env.conn, &env.arns.tg_a, TARGET)
     };
     let e = fatal(
@@ -722,7 +722,7 @@ async fn sandbox_targets_pass_through_initial_before_healthy() {
         });
     });
     let input = RegisterTargetInput {
-        healthy_timeout_secs: 0,
+        timeout_secs: 0,
         ..register_input(&env.conn, &tg, "10.20.2.20")
     };
     let e = fatal(

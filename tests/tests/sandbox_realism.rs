@@ -960,8 +960,8 @@ async fn todays_tserver_gates(dir: &Path, inv: &Inventory) -> Invariants {
                     unit: "yb-tserver".into(),
                     use_sudo: inv.ssh.use_sudo,
                     expected_invocation_id: before.invocation_id,
-                    active_timeout_ms: g.node_timeout_secs * 1000,
-                    poll_interval_ms: g.poll_ms,
+                    timeout_secs: g.node_timeout_secs,
+                    poll_ms: g.poll_ms,
                 },
             )
             .await
@@ -1078,8 +1078,8 @@ async fn a_restart_retried_while_the_first_still_stops_the_unit_restarts_it_once
                 unit: "yb-tserver".into(),
                 use_sudo: true,
                 expected_invocation_id: before.invocation_id.clone(),
-                active_timeout_ms: 60_000,
-                poll_interval_ms: 20,
+                timeout_secs: 60,
+                poll_ms: 20,
             },
         )
         .await

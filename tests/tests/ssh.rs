@@ -254,8 +254,8 @@ fn restart_input(target: &SshTarget, expected: &str) -> RestartInput {
         unit: UNIT.into(),
         use_sudo: true,
         expected_invocation_id: expected.into(),
-        active_timeout_ms: 30_000,
-        poll_interval_ms: 20,
+        timeout_secs: 30,
+        poll_ms: 20,
     }
 }
 

@@ -90,7 +90,9 @@ impl Workflow for YbMaintenance {
     ///
     /// 7: the approval is one engine wait for a signal with a deadline (`SignalWaitStarted`),
     /// and `run.approver_must_differ` is enforced: the starter's own `approve` is ignored
-    /// (journaled as a note). Version 6 histories are refused.
+    /// (journaled as a note). Every wait's input names its limits `timeout_secs` and `poll_ms`
+    /// (`ssh.systemd_restart` had `active_timeout_ms`/`poll_interval_ms`, `elb.register_target`
+    /// `healthy_timeout_secs`/`poll_interval_ms`). Version 6 histories are refused.
     const VERSION: u32 = 7;
     type Input = Inventory;
     type Output = Summary;
@@ -935,8 +937,8 @@ impl Maintenance {
                 unit: unit.to_owned(),
                 use_sudo: self.inv.ssh.use_sudo,
                 expected_invocation_id: before.invocation_id.clone(),
-                active_timeout_ms: g.node_timeout_secs.saturating_mul(1000),
-                poll_interval_ms: g.poll_ms,
+                timeout_secs: g.node_timeout_secs,
+                poll_ms: g.poll_ms,
             })
             .label(format!("{n}. restart {unit} on {name}"))
             .start_to_close(limit)
@@ -1027,8 +1029,8 @@ impl Maintenance {
                 unit: unit.to_owned(),
                 use_sudo: self.inv.ssh.use_sudo,
                 expected_invocation_id: before.invocation_id,
-                active_timeout_ms: self.gates().node_timeout_secs.saturating_mul(1000),
-                poll_interval_ms: self.gates().poll_ms,
+                timeout_secs: self.gates().node_timeout_secs,
+                poll_ms: self.gates().poll_ms,
             })
             .label(format!("{n}. restart {unit} on {name}"))
             .start_to_close(limit)
@@ -1104,8 +1106,8 @@ impl Maintenance {
                 target_id: r.target_id.clone(),
                 port: r.port,
                 availability_zone: r.availability_zone.clone(),
-                healthy_timeout_secs: self.gates().target_healthy_timeout_secs,
-                poll_interval_ms: self.gates().poll_ms,
+                timeout_secs: self.gates().target_healthy_timeout_secs,
+                poll_ms: self.gates().poll_ms,
             })
             .label(format!(
                 "{REGISTER_NEW_NODE}. register {} in the target group",

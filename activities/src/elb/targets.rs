@@ -175,9 +175,9 @@ pub struct RegisterTargetInput {
     pub availability_zone: Option<String>,
     /// The wait's one deadline, seconds after the step was first scheduled: the target must be
     /// `healthy` by then (final when passed, not retried).
-    pub healthy_timeout_secs: u64,
-    /// Pause between two `DescribeTargetHealth` calls.
-    pub poll_interval_ms: u64,
+    pub timeout_secs: u64,
+    /// Pause between two `DescribeTargetHealth` calls, ms.
+    pub poll_ms: u64,
 }
 
 impl RegisterTargetInput {
@@ -216,7 +216,7 @@ pub struct RegisterTargetOutput {
 ///
 /// Checks first: a target already registered is not registered again (`already: true`; if it is
 /// not yet healthy, the activity still waits for it). Each poll heartbeats the state. A target
-/// not healthy after `healthy_timeout_secs` fails the step without retry, with the last state
+/// not healthy after `timeout_secs` fails the step without retry, with the last state
 /// and reason.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RegisterTarget;
@@ -249,14 +249,13 @@ impl RegisterTarget {
         }
         // One deadline, counted from the step's first scheduling: a retried or resumed attempt
         // waits only for what is left of it; transient errors are looked past within it.
-        let deadline =
-            Deadline::after_scheduling(ctx, Duration::from_secs(input.healthy_timeout_secs));
+        let deadline = Deadline::after_scheduling(ctx, Duration::from_secs(input.timeout_secs));
         let what = format!("{SYSTEM} {} healthy", target.label());
         let looked = ctx
             .poll_until(
                 &what,
                 deadline,
-                Duration::from_millis(input.poll_interval_ms),
+                Duration::from_millis(input.poll_ms),
                 || async {
                     let health = client.target_health(&target).await?.unwrap_or(Health {
                         state: "unused".into(),
@@ -285,7 +284,7 @@ impl RegisterTarget {
                 endpoint: client.endpoint.clone(),
                 health: t.last,
                 deadline: t.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                timeout_secs: input.healthy_timeout_secs,
+                timeout_secs: input.timeout_secs,
             }),
             Err(WaitError::Failed(e)) => Err(e),
             Err(WaitError::Cancelled(_)) => Err(Error::Cancelled {

@@ -226,14 +226,14 @@ pub enum Error {
     },
     /// The restarted unit did not become active by the wait's deadline (final: another attempt
     /// would only wait again).
-    #[error("SSH to {addr}: systemd unit `{unit}` not active under a new InvocationID by its deadline {deadline} ({ms} ms after the restart step was first scheduled; final, not retried); last `systemctl show`: {last}; check `journalctl -u {unit}` on the host")]
+    #[error("SSH to {addr}: systemd unit `{unit}` not active under a new InvocationID by its deadline {deadline} ({secs} s after the restart step was first scheduled; final, not retried); last `systemctl show`: {last}; check `journalctl -u {unit}` on the host")]
     UnitNotActive {
         /// `host:port`.
         addr: String,
         /// The unit.
         unit: String,
         /// The wait's timeout.
-        ms: u64,
+        secs: u64,
         /// When the deadline passed (RFC 3339).
         deadline: String,
         /// The last state seen.

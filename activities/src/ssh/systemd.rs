@@ -138,10 +138,10 @@ impl Activity for SystemdShow {
     }
 }
 
-fn default_active_timeout_ms() -> u64 {
-    120_000
+fn default_timeout_secs() -> u64 {
+    120
 }
-fn default_poll_interval_ms() -> u64 {
+fn default_poll_ms() -> u64 {
     1000
 }
 
@@ -157,13 +157,13 @@ pub struct RestartInput {
     pub use_sudo: bool,
     /// The unit's `InvocationID` recorded (by a `ssh.systemd_show` step) before this step.
     pub expected_invocation_id: String,
-    /// The wait's one deadline, ms after the step was first scheduled (default 120,000): the unit
-    /// must be `active` under a new `InvocationID` by then (final when passed, not retried).
-    #[serde(default = "default_active_timeout_ms")]
-    pub active_timeout_ms: u64,
+    /// The wait's one deadline, seconds after the step was first scheduled (default 120): the
+    /// unit must be `active` under a new `InvocationID` by then (final when passed, not retried).
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
     /// Pause between `systemctl show` polls, ms (default 1,000).
-    #[serde(default = "default_poll_interval_ms")]
-    pub poll_interval_ms: u64,
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
 }
 
 /// Output of `ssh.systemd_restart`.
@@ -269,12 +269,12 @@ async fn wait_active(
 ) -> Result<(), Error> {
     let target = session.target();
     let what = format!("{unit} on {} active under a new InvocationID", target.host);
-    let deadline = Deadline::after_scheduling(ctx, Duration::from_millis(input.active_timeout_ms));
+    let deadline = Deadline::after_scheduling(ctx, Duration::from_secs(input.timeout_secs));
     let looked = ctx
         .poll_until(
             &what,
             deadline,
-            Duration::from_millis(input.poll_interval_ms),
+            Duration::from_millis(input.poll_ms),
             || async {
                 let state = show_unit(session, unit, input.use_sudo).await?;
                 let new_run = !state.invocation_id.is_empty()
@@ -314,7 +314,7 @@ async fn wait_active(
         Err(WaitError::Timeout(t)) => Err(Error::UnitNotActive {
             addr: target.addr(),
             unit: unit.to_owned(),
-            ms: input.active_timeout_ms,
+            secs: input.timeout_secs,
             deadline: t.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             last: t.last,
         }),
