@@ -382,6 +382,68 @@ fn crash_extensions(base: &Schedule, appends: u64) -> Vec<Schedule> {
     out
 }
 
+/// Greedy shrinking: leaves out one crash or fault at a time and keeps the smaller schedule
+/// whenever it still violates, until no item can go. Returns the schedule, its violations and
+/// how it ended.
+fn shrink_schedule(
+    run: &dyn Fn(&Schedule) -> Result<Execution, Error>,
+    schedule: &Schedule,
+    violations: Vec<String>,
+    progress: &mut dyn FnMut(&Execution),
+) -> Result<(Schedule, Vec<String>, String), Error> {
+    let mut best = schedule.clone();
+    let mut best_violations = violations;
+    let mut best_end = String::new();
+    'shrink: loop {
+        for smaller in best.smaller() {
+            let e = run(&smaller)?;
+            progress(&e);
+            if !e.violations.is_empty() {
+                best = smaller;
+                best_violations = e.violations;
+                e.end.name().clone_into(&mut best_end);
+                continue 'shrink;
+            }
+        }
+        break;
+    }
+    if best_end.is_empty() {
+        let e = run(&best)?;
+        best_violations = e.violations;
+        e.end.name().clone_into(&mut best_end);
+    }
+    Ok((best, best_violations, best_end))
+}
+
+/// Shrinks a violating reproduction to the fewest crashes and faults that still violate
+/// (`None` when it does not violate at all).
+pub fn shrink(
+    subject: &dyn Subject,
+    repro: &Reproduction,
+    options: &ExploreOptions,
+) -> Result<Option<Finding>, Error> {
+    let mut o = options.clone();
+    o.seed = repro.seed;
+    let exec_options = o.execution();
+    let run = |schedule: &Schedule| execute(subject, repro.seed, schedule, &exec_options);
+    let first = run(&repro.schedule)?;
+    if first.violations.is_empty() {
+        return Ok(None);
+    }
+    let (best, shrunk_violations, shrunk_end) =
+        shrink_schedule(&run, &repro.schedule, first.violations.clone(), &mut |_| {})?;
+    Ok(Some(Finding {
+        found: repro.clone(),
+        violations: first.violations,
+        shrunk: Reproduction {
+            seed: repro.seed,
+            schedule: best,
+        },
+        shrunk_violations,
+        shrunk_end,
+    }))
+}
+
 /// Runs one reproduction (`--seed SEED/SCHEDULE --replay`).
 pub fn replay(
     subject: &dyn Subject,
@@ -445,7 +507,7 @@ pub fn explore(
     progress(&plain);
     report.plain_appends = plain.appends.first().copied().unwrap_or(0);
     report.plain_steps = plain.steps.len();
-    report.plain_end = plain.end.name().to_owned();
+    plain.end.name().clone_into(&mut report.plain_end);
     report.plain_simulated = plain.simulated;
     record(&mut report, &plain);
 
@@ -488,25 +550,8 @@ pub fn explore(
             continue;
         }
         shrunk_kinds.push(kind);
-        let mut best = repro.schedule.clone();
-        let mut best_violations = violations.clone();
-        let mut best_end = String::new();
-        'shrink: loop {
-            for smaller in best.smaller() {
-                let e = run(&smaller)?;
-                progress(&e);
-                if !e.violations.is_empty() {
-                    best = smaller;
-                    best_violations = e.violations;
-                    best_end = e.end.name().to_owned();
-                    continue 'shrink;
-                }
-            }
-            break;
-        }
-        if best_end.is_empty() {
-            best_end = run(&best)?.end.name().to_owned();
-        }
+        let (best, best_violations, best_end) =
+            shrink_schedule(&run, &repro.schedule, violations.clone(), progress)?;
         report.findings.push(Finding {
             found: repro.clone(),
             violations,

@@ -22,7 +22,8 @@ pub mod subject;
 pub mod world;
 
 pub use explore::{
-    explore, replay, Crashes, ExploreOptions, FaultCoverage, FaultSteps, Faults, Finding, Report,
+    explore, replay, shrink, Crashes, ExploreOptions, FaultCoverage, FaultSteps, Faults, Finding,
+    Report,
 };
 pub use schedule::{Crash, FaultPlan, Reproduction, Schedule};
 pub use subject::YbMaintenance;

@@ -53,7 +53,7 @@ fn traffic(st: &Estate) -> (BTreeMap<String, BTreeMap<String, i32>>, u32) {
 }
 
 impl Subject for YbMaintenance {
-    fn workflow(&self) -> &str {
+    fn workflow(&self) -> &'static str {
         "yb-maintenance"
     }
 

@@ -390,3 +390,80 @@ fn end_of(engine: &Engine, run: RunId, outcome: RunOutcome) -> End {
         RunOutcome::Stopped(s) => End::Stopped(s),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Simulated time spent on `trips` one-byte round trips over loopback TCP on a paused
+    /// current-thread runtime, with one other timer pending `other_timer` away.
+    fn round_trips(trips: usize, other_timer: Duration, tick: Option<Duration>) -> Duration {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).await.is_ok() {
+                    if s.write_all(&b).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(tokio::time::sleep(other_timer));
+            if let Some(every) = tick {
+                tokio::spawn(async move {
+                    let mut i = tokio::time::interval(every);
+                    loop {
+                        i.tick().await;
+                    }
+                });
+            }
+            // The client is a spawned task too, as every activity of the engine is (the
+            // `block_on` future's own waker would unpark the driver).
+            tokio::spawn(async move {
+                let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let start = tokio::time::Instant::now();
+                let mut b = [0u8; 1];
+                for _ in 0..trips {
+                    c.write_all(b"x").await.unwrap();
+                    c.read_exact(&mut b).await.unwrap();
+                }
+                start.elapsed()
+            })
+            .await
+            .unwrap()
+        })
+    }
+
+    /// What the explorer's design rests on, measured (tokio 1.54): a request in flight on
+    /// loopback between two tasks of one current-thread runtime does not let paused time jump.
+    /// When every task waits, the time driver first polls the sockets without waiting; a task
+    /// woken by that poll is scheduled locally and marks the driver woken (`unpark_self`), so
+    /// the clock does not move to the next timer. The bytes are in the peer's socket when
+    /// `write` returns on loopback, so that poll sees them: ten round trips with a timer an hour
+    /// away take no simulated time at all, every time.
+    #[test]
+    fn a_loopback_round_trip_is_work_to_paused_time_and_takes_no_simulated_time() {
+        let far = round_trips(10, Duration::from_secs(3600), None);
+        assert_eq!(
+            far,
+            Duration::ZERO,
+            "the clock jumped while a request was in flight"
+        );
+        let tick = Duration::from_millis(super::TICK_MS);
+        for _ in 0..3 {
+            assert_eq!(
+                round_trips(10, Duration::from_secs(3600), Some(tick)),
+                Duration::ZERO
+            );
+        }
+    }
+}

@@ -15,8 +15,8 @@ use waymark_engine::workflow::{self, Workflow};
 use waymark_engine::{Payload, WorkflowContext};
 use waymark_sim::subject::sandbox_inventory;
 use waymark_sim::{
-    execute, explore, replay, Crashes, End, ExecutionOptions, ExploreOptions, FaultSteps, Faults,
-    Reproduction, Schedule, Subject, World, YbMaintenance,
+    execute, explore, replay, shrink, Crashes, End, ExecutionOptions, ExploreOptions, FaultSteps,
+    Faults, Reproduction, Schedule, Subject, World, YbMaintenance,
 };
 use waymark_workflows::Inventory;
 
@@ -42,6 +42,15 @@ fn options(seed: u64, dir: &std::path::Path) -> ExploreOptions {
 }
 
 fn print_progress(e: &waymark_sim::Execution) {
+    static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let done = DONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if done % 50 == 0 {
+        eprintln!(
+            "{done} executions; last: {} ended {}",
+            e.schedule,
+            e.end.name()
+        );
+    }
     if !e.violations.is_empty() {
         eprintln!(
             "schedule {} ended {}: {}",
@@ -137,7 +146,7 @@ impl Workflow for BlindRestart {
 struct Mutant;
 
 impl Subject for Mutant {
-    fn workflow(&self) -> &str {
+    fn workflow(&self) -> &'static str {
         BlindRestart::NAME
     }
 
@@ -209,6 +218,19 @@ fn the_explorer_finds_a_restart_that_does_not_check_first_and_shrinks_it_to_one_
     )
     .unwrap();
     assert_eq!(again.violations, finding.shrunk_violations);
+    // A stacked schedule (a crash before the restart, then one that loses its result, and a
+    // fault that changes nothing) shrinks to the one crash that matters.
+    let stacked = Reproduction::parse("3/c0d,c1,ssh.slow@w0x1").unwrap();
+    let found = shrink(&Mutant, &stacked, &o).unwrap().expect("it violates");
+    assert_eq!(found.shrunk.schedule.size(), 1, "{found:?}");
+    assert_eq!(found.shrunk.schedule.crashes.len(), 1, "{found:?}");
+    assert!(
+        found
+            .shrunk_violations
+            .iter()
+            .any(|v| v.contains("2 times")),
+        "{found:?}"
+    );
 }
 
 #[test]
