@@ -1,78 +1,61 @@
 //! The inventory of a running sandbox (`DIR/inventory.toml`), so that `waymark run` and the demo
-//! drive the sandbox exactly as they would drive a real estate.
+//! drive the sandbox exactly as they would drive a real estate: the sandbox's [`Description`]
+//! turned into the workflows' `Inventory`. The only file of the sandbox that uses
+//! `waymark-workflows`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use waymark_workflows::inventory::{
     Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Notify, Register, RunLimits,
     Ssh, Traffic, Yugabyte,
 };
 
-use crate::elb;
-use crate::estate::{Endpoints, Estate};
+use crate::describe::Description;
 
-/// The inventory for an estate listening on `endpoints`, with paths relative to the sandbox folder.
-pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
-    let tg = |zone: &str| {
-        estate
-            .elb
-            .target_group_arn(&elb::target_group_name(zone))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    let nodes = estate
-        .spec
+/// The inventory of the sandbox `d` describes (paths relative to the sandbox folder): its
+/// estate's facts, and the run policy chosen for a sandbox (SSH timeouts, `sudo`, the gates at
+/// the estate's time scale).
+pub fn inventory(d: &Description) -> Inventory {
+    let nodes = d
         .nodes
         .iter()
         .map(|n| Node {
             name: n.name.clone(),
             zone: n.zone.clone(),
-            ssh: endpoints
-                .ssh
-                .get(&n.name)
-                .map(ToString::to_string)
-                .unwrap_or_default(),
+            ssh: n.ssh.to_string(),
             address: n.name.clone(),
-            master_http: if n.master {
-                endpoints.yb_masters.get(&n.name).map(ToString::to_string)
-            } else {
-                None
-            },
-            master_rpc: n.master.then(|| format!("{}:7100", n.name)),
+            master_http: n.master_http.map(|a| a.to_string()),
+            master_rpc: n.master_rpc.clone(),
             tserver: true,
         })
         .collect();
-    let listener = estate
-        .elb
-        .listener_arn(elb::LOAD_BALANCER)
-        .map(str::to_owned);
     Inventory {
         cluster: Cluster {
             name: "sandbox-yb".into(),
         },
         kubernetes: Kubernetes {
-            kubeconfig: Some(PathBuf::from("kubeconfig")),
-            context: Some("sandbox".into()),
-            namespace: estate.spec.namespace.clone(),
+            kubeconfig: Some(d.kubeconfig.clone()),
+            context: Some(d.kube_context.clone()),
+            namespace: d.namespace.clone(),
             request_timeout_secs: Some(10),
         },
         mirrormaker: Deployments {
-            deployments: vec!["mirrormaker2".into()],
+            deployments: d.mirrormaker.clone(),
         },
         services: Deployments {
-            deployments: vec!["fp".into(), "fp-async".into()],
+            deployments: d.services.clone(),
         },
         ssh: Ssh {
-            user: "yugabyte".into(),
-            key_file: Some(PathBuf::from("id_ed25519")),
+            user: d.ssh_user.clone(),
+            key_file: Some(d.ssh_key_file.clone()),
             agent: false,
-            known_hosts: PathBuf::from("known_hosts"),
+            known_hosts: d.known_hosts.clone(),
             use_sudo: true,
             connect_timeout_ms: Some(5000),
             command_timeout_ms: Some(30_000),
         },
         yugabyte: Yugabyte {
-            yb_admin: "/home/yugabyte/bin/yb-admin".into(),
+            yb_admin: d.yb_admin.clone(),
             yb_ts_cli: None,
             certs_dir: None,
             restart_zones: Vec::new(),
@@ -80,40 +63,26 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             nodes,
         },
         aws: Aws {
-            region: elb::REGION.into(),
-            endpoint_url: Some(format!("http://{}", endpoints.elb)),
+            region: d.aws_region.clone(),
+            endpoint_url: Some(d.elb_endpoint.clone()),
         },
         // Both forwards that carry the zones' traffic: the listener's default action and its
         // `/waymark/*` rule.
         traffic: Traffic {
-            listener_arns: listener.iter().cloned().collect(),
-            rule_arns: listener
-                .as_deref()
-                .and_then(|l| estate.elb.rule_arn(l, elb::RULE_PRIORITY))
-                .map(str::to_owned)
-                .into_iter()
-                .collect(),
+            listener_arns: d.traffic_listener_arns.clone(),
+            rule_arns: d.traffic_rule_arns.clone(),
             listener_arn: None,
             rule_arn: None,
-            zone_a_target_group_arn: tg("A"),
-            zone_b_target_group_arn: tg("B"),
+            zone_a_target_group_arn: d.zone_a_target_group_arn.clone(),
+            zone_b_target_group_arn: d.zone_b_target_group_arn.clone(),
         },
         register: Register {
-            target_group_arn: estate
-                .elb
-                .target_group_arn(&elb::yb_target_group_name("B"))
-                .unwrap_or_default()
-                .to_owned(),
-            target_id: estate.spec.new_target.clone(),
-            port: Some(elb::PORT),
+            target_group_arn: d.register_target_group_arn.clone(),
+            target_id: d.register_target_id.clone(),
+            port: Some(d.register_port),
             availability_zone: None,
             // The new target is the address of zone B's last node (its tserver serves it).
-            node: estate
-                .spec
-                .nodes
-                .iter()
-                .rfind(|n| n.zone == "B")
-                .map(|n| n.name.clone()),
+            node: d.register_node.clone(),
         },
         gates: Gates {
             require_approval: false,
@@ -128,8 +97,8 @@ pub fn inventory(estate: &Estate, endpoints: &Endpoints) -> Inventory {
             retry_max_ms: 4000,
             retry_attempts: 4,
             // YBA's 18 s between nodes and a 1 s follower-lag bound, at the estate's time scale.
-            settle_ms: scaled_ms(18_000, estate.spec.time_scale),
-            max_follower_lag_ms: scaled_ms(1000, estate.spec.time_scale),
+            settle_ms: scaled_ms(18_000, d.time_scale),
+            max_follower_lag_ms: scaled_ms(1000, d.time_scale),
             idle_readings: 3,
             legacy_unsafe_gates_for_tests: false,
         },

@@ -2,23 +2,34 @@
 //! real activity code runs unchanged against them (the demo and the end-to-end tests).
 //!
 //! - [`k8s`]: a Kubernetes API subset over HTTP for `apps/v1` Deployments.
-//! - [`yb`]: yb-master HTTP endpoints, and the cluster model that restarts act on.
+//! - [`yb`]: yb-master HTTP endpoints, the cluster model that restarts act on, and the commands
+//!   the nodes run.
 //! - [`ssh`]: SSH hosts (a russh server) that run `systemctl` and `yb-admin` against the model.
 //! - [`elb`]: an `ELBv2` subset speaking the AWS query protocol.
 //!
 //! All of them share one [`Shared`]: the estate's state (persisted to `DIR/state.json` after every
 //! change, so a sandbox process can be restarted), the effect log (`DIR/effects.jsonl`, one JSON
-//! line per mutating call), the injected faults, and the invariant monitor ([`monitor`], fed by the
-//! models' ground truth, written to `DIR/invariants.json`). Every duration is a real system's
-//! ([`Timing`]) multiplied by the spec's time scale.
+//! line per mutating call), the injected faults ([`faults`]), and the invariant monitor
+//! ([`monitor`], fed by the models' ground truth, written to `DIR/invariants.json`); in memory
+//! ([`Options::in_memory`]) none of these files is written. Every duration is a real system's
+//! ([`Timing`]) multiplied by the spec's time scale, and every timestamp is read from one
+//! [`Clock`] (the wall clock, or tokio's time for a simulation on paused time).
 //!
-//! Layers, each using only those below it: [`spec`] (what to simulate, plain data); the models
-//! (`elb::model`, and the `State` types of [`k8s`] and [`yb`]); [`estate`] (the models together,
-//! [`Shared`], effects, faults, scenario knobs) and [`monitor`]; the servers ([`elb`]'s handlers,
-//! [`k8s`], [`yb`], [`ssh`]); [`server`] ([`Sandbox`]: binds and starts them) and [`inventory`].
+//! Layers, each file using only those above it in this list:
+//! 1. plain data: [`spec`] (what to simulate), [`clock`], [`faults`] (fault kinds, rules, the
+//!    catalogue), [`monitor`] (the invariant record);
+//! 2. the models, on timestamps passed in: [`k8s::model`], [`yb::model`], [`elb::model`];
+//! 3. [`estate`]: the models together, [`Shared`] (lock, clock, seeded generator, effects,
+//!    faults, monitor), [`Options`], the scenario knobs;
+//! 4. the servers on [`Shared`]: [`conn`] (the HTTP connections a fault breaks), [`k8s::server`],
+//!    [`yb::server`], [`yb::commands`], [`ssh`], [`elb`]'s wire and handlers;
+//! 5. [`server`] ([`Sandbox`]: binds and starts them on the caller's runtime), [`describe`] (what a
+//!    client needs to reach it, plain data) and [`inventory`] (that description as the workflows'
+//!    `Inventory`, the only user of `waymark-workflows`).
 
 pub mod clock;
 pub mod conn;
+pub mod describe;
 pub mod elb;
 pub mod estate;
 pub mod faults;
@@ -31,6 +42,7 @@ pub mod ssh;
 pub mod yb;
 
 pub use clock::Clock;
+pub use describe::{Description, NodeAccess};
 pub use estate::{read_effects, read_invariants, Effect, Endpoints, Options, Scenario, Shared};
 pub use faults::{catalogue, Fault, FaultKind, Faults};
 pub use monitor::{Invariants, Truth};

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use crate::describe::Description;
 use crate::estate::{Endpoints, Faults, Options, Scenario, Shared};
 use crate::spec::Spec;
 use crate::{elb, k8s, ssh, yb};
@@ -18,6 +19,7 @@ use crate::{elb, k8s, ssh, yb};
 pub struct Sandbox {
     shared: Arc<Shared>,
     endpoints: Endpoints,
+    description: Description,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -93,8 +95,8 @@ impl Sandbox {
         }
         keys.write_known_hosts(dir, endpoints.ssh.values())?;
         write_kubeconfig(dir, endpoints.k8s)?;
-        let inv = shared.read(|st| crate::inventory::inventory(st, &endpoints));
-        crate::inventory::write(dir, &inv)?;
+        let description = shared.read(|st| crate::describe::describe(st, &endpoints));
+        crate::inventory::write(dir, &crate::inventory::inventory(&description))?;
         std::fs::write(
             dir.join("endpoints.json"),
             serde_json::to_vec_pretty(&endpoints).map_err(std::io::Error::other)?,
@@ -102,6 +104,7 @@ impl Sandbox {
         Ok(Sandbox {
             shared,
             endpoints,
+            description,
             tasks,
         })
     }
@@ -109,6 +112,11 @@ impl Sandbox {
     /// Where everything listens.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    /// What a client needs to reach it, as plain data (what `inventory.toml` is written from).
+    pub fn description(&self) -> &Description {
+        &self.description
     }
 
     /// The shared state (for in-process tests and the demo's display).

@@ -31,7 +31,7 @@
 //!   traffic goes through the application load balancer `offerup`; the `YugabyteDB` network load
 //!   balancer `yb-ext` forwards to one target group.
 //!
-//! Every mutating call updates [`State`] through [`Shared::mutate`] and appends an effect
+//! Every mutating call updates [`State`] through [`Shared::mutate`](crate::Shared::mutate) and appends an effect
 //! (`system` `elb`; actions `register`, `deregister`, `modify-listener`, `modify-rule`,
 //! `create-load-balancer`, `create-target-group`, `create-listener`, `create-rule`). Faults are
 //! looked up with the text `Action ARN [target ids]` (for example

@@ -2,7 +2,7 @@
 //! describes, and the `systemctl` / `yb-admin` / `yb-ts-cli` commands the SSH hosts run against
 //! the model.
 //!
-//! Timing (every duration is the spec's [`Timing`], multiplied by the time scale):
+//! Timing (every duration is the spec's [`Timing`](crate::Timing), multiplied by the time scale):
 //! - A stop (`systemctl stop`, or the stop half of `restart`) takes the graceful-stop time
 //!   (`ActiveState` `deactivating`); the unit's command blocks for it unless `--no-block`.
 //!   Heartbeats stop when the stop begins.
