@@ -25,10 +25,7 @@ fn main() -> ExitCode {
     #[cfg(not(feature = "sandbox"))]
     let is_sandbox = false;
     #[cfg(feature = "sandbox")]
-    let is_demo = matches!(
-        cli.command,
-        Command::Demo { .. } | Command::Simulate { .. }
-    );
+    let is_demo = matches!(cli.command, Command::Demo { .. } | Command::Simulate { .. });
     #[cfg(not(feature = "sandbox"))]
     let is_demo = false;
     if !is_daemon && !is_sandbox {
