@@ -66,7 +66,7 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             replay,
             work_dir,
         } => {
-            simulate::simulate(simulate::Request {
+            simulate::simulate(&simulate::Request {
                 workflow,
                 crashes,
                 faults,

@@ -61,15 +61,14 @@ fn print_history(e: &Execution) {
 }
 
 /// `waymark simulate`.
-pub async fn simulate(request: Request) -> anyhow::Result<ExitStatus> {
+pub async fn simulate(request: &Request) -> anyhow::Result<ExitStatus> {
     if request.workflow != "yb-maintenance" {
         return Err(usage(format!(
             "waymark simulate: no simulated estate for workflow {:?}; this binary simulates \
              yb-maintenance (other workflows: call waymark_sim::explore from their test suite \
              with their own Subject)",
             request.workflow
-        ))
-        .into());
+        )));
     }
     let crashes = parse_crashes(&request.crashes).ok_or_else(|| {
         usage(format!(
@@ -83,8 +82,7 @@ pub async fn simulate(request: Request) -> anyhow::Result<ExitStatus> {
         return Err(usage(format!(
             "--seed {}: a seed with a schedule is a reproduction; add --replay to run it",
             request.seed
-        ))
-        .into());
+        )));
     }
     let budget = match &request.budget {
         None => None,
@@ -110,7 +108,7 @@ pub async fn simulate(request: Request) -> anyhow::Result<ExitStatus> {
             let mut n = 0usize;
             let mut progress = |e: &Execution| {
                 n += 1;
-                if n % 25 == 0 || !e.violations.is_empty() {
+                if n.is_multiple_of(25) || !e.violations.is_empty() {
                     eprintln!(
                         "simulate: {n} executions; schedule {} ended {}{}",
                         e.schedule,
