@@ -44,7 +44,7 @@ fn options(seed: u64, dir: &std::path::Path) -> ExploreOptions {
 fn print_progress(e: &waymark_sim::Execution) {
     static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let done = DONE.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    if done % 50 == 0 {
+    if done.is_multiple_of(50) {
         eprintln!(
             "{done} executions; last: {} ended {}",
             e.schedule,
