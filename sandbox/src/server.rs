@@ -19,7 +19,7 @@ use crate::{elb, k8s, ssh, yb};
 pub struct Sandbox {
     shared: Arc<Shared>,
     endpoints: Endpoints,
-    description: Description,
+    description: Box<Description>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -104,7 +104,7 @@ impl Sandbox {
         Ok(Sandbox {
             shared,
             endpoints,
-            description,
+            description: Box::new(description),
             tasks,
         })
     }

@@ -121,8 +121,9 @@ pub fn shell_words(line: &str) -> Result<Vec<String>, String> {
 }
 
 /// Runs a command line on `node` the way its shell would, blocking the calling thread as long as
-/// the command would take (a blocking `systemctl restart` waits for the graceful stop). See
-/// [`exec_nowait`].
+/// the command would take (a blocking `systemctl restart` waits for the graceful stop). For tests
+/// on the wall clock only: the SSH hosts, and anything on paused time, use [`exec_nowait`] and
+/// wait on tokio's time.
 pub fn exec(shared: &Shared, node: &str, command: &str) -> ExecOutput {
     let (out, block_ms) = exec_nowait(shared, node, command);
     if block_ms > 0 {
