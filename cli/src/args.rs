@@ -178,7 +178,9 @@ pub enum Command {
         #[arg(long, default_value = "all")]
         crashes: String,
         /// Faults: all, none, or a comma-separated list of SYSTEM (ssh, yb-admin, yb, k8s, elb)
-        /// or SYSTEM.KIND (refused, timeout, 5xx, throttle, cut, wrong-answer, slow).
+        /// or SYSTEM.KIND (refused, timeout, 5xx, throttle, cut, wrong-answer, slow); unless
+        /// none, also the estate's scenarios (a slow bootstrap, zone B unhealthy, weights
+        /// changed by hand).
         #[arg(long, default_value = "all")]
         faults: String,
         /// The seed of every random choice; with --replay, a reproduction a violation printed

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use waymark_sandbox::Effect;
+use waymark_sandbox::{Effect, Invariants};
 
 use crate::world::{End, World};
 
@@ -33,9 +33,21 @@ fn limit(effect: &Effect) -> Option<(String, usize)> {
     }
 }
 
-/// Every effect at most as often as the runbook allows, the monitor's invariants, and an end
-/// that is an end (never stuck, suspended or silent).
-pub fn estate(world: &World<'_>, end: &End) -> Vec<String> {
+/// What the monitor had counted before the run could act (an estate scenario may begin
+/// unhealthy: zone B's targets failing), and, when an operator changed the traffic weights by
+/// hand during the run, its record just before: the traffic invariants count only what the run
+/// did, up to that change.
+#[derive(Clone, Debug, Default)]
+pub struct Baseline {
+    /// The record when the run started.
+    pub at_start: Invariants,
+    /// The record just before a change by hand, if any.
+    pub before_by_hand: Option<Invariants>,
+}
+
+/// Every effect at most as often as the runbook allows, the monitor's invariants (beyond the
+/// `baseline`), and an end that is an end (never stuck, suspended or silent).
+pub fn estate(world: &World<'_>, end: &End, baseline: &Baseline) -> Vec<String> {
     let shared = world.shared();
     let effects = shared.effects();
     let mut violations = Vec::new();
@@ -77,10 +89,16 @@ pub fn estate(world: &World<'_>, end: &End) -> Vec<String> {
                 .map_or_else(String::new, |m| format!("{} at {}", m.what, m.at))
         ));
     }
-    if inv.forwards_to_unhealthy > 0 {
+    let traffic = baseline.before_by_hand.as_ref().unwrap_or(&inv);
+    let forwards = traffic
+        .forwards_to_unhealthy
+        .saturating_sub(baseline.at_start.forwards_to_unhealthy);
+    let mirrormaker = traffic
+        .mirrormaker_off_while_traffic_in_b
+        .saturating_sub(baseline.at_start.mirrormaker_off_while_traffic_in_b);
+    if forwards > 0 {
         violations.push(format!(
-            "traffic forwarded to a target group without a healthy target ({} times): {}",
-            inv.forwards_to_unhealthy,
+            "traffic forwarded to a target group without a healthy target ({forwards} times): {}",
             inv.violations
                 .iter()
                 .filter(|m| m.what.starts_with("forward"))
@@ -89,10 +107,9 @@ pub fn estate(world: &World<'_>, end: &End) -> Vec<String> {
                 .join("; ")
         ));
     }
-    if inv.mirrormaker_off_while_traffic_in_b > 0 {
+    if mirrormaker > 0 {
         violations.push(format!(
-            "MirrorMaker2 off while traffic went to zone B ({} times)",
-            inv.mirrormaker_off_while_traffic_in_b
+            "MirrorMaker2 off while traffic went to zone B ({mirrormaker} times)"
         ));
     }
     let changes = effects.iter().filter(|e| limit(e).is_some()).count();

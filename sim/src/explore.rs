@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use waymark_sandbox::faults::catalogue;
 use waymark_sandbox::FaultKind;
 
-use crate::schedule::{Crash, FaultPlan, Reproduction, Schedule};
+use crate::schedule::{Crash, EstateChange, FaultPlan, Reproduction, Schedule};
 use crate::world::{execute, Error, Execution, ExecutionOptions, Subject};
 
 /// Which crash points to explore.
@@ -111,6 +111,9 @@ pub struct ExploreOptions {
     pub faults: Faults,
     /// At which steps.
     pub fault_steps: FaultSteps,
+    /// The estate's scenarios too (a slow bootstrap, zone B unhealthy, weights changed by
+    /// hand at three points of the run).
+    pub estate: bool,
     /// Wall-clock budget: no new execution starts once it is spent (the report says so).
     pub budget: Option<Duration>,
     /// The estate's folder, reused by every execution (emptied first).
@@ -130,6 +133,7 @@ impl ExploreOptions {
             crashes: Crashes::All,
             faults: Faults::All,
             fault_steps: FaultSteps::Every,
+            estate: true,
             budget: None,
             work_dir,
             run_limit: Duration::from_secs(6 * 3600),
@@ -192,6 +196,8 @@ pub struct Report {
     pub crash_schedules: BTreeMap<usize, usize>,
     /// Per `system.kind`: schedules with it, and how many saw it fire.
     pub faults: BTreeMap<String, FaultCoverage>,
+    /// Schedules with a change of the estate, per change (`slow-bootstrap`, ...), and their ends.
+    pub estate: BTreeMap<String, Vec<String>>,
     /// Executions per end (`completed`, `compensated`, ...).
     pub ends: BTreeMap<String, usize>,
     /// Violating schedules (each with its violations).
@@ -247,6 +253,14 @@ impl Report {
                 out,
                 "  {fault:<22} {:>4} schedules, fired in {:>4}",
                 c.schedules, c.fired
+            );
+        }
+        for (change, ends) in &self.estate {
+            let _ = writeln!(
+                out,
+                "  estate {change:<15} {:>4} schedules, ended {}",
+                ends.len(),
+                ends.join(", ")
             );
         }
         let _ = writeln!(
@@ -355,16 +369,36 @@ fn fault_schedules(plain: &Execution, options: &ExploreOptions) -> Vec<Schedule>
                 }
                 for transient in [Some(1), None] {
                     out.push(Schedule {
-                        crashes: Vec::new(),
                         faults: vec![FaultPlan {
                             system: s.clone(),
                             kind: kind.clone(),
                             step: *step,
                             transient,
                         }],
+                        ..Schedule::default()
                     });
                 }
             }
+        }
+    }
+    out
+}
+
+/// The estate's scenarios: a slow bootstrap, zone B unhealthy, and the weights changed by hand
+/// at a quarter, half and three quarters of the plain run's steps.
+fn estate_schedules(plain: &Execution) -> Vec<Schedule> {
+    let one = |change: EstateChange| Schedule {
+        estate: vec![change],
+        ..Schedule::default()
+    };
+    let mut out = vec![
+        one(EstateChange::SlowBootstrap),
+        one(EstateChange::ZoneBUnhealthy),
+    ];
+    let n = plain.steps.len();
+    for at in [n / 4, n / 2, 3 * n / 4] {
+        if let Some((step, _)) = plain.steps.get(at) {
+            out.push(one(EstateChange::WeightsByHand(*step)));
         }
     }
     out
@@ -487,6 +521,15 @@ pub fn explore(
             c.schedules += 1;
             c.fired += usize::from(*fired);
         }
+        for change in &e.schedule.estate {
+            let name = change.to_string();
+            let name = name.split('@').next().unwrap_or_default().to_owned();
+            report
+                .estate
+                .entry(name)
+                .or_default()
+                .push(e.end.name().to_owned());
+        }
         if !e.violations.is_empty() {
             report.violating.push((
                 Reproduction {
@@ -516,6 +559,9 @@ pub fn explore(
         queue.extend(crash_extensions(&Schedule::plain(), report.plain_appends));
     }
     queue.extend(fault_schedules(&plain, options));
+    if options.estate {
+        queue.extend(estate_schedules(&plain));
+    }
     report.planned = 1 + queue.len();
     let mut next = 0;
     while next < queue.len() {

@@ -14,9 +14,9 @@ use waymark_engine::clock::SharedClock;
 use waymark_engine::log::sim::SimLog;
 use waymark_engine::log::{Error, EventLog};
 use waymark_engine::{Event, Record, RunId, StepRef};
-use waymark_sandbox::{Fault, Faults, Shared};
+use waymark_sandbox::{Fault, Faults, Invariants, Shared};
 
-use crate::schedule::FaultPlan;
+use crate::schedule::{EstateChange, FaultPlan};
 
 /// What the hooks saw, shared across the incarnations of the engine process.
 #[derive(Debug, Default)]
@@ -52,16 +52,34 @@ const PERSISTENT: u32 = u32::MAX;
 /// The hooks, shared by every incarnation's [`HookedLog`].
 pub(crate) struct Hooks {
     sandbox: Arc<Shared>,
+    /// Steps at whose start an operator sets the traffic weights by hand (done once each).
+    by_hand: Mutex<Vec<StepRef>>,
+    /// The monitor's record just before the first change by hand: from then on, where traffic
+    /// goes is the operator's doing, not the run's.
+    pub(crate) before_by_hand: Mutex<Option<Invariants>>,
     faults: Mutex<FaultState>,
     pub(crate) trace: Mutex<Trace>,
     crashed: watch::Sender<bool>,
 }
 
 impl Hooks {
-    pub(crate) fn new(sandbox: Arc<Shared>, plans: Vec<FaultPlan>) -> Arc<Hooks> {
+    pub(crate) fn new(
+        sandbox: Arc<Shared>,
+        plans: Vec<FaultPlan>,
+        estate: &[EstateChange],
+    ) -> Arc<Hooks> {
         let fired = vec![false; plans.len()];
+        let by_hand = estate
+            .iter()
+            .filter_map(|c| match c {
+                EstateChange::WeightsByHand(step) => Some(*step),
+                _ => None,
+            })
+            .collect();
         Arc::new(Hooks {
             sandbox,
+            by_hand: Mutex::new(by_hand),
+            before_by_hand: Mutex::new(None),
             faults: Mutex::new(FaultState::new(plans)),
             trace: Mutex::new(Trace {
                 fired,
@@ -119,6 +137,29 @@ impl Hooks {
             let mut trace = self.trace.lock().expect("trace lock");
             if !trace.steps.iter().any(|(s, _)| *s == step) {
                 trace.steps.push((step, activity.to_owned()));
+            }
+        }
+        {
+            let mut by_hand = self.by_hand.lock().expect("by-hand lock");
+            if let Some(i) = by_hand.iter().position(|s| *s == step) {
+                by_hand.remove(i);
+                self.before_by_hand
+                    .lock()
+                    .expect("by-hand lock")
+                    .get_or_insert_with(|| self.sandbox.invariants());
+                self.sandbox.mutate(|st| {
+                    let actions = st
+                        .elb
+                        .listeners
+                        .iter_mut()
+                        .flat_map(|l| l.default_actions.iter_mut())
+                        .chain(st.elb.rules.iter_mut().flat_map(|r| r.actions.iter_mut()));
+                    for action in actions {
+                        for group in &mut action.target_groups {
+                            group.weight = 50;
+                        }
+                    }
+                });
             }
         }
         let mut state = self.faults.lock().expect("faults lock");

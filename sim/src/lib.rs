@@ -25,6 +25,6 @@ pub use explore::{
     explore, replay, shrink, Crashes, ExploreOptions, FaultCoverage, FaultSteps, Faults, Finding,
     Report,
 };
-pub use schedule::{Crash, FaultPlan, Reproduction, Schedule};
+pub use schedule::{Crash, EstateChange, FaultPlan, Reproduction, Schedule};
 pub use subject::YbMaintenance;
 pub use world::{execute, End, Execution, ExecutionOptions, Subject, World, EPOCH};

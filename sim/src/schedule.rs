@@ -18,6 +18,7 @@ pub enum Error {
          `cNd` (crash right after append N is durable) and `SYSTEM.KIND@STEP[xK]` (a fault of the \
          sandbox catalogue during step STEP, `wP` for the workflow's step at position P or `cN` for \
          the N-th compensation; `xK`: it clears after K requests, else it lasts the whole step), \
+         `slow-bootstrap`, `zone-b-unhealthy` and `weights-by-hand@STEP` (changes of the estate), \
          separated by commas, or `none`"
     )]
     Item {
@@ -72,6 +73,19 @@ impl FaultPlan {
     }
 }
 
+/// A change of the estate no system's API makes (issue 13's estate scenarios): a tserver slow
+/// to bootstrap and zone B's traffic targets failing their health checks, from the start; an
+/// operator setting every traffic forward to 50/50 by hand when a step begins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EstateChange {
+    /// `yb-a-2`'s tserver bootstraps 5 times slower (`Scenario::SlowBootstrap`).
+    SlowBootstrap,
+    /// Every target of zone B's traffic group fails its health checks (`Scenario::ZoneBUnhealthy`).
+    ZoneBUnhealthy,
+    /// Every traffic forward set to 50/50 by hand when this step begins.
+    WeightsByHand(StepRef),
+}
+
 /// Crashes (applied one after the other: the second one counts appends from the first restart)
 /// and faults of one execution.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -80,6 +94,8 @@ pub struct Schedule {
     pub crashes: Vec<Crash>,
     /// Faults, each during its step.
     pub faults: Vec<FaultPlan>,
+    /// Changes of the estate.
+    pub estate: Vec<EstateChange>,
 }
 
 impl Schedule {
@@ -90,7 +106,7 @@ impl Schedule {
 
     /// How many crashes and faults it has (what shrinking makes smaller).
     pub fn size(&self) -> usize {
-        self.crashes.len() + self.faults.len()
+        self.crashes.len() + self.faults.len() + self.estate.len()
     }
 
     /// Parses the text form ([`fmt::Display`]).
@@ -105,6 +121,22 @@ impl Schedule {
                 item: item.to_owned(),
                 problem: problem.to_owned(),
             };
+            match item {
+                "slow-bootstrap" => {
+                    schedule.estate.push(EstateChange::SlowBootstrap);
+                    continue;
+                }
+                "zone-b-unhealthy" => {
+                    schedule.estate.push(EstateChange::ZoneBUnhealthy);
+                    continue;
+                }
+                _ => {}
+            }
+            if let Some(step) = item.strip_prefix("weights-by-hand@") {
+                let step = parse_step(step).ok_or_else(|| bad("the step is `wP` or `cN`"))?;
+                schedule.estate.push(EstateChange::WeightsByHand(step));
+                continue;
+            }
             if let Some(rest) = item.strip_prefix('c') {
                 let (digits, durable) = match rest.strip_suffix('d') {
                     Some(d) => (d, true),
@@ -140,13 +172,7 @@ impl Schedule {
                 Some((s, k)) => (s, Some(k.parse().map_err(|_| bad("`xK` needs a number"))?)),
                 None => (when, None),
             };
-            let step = if let Some(p) = step_text.strip_prefix('w') {
-                StepRef::Workflow(p.parse().map_err(|_| bad("`wP` needs a position"))?)
-            } else if let Some(n) = step_text.strip_prefix('c') {
-                StepRef::Compensation(n.parse().map_err(|_| bad("`cN` needs a number"))?)
-            } else {
-                return Err(bad("the step is `wP` or `cN`"));
-            };
+            let step = parse_step(step_text).ok_or_else(|| bad("the step is `wP` or `cN`"))?;
             schedule.faults.push(FaultPlan {
                 system: system.to_owned(),
                 kind,
@@ -182,7 +208,23 @@ impl Schedule {
             s.faults.remove(i);
             out.push(s);
         }
+        for i in 0..self.estate.len() {
+            let mut s = self.clone();
+            s.estate.remove(i);
+            out.push(s);
+        }
         out
+    }
+}
+
+fn parse_step(text: &str) -> Option<StepRef> {
+    if let Some(p) = text.strip_prefix('w') {
+        p.parse().ok().map(StepRef::Workflow)
+    } else {
+        text.strip_prefix('c')?
+            .parse()
+            .ok()
+            .map(StepRef::Compensation)
     }
 }
 
@@ -215,6 +257,16 @@ impl fmt::Display for FaultPlan {
     }
 }
 
+impl fmt::Display for EstateChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EstateChange::SlowBootstrap => f.write_str("slow-bootstrap"),
+            EstateChange::ZoneBUnhealthy => f.write_str("zone-b-unhealthy"),
+            EstateChange::WeightsByHand(step) => write!(f, "weights-by-hand@{}", step_text(*step)),
+        }
+    }
+}
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.size() == 0 {
@@ -225,6 +277,7 @@ impl fmt::Display for Schedule {
             .iter()
             .map(ToString::to_string)
             .chain(self.faults.iter().map(ToString::to_string))
+            .chain(self.estate.iter().map(ToString::to_string))
             .collect();
         f.write_str(&items.join(","))
     }
@@ -289,6 +342,11 @@ mod tests {
                 step: StepRef::Workflow(14),
                 transient: Some(1),
             }],
+            estate: vec![
+                EstateChange::SlowBootstrap,
+                EstateChange::ZoneBUnhealthy,
+                EstateChange::WeightsByHand(StepRef::Workflow(20)),
+            ],
         };
         let text = s.to_string();
         assert_eq!(Schedule::parse(&text).unwrap(), s, "{text}");

@@ -16,11 +16,11 @@ use waymark_engine::log::sim::SimLog;
 use waymark_engine::log::EventLog;
 use waymark_engine::runtime::{EngineBuilder, ReplayVerdict};
 use waymark_engine::{Engine, Payload, Record, RunId, RunOutcome};
-use waymark_sandbox::{Clock, Options, Sandbox, Shared, Spec};
+use waymark_sandbox::{Clock, Options, Sandbox, Scenario, Shared, Spec};
 
 use crate::check;
 use crate::hooked::{HookedLog, Hooks, Trace};
-use crate::schedule::Schedule;
+use crate::schedule::{EstateChange, Schedule};
 
 /// Where every execution's clocks start (the engine's and the sandbox's): a fixed instant, so
 /// that timestamps in histories do not depend on when the explorer ran.
@@ -31,6 +31,9 @@ pub const EPOCH: &str = "2026-01-05T02:00:00Z";
 /// health checks take 10 s and heartbeats 1 s, so 200 ms misses nothing a gate could see, and
 /// costs 5 wakes per simulated second instead of 50.
 pub const TICK_MS: u64 = 200;
+
+/// The node whose tserver bootstraps slowly in [`EstateChange::SlowBootstrap`].
+pub const SLOW_NODE: &str = "yb-a-2";
 
 /// The epoch as a time.
 pub fn epoch() -> DateTime<Utc> {
@@ -256,15 +259,33 @@ async fn drive(
         sandbox: &sandbox,
         dir,
     };
+    let mut violations = Vec::new();
     let input = subject.input(&world).map_err(|detail| Error::Input {
         workflow: subject.workflow().to_owned(),
         detail,
     })?;
     let before = subject.before(&world);
-    let hooks = Hooks::new(sandbox.shared().clone(), schedule.faults.clone());
+    for change in &schedule.estate {
+        let knob = match change {
+            EstateChange::SlowBootstrap => Scenario::SlowBootstrap {
+                node: SLOW_NODE.into(),
+                factor: 5.0,
+            },
+            EstateChange::ZoneBUnhealthy => Scenario::ZoneBUnhealthy,
+            EstateChange::WeightsByHand(_) => continue,
+        };
+        if let Err(e) = sandbox.shared().apply(&knob) {
+            violations.push(format!("the estate change {change} could not be made: {e}"));
+        }
+    }
+    let at_start = sandbox.shared().invariants();
+    let hooks = Hooks::new(
+        sandbox.shared().clone(),
+        schedule.faults.clone(),
+        &schedule.estate,
+    );
     let clock: SharedClock = Arc::new(TokioClock::starting_at(epoch()));
     let mut crashes = schedule.crashes.iter().copied();
-    let mut violations = Vec::new();
 
     let mut sim = SimLog::new();
     sim.set_crash(crashes.next().map(Into::into));
@@ -360,7 +381,11 @@ async fn drive(
             Err(e) => violations.push(format!("the history cannot be replayed: {e}")),
         }
     }
-    violations.extend(check::estate(&world, &end));
+    let baseline = check::Baseline {
+        at_start,
+        before_by_hand: hooks.before_by_hand.lock().expect("by-hand lock").clone(),
+    };
+    violations.extend(check::estate(&world, &end, &baseline));
     violations.extend(subject.check_end(&world, &end, &before));
     let trace: Trace = std::mem::take(&mut *hooks.trace.lock().expect("trace lock"));
     sandbox.stop();

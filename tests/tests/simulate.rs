@@ -67,6 +67,7 @@ fn every_crash_point_of_a_full_run_keeps_every_invariant() {
     let mut o = options(1, dir.path());
     o.crashes = Crashes::All;
     o.faults = Faults::None;
+    o.estate = false;
     let report = explore(&YbMaintenance, &o, &mut print_progress).unwrap();
     println!("{}", report.render());
     assert_eq!(report.plain_end, "completed", "{}", report.render());
@@ -96,6 +97,7 @@ fn every_fault_kind_at_every_step_touching_its_system_keeps_every_invariant() {
     o.crashes = Crashes::None;
     o.faults = Faults::All;
     o.fault_steps = FaultSteps::FirstOfEachActivity;
+    o.estate = false;
     let report = explore(&YbMaintenance, &o, &mut print_progress).unwrap();
     println!("{}", report.render());
     assert_eq!(report.violations(), 0, "{}", report.render());
@@ -109,6 +111,27 @@ fn every_fault_kind_at_every_step_touching_its_system_keeps_every_invariant() {
             report.render()
         );
     }
+}
+
+#[test]
+fn every_estate_scenario_ends_as_the_runbook_says() {
+    let dir = temp_dir();
+    let mut o = options(4, dir.path());
+    o.crashes = Crashes::None;
+    o.faults = Faults::None;
+    o.estate = true;
+    let report = explore(&YbMaintenance, &o, &mut print_progress).unwrap();
+    let text = report.render();
+    println!("{text}");
+    assert_eq!(report.violations(), 0, "{text}");
+    // Zone B unhealthy before the run: refused, nothing changed (the monitor's count of the
+    // scenario's own unhealthy forward is not the run's).
+    assert_eq!(report.estate["zone-b-unhealthy"], ["refused"], "{text}");
+    // A tserver 5x slow to bootstrap: its readiness wait runs out, the run compensates.
+    assert_eq!(report.estate["slow-bootstrap"], ["compensated"], "{text}");
+    // Weights changed by hand at three points: each run ends, all checks green.
+    assert_eq!(report.estate["weights-by-hand"].len(), 3, "{text}");
+    assert_eq!(report.explored, 6, "{text}");
 }
 
 /// A known-bad variant: restarts one yb-tserver with a bare `ssh.run` (no check of the unit's
@@ -174,6 +197,7 @@ fn the_explorer_finds_a_restart_that_does_not_check_first_and_shrinks_it_to_one_
     let mut o = options(3, dir.path());
     o.crashes = Crashes::Stacked(2);
     o.faults = Faults::None;
+    o.estate = false;
     let report = explore(&Mutant, &o, &mut |_| {}).unwrap();
     let text = report.render();
     println!("{text}");

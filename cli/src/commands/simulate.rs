@@ -97,6 +97,8 @@ pub async fn simulate(request: &Request) -> anyhow::Result<ExitStatus> {
     });
     let mut options = ExploreOptions::new(repro.seed, work_dir.clone());
     options.crashes = crashes;
+    // The estate's scenarios go with the faults (`--faults none`: crashes only).
+    options.estate = faults != Faults::None;
     options.faults = faults;
     options.budget = budget;
     let replay = request.replay;
