@@ -20,7 +20,7 @@ use waymark_sim::{
 };
 use waymark_workflows::Inventory;
 
-use crate::util::temp_dir;
+use crate::util::{temp_dir, waymark};
 
 /// The sandbox accepts any AWS credentials; the SDK wants some in the environment (as `waymark
 /// demo` and `waymark simulate` set them).
@@ -297,4 +297,64 @@ fn the_same_seed_gives_the_same_history_byte_for_byte() {
         first.encoded.iter().map(Vec::len).sum::<usize>(),
         first.simulated
     );
+}
+
+/// The command: the report's last line and exit status, a reproduction replayed with its full
+/// history, a usage error for a fault the catalogue lacks.
+#[test]
+fn the_command_reports_its_count_and_replays_a_reproduction_with_its_history() {
+    let dir = temp_dir();
+    let work = dir.path().join("work");
+    let out = waymark(&dir.path().join("data"))
+        .args([
+            "simulate",
+            "yb-maintenance",
+            "--crashes",
+            "0",
+            "--faults",
+            "none",
+        ])
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("explored 1 schedules, 0 violations"),
+        "{stdout}"
+    );
+    let replay = waymark(&dir.path().join("data"))
+        .args(["simulate", "yb-maintenance", "--seed", "0/c5d", "--replay"])
+        .arg("--work-dir")
+        .arg(&work)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&replay.stdout);
+    assert!(
+        replay.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert!(text.contains("#0    run started: yb-maintenance"), "{text}");
+    assert!(text.contains("run completed"), "{text}");
+    assert!(
+        text.contains("schedule c5d (seed 0): the run ended completed"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().last(),
+        Some("explored 1 schedules, 0 violations")
+    );
+    let bad = waymark(&dir.path().join("data"))
+        .args(["simulate", "yb-maintenance", "--faults", "ssh.bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("ssh.timeout"));
 }
