@@ -167,7 +167,7 @@ pub enum Command {
     /// Explore a workflow on the simulated estate in simulated time: every crash point of the
     /// engine process and every fault of every system at every step that touches it, each
     /// execution checked against the runbook's invariants; violations are shrunk to a minimal
-    /// reproduction. The last line reads `explored N schedules, V violations`; exit 0 only when
+    /// reproduction. The last line reads "explored N schedules, V violations"; exit 0 only when
     /// V is 0.
     #[cfg(feature = "sandbox")]
     Simulate {
