@@ -91,6 +91,8 @@ pub enum Error {
 struct ActiveRun {
     shared: Arc<RunShared>,
     outcome: watch::Receiver<Option<RunOutcome>>,
+    /// Set by [`Engine::relinquish`]: the driver's task drops the driver where it stands.
+    relinquish: Arc<watch::Sender<Option<String>>>,
 }
 
 /// Direct writes of signals to one run in flight, and whether a resume waits for them.
@@ -423,11 +425,18 @@ impl Engine {
         let run = state.run;
         let shared = RunShared::new(self.inner.services.clone(), state, false);
         let (outcome_tx, outcome_rx) = watch::channel(None);
+        let relinquish = Arc::new(watch::channel(None).0);
+        let shared_for_removal = shared.clone();
+        let mut relinquished = relinquish.subscribe();
+        // Kept by the task too: the channel stays open while the driver runs, whoever drops
+        // the run's entry.
+        let relinquish_kept = relinquish.clone();
         active.insert(
             run,
             ActiveRun {
                 shared: shared.clone(),
                 outcome: outcome_rx,
+                relinquish,
             },
         );
         let inner = self.inner.clone();
@@ -445,8 +454,22 @@ impl Engine {
                     driver::panic_message(p.as_ref())
                 ))),
                 _ = shutdown.wait_for(|s| *s) => RunOutcome::Stopped("engine shut down".into()),
+                why = relinquished.wait_for(Option::is_some) => RunOutcome::Stopped(
+                    why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default(),
+                ),
             };
-            inner.active.lock().expect("active lock").remove(&run);
+            drop(relinquish_kept);
+            {
+                // Only this driver's entry: after a relinquish, a new driver of the run may
+                // have been started meanwhile.
+                let mut active = inner.active.lock().expect("active lock");
+                if active
+                    .get(&run)
+                    .is_some_and(|a| Arc::ptr_eq(&a.shared, &shared_for_removal))
+                {
+                    active.remove(&run);
+                }
+            }
             outcome_tx.send_replace(Some(outcome));
         });
     }
@@ -725,6 +748,23 @@ impl Engine {
         self.inner.services.tasks.abort_all();
         self.inner.active.lock().expect("active lock").clear();
         self.inner.direct.lock().expect("direct lock").clear();
+    }
+
+    /// Stops driving `run` here without appending anything: its driver is dropped where it
+    /// stands, with every activity in flight inside it (their futures are dropped, as at a
+    /// process death), and the run is no longer active, so [`Engine::shutdown`] journals nothing
+    /// for it. For a daemon that lost the run's lease to another daemon, which now owns the
+    /// history: an append from here would be refused by the store's fence anyway, and an
+    /// `AttemptInterrupted` is the new owner's to write. Appends already handed to the log
+    /// before this call are not recalled (the fence decides them). `why` becomes the
+    /// [`RunOutcome::Stopped`] reason of those waiting for the run. Returns whether a driver
+    /// was stopped (false: this engine was not driving the run).
+    pub fn relinquish(&self, run: RunId, why: &str) -> bool {
+        let Some(a) = self.inner.active.lock().expect("active lock").remove(&run) else {
+            return false;
+        };
+        a.relinquish.send_replace(Some(why.to_owned()));
+        true
     }
 
     /// Tasks of this engine (drivers, deliveries of appends) not finished yet: 0 once every run

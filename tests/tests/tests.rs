@@ -21,6 +21,7 @@ mod run_safety;
 mod sandbox_realism;
 mod schedule;
 mod simulate;
+mod store_failover;
 mod ssh;
 mod terminal;
 mod util;
