@@ -1,8 +1,8 @@
 //! What a client needs to reach a running sandbox, as plain data ([`Description`]): where each
 //! system listens, the files to connect with (relative to the sandbox folder), the names and ARNs
-//! the runbook acts on. It knows nothing of the workflows' inventory type: [`crate::inventory`]
-//! is the one place that turns it into an `Inventory` (and the only user of `waymark-workflows`
-//! in the sandbox; a caller that depends on both could do that conversion instead).
+//! the runbook acts on. It knows nothing of the workflows' inventory type: the workflows crate
+//! turns it into an `Inventory` (`waymark_workflows::sandbox`, feature `sandbox`); the sandbox
+//! does not depend on the workflows.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

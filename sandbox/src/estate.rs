@@ -209,8 +209,8 @@ pub struct Options {
     /// Keep the state, the effects, the faults and the monitor's record in memory only: no
     /// `state.json`, `effects.jsonl`, `faults.json` or `invariants.json` is read or written
     /// ([`Shared::effects`] and [`Shared::invariants`] answer from memory). The files callers
-    /// need to connect (`kubeconfig`, `known_hosts`, the SSH keys, `inventory.toml`,
-    /// `endpoints.json`) are still written once, at start.
+    /// need to connect (`kubeconfig`, `known_hosts`, the SSH keys, `endpoints.json`) are still
+    /// written once, at start (`inventory.toml` by the caller, from the sandbox's description).
     pub in_memory: bool,
     /// How often the estate's clock ticks (the monitor's evaluation between changes), in ms of
     /// tokio time; `None`: the heartbeat interval clamped to 5..20 ms. A simulation at real

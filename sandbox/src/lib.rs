@@ -23,9 +23,11 @@
 //!    faults, monitor), [`Options`], the scenario knobs;
 //! 4. the servers on [`Shared`]: [`conn`] (the HTTP connections a fault breaks), [`k8s::server`],
 //!    [`yb::server`], [`yb::commands`], [`ssh`], [`elb`]'s wire and handlers;
-//! 5. [`server`] ([`Sandbox`]: binds and starts them on the caller's runtime), [`describe`] (what a
-//!    client needs to reach it, plain data) and [`inventory`] (that description as the workflows'
-//!    `Inventory`, the only user of `waymark-workflows`).
+//! 5. [`server`] ([`Sandbox`]: binds and starts them on the caller's runtime) and [`describe`]
+//!    (what a client needs to reach it, plain data). The sandbox does not depend on the
+//!    workflows: that description becomes an `inventory.toml` on the workflows' side
+//!    (`waymark_workflows::sandbox::write_inventory`, feature `sandbox`), called by whoever
+//!    starts a sandbox.
 
 pub mod clock;
 pub mod conn;
@@ -33,7 +35,6 @@ pub mod describe;
 pub mod elb;
 pub mod estate;
 pub mod faults;
-pub mod inventory;
 pub mod k8s;
 pub mod monitor;
 pub mod server;
@@ -48,3 +49,25 @@ pub use faults::{catalogue, Fault, FaultKind, Faults};
 pub use monitor::{Invariants, Truth};
 pub use server::Sandbox;
 pub use spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};
+
+#[cfg(test)]
+mod tests {
+    /// The sandbox is plain data and simulated servers: it depends on no Waymark crate, so the
+    /// engine's, the activities' and the workflows' builds never wait for it, and a build without
+    /// the simulator leaves nothing of it behind. (Its inventory is written on the workflows'
+    /// side: `waymark_workflows::sandbox`.)
+    #[test]
+    fn depends_on_no_waymark_crate() {
+        let manifest = include_str!("../Cargo.toml");
+        let waymark: Vec<&str> = manifest
+            .lines()
+            .map(str::trim_start)
+            .filter(|l| l.starts_with("waymark-"))
+            .collect();
+        assert!(
+            waymark.is_empty(),
+            "sandbox/Cargo.toml depends on {waymark:?}: turn what the sandbox needs into plain data \
+             (describe.rs) and convert it on the other crate's side"
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! The server wiring, above the state and the models: [`Sandbox::start`] binds every simulated
 //! system on loopback (the ports of a previous run when it restarts), spawns their servers, the
-//! estate's clock tick and the admin API, and writes `kubeconfig`, `known_hosts`,
-//! `inventory.toml` and `endpoints.json` into the sandbox folder.
+//! estate's clock tick and the admin API, and writes `kubeconfig`, `known_hosts` and
+//! `endpoints.json` into the sandbox folder (`inventory.toml` is the caller's to write from
+//! [`Sandbox::description`]: `waymark_workflows::sandbox::write_inventory`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,7 +97,6 @@ impl Sandbox {
         keys.write_known_hosts(dir, endpoints.ssh.values())?;
         write_kubeconfig(dir, endpoints.k8s)?;
         let description = shared.read(|st| crate::describe::describe(st, &endpoints));
-        crate::inventory::write(dir, &crate::inventory::inventory(&description))?;
         std::fs::write(
             dir.join("endpoints.json"),
             serde_json::to_vec_pretty(&endpoints).map_err(std::io::Error::other)?,
@@ -114,7 +114,8 @@ impl Sandbox {
         &self.endpoints
     }
 
-    /// What a client needs to reach it, as plain data (what `inventory.toml` is written from).
+    /// What a client needs to reach it, as plain data (what `inventory.toml` is written from, by
+    /// `waymark_workflows::sandbox::write_inventory`).
     pub fn description(&self) -> &Description {
         &self.description
     }

@@ -255,6 +255,12 @@ async fn drive(
         dir: dir.to_owned(),
         source,
     })?;
+    waymark_workflows::sandbox::write_inventory(dir, sandbox.description()).map_err(|source| {
+        Error::Sandbox {
+            dir: dir.to_owned(),
+            source,
+        }
+    })?;
     let world = World {
         sandbox: &sandbox,
         dir,

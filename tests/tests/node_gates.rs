@@ -24,6 +24,8 @@ pub(crate) async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox) {
     let sb = Sandbox::start(dir.path(), &Spec::default().with_time_scale(scale))
         .await
         .expect("sandbox starts");
+    waymark_workflows::sandbox::write_inventory(dir.path(), sb.description())
+        .expect("sandbox inventory written");
     (dir, sb)
 }
 

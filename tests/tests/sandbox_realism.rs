@@ -39,6 +39,7 @@ async fn lagging(scale: f64) -> (tempfile::TempDir, Sandbox, Inventory) {
     let sb = Sandbox::start(dir.path(), &Spec::default().with_time_scale(scale))
         .await
         .expect("sandbox starts");
+    waymark_workflows::sandbox::write_inventory(dir.path(), sb.description()).unwrap();
     let inv = Inventory::load(&dir.path().join("inventory.toml")).expect("sandbox inventory");
     (dir, sb, inv)
 }
@@ -1027,9 +1028,10 @@ async fn todays_per_node_gate_lets_two_tservers_be_down_at_once_on_a_lagging_clu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn todays_per_node_gate_without_the_lag_never_has_two_tservers_down() {
     let dir = temp_dir();
-    let _sb = Sandbox::start(dir.path(), &no_lag())
+    let sb = Sandbox::start(dir.path(), &no_lag())
         .await
         .expect("sandbox starts");
+    waymark_workflows::sandbox::write_inventory(dir.path(), sb.description()).unwrap();
     let inv = Inventory::load(&dir.path().join("inventory.toml")).unwrap();
     let got = todays_tserver_gates(dir.path(), &inv).await;
     assert_eq!(got.max_tservers_down, 1, "{got:?}");
@@ -1115,6 +1117,7 @@ async fn simulated(seed: u64) -> (tempfile::TempDir, Sandbox, Inventory) {
     let sb = Sandbox::start_with(dir.path(), &Spec::default().with_time_scale(1.0), &options)
         .await
         .expect("sandbox starts");
+    waymark_workflows::sandbox::write_inventory(dir.path(), sb.description()).unwrap();
     let inv = Inventory::load(&dir.path().join("inventory.toml")).expect("sandbox inventory");
     (dir, sb, inv)
 }

@@ -86,6 +86,8 @@ pub async fn sandbox(faster: u64) -> (tempfile::TempDir, waymark_sandbox::Sandbo
     )
     .await
     .expect("sandbox starts");
+    waymark_workflows::sandbox::write_inventory(dir.path(), sb.description())
+        .expect("sandbox inventory written");
     (dir, sb)
 }
 

@@ -388,6 +388,7 @@ async fn new_process_then_ready_each_gate_sees_what_the_one_before_cannot() {
     )
     .await
     .unwrap();
+    waymark_workflows::sandbox::write_inventory(dir.path(), sb.description()).unwrap();
     let inv =
         waymark_workflows::Inventory::load(&dir.path().join("inventory.toml")).expect("inventory");
     let m = inv.masters();

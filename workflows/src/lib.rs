@@ -7,6 +7,8 @@ pub mod inventory;
 pub mod maintenance;
 pub mod plan;
 pub mod preflight;
+#[cfg(feature = "sandbox")]
+pub mod sandbox;
 
 use waymark_engine::runtime::EngineBuilder;
 

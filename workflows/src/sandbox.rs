@@ -1,16 +1,23 @@
 //! The inventory of a running sandbox (`DIR/inventory.toml`), so that `waymark run` and the demo
-//! drive the sandbox exactly as they would drive a real estate: the sandbox's [`Description`]
-//! turned into the workflows' `Inventory`. The only file of the sandbox that uses
-//! `waymark-workflows`.
+//! drive the sandbox exactly as they would drive a real estate: the sandbox's plain-data
+//! [`Description`] turned into an [`Inventory`]. Behind the `sandbox` feature: the sandbox
+//! itself knows nothing of the workflows (it depends only on plain data), and whoever starts one
+//! (`waymark demo`, `waymark sandbox up`, the tests, the simulation) writes its inventory with
+//! [`write_inventory`] right after [`waymark_sandbox::Sandbox::start`].
 
 use std::path::Path;
 
-use waymark_workflows::inventory::{
+use waymark_sandbox::describe::Description;
+
+use crate::inventory::{
     Aws, Cluster, Deployments, Gates, Inventory, Kubernetes, Node, Notify, Register, RunLimits,
     Ssh, Traffic, Yugabyte,
 };
 
-use crate::describe::Description;
+/// Writes `DIR/inventory.toml` for the sandbox `d` describes, started in `dir`.
+pub fn write_inventory(dir: &Path, d: &Description) -> std::io::Result<()> {
+    write(dir, &inventory(d))
+}
 
 /// The inventory of the sandbox `d` describes (paths relative to the sandbox folder): its
 /// estate's facts, and the run policy chosen for a sandbox (SSH timeouts, `sudo`, the gates at

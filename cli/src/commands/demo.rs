@@ -109,6 +109,8 @@ pub async fn demo(
     let sb = Sandbox::start(&sandbox_dir, &spec)
         .await
         .with_context(|| format!("starting the sandbox estate in {}", sandbox_dir.display()))?;
+    waymark_workflows::sandbox::write_inventory(&sandbox_dir, sb.description())
+        .with_context(|| format!("writing inventory.toml in {}", sandbox_dir.display()))?;
     if let Some(f) = &fault {
         eprintln!(
             "demo: the sandbox will fail runbook step {} ({} fault on {:?})",

@@ -24,6 +24,8 @@ pub async fn up(dir: &Path, faster: u64, time_scale: Option<f64>) -> anyhow::Res
     let sb = waymark_sandbox::Sandbox::start(dir, &spec)
         .await
         .with_context(|| format!("starting the sandbox in {}", dir.display()))?;
+    waymark_workflows::sandbox::write_inventory(dir, sb.description())
+        .with_context(|| format!("writing the sandbox's inventory.toml in {}", dir.display()))?;
     let e = sb.endpoints();
     eprintln!(
         "sandbox up in {}: Kubernetes http://{}, ELBv2 http://{}, {} yb-masters, {} SSH hosts, admin http://{}",
