@@ -73,12 +73,57 @@ pub enum Error {
     /// The event could not be encoded.
     #[error("event could not be encoded: {0}")]
     Encode(String),
+    /// The store refused the run's records because another daemon owns the run now (its lease
+    /// was taken over with a newer epoch): this process must stop driving it. Not retryable.
+    #[error("run {run}: fenced: {detail}")]
+    Fenced {
+        /// The run this process may no longer append to.
+        run: RunId,
+        /// Who owns it now, the epoch this process held, what to do.
+        detail: String,
+    },
+    /// The store refused the run's first records because what they claim is taken: the
+    /// cluster is held by another open run, or the schedule's fire time already started one.
+    #[error("run {run}: not started: {detail}")]
+    Claimed {
+        /// The run that was not started.
+        run: RunId,
+        /// What is taken, by which run, what to do.
+        detail: String,
+    },
 }
 
 impl Error {
     /// Whether retrying the same operation later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, Error::Storage(_))
+    }
+
+    /// The same error again, for each request of a run that a backend refused (the variants a
+    /// refusal carries are copied; any other is passed on as its message, as `Storage`).
+    fn for_each_request(&self) -> Error {
+        match self {
+            Error::Fenced { run, detail } => Error::Fenced {
+                run: *run,
+                detail: detail.clone(),
+            },
+            Error::Claimed { run, detail } => Error::Claimed {
+                run: *run,
+                detail: detail.clone(),
+            },
+            Error::Lost { run, seq, detail } => Error::Lost {
+                run: *run,
+                seq: *seq,
+                detail: detail.clone(),
+            },
+            Error::Chain { run, seq, detail } => Error::Chain {
+                run: *run,
+                seq: *seq,
+                detail: detail.clone(),
+            },
+            Error::UnknownRun(run) => Error::UnknownRun(*run),
+            other => Error::Storage(other.to_string()),
+        }
     }
 }
 
@@ -139,6 +184,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Applies the batch in order and returns only once all of it is durable. A crash before that
     /// may keep a prefix of the batch (never a later write without an earlier one).
     fn commit(&self, batch: WriteBatch) -> Result<(), Error>;
+    /// Like [`Backend::commit`], but the store may refuse some runs' records (a run another
+    /// daemon took over: [`Error::Fenced`]; a claim already taken: [`Error::Claimed`]): those
+    /// runs' records are left out and named with why, the rest is committed. A backend with a
+    /// single writer refuses nothing (the default).
+    fn commit_checked(&self, batch: WriteBatch) -> Result<Vec<(RunId, Error)>, Error> {
+        self.commit(batch).map(|()| Vec::new())
+    }
     /// What recovery found damaged when the store was opened, one line each.
     fn damage(&self) -> Vec<String> {
         Vec::new()
@@ -395,7 +447,7 @@ impl<B: Backend> Shared<B> {
             .now()
             .trunc_subsecs(3);
         let mut batch = WriteBatch::default();
-        let mut replies: Vec<(Ack, Result<Vec<Record>, Error>)> =
+        let mut replies: Vec<(Ack, RunId, Result<Vec<Record>, Error>)> =
             Vec::with_capacity(requests.len());
         let mut closed_tails = Vec::new();
         for req in requests {
@@ -408,20 +460,30 @@ impl<B: Backend> Shared<B> {
                 req.run,
                 req.events,
             );
-            replies.push((req.ack, result));
+            replies.push((req.ack, req.run, result));
         }
         let outcome = if batch.records.is_empty() {
-            Ok(())
+            Ok(Vec::new())
         } else {
-            self.backend.commit(batch)
+            self.backend.commit_checked(batch)
         };
         match outcome {
-            Ok(()) => {
+            Ok(refused) => {
                 for run in closed_tails {
                     tails.remove(&run);
                 }
+                // A refused run's records were not stored: its tail reloads from the store at its
+                // next append, and each of its requests gets the refusal.
+                let refused: HashMap<RunId, Error> = refused.into_iter().collect();
+                for run in refused.keys() {
+                    tails.remove(run);
+                }
                 drop(tails);
-                for (ack, result) in replies {
+                for (ack, run, result) in replies {
+                    let result = match (result, refused.get(&run)) {
+                        (Ok(_), Some(e)) => Err(e.for_each_request()),
+                        (result, _) => result,
+                    };
                     let _ = ack.send(result);
                 }
             }
@@ -430,7 +492,7 @@ impl<B: Backend> Shared<B> {
                 tails.clear();
                 drop(tails);
                 let msg = e.to_string();
-                for (ack, _) in replies {
+                for (ack, _, _) in replies {
                     let _ = ack.send(Err(Error::Storage(msg.clone())));
                 }
             }
