@@ -1,5 +1,5 @@
-//! One conformance suite for the event log, run against every backend (segment files, sled and
-//! memory).
+//! One conformance suite for the event log, run against every backend (segment files, sled,
+//! memory, and PostgreSQL on a private server: `fixtures/postgres.rs`).
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use waymark_engine::log::sled::SledBackend;
 use waymark_engine::log::{Backend, Error, EventLog, Log};
 use waymark_engine::RunId;
 
+use crate::fixtures::postgres::PgFixture;
 use crate::util::temp_dir;
 
 /// A backend under test, and how to reopen it (for sled: close the database and open it again).
@@ -99,6 +100,19 @@ impl Fixture for MemoryFixture {
     }
     fn reopen(&mut self) {
         self.log = Arc::new(Log::new(self.backend.clone()));
+    }
+}
+
+/// PostgreSQL: a schema of its own on the binary's private server; reopening opens a new backend
+/// under the same daemon name, which takes over its own runs with a new epoch (a restarted
+/// daemon).
+impl Fixture for PgFixture {
+    type B = waymark_store_pg::PgBackend;
+    fn log(&self) -> Arc<Log<waymark_store_pg::PgBackend>> {
+        PgFixture::log(self)
+    }
+    fn reopen(&mut self) {
+        PgFixture::reopen(self);
     }
 }
 
@@ -303,6 +317,9 @@ macro_rules! conformance {
         }
         mod memory_backend {
             $(#[tokio::test] async fn $name() { super::$name(super::MemoryFixture::new()).await; })*
+        }
+        mod postgres_backend {
+            $(#[tokio::test] async fn $name() { super::$name(super::PgFixture::new()).await; })*
         }
     };
 }
