@@ -238,7 +238,16 @@ pub struct Shared {
     faults: Mutex<Faults>,
     /// The seeded generator's state (splitmix64), `None` without a seed.
     random: Mutex<Option<u64>>,
+    /// Told of every effect right after it is recorded (the simulation's crash points inside
+    /// activities, [`Shared::on_effect`]).
+    effect_hook: Mutex<Option<EffectHook>>,
+    /// Effects this sandbox appended to `effects.jsonl` (the hook's index when not in memory).
+    effects_in_file: std::sync::atomic::AtomicUsize,
 }
+
+/// A function told of each effect as it lands: its index (from 0, counted since the sandbox
+/// started) and the effect.
+pub type EffectHook = std::sync::Arc<dyn Fn(usize, &Effect) + Send + Sync>;
 
 impl Shared {
     pub(crate) fn open(dir: &Path, spec: &Spec, options: &Options) -> std::io::Result<Self> {
@@ -294,6 +303,8 @@ impl Shared {
             effects: Mutex::new(effects),
             faults: Mutex::new(faults),
             random: Mutex::new(options.seed),
+            effect_hook: Mutex::new(None),
+            effects_in_file: std::sync::atomic::AtomicUsize::new(0),
         };
         {
             let mut st = shared.state.lock().expect("sandbox state lock");
@@ -444,16 +455,32 @@ impl Shared {
             action: action.into(),
             details,
         };
-        match &mut *self.effects.lock().expect("effects lock") {
-            EffectLog::Memory(effects) => effects.push(effect),
+        let hook = self.effect_hook.lock().expect("effect hook lock").clone();
+        let index = match &mut *self.effects.lock().expect("effects lock") {
+            EffectLog::Memory(effects) => {
+                effects.push(effect.clone());
+                effects.len() - 1
+            }
             EffectLog::File(f) => {
                 let mut line = serde_json::to_string(&effect).expect("effect serialises");
                 line.push('\n');
                 if let Err(e) = f.write_all(line.as_bytes()) {
                     tracing::error!("sandbox: cannot record effect: {e}");
                 }
+                self.effects_in_file
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             }
+        };
+        if let Some(hook) = hook {
+            hook(index, &effect);
         }
+    }
+
+    /// Calls `hook` right after each effect is recorded, with its index (the simulation's crash
+    /// points "after the effect on the estate, before its result is journaled"); `None` removes
+    /// it. The hook runs on the thread of the server that made the effect, before it answers.
+    pub fn on_effect(&self, hook: Option<EffectHook>) {
+        *self.effect_hook.lock().expect("effect hook lock") = hook;
     }
 
     /// Every effect recorded so far (from `effects.jsonl`: across restarts of the sandbox; in

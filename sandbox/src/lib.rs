@@ -44,7 +44,9 @@ pub mod yb;
 
 pub use clock::Clock;
 pub use describe::{Description, NodeAccess};
-pub use estate::{read_effects, read_invariants, Effect, Endpoints, Options, Scenario, Shared};
+pub use estate::{
+    read_effects, read_invariants, Effect, EffectHook, Endpoints, Options, Scenario, Shared,
+};
 pub use faults::{catalogue, Fault, FaultKind, Faults};
 pub use monitor::{Invariants, Truth};
 pub use server::Sandbox;
