@@ -2,12 +2,16 @@
 //! then every crash point (stacked up to the asked depth) and every fault of the sandbox's
 //! catalogue at every step that touches its system (transient and persistent), checks each
 //! execution, and shrinks each violating schedule to the fewest crashes and faults that still
-//! violate. Sequential and deterministic: the same seed and options explore the same schedules
-//! in the same order with the same results.
+//! violate. Then, as asked, schedules that stack a fault and a crash ([`Combined`]).
+//! Deterministic: the same seed and options explore the same schedules with the same results;
+//! executions run on several threads (each on its own current-thread runtime and estate
+//! folder) and are recorded and reported in the order they were planned.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use waymark_sandbox::faults::catalogue;
@@ -100,6 +104,23 @@ pub enum FaultSteps {
     FirstOfEachActivity,
 }
 
+/// Which schedules stacking a fault and a crash to explore, enumerated from the executions of
+/// the single faults: every transient fault that fired × every crash point of its step's retry
+/// (each append boundary from its `StepScheduled` to its end, lost and durable, and each effect
+/// in between), and every persistent fault that led to compensation × every crash point of that
+/// compensation (each append boundary from the first compensation's `StepScheduled` to the
+/// end, and each effect from there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Combined {
+    /// None.
+    None,
+    /// All of them (`--combined all`).
+    All,
+    /// A deterministic subset of about this many: every k-th of the full list in its order,
+    /// k = ceil(all / N) (`--combined N`).
+    Sample(usize),
+}
+
 /// What to explore.
 #[derive(Clone, Debug)]
 pub struct ExploreOptions {
@@ -123,6 +144,10 @@ pub struct ExploreOptions {
     /// How many violating schedules are shrunk (the first ones found, one per distinct first
     /// violation).
     pub shrink: usize,
+    /// Schedules stacking a fault and a crash.
+    pub combined: Combined,
+    /// Executions run at once, each on its own thread, runtime and estate folder.
+    pub threads: usize,
 }
 
 impl ExploreOptions {
@@ -138,12 +163,24 @@ impl ExploreOptions {
             work_dir,
             run_limit: Duration::from_secs(6 * 3600),
             shrink: 3,
+            combined: Combined::None,
+            threads: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 
     fn execution(&self) -> ExecutionOptions {
+        self.worker(0)
+    }
+
+    /// Worker `k`'s estate folder (worker 0's is the one `--replay` uses).
+    fn worker(&self, k: usize) -> ExecutionOptions {
+        let name = if k == 0 {
+            format!("seed-{}", self.seed)
+        } else {
+            format!("seed-{}-worker-{k}", self.seed)
+        };
         ExecutionOptions {
-            dir: self.work_dir.join(format!("seed-{}", self.seed)),
+            dir: self.work_dir.join(name),
             run_limit: self.run_limit,
         }
     }
@@ -173,6 +210,21 @@ pub struct FaultCoverage {
     pub fired: usize,
 }
 
+/// The schedules stacking a fault and a crash.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CombinedCoverage {
+    /// All enumerated ([`Combined::All`] explores them all).
+    pub enumerated: usize,
+    /// Of them, crashes during a transient fault's retry.
+    pub enumerated_retry: usize,
+    /// Of them, crashes during the compensation a persistent fault caused.
+    pub enumerated_compensation: usize,
+    /// Planned (all, or the sample).
+    pub planned: usize,
+    /// Explored.
+    pub explored: usize,
+}
+
 /// What an exploration found.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
@@ -192,8 +244,18 @@ pub struct Report {
     pub plain_end: String,
     /// Simulated time of the plain run.
     pub plain_simulated: Duration,
-    /// Schedules with crashes, by number of crashes.
+    /// Schedules with crashes and no fault, by number of crashes.
     pub crash_schedules: BTreeMap<usize, usize>,
+    /// Effects of the plain run (its crash points inside activities).
+    pub plain_effects: usize,
+    /// Of the crash schedules, those with a crash inside an activity (after an effect).
+    pub effect_crash_schedules: usize,
+    /// Per system: the plain run's steps that touch it (each tried with every kind of the
+    /// system, transient and persistent).
+    pub fault_steps: BTreeMap<String, usize>,
+    /// Schedules stacking a fault and a crash: explored, of all enumerated, and of those the
+    /// crashes during a transient fault's retry and during a persistent fault's compensation.
+    pub combined: CombinedCoverage,
     /// Per `system.kind`: schedules with it, and how many saw it fire.
     pub faults: BTreeMap<String, FaultCoverage>,
     /// Schedules with a change of the estate, per change (`slow-bootstrap`, ...), and their ends.
@@ -248,6 +310,41 @@ impl Report {
             self.faults.values().map(|c| c.schedules).sum::<usize>(),
             self.faults.len()
         );
+        if crashes > 0 {
+            let _ = writeln!(
+                out,
+                "  crash points of the plain run: {} append boundaries x {{lost, durable}} and {} \
+                 inside activities (after each effect on the estate); {} schedules crash after an effect",
+                self.plain_appends, self.plain_effects, self.effect_crash_schedules
+            );
+        }
+        for (system, steps) in &self.fault_steps {
+            let kinds = catalogue().iter().filter(|(s, _)| s == system).count();
+            let tried: usize = self
+                .faults
+                .iter()
+                .filter(|(k, _)| k.split('.').next() == Some(system.as_str()))
+                .map(|(_, c)| c.schedules)
+                .sum();
+            let _ = writeln!(
+                out,
+                "  faults of {system:<8} {steps:>3} steps x {kinds} kinds x {{transient, persistent}}: \
+                 {tried} schedules"
+            );
+        }
+        if self.combined.planned > 0 || self.combined.enumerated > 0 {
+            let c = &self.combined;
+            let _ = writeln!(
+                out,
+                "  fault + crash: {} explored of {} planned; enumerated {} ({} crash points during \
+                 a transient fault's retry, {} during a persistent fault's compensation)",
+                c.explored,
+                c.planned,
+                c.enumerated,
+                c.enumerated_retry,
+                c.enumerated_compensation
+            );
+        }
         for (fault, c) in &self.faults {
             let _ = writeln!(
                 out,
@@ -384,6 +481,29 @@ fn fault_schedules(plain: &Execution, options: &ExploreOptions) -> Vec<Schedule>
     out
 }
 
+/// Per system, how many of the plain run's steps a fault of it is tried at.
+fn fault_steps(plain: &Execution, options: &ExploreOptions) -> BTreeMap<&'static str, usize> {
+    let mut out: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
+    for (_, activity) in &plain.steps {
+        for system in systems_of(activity) {
+            if !catalogue()
+                .iter()
+                .any(|(s, k)| s == system && options.faults.selects(s, k))
+            {
+                continue;
+            }
+            if options.fault_steps == FaultSteps::FirstOfEachActivity
+                && !seen.insert((activity.as_str(), system))
+            {
+                continue;
+            }
+            *out.entry(system).or_default() += 1;
+        }
+    }
+    out
+}
+
 /// The estate's scenarios: a slow bootstrap, zone B unhealthy, and the weights changed by hand
 /// at a quarter, half and three quarters of the plain run's steps.
 fn estate_schedules(plain: &Execution) -> Vec<Schedule> {
@@ -409,11 +529,162 @@ fn crash_extensions(base: &Schedule, appends: u64) -> Vec<Schedule> {
     for append in 0..appends {
         for durable in [false, true] {
             let mut s = base.clone();
-            s.crashes.push(Crash { append, durable });
+            s.crashes.push(Crash::append(append, durable));
             out.push(s);
         }
     }
     out
+}
+
+/// The crash points inside activities of an execution: right after each of its effects.
+fn effect_crashes(base: &Schedule, effects: std::ops::Range<usize>) -> Vec<Schedule> {
+    effects
+        .map(|effect| {
+            let mut s = base.clone();
+            s.crashes.push(Crash::Effect {
+                effect: effect as u64,
+            });
+            s
+        })
+        .collect()
+}
+
+/// The schedules stacking the fault of `e` (one fault, no crash) with one crash: during its
+/// retry (a transient fault that fired: from its step's `StepScheduled` to its end) or during
+/// the compensation it caused (a persistent fault). Returns them and which of the two it was
+/// (`true`: compensation).
+fn combined_of(e: &Execution) -> Vec<(Schedule, bool)> {
+    let Some(plan) = e.schedule.faults.first() else {
+        return Vec::new();
+    };
+    if e.schedule.faults.len() != 1 || !e.schedule.crashes.is_empty() {
+        return Vec::new();
+    }
+    let base = Schedule {
+        crashes: Vec::new(),
+        ..e.schedule.clone()
+    };
+    let total = e.appends.first().copied().unwrap_or(0);
+    let (from, until, compensation) = if plan.transient.is_some() {
+        if !e.fired.first().copied().unwrap_or(false) {
+            return Vec::new();
+        }
+        match (e.fault_from, e.fault_until) {
+            (Some(f), Some(u)) => (f, u, false),
+            (Some(f), None) => (
+                f,
+                crate::schedule::Mark {
+                    append: total.saturating_sub(1),
+                    effects: e.effects,
+                },
+                false,
+            ),
+            _ => return Vec::new(),
+        }
+    } else {
+        let Some(c) = e.compensation_from else {
+            return Vec::new();
+        };
+        (
+            c,
+            crate::schedule::Mark {
+                append: total.saturating_sub(1),
+                effects: e.effects,
+            },
+            true,
+        )
+    };
+    let mut out: Vec<(Schedule, bool)> = Vec::new();
+    for append in from.append..=until.append.min(total.saturating_sub(1)) {
+        for durable in [false, true] {
+            let mut s = base.clone();
+            s.crashes.push(Crash::append(append, durable));
+            out.push((s, compensation));
+        }
+    }
+    let last_effect = if compensation {
+        e.effects
+    } else {
+        until.effects
+    };
+    for s in effect_crashes(&base, from.effects..last_effect.max(from.effects)) {
+        out.push((s, compensation));
+    }
+    out
+}
+
+/// Every k-th of `all` (k = ceil(len / n)), in order: a deterministic subset of about `n`.
+fn sample<T: Clone>(all: &[T], n: usize) -> Vec<T> {
+    if n == 0 || all.is_empty() {
+        return Vec::new();
+    }
+    let k = all.len().div_ceil(n);
+    all.iter().step_by(k).cloned().collect()
+}
+
+/// Runs `schedules` on `options.threads` threads (worker `k` in its own estate folder, each
+/// execution on its own current-thread runtime) and hands each execution to `sink` on this
+/// thread, in the order of `schedules`. No new execution starts once `stop` says so (the
+/// budget); the first error stops the rest and is returned.
+fn run_all(
+    subject: &dyn Subject,
+    seed: u64,
+    options: &ExploreOptions,
+    schedules: &[Schedule],
+    stop: &(dyn Fn() -> bool + Sync),
+    sink: &mut dyn FnMut(Execution),
+) -> Result<(), Error> {
+    let threads = options.threads.clamp(1, schedules.len().max(1));
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<(usize, Result<Execution, Error>)>();
+    std::thread::scope(|scope| {
+        for k in 0..threads {
+            let tx = tx.clone();
+            let (next, failed) = (&next, &failed);
+            let mut exec = options.worker(k);
+            exec.run_limit = options.run_limit;
+            scope.spawn(move || loop {
+                if failed.load(Ordering::SeqCst) || stop() {
+                    break;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(schedule) = schedules.get(i) else {
+                    break;
+                };
+                let result = execute(subject, seed, schedule, &exec);
+                if result.is_err() {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                if tx.send((i, result)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending: BTreeMap<usize, Execution> = BTreeMap::new();
+        let mut expected = 0;
+        let mut error = None;
+        for (i, result) in rx {
+            match result {
+                Ok(e) => {
+                    pending.insert(i, e);
+                }
+                Err(e) => {
+                    error.get_or_insert(e);
+                }
+            }
+            while let Some(e) = pending.remove(&expected) {
+                sink(e);
+                expected += 1;
+            }
+        }
+        // Executions after a gap (the budget ran out while an earlier one was never started).
+        for (_, e) in std::mem::take(&mut pending) {
+            sink(e);
+        }
+        error.map_or(Ok(()), Err)
+    })
 }
 
 /// Greedy shrinking: leaves out one crash or fault at a time and keeps the smaller schedule
@@ -489,7 +760,8 @@ pub fn replay(
     execute(subject, repro.seed, &repro.schedule, &o.execution())
 }
 
-/// Explores as `options` say; `progress` hears of every execution (shrinking's included).
+/// Explores as `options` say; `progress` hears of every execution (shrinking's included), in
+/// the order they were planned.
 pub fn explore(
     subject: &dyn Subject,
     options: &ExploreOptions,
@@ -507,13 +779,30 @@ pub fn explore(
         report.explored += 1;
         report.simulated += e.simulated;
         *report.ends.entry(e.end.name().to_owned()).or_default() += 1;
-        if !e.schedule.crashes.is_empty() {
+        if !e.schedule.crashes.is_empty() && e.schedule.faults.is_empty() {
             *report
                 .crash_schedules
                 .entry(e.schedule.crashes.len())
                 .or_default() += 1;
+            if e.schedule
+                .crashes
+                .iter()
+                .any(|c| c.after_effect().is_some())
+            {
+                report.effect_crash_schedules += 1;
+            }
         }
-        for (plan, fired) in e.schedule.faults.iter().zip(&e.fired) {
+        if !e.schedule.crashes.is_empty() && !e.schedule.faults.is_empty() {
+            report.combined.explored += 1;
+        }
+        // The fault coverage counts the schedules of faults alone (the fault + crash ones are
+        // counted in `combined`).
+        let faults_alone = if e.schedule.crashes.is_empty() {
+            e.schedule.faults.as_slice()
+        } else {
+            &[]
+        };
+        for (plan, fired) in faults_alone.iter().zip(&e.fired) {
             let c = report
                 .faults
                 .entry(format!("{}.{}", plan.system, plan.kind.name()))
@@ -540,16 +829,13 @@ pub fn explore(
             ));
         }
     };
-    let over_budget = |report: &Report| {
-        options
-            .budget
-            .is_some_and(|b| started.elapsed() >= b && report.explored > 0)
-    };
+    let over_budget = || options.budget.is_some_and(|b| started.elapsed() >= b);
 
     let plain = run(&Schedule::plain())?;
     progress(&plain);
     report.plain_appends = plain.appends.first().copied().unwrap_or(0);
     report.plain_steps = plain.steps.len();
+    report.plain_effects = plain.effects;
     plain.end.name().clone_into(&mut report.plain_end);
     report.plain_simulated = plain.simulated;
     record(&mut report, &plain);
@@ -557,29 +843,84 @@ pub fn explore(
     let mut queue: Vec<Schedule> = Vec::new();
     if options.crashes.depth() > 0 {
         queue.extend(crash_extensions(&Schedule::plain(), report.plain_appends));
+        queue.extend(effect_crashes(&Schedule::plain(), 0..plain.effects));
     }
-    queue.extend(fault_schedules(&plain, options));
+    let faults = fault_schedules(&plain, options);
+    for (system, steps) in fault_steps(&plain, options) {
+        report.fault_steps.insert(system.to_owned(), steps);
+    }
+    queue.extend(faults);
     if options.estate {
         queue.extend(estate_schedules(&plain));
     }
     report.planned = 1 + queue.len();
-    let mut next = 0;
-    while next < queue.len() {
-        if over_budget(&report) {
-            report.budget_spent = true;
+    let mut combined: Vec<(Schedule, bool)> = Vec::new();
+    let mut depth = 1;
+    loop {
+        let mut extensions: Vec<Schedule> = Vec::new();
+        let mut sink = |e: Execution| {
+            progress(&e);
+            record(&mut report, &e);
+            if options.combined != Combined::None {
+                combined.extend(combined_of(&e));
+            }
+            if e.schedule.faults.is_empty()
+                && !e.schedule.crashes.is_empty()
+                && e.schedule.crashes.len() < options.crashes.depth() as usize
+                && e.schedule.crashes.len() == depth
+            {
+                extensions.extend(crash_extensions(
+                    &e.schedule,
+                    e.appends.last().copied().unwrap_or(0),
+                ));
+            }
+        };
+        run_all(
+            subject,
+            options.seed,
+            options,
+            &queue,
+            &over_budget,
+            &mut sink,
+        )?;
+        if over_budget() {
             break;
         }
-        let schedule = queue[next].clone();
-        next += 1;
-        let e = run(&schedule)?;
-        progress(&e);
-        record(&mut report, &e);
-        if schedule.faults.is_empty() && (schedule.crashes.len() as u32) < options.crashes.depth() {
-            let more = crash_extensions(&schedule, e.appends.last().copied().unwrap_or(0));
-            report.planned += more.len();
-            queue.extend(more);
+        if extensions.is_empty() {
+            break;
+        }
+        report.planned += extensions.len();
+        queue = extensions;
+        depth += 1;
+    }
+    if options.combined != Combined::None {
+        report.combined.enumerated = combined.len();
+        report.combined.enumerated_compensation = combined.iter().filter(|(_, c)| *c).count();
+        report.combined.enumerated_retry =
+            report.combined.enumerated - report.combined.enumerated_compensation;
+        let all: Vec<Schedule> = combined.into_iter().map(|(s, _)| s).collect();
+        let chosen = match options.combined {
+            Combined::Sample(n) => sample(&all, n),
+            _ => all,
+        };
+        report.combined.planned = chosen.len();
+        report.planned += chosen.len();
+        if !over_budget() {
+            let mut sink = |e: Execution| {
+                progress(&e);
+                record(&mut report, &e);
+            };
+            run_all(
+                subject,
+                options.seed,
+                options,
+                &chosen,
+                &over_budget,
+                &mut sink,
+            )?;
         }
     }
+    report.budget_spent = report.explored < report.planned;
 
     // Shrink the first violating schedules, one per distinct first violation.
     let mut shrunk_kinds: Vec<String> = Vec::new();

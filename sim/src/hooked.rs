@@ -6,6 +6,7 @@
 //! trace the run: which step ran which activity, how many appends each incarnation made, whether
 //! each planned fault fired.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -16,7 +17,7 @@ use waymark_engine::log::{Error, EventLog};
 use waymark_engine::{Event, Record, RunId, StepRef};
 use waymark_sandbox::{Fault, Faults, Invariants, Shared};
 
-use crate::schedule::{EstateChange, FaultPlan};
+use crate::schedule::{EstateChange, FaultPlan, Mark};
 
 /// What the hooks saw, shared across the incarnations of the engine process.
 #[derive(Debug, Default)]
@@ -27,6 +28,13 @@ pub(crate) struct Trace {
     pub appends: Vec<u64>,
     /// Per planned fault (in the schedule's order): whether it fired at least once.
     pub fired: Vec<bool>,
+    /// Where the first planned fault's step began: the index of the append carrying its
+    /// `StepScheduled` (in the incarnation that made it) and the estate's effects by then.
+    pub fault_from: Option<Mark>,
+    /// Where it ended: the append carrying its `StepCompleted`/`StepFailed`.
+    pub fault_until: Option<Mark>,
+    /// Where the first compensation began: the append carrying its `StepScheduled`.
+    pub compensation_from: Option<Mark>,
 }
 
 /// The faults of a schedule and which are in the sandbox now.
@@ -60,6 +68,12 @@ pub(crate) struct Hooks {
     faults: Mutex<FaultState>,
     pub(crate) trace: Mutex<Trace>,
     crashed: watch::Sender<bool>,
+    /// The effect after which this incarnation dies (a crash inside an activity).
+    effect_crash: Mutex<Option<u64>>,
+    /// This incarnation died at an effect: its appends go nowhere and never resolve.
+    dead: AtomicBool,
+    /// Effects the estate recorded so far.
+    effects: AtomicUsize,
 }
 
 impl Hooks {
@@ -86,7 +100,35 @@ impl Hooks {
                 ..Trace::default()
             }),
             crashed: watch::channel(false).0,
+            effect_crash: Mutex::new(None),
+            dead: AtomicBool::new(false),
+            effects: AtomicUsize::new(0),
         })
+    }
+
+    /// The current incarnation dies right after the estate records effect `effect`.
+    pub(crate) fn crash_after_effect(&self, effect: Option<u64>) {
+        *self.effect_crash.lock().expect("effect crash lock") = effect;
+    }
+
+    /// Told by the sandbox of each effect as it lands (before the server answers): at the
+    /// planned one, the process dies there (nothing more is appended) and the crash is
+    /// announced.
+    pub(crate) fn effect_landed(&self, index: usize) {
+        self.effects.store(index + 1, Ordering::SeqCst);
+        let mut armed = self.effect_crash.lock().expect("effect crash lock");
+        if *armed == Some(index as u64) {
+            *armed = None;
+            self.dead.store(true, Ordering::SeqCst);
+            self.crashed.send_replace(true);
+        }
+    }
+
+    fn mark(&self, append: u64) -> Mark {
+        Mark {
+            append,
+            effects: self.effects.load(Ordering::SeqCst),
+        }
     }
 
     /// Resolves once the current incarnation's log took its crash.
@@ -97,6 +139,7 @@ impl Hooks {
     /// A new incarnation: counts its appends from 0, announces nothing yet.
     pub(crate) fn new_incarnation(&self) {
         self.trace.lock().expect("trace lock").appends.push(0);
+        self.dead.store(false, Ordering::SeqCst);
         self.crashed.send_replace(false);
     }
 
@@ -190,15 +233,39 @@ impl Hooks {
         self.note_fired(&state, &rules);
     }
 
-    fn before_append(&self, events: &[Event]) {
+    fn before_append(&self, events: &[Event], index: u64) {
         for event in events {
             match event {
                 Event::StepCompleted { step, .. } | Event::StepFailed { step, .. } => {
                     self.end_step(*step);
+                    self.note_window(*step, index, false);
                 }
-                Event::StepScheduled { step, activity, .. } => self.begin_step(*step, activity),
+                Event::StepScheduled { step, activity, .. } => {
+                    self.begin_step(*step, activity);
+                    self.note_window(*step, index, true);
+                }
                 _ => {}
             }
+        }
+    }
+
+    /// Notes where the first planned fault's step and the first compensation begin and end.
+    fn note_window(&self, step: StepRef, index: u64, begins: bool) {
+        let faulty = {
+            let state = self.faults.lock().expect("faults lock");
+            state.plans.first().is_some_and(|p| p.step == step)
+        };
+        let mark = self.mark(index);
+        let mut trace = self.trace.lock().expect("trace lock");
+        if faulty {
+            if begins {
+                trace.fault_from.get_or_insert(mark);
+            } else {
+                trace.fault_until = Some(mark);
+            }
+        }
+        if begins && matches!(step, StepRef::Compensation(_)) {
+            trace.compensation_from.get_or_insert(mark);
         }
     }
 }
@@ -222,8 +289,12 @@ impl EventLog for HookedLog {
         run: RunId,
         events: Vec<Event>,
     ) -> BoxFuture<'static, Result<Vec<Record>, Error>> {
+        if self.hooks.dead.load(Ordering::SeqCst) {
+            // The process died at an effect: nothing it appends from now on reaches the log.
+            return Box::pin(futures::future::pending());
+        }
         if !self.inner.crashed() {
-            self.hooks.before_append(&events);
+            self.hooks.before_append(&events, self.inner.appends());
         }
         let fut = self.inner.append(run, events);
         {

@@ -22,9 +22,9 @@ pub mod subject;
 pub mod world;
 
 pub use explore::{
-    explore, replay, shrink, Crashes, ExploreOptions, FaultCoverage, FaultSteps, Faults, Finding,
-    Report,
+    explore, replay, shrink, Combined, CombinedCoverage, Crashes, ExploreOptions, FaultCoverage,
+    FaultSteps, Faults, Finding, Report,
 };
-pub use schedule::{Crash, EstateChange, FaultPlan, Reproduction, Schedule};
+pub use schedule::{Crash, EstateChange, FaultPlan, Mark, Reproduction, Schedule};
 pub use subject::YbMaintenance;
 pub use world::{execute, End, Execution, ExecutionOptions, Subject, World, EPOCH};

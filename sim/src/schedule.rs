@@ -15,7 +15,8 @@ pub enum Error {
     /// One item of the text is not a crash or a fault.
     #[error(
         "schedule item {item:?}: {problem}; items are `cN` (crash at append N, its records lost), \
-         `cNd` (crash right after append N is durable) and `SYSTEM.KIND@STEP[xK]` (a fault of the \
+         `cNd` (crash right after append N is durable), `eN` (crash right after the estate's effect \
+         N lands, before the activity hears its answer) and `SYSTEM.KIND@STEP[xK]` (a fault of the \
          sandbox catalogue during step STEP, `wP` for the workflow's step at position P or `cN` for \
          the N-th compensation; `xK`: it clears after K requests, else it lasts the whole step), \
          `slow-bootstrap`, `zone-b-unhealthy` and `weights-by-hand@STEP` (changes of the estate), \
@@ -29,21 +30,47 @@ pub enum Error {
     },
 }
 
-/// One death of the engine process: at the `append`-th append of the log as this incarnation of
-/// the process opened it (counted from 0), its records lost or already durable.
+/// One death of the engine process: at an append boundary of the log, or inside an activity
+/// right after its effect on the estate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Crash {
-    /// Index of the append, counted from the (re)start of the process.
-    pub append: u64,
-    /// Whether the append's flush completed before the death.
-    pub durable: bool,
+pub enum Crash {
+    /// At the `append`-th append of the log as this incarnation of the process opened it
+    /// (counted from 0), its records lost (`durable: false`, the process died before the flush)
+    /// or already durable (it died right after, before anyone heard).
+    Append {
+        /// Index of the append, counted from the (re)start of the process.
+        append: u64,
+        /// Whether the append's flush completed before the death.
+        durable: bool,
+    },
+    /// Right after the sandbox recorded its `effect`-th effect (counted from 0 since the estate
+    /// started, across restarts): the effect landed, the activity has not heard its answer, the
+    /// log is as of its last completed append and nothing more is appended.
+    Effect {
+        /// Index of the effect in the sandbox's effects.
+        effect: u64,
+    },
 }
 
-impl From<Crash> for CrashAt {
-    fn from(c: Crash) -> CrashAt {
-        CrashAt {
-            append: c.append,
-            durable: c.durable,
+impl Crash {
+    /// A crash at an append boundary.
+    pub fn append(append: u64, durable: bool) -> Crash {
+        Crash::Append { append, durable }
+    }
+
+    /// The log's crash point, for an append boundary.
+    pub fn at_append(self) -> Option<CrashAt> {
+        match self {
+            Crash::Append { append, durable } => Some(CrashAt { append, durable }),
+            Crash::Effect { .. } => None,
+        }
+    }
+
+    /// The effect's index, for a crash inside an activity.
+    pub fn after_effect(self) -> Option<u64> {
+        match self {
+            Crash::Effect { effect } => Some(effect),
+            Crash::Append { .. } => None,
         }
     }
 }
@@ -137,6 +164,12 @@ impl Schedule {
                 schedule.estate.push(EstateChange::WeightsByHand(step));
                 continue;
             }
+            if let Some(digits) = item.strip_prefix('e') {
+                if let Ok(effect) = digits.parse() {
+                    schedule.crashes.push(Crash::Effect { effect });
+                    continue;
+                }
+            }
             if let Some(rest) = item.strip_prefix('c') {
                 let (digits, durable) = match rest.strip_suffix('d') {
                     Some(d) => (d, true),
@@ -145,7 +178,7 @@ impl Schedule {
                 let append = digits
                     .parse()
                     .map_err(|_| bad("a crash needs an append number"))?;
-                schedule.crashes.push(Crash { append, durable });
+                schedule.crashes.push(Crash::Append { append, durable });
                 continue;
             }
             let (what, when) = item
@@ -193,10 +226,20 @@ impl Schedule {
             let mut s = self.clone();
             let gone = s.crashes.remove(i);
             out.push(s.clone());
-            if let Some(next) = s.crashes.get(i).copied() {
+            if let (
+                Some(Crash::Append {
+                    append: next,
+                    durable,
+                }),
+                Crash::Append { append: gone, .. },
+            ) = (s.crashes.get(i).copied(), gone)
+            {
                 for extra in 0..=2 {
                     let mut merged = s.clone();
-                    merged.crashes[i].append = next.append + gone.append + extra;
+                    merged.crashes[i] = Crash::Append {
+                        append: next + gone + extra,
+                        durable,
+                    };
                     if !out.contains(&merged) {
                         out.push(merged);
                     }
@@ -237,7 +280,12 @@ fn step_text(step: StepRef) -> String {
 
 impl fmt::Display for Crash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "c{}{}", self.append, if self.durable { "d" } else { "" })
+        match self {
+            Crash::Append { append, durable } => {
+                write!(f, "c{append}{}", if *durable { "d" } else { "" })
+            }
+            Crash::Effect { effect } => write!(f, "e{effect}"),
+        }
     }
 }
 
@@ -281,6 +329,16 @@ impl fmt::Display for Schedule {
             .collect();
         f.write_str(&items.join(","))
     }
+}
+
+/// A point of an execution: an append (its index in the incarnation that made it) and how
+/// many effects the estate had recorded by then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Index of the append.
+    pub append: u64,
+    /// Effects recorded before it.
+    pub effects: usize,
 }
 
 /// A seed and a schedule: what `--seed` takes and what a violation prints (`SEED` alone, or
@@ -327,14 +385,9 @@ mod tests {
         let (system, kind) = catalogue().into_iter().nth(1).unwrap();
         let s = Schedule {
             crashes: vec![
-                Crash {
-                    append: 12,
-                    durable: true,
-                },
-                Crash {
-                    append: 3,
-                    durable: false,
-                },
+                Crash::append(12, true),
+                Crash::Effect { effect: 4 },
+                Crash::append(3, false),
             ],
             faults: vec![FaultPlan {
                 system,

@@ -20,7 +20,7 @@ use waymark_sandbox::{Clock, Options, Sandbox, Scenario, Shared, Spec};
 
 use crate::check;
 use crate::hooked::{HookedLog, Hooks, Trace};
-use crate::schedule::{EstateChange, Schedule};
+use crate::schedule::{Crash, EstateChange, Mark, Schedule};
 
 /// Where every execution's clocks start (the engine's and the sandbox's): a fixed instant, so
 /// that timestamps in histories do not depend on when the explorer ran.
@@ -174,6 +174,14 @@ pub struct Execution {
     pub fired: Vec<bool>,
     /// Simulated time from the estate's start to the run's end.
     pub simulated: Duration,
+    /// Effects the estate recorded (its crash points inside activities are `e0` to one less).
+    pub effects: usize,
+    /// Where the first planned fault's step began (the append of its `StepScheduled`).
+    pub fault_from: Option<Mark>,
+    /// Where it ended (the append of its `StepCompleted`/`StepFailed`).
+    pub fault_until: Option<Mark>,
+    /// Where the first compensation began.
+    pub compensation_from: Option<Mark>,
 }
 
 /// Knobs of one execution.
@@ -293,8 +301,20 @@ async fn drive(
     let clock: SharedClock = Arc::new(TokioClock::starting_at(epoch()));
     let mut crashes = schedule.crashes.iter().copied();
 
-    let mut sim = SimLog::new();
-    sim.set_crash(crashes.next().map(Into::into));
+    let landed = Arc::downgrade(&hooks);
+    sandbox.shared().on_effect(Some(Arc::new(move |index, _| {
+        if let Some(hooks) = landed.upgrade() {
+            hooks.effect_landed(index);
+        }
+    })));
+    let arm = |sim: &SimLog, crash: Option<Crash>| {
+        sim.set_crash(crash.and_then(Crash::at_append));
+        hooks.crash_after_effect(crash.and_then(Crash::after_effect));
+    };
+
+    let sim = SimLog::new();
+    arm(&sim, crashes.next());
+    let mut sim = sim;
     let mut engine = build(
         subject,
         HookedLog::new(sim.clone(), hooks.clone()),
@@ -319,7 +339,6 @@ async fn drive(
             // the durable records and resumes what is unfinished.
             engine.abort();
             sim = sim.restart();
-            sim.set_crash(crashes.next().map(Into::into));
             engine = build(
                 subject,
                 HookedLog::new(sim.clone(), hooks.clone()),
@@ -327,6 +346,7 @@ async fn drive(
                 seed,
             );
             crash = hooks.crash_announced();
+            arm(&sim, crashes.next());
             if run.is_none() {
                 run = sim.runs().ok().and_then(|r| r.first().copied());
             }
@@ -351,6 +371,7 @@ async fn drive(
     };
     let simulated = start.elapsed();
     engine.abort();
+    sandbox.shared().on_effect(None);
     hooks.finish();
 
     let end = match (run, outcome) {
@@ -394,6 +415,7 @@ async fn drive(
     violations.extend(check::estate(&world, &end, &baseline));
     violations.extend(subject.check_end(&world, &end, &before));
     let trace: Trace = std::mem::take(&mut *hooks.trace.lock().expect("trace lock"));
+    let sandbox_effects = sandbox.shared().effects().len();
     sandbox.stop();
     Ok(Execution {
         seed,
@@ -407,6 +429,10 @@ async fn drive(
         appends: trace.appends,
         fired: trace.fired,
         simulated,
+        effects: sandbox_effects,
+        fault_from: trace.fault_from,
+        fault_until: trace.fault_until,
+        compensation_from: trace.compensation_from,
     })
 }
 

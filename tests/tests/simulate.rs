@@ -1,11 +1,15 @@
 //! Deterministic simulation (issue 13): the explorer over crash points and faults.
 //!
 //! `yb-maintenance` on the in-memory sandbox, in simulated time: every single crash point of a
-//! full run (each append boundary, its records lost or durable) with no fault, and every fault
-//! kind of the sandbox's catalogue at every step that touches its system, transient and
-//! persistent, all invariants green; a known-bad workflow (a restart that does not check before
-//! acting) in which the explorer finds the double restart and shrinks it to one crash; the same
-//! seed twice gives the same history byte for byte. The counts explored are printed.
+//! full run (each append boundary, its records lost or durable, and right after each effect on
+//! the estate, before the activity hears its answer) with no fault; every fault kind of the
+//! sandbox's catalogue at every step that touches its system, transient and persistent, and a
+//! stated deterministic sample of the schedules stacking a fault and a crash (during a
+//! transient fault's retry, during a persistent fault's compensation); all invariants green; a
+//! known-bad workflow (a restart that does not check before acting) in which the explorer finds
+//! the double restart and shrinks it to one crash; the same seed twice gives the same history
+//! byte for byte. The counts explored are printed. `WAYMARK_SIM_COMBINED=all` explores every
+//! fault + crash schedule instead of the sample (README, "Simulation").
 
 use std::time::Duration;
 
@@ -15,8 +19,8 @@ use waymark_engine::workflow::{self, Workflow};
 use waymark_engine::{Payload, WorkflowContext};
 use waymark_sim::subject::sandbox_inventory;
 use waymark_sim::{
-    execute, explore, replay, shrink, Crashes, End, ExecutionOptions, ExploreOptions, FaultSteps,
-    Faults, Reproduction, Schedule, Subject, World, YbMaintenance,
+    execute, explore, replay, shrink, Combined, Crash, Crashes, End, ExecutionOptions,
+    ExploreOptions, FaultSteps, Faults, Reproduction, Schedule, Subject, World, YbMaintenance,
 };
 use waymark_workflows::Inventory;
 
@@ -77,12 +81,13 @@ fn every_crash_point_of_a_full_run_keeps_every_invariant() {
         report.plain_simulated
     );
     assert!(report.plain_appends > 20, "{}", report.render());
-    // Every append boundary, before and after its flush, plus the plain run.
-    assert_eq!(
-        report.crash_schedules.get(&1).copied(),
-        Some(2 * report.plain_appends as usize)
-    );
-    assert_eq!(report.explored, 1 + 2 * report.plain_appends as usize);
+    // Every append boundary, before and after its flush, and every effect of the run (restarts,
+    // rollouts, scales, the register, the weights, the blacklist), plus the plain run.
+    assert!(report.plain_effects > 20, "{}", report.render());
+    let points = 2 * report.plain_appends as usize + report.plain_effects;
+    assert_eq!(report.crash_schedules.get(&1).copied(), Some(points));
+    assert_eq!(report.effect_crash_schedules, report.plain_effects);
+    assert_eq!(report.explored, 1 + points);
     assert_eq!(report.violations(), 0, "{}", report.render());
     assert!(report.render().ends_with(&format!(
         "explored {} schedules, 0 violations\n",
@@ -90,17 +95,65 @@ fn every_crash_point_of_a_full_run_keeps_every_invariant() {
     )));
 }
 
+/// How many schedules stacking a fault and a crash the suite explores (every k-th of all of
+/// them, in their order); `WAYMARK_SIM_COMBINED=all` explores them all.
+const COMBINED_SAMPLE: usize = 150;
+
 #[test]
 fn every_fault_kind_at_every_step_touching_its_system_keeps_every_invariant() {
     let dir = temp_dir();
     let mut o = options(2, dir.path());
     o.crashes = Crashes::None;
     o.faults = Faults::All;
-    o.fault_steps = FaultSteps::FirstOfEachActivity;
+    o.fault_steps = FaultSteps::Every;
     o.estate = false;
+    o.combined = match std::env::var("WAYMARK_SIM_COMBINED").as_deref() {
+        Ok("all") => Combined::All,
+        _ => Combined::Sample(COMBINED_SAMPLE),
+    };
     let report = explore(&YbMaintenance, &o, &mut print_progress).unwrap();
     println!("{}", report.render());
     assert_eq!(report.violations(), 0, "{}", report.render());
+    // Every step touching a system x every kind of it x {transient, persistent}.
+    let kinds = |system: &str| {
+        waymark_sandbox::faults::catalogue()
+            .iter()
+            .filter(|(s, _)| s == system)
+            .count()
+    };
+    let mut singles = 0;
+    for system in waymark_sandbox::faults::SYSTEMS {
+        let steps = report.fault_steps.get(system).copied().unwrap_or(0);
+        assert!(steps > 0, "no step touches {system}: {}", report.render());
+        let tried: usize = report
+            .faults
+            .iter()
+            .filter(|(k, _)| k.split('.').next() == Some(system))
+            .map(|(_, c)| c.schedules)
+            .sum();
+        assert_eq!(
+            tried,
+            steps * kinds(system) * 2,
+            "{system}: {}",
+            report.render()
+        );
+        singles += steps * kinds(system) * 2;
+    }
+    assert!(singles > 1000, "{singles}");
+    // The fault + crash schedules: both families enumerated, the sample explored.
+    let c = report.combined;
+    assert!(
+        c.enumerated_retry > 0 && c.enumerated_compensation > 0,
+        "{c:?}"
+    );
+    assert!(c.planned >= COMBINED_SAMPLE.min(c.enumerated) / 2, "{c:?}");
+    assert_eq!(c.explored, c.planned, "{c:?}");
+    assert_eq!(
+        report.explored,
+        1 + singles + c.explored,
+        "{}",
+        report.render()
+    );
     // Every kind of every system's catalogue was tried and fired somewhere.
     for (system, kind) in waymark_sandbox::faults::catalogue() {
         let key = format!("{system}.{}", kind.name());
@@ -224,7 +277,35 @@ fn the_explorer_finds_a_restart_that_does_not_check_first_and_shrinks_it_to_one_
     );
     // Shrunk to the one crash that matters: after the restart, before its result is durable.
     assert_eq!(finding.shrunk.schedule.crashes.len(), 1, "{finding:?}");
-    assert!(!finding.shrunk.schedule.crashes[0].durable, "{finding:?}");
+    assert!(
+        matches!(
+            finding.shrunk.schedule.crashes[0],
+            Crash::Append { durable: false, .. } | Crash::Effect { .. }
+        ),
+        "{finding:?}"
+    );
+    // The crash points inside activities: each effect of the run is one, and the one right
+    // after the restart lands (effect 0, before its result is journaled) restarts it twice.
+    assert!(report.effect_crash_schedules >= 1, "{text}");
+    assert!(
+        report
+            .violating
+            .iter()
+            .any(|(r, _)| r.schedule.to_string() == "e0"),
+        "{text}"
+    );
+    let at_effect = replay(&Mutant, &Reproduction::parse("3/e0").unwrap(), &o).unwrap();
+    assert_eq!(
+        at_effect.appends.len(),
+        2,
+        "one crash: {:?}",
+        at_effect.appends
+    );
+    assert!(
+        at_effect.violations.iter().any(|v| v.contains("2 times")),
+        "{:?}",
+        at_effect.violations
+    );
     assert!(finding.shrunk.schedule.faults.is_empty(), "{finding:?}");
     assert!(
         text.contains(&format!(
