@@ -9,6 +9,7 @@ mod fixtures;
 mod k8s;
 mod log_conformance;
 mod log_damage;
+mod log_damage_pg;
 mod maintenance;
 mod node_gates;
 mod notify;
