@@ -6,6 +6,9 @@
 #     /dev/fuse and root; without them that suite fails with the reason, it is never skipped);
 #   - chromium and chromedriver (Debian chromium, chromium-driver), the real browser the web UI
 #     suite (tests/tests/web.rs) drives over WebDriver.
+#   - the PostgreSQL server (Debian postgresql): the PostgreSQL store's suites start a private
+#     server of their own (initdb into a temporary directory, a loopback port, as the postgres
+#     user); the package's own cluster is not used.
 # Usage: scripts/test.sh [extra cargo test arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +43,12 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
   echo "test.sh: installing chromium and chromium-driver (the browser of the web UI suite)" >&2
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  need_root postgresql "apt-get install -y postgresql"
+  echo "test.sh: installing postgresql (the server the PostgreSQL store's suites start privately)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
 command -v moto_server >/dev/null 2>&1 || { echo "test.sh: moto_server is still not on PATH after installing moto[server]" >&2; exit 2; }
 
