@@ -28,6 +28,15 @@ pub struct Cli {
     /// Where runs are journaled (default: ~/.local/share/waymark)
     #[arg(long, global = true, env = "WAYMARK_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Journal runs in this Postgres database instead of the data directory, shared by
+    /// several daemons: postgres://USER@HOST:PORT/DATABASE, never with a password (see
+    /// --store-password-file). Create its schema with waymark migrate.
+    #[arg(long, global = true, env = "WAYMARK_STORE", value_name = "URL")]
+    pub store: Option<String>,
+    /// The password of --store, from this owner-only file in libpq's passfile format
+    /// (HOST:PORT:DATABASE:USER:PASSWORD); default: PGPASSFILE, then ~/.pgpass.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub store_password_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -86,7 +95,20 @@ pub enum Command {
         /// Repeatable. Deliveries are journaled in the data directory (notifications.jsonl).
         #[arg(long, value_name = "WEBHOOK")]
         notify: Vec<waymark_cli::notify::Webhook>,
+        /// With --store: this daemon's name, the owner written on the runs it drives; two live
+        /// daemons never share one [default: the host name].
+        #[arg(long, value_name = "NAME")]
+        daemon_id: Option<String>,
+        /// With --store: how long this daemon's hold on a run lasts without renewal (renewed
+        /// every third of it); another daemon takes a run over once its lease expired, e.g. 15s,
+        /// 1m [default: 15s; at least 2s].
+        #[arg(long, value_name = "DURATION", value_parser = parse_lease_ttl)]
+        lease_ttl: Option<std::time::Duration>,
     },
+    /// Create or upgrade the schema of the Postgres store named by --store (or its variable);
+    /// applying it twice changes nothing. Daemons refuse a store whose schema is older than
+    /// theirs.
+    Migrate,
     /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
     /// run goes on).
     Start {
@@ -293,6 +315,17 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+/// `--lease-ttl`: a duration like 15s or 1m, at least 2 s (renewed every third of it).
+fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
+    let ttl = waymark_cli::schedule::parse_duration(text).map_err(|e| e.to_string())?;
+    if ttl < std::time::Duration::from_secs(2) {
+        return Err(format!(
+            "{text}: too short; a lease must last at least 2s (it is renewed every third of it)"
+        ));
+    }
+    Ok(ttl)
 }
 
 #[derive(Subcommand, Debug)]

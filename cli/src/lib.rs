@@ -3,7 +3,8 @@
 //!
 //! 1. [`secret_file`] (the owner-only check and write of files holding secrets), [`notify`] (webhook notifications: targets, transitions, payloads, the delivery
 //!    journal and the notifier), [`schedule`] (the pure schedule core), [`exit`] (exit statuses), [`view`] (pure
-//!    rendering of runs), [`paths`] (the data directory, its files, the operator);
+//!    rendering of runs), [`paths`] (the data directory, its files, the operator), [`store`]
+//!    (where runs are journaled: the data directory's log or a shared `PostgreSQL` store);
 //! 2. [`follow`] and [`api`]: the API types and the data of every listing, shared by the daemon
 //!    and direct mode;
 //! 3. [`client`] (the CLI's side of the daemon API) and [`daemon`] (`prepare`, `serve`, its
@@ -18,6 +19,7 @@ pub mod schedule;
 
 pub mod exit;
 pub mod paths;
+pub mod store;
 pub mod view;
 
 pub mod api;

@@ -68,7 +68,17 @@ fn main() -> ExitCode {
         )),
         _ => paths::data_dir(cli.data_dir.clone()),
     };
-    match runtime.block_on(commands::dispatch(cli.command, data_dir)) {
+    let store = match waymark_cli::store::Store::from_args(
+        cli.store.as_deref(),
+        cli.store_password_file.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("waymark: {e}");
+            return ExitStatus::Usage.into();
+        }
+    };
+    match runtime.block_on(commands::dispatch(cli.command, data_dir, store)) {
         Ok(status) => status.into(),
         Err(e) if is_broken_pipe(&e) => ExitStatus::Success.into(),
         Err(e) => {

@@ -2,10 +2,9 @@
 //! event log, opened with what recovery found reported), the operator's name, and logging.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context as _;
-use waymark_engine::DurableLog;
+use waymark_engine::log::SharedLog;
 
 /// The data directory: the flag or `WAYMARK_DATA_DIR`, else `$XDG_DATA_HOME/waymark`, else
 /// `~/.local/share/waymark`.
@@ -76,7 +75,7 @@ pub fn schedules_path(data_dir: &Path) -> PathBuf {
 
 /// Opens the event log of a data directory, reporting what recovery found: the write in flight
 /// at a crash (logged), damage (printed to stderr, naming the runs).
-pub fn open_log(data_dir: &Path) -> anyhow::Result<Arc<DurableLog>> {
+pub fn open_log(data_dir: &Path) -> anyhow::Result<SharedLog> {
     let log = waymark_engine::open_log(data_dir)
         .with_context(|| format!("data directory {}", data_dir.display()))?;
     for finding in &log.backend().report().findings {
@@ -87,5 +86,37 @@ pub fn open_log(data_dir: &Path) -> anyhow::Result<Arc<DurableLog>> {
     for line in waymark_engine::log::EventLog::damage(log.as_ref()) {
         eprintln!("waymark: {line}");
     }
+    let log: SharedLog = log;
     Ok(log)
+}
+
+/// Takes `DATA_DIR/waymark.lock` (created with the directory if missing) for a daemon whose runs
+/// live in a shared store: the directory still holds its socket and schedules, so one daemon
+/// per directory. Keep the file open for as long as the lock is needed.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let path = data_dir.join("waymark.lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // A process being spawned holds a copy of the lock between its fork and exec: retry briefly.
+    for _ in 0..50 {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(anyhow::anyhow!("cannot lock {}: {e}", path.display()))
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "the data directory {} is in use by another process (its waymark.lock is held)",
+        data_dir.display()
+    ))
 }

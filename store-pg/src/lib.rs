@@ -17,8 +17,14 @@
 //!   call sends it a job and waits for the answer, as the segment store waits for `fdatasync`.
 //! * No password in the URL (it would be visible in `ps` and logs): it comes from a passfile.
 
+// "PostgreSQL", "SQLSTATE", "CockroachDB" and "YugabyteDB" are names in prose, not code.
+#![allow(clippy::doc_markdown)]
+
+mod ownership;
 pub mod pgpass;
 pub mod test_server;
+
+pub use ownership::Identity;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -427,18 +433,16 @@ fn seq_i64(seq: u64) -> i64 {
 
 /// What a PostgreSQL error says: the server's severity, SQLSTATE and message when it answered.
 fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
-        None => {
-            let mut s = e.to_string();
-            let mut src = std::error::Error::source(e);
-            while let Some(inner) = src {
-                s.push_str(&format!(": {inner}"));
-                src = inner.source();
-            }
-            s
-        }
+    if let Some(db) = e.as_db_error() {
+        return format!("{} {}: {}", db.severity(), db.code().code(), db.message());
     }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(&format!(": {inner}"));
+        src = inner.source();
+    }
+    s
 }
 
 /// Whether the server aborted the transaction for a reason that a retry may clear (it certainly
@@ -450,16 +454,30 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-const SQL_OPEN: &str = "INSERT INTO waymark_runs (run, open, last_seq, owner, epoch, lease_expires_at, cluster, holds_cluster, fire_key) \
-     SELECT n.run, NOT n.closes, n.last_seq, $1, 1, now() + $2::int8 * interval '1 millisecond', n.cluster, n.cluster IS NOT NULL, n.fire_key \
-     FROM unnest($3::uuid[], $4::int8[], $5::bool[], $6::text[], $7::text[]) AS n(run, last_seq, closes, cluster, fire_key) \
-     ON CONFLICT DO NOTHING RETURNING run";
-const SQL_APPEND: &str = "UPDATE waymark_runs r SET last_seq = b.last_seq, open = r.open AND NOT b.closes, updated_at = now(), \
-     lease_expires_at = now() + $2::int8 * interval '1 millisecond' \
-     FROM unnest($3::uuid[], $4::int8[], $5::int8[], $6::int8[], $7::bool[]) AS b(run, epoch, prev_last_seq, last_seq, closes) \
-     WHERE r.run = b.run AND r.owner = $1 AND r.epoch = b.epoch AND r.last_seq = b.prev_last_seq \
-     RETURNING r.run";
-const SQL_RECORDS: &str = "INSERT INTO waymark_records (run, seq, bytes) SELECT * FROM unnest($1::uuid[], $2::int8[], $3::bytea[])";
+/// A group commit as one statement (in a `BEGIN`/`COMMIT` pipelined with it: one round trip):
+/// (1) the rows of the runs this group opens (epoch 1, owned by this daemon; a run already stored
+/// is not inserted), (2) the fenced update of the runs already stored: only where this daemon
+/// owns the run with the epoch it holds and the history ends where the log staged it, (3) the
+/// records of the runs (1) or (2) returned, and nothing of the others. Answers the runs accepted
+/// and how many records were stored.
+const SQL_GROUP: &str = "WITH opened AS ( \
+       INSERT INTO waymark_runs (run, open, last_seq, owner, epoch, lease_expires_at, cluster, holds_cluster, fire_key) \
+       SELECT n.run, NOT n.closes, n.last_seq, $1, 1, now() + $2::int8 * interval '1 millisecond', n.cluster, n.cluster IS NOT NULL, n.fire_key \
+         FROM unnest($3::uuid[], $4::int8[], $5::bool[], $6::text[], $7::text[]) AS n(run, last_seq, closes, cluster, fire_key) \
+       ON CONFLICT DO NOTHING RETURNING run), \
+     appended AS ( \
+       UPDATE waymark_runs r SET last_seq = b.last_seq, open = r.open AND NOT b.closes, updated_at = now(), \
+              lease_expires_at = now() + $2::int8 * interval '1 millisecond' \
+         FROM unnest($8::uuid[], $9::int8[], $10::int8[], $11::int8[], $12::bool[]) AS b(run, epoch, prev_last_seq, last_seq, closes) \
+        WHERE r.run = b.run AND r.owner = $1 AND r.epoch = b.epoch AND r.last_seq = b.prev_last_seq \
+       RETURNING r.run), \
+     accepted AS (SELECT run FROM opened UNION ALL SELECT run FROM appended), \
+     stored AS ( \
+       INSERT INTO waymark_records (run, seq, bytes) \
+       SELECT w.run, w.seq, w.bytes FROM unnest($13::uuid[], $14::int8[], $15::bytea[]) AS w(run, seq, bytes) \
+        WHERE w.run IN (SELECT run FROM accepted) \
+       RETURNING 1) \
+     SELECT run, (SELECT count(*) FROM stored) FROM accepted";
 const SQL_WHY: &str = "SELECT r.run, r.owner, r.epoch, r.last_seq, (SELECT max(w.seq) FROM waymark_records w WHERE w.run = r.run) \
      FROM waymark_runs r WHERE r.run = ANY($1::uuid[])";
 const SQL_TAKE_OWN: &str = "UPDATE waymark_runs SET epoch = epoch + 1, lease_expires_at = now() + $2::int8 * interval '1 millisecond', updated_at = now() \
@@ -468,9 +486,7 @@ const SQL_TAKE_OWN: &str = "UPDATE waymark_runs SET epoch = epoch + 1, lease_exp
 /// The writer connection and its prepared statements.
 struct Writer {
     client: Client,
-    open: Statement,
-    append: Statement,
-    records: Statement,
+    group: Statement,
     why: Statement,
     take_own: Statement,
 }
@@ -553,19 +569,15 @@ impl Conns {
         let client = connect(&self.config, &self.url)
             .await
             .map_err(log::Error::Storage)?;
-        let (open, append, records, why, take_own) = futures::try_join!(
-            client.prepare(SQL_OPEN),
-            client.prepare(SQL_APPEND),
-            client.prepare(SQL_RECORDS),
+        let (group, why, take_own) = futures::try_join!(
+            client.prepare(SQL_GROUP),
             client.prepare(SQL_WHY),
             client.prepare(SQL_TAKE_OWN),
         )
         .map_err(|e| self.storage("preparing the writer's statements", &e))?;
         *slot = Some(Writer {
             client,
-            open,
-            append,
-            records,
+            group,
             why,
             take_own,
         });
@@ -804,9 +816,9 @@ struct CommitOutcome {
     retries: u32,
 }
 
-/// One try of a group commit: `BEGIN`, the new runs' rows (1) and the stored runs' fenced
-/// updates (2) in one round trip; then the accepted runs' records (3), the refused runs' rows
-/// (to say why) and `COMMIT` in a second.
+/// One try of a group commit: `BEGIN`, [`SQL_GROUP`] and `COMMIT` in one round trip; when runs
+/// were refused, a second one reads their rows to say why. An error is returned only when the
+/// group did not commit.
 async fn commit_once(
     w: &mut Writer,
     req: &CommitRequest,
@@ -814,9 +826,9 @@ async fn commit_once(
     let mut epochs: HashMap<RunId, i64> = HashMap::new();
     let (new, stored): (Vec<&RunPart>, Vec<&RunPart>) =
         req.parts.iter().partition(|p| p.first_seq == 0);
-    w.client.batch_execute("BEGIN").await?;
     // Runs appended to without an epoch: a restarted daemon's own runs (closed ones, which the
-    // takeover at open leaves alone) are taken with a new epoch first.
+    // takeover at open leaves alone) are taken with a new epoch first (a statement of its own:
+    // the takeover stands whether or not the group commits).
     let unheld: Vec<Uuid> = stored
         .iter()
         .filter(|p| p.epoch.is_none())
@@ -849,7 +861,10 @@ async fn commit_once(
     let st_prev: Vec<i64> = stored.iter().map(|p| seq_i64(p.first_seq) - 1).collect();
     let st_last: Vec<i64> = stored.iter().map(|p| seq_i64(p.last_seq)).collect();
     let st_closes: Vec<bool> = stored.iter().map(|p| p.closes).collect();
-    let open_params: [&(dyn ToSql + Sync); 7] = [
+    let rec_runs: Vec<Uuid> = req.records.iter().map(|r| r.0 .0).collect();
+    let rec_seqs: Vec<i64> = req.records.iter().map(|r| seq_i64(r.1)).collect();
+    let rec_bytes: Vec<&[u8]> = req.records.iter().map(|r| r.2.as_slice()).collect();
+    let params: [&(dyn ToSql + Sync); 15] = [
         &req.owner,
         &req.ttl,
         &new_runs,
@@ -857,73 +872,67 @@ async fn commit_once(
         &new_closes,
         &no_claims,
         &no_claims,
+        &st_runs,
+        &st_epochs,
+        &st_prev,
+        &st_last,
+        &st_closes,
+        &rec_runs,
+        &rec_seqs,
+        &rec_bytes,
     ];
-    let append_params: [&(dyn ToSql + Sync); 7] = [
-        &req.owner, &req.ttl, &st_runs, &st_epochs, &st_prev, &st_last, &st_closes,
-    ];
-    let opened = async {
-        if new.is_empty() {
-            Ok(Vec::new())
-        } else {
-            w.client.query(&w.open, &open_params).await
-        }
-    };
-    let appended = async {
-        if stored.is_empty() {
-            Ok(Vec::new())
-        } else {
-            w.client.query(&w.append, &append_params).await
-        }
-    };
-    let (opened, appended) = futures::try_join!(opened, appended)?;
+    // BEGIN, the group, COMMIT: sent together, one round trip. COMMIT answers once the WAL is
+    // flushed (synchronous_commit=on); if the group failed, its error is what try_join returns
+    // (the COMMIT of an aborted transaction rolls it back).
+    let ((), accepted, ()) = futures::try_join!(
+        w.client.batch_execute("BEGIN"),
+        w.client.query(&w.group, &params),
+        w.client.batch_execute("COMMIT"),
+    )?;
     let mut outcome = CommitOutcome::default();
     let mut ok: std::collections::HashSet<RunId> = std::collections::HashSet::new();
-    for row in opened {
+    for row in accepted {
         let run = RunId(row.get::<_, Uuid>(0));
+        outcome.records = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
         ok.insert(run);
-        outcome.accepted.push((run, 1));
-    }
-    for row in appended {
-        let run = RunId(row.get::<_, Uuid>(0));
-        ok.insert(run);
-        outcome
-            .accepted
-            .push((run, epochs.get(&run).copied().unwrap_or(-1)));
-    }
-    let mut rec_runs = Vec::new();
-    let mut rec_seqs = Vec::new();
-    let mut rec_bytes: Vec<&[u8]> = Vec::new();
-    for (run, seq, bytes) in &req.records {
-        if ok.contains(run) {
-            rec_runs.push(run.0);
-            rec_seqs.push(seq_i64(*seq));
-            rec_bytes.push(bytes);
-        }
+        let epoch = if new_runs.contains(&run.0) {
+            1
+        } else {
+            epochs.get(&run).copied().unwrap_or(-1)
+        };
+        outcome.accepted.push((run, epoch));
     }
     let refused: Vec<&RunPart> = req.parts.iter().filter(|p| !ok.contains(&p.run)).collect();
+    if refused.is_empty() {
+        return Ok(outcome);
+    }
+    // Why (after the commit, for the message only): the refused runs' rows as they are now.
     let refused_ids: Vec<Uuid> = refused.iter().map(|p| p.run.0).collect();
-    let insert = async {
-        if rec_runs.is_empty() {
-            Ok(0)
-        } else {
-            w.client
-                .execute(&w.records, &[&rec_runs, &rec_seqs, &rec_bytes])
-                .await
+    let rows: HashMap<RunId, tokio_postgres::Row> = match w
+        .client
+        .query(&w.why, &[&refused_ids])
+        .await
+    {
+        Ok(rows) => rows
+            .into_iter()
+            .map(|r| (RunId(r.get::<_, Uuid>(0)), r))
+            .collect(),
+        Err(e) => {
+            // The group committed: this error must not make it look as if it had not.
+            for p in refused {
+                outcome.refused.push((
+                        p.run,
+                        log::Error::Storage(format!(
+                            "the store refused the records of run {} (fenced, or its history moved), and \
+                             reading why failed: {}",
+                            p.run,
+                            describe(&e)
+                        )),
+                    ));
+            }
+            return Ok(outcome);
         }
     };
-    let why = async {
-        if refused_ids.is_empty() {
-            Ok(Vec::new())
-        } else {
-            w.client.query(&w.why, &[&refused_ids]).await
-        }
-    };
-    let (inserted, why, ()) = futures::try_join!(insert, why, w.client.batch_execute("COMMIT"))?;
-    outcome.records = inserted;
-    let rows: HashMap<RunId, tokio_postgres::Row> = why
-        .into_iter()
-        .map(|r| (RunId(r.get::<_, Uuid>(0)), r))
-        .collect();
     for p in refused {
         let held = epochs.get(&p.run).copied();
         outcome
@@ -1121,18 +1130,17 @@ impl Backend for PgBackend {
         {
             let leases = self.leases();
             for (run, seq, _) in &batch.records {
-                match index.get(run) {
-                    Some(&i) => parts[i].last_seq = *seq,
-                    None => {
-                        index.insert(*run, parts.len());
-                        parts.push(RunPart {
-                            run: *run,
-                            first_seq: *seq,
-                            last_seq: *seq,
-                            closes: batch.closed.contains(run),
-                            epoch: leases.get(run).copied(),
-                        });
-                    }
+                if let Some(&i) = index.get(run) {
+                    parts[i].last_seq = *seq;
+                } else {
+                    index.insert(*run, parts.len());
+                    parts.push(RunPart {
+                        run: *run,
+                        first_seq: *seq,
+                        last_seq: *seq,
+                        closes: batch.closed.contains(run),
+                        epoch: leases.get(run).copied(),
+                    });
                 }
             }
         }

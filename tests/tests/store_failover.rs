@@ -1,5 +1,7 @@
 //! Several daemons on one store (issue 15): `Engine::relinquish`, the primitive a daemon uses when
-//! another daemon took one of its runs over.
+//! another daemon took one of its runs over; then `waymark daemon` processes sharing one private
+//! `PostgreSQL` server (two daemons `a` and `b`, their own data directories, `--lease-ttl 2s`, one
+//! sandbox estate): failover after a SIGKILL, and split-brain after a SIGSTOP past the lease.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -152,4 +154,332 @@ async fn a_relinquished_run_can_be_resumed_by_the_same_engine() {
         "the resume journaled the dropped attempt as interrupted: {kinds:?}"
     );
     assert_eq!(started.load(Ordering::SeqCst), 2);
+}
+
+// Several `waymark daemon` processes on one PostgreSQL store.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+
+use waymark_engine::event::Event;
+use waymark_engine::RunId;
+use waymark_sandbox::read_effects;
+use waymark_store_pg::test_server::TestServer;
+use waymark_store_pg::PgBackend;
+
+use crate::util::{eventually_blocking, http_unix, temp_dir, waymark, SandboxProcess};
+
+/// One private server for the whole test binary (each test gets its own schema).
+fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        TestServer::start().unwrap_or_else(|e| {
+            panic!("starting a private PostgreSQL server (apt-get install postgresql): {e}")
+        })
+    })
+}
+
+/// A fresh schema on the private server, migrated with `waymark migrate`.
+struct SharedStore {
+    url: String,
+    passfile: PathBuf,
+}
+
+impl SharedStore {
+    fn new(scratch: &Path) -> SharedStore {
+        let server = server();
+        let schema = server.create_schema().expect("a schema of this test");
+        let store = SharedStore {
+            url: server.url(&schema),
+            passfile: server.passfile().to_owned(),
+        };
+        let out = store
+            .waymark(&scratch.join("migrate"))
+            .arg("migrate")
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && said.contains("schema at version"),
+            "waymark migrate: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        store
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        vec![
+            "--store".into(),
+            self.url.clone().into(),
+            "--store-password-file".into(),
+            self.passfile.clone().into(),
+        ]
+    }
+
+    /// `waymark --data-dir DATA --store URL --store-password-file FILE`.
+    fn waymark(&self, data: &Path) -> std::process::Command {
+        let mut c = waymark(data);
+        c.args(self.args());
+        c
+    }
+
+    /// A backend that only reads (and reads the owner of runs): it takes over nothing.
+    fn observer(&self) -> (PgBackend, waymark_engine::log::Log<PgBackend>) {
+        let mut options = waymark_store_pg::Options::new("observer");
+        options.takeover_own = false;
+        options.password_file = Some(self.passfile.clone());
+        let backend = PgBackend::open(&self.url, options).expect("open the store to observe it");
+        let log = waymark_engine::log::Log::new(backend.clone());
+        (backend, log)
+    }
+}
+
+/// `waymark daemon` on a shared store, its stderr in a file, killed when dropped.
+struct Daemon {
+    child: Child,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(root: &Path, name: &str, store: &SharedStore) -> Daemon {
+        let data = root.join(format!("daemon-{name}"));
+        std::fs::create_dir_all(&data).unwrap();
+        let log = root.join(format!("daemon-{name}.log"));
+        let child = store
+            .waymark(&data)
+            .args(["daemon", "--daemon-id", name, "--lease-ttl", "2s"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn waymark daemon");
+        let sock = data.join("waymark.sock");
+        let mut daemon = Daemon { child, data, log };
+        eventually_blocking(
+            Duration::from_secs(60),
+            &format!("daemon {name} answering on {}", sock.display()),
+            || {
+                if let Ok(Some(status)) = daemon.child.try_wait() {
+                    panic!("daemon {name} exited ({status}): {}", daemon.logged());
+                }
+                std::os::unix::net::UnixStream::connect(&sock).ok()
+            },
+        );
+        daemon
+    }
+
+    fn logged(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, signal: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on a child this test spawned and has not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", self.child.id());
+    }
+
+    fn sigkill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL's delivery promptly.
+        let _ = self.child.kill();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child (possibly already reaped: then ESRCH, ignored).
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGCONT);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+fn start_detached(data: &Path, inventory: &Path) -> RunId {
+    let out = waymark(data)
+        .args(["start", "yb-maintenance", "--detach", "--inventory"])
+        .arg(inventory)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    RunId(id.parse().unwrap_or_else(|e| panic!("run id {id:?}: {e}")))
+}
+
+fn kinds(log: &dyn EventLog, run: RunId) -> Vec<&'static str> {
+    log.read(run)
+        .map(|h| h.iter().map(|r| r.event.kind()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the run is well into the runbook with an attempt in flight (its last record
+/// an `AttemptStarted`): a daemon stopped now leaves that attempt without a result.
+fn wait_for_an_attempt_in_flight(log: &dyn EventLog, run: RunId) -> usize {
+    eventually_blocking(
+        Duration::from_secs(180),
+        &format!("run {run} 30 records in, with an attempt in flight"),
+        || {
+            let k = kinds(log, run);
+            (k.len() >= 30 && k.last() == Some(&"AttemptStarted")).then_some(k.len())
+        },
+    )
+}
+
+fn wait_for_completion(log: &dyn EventLog, run: RunId, daemons: &[&Daemon]) {
+    eventually_blocking(
+        Duration::from_secs(300),
+        &format!("run {run} completed"),
+        || {
+            let history = log.read(run).ok()?;
+            match history.last().map(|r| &r.event) {
+                Some(Event::RunCompleted { .. }) => Some(()),
+                Some(e) if e.is_terminal() || e.kind() == "CompensationStarted" => {
+                    let logs: Vec<String> = daemons.iter().map(|d| d.logged()).collect();
+                    panic!("run {run} ended otherwise: {e:?}\n{}", logs.join("\n---\n"))
+                }
+                _ => None,
+            }
+        },
+    );
+}
+
+/// Every yb-tserver restarted exactly once, and the runbook's nine restarts in all.
+fn assert_effects_exactly_once(estate: &Path) {
+    let effects = read_effects(estate);
+    for n in ["yb-a-1", "yb-a-2", "yb-a-3", "yb-b-1", "yb-b-2", "yb-b-3"] {
+        let c = effects
+            .iter()
+            .filter(|e| e.target == format!("{n}/yb-tserver") && e.action == "restart")
+            .count();
+        assert_eq!(c, 1, "yb-tserver on {n} restarted exactly once");
+    }
+    let restarts = effects
+        .iter()
+        .filter(|e| e.system == "ssh" && e.action == "restart")
+        .count();
+    assert_eq!(restarts, 9, "the runbook's nine restarts, none twice");
+}
+
+fn assert_verify_clean(store: &SharedStore, scratch: &Path) {
+    let out = store
+        .waymark(&scratch.join("verify"))
+        .arg("verify")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("0 with faults"),
+        "waymark verify --store: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Failover: the owner of a run is killed mid-attempt; the other daemon takes the run over once
+/// the lease expired (epoch 2), journals the attempt as interrupted, re-attempts it under the
+/// same idempotency key and finishes the run: every effect once, one verifying history.
+#[test]
+fn a_killed_owners_run_is_taken_over_by_the_other_daemon_and_finished_once() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let estate = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let a = Daemon::start(dir.path(), "a", &store);
+    let b = Daemon::start(dir.path(), "b", &store);
+    let (observer, log) = store.observer();
+    let run = start_detached(&a.data, &estate.dir.join("inventory.toml"));
+    wait_for_an_attempt_in_flight(&log, run);
+    assert_eq!(
+        observer.owner(run).unwrap(),
+        Some((Some("a".to_owned()), 1)),
+        "the daemon that started the run owns it"
+    );
+    a.sigkill();
+    wait_for_completion(&log, run, &[&b]);
+    assert_eq!(
+        observer.owner(run).unwrap(),
+        Some((Some("b".to_owned()), 2)),
+        "b took the run over with the next epoch"
+    );
+    let k = kinds(&log, run);
+    assert!(
+        k.contains(&"AttemptInterrupted"),
+        "the killed attempt is journaled as interrupted: {k:?}"
+    );
+    assert!(
+        b.logged().contains(&format!("{run}")),
+        "b says it took the run over: {}",
+        b.logged()
+    );
+    assert_effects_exactly_once(&estate.dir);
+    assert_verify_clean(&store, dir.path());
+}
+
+/// Split-brain: the owner is paused (SIGSTOP) past its lease, the other daemon takes the run
+/// over and goes on; when the old owner wakes, the store's fence refuses its appends (an
+/// operator's signal sent to it is refused naming the new owner, and counted in its
+/// `waymark_runs_fenced_total`), it stops driving the run, never gets it back, and the run
+/// finishes once.
+#[test]
+fn a_paused_owner_is_fenced_when_it_wakes_and_the_run_finishes_once() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let estate = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let a = Daemon::start(dir.path(), "a", &store);
+    let b = Daemon::start(dir.path(), "b", &store);
+    let (observer, log) = store.observer();
+    let run = start_detached(&a.data, &estate.dir.join("inventory.toml"));
+    let at_stop = wait_for_an_attempt_in_flight(&log, run);
+    a.signal(libc::SIGSTOP);
+    eventually_blocking(
+        Duration::from_secs(60),
+        "b owning the run and appending to it",
+        || {
+            let owner = observer.owner(run).ok()??;
+            (owner.0.as_deref() == Some("b") && kinds(&log, run).len() > at_stop).then_some(())
+        },
+    );
+    a.signal(libc::SIGCONT);
+    // An append by the old owner: refused by the fence, whichever way a learnt it lost the run.
+    let out = waymark(&a.data)
+        .args(["hold", &run.to_string(), "--reason", "split-brain probe"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("fenced") && err.contains("daemon b"),
+        "a's append is refused naming the owner: {err}"
+    );
+    eventually_blocking(
+        Duration::from_secs(30),
+        "a saying it stopped driving the run",
+        || {
+            let logged = a.logged();
+            logged
+                .lines()
+                .any(|l| l.contains(&run.to_string()) && l.contains("stopped driving it"))
+                .then_some(())
+        },
+    );
+    let (code, metrics) = http_unix(&a.data.join("waymark.sock"), "GET", "/metrics", None);
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains("waymark_runs_fenced_total{daemon=\"a\"} 1"),
+        "{metrics}"
+    );
+    wait_for_completion(&log, run, &[&a, &b]);
+    assert_eq!(
+        observer.owner(run).unwrap(),
+        Some((Some("b".to_owned()), 2)),
+        "a never took the run back"
+    );
+    assert_effects_exactly_once(&estate.dir);
+    assert_verify_clean(&store, dir.path());
 }

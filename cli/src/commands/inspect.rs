@@ -9,6 +9,7 @@ use waymark_engine::Payload;
 use waymark_cli::api::{self, EventRow, RunList, SignalRequest, VerifyReport};
 use waymark_cli::exit::{usage, ExitStatus};
 use waymark_cli::paths::operator;
+use waymark_cli::store::Store;
 use waymark_cli::view::{self, mermaid, outcome_line, outcome_status, replay_json, Labels};
 
 use super::target::{engine, Target};
@@ -17,6 +18,7 @@ use crate::args::{HistoryOutput, Output};
 /// `waymark ls`.
 pub async fn ls(
     data_dir: &Path,
+    store: &Store,
     state: Option<&str>,
     workflow: Option<&str>,
     output: Output,
@@ -29,7 +31,7 @@ pub async fn ls(
             )));
         }
     }
-    let list: RunList = match Target::open(data_dir).await? {
+    let list: RunList = match Target::open(data_dir, store).await? {
         Target::Direct(log) => api::list(log.as_ref(), state, workflow)?,
         Target::Daemon(c) => {
             let mut q = Vec::new();
@@ -82,8 +84,13 @@ pub async fn ls(
 }
 
 /// `waymark show RUN`.
-pub async fn show(data_dir: &Path, run: &str, output: Output) -> anyhow::Result<ExitStatus> {
-    let v: serde_json::Value = match Target::open(data_dir).await? {
+pub async fn show(
+    data_dir: &Path,
+    store: &Store,
+    run: &str,
+    output: Output,
+) -> anyhow::Result<ExitStatus> {
+    let v: serde_json::Value = match Target::open(data_dir, store).await? {
         Target::Direct(log) => api::show(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
         Target::Daemon(c) => {
             c.json(Method::GET, &format!("/v1/runs/{run}"), None)
@@ -195,10 +202,11 @@ fn steps_table(v: &serde_json::Value) -> String {
 /// `waymark history RUN`.
 pub async fn history(
     data_dir: &Path,
+    store: &Store,
     run: &str,
     output: HistoryOutput,
 ) -> anyhow::Result<ExitStatus> {
-    let rows: Vec<EventRow> = match Target::open(data_dir).await? {
+    let rows: Vec<EventRow> = match Target::open(data_dir, store).await? {
         Target::Direct(log) => api::history(log.as_ref(), api::find_run(log.as_ref(), run)?)?,
         Target::Daemon(c) => {
             c.json(Method::GET, &format!("/v1/runs/{run}/history"), None)
@@ -219,8 +227,8 @@ pub async fn history(
 }
 
 /// `waymark replay RUN`.
-pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitStatus> {
-    let v: serde_json::Value = match Target::open(data_dir).await? {
+pub async fn replay(data_dir: &Path, store: &Store, run: &str) -> anyhow::Result<ExitStatus> {
+    let v: serde_json::Value = match Target::open(data_dir, store).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
             replay_json(&engine(log).replay(id).await?)
@@ -249,8 +257,12 @@ pub async fn replay(data_dir: &Path, run: &str) -> anyhow::Result<ExitStatus> {
 }
 
 /// `waymark verify [RUN]`.
-pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitStatus> {
-    let report: VerifyReport = match Target::open(data_dir).await? {
+pub async fn verify(
+    data_dir: &Path,
+    store: &Store,
+    run: Option<&str>,
+) -> anyhow::Result<ExitStatus> {
+    let report: VerifyReport = match Target::open(data_dir, store).await? {
         Target::Direct(log) => {
             let id = match run {
                 Some(r) => Some(api::find_run(log.as_ref(), r)?),
@@ -278,11 +290,12 @@ pub async fn verify(data_dir: &Path, run: Option<&str>) -> anyhow::Result<ExitSt
 /// `waymark signal RUN SIGNAL`.
 pub async fn signal(
     data_dir: &Path,
+    store: &Store,
     run: &str,
     name: &str,
     reason: Option<String>,
 ) -> anyhow::Result<ExitStatus> {
-    match Target::open(data_dir).await? {
+    match Target::open(data_dir, store).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
             let payload = Payload::encode(&reason.unwrap_or_default())?;
@@ -320,9 +333,14 @@ pub async fn signal(
 
 /// `waymark resolve RUN --note "..."`: frees the cluster of a run that ended with its
 /// compensation incomplete, journaling who resolved it and the note.
-pub async fn resolve(data_dir: &Path, run: &str, note: &str) -> anyhow::Result<ExitStatus> {
+pub async fn resolve(
+    data_dir: &Path,
+    store: &Store,
+    run: &str,
+    note: &str,
+) -> anyhow::Result<ExitStatus> {
     api::check_note(note)?;
-    let id = match Target::open(data_dir).await? {
+    let id = match Target::open(data_dir, store).await? {
         Target::Direct(log) => {
             let id = api::find_run(log.as_ref(), run)?;
             engine(log).resolve(id, &operator(), note).await?;

@@ -16,7 +16,8 @@ mod web;
 
 use std::path::PathBuf;
 
-use waymark_cli::exit::ExitStatus;
+use waymark_cli::exit::{usage, ExitStatus};
+use waymark_cli::store::Store;
 
 use self::watch::Display;
 
@@ -24,8 +25,15 @@ use self::watch::Display;
 use crate::args::SandboxCommand;
 use crate::args::{Cli, Command};
 
-/// Runs a command.
-pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<ExitStatus> {
+/// Runs a command on `data_dir` and `store`.
+pub async fn dispatch(
+    command: Command,
+    data_dir: PathBuf,
+    store: Store,
+) -> anyhow::Result<ExitStatus> {
+    if store.is_shared() {
+        refuse_on_shared_store(&command)?;
+    }
     match command {
         Command::Run {
             workflow,
@@ -81,11 +89,25 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             state,
             workflow,
             output,
-        } => inspect::ls(&data_dir, state.as_deref(), workflow.as_deref(), output).await,
-        Command::Show { run, output } => inspect::show(&data_dir, &run, output).await,
-        Command::History { run, output } => inspect::history(&data_dir, &run, output).await,
-        Command::Replay { run } => inspect::replay(&data_dir, &run).await,
-        Command::Verify { run } => inspect::verify(&data_dir, run.as_deref()).await,
+        } => {
+            inspect::ls(
+                &data_dir,
+                &store,
+                state.as_deref(),
+                workflow.as_deref(),
+                output,
+            )
+            .await
+        }
+        Command::Show { run, output } => inspect::show(&data_dir, &store, &run, output).await,
+        Command::History { run, output } => inspect::history(&data_dir, &store, &run, output).await,
+        Command::Replay { run } => inspect::replay(&data_dir, &store, &run).await,
+        Command::Verify { run } => inspect::verify(&data_dir, &store, run.as_deref()).await,
+        Command::Migrate => {
+            let line = waymark_cli::store::migrate(&store)?;
+            println!("{line}");
+            Ok(ExitStatus::Success)
+        }
         Command::Start {
             workflow,
             inventory,
@@ -102,7 +124,7 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             .await
         }
         Command::Attach { run, events } => {
-            runs::attach(&data_dir, &run, Display::choose(events)).await
+            runs::attach(&data_dir, &store, &run, Display::choose(events)).await
         }
         Command::Daemon {
             listen_tcp,
@@ -111,7 +133,15 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             http,
             http_allow_remote,
             notify,
+            daemon_id,
+            lease_ttl,
         } => {
+            if !store.is_shared() && (daemon_id.is_some() || lease_ttl.is_some()) {
+                return Err(usage(
+                    "--daemon-id and --lease-ttl name this daemon among others sharing a store: \
+                     they need --store postgres://... (or WAYMARK_STORE)",
+                ));
+            }
             waymark_cli::daemon::run(waymark_cli::daemon::Options {
                 data_dir,
                 tcp: listen_tcp,
@@ -121,6 +151,9 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
                 http_allow_remote,
                 notify,
                 tick: std::time::Duration::from_secs(5),
+                store,
+                daemon_id: daemon_id.unwrap_or_else(waymark_cli::store::hostname),
+                lease_ttl: lease_ttl.unwrap_or(waymark_cli::daemon::DEFAULT_LEASE_TTL),
             })
             .await
         }
@@ -139,11 +172,11 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
             run,
             signal,
             reason,
-        } => inspect::signal(&data_dir, &run, &signal, reason).await,
+        } => inspect::signal(&data_dir, &store, &run, &signal, reason).await,
         Command::Hold { run, reason } => {
-            inspect::signal(&data_dir, &run, "hold", Some(reason)).await
+            inspect::signal(&data_dir, &store, &run, "hold", Some(reason)).await
         }
-        Command::Resolve { run, note } => inspect::resolve(&data_dir, &run, &note).await,
+        Command::Resolve { run, note } => inspect::resolve(&data_dir, &store, &run, &note).await,
         Command::Recover => recover::recover(&data_dir),
         Command::WebLogin => web::login(&data_dir).await,
         #[cfg(feature = "sandbox")]
@@ -156,4 +189,24 @@ pub async fn dispatch(command: Command, data_dir: PathBuf) -> anyhow::Result<Exi
                 },
         } => sandbox::up(&dir, faster, time_scale).await,
     }
+}
+
+/// Commands that drive runs in this process or repair the data directory's own log have no
+/// meaning on a shared store: they are refused with what to do instead.
+fn refuse_on_shared_store(command: &Command) -> anyhow::Result<()> {
+    let instead = match command {
+        Command::Run { .. } | Command::Resume { .. } => {
+            "runs on a shared store are driven by daemons (which hold their leases): start one \
+             with `waymark daemon --store URL` and use `waymark start`"
+        }
+        Command::Recover => {
+            "waymark recover salvages the data directory's own log; a PostgreSQL store is \
+             repaired with the database's own tools (`waymark verify --store URL` names what is \
+             damaged)"
+        }
+        _ => return Ok(()),
+    };
+    Err(usage(format!(
+        "this command does not take --store: {instead}"
+    )))
 }

@@ -175,12 +175,17 @@ pub async fn start(
 }
 
 /// `waymark attach RUN`.
-pub async fn attach(data_dir: &Path, run: &str, display: Display) -> anyhow::Result<ExitStatus> {
+pub async fn attach(
+    data_dir: &Path,
+    store: &waymark_cli::store::Store,
+    run: &str,
+    display: Display,
+) -> anyhow::Result<ExitStatus> {
     if let Some(c) = Client::connect(data_dir).await? {
         attach_daemon(&c, run, display).await
     } else {
         eprintln!("no daemon serves {}: showing the history; `waymark resume {run}` continues an unfinished run", data_dir.display());
-        super::inspect::history(data_dir, run, HistoryOutput::Text).await
+        super::inspect::history(data_dir, store, run, HistoryOutput::Text).await
     }
 }
 

@@ -27,6 +27,15 @@ pub struct Metrics {
     steps: AtomicU64,
     retries: AtomicU64,
     compensations: AtomicU64,
+    /// Runs this daemon stopped driving because another daemon holds them (shared store).
+    fenced: Mutex<std::collections::HashSet<RunId>>,
+    /// This daemon's name in a shared store (`--daemon-id`), the label of its counters there.
+    daemon: Mutex<Option<String>>,
+    /// Other daemons append to the store too: no run is ever "unchanged since the daemon
+    /// started" ([`Metrics::last_appended`]).
+    shared_store: std::sync::atomic::AtomicBool,
+    /// Drawn by [`Metrics::last_appended`] for a shared store: a version never seen before.
+    fresh: AtomicU64,
 }
 
 const BUCKETS_US: [u64; 6] = [250, 500, 1000, 5000, 25_000, 100_000];
@@ -61,6 +70,11 @@ impl EventLog for MeteredLog {
         Box::pin(async move {
             let start = Instant::now();
             let r = fut.await;
+            if let Err(e @ log::Error::Fenced { .. }) = &r {
+                // The driver stops on this error; the store's fence refused the append because
+                // another daemon took the run over.
+                m.count_fenced(run, &format!("{e}"));
+            }
             if let Some(last) = r.as_ref().ok().and_then(|records| records.last()) {
                 let mut seqs = m.last_seq.lock().expect("last_seq lock");
                 let seq = seqs.entry(last.run).or_insert(last.seq);
@@ -101,11 +115,36 @@ impl Metrics {
     /// none was, so the run is as the daemon found it. Read it before reading the run: an
     /// append in between then only makes the value stale, never the history.
     pub fn last_appended(&self, run: RunId) -> Option<u64> {
+        if self.shared_store.load(Ordering::Relaxed) {
+            // Other daemons' appends do not pass here: every read must see the store.
+            return Some(u64::MAX - self.fresh.fetch_add(1, Ordering::Relaxed));
+        }
         self.last_seq
             .lock()
             .expect("last_seq lock")
             .get(&run)
             .copied()
+    }
+}
+
+impl Metrics {
+    /// Marks the store as shared by several daemons, this one named `daemon`.
+    pub fn set_shared_store(&self, daemon: &str) {
+        self.shared_store.store(true, Ordering::Relaxed);
+        *self.daemon.lock().expect("daemon lock") = Some(daemon.to_owned());
+    }
+
+    /// Counts (once per run) and logs a run this daemon stopped driving because another daemon
+    /// holds it: its lease was taken over, or the store refused an append (the fence).
+    pub fn count_fenced(&self, run: RunId, message: &str) {
+        if self.fenced.lock().expect("fenced lock").insert(run) {
+            tracing::error!(%run, "{message}");
+        }
+    }
+
+    /// Runs this daemon stopped driving because another daemon holds them.
+    pub fn fenced_runs(&self) -> u64 {
+        self.fenced.lock().expect("fenced lock").len() as u64
     }
 }
 
@@ -169,6 +208,16 @@ pub fn render(log: &dyn EventLog, m: &Metrics) -> anyhow::Result<String> {
         "Runs that started compensating.",
         m.compensations.load(Ordering::Relaxed),
     );
+    if let Some(daemon) = m.daemon.lock().expect("daemon lock").clone() {
+        out.push_str(&format!(
+            "# HELP waymark_runs_fenced_total Runs this daemon stopped driving because another \
+             daemon took them over (lease taken, or an append refused by the store's fence).\n\
+             # TYPE waymark_runs_fenced_total counter\n\
+             waymark_runs_fenced_total{{daemon=\"{}\"}} {}\n",
+            label_value(&daemon),
+            m.fenced_runs()
+        ));
+    }
     out.push_str("# HELP waymark_append_seconds Latency of durable appends to the event log.\n# TYPE waymark_append_seconds histogram\n");
     for (i, b) in BUCKETS_US.iter().enumerate() {
         out.push_str(&format!(

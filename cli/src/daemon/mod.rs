@@ -8,6 +8,7 @@
 //! in-process with listeners of their own.
 
 pub mod metrics;
+pub mod ownership;
 pub mod peer;
 mod routes;
 mod schedules;
@@ -27,8 +28,9 @@ use tokio::net::{TcpListener, UnixListener};
 use waymark_engine::Engine;
 
 use crate::exit::{usage, Exit, ExitStatus};
-use crate::paths::{open_log, schedules_path, socket_path};
+use crate::paths::{schedules_path, socket_path};
 use crate::schedule::ScheduleBook;
+use crate::store::{Opener, Store};
 
 pub use metrics::{MeteredLog, Metrics};
 pub use peer::Peer;
@@ -52,7 +54,16 @@ pub struct Options {
     pub http_allow_remote: bool,
     /// Webhooks told about every run's transitions (`--notify`; [`crate::notify`]).
     pub notify: Vec<crate::notify::Webhook>,
+    /// Where runs are journaled (`--store`): the data directory's log, or a shared store.
+    pub store: Store,
+    /// This daemon's name in a shared store (`--daemon-id`).
+    pub daemon_id: String,
+    /// How long its leases last in a shared store (`--lease-ttl`).
+    pub lease_ttl: Duration,
 }
+
+/// The lease of a daemon on a shared store without `--lease-ttl`.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(15);
 
 /// Where the daemon serves: its unix socket (and the path, named in errors), and TCP.
 #[derive(Debug)]
@@ -81,6 +92,9 @@ pub struct Config {
     pub web: Option<Arc<web::Access>>,
     /// Webhooks told about every run's transitions (their URLs checked readable).
     pub notify: Vec<crate::notify::Webhook>,
+    /// With a shared store: this daemon's leases, renewed and taken over by
+    /// [`ownership::keep_leases`]; none: the embedded store, one owner.
+    pub leases: Option<Arc<dyn ownership::Leases>>,
 }
 
 /// `--listen-tcp`: a bare port binds loopback only; otherwise an address like `0.0.0.0:7233`.
@@ -127,14 +141,56 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
         })?),
         None => None,
     };
-    let durable = open_log(&opts.data_dir).map_err(|e| {
+    let in_use = |e: anyhow::Error| {
         Exit::error(
             ExitStatus::Unusable,
             format!(
                 "{e:#}; if a daemon is already running on this directory, use it (`waymark ls`)"
             ),
         )
+    };
+    let (opener, lock) = match &opts.store {
+        Store::Embedded => (Opener::Command, None),
+        Store::Postgres { .. } => {
+            // The data directory holds this daemon's socket and schedules: one daemon each.
+            let lock = crate::paths::lock_data_dir(&opts.data_dir).map_err(in_use)?;
+            let identity = waymark_store_pg::Identity {
+                name: opts.daemon_id.clone(),
+                incarnation: uuid::Uuid::new_v4(),
+                host: crate::store::hostname(),
+                pid: std::process::id(),
+                api: opts.tcp.map(|a| a.to_string()),
+            };
+            let opener = Opener::Daemon {
+                identity,
+                lease_ttl: opts.lease_ttl,
+            };
+            (opener, Some(lock))
+        }
+    };
+    let store_opened = crate::store::open(&opts.data_dir, &opts.store, &opener).map_err(|e| {
+        if opts.store.is_shared() {
+            Exit::error(ExitStatus::Unusable, format!("{e:#}"))
+        } else {
+            in_use(e)
+        }
     })?;
+    let leases: Option<Arc<dyn ownership::Leases>> = match (&store_opened.shared, &opener) {
+        (Some(backend), Opener::Daemon { identity, .. }) => {
+            tracing::info!(
+                store = %opts.store.display(),
+                daemon = %identity.name,
+                lease_ttl = ?opts.lease_ttl,
+                "journaling in the shared store"
+            );
+            Some(Arc::new(ownership::PgLeases {
+                backend: backend.clone(),
+                incarnation: identity.incarnation,
+                ttl: opts.lease_ttl,
+            }))
+        }
+        _ => None,
+    };
     let schedules_file = schedules_path(&opts.data_dir);
     let book = ScheduleBook::load(&schedules_file)?;
     let sock = socket_path(&opts.data_dir);
@@ -158,8 +214,13 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
         }
         None => (None, None),
     };
-    let (log, metrics) = MeteredLog::wrap(durable);
+    let (log, metrics) = MeteredLog::wrap(store_opened.log);
+    if leases.is_some() {
+        metrics.set_shared_store(&opts.daemon_id);
+    }
     let engine = waymark_workflows::register(Engine::builder(log)).build();
+    // Held for as long as the process lives (the socket and schedules are this daemon's).
+    std::mem::forget(lock);
     Ok(Prepared {
         listeners: Listeners {
             unix: (unix, sock),
@@ -175,6 +236,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
             metrics,
             web,
             notify: opts.notify.clone(),
+            leases,
         },
     })
 }
@@ -285,7 +347,24 @@ pub async fn serve(
         socket: sock.clone(),
         inventory_dir: config.inventory_dir,
     });
-    let report = engine.resume_all()?;
+    let report = match &config.leases {
+        None => engine.resume_all()?,
+        // The store's open runs are every daemon's: resume those this daemon holds (its own,
+        // taken back at open); the others' are taken over only once their lease expires.
+        Some(leases) => {
+            let mut report = waymark_engine::runtime::ResumeReport::default();
+            for run in engine.log().open_runs()? {
+                if !leases.holds(run) {
+                    continue;
+                }
+                match engine.resume(run) {
+                    Ok(()) => report.resumed.push(run),
+                    Err(e) => report.refused.push((run, e)),
+                }
+            }
+            report
+        }
+    };
     tracing::info!(resumed = report.resumed.len(), "resumed unfinished runs");
     for (run, e) in &report.refused {
         tracing::error!(%run, "run not resumed: {e}");
@@ -343,13 +422,36 @@ pub async fn serve(
         config.tick,
         stop_rx.clone(),
     ));
+    let lease_task = config.leases.clone().map(|leases| {
+        tokio::spawn(ownership::keep_leases(
+            engine.clone(),
+            leases,
+            d.metrics.clone(),
+            stop_rx.clone(),
+        ))
+    });
     tracing::info!(socket = %sock.display(), "serving (owner-only)");
     shutdown.await;
     tracing::info!(
         "stopping: attempts in flight are journaled as interrupted and resume on the next start"
     );
     stop_tx.send_replace(true);
+    if let Some(t) = lease_task {
+        let _ = t.await;
+    }
     engine.shutdown().await;
+    if let Some(leases) = &config.leases {
+        // After the shutdown journaled the attempts in flight: the runs are another daemon's
+        // to take at once.
+        let leases = leases.clone();
+        match tokio::task::spawn_blocking(move || leases.release()).await {
+            Ok(Ok(())) => tracing::info!("leases released: other daemons take the open runs"),
+            Ok(Err(e)) => {
+                tracing::warn!("releasing the leases failed (they expire on their own): {e}");
+            }
+            Err(e) => tracing::warn!("releasing the leases: the task failed: {e}"),
+        }
+    }
     let _ = sched.await;
     let _ = notifier.await;
     let _ = unix_task.await;
