@@ -10,6 +10,9 @@
 //! default, in a temporary directory) are run beside. Group commit is shown as the mean number
 //! of records per transaction. Prints a Markdown table (for BENCHMARKS.md).
 
+// "PostgreSQL" and event names are prose here, not code.
+#![allow(clippy::doc_markdown)]
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -192,7 +195,7 @@ async fn main() -> anyhow::Result<()> {
     rows.push(Row {
         workload: "one run of 1,000 steps (steps/s)",
         pg: steps,
-        baseline: (before_base + after_base) / 2.0,
+        baseline: f64::midpoint(before_base, after_base),
         group: g,
         segment: segment_steps,
     });
@@ -210,7 +213,7 @@ async fn main() -> anyhow::Result<()> {
         rows.push(Row {
             workload: name,
             pg: events,
-            baseline: (before_base + after_base) / 2.0,
+            baseline: f64::midpoint(before_base, after_base),
             group: g,
             segment: segment_events,
         });

@@ -20,11 +20,8 @@
 // "PostgreSQL", "SQLSTATE", "CockroachDB" and "YugabyteDB" are names in prose, not code.
 #![allow(clippy::doc_markdown)]
 
-mod ownership;
 pub mod pgpass;
 pub mod test_server;
-
-pub use ownership::Identity;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
