@@ -22,6 +22,9 @@
 
 pub mod pgpass;
 pub mod test_server;
+mod transfer;
+
+pub use transfer::Imported;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -451,27 +454,35 @@ fn is_retryable(e: &tokio_postgres::Error) -> bool {
     })
 }
 
-/// A group commit as one statement (in a `BEGIN`/`COMMIT` pipelined with it: one round trip):
-/// (1) the rows of the runs this group opens (epoch 1, owned by this daemon; a run already stored
-/// is not inserted), (2) the fenced update of the runs already stored: only where this daemon
-/// owns the run with the epoch it holds and the history ends where the log staged it, (3) the
-/// records of the runs (1) or (2) returned, and nothing of the others. Answers the runs accepted
-/// and how many records were stored.
-const SQL_GROUP: &str = "WITH opened AS ( \
+/// A group commit's runs opened by it, as one statement: (1) their rows (epoch 1, owned by this
+/// daemon; a run already stored is not inserted) and the records of the runs inserted. Answers
+/// the runs accepted and how many records were stored. Each statement modifies `waymark_runs`
+/// once: CockroachDB refuses two modifying subqueries of one table in a statement (SQLSTATE 0A000,
+/// cockroach#70731), hence two statements rather than one.
+const SQL_OPEN_GROUP: &str = "WITH accepted AS ( \
        INSERT INTO waymark_runs (run, open, last_seq, owner, epoch, lease_expires_at, cluster, holds_cluster, fire_key) \
        SELECT n.run, NOT n.closes, n.last_seq, $1, 1, now() + $2::int8 * interval '1 millisecond', n.cluster, n.cluster IS NOT NULL, n.fire_key \
          FROM unnest($3::uuid[], $4::int8[], $5::bool[], $6::text[], $7::text[]) AS n(run, last_seq, closes, cluster, fire_key) \
        ON CONFLICT DO NOTHING RETURNING run), \
-     appended AS ( \
-       UPDATE waymark_runs r SET last_seq = b.last_seq, open = r.open AND NOT b.closes, updated_at = now(), \
-              lease_expires_at = now() + $2::int8 * interval '1 millisecond' \
-         FROM unnest($8::uuid[], $9::int8[], $10::int8[], $11::int8[], $12::bool[]) AS b(run, epoch, prev_last_seq, last_seq, closes) \
-        WHERE r.run = b.run AND r.owner = $1 AND r.epoch = b.epoch AND r.last_seq = b.prev_last_seq \
-       RETURNING r.run), \
-     accepted AS (SELECT run FROM opened UNION ALL SELECT run FROM appended), \
      stored AS ( \
        INSERT INTO waymark_records (run, seq, bytes) \
-       SELECT w.run, w.seq, w.bytes FROM unnest($13::uuid[], $14::int8[], $15::bytea[]) AS w(run, seq, bytes) \
+       SELECT w.run, w.seq, w.bytes FROM unnest($8::uuid[], $9::int8[], $10::bytea[]) AS w(run, seq, bytes) \
+        WHERE w.run IN (SELECT run FROM accepted) \
+       RETURNING 1) \
+     SELECT run, (SELECT count(*) FROM stored) FROM accepted";
+
+/// A group commit's runs already stored, as one statement: (2) the fenced update of their rows,
+/// only where this daemon owns the run with the epoch it holds and the history ends where the
+/// log staged it (it also renews the lease), and (3) the records of the runs updated.
+const SQL_APPEND_GROUP: &str = "WITH accepted AS ( \
+       UPDATE waymark_runs r SET last_seq = b.last_seq, open = r.open AND NOT b.closes, updated_at = now(), \
+              lease_expires_at = now() + $2::int8 * interval '1 millisecond' \
+         FROM unnest($3::uuid[], $4::int8[], $5::int8[], $6::int8[], $7::bool[]) AS b(run, epoch, prev_last_seq, last_seq, closes) \
+        WHERE r.run = b.run AND r.owner = $1 AND r.epoch = b.epoch AND r.last_seq = b.prev_last_seq \
+       RETURNING r.run), \
+     stored AS ( \
+       INSERT INTO waymark_records (run, seq, bytes) \
+       SELECT w.run, w.seq, w.bytes FROM unnest($8::uuid[], $9::int8[], $10::bytea[]) AS w(run, seq, bytes) \
         WHERE w.run IN (SELECT run FROM accepted) \
        RETURNING 1) \
      SELECT run, (SELECT count(*) FROM stored) FROM accepted";
@@ -483,7 +494,8 @@ const SQL_TAKE_OWN: &str = "UPDATE waymark_runs SET epoch = epoch + 1, lease_exp
 /// The writer connection and its prepared statements.
 struct Writer {
     client: Client,
-    group: Statement,
+    open_group: Statement,
+    append_group: Statement,
     why: Statement,
     take_own: Statement,
 }
@@ -566,15 +578,17 @@ impl Conns {
         let client = connect(&self.config, &self.url)
             .await
             .map_err(log::Error::Storage)?;
-        let (group, why, take_own) = futures::try_join!(
-            client.prepare(SQL_GROUP),
+        let (open_group, append_group, why, take_own) = futures::try_join!(
+            client.prepare(SQL_OPEN_GROUP),
+            client.prepare(SQL_APPEND_GROUP),
             client.prepare(SQL_WHY),
             client.prepare(SQL_TAKE_OWN),
         )
         .map_err(|e| self.storage("preparing the writer's statements", &e))?;
         *slot = Some(Writer {
             client,
-            group,
+            open_group,
+            append_group,
             why,
             take_own,
         });
@@ -813,7 +827,8 @@ struct CommitOutcome {
     retries: u32,
 }
 
-/// One try of a group commit: `BEGIN`, [`SQL_GROUP`] and `COMMIT` in one round trip; when runs
+/// One try of a group commit: `BEGIN`, [`SQL_OPEN_GROUP`], [`SQL_APPEND_GROUP`] and `COMMIT` in
+/// one round trip; when runs
 /// were refused, a second one reads their rows to say why. An error is returned only when the
 /// group did not commit.
 async fn commit_once(
@@ -858,10 +873,18 @@ async fn commit_once(
     let st_prev: Vec<i64> = stored.iter().map(|p| seq_i64(p.first_seq) - 1).collect();
     let st_last: Vec<i64> = stored.iter().map(|p| seq_i64(p.last_seq)).collect();
     let st_closes: Vec<bool> = stored.iter().map(|p| p.closes).collect();
-    let rec_runs: Vec<Uuid> = req.records.iter().map(|r| r.0 .0).collect();
-    let rec_seqs: Vec<i64> = req.records.iter().map(|r| seq_i64(r.1)).collect();
-    let rec_bytes: Vec<&[u8]> = req.records.iter().map(|r| r.2.as_slice()).collect();
-    let params: [&(dyn ToSql + Sync); 15] = [
+    let is_new: std::collections::HashSet<RunId> = new.iter().map(|p| p.run).collect();
+    let (new_recs, st_recs): (Vec<_>, Vec<_>) =
+        req.records.iter().partition(|r| is_new.contains(&r.0));
+    let columns = |recs: &[&(RunId, u64, Vec<u8>)]| {
+        let runs: Vec<Uuid> = recs.iter().map(|r| r.0 .0).collect();
+        let seqs: Vec<i64> = recs.iter().map(|r| seq_i64(r.1)).collect();
+        let bytes: Vec<Vec<u8>> = recs.iter().map(|r| r.2.clone()).collect();
+        (runs, seqs, bytes)
+    };
+    let (open_rec_runs, open_rec_seqs, open_rec_bytes) = columns(&new_recs);
+    let (append_rec_runs, append_rec_seqs, append_rec_bytes) = columns(&st_recs);
+    let open_params: [&(dyn ToSql + Sync); 10] = [
         &req.owner,
         &req.ttl,
         &new_runs,
@@ -869,35 +892,61 @@ async fn commit_once(
         &new_closes,
         &no_claims,
         &no_claims,
+        &open_rec_runs,
+        &open_rec_seqs,
+        &open_rec_bytes,
+    ];
+    let append_params: [&(dyn ToSql + Sync); 10] = [
+        &req.owner,
+        &req.ttl,
         &st_runs,
         &st_epochs,
         &st_prev,
         &st_last,
         &st_closes,
-        &rec_runs,
-        &rec_seqs,
-        &rec_bytes,
+        &append_rec_runs,
+        &append_rec_seqs,
+        &append_rec_bytes,
     ];
-    // BEGIN, the group, COMMIT: sent together, one round trip. COMMIT answers once the WAL is
-    // flushed (synchronous_commit=on); if the group failed, its error is what try_join returns
-    // (the COMMIT of an aborted transaction rolls it back).
-    let ((), accepted, ()) = futures::try_join!(
+    let opened = async {
+        if new.is_empty() {
+            Ok(Vec::new())
+        } else {
+            w.client.query(&w.open_group, &open_params).await
+        }
+    };
+    let appended = async {
+        if stored.is_empty() {
+            Ok(Vec::new())
+        } else {
+            w.client.query(&w.append_group, &append_params).await
+        }
+    };
+    // BEGIN, the two statements, COMMIT: sent together, one round trip. COMMIT answers once the
+    // WAL is flushed (synchronous_commit=on); if a statement failed, its error is what try_join
+    // returns (the COMMIT of an aborted transaction rolls it back).
+    let ((), opened, appended, ()) = futures::try_join!(
         w.client.batch_execute("BEGIN"),
-        w.client.query(&w.group, &params),
+        opened,
+        appended,
         w.client.batch_execute("COMMIT"),
     )?;
     let mut outcome = CommitOutcome::default();
     let mut ok: std::collections::HashSet<RunId> = std::collections::HashSet::new();
-    for row in accepted {
-        let run = RunId(row.get::<_, Uuid>(0));
-        outcome.records = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
-        ok.insert(run);
-        let epoch = if new_runs.contains(&run.0) {
-            1
-        } else {
-            epochs.get(&run).copied().unwrap_or(-1)
-        };
-        outcome.accepted.push((run, epoch));
+    for (rows, opening) in [(opened, true), (appended, false)] {
+        if let Some(first) = rows.first() {
+            outcome.records += u64::try_from(first.get::<_, i64>(1)).unwrap_or(0);
+        }
+        for row in rows {
+            let run = RunId(row.get::<_, Uuid>(0));
+            ok.insert(run);
+            let epoch = if opening {
+                1
+            } else {
+                epochs.get(&run).copied().unwrap_or(-1)
+            };
+            outcome.accepted.push((run, epoch));
+        }
     }
     let refused: Vec<&RunPart> = req.parts.iter().filter(|p| !ok.contains(&p.run)).collect();
     if refused.is_empty() {
