@@ -20,10 +20,12 @@
 // "PostgreSQL", "SQLSTATE", "CockroachDB" and "YugabyteDB" are names in prose, not code.
 #![allow(clippy::doc_markdown)]
 
+mod ownership;
 pub mod pgpass;
 pub mod test_server;
 mod transfer;
 
+pub use ownership::Identity;
 pub use transfer::Imported;
 
 use std::collections::HashMap;
