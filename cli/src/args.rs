@@ -109,6 +109,12 @@ pub enum Command {
     /// applying it twice changes nothing. Daemons refuse a store whose schema is older than
     /// theirs.
     Migrate,
+    /// Move histories between the data directory's own log and the Postgres store of --store,
+    /// each run copied byte for byte and read back verified.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Start a run in the daemon and follow it (Ctrl-C or a lost connection only detaches; the
     /// run goes on).
     Start {
@@ -326,6 +332,18 @@ fn parse_lease_ttl(text: &str) -> Result<std::time::Duration, String> {
         ));
     }
     Ok(ttl)
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy every run of the data directory's log into the store (runs it already has are left
+    /// alone); open runs are owned by no daemon there, and the first daemon to scan takes them
+    /// over. Stop the data directory's daemon first.
+    Import,
+    /// Copy every run of the store into the data directory's log (runs it already has are left
+    /// alone). Stop the daemons of the store first if its open runs are to be driven from the
+    /// data directory.
+    Export,
 }
 
 #[derive(Subcommand, Debug)]

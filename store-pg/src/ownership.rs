@@ -10,7 +10,9 @@ use uuid::Uuid;
 use waymark_engine::event::RunId;
 use waymark_engine::log;
 
-use super::{client_config, connect, describe, on_private_runtime, ttl_ms, Error, PgBackend};
+use super::{
+    check_version, client_config, connect, describe, on_private_runtime, ttl_ms, Error, PgBackend,
+};
 
 /// Takes over at most this many runs per scan (the rest at the next scan).
 const TAKEOVER_BATCH: i64 = 64;
@@ -51,6 +53,29 @@ impl PgBackend {
                 detail,
             };
             let client = connect(&config, &url_owned).await.map_err(connect_error)?;
+            // The schema first: an unmigrated store is named as such, not as a missing table.
+            let migrated = client
+                .query_one(
+                    "SELECT to_regclass('waymark_schema_migrations') IS NOT NULL",
+                    &[],
+                )
+                .await
+                .map_err(|e| {
+                    connect_error(format!("reading the schema version: {}", describe(&e)))
+                })?
+                .get::<_, bool>(0);
+            let version: Option<i32> = if migrated {
+                client
+                    .query_one("SELECT max(version) FROM waymark_schema_migrations", &[])
+                    .await
+                    .map_err(|e| {
+                        connect_error(format!("reading the schema version: {}", describe(&e)))
+                    })?
+                    .get(0)
+            } else {
+                None
+            };
+            check_version(&url_owned, version)?;
             let pid = i32::try_from(identity.pid).unwrap_or(i32::MAX);
             let claimed = client
                 .query(

@@ -483,3 +483,199 @@ fn a_paused_owner_is_fenced_when_it_wakes_and_the_run_finishes_once() {
     assert_effects_exactly_once(&estate.dir);
     assert_verify_clean(&store, dir.path());
 }
+
+/// The configuration's refusals, each saying what to do: a store whose schema was never
+/// migrated ("run `waymark migrate`"), a URL holding a password (never repeated), a daemon name
+/// a live daemon holds, and the embedded store's commands that have no meaning on a shared one.
+#[test]
+fn a_store_is_refused_unmigrated_with_a_password_in_its_url_or_under_a_name_in_use() {
+    let dir = temp_dir();
+    let server = server();
+    let bare = SharedStore {
+        url: server.url(&server.create_schema().unwrap()),
+        passfile: server.passfile().to_owned(),
+    };
+    let out = bare
+        .waymark(&dir.path().join("unmigrated"))
+        .arg("daemon")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("waymark migrate"), "{err}");
+    let ls = bare
+        .waymark(&dir.path().join("unmigrated"))
+        .arg("ls")
+        .output()
+        .unwrap();
+    assert!(
+        !ls.status.success() && String::from_utf8_lossy(&ls.stderr).contains("waymark migrate"),
+        "{}",
+        String::from_utf8_lossy(&ls.stderr)
+    );
+
+    let out = waymark(&dir.path().join("pw"))
+        .args([
+            "--store",
+            "postgres://waymark:hunter2@127.0.0.1:1/waymark",
+            "ls",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--store-password-file") && !err.contains("hunter2"),
+        "{err}"
+    );
+
+    let store = SharedStore::new(dir.path());
+    let _a = Daemon::start(dir.path(), "a", &store);
+    let second = dir.path().join("second-a");
+    let out = store
+        .waymark(&second)
+        .args(["daemon", "--daemon-id", "a", "--lease-ttl", "2s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("\"a\" is in use by a live daemon") && err.contains("--daemon-id"),
+        "{err}"
+    );
+
+    for command in [&["resume"][..], &["recover"][..]] {
+        let out = store
+            .waymark(&dir.path().join("cli"))
+            .args(command)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command:?}: {err}");
+        assert!(err.contains("does not take --store"), "{err}");
+    }
+}
+
+/// `waymark store import` copies the data directory's runs into the store byte for byte (an open
+/// run stays open there, owned by no daemon, its lease expired: the first daemon to scan takes
+/// it), a second import leaves them alone, and `waymark store export` copies them into a fresh
+/// data directory byte for byte, where `verify` finds them whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_import_and_export_move_histories_byte_for_byte() {
+    use waymark_engine::log::Backend;
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let local = dir.path().join("local");
+    let (done, open) = {
+        let log = waymark_engine::open_log(&local).unwrap();
+        let engine = Engine::builder(log.clone())
+            .workflow_dyn(wf("one-step", 1, |ctx| async move {
+                let n: u32 = ctx.step("echo", &1).await?;
+                Ok(Payload::encode(&n).unwrap())
+            }))
+            .workflow_dyn(wf("blocks", 1, |ctx| async move {
+                let () = ctx.step("block", &()).await?;
+                Ok(Payload::null())
+            }))
+            .activity_fn("echo", |_ctx, input| async move { Ok(input) })
+            .activity_fn("block", |_ctx, _input| async move {
+                futures::future::pending::<()>().await;
+                Ok(Payload::null())
+            })
+            .build();
+        let done = engine
+            .start_named("one-step", Payload::null(), "test")
+            .await
+            .unwrap();
+        assert!(matches!(
+            engine.wait(done).await.unwrap(),
+            RunOutcome::Completed(_)
+        ));
+        let open = engine
+            .start_named("blocks", Payload::null(), "test")
+            .await
+            .unwrap();
+        wait_until(
+            Duration::from_secs(10),
+            "the blocking attempt started",
+            || kinds(log.as_ref(), open).last() == Some(&"AttemptStarted"),
+        )
+        .await;
+        engine.shutdown().await;
+        (done, open)
+    };
+    let raw_local = |run| {
+        let log = waymark_engine::open_log(&local).unwrap();
+        log.backend().scan_run(run).unwrap()
+    };
+    let (local_done, local_open) = (raw_local(done), raw_local(open));
+
+    let import = store
+        .waymark(&local)
+        .args(["store", "import"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&import.stdout);
+    assert!(
+        import.status.success() && said.starts_with("2 runs (") && said.contains("0 not moved"),
+        "{said}{}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let (observer, _log) = store.observer();
+    assert_eq!(
+        observer.scan_run(done).unwrap(),
+        local_done,
+        "byte for byte"
+    );
+    assert_eq!(
+        observer.scan_run(open).unwrap(),
+        local_open,
+        "byte for byte"
+    );
+    assert_eq!(
+        observer.open_runs().unwrap(),
+        vec![open],
+        "the open run stays open"
+    );
+    assert_eq!(
+        observer.owner(open).unwrap(),
+        Some((None, 0)),
+        "owned by no daemon"
+    );
+
+    let again = store
+        .waymark(&local)
+        .args(["store", "import"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && said.starts_with("0 runs") && said.contains("2 already there"),
+        "{said}"
+    );
+
+    let back = dir.path().join("back");
+    let export = store
+        .waymark(&back)
+        .args(["store", "export"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        export.status.success() && said.starts_with("2 runs ("),
+        "{said}{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    {
+        let log = waymark_engine::open_log(&back).unwrap();
+        assert_eq!(log.backend().scan_run(done).unwrap(), local_done);
+        assert_eq!(log.backend().scan_run(open).unwrap(), local_open);
+        assert_eq!(log.open_runs().unwrap(), vec![open]);
+    }
+    let verify = waymark(&back).arg("verify").output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && said.starts_with("2 runs") && said.contains("0 with faults"),
+        "{said}"
+    );
+}

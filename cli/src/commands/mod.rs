@@ -10,6 +10,7 @@ mod sandbox;
 mod schedules;
 #[cfg(feature = "sandbox")]
 mod simulate;
+mod store;
 mod target;
 mod watch;
 mod web;
@@ -103,6 +104,7 @@ pub async fn dispatch(
         Command::History { run, output } => inspect::history(&data_dir, &store, &run, output).await,
         Command::Replay { run } => inspect::replay(&data_dir, &store, &run).await,
         Command::Verify { run } => inspect::verify(&data_dir, &store, run.as_deref()).await,
+        Command::Store { command } => store::command(&data_dir, &store, &command),
         Command::Migrate => {
             let line = waymark_cli::store::migrate(&store)?;
             println!("{line}");
