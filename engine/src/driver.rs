@@ -230,6 +230,47 @@ fn describe_events(events: &[Event]) -> String {
     }
 }
 
+/// An append in flight and the delivery of its records, polled by the driver's own task: the
+/// lone append's inline commit and the delivery then run where the driver runs, with no task
+/// spawned and no wake-up of another task per step (a hand-off that cost the one-run figure
+/// about a wake-up of the other worker thread every second step: BENCHMARKS.md). Dropped before
+/// it ends (a `join` that dropped a sibling step, [`RunShared::flush_in_background`]), the rest
+/// goes on in a task of its own, so that the records are still delivered in order and no hole
+/// stalls the run's later records; after [`Tasks::abort_all`] that task is aborted, as every
+/// task of the engine is.
+pub(crate) struct AppendInFlight {
+    rest: Option<BoxFuture<'static, Result<Vec<Record>, String>>>,
+    tasks_of: Arc<RunShared>,
+}
+
+impl Future for AppendInFlight {
+    type Output = Result<Vec<Record>, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(rest) = self.rest.as_mut() else {
+            return std::task::Poll::Ready(Err("an append was polled after it ended".into()));
+        };
+        let out = std::task::ready!(rest.as_mut().poll(cx));
+        self.rest = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl Drop for AppendInFlight {
+    fn drop(&mut self) {
+        if let Some(rest) = self.rest.take() {
+            // Without a runtime (it is being torn down) no task can run it, nor any reader of
+            // the run: the records stay in the log for the next start.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                drop(self.tasks_of.services.tasks.spawn(rest));
+            }
+        }
+    }
+}
+
 /// What the driver does after a decision's events are appended.
 enum Next {
     Answer(Answer),
@@ -354,10 +395,7 @@ impl RunShared {
 
     /// Sends everything pending to the log (one append: one group commit). Called with the state
     /// lock held, so that appends reach the writer in the order they were decided.
-    fn submit(
-        self: &Arc<Self>,
-        _st: &RunState,
-    ) -> Option<tokio::task::JoinHandle<Result<Vec<Record>, String>>> {
+    fn submit(self: &Arc<Self>, _st: &RunState) -> Option<AppendInFlight> {
         let events = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
         if events.is_empty() {
             return None;
@@ -365,7 +403,8 @@ impl RunShared {
         let written = self.services.log.append(self.run, events);
         self.appends_in_flight.send_modify(|n| *n += 1);
         let me = self.clone();
-        Some(self.services.tasks.spawn(async move {
+        let run = self.run;
+        let delivery = async move {
             let result = match written.await {
                 Ok(records) => me.deliver(&records).map(|()| records),
                 Err(e) => {
@@ -385,7 +424,19 @@ impl RunShared {
                 me.fill_gap();
             }
             result
-        }))
+        };
+        let delivery = AssertUnwindSafe(delivery).catch_unwind().map(move |r| {
+            r.unwrap_or_else(|p| {
+                Err(format!(
+                    "the append of run {run} failed: it panicked: {}",
+                    panic_message(p.as_ref())
+                ))
+            })
+        });
+        Some(AppendInFlight {
+            rest: Some(Box::pin(delivery)),
+            tasks_of: self.clone(),
+        })
     }
 
     /// Sends what is pending without waiting for it: the workflow code waits for something else
@@ -427,10 +478,7 @@ impl RunShared {
         let Some(handle) = handle else {
             return Ok(Vec::new());
         };
-        let delivered = handle
-            .await
-            .unwrap_or_else(|e| Err(format!("the append task of run {} failed: {e}", self.run)));
-        let records = match delivered {
+        let records = match handle.await {
             Ok(r) => r,
             Err(msg) => {
                 self.set_fatal(Fatal::Engine(msg.clone()));
@@ -1308,5 +1356,73 @@ mod tests {
             );
         }
         assert_eq!(kinds.last(), Some(&"RunCompleted"));
+    }
+
+    /// Records which tokio task polls each append (and each activity call).
+    struct TaskRecording {
+        inner: SharedLog,
+        tasks: Arc<std::sync::Mutex<Vec<Option<tokio::task::Id>>>>,
+    }
+
+    impl EventLog for TaskRecording {
+        fn append(
+            &self,
+            run: RunId,
+            events: Vec<Event>,
+        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
+            let written = self.inner.append(run, events);
+            let tasks = self.tasks.clone();
+            Box::pin(async move {
+                tasks.lock().unwrap().push(tokio::task::try_id());
+                written.await
+            })
+        }
+        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
+            self.inner.read(run)
+        }
+        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.open_runs()
+        }
+        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.runs()
+        }
+    }
+
+    /// A run's appends are polled by its driver's own task, the one that calls its activities:
+    /// no task per append, so no hand-off to another task and back per step (a task per append
+    /// cost a wake-up of the other worker thread every second step: BENCHMARKS.md). On a
+    /// multi-thread runtime, as the engine runs in production.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_runs_appends_are_polled_by_its_drivers_own_task() {
+        let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log: SharedLog = Arc::new(TaskRecording {
+            inner: crate::memory_log(),
+            tasks: tasks.clone(),
+        });
+        let in_activity = tasks.clone();
+        let engine = Engine::builder(log)
+            .workflow(Steps)
+            .activity_fn("noop", move |_, input| {
+                in_activity.lock().unwrap().push(tokio::task::try_id());
+                async move { Ok(input) }
+            })
+            .build();
+        let run = engine.start::<Steps>(&50, "t").await.unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait(run))
+            .await
+            .expect("the run finishes")
+            .unwrap();
+        assert_eq!(out, RunOutcome::Completed(Payload("50".into())));
+        let tasks = tasks.lock().unwrap();
+        // `start` appends `RunStarted` itself, from the caller's task; the driver does the rest.
+        let driver: std::collections::BTreeSet<_> = tasks[1..].iter().collect();
+        assert_eq!(tasks.len(), 1 + 51 + 50, "{tasks:?}");
+        assert_eq!(
+            driver.len(),
+            1,
+            "the driver's appends and activity calls ran in {} tasks: {driver:?}",
+            driver.len()
+        );
+        assert!(driver.iter().all(|t| t.is_some()), "{driver:?}");
     }
 }
