@@ -243,6 +243,8 @@ pub struct Shared {
     effect_hook: Mutex<Option<EffectHook>>,
     /// Effects this sandbox appended to `effects.jsonl` (the hook's index when not in memory).
     effects_in_file: std::sync::atomic::AtomicUsize,
+    /// Requests that asked for their fault, per system of [`crate::faults::SYSTEMS`].
+    requests: [std::sync::atomic::AtomicU64; crate::faults::SYSTEMS.len()],
 }
 
 /// A function told of each effect as it lands: its index (from 0, counted since the sandbox
@@ -305,6 +307,7 @@ impl Shared {
             random: Mutex::new(options.seed),
             effect_hook: Mutex::new(None),
             effects_in_file: std::sync::atomic::AtomicUsize::new(0),
+            requests: Default::default(),
         };
         {
             let mut st = shared.state.lock().expect("sandbox state lock");
@@ -506,10 +509,29 @@ impl Shared {
 
     /// The fault that applies to this request of `system`, if any (counting it down).
     pub fn fault_for(&self, system: &str, request: &str) -> Option<FaultKind> {
+        self.count_request(system);
         self.faults
             .lock()
             .expect("faults lock")
             .take(system, request, |_| true)
+    }
+
+    fn count_request(&self, system: &str) {
+        if let Some(i) = crate::faults::SYSTEMS.iter().position(|s| *s == system) {
+            self.requests[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Requests of `system` (one of [`crate::faults::SYSTEMS`]) that reached the sandbox so far
+    /// (each asks for its fault once): which steps of a run touch which system, for the
+    /// simulation's faults.
+    pub fn requests(&self, system: &str) -> u64 {
+        crate::faults::SYSTEMS
+            .iter()
+            .position(|s| *s == system)
+            .map_or(0, |i| {
+                self.requests[i].load(std::sync::atomic::Ordering::Relaxed)
+            })
     }
 
     /// As [`Shared::fault_for`], among the rules that `applies` (the others are left for later
@@ -520,6 +542,7 @@ impl Shared {
         request: &str,
         applies: impl Fn(&Fault) -> bool,
     ) -> Option<FaultKind> {
+        self.count_request(system);
         self.faults
             .lock()
             .expect("faults lock")

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use waymark_sandbox::faults::catalogue;
 use waymark_sandbox::FaultKind;
 
+use waymark_engine::StepRef;
+
 use crate::schedule::{Crash, EstateChange, FaultPlan, Reproduction, Schedule};
 use crate::world::{execute, Error, Execution, ExecutionOptions, Subject};
 
@@ -448,12 +450,23 @@ pub fn systems_of(activity: &str) -> &'static [&'static str] {
     }
 }
 
+/// The systems a step of the plain run touched: those that received a request while it was in
+/// flight (a fault of any other system cannot change that step: the execution would be the
+/// plain run's); by its activity's name ([`systems_of`]) when the step did not end.
+fn touched<'a>(plain: &'a Execution, step: StepRef, activity: &str) -> &'a [&'static str] {
+    plain
+        .touched
+        .iter()
+        .find(|(s, _)| *s == step)
+        .map_or_else(|| systems_of(activity), |(_, systems)| systems.as_slice())
+}
+
 /// The fault schedules over the plain run's steps.
 fn fault_schedules(plain: &Execution, options: &ExploreOptions) -> Vec<Schedule> {
     let mut out = Vec::new();
     let mut seen_activity: Vec<(&str, &str)> = Vec::new();
     for (step, activity) in &plain.steps {
-        for system in systems_of(activity) {
+        for system in touched(plain, *step, activity) {
             if options.fault_steps == FaultSteps::FirstOfEachActivity {
                 if seen_activity.contains(&(activity.as_str(), system)) {
                     continue;
@@ -485,8 +498,8 @@ fn fault_schedules(plain: &Execution, options: &ExploreOptions) -> Vec<Schedule>
 fn fault_steps(plain: &Execution, options: &ExploreOptions) -> BTreeMap<&'static str, usize> {
     let mut out: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut seen: BTreeSet<(&str, &str)> = BTreeSet::new();
-    for (_, activity) in &plain.steps {
-        for system in systems_of(activity) {
+    for (step, activity) in &plain.steps {
+        for system in touched(plain, *step, activity) {
             if !catalogue()
                 .iter()
                 .any(|(s, k)| s == system && options.faults.selects(s, k))

@@ -15,6 +15,7 @@ use waymark_engine::clock::SharedClock;
 use waymark_engine::log::sim::SimLog;
 use waymark_engine::log::{Error, EventLog};
 use waymark_engine::{Event, Record, RunId, StepRef};
+use waymark_sandbox::faults::SYSTEMS;
 use waymark_sandbox::{Fault, Faults, Invariants, Shared};
 
 use crate::schedule::{EstateChange, FaultPlan, Mark};
@@ -35,6 +36,9 @@ pub(crate) struct Trace {
     pub fault_until: Option<Mark>,
     /// Where the first compensation began: the append carrying its `StepScheduled`.
     pub compensation_from: Option<Mark>,
+    /// Per step, the systems that received a request while it was in flight (from its
+    /// `StepScheduled` to its end; steps in flight at once share their requests).
+    pub touched: Vec<(StepRef, Vec<&'static str>)>,
 }
 
 /// The faults of a schedule and which are in the sandbox now.
@@ -74,6 +78,8 @@ pub(crate) struct Hooks {
     dead: AtomicBool,
     /// Effects the estate recorded so far.
     effects: AtomicUsize,
+    /// Steps in flight with each system's request count when they began.
+    open: Mutex<Vec<(StepRef, Vec<u64>)>>,
 }
 
 impl Hooks {
@@ -103,6 +109,7 @@ impl Hooks {
             effect_crash: Mutex::new(None),
             dead: AtomicBool::new(false),
             effects: AtomicUsize::new(0),
+            open: Mutex::new(Vec::new()),
         })
     }
 
@@ -255,8 +262,43 @@ impl Hooks {
             let state = self.faults.lock().expect("faults lock");
             state.plans.first().is_some_and(|p| p.step == step)
         };
+        let counts: Vec<u64> = SYSTEMS.iter().map(|s| self.sandbox.requests(s)).collect();
+        let touched = {
+            let mut open = self.open.lock().expect("open steps lock");
+            let at = open.iter().position(|(s, _)| *s == step);
+            match (begins, at) {
+                (true, None) => {
+                    open.push((step, counts));
+                    None
+                }
+                (false, Some(i)) => {
+                    let (_, before) = open.remove(i);
+                    Some(
+                        SYSTEMS
+                            .iter()
+                            .zip(counts.iter().zip(before))
+                            .filter(|(_, (now, then))| **now > *then)
+                            .map(|(s, _)| *s)
+                            .collect::<Vec<&'static str>>(),
+                    )
+                }
+                _ => None,
+            }
+        };
         let mark = self.mark(index);
         let mut trace = self.trace.lock().expect("trace lock");
+        if let Some(systems) = touched {
+            match trace.touched.iter_mut().find(|(s, _)| *s == step) {
+                Some((_, seen)) => {
+                    for s in systems {
+                        if !seen.contains(&s) {
+                            seen.push(s);
+                        }
+                    }
+                }
+                None => trace.touched.push((step, systems)),
+            }
+        }
         if faulty {
             if begins {
                 trace.fault_from.get_or_insert(mark);

@@ -182,6 +182,8 @@ pub struct Execution {
     pub fault_until: Option<Mark>,
     /// Where the first compensation began.
     pub compensation_from: Option<Mark>,
+    /// Per step that ended, the systems that received a request while it was in flight.
+    pub touched: Vec<(waymark_engine::StepRef, Vec<&'static str>)>,
 }
 
 /// Knobs of one execution.
@@ -433,6 +435,7 @@ async fn drive(
         fault_from: trace.fault_from,
         fault_until: trace.fault_until,
         compensation_from: trace.compensation_from,
+        touched: trace.touched,
     })
 }
 
