@@ -84,6 +84,29 @@ pub enum Error {
     },
 }
 
+/// What a new run claims in the store with its first record, in the same transaction: the cluster
+/// it locks while it holds it (one maintenance run per cluster) and the schedule fire time it was
+/// started for (each fire time starts at most one run across all daemons). Two runs claiming the
+/// same cluster or fire time: the second is refused with [`log::Error::Claimed`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The cluster the run locks (`waymark_runs.cluster`, held while `holds_cluster`).
+    pub cluster: Option<String>,
+    /// The fire time it was started for (`NAME@TIME`).
+    pub fire_key: Option<String>,
+}
+
+/// Computes a new run's [`Claims`] from its first event (`RunStarted`); the CLI's reads the
+/// inventory's cluster and the schedule's fire time, so the store stays ignorant of both.
+#[derive(Clone)]
+pub struct ClaimsHook(pub Arc<dyn Fn(&waymark_engine::event::Event) -> Claims + Send + Sync>);
+
+impl std::fmt::Debug for ClaimsHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClaimsHook")
+    }
+}
+
 /// How a daemon (or a tool) uses the store.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -97,6 +120,8 @@ pub struct Options {
     pub takeover_own: bool,
     /// The passfile (libpq format, mode 0600); `None`: `PGPASSFILE`, then `~/.pgpass`.
     pub password_file: Option<PathBuf>,
+    /// What a new run claims (`None`: nothing).
+    pub claims: Option<ClaimsHook>,
 }
 
 impl Options {
@@ -107,6 +132,7 @@ impl Options {
             lease_ttl: Duration::from_secs(15),
             takeover_own: true,
             password_file: None,
+            claims: None,
         }
     }
 }
@@ -809,6 +835,8 @@ struct RunPart {
     closes: bool,
     /// The epoch held when the group was staged (`None`: none held).
     epoch: Option<i64>,
+    /// What it claims (a run opened by this group).
+    claims: Claims,
 }
 
 struct CommitRequest {
@@ -865,7 +893,8 @@ async fn commit_once(
     let new_runs: Vec<Uuid> = new.iter().map(|p| p.run.0).collect();
     let new_last: Vec<i64> = new.iter().map(|p| seq_i64(p.last_seq)).collect();
     let new_closes: Vec<bool> = new.iter().map(|p| p.closes).collect();
-    let no_claims: Vec<Option<String>> = vec![None; new.len()];
+    let clusters: Vec<Option<String>> = new.iter().map(|p| p.claims.cluster.clone()).collect();
+    let fire_keys: Vec<Option<String>> = new.iter().map(|p| p.claims.fire_key.clone()).collect();
     let st_runs: Vec<Uuid> = stored.iter().map(|p| p.run.0).collect();
     // A run with no epoch gets -1, which no row holds: refused, and named below.
     let st_epochs: Vec<i64> = stored
@@ -892,8 +921,8 @@ async fn commit_once(
         &new_runs,
         &new_last,
         &new_closes,
-        &no_claims,
-        &no_claims,
+        &clusters,
+        &fire_keys,
         &open_rec_runs,
         &open_rec_seqs,
         &open_rec_bytes,
@@ -982,12 +1011,59 @@ async fn commit_once(
         }
     };
     for p in refused {
+        let row = rows.get(&p.run);
+        if row.is_none() && p.first_seq == 0 && p.claims != Claims::default() {
+            outcome.refused.push((p.run, claimed(w, p).await));
+            continue;
+        }
         let held = epochs.get(&p.run).copied();
         outcome
             .refused
-            .push((p.run, refusal(&req.owner, p, held, rows.get(&p.run))));
+            .push((p.run, refusal(&req.owner, p, held, row)));
     }
     Ok(outcome)
+}
+
+/// A new run whose row was not inserted, and which has none: what it claims is taken. Names the
+/// run holding it.
+async fn claimed(w: &Writer, p: &RunPart) -> log::Error {
+    let holders = w
+        .client
+        .query(
+            "SELECT run, cluster, holds_cluster, fire_key FROM waymark_runs \
+             WHERE (holds_cluster AND cluster = $1) OR fire_key = $2",
+            &[&p.claims.cluster, &p.claims.fire_key],
+        )
+        .await;
+    let mut taken = Vec::new();
+    for row in holders.iter().flatten() {
+        let holder = RunId(row.get::<_, Uuid>(0));
+        let cluster: Option<String> = row.get(1);
+        let fire_key: Option<String> = row.get(3);
+        if row.get::<_, bool>(2) && cluster.is_some() && cluster == p.claims.cluster {
+            taken.push(format!(
+                "cluster {} is held by run {holder} (one maintenance run per cluster); wait until it ends, \
+                 or resolve it if it needs an operator",
+                cluster.unwrap_or_default()
+            ));
+        }
+        if fire_key.is_some() && fire_key == p.claims.fire_key {
+            taken.push(format!(
+                "fire time {} already started run {holder}; nothing to do",
+                fire_key.unwrap_or_default()
+            ));
+        }
+    }
+    if taken.is_empty() {
+        taken.push(format!(
+            "what it claims ({:?}) was taken by a run that has since let it go; start it again",
+            p.claims
+        ));
+    }
+    log::Error::Claimed {
+        run: p.run,
+        detail: taken.join("; "),
+    }
 }
 
 /// Why the store refused a run's records, from its row as the transaction saw it.
@@ -1188,7 +1264,19 @@ impl Backend for PgBackend {
                         last_seq: *seq,
                         closes: batch.closed.contains(run),
                         epoch: leases.get(run).copied(),
+                        claims: Claims::default(),
                     });
+                }
+            }
+        }
+        if let Some(hook) = &self.inner.options.claims {
+            for (run, seq, bytes) in &batch.records {
+                if *seq != 0 {
+                    continue;
+                }
+                // The log encoded this record a moment ago: it decodes.
+                if let Ok(record) = waymark_engine::codec::decode(*run, 0, bytes) {
+                    parts[index[run]].claims = (hook.0)(&record.event);
                 }
             }
         }

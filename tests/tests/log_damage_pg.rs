@@ -1,7 +1,8 @@
 //! The PostgreSQL store under damage and contention (issue 15; design section 6): a flipped byte
 //! in any stored record costs only its run, named with the position; a deleted row is found,
 //! the last one too (by `waymark_runs.last_seq`, which the hash chain alone cannot do); a daemon
-//! whose run was taken over cannot append to it (the fence), while its other runs go on; and
+//! whose run was taken over cannot append to it (the fence), while its other runs go on; a run
+//! whose cluster or fire time another run claimed is refused with its first record; and
 //! concurrent runs share transactions (group commit).
 
 use std::collections::BTreeMap;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use waymark_engine::event::{Event, Payload, StepRef};
 use waymark_engine::log::{Error, EventLog, Log};
 use waymark_engine::{Record, RunId};
-use waymark_store_pg::PgBackend;
+use waymark_store_pg::{Claims, ClaimsHook, PgBackend};
 
 use crate::fixtures::postgres::PgFixture;
 
@@ -255,6 +256,85 @@ async fn a_daemon_whose_run_was_taken_over_cannot_append_to_it() {
     assert_eq!(row.get::<_, i64>(1), 2);
     assert_eq!(row.get::<_, i64>(2), 2);
     assert_eq!(row.get::<_, i64>(3), 3);
+}
+
+/// (f) Claims: two daemons start runs on one cluster: the first record of the second is refused
+/// (`Claimed`, naming the run that holds the cluster) and the run does not exist; once the
+/// cluster is let go, a scheduled run starts, and a second run for the same fire time is refused
+/// naming the fire time and the run it started.
+#[tokio::test]
+async fn a_run_whose_cluster_or_fire_time_is_taken_is_refused_as_claimed() {
+    let f = PgFixture::new();
+    let hook = ClaimsHook(Arc::new(|event: &Event| match event {
+        Event::RunStarted { started_by, .. } => Claims {
+            cluster: Some("yb-east".into()),
+            fire_key: started_by.strip_prefix("schedule ").map(str::to_owned),
+        },
+        _ => Claims::default(),
+    }));
+    let open = |daemon: &str| {
+        let mut options = PgFixture::options(daemon);
+        options.claims = Some(hook.clone());
+        Log::new(PgBackend::open(&f.url, options).unwrap())
+    };
+    let (log_a, log_b) = (open("a"), open("b"));
+    let (first, second) = (RunId::new(), RunId::new());
+    let (a, b) = futures::join!(
+        log_a.append(first, vec![started_by("operator")]),
+        log_b.append(second, vec![started_by("operator")])
+    );
+    let (winner, loser, err) = match (a, b) {
+        (Ok(_), Err(e)) => (first, second, e),
+        (Err(e), Ok(_)) => (second, first, e),
+        other => panic!("exactly one run may hold the cluster: {other:?}"),
+    };
+    let msg = err.to_string();
+    assert!(
+        matches!(err, Error::Claimed { run, .. } if run == loser),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&loser.to_string())
+            && msg.contains(&format!("cluster yb-east is held by run {winner}")),
+        "{msg}"
+    );
+    assert!(matches!(log_b.read(loser), Err(Error::UnknownRun(_))));
+    assert_eq!(log_a.runs().unwrap(), vec![winner]);
+
+    let sql = f.client().await;
+    sql.execute(
+        "UPDATE waymark_runs SET holds_cluster = false WHERE run = $1",
+        &[&winner.0],
+    )
+    .await
+    .unwrap();
+    let (third, fourth) = (RunId::new(), RunId::new());
+    log_a
+        .append(
+            third,
+            vec![started_by("schedule nightly@2026-12-01T02:00Z")],
+        )
+        .await
+        .unwrap();
+    sql.execute(
+        "UPDATE waymark_runs SET holds_cluster = false WHERE run = $1",
+        &[&third.0],
+    )
+    .await
+    .unwrap();
+    let err = log_b
+        .append(
+            fourth,
+            vec![started_by("schedule nightly@2026-12-01T02:00Z")],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&format!(
+            "fire time nightly@2026-12-01T02:00Z already started run {third}"
+        )),
+        "{err}"
+    );
 }
 
 /// (g) Group commit: 100 runs of 10 appends each at once share transactions: fewer commits than
