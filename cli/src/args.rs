@@ -201,10 +201,16 @@ pub enum Command {
     Simulate {
         /// Workflow name (yb-maintenance).
         workflow: String,
-        /// Crash points: all (every append boundary, before and after its flush, one crash
-        /// each), N (every combination of up to N stacked crashes) or 0.
+        /// Crash points: all (every append boundary, before and after its flush, and right
+        /// after each effect on the estate, one crash each), N (every combination of up to N
+        /// stacked crashes) or 0.
         #[arg(long, default_value = "all")]
         crashes: String,
+        /// Schedules stacking a fault and a crash: none, all (every crash point of each
+        /// transient fault's retry and of each persistent fault's compensation) or N (a
+        /// deterministic sample of about N: every k-th of all).
+        #[arg(long, default_value = "none", value_name = "all|none|N")]
+        combined: String,
         /// Faults: all, none, or a comma-separated list of SYSTEM (ssh, yb-admin, yb, k8s, elb)
         /// or SYSTEM.KIND (refused, timeout, 5xx, throttle, cut, wrong-answer, slow); unless
         /// none, also the estate's scenarios (a slow bootstrap, zone B unhealthy, weights

@@ -69,6 +69,7 @@ pub async fn dispatch(
         Command::Simulate {
             workflow,
             crashes,
+            combined,
             faults,
             seed,
             budget,
@@ -78,6 +79,7 @@ pub async fn dispatch(
             simulate::simulate(&simulate::Request {
                 workflow,
                 crashes,
+                combined,
                 faults,
                 seed,
                 budget,

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use waymark_cli::exit::{usage, ExitStatus};
 use waymark_cli::view::{line, Labels};
-use waymark_sim::{Crashes, Execution, ExploreOptions, Faults, Reproduction, YbMaintenance};
+use waymark_sim::{
+    Combined, Crashes, Execution, ExploreOptions, Faults, Reproduction, YbMaintenance,
+};
 
 /// What `waymark simulate` was asked.
 pub struct Request {
@@ -17,6 +19,8 @@ pub struct Request {
     pub workflow: String,
     /// `all` or a number of crashes.
     pub crashes: String,
+    /// Fault + crash schedules: `none`, `all` or about N of them.
+    pub combined: String,
     /// `all`, `none` or a list.
     pub faults: String,
     /// `SEED` or `SEED/SCHEDULE`.
@@ -53,6 +57,14 @@ fn parse_crashes(text: &str) -> Option<Crashes> {
     }
 }
 
+fn parse_combined(text: &str) -> Option<Combined> {
+    match text.trim() {
+        "all" => Some(Combined::All),
+        "none" | "0" => Some(Combined::None),
+        n => n.parse().ok().map(Combined::Sample),
+    }
+}
+
 fn print_history(e: &Execution) {
     let mut labels = Labels::default();
     for r in &e.records {
@@ -76,6 +88,12 @@ pub async fn simulate(request: &Request) -> anyhow::Result<ExitStatus> {
             request.crashes
         ))
     })?;
+    let combined = parse_combined(&request.combined).ok_or_else(|| {
+        usage(format!(
+            "--combined takes all, none or a number of schedules, not {:?}",
+            request.combined
+        ))
+    })?;
     let faults = Faults::parse(&request.faults).map_err(usage)?;
     let repro = Reproduction::parse(&request.seed).map_err(|e| usage(format!("--seed: {e}")))?;
     if !request.replay && repro.schedule.size() > 0 {
@@ -97,6 +115,7 @@ pub async fn simulate(request: &Request) -> anyhow::Result<ExitStatus> {
     });
     let mut options = ExploreOptions::new(repro.seed, work_dir.clone());
     options.crashes = crashes;
+    options.combined = combined;
     // The estate's scenarios go with the faults (`--faults none`: crashes only).
     options.estate = faults != Faults::None;
     options.faults = faults;
@@ -159,7 +178,7 @@ pub async fn simulate(request: &Request) -> anyhow::Result<ExitStatus> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_crashes, parse_duration};
+    use super::{parse_combined, parse_crashes, parse_duration};
     use std::time::Duration;
 
     #[test]
@@ -172,5 +191,12 @@ mod tests {
         assert_eq!(parse_crashes("all"), Some(waymark_sim::Crashes::All));
         assert_eq!(parse_crashes("2"), Some(waymark_sim::Crashes::Stacked(2)));
         assert_eq!(parse_crashes("x"), None);
+        assert_eq!(parse_combined("all"), Some(waymark_sim::Combined::All));
+        assert_eq!(parse_combined("none"), Some(waymark_sim::Combined::None));
+        assert_eq!(
+            parse_combined("200"),
+            Some(waymark_sim::Combined::Sample(200))
+        );
+        assert_eq!(parse_combined("some"), None);
     }
 }
