@@ -1,5 +1,5 @@
 //! One conformance suite for the event log, run against every backend (segment files, sled,
-//! memory, and PostgreSQL on a private server: `fixtures/postgres.rs`).
+//! memory, and Postgres on a private server: `fixtures/postgres.rs`).
 
 use std::sync::Arc;
 
@@ -103,7 +103,7 @@ impl Fixture for MemoryFixture {
     }
 }
 
-/// PostgreSQL: a schema of its own on the binary's private server; reopening opens a new backend
+/// Postgres: a schema of its own on the binary's private server; reopening opens a new backend
 /// under the same daemon name, which takes over its own runs with a new epoch (a restarted
 /// daemon).
 impl Fixture for PgFixture {

@@ -1,4 +1,4 @@
-//! The PostgreSQL store under damage and contention (issue 15; design section 6): a flipped byte
+//! The Postgres store under damage and contention (issue 15; design section 6): a flipped byte
 //! in any stored record costs only its run, named with the position; a deleted row is found,
 //! the last one too (by `waymark_runs.last_seq`, which the hash chain alone cannot do); a daemon
 //! whose run was taken over cannot append to it (the fence), while its other runs go on; a run
