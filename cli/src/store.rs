@@ -142,6 +142,7 @@ pub fn open(data_dir: &Path, store: &Store, opener: &Opener) -> anyhow::Result<O
                     lease_ttl,
                 } => {
                     options.lease_ttl = *lease_ttl;
+                    options.claims = Some(waymark_store_pg::ClaimsHook(Arc::new(claims_of)));
                     PgBackend::register_daemon(url, password_file.as_deref(), identity, *lease_ttl)
                         .map_err(anyhow::Error::from)?;
                 }
@@ -157,6 +158,27 @@ pub fn open(data_dir: &Path, store: &Store, opener: &Opener) -> anyhow::Result<O
                 shared: Some(backend),
             })
         }
+    }
+}
+
+/// What a new run claims in a shared store, with its `RunStarted`: the cluster of its inventory
+/// (one maintenance run per cluster across every daemon) and, for a run a schedule started, its
+/// fire time (`started_by` names the schedule and the time: one run per fire time).
+pub fn claims_of(first: &waymark_engine::Event) -> waymark_store_pg::Claims {
+    let waymark_engine::Event::RunStarted {
+        input, started_by, ..
+    } = first
+    else {
+        return waymark_store_pg::Claims::default();
+    };
+    waymark_store_pg::Claims {
+        cluster: input
+            .decode::<waymark_workflows::Inventory>()
+            .ok()
+            .map(|inv| inv.cluster.name),
+        fire_key: started_by
+            .starts_with("schedule ")
+            .then(|| started_by.clone()),
     }
 }
 

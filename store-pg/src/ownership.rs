@@ -278,6 +278,27 @@ impl PgBackend {
         Ok(())
     }
 
+    /// Lets go of `cluster` where ended runs still hold it in the store (the claim is released
+    /// lazily: a run's closing record does not know whether it leaves the run needing an
+    /// operator). Only closed runs are released, never an open one (a run another daemon started
+    /// meanwhile keeps its claim): call it once the histories say no run, ended or not, holds
+    /// the cluster. Returns how many claims were released.
+    pub fn release_cluster(&self, cluster: &str) -> Result<u64, log::Error> {
+        let cluster = cluster.to_owned();
+        self.call(move |c| async move {
+            let guard = c.writer().await?;
+            let w = guard.as_ref().expect("writer connected");
+            w.client
+                .execute(
+                    "UPDATE waymark_runs SET holds_cluster = false, updated_at = now() \
+                     WHERE cluster = $1 AND holds_cluster AND NOT open",
+                    &[&cluster],
+                )
+                .await
+                .map_err(|e| c.storage("releasing a cluster held by ended runs", &e))
+        })
+    }
+
     /// The owner and epoch of `run` as stored (`None`: no such run), for tools and tests.
     pub fn owner(&self, run: RunId) -> Result<Option<(Option<String>, i64)>, log::Error> {
         self.call(move |c| async move {

@@ -679,3 +679,54 @@ async fn store_import_and_export_move_histories_byte_for_byte() {
         "{said}"
     );
 }
+
+/// The cluster lock across daemons: starts for one cluster sent at once to two daemons admit
+/// exactly one run (the store lets one `RunStarted` claim the cluster), the others are told the
+/// cluster is held; once that run has ended, a start through the other daemon succeeds (the
+/// ended run's claim is released when the histories say the cluster is free).
+#[test]
+fn two_daemons_starting_runs_on_one_cluster_admit_one() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let estate = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let a = Daemon::start(dir.path(), "a", &store);
+    let b = Daemon::start(dir.path(), "b", &store);
+    let inventory = estate.dir.join("inventory.toml");
+    let gate = Arc::new(std::sync::Barrier::new(6));
+    let starts: Vec<_> = [&a.data, &a.data, &a.data, &b.data, &b.data, &b.data]
+        .into_iter()
+        .map(|data| {
+            let (data, inventory, gate) = (data.clone(), inventory.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut command = waymark(&data);
+                command
+                    .args(["start", "yb-maintenance", "--detach", "--inventory"])
+                    .arg(&inventory);
+                gate.wait();
+                command.output().unwrap()
+            })
+        })
+        .collect();
+    let outputs: Vec<_> = starts.into_iter().map(|t| t.join().unwrap()).collect();
+    let started: Vec<String> = outputs
+        .iter()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .collect();
+    assert_eq!(started.len(), 1, "exactly one start admitted: {outputs:?}");
+    for o in outputs.iter().filter(|o| !o.status.success()) {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains("already has run") || err.contains("is held by run"),
+            "{err}"
+        );
+    }
+    let (_observer, log) = store.observer();
+    assert_eq!(log.runs().unwrap().len(), 1, "one run in the store");
+    let first = RunId(started[0].parse().unwrap());
+    wait_for_completion(&log, first, &[&a, &b]);
+    // The ended run still holds its claim in the store until a start finds the cluster free.
+    let second = start_detached(&b.data, &inventory);
+    assert_ne!(second, first);
+    assert_eq!(log.runs().unwrap().len(), 2);
+}

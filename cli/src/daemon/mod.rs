@@ -95,6 +95,8 @@ pub struct Config {
     /// With a shared store: this daemon's leases, renewed and taken over by
     /// [`ownership::keep_leases`]; none: the embedded store, one owner.
     pub leases: Option<Arc<dyn ownership::Leases>>,
+    /// The shared store itself (its cluster claims), when it is one.
+    pub shared_store: Option<waymark_store_pg::PgBackend>,
 }
 
 /// `--listen-tcp`: a bare port binds loopback only; otherwise an address like `0.0.0.0:7233`.
@@ -214,6 +216,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
         }
         None => (None, None),
     };
+    let shared_store = store_opened.shared.clone();
     let (log, metrics) = MeteredLog::wrap(store_opened.log);
     if leases.is_some() {
         metrics.set_shared_store(&opts.daemon_id);
@@ -237,6 +240,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
             web,
             notify: opts.notify.clone(),
             leases,
+            shared_store,
         },
     })
 }
@@ -346,6 +350,7 @@ pub async fn serve(
         starting: tokio::sync::Mutex::new(BTreeSet::new()),
         socket: sock.clone(),
         inventory_dir: config.inventory_dir,
+        shared_store: config.shared_store.clone(),
     });
     let report = match &config.leases {
         None => engine.resume_all()?,

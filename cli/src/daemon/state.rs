@@ -32,6 +32,9 @@ pub(super) struct Daemon {
     pub(super) socket: PathBuf,
     /// Where TCP clients may name inventories for `schedule add` (none: they may not).
     pub(super) inventory_dir: Option<PathBuf>,
+    /// The store shared with other daemons, if it is one: there the cluster a run holds is also
+    /// claimed in the database with its `RunStarted`, so that daemons exclude each other.
+    pub(super) shared_store: Option<waymark_store_pg::PgBackend>,
 }
 
 /// Why a start did not happen.
@@ -62,20 +65,43 @@ impl Daemon {
         by: &str,
     ) -> Result<RunId, StartError> {
         let mut settled = self.starting.lock().await;
-        let locks = api::ClusterLocks::scan(self.log.as_ref(), &mut settled);
-        if let Some(holder) = locks.holder(cluster) {
-            return Err(StartError::ClusterHeld(holder.explain(cluster)));
+        let mut released = false;
+        loop {
+            let locks = api::ClusterLocks::scan(self.log.as_ref(), &mut settled);
+            if let Some(holder) = locks.holder(cluster) {
+                return Err(StartError::ClusterHeld(holder.explain(cluster)));
+            }
+            match self.engine.start_named(workflow, input.clone(), by).await {
+                Ok(run) => return Ok(run),
+                // A shared store refused the claim: another daemon started a run on this
+                // cluster (or for this fire time) meanwhile, or a run that ended still holds
+                // the claim there (released lazily). The histories say which: if no run holds
+                // the cluster, the ended runs' claims are released and the start tried once more.
+                Err(waymark_engine::runtime::Error::Log(waymark_engine::log::Error::Claimed {
+                    detail,
+                    ..
+                })) => {
+                    let locks = api::ClusterLocks::scan(self.log.as_ref(), &mut settled);
+                    if let Some(holder) = locks.holder(cluster) {
+                        return Err(StartError::ClusterHeld(holder.explain(cluster)));
+                    }
+                    let Some(store) = self.shared_store.clone().filter(|_| !released) else {
+                        return Err(StartError::ClusterHeld(detail));
+                    };
+                    let name = cluster.to_owned();
+                    let freed = tokio::task::spawn_blocking(move || store.release_cluster(&name))
+                        .await
+                        .map_err(|e| StartError::Other(ExitStatus::Failure, e.to_string()))?
+                        .map_err(|e| StartError::Other(ExitStatus::Failure, e.to_string()))?;
+                    tracing::info!(cluster, freed, "released the cluster's claim of ended runs");
+                    released = true;
+                }
+                Err(e) => {
+                    let (status, message) = crate::exit::classify(&anyhow::Error::from(e));
+                    return Err(StartError::Other(status, message));
+                }
+            }
         }
-        let run = self
-            .engine
-            .start_named(workflow, input, by)
-            .await
-            .map_err(|e| {
-                let (status, message) = crate::exit::classify(&anyhow::Error::from(e));
-                StartError::Other(status, message)
-            })?;
-        drop(settled);
-        Ok(run)
     }
 
     /// Starts the run of a schedule's fire time, unless one was started for it already (a crash
@@ -94,6 +120,27 @@ impl Daemon {
             tracing::info!("run {run} was already started by {by}");
             return Ok(run);
         }
+        let started = self
+            .start_scheduled_now(workflow, inv, by, window_closes_at)
+            .await;
+        if let Err(StartError::ClusterHeld(_)) = &started {
+            // On a shared store another daemon may have started this fire time's run at the
+            // same instant (the store lets one in): that is a start, not a failure.
+            if let Some(run) = started_for(self.log.as_ref(), by, fire_time) {
+                tracing::info!("run {run} was started by {by} on another daemon");
+                return Ok(run);
+            }
+        }
+        started
+    }
+
+    async fn start_scheduled_now(
+        &self,
+        workflow: &str,
+        inv: &Inventory,
+        by: &str,
+        window_closes_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<RunId, StartError> {
         let mut inv = inv.clone();
         inv.run.finish_by = Some(match inv.run.finish_by {
             Some(earlier) if earlier < window_closes_at => earlier,
