@@ -221,20 +221,14 @@ impl PgBackend {
         };
         let version = backend
             .call(|c| async move { c.schema_version().await })
-            .map_err(|e| Error::Connect {
-                url: url.to_string(),
-                detail: e.to_string(),
-            })?;
+            .map_err(|e| open_failed(&url, &e))?;
         check_version(&url, version)?;
         if backend.inner.options.takeover_own {
             let owner = backend.inner.options.daemon.clone();
             let ttl = ttl_ms(&backend.inner.options);
             let taken = backend
                 .call(move |c| async move { c.take_own_open(owner, ttl).await })
-                .map_err(|e| Error::Connect {
-                    url: url.to_string(),
-                    detail: e.to_string(),
-                })?;
+                .map_err(|e| open_failed(&url, &e))?;
             backend.leases().extend(taken);
         }
         Ok(backend)
@@ -431,6 +425,23 @@ fn redact(url: &str) -> String {
             "(a connection string holding a password)".into()
         }
         _ => url.to_owned(),
+    }
+}
+
+/// An open that failed on the connection thread, said once: the storage error's own
+/// `store URL:` prefix is dropped, the address being in [`Error::Connect`]'s message already.
+fn open_failed(url: &str, e: &log::Error) -> Error {
+    let detail = match e {
+        log::Error::Storage(m) => m
+            .strip_prefix(&format!("store {url}: "))
+            .unwrap_or(m)
+            .trim_start_matches("cannot connect: ")
+            .to_owned(),
+        other => other.to_string(),
+    };
+    Error::Connect {
+        url: url.to_owned(),
+        detail,
     }
 }
 
