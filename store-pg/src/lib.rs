@@ -646,6 +646,19 @@ impl Conns {
             )
             .await
             .map_err(|e| self.storage("reading the schema version", &e))?;
+        // A server without fsync acknowledges commits it may lose: said at every open.
+        if let Ok(row) = client.query_one("SHOW fsync", &[]).await {
+            let fsync: String = row.get(0);
+            if fsync == "on" {
+                tracing::info!("store {}: the server flushes its WAL (fsync=on)", self.url);
+            } else {
+                tracing::warn!(
+                    "store {}: the server runs with fsync={fsync}: commits it acknowledges can be lost \
+                     in a crash of its machine; set fsync=on in its postgresql.conf",
+                    self.url
+                );
+            }
+        }
         if !exists.get::<_, bool>(0) {
             return Ok(None);
         }
