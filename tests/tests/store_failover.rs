@@ -791,7 +791,8 @@ impl Daemon {
     }
 }
 
-/// SIGKILL torture on the shared store (bounded: 8 kills): at random instants (0-3 s apart) `a`,
+/// SIGKILL torture on the shared store (bounded: 8 kills): at random instants (0-2 s apart; a
+/// slower estate, so that several kills land within one run) `a`,
 /// `b` or both are killed and restarted under the same names; in the end the run completed,
 /// every effect happened once, every history verifies and no run is left open.
 #[test]
@@ -810,7 +811,7 @@ fn sigkill_torture_of_both_daemons_at_random_instants() {
     let mut rng = waymark_tests::SplitMix(seed);
     let dir = temp_dir();
     let store = SharedStore::new(dir.path());
-    let estate = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let estate = SandboxProcess::start(&dir.path().join("estate"), 2);
     let mut daemons = [
         Some(Daemon::start(dir.path(), "a", &store)),
         Some(Daemon::start(dir.path(), "b", &store)),
@@ -822,7 +823,7 @@ fn sigkill_torture_of_both_daemons_at_random_instants() {
     );
     let mut kills = 0;
     while kills < 8 {
-        std::thread::sleep(Duration::from_millis(rng.below(3000)));
+        std::thread::sleep(Duration::from_millis(rng.below(2000)));
         if log
             .read(run)
             .ok()
