@@ -791,10 +791,10 @@ impl Daemon {
     }
 }
 
-/// SIGKILL torture on the shared store (bounded: 8 kills): at random instants (0-2 s apart; a
-/// slower estate, so that several kills land within one run) `a`,
-/// `b` or both are killed and restarted under the same names; in the end the run completed,
-/// every effect happened once, every history verifies and no run is left open.
+/// SIGKILL torture on the shared store (bounded: it stops at its 8th kill, or when the run
+/// ended): at random instants (0-2 s apart, on a slower estate so that several kills land
+/// within one run) `a`, `b` or both are killed and restarted under the same names; in the end
+/// the run completed, every effect happened once, every history verifies and no run is open.
 #[test]
 fn sigkill_torture_of_both_daemons_at_random_instants() {
     use waymark_engine::log::Backend;
