@@ -321,7 +321,12 @@ impl Report {
             );
         }
         for (system, steps) in &self.fault_steps {
-            let kinds = catalogue().iter().filter(|(s, _)| s == system).count();
+            // The kinds tried (all of the catalogue's for the system, or those `--faults` chose).
+            let kinds = self
+                .faults
+                .keys()
+                .filter(|k| k.split('.').next() == Some(system.as_str()))
+                .count();
             let tried: usize = self
                 .faults
                 .iter()
