@@ -17,6 +17,18 @@ use super::{
 /// Takes over at most this many runs per scan (the rest at the next scan).
 const TAKEOVER_BATCH: i64 = 64;
 
+/// Whether process `pid` exists on this host (`kill(pid, 0)`; a process of another user counts).
+/// A pid that cannot name one process (0 or negative) counts as alive: never reclaimed.
+fn pid_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return true;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: signal 0 only checks that the process exists and may be signalled.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Who a daemon is, as written in `waymark_daemons`.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -101,12 +113,46 @@ impl PgBackend {
             }
             let holder = client
                 .query_opt(
-                    "SELECT host, pid, (extract(epoch from (now() - heartbeat_at)) * 1000)::int8 \
-                     FROM waymark_daemons WHERE name = $1",
+                    "SELECT host, pid, (extract(epoch from (now() - heartbeat_at)) * 1000)::int8, \
+                       incarnation FROM waymark_daemons WHERE name = $1",
                     &[&identity.name],
                 )
                 .await
                 .map_err(|e| connect_error(format!("registering the daemon: {}", describe(&e))))?;
+            // A restarted daemon: the name's incarnation ran on this host as a process that is
+            // gone, so nobody renews its leases; the name is reclaimed at once (conditional on
+            // that incarnation, so two restarts at once cannot both win) instead of after ttl.
+            if let Some(r) = &holder {
+                let (host, old_pid, old): (String, i32, Uuid) = (r.get(0), r.get(1), r.get(3));
+                if host == identity.host && (old_pid == pid || !pid_alive(old_pid)) {
+                    let reclaimed = client
+                        .execute(
+                            "UPDATE waymark_daemons SET incarnation = $2, host = $3, pid = $4, api = $5, \
+                               heartbeat_at = now(), started_at = now() \
+                             WHERE name = $1 AND incarnation = $6",
+                            &[
+                                &identity.name,
+                                &identity.incarnation,
+                                &identity.host,
+                                &pid,
+                                &identity.api,
+                                &old,
+                            ],
+                        )
+                        .await
+                        .map_err(|e| {
+                            connect_error(format!("registering the daemon: {}", describe(&e)))
+                        })?;
+                    if reclaimed == 1 {
+                        tracing::info!(
+                            daemon = %identity.name,
+                            old_pid,
+                            "reclaimed the daemon name: its previous process on this host is gone"
+                        );
+                        return Ok(());
+                    }
+                }
+            }
             let who = holder.map_or_else(String::new, |r| {
                 format!(
                     " (host {}, pid {}, last heartbeat {} ms ago)",
@@ -120,7 +166,8 @@ impl PgBackend {
                 detail: format!(
                     "daemon name {:?} is in use by a live daemon{who}; give this daemon another \
                      name (--daemon-id), or stop that one first (its name is free {} ms after \
-                     its last heartbeat)",
+                     its last heartbeat, or at once for a restart on the same host once its \
+                     process is gone)",
                     identity.name, ttl
                 ),
             })
@@ -312,6 +359,59 @@ impl PgBackend {
                 .await
                 .map_err(|e| c.storage("reading a run's owner", &e))?;
             Ok(row.map(|r| (r.get::<_, Option<String>>(0), r.get::<_, i64>(1))))
+        })
+    }
+
+    /// The shared schedule book: its version and its text (JSON, as the schedules file holds
+    /// it); `None` while no daemon saved one.
+    pub fn schedule_book(&self) -> Result<Option<(i64, String)>, log::Error> {
+        self.call(move |c| async move {
+            let reader = c.reader().await?;
+            let row = reader
+                .client
+                .query_opt(
+                    "SELECT version, book FROM waymark_schedules WHERE id = 1",
+                    &[],
+                )
+                .await
+                .map_err(|e| c.storage("reading the schedule book", &e))?;
+            Ok(row.map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))))
+        })
+    }
+
+    /// Saves the shared schedule book if it is still at version `read` (`None`: no book was
+    /// saved yet) - optimistic concurrency. Returns the new version, or `None` when another
+    /// daemon saved first (reload it, redo the edit, save again).
+    pub fn save_schedule_book(
+        &self,
+        read: Option<i64>,
+        book: String,
+    ) -> Result<Option<i64>, log::Error> {
+        self.call(move |c| async move {
+            let guard = c.writer().await?;
+            let w = guard.as_ref().expect("writer connected");
+            let row = match read {
+                None => {
+                    w.client
+                        .query_opt(
+                            "INSERT INTO waymark_schedules (id, version, book) VALUES (1, 1, $1) \
+                         ON CONFLICT (id) DO NOTHING RETURNING version",
+                            &[&book],
+                        )
+                        .await
+                }
+                Some(version) => {
+                    w.client
+                        .query_opt(
+                            "UPDATE waymark_schedules SET version = version + 1, book = $2 \
+                         WHERE id = 1 AND version = $1 RETURNING version",
+                            &[&version, &book],
+                        )
+                        .await
+                }
+            }
+            .map_err(|e| c.storage("saving the schedule book", &e))?;
+            Ok(row.map(|r| r.get::<_, i64>(0)))
         })
     }
 }

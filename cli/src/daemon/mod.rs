@@ -194,7 +194,11 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
         _ => None,
     };
     let schedules_file = schedules_path(&opts.data_dir);
-    let book = ScheduleBook::load(&schedules_file)?;
+    let mut book = ScheduleBook::load(&schedules_file)?;
+    if let Some(store) = &store_opened.shared {
+        book = schedules::shared_book_at_start(store, book, &schedules_file)
+            .map_err(|e| Exit::error(ExitStatus::Unusable, e))?;
+    }
     let sock = socket_path(&opts.data_dir);
     let unix = bind_owner_only(&sock)?;
     let tcp = match opts.tcp {

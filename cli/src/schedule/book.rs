@@ -408,6 +408,13 @@ impl ScheduleBook {
                 })
             }
         };
+        ScheduleBook::from_json(&bytes, path)
+    }
+
+    /// Reads a book from its JSON text (a schedules file's, or the shared store's book);
+    /// `source` names where it came from in errors.
+    pub fn from_json(bytes: &[u8], source: &Path) -> Result<ScheduleBook, Error> {
+        let path = source;
         let corrupt = |problem: String| Error::Corrupt {
             path: path.to_owned(),
             problem,
@@ -447,6 +454,23 @@ impl ScheduleBook {
         })
     }
 
+    /// The book as the JSON text a schedules file holds (without its final newline).
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        let plain = self
+            .schedules
+            .values()
+            .all(|s| s.timezone.is_none() && s.notify.is_empty());
+        serde_json::to_string_pretty(&BookFileRef {
+            version: if plain {
+                FORMAT_VERSION_UTC_ONLY
+            } else {
+                FORMAT_VERSION
+            },
+            schedules: &self.schedules,
+            queued: &self.queued,
+        })
+    }
+
     /// Writes the schedule file atomically: a temporary sibling, fsynced, renamed over the file,
     /// then the folder fsynced. A crash leaves the old file or the new one, never a mix.
     pub fn save(&self, path: &Path) -> Result<(), Error> {
@@ -458,20 +482,10 @@ impl ScheduleBook {
                 source,
             }
         };
-        let plain = self
-            .schedules
-            .values()
-            .all(|s| s.timezone.is_none() && s.notify.is_empty());
-        let mut json = serde_json::to_vec_pretty(&BookFileRef {
-            version: if plain {
-                FORMAT_VERSION_UTC_ONLY
-            } else {
-                FORMAT_VERSION
-            },
-            schedules: &self.schedules,
-            queued: &self.queued,
-        })
-        .map_err(|e| io_error(path, "encode the schedules for")(e.into()))?;
+        let mut json = self
+            .to_json()
+            .map_err(|e| io_error(path, "encode the schedules for")(e.into()))?
+            .into_bytes();
         json.push(b'\n');
 
         let folder = match path.parent() {
