@@ -245,12 +245,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(root: &Path, name: &str, store: &SharedStore) -> Daemon {
+        Daemon::start_with_ttl(root, name, store, "2s")
+    }
+
+    fn start_with_ttl(root: &Path, name: &str, store: &SharedStore, ttl: &str) -> Daemon {
         let data = root.join(format!("daemon-{name}"));
         std::fs::create_dir_all(&data).unwrap();
         let log = root.join(format!("daemon-{name}.log"));
         let child = store
             .waymark(&data)
-            .args(["daemon", "--daemon-id", name, "--lease-ttl", "2s"])
+            .args(["daemon", "--daemon-id", name, "--lease-ttl", ttl])
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -851,4 +855,171 @@ fn sigkill_torture_of_both_daemons_at_random_instants() {
     assert!(observer.open_runs().unwrap().is_empty(), "no run left open");
     assert_effects_exactly_once(&estate.dir);
     assert_verify_clean(&store, dir.path());
+}
+
+/// `waymark schedule ls --output json` through the daemon serving `data`.
+fn schedule_names(data: &Path) -> Vec<String> {
+    let out = waymark(data)
+        .args(["schedule", "ls", "--output", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "schedule ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    rows.iter()
+        .map(|r| r["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// The runs in the store started by schedule `name`, by their `started_by` (one per fire time).
+fn scheduled_runs(log: &dyn EventLog, name: &str) -> Vec<(String, RunId)> {
+    let prefix = format!("schedule {name} (fire time ");
+    let mut runs = Vec::new();
+    for run in log.runs().unwrap() {
+        if let Some(Event::RunStarted { started_by, .. }) = log
+            .read(run)
+            .ok()
+            .and_then(|h| h.first().map(|r| r.event.clone()))
+        {
+            if started_by.starts_with(&prefix) {
+                runs.push((started_by, run));
+            }
+        }
+    }
+    runs
+}
+
+/// The schedule book is the store's (issue 15): a schedule added through daemon a is listed by
+/// daemon b; both tick it, and its fire time starts exactly one run across them (the fire-time
+/// claim); removed through b, a no longer lists it. Waits for the next minute's fire time.
+#[test]
+fn a_schedule_added_through_one_daemon_is_every_daemons_and_fires_once() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let estate = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let a = Daemon::start(dir.path(), "a", &store);
+    let b = Daemon::start(dir.path(), "b", &store);
+    let add = waymark(&a.data)
+        .args([
+            "schedule",
+            "add",
+            "every-minute",
+            "--workflow",
+            "yb-maintenance",
+            "--cron",
+            "* * * * *",
+            "--window",
+            "30m",
+            "--inventory",
+        ])
+        .arg(estate.dir.join("inventory.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        add.status.success(),
+        "schedule add through a: {}",
+        String::from_utf8_lossy(&add.stderr)
+    );
+    assert_eq!(
+        schedule_names(&b.data),
+        ["every-minute"],
+        "b lists the schedule added through a"
+    );
+    assert!(
+        !a.data.join("schedules.json").exists(),
+        "with --store the book is not a daemon's file"
+    );
+    let (_observer, log) = store.observer();
+    let (fire, first) = eventually_blocking(
+        Duration::from_secs(150),
+        "the schedule's first fire time starting a run",
+        || scheduled_runs(&log, "every-minute").into_iter().next(),
+    );
+    // Both daemons tick the shared book (every 5 s) and raced for that fire time; once the
+    // schedule is removed no tick starts anything new, and every fire time that started a run
+    // must have started exactly one.
+    let rm = waymark(&b.data)
+        .args(["schedule", "rm", "every-minute"])
+        .output()
+        .unwrap();
+    assert!(
+        rm.status.success(),
+        "schedule rm through b: {}",
+        String::from_utf8_lossy(&rm.stderr)
+    );
+    assert!(
+        schedule_names(&a.data).is_empty(),
+        "a no longer lists the schedule removed through b"
+    );
+    let runs = scheduled_runs(&log, "every-minute");
+    let mut fire_times: Vec<&String> = runs.iter().map(|(by, _)| by).collect();
+    fire_times.sort();
+    let before = fire_times.len();
+    fire_times.dedup();
+    assert_eq!(
+        before,
+        fire_times.len(),
+        "each fire time started exactly one run across both daemons: {runs:?}\n{}\n---\n{}",
+        a.logged(),
+        b.logged()
+    );
+    assert!(
+        runs.contains(&(fire.clone(), first)),
+        "{fire} started {first}: {runs:?}"
+    );
+}
+
+/// A daemon restarted on the same host after its process died reclaims its name at once, not
+/// after the lease (60 s here); a name whose holder's process is alive, or that is held from
+/// another host, is still refused.
+#[test]
+fn a_restarted_daemon_reclaims_its_name_at_once_unless_its_holder_lives_or_is_elsewhere() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let a = Daemon::start_with_ttl(dir.path(), "a", &store, "60s");
+    a.sigkill();
+    // Serves (Daemon::start fails the test if it exits refusing the name).
+    let a = Daemon::start_with_ttl(dir.path(), "a", &store, "60s");
+    drop(a);
+
+    let ttl = Duration::from_secs(60);
+    let here = waymark_cli::store::hostname();
+    let dead_pid = {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    let register = |name: &str, host: &str, pid: u32| {
+        waymark_store_pg::PgBackend::register_daemon(
+            &store.url,
+            Some(&store.passfile),
+            &waymark_store_pg::Identity {
+                name: name.to_owned(),
+                incarnation: uuid::Uuid::new_v4(),
+                host: host.to_owned(),
+                pid,
+                api: None,
+            },
+            ttl,
+        )
+    };
+    register("c", &here, dead_pid).expect("a free name");
+    register("c", &here, std::process::id())
+        .expect("its holder's process on this host is gone: reclaimed at once");
+    let live = register("c", &here, dead_pid)
+        .expect_err("its holder (this test's own process) is alive")
+        .to_string();
+    assert!(live.contains("is in use by a live daemon"), "{live}");
+    register("d", "another-host", dead_pid).expect("a free name");
+    let elsewhere = register("d", &here, std::process::id())
+        .expect_err("held from another host: its pid says nothing here")
+        .to_string();
+    assert!(
+        elsewhere.contains("is in use by a live daemon") && elsewhere.contains("another-host"),
+        "{elsewhere}"
+    );
 }
