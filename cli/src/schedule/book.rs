@@ -419,7 +419,7 @@ impl ScheduleBook {
             path: path.to_owned(),
             problem,
         };
-        let file: BookFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let file: BookFile = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if file.version != FORMAT_VERSION && file.version != FORMAT_VERSION_UTC_ONLY {
             return Err(corrupt(format!(
                 "format version {} (this waymark reads versions {FORMAT_VERSION_UTC_ONLY} and {FORMAT_VERSION})",
