@@ -7,7 +7,8 @@
 //! after it (median of the two): one connection, one `INSERT` of a record of the engine's size
 //! per transaction (`INSERT ...; COMMIT`, autocommit), so the ratio says what the engine's log
 //! gets out of one durable commit. The same workloads on the segment store (the embedded
-//! default, in a temporary directory) are run beside. Group commit is shown as the mean number
+//! default, in a temporary directory) and on the sled store (flushed with sync_file_range: NOT
+//! durable, shown as BENCHMARKS.md does elsewhere) are run beside. Group commit is shown as the mean number
 //! of records per transaction. Prints a Markdown table (for BENCHMARKS.md).
 
 // "PostgreSQL" and event names are prose here, not code.
@@ -150,6 +151,7 @@ struct Row {
     baseline: f64,
     group: f64,
     segment: f64,
+    sled: f64,
 }
 
 fn pg_log(url: &str, server: &TestServer, daemon: &str) -> anyhow::Result<Arc<Log<PgBackend>>> {
@@ -183,6 +185,10 @@ async fn main() -> anyhow::Result<()> {
     .0;
     let segment_dir = tempfile::tempdir()?;
     let segment: SharedLog = Arc::new(Log::new(SegmentBackend::open(segment_dir.path())?));
+    let sled_dir = tempfile::tempdir()?;
+    let sled: SharedLog = Arc::new(Log::new(waymark_engine::log::sled::SledBackend::open(
+        sled_dir.path(),
+    )?));
     let log = pg_log(&url, &server, "bench")?;
     let mut rows = Vec::new();
 
@@ -192,12 +198,14 @@ async fn main() -> anyhow::Result<()> {
     let g = group(&log, stats);
     let after_base = raw_commits(&config, 500, &sample).await?;
     let (segment_steps, _) = one_run(segment.clone()).await?;
+    let (sled_steps, _) = one_run(sled.clone()).await?;
     rows.push(Row {
         workload: "one run of 1,000 steps (steps/s)",
         pg: steps,
         baseline: f64::midpoint(before_base, after_base),
         group: g,
         segment: segment_steps,
+        sled: sled_steps,
     });
     eprintln!("one run: {per_step:.2} appends per step");
     for (runs, name) in [
@@ -210,28 +218,31 @@ async fn main() -> anyhow::Result<()> {
         let g = group(&log, stats);
         let after_base = raw_commits(&config, 500, &sample).await?;
         let segment_events = many_runs(segment.clone(), runs).await?;
+        let sled_events = many_runs(sled.clone(), runs).await?;
         rows.push(Row {
             workload: name,
             pg: events,
             baseline: f64::midpoint(before_base, after_base),
             group: g,
             segment: segment_events,
+            sled: sled_events,
         });
     }
     let stats = log.backend().stats();
     println!(
-        "| workload | PostgreSQL | raw INSERT; COMMIT per s (same run) | ratio | records per transaction | segment store |"
+        "| workload | PostgreSQL | raw INSERT; COMMIT per s (same run) | ratio | records per transaction | segment store | sled store (NOT durable) |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.2}x | {:.1} | {:.0} | {:.0} |",
             r.workload,
             r.pg,
             r.baseline,
             r.pg / r.baseline,
             r.group,
-            r.segment
+            r.segment,
+            r.sled
         );
     }
     println!(
