@@ -1023,3 +1023,80 @@ fn a_restarted_daemon_reclaims_its_name_at_once_unless_its_holder_lives_or_is_el
         "{elsewhere}"
     );
 }
+
+/// The shared book's optimistic concurrency: a save at the version read wins and moves the
+/// version on; a save at a stale version (or a first save when a book exists) is refused.
+#[test]
+fn the_shared_schedule_book_is_saved_only_at_the_version_read() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let (backend, _log) = store.observer();
+    assert_eq!(backend.schedule_book().unwrap(), None, "no book yet");
+    assert_eq!(
+        backend.save_schedule_book(None, "one".into()).unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        backend.save_schedule_book(None, "lost".into()).unwrap(),
+        None,
+        "a second first save is refused"
+    );
+    assert_eq!(
+        backend.save_schedule_book(Some(1), "two".into()).unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        backend.save_schedule_book(Some(1), "stale".into()).unwrap(),
+        None,
+        "a save at a stale version is refused"
+    );
+    assert_eq!(
+        backend.schedule_book().unwrap(),
+        Some((2, "two".to_owned())),
+        "the refused saves changed nothing"
+    );
+}
+
+/// Edits through two daemons at once lose none: each save that finds the book changed reads it
+/// again and redoes its edit.
+#[test]
+fn concurrent_schedule_adds_through_two_daemons_are_all_kept() {
+    let dir = temp_dir();
+    let store = SharedStore::new(dir.path());
+    let estate = SandboxProcess::start(&dir.path().join("estate"), 10);
+    let a = Daemon::start(dir.path(), "a", &store);
+    let b = Daemon::start(dir.path(), "b", &store);
+    let inventory = estate.dir.join("inventory.toml");
+    let gate = Arc::new(std::sync::Barrier::new(8));
+    let adds: Vec<_> = (0..8)
+        .map(|i| {
+            let data = if i % 2 == 0 { &a.data } else { &b.data };
+            let mut command = waymark(data);
+            command
+                .args(["schedule", "add", &format!("yearly-{i}")])
+                .args(["--workflow", "yb-maintenance", "--cron", "0 3 1 1 *"])
+                .arg("--inventory")
+                .arg(&inventory);
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                gate.wait();
+                command.output().unwrap()
+            })
+        })
+        .collect();
+    for add in adds {
+        let out = add.join().unwrap();
+        assert!(
+            out.status.success(),
+            "schedule add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let expected: Vec<String> = (0..8).map(|i| format!("yearly-{i}")).collect();
+    let mut through_a = schedule_names(&a.data);
+    through_a.sort();
+    let mut through_b = schedule_names(&b.data);
+    through_b.sort();
+    assert_eq!(through_a, expected, "a lists every schedule added");
+    assert_eq!(through_b, expected, "b lists every schedule added");
+}
