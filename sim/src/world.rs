@@ -250,18 +250,28 @@ async fn drive(
     let dir = options.dir.as_path();
     prepare_dir(dir)?;
     let start = tokio::time::Instant::now();
-    let sandbox = Sandbox::start_with(
-        dir,
-        &subject.spec(),
-        &Options {
-            clock: Clock::simulated(epoch()),
-            seed: Some(seed),
-            in_memory: true,
-            tick_ms: Some(TICK_MS),
-        },
-    )
-    .await
-    .map_err(|source| Error::Sandbox {
+    let sandbox_options = Options {
+        clock: Clock::simulated(epoch()),
+        seed: Some(seed),
+        in_memory: true,
+        tick_ms: Some(TICK_MS),
+    };
+    let mut started = Sandbox::start_with(dir, &subject.spec(), &sandbox_options).await;
+    // Another process may have taken one of this folder's ports since the last execution (a
+    // port freed between executions is fair game for any bind to port 0 on the machine). Then
+    // the estate moves to ports the kernel chooses: the inventory, and so the bytes of this
+    // folder's later histories, change with them; no verdict depends on a port.
+    for _ in 0..3 {
+        match &started {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let _ = std::fs::remove_file(dir.join("endpoints.json"));
+                prepare_dir(dir)?;
+                started = Sandbox::start_with(dir, &subject.spec(), &sandbox_options).await;
+            }
+            _ => break,
+        }
+    }
+    let sandbox = started.map_err(|source| Error::Sandbox {
         dir: dir.to_owned(),
         source,
     })?;

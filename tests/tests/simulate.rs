@@ -380,6 +380,36 @@ fn the_same_seed_gives_the_same_history_byte_for_byte() {
     );
 }
 
+/// An execution binds its folder's ports again (the same inventory, the same history); when
+/// another process took one of them since the last execution (in CI, any test's bind to port 0
+/// may get a port freed between two executions), the estate moves to new ports instead of
+/// failing the exploration with "Address already in use".
+#[test]
+fn a_port_taken_between_two_executions_moves_the_estate_instead_of_failing() {
+    aws_credentials();
+    let dir = temp_dir();
+    let exec = ExecutionOptions {
+        dir: dir.path().join("estate"),
+        run_limit: Duration::from_secs(6 * 3600),
+    };
+    let first = execute(&YbMaintenance, 5, &Schedule::plain(), &exec).unwrap();
+    assert_eq!(first.end, End::Completed, "{:?}", first.violations);
+    let endpoints: waymark_sandbox::Endpoints =
+        serde_json::from_slice(&std::fs::read(exec.dir.join("endpoints.json")).unwrap()).unwrap();
+    // Another process now holds the Kubernetes API's port.
+    let squatter = std::net::TcpListener::bind(endpoints.k8s).unwrap();
+    let second = execute(&YbMaintenance, 5, &Schedule::plain(), &exec).unwrap();
+    assert_eq!(second.end, End::Completed, "{:?}", second.violations);
+    assert!(second.violations.is_empty(), "{:?}", second.violations);
+    let moved: waymark_sandbox::Endpoints =
+        serde_json::from_slice(&std::fs::read(exec.dir.join("endpoints.json")).unwrap()).unwrap();
+    assert_ne!(
+        moved.k8s, endpoints.k8s,
+        "the estate moved off the taken port"
+    );
+    drop(squatter);
+}
+
 /// The command: the report's last line and exit status, a reproduction replayed with its full
 /// history, a usage error for a fault the catalogue lacks.
 #[test]
