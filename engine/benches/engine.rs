@@ -218,6 +218,36 @@ fn raw_durable_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
     f64::from(n) / start.elapsed().as_secs_f64()
 }
 
+/// `n` durable appends of `bytes` written with `pwritev2(RWF_DSYNC)` (one system call each, the
+/// primitive the segment log uses) on a preallocated file: appends/s. The engine's own overhead
+/// is its one-run figure against this one; the baseline is [`raw_durable_appends`].
+#[cfg(target_os = "linux")]
+fn raw_dsync_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
+    std::fs::create_dir_all(dir).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(dir.join("raw-dsync"))
+        .unwrap();
+    let total = bytes.len() as u64 * u64::from(n);
+    file.write_all_at(&vec![0; total as usize], 0).unwrap();
+    file.sync_all().unwrap();
+    let start = Instant::now();
+    for i in 0..u64::from(n) {
+        let written = rustix::io::pwritev2(
+            &file,
+            &[rustix::io::IoSlice::new(bytes)],
+            i * bytes.len() as u64,
+            rustix::io::ReadWriteFlags::DSYNC,
+        )
+        .unwrap();
+        assert_eq!(written, bytes.len());
+    }
+    f64::from(n) / start.elapsed().as_secs_f64()
+}
+
 /// Raw sled: insert + flush per record, the same bytes (the old, not durable, baseline).
 fn raw_sled_baseline(dir: &std::path::Path, n: u32) -> f64 {
     let db = sled::Config::new()
@@ -286,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut ratios, mut sled_ratios) = (Vec::new(), Vec::new());
     let (mut step_rates, mut appends_per_step) = (Vec::new(), Vec::new());
     let (mut batch_lens, mut batch_ratios) = (Vec::new(), Vec::new());
+    let mut dsync_ratios: Vec<f64> = Vec::new();
     for round in 0..7 {
         let before = raw_durable_baseline(&tmp.path().join(format!("raw{round}a")), 1000);
         let log = waymark_engine::open_log(&tmp.path().join(format!("one{round}")))?;
@@ -301,6 +332,15 @@ async fn main() -> anyhow::Result<()> {
         );
         batch_lens.push(batch_len as f64);
         batch_ratios.push(steps / batch_rate);
+        #[cfg(target_os = "linux")]
+        dsync_ratios.push(
+            steps
+                / raw_dsync_appends(
+                    &tmp.path().join(format!("rawdsync{round}")),
+                    1000,
+                    &vec![7u8; batch_len],
+                ),
+        );
         if !only_one {
             let sled_baseline =
                 raw_sled_baseline(&tmp.path().join(format!("rawsled{round}")), 2000);
@@ -344,6 +384,15 @@ async fn main() -> anyhow::Result<()> {
         target: "-".into(),
         met: true,
     });
+    if !dsync_ratios.is_empty() {
+        let dsync_ratio = median(&mut dsync_ratios);
+        rows.push(Row {
+            what: "for comparison: the same run per raw pwritev2(RWF_DSYNC) of the engine's batch size, the primitive the log uses (median of 7, measured after each run)",
+            figure: format!("{dsync_ratio:.2} steps per raw RWF_DSYNC append of {batch_len:.0} bytes"),
+            target: "-".into(),
+            met: true,
+        });
+    }
     rows.push(cpu_row);
     if only_one {
         print_rows(&rows);

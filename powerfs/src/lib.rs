@@ -13,7 +13,9 @@
 //!   unreachable after a reboot.
 //! - File data: writes land in 4 KiB pages in memory; `fsync`/`fdatasync` of the file writes its
 //!   dirty pages and its size to its durable location (both calls make data and size durable;
-//!   attributes such as mode and times are not modelled as durable). `sync_file_range` never
+//!   attributes such as mode and times are not modelled as durable). A write with `O_DSYNC` or
+//!   `O_SYNC` (open flags, or `pwritev2` with `RWF_DSYNC`) is durable when it returns: the pages
+//!   it touched and the size they reach, not the file's other dirty pages. `sync_file_range` never
 //!   reaches the filesystem (no writeback cache), so it makes nothing durable, as on a real disk
 //!   after a power cut. `fallocate` (modes 0, `KEEP_SIZE`, `PUNCH_HOLE`, `ZERO_RANGE`) and
 //!   `ftruncate` change the live size; the size becomes durable with the next file sync.
@@ -459,6 +461,46 @@ impl Inner {
         n.durable_size = n.size;
         n.base_valid = n.size;
         self.writes.retain(|w| w.0 != ino);
+        Ok(())
+    }
+
+    /// A write made with `O_DSYNC` or `O_SYNC` (the file's open flags, or `pwritev2` with
+    /// `RWF_DSYNC`/`RWF_SYNC`, which the kernel passes on as those flags): durable when it
+    /// returns. The pages it touched are written to the durable image and, if it grew the file,
+    /// the size as far as those pages reach; the file's other dirty pages stay volatile, as a
+    /// real disk's range sync (`vfs_fsync_range`) leaves them. Under a pending truncate the whole
+    /// file is synced (a journaling filesystem commits the truncate with the write).
+    fn sync_range(&mut self, ino: u64, offset: u64, len: u64) -> Result<(), Errno> {
+        let n = self.node(ino)?;
+        if len == 0 || n.kind != FileType::RegularFile {
+            return Ok(());
+        }
+        if n.base_valid < n.durable_size {
+            return self.sync_file(ino);
+        }
+        let fd = self.fd(ino)?;
+        let n = self.node_mut(ino)?;
+        let (first, last) = (offset / PAGE, (offset + len - 1) / PAGE);
+        let durable = n.durable_size.max(n.size.min((last + 1) * PAGE));
+        if durable > n.durable_size {
+            fd.set_len(durable).map_err(|e| io_errno(&e))?;
+        }
+        for page in first..=last {
+            let start = page * PAGE;
+            if start >= durable {
+                break;
+            }
+            if let Some(buf) = n.dirty.remove(&page) {
+                let len = (durable - start).min(PAGE) as usize;
+                fd.write_all_at(&buf[..len], start)
+                    .map_err(|e| io_errno(&e))?;
+            }
+        }
+        n.durable_size = durable;
+        n.base_valid = durable;
+        let (from, to) = (first * PAGE, (last + 1) * PAGE);
+        self.writes
+            .retain(|w| !(w.0 == ino && w.1 >= from && w.1 + w.2 <= to));
         Ok(())
     }
 
@@ -1017,14 +1059,20 @@ impl Filesystem for Fs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        // O_SYNC is O_DSYNC plus a bit on Linux: either makes the write durable at its return.
+        let dsync = flags.0 & libc::O_DSYNC != 0;
         match self.with(|s| {
             let append = s.handles.get(&fh.0).is_some_and(|h| h.append);
             let offset = if append { s.node(ino.0)?.size } else { offset };
-            s.write(ino.0, offset, data)
+            s.write(ino.0, offset, data)?;
+            if dsync {
+                s.sync_range(ino.0, offset, data.len() as u64)?;
+            }
+            Ok(())
         }) {
             Ok(()) => reply.written(data.len() as u32),
             Err(e) => reply.error(e),

@@ -406,6 +406,59 @@ fn sync_file_range_and_sled_flush_do_not_survive_a_cut_but_sync_data_does() {
     );
 }
 
+/// The segment log makes each batch durable with `pwritev2(RWF_DSYNC)` (one system call): on
+/// powerfs the kernel turns the flag into the file sync it models, so what such a write returned
+/// for survives a cut, and a plain write beside it does not.
+#[test]
+fn a_write_with_rwf_dsync_survives_a_cut_and_a_plain_write_does_not() {
+    let disk = Disk::new();
+    let fs = disk.mount();
+    let plain = write_file(&disk.mnt().join("plain"), b"");
+    let dsync = write_file(&disk.mnt().join("dsync"), &[0; 3 * 4096]);
+    plain.sync_all().unwrap();
+    dsync.sync_all().unwrap();
+    fsync_dir(&disk.mnt());
+    plain.write_all_at(b"written, not durable", 0).unwrap();
+    // A page of the same file written without the flag stays volatile: the flag makes its own
+    // write durable, not the file (as a range sync on a real disk).
+    dsync.write_all_at(b"volatile too", 2 * 4096).unwrap();
+    let bytes = b"written with RWF_DSYNC";
+    let iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: pwritev2(2) on an open fd, with one iovec over a live buffer of its length.
+    let written = unsafe {
+        libc::pwritev2(
+            std::os::fd::AsRawFd::as_raw_fd(&dsync),
+            &raw const iov,
+            1,
+            0,
+            libc::RWF_DSYNC,
+        )
+    };
+    assert_eq!(
+        written,
+        bytes.len() as isize,
+        "pwritev2: {}",
+        std::io::Error::last_os_error()
+    );
+    drop((plain, dsync));
+    let report = fs.cut(CutMode::DropAll).unwrap();
+    assert_eq!(
+        report.pages_dropped, 2,
+        "the two pages written without the flag: {report:?}"
+    );
+    assert_eq!(read(&disk.backing().join("plain")).unwrap(), b"");
+    let mut expected = vec![0; 3 * 4096];
+    expected[..bytes.len()].copy_from_slice(bytes);
+    assert!(
+        read(&disk.backing().join("dsync")).unwrap() == expected,
+        "the RWF_DSYNC write survived, the plain write to the same file did not"
+    );
+}
+
 #[test]
 fn after_a_cut_the_old_mount_answers_eio_so_nothing_later_becomes_durable() {
     let disk = Disk::new();
