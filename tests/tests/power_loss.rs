@@ -671,7 +671,7 @@ fn engine_power_cut_at_random_instants_loses_no_acknowledged_append() {
     );
     let mut rng = SplitMix(seed);
     let started = Instant::now();
-    let (mut cuts, mut checks, mut rounds) = (0u64, 0usize, 0u64);
+    let (mut cuts, mut checks, mut rounds, mut torn) = (0u64, 0usize, 0u64, 0u64);
     while cuts < target {
         assert!(
             started.elapsed() < Duration::from_secs(60 + target * 3),
@@ -701,6 +701,7 @@ fn engine_power_cut_at_random_instants_loses_no_acknowledged_append() {
             child.kill().expect("SIGKILL the child");
             child.wait().unwrap();
             cuts += 1;
+            torn += u64::from(report.torn.is_some());
             fs = disk.mount();
             let what = format!("seed {seed}, cut {cuts} ({mode:?}, {report:?})");
             checks += check_after_cut(&data, &acks, &what);
@@ -713,7 +714,7 @@ fn engine_power_cut_at_random_instants_loses_no_acknowledged_append() {
         fs.unmount().expect("clean unmount");
     }
     eprintln!(
-        "engine power cuts: {cuts} cuts in {rounds} rounds, {checks} acknowledged records checked present after cuts (seed {seed})"
+        "engine power cuts: {cuts} cuts in {rounds} rounds ({torn} tore an unsynced write), {checks} acknowledged records checked present after cuts (seed {seed})"
     );
 }
 
