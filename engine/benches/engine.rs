@@ -268,7 +268,7 @@ fn raw_sled_baseline(dir: &std::path::Path, n: u32) -> f64 {
 }
 
 struct Row {
-    what: &'static str,
+    what: String,
     figure: String,
     target: String,
     met: bool,
@@ -297,7 +297,7 @@ async fn main() -> anyhow::Result<()> {
     let cpu = median(&mut cpu);
     eprintln!("bench: the same run on the memory log: {cpu:.1} µs per step");
     let cpu_row = Row {
-        what: "for comparison: the same run on the in-memory log (no IO: the engine's own time per step; median of 7)",
+        what: "for comparison: the same run on the in-memory log (no IO: the engine's own time per step; median of 7)".into(),
         figure: format!("{cpu:.1} µs per step"),
         target: "-".into(),
         met: true,
@@ -307,40 +307,45 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("bench: 1 and 2 ...");
-    // 1 and 2. The baseline and one run of 1,000 no-op steps, over seven rounds on fresh logs;
+    // 1 and 2. The baseline and one run of 1,000 no-op steps, over eleven rounds on fresh logs;
     // the medians are reported. The disk's fsync latency drifts (and other work on the machine
-    // moves it within seconds), so each round brackets the engine's run with the baseline, 1,000
-    // appends just before and 1,000 just after, and divides by their mean. The same run on the
-    // old sled backend is measured in each round too, for comparison.
+    // moves it within seconds), so each round brackets the engine's run with its baselines, 1,000
+    // appends of each just before and just after, and divides by their mean; a round whose two
+    // brackets of the main baseline differ by more than 25% was disturbed and is left out (all
+    // rounds count if fewer than three are steady). The baselines: the issue's, pwrite + fdatasync
+    // of a step result's bytes; the same of the engine's own bytes per append (a warm-up run
+    // measures them); and `pwritev2(RWF_DSYNC)` of those bytes, the primitive the log uses. The
+    // same run on the old sled backend is measured in each round too, for comparison.
+    let batch_len = {
+        let dir = tmp.path().join("warm-up");
+        let (_, per_step) = one_run(waymark_engine::open_log(&dir)?).await?;
+        engine_bytes_per_append(&dir, per_step * 1000.0)
+    };
+    let batch_bytes = vec![7u8; batch_len];
+    let brackets = |round: u32, at: &str| {
+        let dir = |what: &str| tmp.path().join(format!("{what}{round}{at}"));
+        let raw = raw_durable_baseline(&dir("raw"), 1000);
+        let batch = raw_durable_appends(&dir("rawbatch"), 1000, &batch_bytes);
+        #[cfg(target_os = "linux")]
+        let dsync = raw_dsync_appends(&dir("rawdsync"), 1000, &batch_bytes);
+        #[cfg(not(target_os = "linux"))]
+        let dsync = f64::NAN;
+        (raw, batch, dsync)
+    };
     let (mut baselines, mut sled_baselines) = (Vec::new(), Vec::new());
     let (mut ratios, mut sled_ratios) = (Vec::new(), Vec::new());
     let (mut step_rates, mut appends_per_step) = (Vec::new(), Vec::new());
-    let (mut batch_lens, mut batch_ratios) = (Vec::new(), Vec::new());
-    let mut dsync_ratios: Vec<f64> = Vec::new();
-    for round in 0..7 {
-        let before = raw_durable_baseline(&tmp.path().join(format!("raw{round}a")), 1000);
+    let (mut batch_ratios, mut dsync_ratios, mut steady) = (Vec::new(), Vec::new(), Vec::new());
+    let rounds = 11;
+    for round in 0..rounds {
+        let before = brackets(round, "a");
         let log = waymark_engine::open_log(&tmp.path().join(format!("one{round}")))?;
         let (steps, per_step) = one_run(log).await?;
-        let after = raw_durable_baseline(&tmp.path().join(format!("raw{round}b")), 1000);
-        let baseline = f64::midpoint(before, after);
-        let batch_len =
-            engine_bytes_per_append(&tmp.path().join(format!("one{round}")), per_step * 1000.0);
-        let batch_rate = raw_durable_appends(
-            &tmp.path().join(format!("rawbatch{round}")),
-            1000,
-            &vec![7u8; batch_len],
-        );
-        batch_lens.push(batch_len as f64);
-        batch_ratios.push(steps / batch_rate);
-        #[cfg(target_os = "linux")]
-        dsync_ratios.push(
-            steps
-                / raw_dsync_appends(
-                    &tmp.path().join(format!("rawdsync{round}")),
-                    1000,
-                    &vec![7u8; batch_len],
-                ),
-        );
+        let after = brackets(round, "b");
+        let baseline = f64::midpoint(before.0, after.0);
+        batch_ratios.push(steps / f64::midpoint(before.1, after.1));
+        dsync_ratios.push(steps / f64::midpoint(before.2, after.2));
+        steady.push(before.0.max(after.0) / before.0.min(after.0) <= 1.25);
         if !only_one {
             let sled_baseline =
                 raw_sled_baseline(&tmp.path().join(format!("rawsled{round}")), 2000);
@@ -350,45 +355,57 @@ async fn main() -> anyhow::Result<()> {
             sled_ratios.push(sled_steps / baseline);
         }
         eprintln!(
-            "bench: round {round}: {:.2} steps per raw append ({steps:.0} steps/s; baseline {before:.0} before, {after:.0} after)",
-            steps / baseline
+            "bench: round {round}: {:.2} steps per raw append ({steps:.0} steps/s; baseline {:.0} before, {:.0} after{}); {:.2} per raw append of {batch_len} bytes, {:.2} per raw RWF_DSYNC append of them",
+            steps / baseline,
+            before.0,
+            after.0,
+            if steady[steady.len() - 1] { "" } else { ": disturbed, left out" },
+            batch_ratios[batch_ratios.len() - 1],
+            dsync_ratios[dsync_ratios.len() - 1],
         );
         baselines.push(baseline);
         ratios.push(steps / baseline);
         step_rates.push(steps);
         appends_per_step.push(per_step);
     }
-    let baseline = median(&mut baselines);
-    let ratio = median(&mut ratios);
-    let steps = median(&mut step_rates);
-    let per_step = median(&mut appends_per_step);
+    let kept: Vec<usize> = (0..steady.len()).filter(|i| steady[*i]).collect();
+    let kept = if kept.len() >= 3 {
+        kept
+    } else {
+        (0..steady.len()).collect()
+    };
+    let of_kept = |v: &[f64]| kept.iter().map(|i| v[*i]).collect::<Vec<f64>>();
+    let of = format!("median of {} steady rounds of {rounds}", kept.len());
+    let baseline = median(&mut of_kept(&baselines));
+    let ratio = median(&mut of_kept(&ratios));
+    let steps = median(&mut of_kept(&step_rates));
+    let per_step = median(&mut of_kept(&appends_per_step));
     rows.push(Row {
-        what: "raw durable append: pwrite + fdatasync on a preallocated file (baseline, same bytes; median of 7)",
+        what: format!("raw durable append: pwrite + fdatasync of a step result's bytes on a preallocated file (baseline; {of})"),
         figure: format!("{baseline:.0} appends/s"),
         target: "-".into(),
         met: true,
     });
     rows.push(Row {
-        what: "one run, 1,000 no-op steps: steps/s per raw durable append/s (median of 7, each between two baselines)",
+        what: format!("one run, 1,000 no-op steps: steps/s per raw durable append/s ({of}, each between two baselines)"),
         figure: format!(
             "{ratio:.2} steps per raw append ({steps:.0} steps/s, {per_step:.3} appends per step)"
         ),
         target: ">= 0.85".into(),
         met: ratio >= 0.85,
     });
-    let batch_len = median(&mut batch_lens);
-    let batch_ratio = median(&mut batch_ratios);
+    let batch_ratio = median(&mut of_kept(&batch_ratios));
     rows.push(Row {
-        what: "for comparison: the same run per raw durable append of the engine's own batch size (median of 7, measured after each run)",
-        figure: format!("{batch_ratio:.2} steps per raw append of {batch_len:.0} bytes"),
+        what: format!("for comparison: the same run per raw durable append (pwrite + fdatasync) of the engine's own bytes per append ({of})"),
+        figure: format!("{batch_ratio:.2} steps per raw append of {batch_len} bytes"),
         target: "-".into(),
         met: true,
     });
-    if !dsync_ratios.is_empty() {
-        let dsync_ratio = median(&mut dsync_ratios);
+    if cfg!(target_os = "linux") {
+        let dsync_ratio = median(&mut of_kept(&dsync_ratios));
         rows.push(Row {
-            what: "for comparison: the same run per raw pwritev2(RWF_DSYNC) of the engine's batch size, the primitive the log uses (median of 7, measured after each run)",
-            figure: format!("{dsync_ratio:.2} steps per raw RWF_DSYNC append of {batch_len:.0} bytes"),
+            what: format!("for comparison: the same run per raw pwritev2(RWF_DSYNC) of the engine's own bytes per append, the primitive the log uses ({of})"),
+            figure: format!("{dsync_ratio:.2} steps per raw RWF_DSYNC append of {batch_len} bytes"),
             target: "-".into(),
             met: true,
         });
@@ -401,7 +418,8 @@ async fn main() -> anyhow::Result<()> {
     let sled_baseline = median(&mut sled_baselines);
     let sled_ratio = median(&mut sled_ratios);
     rows.push(Row {
-        what: "for comparison: raw sled insert+flush (sync_file_range, NOT durable; median of 7)",
+        what: "for comparison: raw sled insert+flush (sync_file_range, NOT durable; median of 7)"
+            .into(),
         figure: format!(
             "{sled_baseline:.0} appends/s ({:.2}x the durable baseline)",
             sled_baseline / baseline
@@ -410,7 +428,7 @@ async fn main() -> anyhow::Result<()> {
         met: true,
     });
     rows.push(Row {
-        what: "for comparison: the same run on the old sled backend (NOT durable)",
+        what: "for comparison: the same run on the old sled backend (NOT durable)".into(),
         figure: format!("{sled_ratio:.2} steps per raw durable append"),
         target: "-".into(),
         met: true,
@@ -440,7 +458,7 @@ async fn main() -> anyhow::Result<()> {
         let sled_rate = median(&mut sled_rates);
         let before = 281_148.0 / 12_111.0;
         rows.push(Row {
-            what: "1,000 concurrent runs of 10 steps: durable events/s per raw durable append/s (median of 3, each beside its own baseline)",
+            what: "1,000 concurrent runs of 10 steps: durable events/s per raw durable append/s (median of 3, each beside its own baseline)".into(),
             figure: format!("{ratio:.1}x ({rate:.0} events/s)"),
             target: format!(
                 ">= {before:.1}x (281,148 events/s on 12,111 appends/s, before one flush per step)"
@@ -448,7 +466,8 @@ async fn main() -> anyhow::Result<()> {
             met: ratio >= before,
         });
         rows.push(Row {
-            what: "for comparison: the same on the old sled backend (NOT durable; median of 3)",
+            what: "for comparison: the same on the old sled backend (NOT durable; median of 3)"
+                .into(),
             figure: format!("{sled_rate:.0} events/s"),
             target: "-".into(),
             met: true,
@@ -491,7 +510,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let retried_at = start.elapsed();
         rows.push(Row {
-            what: "resume 10,000 interrupted runs (open log, load, re-enter each in-flight step)",
+            what: "resume 10,000 interrupted runs (open log, load, re-enter each in-flight step)".into(),
             figure: format!(
                 "{:.3} s (log open {:.3} s, all loaded and driving {:.3} s, every step re-attempted {:.3} s)",
                 retried_at.as_secs_f64(),
@@ -525,7 +544,7 @@ async fn main() -> anyhow::Result<()> {
         let n = records.len() as f64;
         let core_rate = n / folded.checked_sub(read).unwrap().as_secs_f64();
         rows.push(Row {
-            what: "replay a 100,000-event history: fold into the core",
+            what: "replay a 100,000-event history: fold into the core".into(),
             figure: format!(
                 "{core_rate:.0} events/s ({} events in {:.3} s)",
                 records.len(),
@@ -535,13 +554,13 @@ async fn main() -> anyhow::Result<()> {
             met: core_rate >= 1_000_000.0,
         });
         rows.push(Row {
-            what: "same, read + verify (checksums, hash chain) from the segment log",
+            what: "same, read + verify (checksums, hash chain) from the segment log".into(),
             figure: format!("{:.0} events/s", n / read.as_secs_f64()),
             target: "-".into(),
             met: true,
         });
         rows.push(Row {
-            what: "same, full audit replay (read, verify, fold, re-run workflow code)",
+            what: "same, full audit replay (read, verify, fold, re-run workflow code)".into(),
             figure: format!(
                 "{:.0} events/s",
                 n / (total.checked_sub(folded).unwrap() + read).as_secs_f64()
@@ -552,7 +571,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     rows.push(Row {
-        what: "peak memory (VmHWM) of this benchmark process",
+        what: "peak memory (VmHWM) of this benchmark process".into(),
         figure: format!("{:.0} MiB", peak_rss_mib()),
         target: "-".into(),
         met: true,
