@@ -369,13 +369,17 @@ async fn main() -> anyhow::Result<()> {
         appends_per_step.push(per_step);
     }
     let kept: Vec<usize> = (0..steady.len()).filter(|i| steady[*i]).collect();
-    let kept = if kept.len() >= 3 {
-        kept
+    let (kept, of) = if kept.len() >= 3 {
+        let of = format!("median of {} steady rounds of {rounds}", kept.len());
+        (kept, of)
     } else {
-        (0..steady.len()).collect()
+        let of = format!(
+            "median of all {rounds} rounds: only {} steady, the disk was disturbed",
+            kept.len()
+        );
+        ((0..steady.len()).collect(), of)
     };
     let of_kept = |v: &[f64]| kept.iter().map(|i| v[*i]).collect::<Vec<f64>>();
-    let of = format!("median of {} steady rounds of {rounds}", kept.len());
     let baseline = median(&mut of_kept(&baselines));
     let ratio = median(&mut of_kept(&ratios));
     let steps = median(&mut of_kept(&step_rates));
