@@ -199,6 +199,37 @@ fn engine_bytes_per_append(dir: &std::path::Path, appends: f64) -> usize {
 
 /// `n` durable appends of `bytes` (pwrite + `fdatasync`) on a preallocated file: appends/s.
 fn raw_durable_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
+    raw_appends(dir, n, bytes, |file, at| {
+        file.write_all_at(bytes, at).unwrap();
+        file.sync_data().unwrap();
+    })
+}
+
+/// `n` durable appends of `bytes` written with `pwritev2(RWF_DSYNC)` (one system call each, the
+/// primitive the segment log uses) on a preallocated file: appends/s. The engine's own overhead
+/// is its one-run figure against this one; the baseline is [`raw_durable_appends`].
+#[cfg(target_os = "linux")]
+fn raw_dsync_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
+    raw_appends(dir, n, bytes, |file, at| {
+        let written = rustix::io::pwritev2(
+            file,
+            &[rustix::io::IoSlice::new(bytes)],
+            at,
+            rustix::io::ReadWriteFlags::DSYNC,
+        )
+        .unwrap();
+        assert_eq!(written, bytes.len());
+    })
+}
+
+/// `n` appends of `bytes`, each by `append(file, offset)`, on a file in `dir` preallocated
+/// (zero-filled and synced) beforehand: appends/s.
+fn raw_appends(
+    dir: &std::path::Path,
+    n: u32,
+    bytes: &[u8],
+    append: impl Fn(&std::fs::File, u64),
+) -> f64 {
     std::fs::create_dir_all(dir).unwrap();
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -212,38 +243,7 @@ fn raw_durable_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
     file.sync_all().unwrap();
     let start = Instant::now();
     for i in 0..u64::from(n) {
-        file.write_all_at(bytes, i * bytes.len() as u64).unwrap();
-        file.sync_data().unwrap();
-    }
-    f64::from(n) / start.elapsed().as_secs_f64()
-}
-
-/// `n` durable appends of `bytes` written with `pwritev2(RWF_DSYNC)` (one system call each, the
-/// primitive the segment log uses) on a preallocated file: appends/s. The engine's own overhead
-/// is its one-run figure against this one; the baseline is [`raw_durable_appends`].
-#[cfg(target_os = "linux")]
-fn raw_dsync_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
-    std::fs::create_dir_all(dir).unwrap();
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(dir.join("raw-dsync"))
-        .unwrap();
-    let total = bytes.len() as u64 * u64::from(n);
-    file.write_all_at(&vec![0; total as usize], 0).unwrap();
-    file.sync_all().unwrap();
-    let start = Instant::now();
-    for i in 0..u64::from(n) {
-        let written = rustix::io::pwritev2(
-            &file,
-            &[rustix::io::IoSlice::new(bytes)],
-            i * bytes.len() as u64,
-            rustix::io::ReadWriteFlags::DSYNC,
-        )
-        .unwrap();
-        assert_eq!(written, bytes.len());
+        append(&file, i * bytes.len() as u64);
     }
     f64::from(n) / start.elapsed().as_secs_f64()
 }
