@@ -511,15 +511,18 @@ impl State {
     /// most to the least loaded eligible server (difference of two or more).
     ///
     /// Called on every tick of the estate (5 per simulated second), so what it asks of each node
-    /// ([`State::eligible`], [`State::replica_running`]) is computed once per node and tablet
-    /// first ([`Placement`]): the same answers, without rescanning every tablet per replica.
+    /// ([`State::eligible`], [`State::replica_running`]) is computed once per node and tablet,
+    /// and only when a tablet could move at all ([`Placement`]): the same answers, without
+    /// rescanning every tablet per replica.
     fn next_move(&self, now: i64) -> Option<(usize, String)> {
         let counts = self.leader_counts();
         let count = |n: &str| counts.get(n).copied().unwrap_or(0);
-        let at = Placement::of(self, now);
+        let placement = std::cell::OnceCell::new();
+        let at = || placement.get_or_init(|| Placement::of(self, now));
         for (i, t) in self.tablets.iter().enumerate() {
             let Some(l) = &t.leader else { continue };
             if self.blacklist.contains(l) {
+                let at = at();
                 if let Some(to) = t
                     .replicas
                     .iter()
@@ -535,15 +538,18 @@ impl State {
         let mut best: Option<(u32, usize, String)> = None;
         for (i, t) in self.tablets.iter().enumerate() {
             let Some(l) = &t.leader else { continue };
+            // The cheapest condition first (a move gains two leaders or more): on a balanced
+            // cluster no node is looked at.
+            let gains = |r: &String| r != l && count(l) >= count(r) + 2;
+            if !t.replicas.iter().any(gains) {
+                continue;
+            }
+            let at = at();
             if !at.eligible(self, l, now) {
                 continue;
             }
             for (j, r) in t.replicas.iter().enumerate() {
-                if r != l
-                    && at.eligible(self, r, now)
-                    && at.running[i][j]
-                    && count(l) >= count(r) + 2
-                {
+                if gains(r) && at.eligible(self, r, now) && at.running[i][j] {
                     let gain = count(l) - count(r);
                     if best.as_ref().is_none_or(|(g, _, _)| gain > *g) {
                         best = Some((gain, i, r.clone()));
