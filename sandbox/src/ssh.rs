@@ -159,7 +159,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, node: String, key
                 .kex
                 .iter()
                 .filter(|k| **k != russh::kex::MLKEM768X25519_SHA256)
-                .cloned()
+                .copied()
                 .collect::<Vec<_>>()
                 .into(),
             ..russh::Preferred::default()
