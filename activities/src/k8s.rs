@@ -207,7 +207,7 @@ impl Connection {
 /// A cluster reached over plain HTTP (no proxy: every request goes to the cluster URL) never
 /// makes a TLS connection, yet kube builds the client's TLS configuration anyway, and with no CA
 /// in the kubeconfig that means loading and parsing the whole system CA bundle, for every client
-/// (a third of a simulated run's time: every Kubernetes activity builds one). Such a
+/// (a sixth of a simulated run's CPU: every Kubernetes activity builds one). Such a
 /// configuration gets an empty trust store instead, which no connection ever consults. HTTPS
 /// clusters are untouched: their kubeconfig's CA, or the system's roots when it names none.
 fn trust_nothing_over_plain_http(config: &mut kube::Config) {
