@@ -31,7 +31,8 @@ pub enum Crashes {
     /// (`--crashes all`).
     All,
     /// Every combination of up to this many crashes, each at an append boundary of the
-    /// execution it extends (`--crashes N`; 1 is [`Crashes::All`]).
+    /// execution it extends or right after one of the effects of its last incarnation
+    /// (`--crashes N`; 1 is [`Crashes::All`]).
     Stacked(u32),
 }
 
@@ -891,6 +892,9 @@ pub fn explore(
                     &e.schedule,
                     e.appends.last().copied().unwrap_or(0),
                 ));
+                // And inside the activities of the last incarnation: after each of its effects.
+                let from = e.effects_at_start.last().copied().unwrap_or(0);
+                extensions.extend(effect_crashes(&e.schedule, from..e.effects.max(from)));
             }
         };
         run_all(

@@ -27,6 +27,9 @@ pub(crate) struct Trace {
     pub steps: Vec<(StepRef, String)>,
     /// Appends made by each incarnation of the process (the last one still counting).
     pub appends: Vec<u64>,
+    /// The estate's effects when each incarnation began (its crash points inside activities
+    /// are the effects from there on).
+    pub effects_at_start: Vec<usize>,
     /// Per planned fault (in the schedule's order): whether it fired at least once.
     pub fired: Vec<bool>,
     /// Where the first planned fault's step began: the index of the append carrying its
@@ -145,7 +148,12 @@ impl Hooks {
 
     /// A new incarnation: counts its appends from 0, announces nothing yet.
     pub(crate) fn new_incarnation(&self) {
-        self.trace.lock().expect("trace lock").appends.push(0);
+        let mut trace = self.trace.lock().expect("trace lock");
+        trace.appends.push(0);
+        trace
+            .effects_at_start
+            .push(self.effects.load(Ordering::SeqCst));
+        drop(trace);
         self.dead.store(false, Ordering::SeqCst);
         self.crashed.send_replace(false);
     }

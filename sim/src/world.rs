@@ -170,6 +170,9 @@ pub struct Execution {
     pub steps: Vec<(waymark_engine::StepRef, String)>,
     /// Appends each incarnation of the engine process made.
     pub appends: Vec<u64>,
+    /// The estate's effects when each incarnation began (the last one's crash points inside
+    /// activities are its effects from there to `effects`).
+    pub effects_at_start: Vec<usize>,
     /// Per planned fault: whether it fired.
     pub fired: Vec<bool>,
     /// Simulated time from the estate's start to the run's end.
@@ -439,6 +442,7 @@ async fn drive(
         encoded,
         steps: trace.steps,
         appends: trace.appends,
+        effects_at_start: trace.effects_at_start,
         fired: trace.fired,
         simulated,
         effects: sandbox_effects,

@@ -294,6 +294,15 @@ fn the_explorer_finds_a_restart_that_does_not_check_first_and_shrinks_it_to_one_
             .any(|(r, _)| r.schedule.to_string() == "e0"),
         "{text}"
     );
+    // Stacked crashes extend inside activities too: after a crash once `RunStarted` is durable,
+    // the next incarnation's restart (its effect 0) is a crash point of the second depth.
+    assert!(
+        report
+            .violating
+            .iter()
+            .any(|(r, _)| r.schedule.to_string() == "c0d,e0"),
+        "{text}"
+    );
     let at_effect = replay(&Mutant, &Reproduction::parse("3/e0").unwrap(), &o).unwrap();
     assert_eq!(
         at_effect.appends.len(),
