@@ -205,9 +205,10 @@ fn raw_durable_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
     })
 }
 
-/// `n` durable appends of `bytes` written with `pwritev2(RWF_DSYNC)` (one system call each, the
-/// primitive the segment log uses) on a preallocated file: appends/s. The engine's own overhead
-/// is its one-run figure against this one; the baseline is [`raw_durable_appends`].
+/// `n` durable appends of `bytes` written with `pwritev2(RWF_DSYNC)` (one system call each
+/// instead of pwrite + `fdatasync`) on a preallocated file: appends/s. For comparison only: the
+/// segment log does not use it, since a build that did measured no steadier or higher one-run
+/// figure on this machine (BENCHMARKS.md).
 #[cfg(target_os = "linux")]
 fn raw_dsync_appends(dir: &std::path::Path, n: u32, bytes: &[u8]) -> f64 {
     raw_appends(dir, n, bytes, |file, at| {
@@ -314,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     // brackets of the main baseline differ by more than 25% was disturbed and is left out (all
     // rounds count if fewer than three are steady). The baselines: the issue's, pwrite + fdatasync
     // of a step result's bytes; the same of the engine's own bytes per append (a warm-up run
-    // measures them); and `pwritev2(RWF_DSYNC)` of those bytes, the primitive the log uses. The
+    // measures them); and `pwritev2(RWF_DSYNC)` of those bytes, for comparison (the log does not use it). The
     // same run on the old sled backend is measured in each round too, for comparison.
     let batch_len = {
         let dir = tmp.path().join("warm-up");
@@ -408,7 +409,7 @@ async fn main() -> anyhow::Result<()> {
     if cfg!(target_os = "linux") {
         let dsync_ratio = median(&mut of_kept(&dsync_ratios));
         rows.push(Row {
-            what: format!("for comparison: the same run per raw pwritev2(RWF_DSYNC) of the engine's own bytes per append, the primitive the log uses ({of})"),
+            what: format!("for comparison: the same run per raw pwritev2(RWF_DSYNC) of the engine's own bytes per append (one system call instead of two; not used by the log: no gain measured; {of})"),
             figure: format!("{dsync_ratio:.2} steps per raw RWF_DSYNC append of {batch_len} bytes"),
             target: "-".into(),
             met: true,

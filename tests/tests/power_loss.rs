@@ -406,9 +406,9 @@ fn sync_file_range_and_sled_flush_do_not_survive_a_cut_but_sync_data_does() {
     );
 }
 
-/// The segment log makes each batch durable with `pwritev2(RWF_DSYNC)` (one system call): on
-/// powerfs the kernel turns the flag into the file sync it models, so what such a write returned
-/// for survives a cut, and a plain write beside it does not.
+/// A write made with `RWF_DSYNC` (as with `O_DSYNC`) is durable when it returns: FUSE passes the
+/// flag to powerfs as `O_DSYNC`, and powerfs syncs that write's pages, so it survives a cut while
+/// a plain write beside it, even to the same file, does not.
 #[test]
 fn a_write_with_rwf_dsync_survives_a_cut_and_a_plain_write_does_not() {
     let disk = Disk::new();

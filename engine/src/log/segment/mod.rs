@@ -63,10 +63,6 @@ struct Writer {
     offset: u64,
     allocated: u64,
     next_batch: u64,
-    /// Whether a batch is made durable by its write itself (`pwritev2` with `RWF_DSYNC`, one
-    /// system call) rather than `pwrite` then `fdatasync`; off for good once the kernel or the
-    /// filesystem refuses the flag.
-    dsync: bool,
 }
 
 struct Inner {
@@ -273,39 +269,6 @@ fn zero_fill(file: &File, from: u64, to: u64, path: &Path) -> Result<(), Error> 
     Ok(())
 }
 
-/// Writes `buf` at `offset` with `pwritev2(RWF_DSYNC)`: when it returns `Ok(true)`, the bytes are
-/// as durable as after `pwrite` + `fdatasync` (`O_DSYNC` semantics for this write: its data and the
-/// metadata needed to read it back), in one system call instead of two (BENCHMARKS.md measures
-/// both). `Ok(false)`: nothing was written, the kernel or filesystem does not take the flag
-/// (`EOPNOTSUPP`, `ENOSYS`, `EINVAL`); the caller writes and syncs the usual way.
-#[cfg(target_os = "linux")]
-fn write_dsync(file: &File, buf: &[u8], offset: u64) -> std::io::Result<bool> {
-    use rustix::io::{Errno, IoSlice, ReadWriteFlags};
-    let mut done = 0;
-    while done < buf.len() {
-        match rustix::io::pwritev2(
-            file,
-            &[IoSlice::new(&buf[done..])],
-            offset + done as u64,
-            ReadWriteFlags::DSYNC,
-        ) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            // A short write made its part durable; the rest goes the same way.
-            Ok(n) => done += n,
-            Err(Errno::INTR) => {}
-            Err(Errno::OPNOTSUPP | Errno::NOSYS | Errno::INVAL) if done == 0 => return Ok(false),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(true)
-}
-
-/// Elsewhere than Linux: no `RWF_DSYNC`, the caller writes and syncs.
-#[cfg(not(target_os = "linux"))]
-fn write_dsync(_file: &File, _buf: &[u8], _offset: u64) -> std::io::Result<bool> {
-    Ok(false)
-}
-
 /// Creates segment `number`: header, zero-filled ahead, synced, and its directory entry synced.
 fn create_segment(log_dir: &Path, number: u64) -> Result<(Arc<File>, u64), Error> {
     let path = segment_path(log_dir, number);
@@ -461,7 +424,6 @@ impl SegmentBackend {
             offset,
             allocated,
             next_batch: next_batch.unwrap_or(1),
-            dsync: true,
         };
         let mut kept_tail = Vec::new();
         if let Some((tail, bytes)) = tail_to_clear {
@@ -616,38 +578,18 @@ impl SegmentBackend {
             w.allocated = allocated;
         }
         let path = segment_path(&self.inner.log_dir, w.segment);
-        let extended = w.offset + len > w.allocated;
-        if extended {
+        if w.offset + len > w.allocated {
             let to = w.offset + len + PREALLOCATE;
             zero_fill(&w.file, w.allocated, to, &path)?;
             w.allocated = to;
         }
-        // The durability point: nothing of this batch is acknowledged before it returns. A batch
-        // that grew the file also makes the zero fill and the new size durable (`fdatasync` of
-        // the whole file), so a write inside the preallocated part never changes the metadata.
-        let written_durably = !extended
-            && w.dsync
-            && {
-                let done = write_dsync(&w.file, &buf, w.offset).map_err(|e| {
-                    io_error("cannot write durably (pwritev2 RWF_DSYNC)", &path, &e)
-                })?;
-                if !done {
-                    w.dsync = false;
-                    tracing::info!(
-                        path = %path.display(),
-                        "RWF_DSYNC refused by the kernel or filesystem: each batch is written, then fdatasync'd"
-                    );
-                }
-                done
-            };
-        if !written_durably {
-            w.file
-                .write_all_at(&buf, w.offset)
-                .map_err(|e| io_error("cannot write", &path, &e))?;
-            w.file
-                .sync_data()
-                .map_err(|e| io_error("cannot sync (fdatasync)", &path, &e))?;
-        }
+        w.file
+            .write_all_at(&buf, w.offset)
+            .map_err(|e| io_error("cannot write", &path, &e))?;
+        // The durability point: nothing of this batch is acknowledged before it returns.
+        w.file
+            .sync_data()
+            .map_err(|e| io_error("cannot sync (fdatasync)", &path, &e))?;
         let base = w.offset;
         let segment = w.segment;
         w.offset += len;
@@ -875,7 +817,6 @@ impl FreshStore {
                 offset: SEGMENT_HEADER_LEN as u64,
                 allocated,
                 next_batch: 1,
-                dsync: true,
             },
         })
     }
@@ -1227,69 +1168,6 @@ mod tests {
             "{salvaged:?}"
         );
         assert_eq!((salvaged.runs, salvaged.records), (1, 2), "{salvaged:?}");
-    }
-
-    /// A batch is made durable by its own write (`pwritev2(RWF_DSYNC)`) where the kernel takes
-    /// the flag, else by `pwrite` + `fdatasync`; a batch that grows the file (here a record of
-    /// 1.5 MB, past the 1 MiB zero-filled ahead) always takes the second way. Both ways write the
-    /// same bytes, and everything reads back after a reopen.
-    #[test]
-    fn both_durable_write_paths_write_the_same_bytes() {
-        let at = at();
-        let run = RunId::new();
-        let mut prev = [0u8; 32];
-        let mut recs = Vec::new();
-        for seq in 0..40u64 {
-            let output = if seq == 20 {
-                "x".repeat(1_500_000)
-            } else {
-                seq.to_string()
-            };
-            let event = Event::StepCompleted {
-                step: StepRef::Workflow(seq as u32),
-                output: Payload(output),
-            };
-            let (bytes, hash) = codec::encode(seq, at, &prev, &event).unwrap();
-            prev = hash;
-            recs.push((run, seq, bytes));
-        }
-        let write = |dsync: bool| {
-            let dir = tempfile::tempdir().unwrap();
-            let b = SegmentBackend::open(dir.path()).unwrap();
-            b.inner.writer.lock().unwrap().dsync = dsync;
-            for rec in &recs {
-                b.commit(WriteBatch {
-                    records: vec![rec.clone()],
-                    ..WriteBatch::default()
-                })
-                .unwrap();
-            }
-            assert_eq!(
-                b.inner.writer.lock().unwrap().dsync,
-                dsync && cfg!(target_os = "linux"),
-                "RWF_DSYNC stays in use where the kernel takes it"
-            );
-            let bytes = std::fs::read(segment_path(&dir.path().join(LOG_DIR), 1)).unwrap();
-            drop(b);
-            let reopened = SegmentBackend::open(dir.path()).unwrap();
-            assert!(
-                reopened.report().findings.is_empty(),
-                "{:?}",
-                reopened.report()
-            );
-            let read: Vec<Vec<u8>> = reopened
-                .scan_run(run)
-                .unwrap()
-                .into_iter()
-                .map(|(_, bytes)| bytes)
-                .collect();
-            let written: Vec<Vec<u8>> = recs.iter().map(|r| r.2.clone()).collect();
-            assert!(read == written, "every record reads back as written");
-            bytes
-        };
-        let (with_dsync, without) = (write(true), write(false));
-        assert!(with_dsync.len() > 1_500_000);
-        assert!(with_dsync == without, "both ways write the same bytes");
     }
 
     /// A record whose frame header is damaged is recognised through the hash chain and kept.
