@@ -710,11 +710,20 @@ impl Conns {
     async fn scan_run(&self, run: RunId) -> Result<Vec<(u64, Vec<u8>)>, log::Error> {
         let r = self.reader().await?;
         let params: [&(dyn ToSql + Sync); 1] = [&run.0];
-        let (rows, last) = futures::try_join!(
-            r.client.query(&r.scan, &params),
-            r.client.query_opt(&r.last_seq, &params),
-        )
-        .map_err(|e| self.storage(&format!("reading run {run}"), &e))?;
+        // `last_seq` first, the records after it, one statement at a time: each statement is its
+        // own snapshot, and a commit between the two must not look like lost records. Records up
+        // to `last_seq` were committed with it, so the later read holds them (and perhaps more);
+        // read the other way round, a commit in between showed `last_seq` past the records read.
+        let last = r
+            .client
+            .query_opt(&r.last_seq, &params)
+            .await
+            .map_err(|e| self.storage(&format!("reading run {run}"), &e))?;
+        let rows = r
+            .client
+            .query(&r.scan, &params)
+            .await
+            .map_err(|e| self.storage(&format!("reading run {run}"), &e))?;
         let records: Vec<(u64, Vec<u8>)> = rows
             .iter()
             .map(|row| (row.get::<_, i64>(0) as u64, row.get::<_, Vec<u8>>(1)))

@@ -379,3 +379,40 @@ async fn concurrent_runs_share_transactions() {
         }
     }
 }
+
+/// A run read while another daemon appends to it: every read is whole, never "records missing"
+/// (each read statement is its own snapshot; reading the records before `last_seq` let a commit
+/// between the two look like deleted records, as a CI run of
+/// `store_failover::a_paused_owner_is_fenced_when_it_wakes_and_the_run_finishes_once` showed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_read_while_another_daemon_appends_is_always_whole() {
+    use waymark_engine::log::Backend as _;
+    let f = PgFixture::new();
+    let log = f.log();
+    let run = RunId::new();
+    log.append(run, vec![started_by("writer")]).await.unwrap();
+    let reader = f.backend("reader");
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let reads = std::thread::spawn({
+        let writing = writing.clone();
+        move || {
+            let (mut reads, mut seen) = (0u32, 0usize);
+            while writing.load(std::sync::atomic::Ordering::SeqCst) {
+                let records = reader
+                    .scan_run(run)
+                    .unwrap_or_else(|e| panic!("read {reads} failed while the run grew: {e}"));
+                assert!(records.len() >= seen, "a read went backwards");
+                seen = records.len();
+                reads += 1;
+            }
+            reads
+        }
+    });
+    for s in 0..400 {
+        log.append(run, vec![step(s)]).await.unwrap();
+    }
+    writing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let reads = reads.join().expect("every read whole");
+    println!("{reads} whole reads while 400 appends were committed");
+    assert!(reads > 10, "the reads overlapped the appends ({reads})");
+}
