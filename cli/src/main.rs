@@ -36,17 +36,10 @@ fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
+    #[cfg(feature = "sandbox")]
     if is_demo {
         // The sandbox's ELBv2 accepts any credentials; the SDK needs some. Set before any thread starts.
-        for (k, v) in [
-            ("AWS_ACCESS_KEY_ID", "waymark-demo"),
-            ("AWS_SECRET_ACCESS_KEY", "waymark-demo-not-a-secret"),
-            ("AWS_REGION", "us-east-1"),
-        ] {
-            if std::env::var_os(k).is_none() {
-                std::env::set_var(k, v);
-            }
-        }
+        waymark_sandbox::use_placeholder_aws_credentials();
     }
     // WAYMARK_LOG filters the logs (tracing's EnvFilter syntax); the daemon logs at info by default.
     paths::init_logging(if is_daemon { "info" } else { "warn" });

@@ -52,6 +52,26 @@ pub use monitor::{Invariants, Truth};
 pub use server::Sandbox;
 pub use spec::{NodeSpec, Spec, Timing, DEFAULT_TIME_SCALE};
 
+/// Placeholder AWS credentials for the sandbox's `ELBv2`, which accepts any: the AWS SDK makes no
+/// call without some. Never real; `waymark sandbox up` prints them for `waymark run`.
+pub const PLACEHOLDER_AWS_CREDENTIALS: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "waymark-sandbox"),
+    ("AWS_SECRET_ACCESS_KEY", "waymark-sandbox-not-a-secret"),
+    ("AWS_REGION", elb::REGION),
+];
+
+/// Sets each of [`PLACEHOLDER_AWS_CREDENTIALS`] that this process's environment lacks (one already
+/// set is kept), for a process that talks to the sandbox in-process (`waymark demo`, `waymark
+/// simulate`, the simulation's tests). The environment is process-wide: call it before any thread
+/// that reads it starts.
+pub fn use_placeholder_aws_credentials() {
+    for (k, v) in PLACEHOLDER_AWS_CREDENTIALS {
+        if std::env::var_os(k).is_none() {
+            std::env::set_var(k, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// The sandbox is plain data and simulated servers: it depends on no Waymark crate, so the

@@ -27,15 +27,7 @@ fn fingerprint(e: &Execution, h: &mut impl Hasher) {
 }
 
 fn main() {
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "waymark-test"),
-        ("AWS_SECRET_ACCESS_KEY", "waymark-test-not-a-secret"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
+    waymark_sandbox::use_placeholder_aws_credentials();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("fingerprint") {
         let dir = std::path::PathBuf::from(args.get(1).expect("fingerprint DIR"));

@@ -26,22 +26,8 @@ use waymark_workflows::Inventory;
 
 use crate::util::{temp_dir, waymark};
 
-/// The sandbox accepts any AWS credentials; the SDK wants some in the environment (as `waymark
-/// demo` and `waymark simulate` set them).
-fn aws_credentials() {
-    for (k, v) in [
-        ("AWS_ACCESS_KEY_ID", "waymark-test"),
-        ("AWS_SECRET_ACCESS_KEY", "waymark-test-not-a-secret"),
-        ("AWS_REGION", "us-east-1"),
-    ] {
-        if std::env::var_os(k).is_none() {
-            std::env::set_var(k, v);
-        }
-    }
-}
-
 fn options(seed: u64, dir: &std::path::Path) -> ExploreOptions {
-    aws_credentials();
+    waymark_sandbox::use_placeholder_aws_credentials();
     ExploreOptions::new(seed, dir.to_owned())
 }
 
@@ -349,7 +335,7 @@ fn the_explorer_finds_a_restart_that_does_not_check_first_and_shrinks_it_to_one_
 
 #[test]
 fn the_same_seed_gives_the_same_history_byte_for_byte() {
-    aws_credentials();
+    waymark_sandbox::use_placeholder_aws_credentials();
     let dir = temp_dir();
     let exec = ExecutionOptions {
         dir: dir.path().join("estate"),
@@ -395,7 +381,7 @@ fn the_same_seed_gives_the_same_history_byte_for_byte() {
 /// failing the exploration with "Address already in use".
 #[test]
 fn a_port_taken_between_two_executions_moves_the_estate_instead_of_failing() {
-    aws_credentials();
+    waymark_sandbox::use_placeholder_aws_credentials();
     let dir = temp_dir();
     let exec = ExecutionOptions {
         dir: dir.path().join("estate"),

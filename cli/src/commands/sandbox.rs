@@ -37,10 +37,13 @@ pub async fn up(dir: &Path, faster: u64, time_scale: Option<f64>) -> anyhow::Res
         e.admin
     );
     // The sandbox's ELBv2 accepts any credentials, but the AWS SDK of `waymark run` needs some.
+    let exports: Vec<String> = waymark_sandbox::PLACEHOLDER_AWS_CREDENTIALS
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     eprintln!(
-        "for `waymark run` against it, set (test values; the sandbox accepts any):\n  \
-         export AWS_ACCESS_KEY_ID=waymark-sandbox AWS_SECRET_ACCESS_KEY=waymark-sandbox-not-a-secret AWS_REGION={}",
-        waymark_sandbox::elb::REGION
+        "for `waymark run` against it, set (test values; the sandbox accepts any):\n  export {}",
+        exports.join(" ")
     );
     println!("{}", dir.join("inventory.toml").display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
