@@ -4,8 +4,8 @@
 //! the raw durable append rate (pwrite of the same bytes + `fdatasync` on a preallocated file);
 //! steps/s of one run of 1,000 no-op steps per raw durable append/s (with the appends each step
 //! makes, counted), and where its time goes (the share inside the segment log's commits, and a
-//! commit beside a raw append of the same bytes); durable events/s of 1,000 concurrent runs of 10 steps per raw durable
-//! append/s; the same two on the old sled backend (whose `flush` is `sync_file_range`, not
+//! commit beside a raw append of the same bytes); durable events/s of 1,000 concurrent runs of
+//! 10 steps per raw durable append/s; the same two on the old sled backend (whose `flush` is `sync_file_range`, not
 //! durable) for comparison; time to resume 10,000 interrupted runs; replay speed of a
 //! 100,000-event history; peak memory. Prints the figures as a Markdown table (for BENCHMARKS.md)
 //! and exits non-zero if a target is missed.
@@ -377,12 +377,12 @@ async fn main() -> anyhow::Result<()> {
     // moves it within seconds), so each round brackets the engine's run with its baselines, 1,000
     // appends of each just before and just after, and divides by their mean; a round whose two
     // brackets of the main baseline differ by more than 25% was disturbed and is left out (all
-    // rounds count if fewer than three are steady). The baselines: the issue's, pwrite + fdatasync
-    // of a step result's bytes; the same of the engine's own bytes per append (a warm-up run
-    // measures them); and `pwritev2(RWF_DSYNC)` of those bytes, for comparison (the log does not use it). The
-    // same run on the old sled backend is measured in each round too, for comparison.
-    // The warm-up run also measures the engine's time between two commits, the gap the fourth
-    // baseline leaves after each sync.
+    // rounds count if fewer than three are steady). The four baselines: the issue's, pwrite +
+    // fdatasync of a step result's bytes; the same of the engine's own bytes per append (a warm-up
+    // run measures them); the same again, each append issued the engine's time between two
+    // commits after the last sync (the warm-up run measures that gap too); and
+    // `pwritev2(RWF_DSYNC)` of those bytes, for comparison (the log does not use it). The same run
+    // on the old sled backend is measured in each round too, for comparison.
     let (batch_len, gap) = {
         let dir = tmp.path().join("warm-up");
         let timed = TimedSegments {
