@@ -54,6 +54,14 @@ struct BodyV1 {
     event: Event,
 }
 
+/// [`BodyV1`] borrowing its event, for encoding (serde writes a reference as the value itself,
+/// so the bytes are the same).
+#[derive(Serialize)]
+struct BodyV1Ref<'a> {
+    at_millis: i64,
+    event: &'a Event,
+}
+
 /// Encodes an event as a stored record, returning the bytes and the record's hash.
 pub fn encode(
     seq: u64,
@@ -61,23 +69,26 @@ pub fn encode(
     prev_hash: &[u8; 32],
     event: &Event,
 ) -> Result<(Vec<u8>, [u8; 32]), Error> {
-    let body = bincode::serde::encode_to_vec(
-        BodyV1 {
+    // The header, then the body encoded in place after it; length and CRC filled in after.
+    let mut out = Vec::with_capacity(HEADER_LEN + 128);
+    out.push(FORMAT_VERSION);
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(prev_hash);
+    bincode::serde::encode_into_std_write(
+        BodyV1Ref {
             at_millis: at.timestamp_millis(),
-            event: event.clone(),
+            event,
         },
+        &mut out,
         bincode::config::standard(),
     )
     .map_err(|e| Error::Encode(e.to_string()))?;
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.push(FORMAT_VERSION);
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(prev_hash);
-    out.extend_from_slice(&body);
+    let body_len = u32::try_from(out.len() - HEADER_LEN)
+        .map_err(|_| Error::Encode("the event encodes to more than 4 GiB".into()))?;
+    out[1..5].copy_from_slice(&body_len.to_le_bytes());
     let crc = crc32fast::hash(&out[9..]);
     out[5..9].copy_from_slice(&crc.to_le_bytes());
-    let hash = chain_hash(prev_hash, seq, &body);
+    let hash = chain_hash(prev_hash, seq, &out[HEADER_LEN..]);
     Ok((out, hash))
 }
 
@@ -206,6 +217,26 @@ mod tests {
         assert_eq!(
             decode(RunId::new(), 0, &bytes),
             Err(Error::UnknownVersion(99))
+        );
+    }
+
+    #[test]
+    fn the_body_is_bincode_of_the_owned_body() {
+        // Written from a borrowed event; read back (and by older builds) as the owned one.
+        let at = Utc.timestamp_millis_opt(1_700_000_000_123).unwrap();
+        let (bytes, _) = encode(0, at, &[0; 32], &sample()).unwrap();
+        let owned = bincode::serde::encode_to_vec(
+            BodyV1 {
+                at_millis: at.timestamp_millis(),
+                event: sample(),
+            },
+            bincode::config::standard(),
+        )
+        .unwrap();
+        assert_eq!(&bytes[HEADER_LEN..], owned.as_slice());
+        assert_eq!(
+            u32::from_le_bytes(bytes[1..5].try_into().unwrap()) as usize,
+            owned.len()
         );
     }
 

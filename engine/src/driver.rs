@@ -7,11 +7,12 @@
 //! (`AttemptStarted`) is durable; a run's records reach its state and its followers in sequence
 //! order, only once durable; a step with a recorded result is never called again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -155,10 +156,10 @@ pub(crate) struct RunShared {
     /// next append that must be durable (the one that starts an attempt, waits, or ends the run),
     /// or when the workflow code waits without asking for anything.
     pending: Mutex<Vec<Event>>,
-    /// Every event decided and not delivered yet, by the sequence number this driver folded it
-    /// at (locked only under `state`): a record delivered at such a number must be that event,
-    /// else someone else wrote to the run and the driver's state is wrong.
-    undelivered: Mutex<BTreeMap<u64, Event>>,
+    /// Every event decided and not delivered yet, with the sequence number this driver folded it
+    /// at, in that order (locked only under `state`): a record delivered at such a number must be
+    /// that event, else someone else wrote to the run and the driver's state is wrong.
+    undelivered: Mutex<VecDeque<(u64, Event)>>,
     pub(crate) next_position: AtomicU32,
     pub(crate) fatal: Mutex<Option<Fatal>>,
     changed: watch::Sender<u64>,
@@ -186,6 +187,16 @@ pub(crate) struct RunShared {
 struct Delivery {
     next_seq: u64,
     pending: BTreeMap<u64, Record>,
+}
+
+/// The event decided at `seq`, taken out of `undelivered` (ordered by sequence number; the one
+/// delivered next is almost always the first).
+fn take_undelivered(undelivered: &mut VecDeque<(u64, Event)>, seq: u64) -> Option<Event> {
+    if undelivered.front().is_some_and(|(s, _)| *s == seq) {
+        return undelivered.pop_front().map(|(_, e)| e);
+    }
+    let at = undelivered.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+    undelivered.remove(at).map(|(_, e)| e)
 }
 
 /// The text of a panic's payload.
@@ -289,7 +300,7 @@ impl RunShared {
             cancel: watch::channel(state.cancel_requested.is_some()).0,
             state: Mutex::new(state),
             pending: Mutex::new(Vec::new()),
-            undelivered: Mutex::new(BTreeMap::new()),
+            undelivered: Mutex::new(VecDeque::new()),
             next_position: AtomicU32::new(0),
             fatal: Mutex::new(None),
             changed: watch::channel(0).0,
@@ -359,7 +370,7 @@ impl RunShared {
                 self.set_fatal(Fatal::Engine(msg.clone()));
                 return Err(workflow::Error::Engine(msg));
             }
-            undelivered.insert(seq, e.clone());
+            undelivered.push_back((seq, e.clone()));
         }
         drop(undelivered);
         self.pending.lock().expect("pending lock").extend(events);
@@ -506,20 +517,32 @@ impl RunShared {
     /// Folds and publishes, in sequence order, every record that is now contiguous.
     fn deliver(&self, records: &[Record]) -> Result<(), String> {
         let mut d = self.delivery.lock().expect("delivery lock");
-        for r in records {
-            if r.seq >= d.next_seq {
-                d.pending.insert(r.seq, r.clone());
+        let in_order = d.pending.is_empty()
+            && records.first().is_some_and(|r| r.seq == d.next_seq)
+            && records.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        let reordered;
+        let ready: &[Record] = if in_order {
+            // The usual case (one append in flight): the records are the next ones, in order.
+            d.next_seq += records.len() as u64;
+            records
+        } else {
+            for r in records {
+                if r.seq >= d.next_seq {
+                    d.pending.insert(r.seq, r.clone());
+                }
             }
-        }
-        let mut ready = Vec::new();
-        loop {
-            let next = d.next_seq;
-            let Some(r) = d.pending.remove(&next) else {
-                break;
-            };
-            d.next_seq += 1;
-            ready.push(r);
-        }
+            let mut ready = Vec::new();
+            loop {
+                let next = d.next_seq;
+                let Some(r) = d.pending.remove(&next) else {
+                    break;
+                };
+                d.next_seq += 1;
+                ready.push(r);
+            }
+            reordered = ready;
+            &reordered
+        };
         if ready.is_empty() {
             return Ok(());
         }
@@ -528,9 +551,9 @@ impl RunShared {
             // log by someone else (not through this driver) and is folded now.
             let mut st = self.state.lock().expect("state lock");
             let mut undelivered = self.undelivered.lock().expect("undelivered lock");
-            for r in &ready {
+            for r in ready {
                 let failed = if r.seq < st.events {
-                    match undelivered.remove(&r.seq) {
+                    match take_undelivered(&mut undelivered, r.seq) {
                         Some(decided) if decided == r.event => {
                             st.confirm(r);
                             None
@@ -563,7 +586,7 @@ impl RunShared {
             self.cancel.send_replace(true);
         }
         if let Some(tx) = &*self.records.lock().expect("records lock") {
-            for r in &ready {
+            for r in ready {
                 let _ = tx.send(r.clone());
             }
         }
@@ -829,10 +852,16 @@ async fn execute(
                     rx = s.changed.subscribe();
                     let now = s.now();
                     decision = s.decide(|st| {
-                        let failures = st.step(step).map_or(0, |x| x.failures) + 1;
-                        let delay = match s.services.entropy.jitter(s.run, step, failures) {
-                            Some(unit) => options.retry.delay_with_jitter(failures, unit),
-                            None => options.retry.delay_after(failures),
+                        // Only a failure waits for a retry: a completed attempt draws no delay
+                        // (drawing one builds a backoff and its random jitter every step).
+                        let delay = if matches!(result, AttemptResult::Failed { .. }) {
+                            let failures = st.step(step).map_or(0, |x| x.failures) + 1;
+                            match s.services.entropy.jitter(s.run, step, failures) {
+                                Some(unit) => options.retry.delay_with_jitter(failures, unit),
+                                None => options.retry.delay_after(failures),
+                            }
+                        } else {
+                            Duration::ZERO
                         };
                         st.on_attempt_end(step, attempt, result, &options.retry, now, delay)
                     });

@@ -577,21 +577,22 @@ impl SegmentBackend {
             w.offset = SEGMENT_HEADER_LEN as u64;
             w.allocated = allocated;
         }
-        let path = segment_path(&self.inner.log_dir, w.segment);
+        // Named only when something fails: formatting it costs every commit.
+        let segment = w.segment;
+        let path = || segment_path(&self.inner.log_dir, segment);
         if w.offset + len > w.allocated {
             let to = w.offset + len + PREALLOCATE;
-            zero_fill(&w.file, w.allocated, to, &path)?;
+            zero_fill(&w.file, w.allocated, to, &path())?;
             w.allocated = to;
         }
         w.file
             .write_all_at(&buf, w.offset)
-            .map_err(|e| io_error("cannot write", &path, &e))?;
+            .map_err(|e| io_error("cannot write", &path(), &e))?;
         // The durability point: nothing of this batch is acknowledged before it returns.
         w.file
             .sync_data()
-            .map_err(|e| io_error("cannot sync (fdatasync)", &path, &e))?;
+            .map_err(|e| io_error("cannot sync (fdatasync)", &path(), &e))?;
         let base = w.offset;
-        let segment = w.segment;
         w.offset += len;
         w.next_batch += 1;
         let mut index = self.inner.index.write().expect("index lock");
