@@ -372,8 +372,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("bench: 1 and 2 ...");
-    // 1 and 2. The baseline and one run of 1,000 no-op steps, over eleven rounds on fresh logs;
-    // the medians are reported. The disk's fsync latency drifts (and other work on the machine
+    // 1 and 2. The baseline and one run of 1,000 no-op steps, over 21 rounds on fresh logs; the
+    // medians are reported (one round's figure moves by up to ±15% with the disk; with 11 rounds
+    // the median of one full run moved by about ±4% between runs). The disk's fsync latency drifts (and other work on the machine
     // moves it within seconds), so each round brackets the engine's run with its baselines, 1,000
     // appends of each just before and just after, and divides by their mean; a round whose two
     // brackets of the main baseline differ by more than 25% was disturbed and is left out (all
@@ -428,7 +429,7 @@ async fn main() -> anyhow::Result<()> {
     let (mut batch_ratios, mut dsync_ratios, mut steady) = (Vec::new(), Vec::new(), Vec::new());
     let (mut commit_ratios, mut commit_shares) = (Vec::new(), Vec::new());
     let mut gap_ratios = Vec::new();
-    let rounds = 11;
+    let rounds = 21;
     for round in 0..rounds {
         let before = brackets(round, "a");
         let timed = TimedSegments {

@@ -189,6 +189,15 @@ struct Delivery {
     pending: BTreeMap<u64, Record>,
 }
 
+/// Changes `tx`'s value with `change`, and wakes its receivers if `change` says the change
+/// matters to them and any receiver exists. For the watches whose every receiver waits with
+/// `wait_for`, which reads the current value once subscribed: a change made while no receiver
+/// existed is seen by the next one all the same, and a wake-up (a lock on each of the watch's
+/// eight wait lists) costs every step.
+fn send_if_awaited<T>(tx: &watch::Sender<T>, change: impl FnOnce(&mut T) -> bool) {
+    tx.send_if_modified(|v| change(v) && tx.receiver_count() > 0);
+}
+
 /// The event decided at `seq`, taken out of `undelivered` (ordered by sequence number; the one
 /// delivered next is almost always the first).
 fn take_undelivered(undelivered: &mut VecDeque<(u64, Event)>, seq: u64) -> Option<Event> {
@@ -412,7 +421,11 @@ impl RunShared {
             return None;
         }
         let written = self.services.log.append(self.run, events);
-        self.appends_in_flight.send_modify(|n| *n += 1);
+        // Nobody waits for more appends in flight (`quiesce` waits for none).
+        send_if_awaited(&self.appends_in_flight, |n| {
+            *n += 1;
+            false
+        });
         let me = self.clone();
         let run = self.run;
         let delivery = async move {
@@ -427,9 +440,10 @@ impl RunShared {
                 me.set_fatal(Fatal::Engine(msg.clone()));
             }
             let mut last = false;
-            me.appends_in_flight.send_modify(|n| {
+            send_if_awaited(&me.appends_in_flight, |n| {
                 *n -= 1;
                 last = *n == 0;
+                last
             });
             if last && result.is_ok() {
                 me.fill_gap();
@@ -591,7 +605,10 @@ impl RunShared {
             }
         }
         let next = d.next_seq;
-        self.folded.send_modify(|(n, _)| *n = next);
+        send_if_awaited(&self.folded, |(n, _)| {
+            *n = next;
+            true
+        });
         drop(d);
         self.changed.send_modify(|v| *v += 1);
         Ok(())
@@ -757,6 +774,10 @@ impl Commands for RunShared {
         position: u32,
         request: Request,
     ) -> BoxFuture<'static, Result<Answer, workflow::Error>> {
+        // One of these is allocated per step. At 1,376 bytes it was past glibc's per-thread cache
+        // (requests up to 1,032 bytes), and every such allocation made glibc consolidate its
+        // free lists; with `run_attempt`'s watchdog and cancel boxed it is 1,008 bytes (rustc
+        // 1.95, x86-64), and a no-op step costs about a sixth less CPU (BENCHMARKS.md).
         Box::pin(async move {
             let answer = match request {
                 Request::Step { spec, options } => {
@@ -966,30 +987,34 @@ async fn run_attempt(
             None => call.await,
         }
     };
-    let watchdog = async {
-        let Some(limit) = options.heartbeat_timeout else {
-            return futures::future::pending::<activity::Error>().await;
-        };
-        loop {
-            let last = heartbeat.last.lock().expect("heartbeat lock").0;
-            let Some(deadline) = last.checked_add(limit) else {
-                return futures::future::pending::<activity::Error>().await;
-            };
-            if clock::monotonic_now() >= deadline {
-                return activity::Error::retryable(format!(
-                    "{}: attempt {attempt} sent no heartbeat for {limit:?} (heartbeat limit)",
-                    spec.activity
-                ));
-            }
-            tokio::time::sleep_until(deadline).await;
+    // Boxed, and only with a heartbeat limit: its timer inline would make every step's future
+    // larger than glibc's per-thread cache serves (see `issue`).
+    let watchdog: BoxFuture<'_, activity::Error> = match options.heartbeat_timeout {
+        None => Box::pin(futures::future::pending()),
+        Some(limit) => {
+            let heartbeat = &heartbeat;
+            Box::pin(async move {
+                loop {
+                    let last = heartbeat.last.lock().expect("heartbeat lock").0;
+                    let Some(deadline) = last.checked_add(limit) else {
+                        return futures::future::pending::<activity::Error>().await;
+                    };
+                    if clock::monotonic_now() >= deadline {
+                        return activity::Error::retryable(format!(
+                            "{}: attempt {attempt} sent no heartbeat for {limit:?} (heartbeat limit)",
+                            spec.activity
+                        ));
+                    }
+                    tokio::time::sleep_until(deadline).await;
+                }
+            })
         }
     };
-    let cancelled = async {
-        if cancellable {
-            s.cancelled().await;
-        } else {
-            futures::future::pending::<()>().await;
-        }
+    // Boxed for the same reason as the watchdog.
+    let cancelled: BoxFuture<'_, ()> = if cancellable {
+        Box::pin(s.cancelled())
+    } else {
+        Box::pin(futures::future::pending())
     };
     let failed = |e: activity::Error| AttemptResult::Failed {
         message: e.message,

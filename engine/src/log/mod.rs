@@ -652,10 +652,16 @@ fn stage<B: Backend>(
     };
     let start = tail;
     let mut records = Vec::with_capacity(events.len());
-    let mut encoded = Vec::with_capacity(events.len());
+    let staged = batch.records.len();
     for event in events {
-        let (bytes, hash) = codec::encode(tail.next_seq, now, &tail.hash, &event)
-            .map_err(|e| Error::Encode(e.to_string()))?;
+        let (bytes, hash) = match codec::encode(tail.next_seq, now, &tail.hash, &event) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                // Nothing of this request goes into the batch.
+                batch.records.truncate(staged);
+                return Err(Error::Encode(e.to_string()));
+            }
+        };
         records.push(Record {
             run,
             seq: tail.next_seq,
@@ -664,7 +670,7 @@ fn stage<B: Backend>(
             hash,
             event,
         });
-        encoded.push((run, tail.next_seq, bytes));
+        batch.records.push((run, tail.next_seq, bytes));
         tail = Tail {
             next_seq: tail.next_seq + 1,
             hash,
@@ -677,7 +683,6 @@ fn stage<B: Backend>(
         batch.closed.push(run);
         closed_tails.push(run);
     }
-    batch.records.extend(encoded);
     tails.insert(run, tail);
     Ok(records)
 }
