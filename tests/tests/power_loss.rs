@@ -542,6 +542,32 @@ fn acked(acks: &Path) -> BTreeMap<(RunId, u64), String> {
         .collect()
 }
 
+/// Every file under `dir` with its size, for a failure's message.
+fn describe_files(dir: &Path) -> String {
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            out.push(format!("{} (unreadable)", dir.display()));
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&path, out),
+                Ok(m) => out.push(format!("{} ({} bytes)", path.display(), m.len())),
+                Err(err) => out.push(format!("{} ({err})", path.display())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join(", ")
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::new(), |mut s, b| {
@@ -581,7 +607,15 @@ fn check_after_cut(data: &Path, acks: &Path, what: &str) -> usize {
     }
     for ((run, seq), hash) in &acked {
         let history = histories.get(run).unwrap_or_else(|| {
-            panic!("{what}: run {run} had acknowledged records (up to #{seq}) and is gone from the log")
+            let acked_runs: std::collections::HashSet<_> = acked.keys().map(|(r, _)| *r).collect();
+            let missing = acked_runs.iter().filter(|r| !histories.contains_key(r)).count();
+            panic!(
+                "{what}: run {run} had acknowledged records (#{seq} among them) and is gone from the log; \
+                 {missing} of {} acknowledged runs are gone, the log lists {} runs; files: {}",
+                acked_runs.len(),
+                runs.len(),
+                describe_files(data)
+            )
         });
         let record = history.get(*seq as usize).unwrap_or_else(|| {
             panic!(
