@@ -374,16 +374,16 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("bench: 1 and 2 ...");
     // 1 and 2. The baseline and one run of 1,000 no-op steps, over 21 rounds on fresh logs; the
     // medians are reported (one round's figure moves by up to ±15% with the disk; with 11 rounds
-    // the median of one full run moved by about ±4% between runs). The disk's fsync latency drifts (and other work on the machine
-    // moves it within seconds), so each round brackets the engine's run with its baselines, 1,000
-    // appends of each just before and just after, and divides by their mean; a round whose two
-    // brackets of the main baseline differ by more than 25% was disturbed and is left out (all
-    // rounds count if fewer than three are steady). The four baselines: the issue's, pwrite +
-    // fdatasync of a step result's bytes; the same of the engine's own bytes per append (a warm-up
-    // run measures them); the same again, each append issued the engine's time between two
-    // commits after the last sync (the warm-up run measures that gap too); and
-    // `pwritev2(RWF_DSYNC)` of those bytes, for comparison (the log does not use it). The same run
-    // on the old sled backend is measured in each round too, for comparison.
+    // the median of one full run moved by about ±4% between runs). The disk's fsync latency drifts
+    // (and other work on the machine moves it within seconds), so each round brackets the engine's
+    // run with its baselines, 1,000 appends of each just before and just after, and divides by
+    // their mean; a round whose two brackets of the main baseline differ by more than 25% was
+    // disturbed and is left out (all rounds count if fewer than three are steady). The four
+    // baselines: the issue's, pwrite + fdatasync of a step result's bytes; the same of the engine's
+    // own bytes per append (a warm-up run measures them); the same again, each append issued the
+    // engine's time between two commits after the last sync (the warm-up run measures that gap
+    // too); and `pwritev2(RWF_DSYNC)` of those bytes, for comparison (the log does not use it). The
+    // same run on the old sled backend is measured in each round too, for comparison.
     let (batch_len, gap) = {
         let dir = tmp.path().join("warm-up");
         let timed = TimedSegments {
