@@ -5,9 +5,9 @@
 //! steps/s of one run of 1,000 no-op steps per raw durable append/s (with the appends each step
 //! makes, counted), and where its time goes (the share inside the segment log's commits, and a
 //! commit beside a raw append of the same bytes); durable events/s of 1,000 concurrent runs of
-//! 10 steps per raw durable append/s; the same two on the old sled backend (whose `flush` is `sync_file_range`, not
-//! durable) for comparison; time to resume 10,000 interrupted runs; replay speed of a
-//! 100,000-event history; peak memory. Prints the figures as a Markdown table (for BENCHMARKS.md)
+//! 10 steps per raw durable append/s; the same two on the old sled backend (whose `flush` is
+//! `sync_file_range`, not durable) for comparison; time to resume 10,000 interrupted runs;
+//! replay speed of a 100,000-event history; peak memory. Prints the figures as a Markdown table (for BENCHMARKS.md)
 //! and exits non-zero if a target is missed.
 
 use std::os::unix::fs::FileExt as _;
@@ -97,6 +97,17 @@ struct TimedSegments {
     inner: waymark_engine::log::segment::SegmentBackend,
     nanos: Arc<AtomicU64>,
     commits: Arc<AtomicU64>,
+}
+
+impl TimedSegments {
+    /// The segment log in `dir`, timed.
+    fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(TimedSegments {
+            inner: waymark_engine::log::segment::SegmentBackend::open(dir)?,
+            nanos: Arc::new(AtomicU64::new(0)),
+            commits: Arc::new(AtomicU64::new(0)),
+        })
+    }
 }
 
 impl waymark_engine::log::Backend for TimedSegments {
@@ -386,11 +397,7 @@ async fn main() -> anyhow::Result<()> {
     // same run on the old sled backend is measured in each round too, for comparison.
     let (batch_len, gap) = {
         let dir = tmp.path().join("warm-up");
-        let timed = TimedSegments {
-            inner: waymark_engine::log::segment::SegmentBackend::open(&dir)?,
-            nanos: Arc::new(AtomicU64::new(0)),
-            commits: Arc::new(AtomicU64::new(0)),
-        };
+        let timed = TimedSegments::open(&dir)?;
         let (steps, per_step) = one_run(Arc::new(Log::new(timed.clone()))).await?;
         let commits = timed.commits.load(Ordering::SeqCst);
         let outside = Duration::from_secs_f64(1000.0 / steps)
@@ -432,13 +439,7 @@ async fn main() -> anyhow::Result<()> {
     let rounds = 21;
     for round in 0..rounds {
         let before = brackets(round, "a");
-        let timed = TimedSegments {
-            inner: waymark_engine::log::segment::SegmentBackend::open(
-                &tmp.path().join(format!("one{round}")),
-            )?,
-            nanos: Arc::new(AtomicU64::new(0)),
-            commits: Arc::new(AtomicU64::new(0)),
-        };
+        let timed = TimedSegments::open(&tmp.path().join(format!("one{round}")))?;
         let (steps, per_step) = one_run(Arc::new(Log::new(timed.clone()))).await?;
         #[allow(clippy::cast_precision_loss)]
         let commit_us = timed.nanos.load(Ordering::SeqCst) as f64
