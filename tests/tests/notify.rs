@@ -485,6 +485,92 @@ fn a_schedules_webhook_hears_about_its_runs_only() {
     assert_eq!(both, expected);
 }
 
+/// A run that ends the moment the daemon starts (resumed with its timer already due) is told
+/// to a webhook that this start names for the first time: the webhook's `since` is journaled
+/// before any run is resumed or started, in whole milliseconds as records keep their time.
+/// (The CI of `167e859` lost a scheduled run's `completed` this way. This test failed 5 times
+/// in 5 before the fix: `since` was taken after the resume. With only that fixed, it failed 5
+/// times in 7: `since` kept nanoseconds, so a record of the same millisecond read as older.)
+#[test]
+fn a_run_that_ends_as_the_daemon_starts_is_told_to_a_new_daemon_webhook() {
+    use waymark_engine::event::Event;
+    use waymark_engine::log::{EventLog as _, SharedLog};
+    use waymark_engine::{Engine, Payload};
+
+    use crate::fixtures::daemon::{DaemonSettings, InProcessDaemon};
+
+    let dir = temp_dir();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let nap = Duration::from_millis(200);
+    let workflow = move || {
+        crate::util::wf("nap", 1, move |ctx| async move {
+            ctx.sleep(nap).await?;
+            Ok(Payload::encode(&"done").unwrap())
+        })
+    };
+    // A run left open with its timer journaled, as a daemon stopped mid-wait leaves it.
+    let run = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let log: SharedLog = waymark_engine::open_log(&data).unwrap();
+        let engine = Engine::builder(log.clone())
+            .workflow_dyn(workflow())
+            .build();
+        let run = engine
+            .start_named("nap", Payload::null(), "t")
+            .await
+            .unwrap();
+        crate::util::eventually(Duration::from_secs(60), "the run's timer journaled", || {
+            log.read(run)
+                .unwrap()
+                .iter()
+                .any(|r| matches!(r.event, Event::TimerStarted { .. }))
+                .then_some(())
+        })
+        .await;
+        engine.shutdown().await;
+        run
+    });
+    {
+        let log = waymark_engine::open_log(&data).unwrap();
+        assert!(
+            log.open_runs().unwrap().contains(&run),
+            "the run is left open"
+        );
+    }
+    // The timer is due before the daemon starts: the run ends as soon as it is resumed.
+    std::thread::sleep(nap);
+    let receiver = Receiver::start();
+    let url_file = dir.path().join("daemon-url");
+    std::fs::write(
+        &url_file,
+        format!("http://127.0.0.1:{}/daemon/{SECRET}", receiver.port),
+    )
+    .unwrap();
+    owner_only(&url_file);
+    let hook = format!("json:file:{}", url_file.display())
+        .parse::<waymark_cli::notify::Webhook>()
+        .unwrap();
+    let daemon = InProcessDaemon::start_with(
+        &data,
+        DaemonSettings {
+            notify: vec![hook],
+            engine: Some(Box::new(move |log| {
+                Engine::builder(log).workflow_dyn(workflow()).build()
+            })),
+            ..DaemonSettings::default()
+        },
+    );
+    let path = format!("/daemon/{SECRET}");
+    let told = eventually_blocking(
+        Duration::from_secs(60),
+        "the resumed run's completion at the daemon's new webhook",
+        || receiver.accepted(&path).first().cloned(),
+    );
+    daemon.stop();
+    assert_eq!(told.1, "completed");
+    assert_eq!(told.0.split('/').next().unwrap(), run.to_string());
+}
+
 /// An inventory's `[notify] webhooks` hear about the runs of that inventory, and only those
 /// (issue 14: per inventory); the daemon's hear about the others too. An inventory naming a URL
 /// instead of a file or a variable is refused, and the URL appears nowhere in the answer.

@@ -356,6 +356,9 @@ pub async fn serve(
         inventory_dir: config.inventory_dir,
         shared_store: config.shared_store.clone(),
     });
+    // Before any run is resumed or started: a run of this start may end at once, and a
+    // transition journaled before its webhook's `since` is never sent.
+    let notifications = schedules::open_notifier(&d.schedules_path, config.notify, config.tick);
     let report = match &config.leases {
         None => engine.resume_all()?,
         // The store's open runs are every daemon's: resume those this daemon holds (its own,
@@ -420,12 +423,8 @@ pub async fn serve(
         }
         _ => None,
     };
-    let notifier = tokio::spawn(schedules::notifier(
-        d.clone(),
-        config.notify,
-        config.tick,
-        stop_rx.clone(),
-    ));
+    let notifier = notifications
+        .map(|opened| tokio::spawn(schedules::notifier(d.clone(), opened, stop_rx.clone())));
     let sched = tokio::spawn(schedules::scheduler(
         d.clone(),
         config.tick,
@@ -462,7 +461,9 @@ pub async fn serve(
         }
     }
     let _ = sched.await;
-    let _ = notifier.await;
+    if let Some(t) = notifier {
+        let _ = t.await;
+    }
     let _ = unix_task.await;
     if let Some(t) = tcp_task {
         let _ = t.await;

@@ -272,26 +272,35 @@ pub(super) fn routes() -> axum::Router<Arc<Daemon>> {
         .route("/v1/schedules/{name}/{verb}", post(pause))
 }
 
-/// The daemon's notifier ([`crate::notify::run_notifier`]): its own webhooks for every run, and
-/// a schedule's for the runs that schedule started; journal `DATA_DIR/notifications.jsonl`.
-pub(super) async fn notifier(
-    d: Arc<Daemon>,
+/// Opens the daemon's notifier ([`crate::notify::Opened`]) on `DATA_DIR/notifications.jsonl`,
+/// journaling when each of its own `webhooks` is first served. `None`: notifications are off
+/// (the error is logged).
+pub(super) fn open_notifier(
+    schedules_path: &std::path::Path,
     webhooks: Vec<crate::notify::Webhook>,
     tick: Duration,
+) -> Option<crate::notify::Opened> {
+    use crate::notify::{Opened, RetrySettings, Settings};
+    Opened::open(Settings {
+        webhooks,
+        journal: schedules_path.with_file_name("notifications.jsonl"),
+        tick: tick.min(Duration::from_secs(1)),
+        retry: RetrySettings::default(),
+    })
+}
+
+/// The daemon's notifier ([`crate::notify::run_notifier`]): its own webhooks for every run, and
+/// a schedule's for the runs that schedule started.
+pub(super) async fn notifier(
+    d: Arc<Daemon>,
+    opened: crate::notify::Opened,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    use crate::notify::{run_notifier, RetrySettings, RunFacts, RunTargets, Settings};
-    let journal = d.schedules_path.with_file_name("notifications.jsonl");
+    use crate::notify::{run_notifier, RunFacts, RunTargets};
     let book = d.clone();
     let targets: RunTargets =
         Arc::new(move |facts: &RunFacts| book.schedule_webhooks(&facts.started_by));
-    let settings = Settings {
-        webhooks,
-        journal,
-        tick: tick.min(Duration::from_secs(1)),
-        retry: RetrySettings::default(),
-    };
-    run_notifier(d.log.clone(), settings, targets, stop).await;
+    run_notifier(opened, d.log.clone(), targets, stop).await;
 }
 
 /// Every `tick`: asks the schedule core what to do now and starts what is due. A fire time is

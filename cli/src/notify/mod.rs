@@ -312,19 +312,7 @@ impl Notifier {
 
     /// From when `webhook` is served (journaled the first time it is seen).
     fn since(&self, webhook: &Webhook) -> Option<chrono::DateTime<Utc>> {
-        let name = webhook.to_string();
-        let mut j = self.journal.lock().expect("journal lock");
-        if let Some(at) = j.since(&name) {
-            return Some(at);
-        }
-        let at = Utc::now();
-        match j.append(Entry::Since { webhook: name, at }) {
-            Ok(()) => Some(at),
-            Err(e) => {
-                tracing::error!("{e}");
-                None
-            }
-        }
+        served_since(&mut self.journal.lock().expect("journal lock"), webhook)
     }
 
     fn look(&mut self) {
@@ -422,21 +410,63 @@ impl Notifier {
     }
 }
 
+/// From when `webhook` is served: journaled (`since`, now) the first time it is seen.
+fn served_since(journal: &mut Journal, webhook: &Webhook) -> Option<chrono::DateTime<Utc>> {
+    let name = webhook.to_string();
+    if let Some(at) = journal.since(&name) {
+        return Some(at);
+    }
+    // In whole milliseconds, as records keep their time: a transition written in the same
+    // millisecond, after this, must not read as older.
+    let now = Utc::now();
+    let at = chrono::DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+    match journal.append(Entry::Since { webhook: name, at }) {
+        Ok(()) => Some(at),
+        Err(e) => {
+            tracing::error!("{e}");
+            None
+        }
+    }
+}
+
+/// The notifier, opened: its journal read, and each daemon webhook's `since` journaled.
+pub struct Opened {
+    settings: Settings,
+    journal: Arc<Mutex<Journal>>,
+}
+
+impl Opened {
+    /// Opens the journal and journals when each of the daemon's webhooks is first served.
+    /// `None` (the error logged): notifications are off. The daemon opens it before it resumes
+    /// or starts any run: a run of this daemon start can end within milliseconds, and a
+    /// transition written before its webhook's `since` would never be sent.
+    pub fn open(settings: Settings) -> Option<Opened> {
+        let mut journal = match Journal::open(&settings.journal) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!("notifications are off: {e}");
+                return None;
+            }
+        };
+        for w in &settings.webhooks {
+            served_since(&mut journal, w);
+        }
+        Some(Opened {
+            settings,
+            journal: Arc::new(Mutex::new(journal)),
+        })
+    }
+}
+
 /// Runs the notifier until `stop` turns true: at each tick, every transition of every run not
 /// yet settled that some webhook has not had is handed to that webhook's lane.
 pub async fn run_notifier(
+    opened: Opened,
     log: SharedLog,
-    settings: Settings,
     targets: RunTargets,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let journal = match Journal::open(&settings.journal) {
-        Ok(j) => Arc::new(Mutex::new(j)),
-        Err(e) => {
-            tracing::error!("notifications are off: {e}");
-            return;
-        }
-    };
+    let Opened { settings, journal } = opened;
     let tick = settings.tick;
     let mut n = Notifier {
         log,
@@ -448,11 +478,6 @@ pub async fn run_notifier(
         handed: BTreeSet::new(),
         quiet: BTreeSet::new(),
     };
-    // A daemon webhook is served from its first start on: the transitions before it (the
-    // history of earlier runs) are not sent.
-    for w in n.settings.webhooks.clone() {
-        n.since(&w);
-    }
     loop {
         n.look();
         tokio::select! {
