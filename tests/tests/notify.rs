@@ -223,9 +223,11 @@ fn each_transition_reaches_the_receiver_once_in_order_across_daemon_sigkills() {
         "{}",
         String::from_utf8_lossy(&cancel.stderr)
     );
+    // Waited for in the journal, not at the receiver: a lane journals a refusal only after it
+    // has read the 503 (and synced the journal), so the receiver sees it first.
     eventually_blocking(
         Duration::from_secs(60),
-        "refused attempts of the compensated notification on both webhooks",
+        "refused attempts of the compensated notification on both webhooks, journaled",
         || {
             let refused = |p: &str| {
                 receiver
@@ -233,7 +235,22 @@ fn each_transition_reaches_the_receiver_once_in_order_across_daemon_sigkills() {
                     .iter()
                     .any(|s| !s.accepted && s.path == p && s.key.ends_with("/compensated"))
             };
-            (refused(&json_path) && refused(&slack_path)).then_some(())
+            let failed = journal(&data)
+                .iter()
+                .filter(|e| e["entry"] == "attempt_failed")
+                .filter_map(|e| e["delivery"].as_str().map(str::to_owned))
+                .filter(|d| d.contains("/compensated "))
+                .collect::<Vec<_>>();
+            let journaled_for = |format: &str| {
+                failed
+                    .iter()
+                    .any(|d| d.contains(&format!("/compensated {format}:")))
+            };
+            (refused(&json_path)
+                && refused(&slack_path)
+                && journaled_for("json")
+                && journaled_for("slack"))
+            .then_some(())
         },
     );
     daemon.process.sigkill();
@@ -409,14 +426,20 @@ fn a_schedules_webhook_hears_about_its_runs_only() {
     };
     let inventory = sb.dir.join("inventory.toml");
     let inv = Inventory::load(&inventory).unwrap();
+    // One fire time, a minute ago, and the next one a day later: with `* * * * *` a minute
+    // boundary during the test started a second scheduled run.
+    let fire = chrono::Utc::now() - chrono::TimeDelta::minutes(1);
     let mut book = ScheduleBook::default();
     book.add(
         NewSchedule {
-            name: "every-minute".into(),
+            name: "daily".into(),
             workflow: "yb-maintenance".into(),
             inventory: inventory.clone(),
             cluster: inv.cluster.name.clone(),
-            cron: "* * * * *".into(),
+            cron: {
+                use chrono::Timelike as _;
+                format!("{} {} * * *", fire.minute(), fire.hour())
+            },
             window: Some(Duration::from_secs(30 * 60)),
             notify: vec![hook("schedule")],
             ..NewSchedule::default()
@@ -485,16 +508,16 @@ fn a_schedules_webhook_hears_about_its_runs_only() {
     assert_eq!(both, expected);
 }
 
-/// A run that ends the moment the daemon starts (resumed with its timer already due) is told
-/// to a webhook that this start names for the first time: the webhook's `since` is journaled
-/// before any run is resumed or started, in whole milliseconds as records keep their time.
-/// (The CI of `167e859` lost a scheduled run's `completed` this way. This test failed 5 times
-/// in 5 before the fix: `since` was taken after the resume. With only that fixed, it failed 5
-/// times in 7: `since` kept nanoseconds, so a record of the same millisecond read as older.)
+/// A run that ends the moment the daemon starts (resumed with the signal it waits for already
+/// journaled) is told to a webhook that this start names for the first time: the webhook's
+/// `since` is journaled before any run is resumed or started, in whole milliseconds as records
+/// keep their time. (The CI of `167e859` lost a scheduled run's `completed` this way. With
+/// `since` journaled after the resume, this test fails every time; a first version of it, with
+/// a due timer, also failed 5 times in 7 while `since` kept nanoseconds: a record of the same
+/// millisecond read as older.)
 #[test]
 fn a_run_that_ends_as_the_daemon_starts_is_told_to_a_new_daemon_webhook() {
-    use waymark_engine::event::Event;
-    use waymark_engine::log::{EventLog as _, SharedLog};
+    use waymark_engine::log::SharedLog;
     use waymark_engine::{Engine, Payload};
 
     use crate::fixtures::daemon::{DaemonSettings, InProcessDaemon};
@@ -502,43 +525,34 @@ fn a_run_that_ends_as_the_daemon_starts_is_told_to_a_new_daemon_webhook() {
     let dir = temp_dir();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
-    let nap = Duration::from_millis(200);
-    let workflow = move || {
-        crate::util::wf("nap", 1, move |ctx| async move {
-            ctx.sleep(nap).await?;
+    let workflow = || {
+        crate::util::wf("go", 1, |ctx| async move {
+            let (): () = ctx.wait_for_signal("go").await?;
             Ok(Payload::encode(&"done").unwrap())
         })
     };
-    // A run left open with its timer journaled, as a daemon stopped mid-wait leaves it.
+    // A run left open by an engine that stopped, then its signal journaled with no driver (as
+    // `waymark signal` does without a daemon): it can only end once resumed.
     let run = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let log: SharedLog = waymark_engine::open_log(&data).unwrap();
         let engine = Engine::builder(log.clone())
             .workflow_dyn(workflow())
             .build();
         let run = engine
-            .start_named("nap", Payload::null(), "t")
+            .start_named("go", Payload::null(), "t")
             .await
             .unwrap();
-        crate::util::eventually(Duration::from_secs(60), "the run's timer journaled", || {
-            log.read(run)
-                .unwrap()
-                .iter()
-                .any(|r| matches!(r.event, Event::TimerStarted { .. }))
-                .then_some(())
-        })
-        .await;
         engine.shutdown().await;
-        run
-    });
-    {
-        let log = waymark_engine::open_log(&data).unwrap();
+        let idle = Engine::builder(log.clone()).build();
+        idle.signal(run, "go", Payload::encode(&()).unwrap(), "t")
+            .await
+            .unwrap();
         assert!(
             log.open_runs().unwrap().contains(&run),
             "the run is left open"
         );
-    }
-    // The timer is due before the daemon starts: the run ends as soon as it is resumed.
-    std::thread::sleep(nap);
+        run
+    });
     let receiver = Receiver::start();
     let url_file = dir.path().join("daemon-url");
     std::fs::write(
@@ -666,13 +680,16 @@ fn an_inventorys_webhook_hears_about_its_runs_only() {
         vec![(with.clone(), "completed".to_owned())],
         "the inventory's webhook hears its run's transitions only"
     );
-    // The daemon's webhook (served from the daemon's start; the first run may end before the
-    // notifier journals that start) hears the run without `[notify]`.
-    let daemon_runs: Vec<String> = runs_of(&format!("/daemon/{SECRET}"))
+    // The daemon's webhook (served from before the daemon resumes or starts any run) hears
+    // both runs, the one without `[notify]` too.
+    let mut daemon_runs: Vec<String> = runs_of(&format!("/daemon/{SECRET}"))
         .into_iter()
         .map(|(run, _)| run)
         .collect();
-    assert!(daemon_runs.contains(&without), "{daemon_runs:?}");
+    daemon_runs.sort();
+    let mut both = vec![with.clone(), without.clone()];
+    both.sort();
+    assert_eq!(daemon_runs, both);
 }
 
 /// Which transitions a history holds, from canned histories (pure).

@@ -170,6 +170,8 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
             (opener, Some(lock))
         }
     };
+    // Before the open, which takes the leases of this daemon's own open runs.
+    let leases_taken_at = std::time::Instant::now();
     let store_opened = crate::store::open(&opts.data_dir, &opts.store, &opener).map_err(|e| {
         if opts.store.is_shared() {
             Exit::error(ExitStatus::Unusable, format!("{e:#}"))
@@ -189,6 +191,7 @@ pub async fn prepare(opts: &Options) -> anyhow::Result<Prepared> {
                 backend: backend.clone(),
                 incarnation: identity.incarnation,
                 ttl: opts.lease_ttl,
+                taken_at: leases_taken_at,
             }))
         }
         _ => None,

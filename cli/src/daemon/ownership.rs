@@ -40,6 +40,10 @@ pub trait Leases: Send + Sync + 'static {
     fn release(&self) -> Result<(), log::Error>;
     /// Whether this daemon holds `run`'s lease (the runs it resumes at start).
     fn holds(&self, run: RunId) -> bool;
+    /// When this daemon's leases were taken: just before the store was opened (its open takes
+    /// the leases of this daemon's own open runs). Until the first renewal, the local deadline
+    /// counts from then, not from when the loop starts.
+    fn taken_at(&self) -> std::time::Instant;
 }
 
 /// The leases of a daemon on the `PostgreSQL` store.
@@ -50,6 +54,8 @@ pub struct PgLeases {
     pub incarnation: uuid::Uuid,
     /// The lease's length.
     pub ttl: Duration,
+    /// Taken just before the store was opened ([`Leases::taken_at`]).
+    pub taken_at: std::time::Instant,
 }
 
 impl Leases for PgLeases {
@@ -72,6 +78,9 @@ impl Leases for PgLeases {
     }
     fn holds(&self, run: RunId) -> bool {
         self.backend.epoch(run).is_some()
+    }
+    fn taken_at(&self) -> std::time::Instant {
+        self.taken_at
     }
 }
 
@@ -97,8 +106,11 @@ pub async fn keep_leases(
     let ttl = leases.ttl();
     let renew_every = (ttl / 3).max(Duration::from_millis(50));
     let scan_every = (ttl / 2).max(Duration::from_millis(50));
-    let mut held_since = Instant::now();
-    let mut next_renew = Instant::now() + renew_every;
+    // The leases were taken when the store was opened, before the runs were resumed and this
+    // loop began (a slow start can take a good part of a short lease): the local deadline counts
+    // from then, and the first renewal is at once.
+    let mut held_since = Instant::from_std(leases.taken_at());
+    let mut next_renew = Instant::now();
     // At once: runs of a daemon that died while this one was down are taken without delay.
     let mut next_scan = Instant::now();
     loop {
@@ -175,5 +187,109 @@ pub async fn keep_leases(
             }
             next_scan = Instant::now() + scan_every;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use waymark_engine::log::memory::MemoryBackend;
+    use waymark_engine::workflow::{self, Workflow};
+    use waymark_engine::{Payload, WorkflowContext};
+
+    use super::*;
+
+    /// A run that waits an hour on a durable timer: active until relinquished.
+    struct Waits;
+
+    impl Workflow for Waits {
+        const NAME: &'static str = "waits";
+        const VERSION: u32 = 1;
+        type Input = ();
+        type Output = ();
+        async fn run(&self, ctx: WorkflowContext, (): ()) -> Result<(), workflow::Error> {
+            ctx.sleep(Duration::from_secs(3600)).await
+        }
+    }
+
+    /// Leases taken at `taken_at`; renewals always succeed and are recorded.
+    struct Fake {
+        ttl: Duration,
+        taken_at: std::time::Instant,
+        renewed: Mutex<Vec<Vec<RunId>>>,
+    }
+
+    impl Leases for Fake {
+        fn ttl(&self) -> Duration {
+            self.ttl
+        }
+        fn renew(&self, runs: &[RunId]) -> Result<Vec<LostLease>, log::Error> {
+            self.renewed.lock().expect("lock").push(runs.to_vec());
+            Ok(Vec::new())
+        }
+        fn take_over_expired(&self) -> Result<Vec<RunId>, log::Error> {
+            Ok(Vec::new())
+        }
+        fn release(&self) -> Result<(), log::Error> {
+            Ok(())
+        }
+        fn holds(&self, _run: RunId) -> bool {
+            true
+        }
+        fn taken_at(&self) -> std::time::Instant {
+            self.taken_at
+        }
+    }
+
+    /// Leases taken longer ago than the local deadline (a slow start between the store's open
+    /// and this loop) may have expired: the run stops being driven before the first renewal,
+    /// which is at once. Before the fix the loop counted from its own start, renewed only a
+    /// third of a lease later, and went on driving the run.
+    #[tokio::test]
+    async fn leases_taken_before_a_slow_start_stop_the_runs_before_the_first_renewal() {
+        let log: log::SharedLog = Arc::new(log::Log::new(MemoryBackend::new()));
+        let engine = Engine::builder(log).workflow(Waits).build();
+        let run = engine
+            .start_named("waits", Payload::encode(&()).expect("encode"), "test")
+            .await
+            .expect("start");
+        assert!(engine.active_runs().contains(&run));
+        let ttl = Duration::from_secs(600);
+        let leases = Arc::new(Fake {
+            ttl,
+            taken_at: std::time::Instant::now()
+                .checked_sub(ttl)
+                .expect("an instant a lease ago"),
+            renewed: Mutex::new(Vec::new()),
+        });
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(keep_leases(
+            engine.clone(),
+            leases.clone(),
+            Arc::new(Metrics::default()),
+            stop_rx,
+        ));
+        // A safety net against a hang, not a timing assertion: the first renewal is at once,
+        // and a third of this lease is 200 s.
+        let first = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let Some(first) = leases.renewed.lock().expect("lock").first().cloned() {
+                    return first;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the first renewal comes at once");
+        stop_tx.send_replace(true);
+        task.await.expect("the loop ends");
+        assert_eq!(
+            first,
+            Vec::<RunId>::new(),
+            "the run was let go before renewing"
+        );
+        assert!(!engine.active_runs().contains(&run), "no longer driven");
+        engine.shutdown().await;
     }
 }

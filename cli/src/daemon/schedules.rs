@@ -373,6 +373,10 @@ async fn tick_shared(d: &Arc<Daemon>, store: waymark_store_pg::PgBackend) {
             Err(e) => return tracing::error!("schedules: reading the shared book failed: {e}"),
         };
         let before = book.clone();
+        // The book as read, before any run of it starts: the notifier finds a run's schedule
+        // (and its webhooks) here, and a run that ends at once must not find it missing (a
+        // schedule another daemon added since this one's last tick).
+        *d.schedules.lock().expect("schedules lock") = before.clone();
         let known: Vec<String> = book.schedules.values().map(|s| s.cluster.clone()).collect();
         let busy = d.busy_clusters(known).await;
         let decisions = decide(&mut book, &busy);
