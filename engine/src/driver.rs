@@ -1298,6 +1298,87 @@ mod tests {
         crate::core::RunState::from_records(&records).expect("the log's history stays valid");
     }
 
+    /// A log whose first append (a start's `RunStarted`) is durable at once, but whose future
+    /// says so only after the test lets it go: the window between a start's append and its
+    /// driver.
+    struct Gated {
+        inner: SharedLog,
+        gate: std::sync::Mutex<
+            Option<(
+                tokio::sync::oneshot::Sender<()>,
+                tokio::sync::oneshot::Receiver<()>,
+            )>,
+        >,
+    }
+
+    impl EventLog for Gated {
+        fn append(
+            &self,
+            run: RunId,
+            events: Vec<Event>,
+        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
+            let gate = self.gate.lock().expect("gate lock").take();
+            let inner = self.inner.append(run, events);
+            Box::pin(async move {
+                let out = inner.await;
+                if let Some((durable, go)) = gate {
+                    let _ = durable.send(());
+                    let _ = go.await;
+                }
+                out
+            })
+        }
+        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
+            self.inner.read(run)
+        }
+        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.open_runs()
+        }
+        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
+            self.inner.runs()
+        }
+    }
+
+    /// `resume_all` between a start's durable `RunStarted` and the start's own driver (a
+    /// daemon resuming while a run is started beside it) resumes the new run; the start then
+    /// leaves it to that driver. Before, the start spawned a second driver and the history had
+    /// every step scheduled twice ("invalid history: step 0 scheduled twice").
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resume_between_a_starts_append_and_its_driver_drives_the_run_once() {
+        let memory: SharedLog = crate::memory_log();
+        let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+        let log: SharedLog = Arc::new(Gated {
+            inner: memory.clone(),
+            gate: std::sync::Mutex::new(Some((durable_tx, go_rx))),
+        });
+        let engine = Engine::builder(log)
+            .workflow(Steps)
+            .activity_fn("noop", |_, input| async move { Ok(input) })
+            .build();
+        let starting = tokio::spawn({
+            let engine = engine.clone();
+            async move { engine.start::<Steps>(&3, "t").await }
+        });
+        durable_rx.await.expect("the start's RunStarted is durable");
+        let report = engine.resume_all().unwrap();
+        assert_eq!(report.resumed.len(), 1, "the new run is open: resumed");
+        go_tx.send(()).expect("the start waits");
+        let run = starting.await.unwrap().unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(30), engine.wait(run))
+            .await
+            .expect("the run ends")
+            .unwrap();
+        assert!(matches!(out, RunOutcome::Completed(_)), "{out:?}");
+        let records = memory.read(run).unwrap();
+        crate::core::RunState::from_records(&records).expect("the history is valid");
+        let scheduled = records
+            .iter()
+            .filter(|r| matches!(r.event, Event::StepScheduled { .. }))
+            .count();
+        assert_eq!(scheduled, 3, "each step scheduled once");
+    }
+
     struct Steps;
 
     impl Workflow for Steps {

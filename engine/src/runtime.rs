@@ -2,7 +2,7 @@
 //! resolve and shut down runs. Each run is driven by its own task ([`crate::driver`]); what
 //! workflow code sees is in [`crate::context`], re-exported here.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -130,11 +130,39 @@ impl Drop for DirectWrite {
     }
 }
 
+/// A run being started ([`Inner::starting`]) until dropped: by its start under the `active`
+/// lock just before it spawns the driver, or when the start failed (a later resume finds the
+/// run if its `RunStarted` became durable after all).
+struct Starting<'a> {
+    inner: &'a Inner,
+    run: RunId,
+}
+
+impl<'a> Starting<'a> {
+    fn new(inner: &'a Inner, run: RunId) -> Self {
+        inner.starting.lock().expect("starting lock").insert(run);
+        Starting { inner, run }
+    }
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        self.inner
+            .starting
+            .lock()
+            .expect("starting lock")
+            .remove(&self.run);
+    }
+}
+
 struct Inner {
     services: Arc<Services>,
     workflows: HashMap<(String, u32), Arc<dyn DynWorkflow>>,
-    /// Runs driven by this engine. Lock order: `active`, then `direct`.
+    /// Runs driven by this engine. Lock order: `active`, then `starting`, then `direct`.
     active: Mutex<HashMap<RunId, ActiveRun>>,
+    /// Runs being started: their `RunStarted` is being appended, and their start spawns their
+    /// driver; a resume meanwhile (the run is open in the log) leaves them to it.
+    starting: Mutex<HashSet<RunId>>,
     /// Signals being written to the log directly (their run had no driver when they were sent),
     /// per run; no driver of that run starts before they are durable (see [`Engine::resume`]).
     direct: Mutex<HashMap<RunId, DirectWrites>>,
@@ -221,6 +249,7 @@ impl EngineBuilder {
                 }),
                 workflows: self.workflows,
                 active: Mutex::new(HashMap::new()),
+                starting: Mutex::new(HashSet::new()),
                 direct: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
             }),
@@ -346,6 +375,10 @@ impl Engine {
             .services
             .entropy
             .run_id(self.inner.services.clock.now());
+        // From before its `RunStarted` is appended until its driver runs, the run is this
+        // start's: a resume meanwhile (`resume_all` finds it open in the log) leaves it, so
+        // that one driver, not two, decides its events.
+        let starting = Starting::new(&self.inner, run);
         let records = self
             .inner
             .services
@@ -361,7 +394,9 @@ impl Engine {
             )
             .await?;
         let state = RunState::from_records(&records)?;
-        self.spawn(state, Some(wf));
+        let mut active = self.inner.active.lock().expect("active lock");
+        drop(starting);
+        self.spawn_locked(&mut active, state, Some(wf));
         Ok(run)
     }
 
@@ -386,7 +421,14 @@ impl Engine {
     pub fn resume(&self, run: RunId) -> Result<(), Error> {
         self.check_not_aborted()?;
         let mut active = self.inner.active.lock().expect("active lock");
-        if active.contains_key(&run) {
+        if active.contains_key(&run)
+            || self
+                .inner
+                .starting
+                .lock()
+                .expect("starting lock")
+                .contains(&run)
+        {
             return Ok(());
         }
         let state = self.unfinished_state(run)?;
@@ -409,11 +451,6 @@ impl Engine {
         }
         self.spawn_locked(&mut active, state, wf);
         Ok(())
-    }
-
-    fn spawn(&self, state: RunState, wf: Option<Arc<dyn DynWorkflow>>) {
-        let mut active = self.inner.active.lock().expect("active lock");
-        self.spawn_locked(&mut active, state, wf);
     }
 
     fn spawn_locked(

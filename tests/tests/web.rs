@@ -244,16 +244,17 @@ fn csrf_of(addr: SocketAddr, cookie: &str) -> String {
 }
 
 /// Polls an async probe every 100 ms until it returns something (failing after [`LIMIT`]).
-async fn until<T, F, Fut>(what: &str, probe: F) -> T
+async fn until<T, F, Fut>(c: &Client, what: &str, probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    until_within(LIMIT, what, probe).await
+    until_within(c, LIMIT, what, probe).await
 }
 
-/// [`until`] with its own safety net (a whole maintenance run takes minutes).
-async fn until_within<T, F, Fut>(limit: Duration, what: &str, mut probe: F) -> T
+/// [`until`] with its own safety net (a whole maintenance run takes minutes). Giving up, it
+/// says what the browser shows (its address and the page's markup) and saves a screenshot.
+async fn until_within<T, F, Fut>(c: &Client, limit: Duration, what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -263,7 +264,34 @@ where
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(start.elapsed() < limit, "gave up waiting for {what}");
+        if start.elapsed() >= limit {
+            let url = c
+                .current_url()
+                .await
+                .map_or_else(|e| format!("(no address: {e})"), |u| u.to_string());
+            // The page's markup: the states' reasons are in `title` attributes.
+            let text: String = c
+                .execute("return document.body.outerHTML", vec![])
+                .await
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "(no page)".into())
+                .chars()
+                .take(4000)
+                .collect();
+            let shot = artifact(&format!(
+                "gave-up-{}.png",
+                what.replace([' ', '/', '\'', '"'], "-")
+            ));
+            let saved = match c.screenshot().await {
+                Ok(png) => std::fs::write(&shot, png).map_or_else(
+                    |e| format!("not saved: {e}"),
+                    |()| shot.display().to_string(),
+                ),
+                Err(e) => format!("none: {e}"),
+            };
+            panic!("gave up waiting for {what}; the browser is at {url}, screenshot {saved}, showing:\n{text}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -297,7 +325,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
     c.goto(&d.login_url()).await.unwrap();
     let again = c.current_url().await.unwrap();
     assert!(again.query().is_none() && again.path() == "/", "{again}");
-    until("the list after the second visit", || async {
+    until(c, "the list after the second visit", || async {
         text_of(c, "#runs thead").await
     })
     .await;
@@ -311,7 +339,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
 
     // The run list: the run, its state, cluster and operator.
     let row = format!("tr[data-run='{run}']");
-    let listed = until("the run in the list", || async {
+    let listed = until(c, "the run in the list", || async {
         text_of(c, &row).await.filter(|t| t.contains("web-cluster"))
     })
     .await;
@@ -327,13 +355,13 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         .click()
         .await
         .unwrap();
-    until("the run page on the drain step", || async {
+    until(c, "the run page on the drain step", || async {
         text_of(c, "#current-step .label")
             .await
             .filter(|t| t == "drain node n1")
     })
     .await;
-    until("the drain step's progress", || async {
+    until(c, "the drain step's progress", || async {
         text_of(c, "#current-progress")
             .await
             .filter(|t| t.contains("40% done"))
@@ -364,14 +392,14 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         .await
         .unwrap();
     d.estate.drain.add_permits(1);
-    until("the current step becoming the restart", || async {
+    until(c, "the current step becoming the restart", || async {
         text_of(c, "#current-step .label")
             .await
             .filter(|t| t == "restart node n1")
     })
     .await;
     d.estate.restart.add_permits(1);
-    until("the run waiting for its approval", || async {
+    until(c, "the run waiting for its approval", || async {
         text_of(c, "#current-step .label")
             .await
             .filter(|t| t.starts_with("waiting"))
@@ -396,7 +424,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
     // along), as a page there would send it: refused, nothing journaled.
     let attacker = attacker_page(d.addr(), run);
     c.goto(&format!("http://{attacker}/")).await.unwrap();
-    let answer = until("the cross-site form's answer", || async {
+    let answer = until(c, "the cross-site form's answer", || async {
         let url = c.current_url().await.ok()?;
         (url.port() == Some(d.addr().port())).then_some(())?;
         text_of(c, "body").await
@@ -417,7 +445,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
     c.goto(&format!("http://{}/runs/{run}", d.addr()))
         .await
         .unwrap();
-    until("the buttons", || async {
+    until(c, "the buttons", || async {
         text_of(c, "#run-state").await.filter(|t| t == "running")
     })
     .await;
@@ -439,7 +467,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         .click()
         .await
         .unwrap();
-    until("the outcome on the page", || async {
+    until(c, "the outcome on the page", || async {
         text_of(c, "#outcome")
             .await
             .filter(|t| t.starts_with("completed"))
@@ -473,7 +501,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
     c.goto(&format!("http://{}/runs/{second}", d.addr()))
         .await
         .unwrap();
-    until("the second run draining", || async {
+    until(c, "the second run draining", || async {
         text_of(c, "#current-step .label")
             .await
             .filter(|t| t == "drain node n1")
@@ -497,7 +525,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         .click()
         .await
         .unwrap();
-    until("the cancel journaled", || async {
+    until(c, "the cancel journaled", || async {
         d.history(second)
             .iter()
             .any(|e| matches!(e, Event::SignalReceived { name, .. } if name == "cancel"))
@@ -505,7 +533,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
     })
     .await;
     d.estate.drain.add_permits(1);
-    let undo = until("the compensation on the timeline", || async {
+    let undo = until(c, "the compensation on the timeline", || async {
         text_of(c, "#timeline .row.comp")
             .await
             .filter(|t| t.contains("undrain node n1"))
@@ -524,7 +552,7 @@ async fn the_run_page_follows_its_run_live_and_approves_it_from_the_browser() {
         serde_json::json!(true),
         "a compensation has its own colour: {undo}"
     );
-    until("the cancelled outcome", || async {
+    until(c, "the cancelled outcome", || async {
         text_of(c, "#outcome").await.filter(|t| t == "cancelled")
     })
     .await;
@@ -859,7 +887,7 @@ async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
     let c = &browser.client;
     c.goto(&url).await.unwrap();
     let row = format!("tr[data-run='{run}'] a.run-link");
-    until("the run in the list", || async {
+    until(c, "the run in the list", || async {
         c.find(Locator::Css(&row)).await.ok()
     })
     .await
@@ -867,6 +895,7 @@ async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
     .await
     .unwrap();
     until_within(
+        c,
         Duration::from_secs(300),
         "the run waiting for its approval",
         || async {
@@ -900,6 +929,7 @@ async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
         .unwrap();
     // The current step changes as the runbook goes on, in the same document.
     let first = until_within(
+        c,
         Duration::from_secs(300),
         "a step of the runbook running",
         || async {
@@ -909,14 +939,14 @@ async fn a_sandbox_maintenance_run_is_approved_and_followed_in_the_browser() {
         },
     )
     .await;
-    let second = until_within(Duration::from_secs(300), "the next step", || async {
+    let second = until_within(c, Duration::from_secs(300), "the next step", || async {
         text_of(c, "#current-step .label")
             .await
             .filter(|t| *t != first && !t.starts_with("waiting"))
     })
     .await;
     assert_ne!(first, second);
-    let outcome = until_within(Duration::from_secs(900), "the run's outcome", || async {
+    let outcome = until_within(c, Duration::from_secs(900), "the run's outcome", || async {
         text_of(c, "#outcome").await.filter(|t| t != "not finished")
     })
     .await;
@@ -959,7 +989,7 @@ async fn the_theme_follows_the_browser() {
         let browser = Browser::start_with(1280, 900, flags).await;
         let c = &browser.client;
         c.goto(&d.login_url()).await.unwrap();
-        until("the run list", || async {
+        until(c, "the run list", || async {
             text_of(c, "#runs tbody tr").await
         })
         .await;
