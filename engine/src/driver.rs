@@ -1208,53 +1208,43 @@ mod tests {
     use crate::workflow::{self, Workflow};
     use crate::{Engine, RunOutcome, WorkflowContext};
 
-    struct Counting {
+    type AppendHook = dyn Fn(&SharedLog, RunId, Vec<Event>) -> BoxFuture<'static, Result<Vec<Record>, log::Error>>
+        + Send
+        + Sync;
+
+    /// The memory log with `hook` in front of its appends (each test's own: counting,
+    /// intruding, gating, recording the polling task); reads go straight to it.
+    struct Hooked {
         inner: SharedLog,
-        appends: Arc<AtomicU64>,
+        hook: Box<AppendHook>,
     }
 
-    impl EventLog for Counting {
-        fn append(
-            &self,
-            run: RunId,
-            events: Vec<Event>,
-        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
-            self.appends.fetch_add(1, Ordering::SeqCst);
-            self.inner.append(run, events)
-        }
-        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
-            self.inner.read(run)
-        }
-        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
-            self.inner.open_runs()
-        }
-        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
-            self.inner.runs()
-        }
-    }
-
-    /// A log that, on the run's first append after `RunStarted`, first appends a signal of its
-    /// own: a writer beside the driver, taking the number the driver decided its next event at.
-    struct Intruding {
-        inner: SharedLog,
-        appends: Arc<AtomicU64>,
-    }
-
-    impl EventLog for Intruding {
-        fn append(
-            &self,
-            run: RunId,
-            events: Vec<Event>,
-        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
-            if self.appends.fetch_add(1, Ordering::SeqCst) != 1 {
-                return self.inner.append(run, events);
-            }
-            let inner = self.inner.clone();
-            let foreign = crate::core::signal_received("note", Payload::null(), "intruder");
-            Box::pin(async move {
-                inner.append(run, vec![foreign]).await?;
-                inner.append(run, events).await
+    impl Hooked {
+        fn log(
+            inner: SharedLog,
+            hook: impl Fn(
+                    &SharedLog,
+                    RunId,
+                    Vec<Event>,
+                ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>>
+                + Send
+                + Sync
+                + 'static,
+        ) -> SharedLog {
+            Arc::new(Hooked {
+                inner,
+                hook: Box::new(hook),
             })
+        }
+    }
+
+    impl EventLog for Hooked {
+        fn append(
+            &self,
+            run: RunId,
+            events: Vec<Event>,
+        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
+            (self.hook)(&self.inner, run, events)
         }
         fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
             self.inner.read(run)
@@ -1273,9 +1263,19 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_foreign_record_where_the_driver_decided_stops_the_run_loudly() {
         let memory: SharedLog = crate::memory_log();
-        let log: SharedLog = Arc::new(Intruding {
-            inner: memory.clone(),
-            appends: Arc::new(AtomicU64::new(0)),
+        // On the run's first append after `RunStarted`, the log first appends a signal of its
+        // own: a writer beside the driver, taking the number the driver decided its next event at.
+        let appends = AtomicU64::new(0);
+        let log = Hooked::log(memory.clone(), move |inner, run, events| {
+            if appends.fetch_add(1, Ordering::SeqCst) != 1 {
+                return inner.append(run, events);
+            }
+            let inner = inner.clone();
+            let foreign = crate::core::signal_received("note", Payload::null(), "intruder");
+            Box::pin(async move {
+                inner.append(run, vec![foreign]).await?;
+                inner.append(run, events).await
+            })
         });
         let engine = Engine::builder(log)
             .workflow(Steps)
@@ -1298,47 +1298,6 @@ mod tests {
         crate::core::RunState::from_records(&records).expect("the log's history stays valid");
     }
 
-    /// A log whose first append (a start's `RunStarted`) is durable at once, but whose future
-    /// says so only after the test lets it go: the window between a start's append and its
-    /// driver.
-    struct Gated {
-        inner: SharedLog,
-        gate: std::sync::Mutex<
-            Option<(
-                tokio::sync::oneshot::Sender<()>,
-                tokio::sync::oneshot::Receiver<()>,
-            )>,
-        >,
-    }
-
-    impl EventLog for Gated {
-        fn append(
-            &self,
-            run: RunId,
-            events: Vec<Event>,
-        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
-            let gate = self.gate.lock().expect("gate lock").take();
-            let inner = self.inner.append(run, events);
-            Box::pin(async move {
-                let out = inner.await;
-                if let Some((durable, go)) = gate {
-                    let _ = durable.send(());
-                    let _ = go.await;
-                }
-                out
-            })
-        }
-        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
-            self.inner.read(run)
-        }
-        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
-            self.inner.open_runs()
-        }
-        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
-            self.inner.runs()
-        }
-    }
-
     /// `resume_all` between a start's durable `RunStarted` and the start's own driver (a
     /// daemon resuming while a run is started beside it) resumes the new run; the start then
     /// leaves it to that driver. Before, the start spawned a second driver and the history had
@@ -1348,9 +1307,20 @@ mod tests {
         let memory: SharedLog = crate::memory_log();
         let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
         let (go_tx, go_rx) = tokio::sync::oneshot::channel();
-        let log: SharedLog = Arc::new(Gated {
-            inner: memory.clone(),
-            gate: std::sync::Mutex::new(Some((durable_tx, go_rx))),
+        // The first append (the start's `RunStarted`) is durable at once, but its future says
+        // so only after the test lets it go: the window between a start's append and its driver.
+        let gate = std::sync::Mutex::new(Some((durable_tx, go_rx)));
+        let log = Hooked::log(memory.clone(), move |inner, run, events| {
+            let gate = gate.lock().expect("gate lock").take();
+            let written = inner.append(run, events);
+            Box::pin(async move {
+                let out = written.await;
+                if let Some((durable, go)) = gate {
+                    let _ = durable.send(());
+                    let _ = go.await;
+                }
+                out
+            })
         });
         let engine = Engine::builder(log)
             .workflow(Steps)
@@ -1461,9 +1431,10 @@ mod tests {
     async fn one_append_per_step_and_every_event_in_order() {
         let appends = Arc::new(AtomicU64::new(0));
         let memory: SharedLog = crate::memory_log();
-        let log: SharedLog = Arc::new(Counting {
-            inner: memory.clone(),
-            appends: appends.clone(),
+        let counted = appends.clone();
+        let log = Hooked::log(memory.clone(), move |inner, run, events| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            inner.append(run, events)
         });
         let engine = Engine::builder(log)
             .workflow(Steps)
@@ -1493,36 +1464,6 @@ mod tests {
         assert_eq!(kinds.last(), Some(&"RunCompleted"));
     }
 
-    /// Records which tokio task polls each append (and each activity call).
-    struct TaskRecording {
-        inner: SharedLog,
-        tasks: Arc<std::sync::Mutex<Vec<Option<tokio::task::Id>>>>,
-    }
-
-    impl EventLog for TaskRecording {
-        fn append(
-            &self,
-            run: RunId,
-            events: Vec<Event>,
-        ) -> BoxFuture<'static, Result<Vec<Record>, log::Error>> {
-            let written = self.inner.append(run, events);
-            let tasks = self.tasks.clone();
-            Box::pin(async move {
-                tasks.lock().unwrap().push(tokio::task::try_id());
-                written.await
-            })
-        }
-        fn read(&self, run: RunId) -> Result<Vec<Record>, log::Error> {
-            self.inner.read(run)
-        }
-        fn open_runs(&self) -> Result<Vec<RunId>, log::Error> {
-            self.inner.open_runs()
-        }
-        fn runs(&self) -> Result<Vec<RunId>, log::Error> {
-            self.inner.runs()
-        }
-    }
-
     /// A run's appends are polled by its driver's own task, the one that calls its activities:
     /// no task per append, so no hand-off to another task and back per step (a task per append
     /// cost a wake-up of the other worker thread every second step: BENCHMARKS.md). On a
@@ -1530,9 +1471,15 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_runs_appends_are_polled_by_its_drivers_own_task() {
         let tasks = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log: SharedLog = Arc::new(TaskRecording {
-            inner: crate::memory_log(),
-            tasks: tasks.clone(),
+        // Records which tokio task polls each append (and each activity call).
+        let recorded = tasks.clone();
+        let log = Hooked::log(crate::memory_log(), move |inner, run, events| {
+            let written = inner.append(run, events);
+            let tasks = recorded.clone();
+            Box::pin(async move {
+                tasks.lock().unwrap().push(tokio::task::try_id());
+                written.await
+            })
         });
         let in_activity = tasks.clone();
         let engine = Engine::builder(log)

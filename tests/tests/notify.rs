@@ -92,6 +92,19 @@ impl Receiver {
         Receiver { port, seen, accept }
     }
 
+    /// A `json:file:` webhook of this receiver at `/{name}/SECRET`: its URL in the owner-only
+    /// file `DIR/{name}-url`.
+    fn json_hook(&self, dir: &Path, name: &str) -> String {
+        let file = dir.join(format!("{name}-url"));
+        std::fs::write(
+            &file,
+            format!("http://127.0.0.1:{}/{name}/{SECRET}", self.port),
+        )
+        .unwrap();
+        owner_only(&file);
+        format!("json:file:{}", file.display())
+    }
+
     fn set_accept(&self, accept: bool) {
         *self.accept.lock().unwrap() = accept;
     }
@@ -413,14 +426,8 @@ fn a_schedules_webhook_hears_about_its_runs_only() {
     std::fs::create_dir_all(&data).unwrap();
     let receiver = Receiver::start();
     let hook = |name: &str| {
-        let file = dir.path().join(format!("{name}-url"));
-        std::fs::write(
-            &file,
-            format!("http://127.0.0.1:{}/{name}/{SECRET}", receiver.port),
-        )
-        .unwrap();
-        owner_only(&file);
-        format!("json:file:{}", file.display())
+        receiver
+            .json_hook(dir.path(), name)
             .parse::<waymark_cli::notify::Webhook>()
             .unwrap()
     };
@@ -554,14 +561,8 @@ fn a_run_that_ends_as_the_daemon_starts_is_told_to_a_new_daemon_webhook() {
         run
     });
     let receiver = Receiver::start();
-    let url_file = dir.path().join("daemon-url");
-    std::fs::write(
-        &url_file,
-        format!("http://127.0.0.1:{}/daemon/{SECRET}", receiver.port),
-    )
-    .unwrap();
-    owner_only(&url_file);
-    let hook = format!("json:file:{}", url_file.display())
+    let hook = receiver
+        .json_hook(dir.path(), "daemon")
         .parse::<waymark_cli::notify::Webhook>()
         .unwrap();
     let daemon = InProcessDaemon::start_with(
@@ -599,16 +600,7 @@ fn an_inventorys_webhook_hears_about_its_runs_only() {
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let receiver = Receiver::start();
-    let hook_file = |name: &str| {
-        let file = dir.path().join(format!("{name}-url"));
-        std::fs::write(
-            &file,
-            format!("http://127.0.0.1:{}/{name}/{SECRET}", receiver.port),
-        )
-        .unwrap();
-        owner_only(&file);
-        format!("json:file:{}", file.display())
-    };
+    let hook_file = |name: &str| receiver.json_hook(dir.path(), name);
     let inv = Inventory::load(&sb.dir.join("inventory.toml")).unwrap();
     let mut with_hook = inv.clone();
     with_hook.notify.webhooks = vec![hook_file("inventory")];
